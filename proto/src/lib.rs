@@ -1,0 +1,16 @@
+//! Wire types of Supercluster, generated from `proto/*.proto` by tonic/prost.
+//!
+//! Only wire types live here, so every other crate (nodes, VENs, tools) can speak
+//! the protocol without pulling in server code.
+
+/// The inter-region Raft transport (openraft messages as opaque payloads).
+pub mod raft {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("supercluster.raft.v1");
+}
+
+/// The inter-region application channel: forwarding, ReadIndex, membership, status.
+pub mod federation {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("supercluster.federation.v1");
+}

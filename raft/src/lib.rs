@@ -1,0 +1,30 @@
+//! Supercluster's consensus layer: every region's PCE node holds a replica of one
+//! policy store, kept identical by openraft over mutual-TLS gRPC.
+//!
+//! Split as openraft's examples are, so the parts do not know each other's insides:
+//! - [`storage`]: the sled-backed Raft log and the policy store state machine;
+//! - [`network`]: the tonic transport (Raft RPCs, federation RPCs, TLS, faults);
+//! - [`node`]: the application side, the single path for writes, reads,
+//!   membership changes and status.
+//!
+//! openraft's types stay inside this crate; other crates use [`Node`], [`Command`]
+//! and friends.
+
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod network;
+pub mod node;
+pub mod pki;
+pub mod status;
+pub mod storage;
+pub mod types;
+
+pub use config::{Profile, Timeouts, Tuning};
+pub use error::Error;
+pub use network::{NetFaults, TlsMaterial};
+pub use node::{Consistency, MembershipOp, MembershipView, Node, NodeOptions};
+pub use status::{NodeStatus, PeerStatus};
+pub use storage::engine::DiskFaults;
+pub use storage::state_machine::{ChangeNotice, ReadResult};
+pub use types::{ClientId, Command, CommandResponse, Compare, KvEntry, Mutation, NodeId, NodeInfo, Outcome};

@@ -1,0 +1,155 @@
+//! The federation service: what one region asks of another besides Raft itself.
+//!
+//! A member forwards writes and membership changes to the leader here, asks it
+//! for a read index, and any node answers status queries. Requests that reach a
+//! node that is not (or no longer) the leader are refused with
+//! `FAILED_PRECONDITION` and a message starting with [`NOT_LEADER`]; the sender
+//! retries against the leader it then learns of. There is no multi-hop forwarding.
+
+use sc_proto::federation::federation_server::Federation;
+use sc_proto::federation::{
+    MembershipAction, MembershipReply, MembershipRequest, ReadIndexReply, ReadIndexRequest,
+    StatusReply, StatusRequest, WriteReply, WriteRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::codec;
+use crate::node::{Attempt, MembershipOp, Node};
+use crate::status::{NodeStatus, PeerStatus};
+use crate::types::{Command, NodeId, NodeInfo};
+
+/// The start of the message of a refusal because this node does not lead.
+pub const NOT_LEADER: &str = "not the leader";
+
+/// The federation gRPC service of one node.
+pub struct FederationGrpc {
+    node: Node,
+}
+
+impl FederationGrpc {
+    /// Serves `node`.
+    pub fn new(node: Node) -> Self {
+        FederationGrpc { node }
+    }
+
+    fn leader_only(&self) -> Result<(), Status> {
+        if self.node.is_leader() {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!("{NOT_LEADER}: node {} does not lead", self.node.id())))
+        }
+    }
+}
+
+fn attempt_status(a: Attempt) -> Status {
+    match a {
+        Attempt::Retry(why) => Status::failed_precondition(format!("{NOT_LEADER}: {why}")),
+        Attempt::Fail(e) => e.to_status(),
+    }
+}
+
+/// Converts a node's info to its wire form.
+pub fn node_info_to_proto(id: NodeId, info: &NodeInfo) -> sc_proto::federation::NodeInfo {
+    sc_proto::federation::NodeInfo { node_id: id, name: info.name.clone(), region: info.region.clone(), addr: info.addr.clone() }
+}
+
+/// Converts a status reply back into the status struct.
+pub fn status_from_proto(r: StatusReply) -> NodeStatus {
+    let node = r.node.unwrap_or_default();
+    NodeStatus {
+        id: node.node_id,
+        name: node.name,
+        region: node.region,
+        addr: node.addr,
+        role: r.role,
+        leader: r.leader_id,
+        term: r.term,
+        last_log_index: r.last_log_index,
+        last_applied: r.last_applied_index,
+        committed: r.committed_index,
+        snapshot: r.snapshot_index,
+        revision: r.revision,
+        millis_since_quorum_ack: r.millis_since_quorum_ack,
+        peers: r
+            .peers
+            .into_iter()
+            .map(|p| {
+                let n = p.node.unwrap_or_default();
+                PeerStatus { id: n.node_id, name: n.name, region: n.region, addr: n.addr, voter: p.voter, matched: p.matched_index, lag: p.lag }
+            })
+            .collect(),
+    }
+}
+
+/// Converts the status struct to its wire form.
+pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
+    StatusReply {
+        node: Some(sc_proto::federation::NodeInfo { node_id: s.id, name: s.name.clone(), region: s.region.clone(), addr: s.addr.clone() }),
+        role: s.role.clone(),
+        leader_id: s.leader,
+        term: s.term,
+        last_log_index: s.last_log_index,
+        last_applied_index: s.last_applied,
+        committed_index: s.committed,
+        snapshot_index: s.snapshot,
+        revision: s.revision,
+        millis_since_quorum_ack: s.millis_since_quorum_ack,
+        peers: s
+            .peers
+            .iter()
+            .map(|p| sc_proto::federation::PeerStatus {
+                node: Some(sc_proto::federation::NodeInfo { node_id: p.id, name: p.name.clone(), region: p.region.clone(), addr: p.addr.clone() }),
+                voter: p.voter,
+                matched_index: p.matched,
+                lag: p.lag,
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Federation for FederationGrpc {
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        let cmd: Command = codec::decode(&request.into_inner().command)
+            .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
+        cmd.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.leader_only()?;
+        let resp = self.node.write_here(cmd).await.map_err(attempt_status)?;
+        let response = codec::encode(&resp).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(WriteReply { response }))
+    }
+
+    async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        self.leader_only()?;
+        let read_index = self.node.read_index_here().await.map_err(attempt_status)?;
+        Ok(Response::new(ReadIndexReply { read_index, leader_id: self.node.id() }))
+    }
+
+    async fn change_membership(&self, request: Request<MembershipRequest>) -> Result<Response<MembershipReply>, Status> {
+        let req = request.into_inner();
+        let op = match MembershipAction::try_from(req.action) {
+            Ok(MembershipAction::AddLearner) => MembershipOp::AddLearner,
+            Ok(MembershipAction::Promote) => MembershipOp::Promote,
+            Ok(MembershipAction::Demote) => MembershipOp::Demote,
+            Ok(MembershipAction::Remove) => MembershipOp::Remove,
+            _ => return Err(Status::invalid_argument(format!("unknown membership action {}", req.action))),
+        };
+        let node = req.node.ok_or_else(|| Status::invalid_argument("membership change without a node"))?;
+        let info = if op == MembershipOp::AddLearner {
+            if !crate::pki::valid_node_name(&node.name) || node.addr.is_empty() {
+                return Err(Status::invalid_argument("a new node needs a DNS-label name and an address"));
+            }
+            Some(NodeInfo { name: node.name, region: node.region, addr: node.addr })
+        } else {
+            None
+        };
+        // Any node accepts these (a joining node knows only its seeds) and routes
+        // them to the leader itself.
+        let view = self.node.change_membership(op, node.node_id, info).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(MembershipReply { voters: view.voters.into_iter().collect(), learners: view.learners.into_iter().collect() }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(status_to_proto(&self.node.status())))
+    }
+}

@@ -1,0 +1,19 @@
+//! The inter-region network: mutual TLS, one cached channel per peer, the Raft
+//! RPCs (client and server), the federation RPCs, and the fault seam.
+//!
+//! - [`tls`]: loading certificates and building both sides' TLS configs.
+//! - [`faults`]: the seam tests use to drop, delay and partition traffic.
+//! - [`peers`]: the per-peer channel cache shared by Raft and federation clients.
+//! - [`raft_client`] / [`raft_server`]: openraft's `RaftNetwork` over gRPC.
+//! - [`federation`]: forwarding, ReadIndex, membership changes, status.
+
+pub mod faults;
+pub mod federation;
+pub mod peers;
+pub mod raft_client;
+pub mod raft_server;
+pub mod tls;
+
+pub use faults::NetFaults;
+pub use peers::Peers;
+pub use tls::TlsMaterial;

@@ -1,0 +1,119 @@
+//! One cached gRPC channel per peer, shared by the Raft and federation clients.
+//!
+//! A tonic `Channel` multiplexes many concurrent calls over one HTTP/2
+//! connection and reconnects on its own, so a node keeps exactly one per peer and
+//! replaces it only when the peer's address changes in the membership.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sc_proto::federation::federation_client::FederationClient;
+use sc_proto::raft::raft_service_client::RaftServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::faults::{LinkCut, NetFaults};
+use super::tls::TlsMaterial;
+use crate::config::Timeouts;
+use crate::types::{NodeId, NodeInfo};
+
+/// The biggest message accepted or sent: a batch of log entries at most.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Why a peer could not be called.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The fault seam dropped the call.
+    #[error(transparent)]
+    Cut(#[from] LinkCut),
+    /// The peer's address or TLS settings are unusable.
+    #[error("cannot set up a channel to {peer}: {reason}")]
+    Channel {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The channel cache of one node.
+pub struct Peers {
+    self_id: NodeId,
+    tls: TlsMaterial,
+    faults: NetFaults,
+    timeouts: Timeouts,
+    /// A std mutex: held only to look up or insert, never across an await.
+    channels: Mutex<HashMap<NodeId, (NodeInfo, Channel)>>,
+}
+
+impl Peers {
+    /// A cache for node `self_id`, presenting `tls` to every peer.
+    pub fn new(self_id: NodeId, tls: TlsMaterial, faults: NetFaults, timeouts: Timeouts) -> Self {
+        Peers { self_id, tls, faults, timeouts, channels: Mutex::new(HashMap::new()) }
+    }
+
+    /// This node's timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// The TLS material presented to peers.
+    pub fn tls(&self) -> &TlsMaterial {
+        &self.tls
+    }
+
+    /// This node's id.
+    pub fn self_id(&self) -> NodeId {
+        self.self_id
+    }
+
+    /// Passes the fault seam for a call to `to`.
+    pub async fn gate(&self, to: NodeId) -> Result<(), PeerError> {
+        Ok(self.faults.gate(self.self_id, to).await?)
+    }
+
+    /// The channel to `id`, created lazily (no I/O here) and cached.
+    pub fn channel(&self, id: NodeId, info: &NodeInfo) -> Result<Channel, PeerError> {
+        let mut channels = self.channels.lock().map_err(|_| PeerError::Channel {
+            peer: info.to_string(),
+            reason: "channel cache lock poisoned".into(),
+        })?;
+        if let Some((known, ch)) = channels.get(&id) {
+            if known == info {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = connect_lazy(&self.tls, info, &self.timeouts)?;
+        channels.insert(id, (info.clone(), ch.clone()));
+        Ok(ch)
+    }
+
+    /// A Raft RPC client for `id`, after the fault seam.
+    pub async fn raft_client(&self, id: NodeId, info: &NodeInfo) -> Result<RaftServiceClient<Channel>, PeerError> {
+        self.gate(id).await?;
+        Ok(RaftServiceClient::new(self.channel(id, info)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// A federation client for `id`, after the fault seam.
+    pub async fn federation_client(&self, id: NodeId, info: &NodeInfo) -> Result<FederationClient<Channel>, PeerError> {
+        self.gate(id).await?;
+        Ok(FederationClient::new(self.channel(id, info)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+}
+
+/// A lazily connecting mutual-TLS channel to `info` (also used by the CLI).
+pub fn connect_lazy(tls: &TlsMaterial, info: &NodeInfo, timeouts: &Timeouts) -> Result<Channel, PeerError> {
+    let err = |reason: String| PeerError::Channel { peer: info.to_string(), reason };
+    let endpoint = Endpoint::from_shared(format!("https://{}", info.addr))
+        .map_err(|e| err(e.to_string()))?
+        .tls_config(tls.client_config(&info.name))
+        .map_err(|e| err(e.to_string()))?
+        .connect_timeout(timeouts.connect)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(timeouts.heartbeat.max(std::time::Duration::from_secs(1)))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}

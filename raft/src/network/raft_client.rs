@@ -1,0 +1,167 @@
+//! openraft's `RaftNetwork` over gRPC: how a node sends Raft RPCs to its peers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, Snapshot, Vote};
+use sc_proto::raft::{snapshot_chunk, RaftPayload, SnapshotChunk};
+use tokio::io::AsyncReadExt;
+
+use super::peers::{PeerError, Peers};
+use crate::codec;
+use crate::types::{NodeId, NodeInfo, TypeConfig};
+
+/// Size of one streamed snapshot piece: large enough to keep the link busy, small
+/// enough that neither side buffers much.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// Creates one [`PeerClient`] per replication target; openraft calls it.
+pub struct NetworkFactory {
+    peers: Arc<Peers>,
+}
+
+impl NetworkFactory {
+    /// A factory sending through `peers`.
+    pub fn new(peers: Arc<Peers>) -> Self {
+        NetworkFactory { peers }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
+        PeerClient { target, node: node.clone(), peers: self.peers.clone() }
+    }
+}
+
+/// Sends Raft RPCs to one peer over its cached channel.
+pub struct PeerClient {
+    target: NodeId,
+    node: NodeInfo,
+    peers: Arc<Peers>,
+}
+
+type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeInfo, E>;
+
+fn unreachable<E: std::error::Error>(e: &PeerError) -> RpcErr<E> {
+    RPCError::Unreachable(Unreachable::new(e))
+}
+
+/// Maps a gRPC failure: a connection that cannot be made is `Unreachable` (openraft
+/// backs off), anything else a network error.
+fn from_status<E: std::error::Error>(s: &tonic::Status) -> RpcErr<E> {
+    match s.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(s)),
+        _ => RPCError::Network(NetworkError::new(s)),
+    }
+}
+
+impl PeerClient {
+    fn timeout<E: std::error::Error>(&self, action: RPCTypes, after: Duration) -> RpcErr<E> {
+        RPCError::Timeout(Timeout { action, id: self.peers.self_id(), target: self.target, timeout: after })
+    }
+
+    /// Sends one unary payload RPC and decodes the peer's `Result`.
+    async fn unary<Req, Resp, F, Fut>(&self, action: RPCTypes, req: &Req, ttl: Duration, call: F) -> Result<Resp, RpcErr>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(sc_proto::raft::raft_service_client::RaftServiceClient<tonic::transport::Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let client = self.peers.raft_client(self.target, &self.node).await.map_err(|e| unreachable(&e))?;
+        let reply = match tokio::time::timeout(ttl, call(client, RaftPayload { data })).await {
+            Err(_) => return Err(self.timeout(action, ttl)),
+            Ok(Err(status)) => return Err(from_status(&status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId>> =
+            codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
+        self.unary(RPCTypes::AppendEntries, &rpc, ttl, |mut c, p| async move { c.append_entries(p).await }).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
+        self.unary(RPCTypes::Vote, &rpc, ttl, |mut c, p| async move { c.vote(p).await }).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let net = |e: &dyn std::error::Error| StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())));
+        let header = codec::encode(&(vote, &snapshot.meta)).map_err(|e| net(&e))?;
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path).await.map_err(|e| net(&e))?;
+        let mut client = match self.peers.raft_client(self.target, &self.node).await {
+            Ok(c) => c,
+            Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
+        };
+
+        // A bounded channel: the file is read only as fast as the peer takes it.
+        let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+        let reader = tokio::spawn(async move {
+            let first = SnapshotChunk { part: Some(snapshot_chunk::Part::Header(header)) };
+            if tx.send(first).await.is_err() {
+                return Ok(());
+            }
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                buf.truncate(n);
+                if tx.send(SnapshotChunk { part: Some(snapshot_chunk::Part::Data(buf)) }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let ttl = self.peers.timeouts().snapshot;
+        let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let outcome = tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(ttl, call) => match r {
+                Err(_) => Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.peers.self_id(),
+                    target: self.target,
+                    timeout: ttl,
+                })),
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    Err(StreamingError::Unreachable(Unreachable::new(&status)))
+                }
+                Ok(Err(status)) => Err(StreamingError::Network(NetworkError::new(&status))),
+                Ok(Ok(reply)) => Ok(reply.into_inner()),
+            },
+        };
+        reader.abort();
+        let reply = outcome?;
+        let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = codec::decode(&reply.data).map_err(|e| net(&e))?;
+        result.map_err(|e| StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}

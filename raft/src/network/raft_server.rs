@@ -1,0 +1,91 @@
+//! The receiving side of the Raft RPCs: decodes a peer's request, hands it to the
+//! local openraft instance, encodes its `Result` back.
+
+use std::path::PathBuf;
+
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::{Raft, Snapshot, SnapshotMeta, Vote};
+use sc_proto::raft::raft_service_server::RaftService;
+use sc_proto::raft::{snapshot_chunk, RaftPayload, SnapshotChunk};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec;
+use crate::storage::SnapshotFile;
+use crate::types::{NodeId, NodeInfo, TypeConfig};
+
+/// The Raft gRPC service of one node.
+pub struct RaftGrpc {
+    raft: Raft<TypeConfig>,
+    /// Where incoming snapshots are written while they stream in.
+    incoming_dir: PathBuf,
+}
+
+impl RaftGrpc {
+    /// Serves `raft`, receiving snapshots into `incoming_dir`.
+    pub fn new(raft: Raft<TypeConfig>, incoming_dir: PathBuf) -> Self {
+        RaftGrpc { raft, incoming_dir }
+    }
+}
+
+fn bad_payload(e: crate::codec::CodecError) -> Status {
+    Status::invalid_argument(format!("undecodable Raft payload: {e}"))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+/// Removes a half-received snapshot file if it is still there.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpc {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> = codec::decode(&request.into_inner().data).map_err(bad_payload)?;
+        reply(&self.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req: VoteRequest<NodeId> = codec::decode(&request.into_inner().data).map_err(bad_payload)?;
+        reply(&self.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(SnapshotChunk { part: Some(snapshot_chunk::Part::Header(h)) }) => h,
+            _ => return Err(Status::invalid_argument("a snapshot stream must start with its header")),
+        };
+        let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, NodeInfo>) = codec::decode(&header).map_err(bad_payload)?;
+
+        let path = self.incoming_dir.join(format!("incoming-{:016x}.snap", rand::random::<u64>()));
+        let _cleanup = RemoveOnDrop(path.clone());
+        let io = |e: std::io::Error| Status::internal(format!("writing incoming snapshot: {e}"));
+        let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+        while let Some(chunk) = stream.message().await? {
+            match chunk.part {
+                Some(snapshot_chunk::Part::Data(bytes)) => file.write_all(&bytes).await.map_err(io)?,
+                _ => return Err(Status::invalid_argument("a snapshot stream has one header, then data")),
+            }
+        }
+        file.flush().await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        tracing::info!(snapshot = %meta.snapshot_id, "received snapshot; installing");
+        // The state machine checks the file's checksum before installing a byte of it,
+        // and moves it into its own snapshot folder when it keeps it.
+        let snapshot = Snapshot { meta, snapshot: Box::new(SnapshotFile { path: path.clone() }) };
+        reply(&self.raft.install_full_snapshot(vote, snapshot).await)
+    }
+}

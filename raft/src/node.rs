@@ -1,0 +1,671 @@
+//! A PCE node's consensus half: storage, the Raft instance, the gRPC server, and
+//! the one path every write and read takes.
+//!
+//! - A write goes to [`Node::write`] on any node: if this node leads, it is
+//!   proposed here; otherwise it is forwarded to the leader over the mutual-TLS
+//!   federation channel. Retries (leader changes, lost answers) resend the same
+//!   client id and serial, and the state machine applies a request once.
+//! - A read is served from the local replica and says which revision it reflects;
+//!   a linearizable read first obtains a read index from the leader (ReadIndex)
+//!   and waits until the local replica has applied it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use sc_proto::federation::federation_server::FederationServer;
+use sc_proto::federation::{MembershipAction, MembershipRequest, ReadIndexRequest, WriteRequest};
+use sc_proto::raft::raft_service_server::RaftServiceServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::codec;
+use crate::config::{raft_config, Timeouts, Tuning};
+use crate::error::Error;
+use crate::network::federation::{node_info_to_proto, FederationGrpc};
+use crate::network::peers::MAX_MESSAGE;
+use crate::network::raft_client::NetworkFactory;
+use crate::network::raft_server::RaftGrpc;
+use crate::network::{NetFaults, Peers, TlsMaterial};
+use crate::status::{NodeStatus, PeerStatus};
+use crate::storage::engine::DiskFaults;
+use crate::storage::state_machine::{ChangeNotice, ReadResult};
+use crate::storage::{LogStore, ReadView, SledEngine, StateMachine};
+use crate::types::{Command, CommandResponse, KvEntry, NodeId, NodeInfo, TypeConfig};
+
+/// Everything needed to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Raft id, unique in the cluster and never reused.
+    pub id: NodeId,
+    /// Name, region and the address peers reach this node at.
+    pub info: NodeInfo,
+    /// The socket to bind (usually the same as `info.addr`).
+    pub listen: SocketAddr,
+    /// Where the Raft log, state and snapshots live.
+    pub data_dir: PathBuf,
+    /// This node's certificates.
+    pub tls: TlsMaterial,
+    /// Timeout profile.
+    pub timeouts: Timeouts,
+    /// Snapshot and log retention.
+    pub tuning: Tuning,
+    /// Raft cluster name (appears in logs).
+    pub cluster_name: String,
+    /// Initialize a new cluster with this node as its only voter, if nothing is on disk.
+    pub bootstrap: bool,
+    /// Nodes to ask for admission when this node is not yet a member.
+    pub join: Vec<NodeInfo>,
+    /// Whether to join as a voter (else stay a learner).
+    pub voter: bool,
+    /// The network fault seam (tests share one across a cluster).
+    pub net_faults: NetFaults,
+    /// The disk fault seam.
+    pub disk_faults: DiskFaults,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Whatever the local replica has applied (may lag the leader).
+    Local,
+    /// Reflects every write acknowledged before the read began (ReadIndex).
+    Linearizable,
+}
+
+/// What a membership change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipOp {
+    /// Add as a learner and wait until it has caught up.
+    AddLearner,
+    /// Learner → voter.
+    Promote,
+    /// Voter → learner.
+    Demote,
+    /// Out of the cluster.
+    Remove,
+}
+
+/// The voters and learners after a membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Voting members.
+    pub voters: BTreeSet<NodeId>,
+    /// Learners (replicas with no vote).
+    pub learners: BTreeSet<NodeId>,
+}
+
+/// Why one attempt of a routed request did not finish.
+pub(crate) enum Attempt {
+    /// Leadership is moving or the leader is unreachable: try again.
+    Retry(String),
+    /// Retrying cannot help.
+    Fail(Error),
+}
+
+struct Core {
+    id: NodeId,
+    info: NodeInfo,
+    raft: Raft<TypeConfig>,
+    view: ReadView,
+    log: LogStore<SledEngine>,
+    peers: Arc<Peers>,
+    timeouts: Timeouts,
+    shutdown: watch::Sender<bool>,
+    /// Background tasks (server, joiner), awaited on shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running node. Cheap to clone; [`Node::shutdown`] stops it.
+#[derive(Clone)]
+pub struct Node {
+    core: Arc<Core>,
+}
+
+fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Storage { path: path.to_path_buf(), source }
+}
+
+impl Node {
+    /// Opens storage, starts Raft and the gRPC server, then bootstraps or joins
+    /// as the options say. Returns once the server listens; leadership and joining
+    /// proceed in the background (see [`Node::wait_until`]).
+    pub async fn start(opts: NodeOptions) -> Result<Node, Error> {
+        opts.timeouts.validate().map_err(Error::Options)?;
+        if !crate::pki::valid_node_name(&opts.info.name) {
+            return Err(Error::Options(format!("node name {:?} is not a DNS label", opts.info.name)));
+        }
+        let store_dir = opts.data_dir.join("store");
+        std::fs::create_dir_all(&store_dir).map_err(storage_err(&opts.data_dir))?;
+        let snapshot_dir = opts.data_dir.join("snapshots");
+        let db = crate::storage::open_db(&store_dir).map_err(storage_err(&store_dir))?;
+        let engine = SledEngine::open(db.clone(), &store_dir, opts.disk_faults.clone()).map_err(storage_err(&store_dir))?;
+        let log = LogStore::new(engine).map_err(storage_err(&store_dir))?;
+        let sm = StateMachine::open(db, &store_dir, &snapshot_dir).map_err(storage_err(&store_dir))?;
+        let view = sm.read_view();
+
+        let config = raft_config(&opts.cluster_name, &opts.timeouts, &opts.tuning).map_err(Error::Options)?;
+        let peers = Arc::new(Peers::new(opts.id, opts.tls.clone(), opts.net_faults.clone(), opts.timeouts.clone()));
+        let raft = Raft::new(opts.id, Arc::new(config), NetworkFactory::new(peers.clone()), log.clone(), sm)
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| Error::Bind { addr: opts.listen.to_string(), source })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let node = Node {
+            core: Arc::new(Core {
+                id: opts.id,
+                info: opts.info.clone(),
+                raft: raft.clone(),
+                view,
+                log,
+                peers,
+                timeouts: opts.timeouts.clone(),
+                shutdown,
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+
+        let server = tonic::transport::Server::builder()
+            .tls_config(opts.tls.server_config())
+            .map_err(|e| Error::Options(format!("TLS server config: {e}")))?
+            .add_service(
+                RaftServiceServer::new(RaftGrpc::new(raft.clone(), snapshot_dir))
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(FederationServer::new(FederationGrpc::new(node.clone())).max_decoding_message_size(MAX_MESSAGE));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut stop = shutdown_rx.clone();
+        let serve = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+        node.push_task(serve);
+        tracing::info!(id = opts.id, node = %opts.info, "node listening");
+
+        if opts.bootstrap && !raft.is_initialized().await.map_err(|e| Error::Stopped(e.to_string()))? {
+            let members = BTreeMap::from([(opts.id, opts.info.clone())]);
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(id = opts.id, "bootstrapped a new cluster"),
+                Err(e) => tracing::info!(error = %e, "not bootstrapping"),
+            }
+        }
+        if !opts.join.is_empty() {
+            let joiner = node.clone();
+            let seeds = opts.join.clone();
+            let voter = opts.voter;
+            let mut stop = shutdown_rx;
+            let task = tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => {}
+                    _ = joiner.join_cluster(seeds, voter) => {}
+                }
+            });
+            node.push_task(task);
+        }
+        Ok(node)
+    }
+
+    fn push_task(&self, task: JoinHandle<()>) {
+        if let Ok(mut tasks) = self.core.tasks.lock() {
+            tasks.push(task);
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
+    /// This node's name, region and address.
+    pub fn info(&self) -> &NodeInfo {
+        &self.core.info
+    }
+
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.core.timeouts
+    }
+
+    /// Change notices from the local replica (one per applied command).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice> {
+        self.core.view.subscribe()
+    }
+
+    /// A digest of the local replica's whole state, to compare replicas.
+    pub fn digest(&self) -> Result<u64, Error> {
+        self.core.view.digest().map_err(Error::Read)
+    }
+
+    /// Stops the server, the Raft instance and background tasks, and closes storage.
+    pub async fn shutdown(&self) {
+        let _ = self.core.shutdown.send(true);
+        if let Err(e) = self.core.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        let tasks = match self.core.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => Vec::new(),
+        };
+        for mut task in tasks {
+            // Graceful stop waits for open calls; do not let a stuck peer hold us.
+            if tokio::time::timeout(Duration::from_secs(3), &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        tracing::info!(id = self.core.id, "node stopped");
+    }
+
+    /// The leader this node knows of, with its address.
+    fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let info = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, info))
+    }
+
+    /// Whether this node is the leader right now (by its own view).
+    pub fn is_leader(&self) -> bool {
+        self.leader().map(|(id, _)| id) == Some(self.core.id)
+    }
+
+    /// Commits `cmd` through the leader, wherever it is, and returns the answer
+    /// every replica computed. Fails with [`Error::NoLeader`] when no leader can be
+    /// reached within the write timeout.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, Error> {
+        cmd.validate()?;
+        let payload = codec::encode(&cmd).map_err(|e| Error::Options(e.to_string()))?;
+        self.route(|node, leader| {
+            let cmd = cmd.clone();
+            let payload = payload.clone();
+            async move {
+                match leader {
+                    None => node.write_here(cmd).await,
+                    Some((id, info)) => node.forward_write(id, &info, payload).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the current leader until it succeeds, fails for
+    /// good, or the write timeout passes. `attempt` gets `None` when this node is
+    /// the leader, else the leader to forward to.
+    async fn route<T, F, Fut>(&self, attempt: F) -> Result<T, Error>
+    where
+        F: Fn(Node, Option<(NodeId, NodeInfo)>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Attempt>>,
+    {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        let mut last;
+        loop {
+            let outcome = match self.leader() {
+                Some((id, _)) if id == self.core.id => attempt(self.clone(), None).await,
+                Some(leader) => attempt(self.clone(), Some(leader)).await,
+                None => Err(Attempt::Retry("no leader elected yet".into())),
+            };
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(why)) => last = why,
+            }
+            if started.elapsed() >= self.core.timeouts.write {
+                return Err(Error::NoLeader { waited: started.elapsed(), last });
+            }
+            if *self.core.shutdown.borrow() {
+                return Err(Error::Stopped("node is shutting down".into()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Proposes `cmd` on this node, which must be the leader.
+    pub(crate) async fn write_here(&self, cmd: Command) -> Result<CommandResponse, Attempt> {
+        match self.core.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(Attempt::Retry(format!("leadership moved to {:?}", f.leader_id)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Attempt::Fail(Error::Membership(e.to_string())))
+            }
+            Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
+        }
+    }
+
+    async fn forward_write(&self, leader: NodeId, info: &NodeInfo, command: Vec<u8>) -> Result<CommandResponse, Attempt> {
+        let mut client = self.core.peers.federation_client(leader, info).await.map_err(|e| Attempt::Retry(e.to_string()))?;
+        let call = client.write(WriteRequest { command });
+        let reply = match tokio::time::timeout(self.core.timeouts.write, call).await {
+            Err(_) => return Err(Attempt::Retry(format!("leader {info} did not answer in time"))),
+            Ok(Err(status)) => return Err(retry_or_fail(info, status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        codec::decode(&reply.response).map_err(|e| Attempt::Fail(Error::Remote { peer: info.to_string(), message: e.to_string() }))
+    }
+
+    /// The leader side of ReadIndex: confirms leadership with a quorum and returns
+    /// the index a linearizable read must wait for.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, Attempt> {
+        match self.core.raft.ensure_linearizable().await {
+            Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(Attempt::Retry("leadership moved".into())),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(Attempt::Retry(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
+        }
+    }
+
+    /// Blocks until this replica reflects every write acknowledged before the call.
+    pub async fn linearize(&self) -> Result<(), Error> {
+        let index = self
+            .route(|node, leader| async move {
+                match leader {
+                    None => node.read_index_here().await,
+                    Some((id, info)) => {
+                        let mut client =
+                            node.core.peers.federation_client(id, &info).await.map_err(|e| Attempt::Retry(e.to_string()))?;
+                        match tokio::time::timeout(node.core.timeouts.write, client.read_index(ReadIndexRequest {})).await {
+                            Err(_) => Err(Attempt::Retry(format!("leader {info} did not answer in time"))),
+                            Ok(Err(status)) => Err(retry_or_fail(&info, status)),
+                            Ok(Ok(r)) => Ok(r.into_inner().read_index),
+                        }
+                    }
+                }
+            })
+            .await?;
+        self.core
+            .raft
+            .wait(Some(self.core.timeouts.write))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|e| Error::NoLeader { waited: self.core.timeouts.write, last: e.to_string() })?;
+        Ok(())
+    }
+
+    /// Reads one key.
+    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<ReadResult<Option<KvEntry>>, Error> {
+        if consistency == Consistency::Linearizable {
+            self.linearize().await?;
+        }
+        self.core.view.get(key).map_err(Error::Read)
+    }
+
+    /// Reads up to `limit` keys under `prefix`, in key order.
+    pub async fn scan(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<ReadResult<Vec<(Vec<u8>, KvEntry)>>, Error> {
+        if consistency == Consistency::Linearizable {
+            self.linearize().await?;
+        }
+        self.core.view.scan(prefix, limit).map_err(Error::Read)
+    }
+
+    /// Changes membership through the leader (forwarded if needed).
+    pub async fn change_membership(&self, op: MembershipOp, id: NodeId, info: Option<NodeInfo>) -> Result<MembershipView, Error> {
+        if op == MembershipOp::AddLearner && info.is_none() {
+            return Err(Error::Membership("adding a learner needs its name, region and address".into()));
+        }
+        self.route(|node, leader| {
+            let info = info.clone();
+            async move {
+                match leader {
+                    None => node.change_membership_here(op, id, info).await,
+                    Some((lid, linfo)) => node.forward_membership(lid, &linfo, op, id, info).await,
+                }
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn change_membership_here(
+        &self,
+        op: MembershipOp,
+        id: NodeId,
+        info: Option<NodeInfo>,
+    ) -> Result<MembershipView, Attempt> {
+        let raft = &self.core.raft;
+        let ids = BTreeSet::from([id]);
+        let is_voter = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().any(|v| v == id)
+        };
+        let result = match (op, info) {
+            (MembershipOp::AddLearner, Some(info)) => raft.add_learner(id, info, true).await,
+            (MembershipOp::AddLearner, None) => return Err(Attempt::Fail(Error::Membership("missing node info".into()))),
+            (MembershipOp::Promote, _) => raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await,
+            (MembershipOp::Demote, _) => raft.change_membership(ChangeMembers::RemoveVoters(ids), true).await,
+            (MembershipOp::Remove, _) if is_voter => raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await,
+            (MembershipOp::Remove, _) => raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await,
+        };
+        match result {
+            Ok(r) => {
+                let m = r.membership.clone();
+                Ok(match m {
+                    Some(m) => MembershipView { voters: m.voter_ids().collect(), learners: m.learner_ids().collect() },
+                    None => self.membership_view(),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Attempt::Retry("leadership moved".into())),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(Attempt::Fail(Error::Membership(e.to_string()))),
+            Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
+        }
+    }
+
+    async fn forward_membership(
+        &self,
+        leader: NodeId,
+        linfo: &NodeInfo,
+        op: MembershipOp,
+        id: NodeId,
+        info: Option<NodeInfo>,
+    ) -> Result<MembershipView, Attempt> {
+        let mut client = self.core.peers.federation_client(leader, linfo).await.map_err(|e| Attempt::Retry(e.to_string()))?;
+        let action = match op {
+            MembershipOp::AddLearner => MembershipAction::AddLearner,
+            MembershipOp::Promote => MembershipAction::Promote,
+            MembershipOp::Demote => MembershipAction::Demote,
+            MembershipOp::Remove => MembershipAction::Remove,
+        };
+        let node = info.map(|i| node_info_to_proto(id, &i)).or(Some(sc_proto::federation::NodeInfo {
+            node_id: id,
+            ..Default::default()
+        }));
+        let req = MembershipRequest { action: action as i32, node };
+        match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await {
+            Err(_) => Err(Attempt::Retry(format!("leader {linfo} did not answer in time"))),
+            Ok(Err(status)) => Err(retry_or_fail(linfo, status)),
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                Ok(MembershipView { voters: r.voters.into_iter().collect(), learners: r.learners.into_iter().collect() })
+            }
+        }
+    }
+
+    /// The membership as this node knows it.
+    pub fn membership_view(&self) -> MembershipView {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        let mem = m.membership_config.membership();
+        MembershipView { voters: mem.voter_ids().collect(), learners: mem.learner_ids().collect() }
+    }
+
+    /// Keeps asking `seeds` to admit this node until it is a member in the wanted role.
+    async fn join_cluster(&self, seeds: Vec<NodeInfo>, voter: bool) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let view = self.membership_view();
+            let id = self.core.id;
+            let member = view.voters.contains(&id) || view.learners.contains(&id);
+            if member && (view.voters.contains(&id) || !voter) {
+                tracing::info!(id, voter = view.voters.contains(&id), "member of the cluster");
+                return;
+            }
+            let op = if member { MembershipOp::Promote } else { MembershipOp::AddLearner };
+            for seed in &seeds {
+                match self.ask_seed(seed, op).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::info!(seed = %seed, error = %e, "join attempt failed; will retry"),
+                }
+            }
+            // Our own metrics learn of the change when the leader replicates it.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn ask_seed(&self, seed: &NodeInfo, op: MembershipOp) -> Result<(), String> {
+        // Seeds are not members of our (empty) membership yet: use a one-off channel.
+        let channel = crate::network::peers::connect_lazy(&self.core.peers_tls(), seed, &self.core.timeouts).map_err(|e| e.to_string())?;
+        let mut client = sc_proto::federation::federation_client::FederationClient::new(channel);
+        let action = match op {
+            MembershipOp::Promote => MembershipAction::Promote,
+            _ => MembershipAction::AddLearner,
+        };
+        let req = MembershipRequest { action: action as i32, node: Some(node_info_to_proto(self.core.id, &self.core.info)) };
+        match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await {
+            Err(_) => Err("timed out".into()),
+            Ok(Err(s)) => Err(s.message().to_string()),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// This node's status.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.core.raft.metrics();
+        let m = m.borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let last = m.last_log_index;
+        let peers = mem
+            .nodes()
+            .map(|(id, info)| {
+                let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.map(|l| l.index).unwrap_or(0));
+                PeerStatus {
+                    id: *id,
+                    name: info.name.clone(),
+                    region: info.region.clone(),
+                    addr: info.addr.clone(),
+                    voter: voters.contains(id),
+                    matched,
+                    lag: matched.map(|x| last.unwrap_or(0).saturating_sub(x)),
+                }
+            })
+            .collect();
+        NodeStatus {
+            id: self.core.id,
+            name: self.core.info.name.clone(),
+            region: self.core.info.region.clone(),
+            addr: self.core.info.addr.clone(),
+            role: role.to_string(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: last,
+            last_applied: m.last_applied.map(|l| l.index),
+            committed: self.core.log.committed_index(),
+            snapshot: m.snapshot.map(|l| l.index),
+            revision: self.core.view.revision().unwrap_or(0),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
+            peers,
+        }
+    }
+
+    /// Polls this node's status until `pred` holds or `timeout` passes.
+    pub async fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&NodeStatus) -> bool) -> Result<NodeStatus, Error> {
+        let started = Instant::now();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return Ok(s);
+            }
+            if started.elapsed() > timeout {
+                return Err(Error::NoLeader { waited: timeout, last: format!("node {} never reached: {what}; last status {s:?}", self.core.id) });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Builds a snapshot now (normally automatic after `snapshot_every` entries).
+    pub async fn trigger_snapshot(&self) -> Result<(), Error> {
+        self.core.raft.trigger().snapshot().await.map_err(|e| Error::Stopped(e.to_string()))
+    }
+
+    /// Starts an election on this node now (used to hand leadership over in tests
+    /// and drills; openraft 0.9 has no transfer-leader call).
+    pub async fn trigger_election(&self) -> Result<(), Error> {
+        self.core.raft.trigger().elect().await.map_err(|e| Error::Stopped(e.to_string()))
+    }
+
+    /// Status of every member, asked over the federation channel (this node's
+    /// own entry is local). A member that cannot be reached is reported as an error.
+    pub async fn cluster_status(&self) -> Vec<(NodeId, Result<NodeStatus, String>)> {
+        let members: Vec<(NodeId, NodeInfo)> = {
+            let m = self.core.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect()
+        };
+        let mut out = Vec::new();
+        for (id, info) in members {
+            if id == self.core.id {
+                out.push((id, Ok(self.status())));
+                continue;
+            }
+            let r = async {
+                let mut c = self.core.peers.federation_client(id, &info).await.map_err(|e| e.to_string())?;
+                let reply = tokio::time::timeout(self.core.timeouts.rpc, c.status(sc_proto::federation::StatusRequest {}))
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|s| s.message().to_string())?;
+                Ok(crate::network::federation::status_from_proto(reply.into_inner()))
+            }
+            .await;
+            out.push((id, r));
+        }
+        out
+    }
+}
+
+impl Core {
+    fn peers_tls(&self) -> TlsMaterial {
+        self.peers.tls().clone()
+    }
+}
+
+/// Classifies a federation error: leadership moved or the peer is down → retry;
+/// a refusal on the merits → fail.
+fn retry_or_fail(peer: &NodeInfo, status: tonic::Status) -> Attempt {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown => {
+            Attempt::Retry(format!("{peer}: {}", status.message()))
+        }
+        tonic::Code::FailedPrecondition if status.message().starts_with(crate::network::federation::NOT_LEADER) => {
+            Attempt::Retry(format!("{peer}: {}", status.message()))
+        }
+        tonic::Code::FailedPrecondition => Attempt::Fail(Error::Membership(status.message().to_string())),
+        _ => Attempt::Fail(Error::Remote { peer: peer.to_string(), message: status.message().to_string() }),
+    }
+}

@@ -1,0 +1,60 @@
+//! What a node reports about itself and, if leader, about replication to its peers.
+//!
+//! One struct serves `pce status` (a table), scripts (`--json`) and the
+//! federation `Status` RPC, so the three never disagree.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// One node's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Raft id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// gRPC address.
+    pub addr: String,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// The leader this node follows, if it knows one.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index written locally.
+    pub last_log_index: Option<u64>,
+    /// Last log index applied to the local replica.
+    pub last_applied: Option<u64>,
+    /// Last log index known committed.
+    pub committed: Option<u64>,
+    /// Last log index covered by the local snapshot.
+    pub snapshot: Option<u64>,
+    /// Store revision of the local replica.
+    pub revision: u64,
+    /// For a leader: time since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+    /// Every member of the cluster, with replication progress when this node leads.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One member as seen from the reporting node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Raft id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// gRPC address.
+    pub addr: String,
+    /// Voter (true) or learner.
+    pub voter: bool,
+    /// Highest index replicated to it (leader only).
+    pub matched: Option<u64>,
+    /// Entries it is behind the leader's log (leader only).
+    pub lag: Option<u64>,
+}

@@ -1,0 +1,168 @@
+//! The disk under the Raft log, behind a trait.
+//!
+//! sled 0.34 is unmaintained and its `flush` ends in `sync_file_range`, which does
+//! not persist file metadata (a grown file's size). Keeping the log behind
+//! [`LogEngine`] means crash tests can push the log onto another engine without
+//! touching the Raft glue, and it is the seam where a failing disk can be injected.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::{sled_io};
+
+/// Ordered, index-addressed log records plus a few metadata cells.
+///
+/// Writes may sit in memory until [`LogEngine::sync`], which makes everything
+/// written before it durable; the log store never acknowledges before that.
+pub trait LogEngine: Send + Sync + 'static {
+    /// Writes records `(index, bytes)`; they are not durable until `sync`.
+    fn append(&self, records: &[(u64, Vec<u8>)]) -> io::Result<()>;
+    /// Makes every earlier write durable (data and file metadata).
+    fn sync(&self) -> io::Result<()>;
+    /// Records with `start <= index < end` (`end` unbounded when `None`), in order.
+    fn range(&self, start: u64, end: Option<u64>) -> io::Result<Vec<(u64, Vec<u8>)>>;
+    /// The record with the highest index.
+    fn last(&self) -> io::Result<Option<(u64, Vec<u8>)>>;
+    /// Removes every record with `index >= from`.
+    fn truncate_from(&self, from: u64) -> io::Result<()>;
+    /// Removes every record with `index <= upto`.
+    fn purge_upto(&self, upto: u64) -> io::Result<()>;
+    /// Writes a metadata cell (not durable until `sync`).
+    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()>;
+    /// Reads a metadata cell.
+    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
+}
+
+/// A switch that makes a node's disk fail every write, for fault-injection tests.
+///
+/// Shared between the engine and the test that flips it; a failed write makes
+/// openraft stop the node rather than acknowledge something that is not on disk.
+#[derive(Debug, Clone, Default)]
+pub struct DiskFaults(Arc<AtomicBool>);
+
+impl DiskFaults {
+    /// Makes every later write and sync fail (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        self.0.store(failing, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected disk failure"));
+        }
+        Ok(())
+    }
+}
+
+/// The sled implementation: the log in one tree, metadata in another, in the
+/// node's single sled database (shared with the state machine, so one fsync
+/// covers both).
+pub struct SledEngine {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    /// sled's data file, kept open so `sync` is one `fsync` call, not an open+fsync.
+    data_file: File,
+    dir: PathBuf,
+    faults: DiskFaults,
+}
+
+impl SledEngine {
+    /// Opens the engine on the node's database, which lives in `dir`.
+    pub fn open(db: sled::Db, dir: &Path, faults: DiskFaults) -> io::Result<Self> {
+        let log = db.open_tree("raft_log").map_err(sled_io)?;
+        let meta = db.open_tree("raft_meta").map_err(sled_io)?;
+        let data_file = File::open(dir.join("db"))?;
+        Ok(SledEngine {
+            db,
+            log,
+            meta,
+            data_file,
+            dir: dir.to_path_buf(),
+            faults,
+        })
+    }
+}
+
+/// Flushes sled and then fsyncs its files, because sled's flush alone
+/// (`sync_file_range`) does not persist the file size of a grown log.
+pub fn sync_sled(db: &sled::Db, data_file: &File, dir: &Path) -> io::Result<()> {
+    db.flush().map_err(sled_io)?;
+    data_file.sync_all()?;
+    // New blob files or a renamed config need their directory entry durable too.
+    File::open(dir)?.sync_all()
+}
+
+impl LogEngine for SledEngine {
+    fn append(&self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        self.faults.check()?;
+        let mut batch = sled::Batch::default();
+        for (index, bytes) in records {
+            batch.insert(&index.to_be_bytes(), bytes.as_slice());
+        }
+        self.log.apply_batch(batch).map_err(sled_io)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.faults.check()?;
+        sync_sled(&self.db, &self.data_file, &self.dir)
+    }
+
+    fn range(&self, start: u64, end: Option<u64>) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let iter = match end {
+            Some(end) => self.log.range(start.to_be_bytes()..end.to_be_bytes()),
+            None => self.log.range(start.to_be_bytes()..),
+        };
+        iter.map(|item| {
+            let (k, v) = item.map_err(sled_io)?;
+            Ok((index_of(&k)?, v.to_vec()))
+        })
+        .collect()
+    }
+
+    fn last(&self) -> io::Result<Option<(u64, Vec<u8>)>> {
+        match self.log.last().map_err(sled_io)? {
+            Some((k, v)) => Ok(Some((index_of(&k)?, v.to_vec()))),
+            None => Ok(None),
+        }
+    }
+
+    fn truncate_from(&self, from: u64) -> io::Result<()> {
+        self.faults.check()?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(from.to_be_bytes()..) {
+            let (k, _) = item.map_err(sled_io)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(sled_io)
+    }
+
+    fn purge_upto(&self, upto: u64) -> io::Result<()> {
+        self.faults.check()?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(..=upto.to_be_bytes()) {
+            let (k, _) = item.map_err(sled_io)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(sled_io)
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        self.faults.check()?;
+        self.meta.insert(key, value).map_err(sled_io).map(|_| ())
+    }
+
+    fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key).map_err(sled_io)?.map(|v| v.to_vec()))
+    }
+}
+
+fn index_of(key: &[u8]) -> io::Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "log key is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
