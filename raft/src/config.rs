@@ -113,7 +113,8 @@ pub(crate) fn raft_config(cluster: &str, t: &Timeouts, tuning: &Tuning) -> Resul
         max_payload_entries: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
         max_in_snapshot_log_to_keep: tuning.keep_logs,
-        purge_batch_size: 256,
+        // Purge in batches, but never wait for more entries than one snapshot interval.
+        purge_batch_size: (tuning.snapshot_every / 4).clamp(1, 256),
         ..Default::default()
     };
     cfg.validate().map_err(|e| e.to_string())

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use sc_proto::federation::federation_server::FederationServer;
 use sc_proto::federation::{MembershipAction, MembershipRequest, ReadIndexRequest, WriteRequest};
@@ -335,7 +335,16 @@ impl Node {
 
     /// Proposes `cmd` on this node, which must be the leader.
     pub(crate) async fn write_here(&self, cmd: Command) -> Result<CommandResponse, Attempt> {
-        match self.core.raft.client_write(cmd).await {
+        let wait = self.core.timeouts.write;
+        let Ok(result) = tokio::time::timeout(wait, self.core.raft.client_write(cmd)).await else {
+            // A leader cut off from its quorum cannot commit; the entry may still be
+            // committed later by this leader, so the outcome is unknown.
+            return Err(Attempt::Fail(Error::NoLeader {
+                waited: wait,
+                last: "not committed in time (outcome unknown: retry with the same client id and serial)".into(),
+            }));
+        };
+        match result {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(Attempt::Retry(format!("leadership moved to {:?}", f.leader_id)))
@@ -464,6 +473,10 @@ impl Node {
                 })
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Attempt::Retry("leadership moved".into())),
+            // A previous change is still being committed: wait for it, then retry.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e)))) => {
+                Err(Attempt::Retry(e.to_string()))
+            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(Attempt::Fail(Error::Membership(e.to_string()))),
             Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
         }
@@ -588,6 +601,7 @@ impl Node {
             last_applied: m.last_applied.map(|l| l.index),
             committed: self.core.log.committed_index(),
             snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
             revision: self.core.view.revision().unwrap_or(0),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
             peers,

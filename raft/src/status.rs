@@ -32,6 +32,9 @@ pub struct NodeStatus {
     pub committed: Option<u64>,
     /// Last log index covered by the local snapshot.
     pub snapshot: Option<u64>,
+    /// Last log index purged from the local log (entries up to it exist only in
+    /// the snapshot).
+    pub purged: Option<u64>,
     /// Store revision of the local replica.
     pub revision: u64,
     /// For a leader: time since a quorum last acknowledged it.

@@ -68,6 +68,7 @@ pub fn status_from_proto(r: StatusReply) -> NodeStatus {
         last_applied: r.last_applied_index,
         committed: r.committed_index,
         snapshot: r.snapshot_index,
+        purged: r.purged_index,
         revision: r.revision,
         millis_since_quorum_ack: r.millis_since_quorum_ack,
         peers: r
@@ -92,6 +93,7 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
         last_applied_index: s.last_applied,
         committed_index: s.committed,
         snapshot_index: s.snapshot,
+        purged_index: s.purged,
         revision: s.revision,
         millis_since_quorum_ack: s.millis_since_quorum_ack,
         peers: s
