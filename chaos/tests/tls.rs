@@ -33,7 +33,10 @@ async fn a_client_with_a_foreign_certificate_or_none_is_refused() {
     assert_eq!(status_with(&ours, &target).await.unwrap(), "leader");
 
     let other = tempfile::tempdir().unwrap();
-    let theirs = foreign_tls(other.path(), "node-2");
+    let mut theirs = foreign_tls(other.path(), "node-2");
+    // It trusts our CA (so it would accept our server) but presents a certificate
+    // our CA never signed: our server must refuse it.
+    theirs.ca_pem = ours.ca_pem.clone();
     let err = status_with(&theirs, &target).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
 
