@@ -1,1 +1,226 @@
-fn main() {}
+//! `pce`: the Supercluster node program and operator CLI.
+//!
+//! One binary wires the crates together: `serve` runs one node, `up` a whole
+//! three-region cluster on this machine, and the other commands operate a
+//! running cluster over the same mutual-TLS channel the regions use.
+
+mod bench;
+mod config;
+mod ops;
+mod up;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogFormat, NodeConfig};
+
+#[derive(Parser)]
+#[command(name = "pce", version, about = "Supercluster Policy Compute Engine: node and operator CLI")]
+struct Cli {
+    /// Log format (overrides the config file's `[log] format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a 3-region supercluster on this machine (loopback addresses).
+    Up {
+        /// Where certificates, configs and data go (reused on the next run).
+        #[arg(long, default_value = "pce-data")]
+        dir: PathBuf,
+        /// Port every region listens on (each region has its own loopback address).
+        #[arg(long, default_value_t = 7400)]
+        port: u16,
+    },
+    /// Run one node.
+    Serve {
+        /// The node's TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Cluster certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Role, leader, term, indexes and replication lag of every node.
+    Status {
+        /// Configuration of the node to ask (its certificates are used).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Membership changes (routed to the leader).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Read or write one key of the replicated store.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// Benchmarks against a running cluster.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA (`ca.pem`, `ca.key` with mode 0600).
+    Init {
+        /// Directory for the CA and the certificates it issues.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Cluster name written into the CA certificate.
+        #[arg(long, default_value = "supercluster")]
+        cluster: String,
+    },
+    /// Issue a node certificate signed by the CA (`NAME.pem`, `NAME.key`).
+    Issue {
+        /// Directory holding the CA.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Node name (a DNS label, used as the TLS server name).
+        #[arg(long)]
+        node: String,
+        /// Region of the node.
+        #[arg(long)]
+        region: String,
+        /// IP addresses to include as subject alternative names.
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Make a learner a voter.
+    Promote(MemberArgs),
+    /// Make a voter a learner.
+    Demote(MemberArgs),
+    /// Remove a node from the cluster.
+    Remove(MemberArgs),
+}
+
+#[derive(clap::Args)]
+struct MemberArgs {
+    /// Configuration of a node to send the change through.
+    #[arg(long)]
+    config: PathBuf,
+    /// Raft id of the node to change.
+    #[arg(long)]
+    id: u64,
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Write a key (through any region).
+    Put {
+        /// Configuration of the node to send it through.
+        #[arg(long)]
+        config: PathBuf,
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+    },
+    /// Read a key from the node's replica.
+    Get {
+        /// Configuration of the node to read from.
+        #[arg(long)]
+        config: PathBuf,
+        /// Key.
+        key: String,
+        /// Confirm with the leader first (sees every acknowledged write).
+        #[arg(long)]
+        linearizable: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Committed writes per second and latency at several client counts.
+    Write(bench::WriteArgs),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tonic=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up { dir, port } => {
+            init_logging(cli.log_format.unwrap_or_default());
+            up::run(&dir, port).await
+        }
+        Command::Serve { config } => {
+            let cfg = NodeConfig::load(&config)?;
+            init_logging(cli.log_format.unwrap_or(cfg.log.format));
+            ops::serve(cfg).await
+        }
+        Command::Certs { command } => match command {
+            CertsCommand::Init { dir, cluster } => {
+                let ca = sc_raft::pki::init_ca(&dir, &cluster)?;
+                println!("cluster CA written to {} (key: {}, mode 0600)", ca.display(), dir.join(sc_raft::pki::CA_KEY).display());
+                Ok(())
+            }
+            CertsCommand::Issue { dir, node, region, ip } => {
+                let issued = sc_raft::pki::issue(&dir, &node, &region, &ip)?;
+                println!("certificate {} and key {} (mode 0600) issued for {node} in {region}", issued.cert.display(), issued.key.display());
+                Ok(())
+            }
+        },
+        Command::Status { config, json } => ops::status(&config, json).await,
+        Command::Cluster { command } => {
+            let (op, args) = match command {
+                ClusterCommand::Promote(a) => (sc_raft::MembershipOp::Promote, a),
+                ClusterCommand::Demote(a) => (sc_raft::MembershipOp::Demote, a),
+                ClusterCommand::Remove(a) => (sc_raft::MembershipOp::Remove, a),
+            };
+            ops::membership(&args.config, op, args.id).await
+        }
+        Command::Kv { command } => match command {
+            KvCommand::Put { config, key, value } => ops::put(&config, &key, &value).await,
+            KvCommand::Get { config, key, linearizable } => ops::get(&config, &key, linearizable).await,
+        },
+        Command::Bench { command } => match command {
+            BenchCommand::Write(args) => bench::write(args).await,
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime") {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //! openraft's types stay inside this crate; other crates use [`Node`], [`Command`]
 //! and friends.
 
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod status;
 pub mod storage;
 pub mod types;
 
+pub use client::Client;
 pub use config::{Profile, Timeouts, Tuning};
 pub use error::Error;
 pub use network::{NetFaults, TlsMaterial};

@@ -358,7 +358,7 @@ impl Node {
 
     async fn forward_write(&self, leader: NodeId, info: &NodeInfo, command: Vec<u8>) -> Result<CommandResponse, Attempt> {
         let mut client = self.core.peers.federation_client(leader, info).await.map_err(|e| Attempt::Retry(e.to_string()))?;
-        let call = client.write(WriteRequest { command });
+        let call = client.write(WriteRequest { command, route_to_leader: false });
         let reply = match tokio::time::timeout(self.core.timeouts.write, call).await {
             Err(_) => return Err(Attempt::Retry(format!("leader {info} did not answer in time"))),
             Ok(Err(status)) => return Err(retry_or_fail(info, status)),
@@ -577,7 +577,7 @@ impl Node {
         let peers = mem
             .nodes()
             .map(|(id, info)| {
-                let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.map(|l| l.index).unwrap_or(0));
+                let matched = m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.map(|l| l.index));
                 PeerStatus {
                     id: *id,
                     name: info.name.clone(),

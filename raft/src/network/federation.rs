@@ -9,12 +9,12 @@
 use sc_proto::federation::federation_server::Federation;
 use sc_proto::federation::{
     MembershipAction, MembershipReply, MembershipRequest, ReadIndexReply, ReadIndexRequest,
-    StatusReply, StatusRequest, WriteReply, WriteRequest,
+    ReadReply, ReadRequest, StatusReply, StatusRequest, WriteReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::codec;
-use crate::node::{Attempt, MembershipOp, Node};
+use crate::node::{Attempt, Consistency, MembershipOp, Node};
 use crate::status::{NodeStatus, PeerStatus};
 use crate::types::{Command, NodeId, NodeInfo};
 
@@ -112,11 +112,16 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
 #[tonic::async_trait]
 impl Federation for FederationGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
-        let cmd: Command = codec::decode(&request.into_inner().command)
+        let req = request.into_inner();
+        let cmd: Command = codec::decode(&req.command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
         cmd.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.leader_only()?;
-        let resp = self.node.write_here(cmd).await.map_err(attempt_status)?;
+        let resp = if req.route_to_leader {
+            self.node.write(cmd).await.map_err(|e| e.to_status())?
+        } else {
+            self.leader_only()?;
+            self.node.write_here(cmd).await.map_err(attempt_status)?
+        };
         let response = codec::encode(&resp).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(WriteReply { response }))
     }
@@ -149,6 +154,28 @@ impl Federation for FederationGrpc {
         // them to the leader itself.
         let view = self.node.change_membership(op, node.node_id, info).await.map_err(|e| e.to_status())?;
         Ok(Response::new(MembershipReply { voters: view.voters.into_iter().collect(), learners: view.learners.into_iter().collect() }))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let req = request.into_inner();
+        if req.key.is_empty() || req.key.len() > crate::types::MAX_KEY_LEN {
+            return Err(Status::invalid_argument(format!(
+                "key length {} is outside 1..={}",
+                req.key.len(),
+                crate::types::MAX_KEY_LEN
+            )));
+        }
+        let consistency = if req.linearizable { Consistency::Linearizable } else { Consistency::Local };
+        let r = self.node.get(&req.key, consistency).await.map_err(|e| e.to_status())?;
+        let mut reply = ReadReply { revision: r.revision, applied_index: r.applied_index, ..Default::default() };
+        if let Some(e) = r.value {
+            reply.found = true;
+            reply.value = e.value;
+            reply.create_revision = e.create_revision;
+            reply.mod_revision = e.mod_revision;
+            reply.version = e.version;
+        }
+        Ok(Response::new(reply))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {

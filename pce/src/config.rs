@@ -1,0 +1,303 @@
+//! The node configuration file (`pce serve --config FILE`), parsed once and
+//! validated with messages that say what to fix.
+//!
+//! Relative paths in the file are relative to the file's own directory, so a
+//! configuration directory can be moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sc_raft::{pki, DiskFaults, NetFaults, NodeInfo, NodeOptions, Profile, Timeouts, TlsMaterial, Tuning};
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft id: unique in the cluster, never reused.
+    pub id: u64,
+    /// DNS-label name; must match the name in the node's certificate.
+    pub name: String,
+    /// Region this node serves.
+    pub region: String,
+    /// Socket to listen on for inter-region gRPC.
+    pub listen: String,
+    /// Address peers use to reach this node (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Where the Raft log, state and snapshots live.
+    pub data_dir: PathBuf,
+    /// `lan` or `wan`.
+    #[serde(default = "default_profile")]
+    pub profile: Profile,
+    /// Start a new cluster with this node as its only voter (first region only).
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// `voter` or `learner` (replica, no vote).
+    #[serde(default)]
+    pub role: Role,
+    /// Name of the cluster (appears in logs).
+    #[serde(default = "default_cluster")]
+    pub cluster_name: String,
+    /// Certificates.
+    pub tls: TlsFiles,
+    /// Existing members to join through.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    /// Overrides of the profile's timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutOverrides,
+    /// Snapshot policy.
+    #[serde(default)]
+    pub snapshots: Snapshots,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_profile() -> Profile {
+    Profile::Lan
+}
+
+fn default_cluster() -> String {
+    "supercluster".into()
+}
+
+/// The role a node asks for when it joins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Votes in elections and counts for the quorum.
+    #[default]
+    Voter,
+    /// Replica only.
+    Learner,
+}
+
+/// Paths of the node's TLS files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// A member to contact when joining.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Its node name (the TLS server name).
+    pub name: String,
+    /// Its address.
+    pub addr: String,
+}
+
+/// Timeout overrides in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutOverrides {
+    /// Leader heartbeat.
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout.
+    pub election_min_ms: Option<u64>,
+    /// Maximum election timeout.
+    pub election_max_ms: Option<u64>,
+    /// How long a write may wait for a leader.
+    pub write_ms: Option<u64>,
+}
+
+/// When to snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshots {
+    /// Snapshot after this many log entries.
+    pub every: u64,
+    /// Entries kept behind a snapshot.
+    pub keep_logs: u64,
+}
+
+impl Default for Snapshots {
+    fn default() -> Self {
+        let t = Tuning::default();
+        Snapshots { every: t.snapshot_every, keep_logs: t.keep_logs }
+    }
+}
+
+/// Logging options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Human,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl NodeConfig {
+    /// Reads and parses `path`, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut cfg: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Checks everything and builds the node's options (loading the certificates).
+    pub fn to_options(&self) -> Result<NodeOptions> {
+        if self.id == 0 {
+            bail!("id: must be a positive integer, unique in the cluster");
+        }
+        if !pki::valid_node_name(&self.name) {
+            bail!("name: {:?} must be 1-63 characters of [a-z0-9-] (it is the TLS server name)", self.name);
+        }
+        if self.region.trim().is_empty() {
+            bail!("region: must not be empty");
+        }
+        let listen: SocketAddr = parse_addr("listen", &self.listen)?;
+        let advertise = match &self.advertise {
+            Some(a) => {
+                parse_addr("advertise", a)?;
+                a.clone()
+            }
+            None => listen.to_string(),
+        };
+        if !self.bootstrap && self.peers.is_empty() {
+            bail!("peers: a node that does not bootstrap needs at least one peer to join through (or set bootstrap = true on the first region)");
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            parse_addr(&format!("peers[{i}].addr"), &p.addr)?;
+            if !pki::valid_node_name(&p.name) {
+                bail!("peers[{i}].name: {:?} is not a node name", p.name);
+            }
+        }
+        let mut timeouts = Timeouts::profile(self.profile);
+        let ms = std::time::Duration::from_millis;
+        if let Some(v) = self.timeouts.heartbeat_ms {
+            timeouts.heartbeat = ms(v);
+        }
+        if let Some(v) = self.timeouts.election_min_ms {
+            timeouts.election_min = ms(v);
+        }
+        if let Some(v) = self.timeouts.election_max_ms {
+            timeouts.election_max = ms(v);
+        }
+        if let Some(v) = self.timeouts.write_ms {
+            timeouts.write = ms(v);
+        }
+        if let Err(e) = timeouts.validate() {
+            bail!("timeouts: {e}");
+        }
+        if self.snapshots.every == 0 {
+            bail!("snapshots.every: must be above 0");
+        }
+        let tls = TlsMaterial::load(&self.tls.ca, &self.tls.cert, &self.tls.key).context("tls")?;
+        Ok(NodeOptions {
+            id: self.id,
+            info: NodeInfo { name: self.name.clone(), region: self.region.clone(), addr: advertise },
+            listen,
+            data_dir: self.data_dir.clone(),
+            tls,
+            timeouts,
+            tuning: Tuning { snapshot_every: self.snapshots.every, keep_logs: self.snapshots.keep_logs },
+            cluster_name: self.cluster_name.clone(),
+            bootstrap: self.bootstrap,
+            join: self
+                .peers
+                .iter()
+                .map(|p| NodeInfo { name: p.name.clone(), region: String::new(), addr: p.addr.clone() })
+                .collect(),
+            voter: self.role == Role::Voter,
+            net_faults: NetFaults::new(),
+            disk_faults: DiskFaults::default(),
+        })
+    }
+}
+
+fn parse_addr(field: &str, value: &str) -> Result<SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("{field}: {value:?} is not an address like 127.0.0.1:7400"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, body: &str) -> PathBuf {
+        let p = dir.join("node.toml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    fn valid(dir: &Path) -> String {
+        pki::init_ca(&dir.join("certs"), "t").unwrap();
+        pki::issue(&dir.join("certs"), "us-east-1", "us-east", &[]).unwrap();
+        r#"
+id = 1
+name = "us-east-1"
+region = "us-east"
+listen = "127.0.0.1:7400"
+data_dir = "data"
+bootstrap = true
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/us-east-1.pem"
+key = "certs/us-east-1.key"
+"#
+        .to_string()
+    }
+
+    fn error_of(dir: &Path, body: &str) -> String {
+        let p = write(dir, body);
+        match NodeConfig::load(&p).and_then(|c| c.to_options()) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_file_resolves_paths_against_its_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &valid(d.path()));
+        let opts = NodeConfig::load(&p).unwrap().to_options().unwrap();
+        assert_eq!(opts.data_dir, d.path().join("data"));
+        assert_eq!(opts.info.addr, "127.0.0.1:7400");
+    }
+
+    #[test]
+    fn bad_files_name_what_to_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let good = valid(d.path());
+        let missing = NodeConfig::load(&d.path().join("nope.toml")).unwrap_err();
+        assert!(format!("{missing:#}").contains("cannot read config file"), "{missing:#}");
+        assert!(error_of(d.path(), &format!("{good}\ncolour = \"red\"")).contains("unknown field `colour`"));
+        assert!(error_of(d.path(), &good.replace("127.0.0.1:7400", "localhost")).contains("listen: \"localhost\" is not an address"));
+        assert!(error_of(d.path(), &good.replace("certs/us-east-1.pem", "certs/gone.pem")).contains("cannot read node certificate"));
+        assert!(error_of(d.path(), &good.replace("bootstrap = true", "")).contains("peers:"));
+        assert!(error_of(d.path(), &good.replace("id = 1", "id = \"one\"")).contains("invalid type"));
+        assert!(error_of(d.path(), &good.replace("us-east-1\"\nregion", "US_EAST\"\nregion")).contains("name:"));
+        assert!(error_of(d.path(), &format!("{good}\n[timeouts]\nheartbeat_ms = 400")).contains("twice the heartbeat"));
+    }
+}

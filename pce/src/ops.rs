@@ -1,0 +1,123 @@
+//! Commands that run a node or operate a running cluster.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use sc_raft::{Client, ClientId, Command, MembershipOp, Mutation, Node, NodeStatus, Outcome};
+
+use crate::config::NodeConfig;
+
+/// `pce serve`: runs one node until SIGINT or SIGTERM.
+pub async fn serve(cfg: NodeConfig) -> Result<()> {
+    let opts = cfg.to_options()?;
+    let node = Node::start(opts).await?;
+    tracing::info!(id = node.id(), node = %node.info(), "serving; stop with Ctrl-C or SIGTERM");
+    wait_for_stop_signal().await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_stop_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// A client for the node a config file describes, using its certificates.
+pub fn client_for(config: &Path) -> Result<Client> {
+    let cfg = NodeConfig::load(config)?;
+    let opts = cfg.to_options()?;
+    Ok(Client::new(opts.tls, opts.info, opts.timeouts)?)
+}
+
+/// `pce status`.
+pub async fn status(config: &Path, json: bool) -> Result<()> {
+    let client = client_for(config)?;
+    let all = client.cluster_status().await.with_context(|| format!("asking {}", client.target()))?;
+    if json {
+        let doc: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(id, info, r)| match r {
+                Ok(s) => serde_json::json!({ "id": id, "reachable": true, "status": s }),
+                Err(e) => serde_json::json!({ "id": id, "name": info.name, "region": info.region, "addr": info.addr, "reachable": false, "error": e.to_string() }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let statuses: Vec<&NodeStatus> = all.iter().filter_map(|(_, _, r)| r.as_ref().ok()).collect();
+    print!("{}", table(&all.iter().map(|(id, info, r)| (*id, info.clone(), r.as_ref().ok().cloned(), r.as_ref().err().map(|e| e.to_string()))).collect::<Vec<_>>(), &statuses));
+    Ok(())
+}
+
+/// Renders the status table: one row per node; lag is taken from the leader's view.
+pub fn table(rows: &[(u64, sc_raft::NodeInfo, Option<NodeStatus>, Option<String>)], statuses: &[&NodeStatus]) -> String {
+    let leader = statuses.iter().find(|s| s.role == "leader");
+    let mut out = format!(
+        "{:<10} {:<12} {:>3} {:<21} {:<10} {:<7} {:>5} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>5}\n",
+        "REGION", "NODE", "ID", "ADDR", "ROLE", "VOTER", "TERM", "LEADER", "LOG", "APPLIED", "COMMITTED", "SNAPSHOT", "REVISION", "LAG"
+    );
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    for (id, info, status, err) in rows {
+        let peer = leader.and_then(|l| l.peers.iter().find(|p| p.id == *id));
+        let voter = peer.map(|p| if p.voter { "yes" } else { "learner" }).unwrap_or("?");
+        match status {
+            Some(s) => out += &format!(
+                "{:<10} {:<12} {:>3} {:<21} {:<10} {:<7} {:>5} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>5}\n",
+                s.region, s.name, s.id, s.addr, s.role, voter, s.term, opt(s.leader), opt(s.last_log_index), opt(s.last_applied),
+                opt(s.committed), opt(s.snapshot), s.revision, opt(peer.and_then(|p| p.lag))
+            ),
+            None => out += &format!(
+                "{:<10} {:<12} {:>3} {:<21} UNREACHABLE: {}\n",
+                info.region, info.name, id, info.addr, err.clone().unwrap_or_default()
+            ),
+        }
+    }
+    out
+}
+
+/// `pce cluster promote|demote|remove`.
+pub async fn membership(config: &Path, op: MembershipOp, id: u64) -> Result<()> {
+    let client = client_for(config)?;
+    let view = client.change_membership(op, id).await?;
+    println!("voters: {:?}  learners: {:?}", view.voters, view.learners);
+    Ok(())
+}
+
+/// `pce kv put`.
+pub async fn put(config: &Path, key: &str, value: &str) -> Result<()> {
+    let client = client_for(config)?;
+    let cmd = Command {
+        client: ClientId::random(),
+        serial: 1,
+        expect_revision: None,
+        compare: vec![],
+        ops: vec![Mutation::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() }],
+    };
+    let r = client.write(&cmd).await?;
+    match r.outcome {
+        Outcome::Applied => println!("committed at revision {}", r.revision),
+        other => bail!("refused: {other:?}"),
+    }
+    Ok(())
+}
+
+/// `pce kv get`.
+pub async fn get(config: &Path, key: &str, linearizable: bool) -> Result<()> {
+    let client = client_for(config)?;
+    let (entry, revision) = client.read(key.as_bytes(), linearizable).await?;
+    match entry {
+        Some(e) => println!(
+            "{}\t(mod_revision {}, version {}; read at revision {revision})",
+            String::from_utf8_lossy(&e.value),
+            e.mod_revision,
+            e.version
+        ),
+        None => println!("(not found; read at revision {revision})"),
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `pce up`: the first thing a new user runs. Three regions on this machine, each
+//! on its own loopback address, with real certificates, real Raft and real disk.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sc_raft::{pki, Node};
+
+use crate::config::NodeConfig;
+use crate::ops::{table, wait_for_stop_signal};
+
+/// The regions `pce up` starts: (region, node name, Raft id, loopback address).
+const REGIONS: [(&str, &str, u64, Ipv4Addr); 3] = [
+    ("us-east", "us-east-1", 1, Ipv4Addr::new(127, 0, 0, 11)),
+    ("eu-west", "eu-west-1", 2, Ipv4Addr::new(127, 0, 0, 12)),
+    ("ap-south", "ap-south-1", 3, Ipv4Addr::new(127, 0, 0, 13)),
+];
+
+/// Writes the config of one region (certificate paths relative to the file).
+fn write_config(dir: &Path, region: &str, name: &str, id: u64, ip: Ipv4Addr, port: u16) -> Result<std::path::PathBuf> {
+    let node_dir = dir.join(region);
+    std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+    let (_, seed_name, _, seed_ip) = REGIONS[0];
+    let bootstrap = id == 1;
+    let join = if bootstrap {
+        String::new()
+    } else {
+        format!("\n[[peers]]\nname = \"{seed_name}\"\naddr = \"{seed_ip}:{port}\"\n")
+    };
+    let text = format!(
+        "# Written by `pce up`; edit freely, it is rewritten only if deleted.\n\
+         id = {id}\nname = \"{name}\"\nregion = \"{region}\"\nlisten = \"{ip}:{port}\"\n\
+         data_dir = \"data\"\nprofile = \"lan\"\nbootstrap = {bootstrap}\n\n[tls]\nca = \"../certs/ca.pem\"\n\
+         cert = \"../certs/{name}.pem\"\nkey = \"../certs/{name}.key\"\n{join}"
+    );
+    let path = node_dir.join("node.toml");
+    if !path.exists() {
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// Runs the three regions until Ctrl-C.
+pub async fn run(dir: &Path, port: u16) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let certs = dir.join("certs");
+    if !certs.join(pki::CA_CERT).exists() {
+        pki::init_ca(&certs, "pce-up")?;
+    }
+    let mut nodes = Vec::new();
+    let mut configs = Vec::new();
+    for (region, name, id, ip) in REGIONS {
+        if !certs.join(format!("{name}.pem")).exists() {
+            pki::issue(&certs, name, region, &[IpAddr::V4(ip)])?;
+        }
+        let path = write_config(&dir, region, name, id, ip, port)?;
+        let opts = NodeConfig::load(&path)?.to_options()?;
+        let node = Node::start(opts).await.with_context(|| format!("starting {name}"))?;
+        nodes.push(node);
+        configs.push(path);
+    }
+
+    // Ready means: one leader that all three regions follow, and every region has
+    // applied everything the leader has.
+    let ready = async {
+        loop {
+            let s: Vec<_> = nodes.iter().map(|n| n.status()).collect();
+            let leader = s[0].leader;
+            let leader_log = s.iter().find(|x| Some(x.id) == leader).and_then(|x| x.last_log_index);
+            let all_voters = s.iter().all(|x| x.peers.iter().filter(|p| p.voter).count() == REGIONS.len());
+            if leader.is_some() && all_voters && s.iter().all(|x| x.leader == leader && x.last_applied == leader_log) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let statuses = tokio::select! {
+        s = tokio::time::timeout(Duration::from_secs(60), ready) => s.context("the regions did not form a cluster within 60 s; see the log above")?,
+        r = wait_for_stop_signal() => { r?; for n in &nodes { n.shutdown().await; } return Ok(()); }
+    };
+
+    println!("\nSupercluster is up: 3 regions, data and certificates under {}\n", dir.display());
+    let rows: Vec<_> = statuses
+        .iter()
+        .map(|s| (s.id, sc_raft::NodeInfo { name: s.name.clone(), region: s.region.clone(), addr: s.addr.clone() }, Some(s.clone()), None))
+        .collect();
+    print!("{}", table(&rows, &statuses.iter().collect::<Vec<_>>()));
+    println!("\nTry, in another terminal:");
+    println!("  cargo run --release -p pce -- status --config {}", configs[1].display());
+    println!("  cargo run --release -p pce -- kv put --config {} hello world", configs[1].display());
+    println!("  cargo run --release -p pce -- kv get --linearizable --config {} hello", configs[2].display());
+    println!("\nCtrl-C stops all regions; running `pce up` again reuses the data.");
+
+    wait_for_stop_signal().await?;
+    println!("stopping...");
+    for n in &nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}
