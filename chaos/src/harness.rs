@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use sc_raft::pki;
 use sc_raft::{
-    ClientId, Command, CommandResponse, Consistency, DiskFaults, Error, Mutation, NetFaults, Node, NodeId, NodeInfo,
-    NodeOptions, Profile, Timeouts, TlsMaterial, Tuning,
+    ClientId, Command, CommandResponse, Consistency, DiskFaults, Error, Mutation, NetFaults, Node,
+    NodeId, NodeInfo, NodeOptions, Profile, Timeouts, TlsMaterial, Tuning,
 };
 
 /// Region names given to nodes 1, 2, 3, ...
-pub const REGIONS: [&str; 6] = ["us-east", "eu-west", "ap-south", "us-west", "eu-north", "sa-east"];
+pub const REGIONS: [&str; 6] = [
+    "us-east", "eu-west", "ap-south", "us-west", "eu-north", "sa-east",
+];
 
 /// Installs a tracing subscriber once, honouring `RUST_LOG` (quiet by default).
 pub fn init_tracing() {
@@ -64,7 +66,12 @@ impl TestCluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
-        let mut c = TestCluster { dir, faults: NetFaults::new(), nodes: BTreeMap::new(), tuning };
+        let mut c = TestCluster {
+            dir,
+            faults: NetFaults::new(),
+            nodes: BTreeMap::new(),
+            tuning,
+        };
         for id in 1..=voters as NodeId {
             c.add_node(id, true).await;
         }
@@ -82,8 +89,14 @@ impl TestCluster {
         let name = format!("node-{id}");
         let region = REGIONS[(id as usize - 1) % REGIONS.len()].to_string();
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let issued = pki::issue(&self.certs_dir(), &name, &region, &[localhost]).expect("issue cert");
-        let tls = TlsMaterial::load(&self.certs_dir().join(pki::CA_CERT), &issued.cert, &issued.key).expect("tls");
+        let issued =
+            pki::issue(&self.certs_dir(), &name, &region, &[localhost]).expect("issue cert");
+        let tls = TlsMaterial::load(
+            &self.certs_dir().join(pki::CA_CERT),
+            &issued.cert,
+            &issued.key,
+        )
+        .expect("tls");
         let listen = SocketAddr::new(localhost, free_port());
         let seeds: Vec<NodeInfo> = self
             .nodes
@@ -93,7 +106,11 @@ impl TestCluster {
             .collect();
         NodeOptions {
             id,
-            info: NodeInfo { name, region, addr: listen.to_string() },
+            info: NodeInfo {
+                name,
+                region,
+                addr: listen.to_string(),
+            },
             listen,
             data_dir: self.dir.path().join(format!("node-{id}")),
             tls,
@@ -135,7 +152,10 @@ impl TestCluster {
 
     /// The running node `id`.
     pub fn node(&self, id: NodeId) -> &Node {
-        self.nodes.get(&id).and_then(|(_, n)| n.as_ref()).unwrap_or_else(|| panic!("node {id} is not running"))
+        self.nodes
+            .get(&id)
+            .and_then(|(_, n)| n.as_ref())
+            .unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
     /// Every running node.
@@ -145,7 +165,11 @@ impl TestCluster {
 
     /// Ids of running nodes.
     pub fn running_ids(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, (_, n))| n.is_some()).map(|(id, _)| *id).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, (_, n))| n.is_some())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Waits until the running nodes among `among` agree on a leader that is one of
@@ -153,20 +177,30 @@ impl TestCluster {
     pub async fn leader_among(&self, among: &[NodeId], timeout: Duration) -> NodeId {
         let started = std::time::Instant::now();
         loop {
-            let views: Vec<Option<NodeId>> = among.iter().map(|id| self.node(*id).status().leader).collect();
+            let views: Vec<Option<NodeId>> = among
+                .iter()
+                .map(|id| self.node(*id).status().leader)
+                .collect();
             if let Some(Some(l)) = views.first() {
-                if among.contains(l) && views.iter().all(|v| v == &Some(*l)) && self.node(*l).is_leader() {
+                if among.contains(l)
+                    && views.iter().all(|v| v == &Some(*l))
+                    && self.node(*l).is_leader()
+                {
                     return *l;
                 }
             }
-            assert!(started.elapsed() < timeout, "no agreed leader among {among:?} after {timeout:?}: {views:?}");
+            assert!(
+                started.elapsed() < timeout,
+                "no agreed leader among {among:?} after {timeout:?}: {views:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// The leader agreed by all running nodes.
     pub async fn leader(&self) -> NodeId {
-        self.leader_among(&self.running_ids(), Duration::from_secs(30)).await
+        self.leader_among(&self.running_ids(), Duration::from_secs(30))
+            .await
     }
 
     /// Stops node `id` (its region fails); its data stays for a restart.
@@ -180,7 +214,11 @@ impl TestCluster {
 
     /// Restarts node `id` from its data directory, on the same address.
     pub async fn restart(&mut self, id: NodeId) -> Node {
-        let (opts, _) = self.nodes.get(&id).cloned().unwrap_or_else(|| panic!("unknown node {id}"));
+        let (opts, _) = self
+            .nodes
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| panic!("unknown node {id}"));
         let node = Node::start(opts).await.expect("node restarts");
         if let Some((_, n)) = self.nodes.get_mut(&id) {
             *n = Some(node.clone());
@@ -196,7 +234,10 @@ impl TestCluster {
             let nodes = self.running();
             let applied: Vec<Option<u64>> = nodes.iter().map(|n| n.status().last_applied).collect();
             let digests: Vec<u64> = nodes.iter().filter_map(|n| n.digest().ok()).collect();
-            let leader_log = nodes.iter().find(|n| n.is_leader()).and_then(|n| n.status().last_log_index);
+            let leader_log = nodes
+                .iter()
+                .find(|n| n.is_leader())
+                .and_then(|n| n.status().last_log_index);
             if applied.windows(2).all(|w| w[0] == w[1])
                 && applied.first().copied().flatten() == leader_log
                 && digests.len() == nodes.len()
@@ -204,7 +245,10 @@ impl TestCluster {
             {
                 return;
             }
-            assert!(started.elapsed() < timeout, "replicas did not converge: applied {applied:?} digests {digests:?}");
+            assert!(
+                started.elapsed() < timeout,
+                "replicas did not converge: applied {applied:?} digests {digests:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -239,7 +283,10 @@ impl Default for Writer {
 impl Writer {
     /// A new session.
     pub fn new() -> Self {
-        Writer { client: ClientId::random(), serial: 0 }
+        Writer {
+            client: ClientId::random(),
+            serial: 0,
+        }
     }
 
     /// The next command putting `key = value`.
@@ -250,19 +297,32 @@ impl Writer {
             serial: self.serial,
             expect_revision: None,
             compare: vec![],
-            ops: vec![Mutation::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() }],
+            ops: vec![Mutation::Put {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+            }],
         }
     }
 
     /// Writes through `node`.
-    pub async fn write(&mut self, node: &Node, key: &str, value: &str) -> Result<CommandResponse, Error> {
+    pub async fn write(
+        &mut self,
+        node: &Node,
+        key: &str,
+        value: &str,
+    ) -> Result<CommandResponse, Error> {
         let cmd = self.put(key, value);
         node.write(cmd).await
     }
 }
 
 /// Reads `key` from `node` as a string (None when absent).
-pub async fn read(node: &Node, key: &str, consistency: Consistency) -> Result<Option<String>, Error> {
+pub async fn read(
+    node: &Node,
+    key: &str,
+    consistency: Consistency,
+) -> Result<Option<String>, Error> {
     let r = node.get(key.as_bytes(), consistency).await?;
-    Ok(r.value.map(|e| String::from_utf8_lossy(&e.value).to_string()))
+    Ok(r.value
+        .map(|e| String::from_utf8_lossy(&e.value).to_string()))
 }

@@ -15,7 +15,10 @@ async fn writes_through_any_region_are_committed_once_and_read_back_everywhere()
     let mut w = Writer::new();
     for id in [1, 2, 3] {
         for i in 0..5 {
-            let r = w.write(c.node(id), &format!("via-{id}/{i}"), &format!("v{id}.{i}")).await.unwrap();
+            let r = w
+                .write(c.node(id), &format!("via-{id}/{i}"), &format!("v{id}.{i}"))
+                .await
+                .unwrap();
             assert_eq!(r.outcome, Outcome::Applied);
         }
     }
@@ -32,14 +35,24 @@ async fn writes_through_any_region_are_committed_once_and_read_back_everywhere()
     for id in [1, 2, 3] {
         let node = c.node(id);
         // Linearizable reads, on the leader and on members alike.
-        assert_eq!(read(node, "via-3/4", Consistency::Linearizable).await.unwrap().as_deref(), Some("v3.4"));
+        assert_eq!(
+            read(node, "via-3/4", Consistency::Linearizable)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("v3.4")
+        );
         let r = node.get(b"once", Consistency::Linearizable).await.unwrap();
         assert_eq!(r.revision, 16, "read on node {id} reflects revision 16");
         assert_eq!(r.value.unwrap().version, 1, "applied once");
     }
     c.wait_converged(T).await;
     for id in [1, 2, 3] {
-        let scan = c.node(id).scan(b"via-", 100, Consistency::Local).await.unwrap();
+        let scan = c
+            .node(id)
+            .scan(b"via-", 100, Consistency::Local)
+            .await
+            .unwrap();
         assert_eq!(scan.value.len(), 15);
         assert_eq!(scan.revision, 16);
     }
@@ -71,7 +84,13 @@ async fn losing_the_leader_elects_a_new_one_and_keeps_every_acknowledged_write()
     }
     for id in &survivors {
         for key in &acked {
-            assert!(read(c.node(*id), key, Consistency::Linearizable).await.unwrap().is_some(), "{key} lost on {id}");
+            assert!(
+                read(c.node(*id), key, Consistency::Linearizable)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{key} lost on {id}"
+            );
         }
     }
 
@@ -80,31 +99,52 @@ async fn losing_the_leader_elects_a_new_one_and_keeps_every_acknowledged_write()
     c.wait_converged(T).await;
     assert_eq!(c.leader().await, new);
     for key in &acked {
-        assert!(read(c.node(old), key, Consistency::Local).await.unwrap().is_some(), "{key} missing on restarted {old}");
+        assert!(
+            read(c.node(old), key, Consistency::Local)
+                .await
+                .unwrap()
+                .is_some(),
+            "{key} missing on restarted {old}"
+        );
     }
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_node_catches_up_and_a_new_region_catches_up_through_a_snapshot() {
-    let tuning = Tuning { snapshot_every: 40, keep_logs: 5 };
+    let tuning = Tuning {
+        snapshot_every: 40,
+        keep_logs: 5,
+    };
     let mut c = TestCluster::start_with(3, tuning).await;
     let leader = c.leader().await;
     let lagger = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
     c.stop(lagger).await;
     let mut w = Writer::new();
     for i in 0..150 {
-        w.write(c.node(leader), &format!("k/{i:04}"), &"v".repeat(200)).await.unwrap();
+        w.write(c.node(leader), &format!("k/{i:04}"), &"v".repeat(200))
+            .await
+            .unwrap();
     }
     // Restarted from its own disk, the node catches up with no manual step.
     c.restart(lagger).await;
     c.wait_converged(T).await;
-    assert_eq!(c.node(lagger).scan(b"k/", 1000, Consistency::Local).await.unwrap().value.len(), 150);
+    assert_eq!(
+        c.node(lagger)
+            .scan(b"k/", 1000, Consistency::Local)
+            .await
+            .unwrap()
+            .value
+            .len(),
+        150
+    );
 
     // With every follower caught up the leader snapshots and purges its log, so a
     // region that joins now can only get the state from a snapshot.
     for i in 150..200 {
-        w.write(c.node(leader), &format!("k/{i:04}"), &"v".repeat(200)).await.unwrap();
+        w.write(c.node(leader), &format!("k/{i:04}"), &"v".repeat(200))
+            .await
+            .unwrap();
     }
     // openraft postpones a purge while a replication stream is using those
     // entries; a snapshot taken while the cluster is idle purges at once.
@@ -112,18 +152,33 @@ async fn a_restarted_node_catches_up_and_a_new_region_catches_up_through_a_snaps
     c.node(leader).trigger_snapshot().await.unwrap();
     let s = c
         .node(leader)
-        .wait_until(T, "log purged behind a snapshot", |s| s.purged.unwrap_or(0) > 100)
+        .wait_until(T, "log purged behind a snapshot", |s| {
+            s.purged.unwrap_or(0) > 100
+        })
         .await
         .unwrap();
     let learner = c.add_node(4, false).await;
     let caught = learner
-        .wait_until(T, "learner caught up", |s| s.role == "learner" && s.revision == 200)
+        .wait_until(T, "learner caught up", |s| {
+            s.role == "learner" && s.revision == 200
+        })
         .await
         .unwrap();
-    assert!(caught.snapshot.unwrap_or(0) > s.purged.unwrap_or(0) - 1, "installed a snapshot: {caught:?}");
+    assert!(
+        caught.snapshot.unwrap_or(0) > s.purged.unwrap_or(0) - 1,
+        "installed a snapshot: {caught:?}"
+    );
     let view = c.node(leader).membership_view();
     assert!(view.learners.contains(&4) && !view.voters.contains(&4));
-    assert_eq!(learner.scan(b"k/", 1000, Consistency::Local).await.unwrap().value.len(), 200);
+    assert_eq!(
+        learner
+            .scan(b"k/", 1000, Consistency::Local)
+            .await
+            .unwrap()
+            .value
+            .len(),
+        200
+    );
     c.wait_converged(T).await;
     c.shutdown().await;
 }
@@ -145,16 +200,35 @@ async fn a_minority_partition_cannot_commit_and_converges_after_healing() {
     assert_ne!(new, old);
     let mut w2 = Writer::new();
     for i in 0..10 {
-        w2.write(c.node(majority[i % 2]), &format!("majority/{i}"), "y").await.unwrap();
+        w2.write(c.node(majority[i % 2]), &format!("majority/{i}"), "y")
+            .await
+            .unwrap();
     }
 
     c.faults.heal();
     c.wait_converged(T).await;
     for id in [1, 2, 3] {
         let node = c.node(id);
-        assert_eq!(read(node, "minority", Consistency::Local).await.unwrap(), None, "unacknowledged write on {id}");
-        assert_eq!(node.scan(b"majority/", 100, Consistency::Local).await.unwrap().value.len(), 10);
-        assert_eq!(read(node, "before", Consistency::Local).await.unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            read(node, "minority", Consistency::Local).await.unwrap(),
+            None,
+            "unacknowledged write on {id}"
+        );
+        assert_eq!(
+            node.scan(b"majority/", 100, Consistency::Local)
+                .await
+                .unwrap()
+                .value
+                .len(),
+            10
+        );
+        assert_eq!(
+            read(node, "before", Consistency::Local)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("1")
+        );
     }
     c.shutdown().await;
 }
@@ -166,17 +240,36 @@ async fn regions_can_be_demoted_promoted_and_removed() {
     c.add_node(4, true).await;
     c.wait_for_members(4, T).await;
     // Membership changes are accepted by any node and routed to the leader.
-    let v = c.node(2).change_membership(MembershipOp::Demote, 4, None).await.unwrap();
+    let v = c
+        .node(2)
+        .change_membership(MembershipOp::Demote, 4, None)
+        .await
+        .unwrap();
     assert!(v.learners.contains(&4) && !v.voters.contains(&4));
-    let v = c.node(3).change_membership(MembershipOp::Promote, 4, None).await.unwrap();
+    let v = c
+        .node(3)
+        .change_membership(MembershipOp::Promote, 4, None)
+        .await
+        .unwrap();
     assert!(v.voters.contains(&4));
-    let v = c.node(1).change_membership(MembershipOp::Remove, 4, None).await.unwrap();
+    let v = c
+        .node(1)
+        .change_membership(MembershipOp::Remove, 4, None)
+        .await
+        .unwrap();
     assert!(!v.voters.contains(&4) && !v.learners.contains(&4));
     c.stop(4).await;
     // The three remaining regions still commit.
-    Writer::new().write(c.node(3), "after-remove", "1").await.unwrap();
+    Writer::new()
+        .write(c.node(3), "after-remove", "1")
+        .await
+        .unwrap();
     // Removing an unknown node is refused with a reason.
-    let err = c.node(1).change_membership(MembershipOp::Promote, 99, None).await.unwrap_err();
+    let err = c
+        .node(1)
+        .change_membership(MembershipOp::Promote, 99, None)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("99"), "{err}");
     c.shutdown().await;
 }

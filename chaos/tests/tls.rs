@@ -19,7 +19,9 @@ fn foreign_tls(dir: &std::path::Path, name: &str) -> TlsMaterial {
 
 async fn status_with(tls: &TlsMaterial, target: &NodeInfo) -> Result<String, tonic::Status> {
     let channel = connect_lazy(tls, target, &test_timeouts()).unwrap();
-    let reply = FederationClient::new(channel).status(StatusRequest {}).await?;
+    let reply = FederationClient::new(channel)
+        .status(StatusRequest {})
+        .await?;
     Ok(reply.into_inner().role)
 }
 
@@ -28,8 +30,14 @@ async fn status_with(tls: &TlsMaterial, target: &NodeInfo) -> Result<String, ton
 /// depending on timing; what matters is that no answer came back.
 fn assert_refused(err: tonic::Status) {
     use tonic::Code::{Cancelled, Unavailable, Unknown};
-    assert!(matches!(err.code(), Unknown | Cancelled | Unavailable), "not a transport refusal: {err:?}");
-    assert!(std::error::Error::source(&err).is_some(), "no transport error behind {err:?}");
+    assert!(
+        matches!(err.code(), Unknown | Cancelled | Unavailable),
+        "not a transport refusal: {err:?}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "no transport error behind {err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,7 +66,12 @@ async fn a_client_with_a_foreign_certificate_or_none_is_refused() {
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();
-    assert_refused(FederationClient::new(channel).status(StatusRequest {}).await.unwrap_err());
+    assert_refused(
+        FederationClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .unwrap_err(),
+    );
     c.shutdown().await;
 }
 
@@ -70,7 +83,11 @@ async fn a_node_refuses_a_server_from_another_ca_and_an_impostor_cannot_join() {
     let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
     let impostor = Node::start(NodeOptions {
         id: 7,
-        info: NodeInfo { name: "node-7".into(), region: "nowhere".into(), addr: listen.to_string() },
+        info: NodeInfo {
+            name: "node-7".into(),
+            region: "nowhere".into(),
+            addr: listen.to_string(),
+        },
         listen,
         data_dir: other.path().join("data"),
         tls: impostor_tls,
@@ -94,8 +111,15 @@ async fn a_node_refuses_a_server_from_another_ca_and_an_impostor_cannot_join() {
     // The impostor keeps asking to join; the cluster never admits it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let view = c.node(1).membership_view();
-    assert!(!view.voters.contains(&7) && !view.learners.contains(&7), "{view:?}");
-    assert_eq!(impostor.status().role, "learner", "the impostor stays outside any cluster");
+    assert!(
+        !view.voters.contains(&7) && !view.learners.contains(&7),
+        "{view:?}"
+    );
+    assert_eq!(
+        impostor.status().role,
+        "learner",
+        "the impostor stays outside any cluster"
+    );
     impostor.shutdown().await;
     c.shutdown().await;
 }

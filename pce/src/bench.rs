@@ -45,7 +45,12 @@ struct Row {
     max_ms: f64,
 }
 
-async fn one_level(target: &Client, clients: usize, run_for: Duration, value_size: usize) -> Result<Row> {
+async fn one_level(
+    target: &Client,
+    clients: usize,
+    run_for: Duration,
+    value_size: usize,
+) -> Result<Row> {
     let value = Arc::new(vec![b'x'; value_size]);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -54,7 +59,8 @@ async fn one_level(target: &Client, clients: usize, run_for: Duration, value_siz
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
             let id = ClientId::random();
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut errors = 0u64;
             let mut serial = 0u64;
             while started.elapsed() < run_for {
@@ -64,12 +70,16 @@ async fn one_level(target: &Client, clients: usize, run_for: Duration, value_siz
                     serial,
                     expect_revision: None,
                     compare: vec![],
-                    ops: vec![Mutation::Put { key: format!("bench/{c:04}/{serial:010}").into_bytes(), value: value.to_vec() }],
+                    ops: vec![Mutation::Put {
+                        key: format!("bench/{c:04}/{serial:010}").into_bytes(),
+                        value: value.to_vec(),
+                    }],
                 };
                 let t = Instant::now();
                 match client.write(&cmd).await {
                     Ok(r) if r.outcome == Outcome::Applied => {
-                        hist.record(t.elapsed().as_micros().max(1) as u64).map_err(|e| anyhow::anyhow!("{e}"))?;
+                        hist.record(t.elapsed().as_micros().max(1) as u64)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
                     _ => errors += 1,
                 }
@@ -77,7 +87,8 @@ async fn one_level(target: &Client, clients: usize, run_for: Duration, value_siz
             Ok::<_, anyhow::Error>((hist, errors))
         }));
     }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut all =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut errors = 0;
     for t in tasks {
         let (h, e) = t.await??;
@@ -103,20 +114,44 @@ pub async fn write(args: WriteArgs) -> Result<()> {
         bail!("--clients: give positive client counts, e.g. 1,16,64,256");
     }
     let node = crate::ops::client_for(&args.config)?;
-    let target = if args.via_member { node } else { node.leader().await.context("finding the leader")? };
-    eprintln!("writing to {} ({}-byte values, {} s per level)", target.target(), args.value_size, args.seconds);
+    let target = if args.via_member {
+        node
+    } else {
+        node.leader().await.context("finding the leader")?
+    };
+    eprintln!(
+        "writing to {} ({}-byte values, {} s per level)",
+        target.target(),
+        args.value_size,
+        args.seconds
+    );
     // Warm up connections and caches.
     one_level(&target, 4, Duration::from_millis(500), args.value_size).await?;
     let mut rows = Vec::new();
     for &clients in &args.clients {
-        let row = one_level(&target, clients, Duration::from_secs(args.seconds), args.value_size).await?;
+        let row = one_level(
+            &target,
+            clients,
+            Duration::from_secs(args.seconds),
+            args.value_size,
+        )
+        .await?;
         if !args.json {
             if rows.is_empty() {
-                println!("{:>8} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9}", "clients", "writes", "errors", "writes/s", "p50 ms", "p99 ms", "max ms");
+                println!(
+                    "{:>8} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9}",
+                    "clients", "writes", "errors", "writes/s", "p50 ms", "p99 ms", "max ms"
+                );
             }
             println!(
                 "{:>8} {:>9} {:>7} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
-                row.clients, row.writes, row.errors, row.writes_per_sec, row.p50_ms, row.p99_ms, row.max_ms
+                row.clients,
+                row.writes,
+                row.errors,
+                row.writes_per_sec,
+                row.p50_ms,
+                row.p99_ms,
+                row.max_ms
             );
         }
         rows.push(row);

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sc_raft::{pki, DiskFaults, NetFaults, NodeInfo, NodeOptions, Profile, Timeouts, TlsMaterial, Tuning};
+use sc_raft::{
+    pki, DiskFaults, NetFaults, NodeInfo, NodeOptions, Profile, Timeouts, TlsMaterial, Tuning,
+};
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -124,7 +126,10 @@ pub struct Snapshots {
 impl Default for Snapshots {
     fn default() -> Self {
         let t = Tuning::default();
-        Snapshots { every: t.snapshot_every, keep_logs: t.keep_logs }
+        Snapshots {
+            every: t.snapshot_every,
+            keep_logs: t.keep_logs,
+        }
     }
 }
 
@@ -153,10 +158,15 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut cfg: NodeConfig =
-            toml::from_str(&text).with_context(|| format!("config file {} is invalid", path.display()))?;
+        let mut cfg: NodeConfig = toml::from_str(&text)
+            .with_context(|| format!("config file {} is invalid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.data_dir, &mut cfg.tls.ca, &mut cfg.tls.cert, &mut cfg.tls.key] {
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.tls.ca,
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -170,7 +180,10 @@ impl NodeConfig {
             bail!("id: must be a positive integer, unique in the cluster");
         }
         if !pki::valid_node_name(&self.name) {
-            bail!("name: {:?} must be 1-63 characters of [a-z0-9-] (it is the TLS server name)", self.name);
+            bail!(
+                "name: {:?} must be 1-63 characters of [a-z0-9-] (it is the TLS server name)",
+                self.name
+            );
         }
         if self.region.trim().is_empty() {
             bail!("region: must not be empty");
@@ -215,18 +228,29 @@ impl NodeConfig {
         let tls = TlsMaterial::load(&self.tls.ca, &self.tls.cert, &self.tls.key).context("tls")?;
         Ok(NodeOptions {
             id: self.id,
-            info: NodeInfo { name: self.name.clone(), region: self.region.clone(), addr: advertise },
+            info: NodeInfo {
+                name: self.name.clone(),
+                region: self.region.clone(),
+                addr: advertise,
+            },
             listen,
             data_dir: self.data_dir.clone(),
             tls,
             timeouts,
-            tuning: Tuning { snapshot_every: self.snapshots.every, keep_logs: self.snapshots.keep_logs },
+            tuning: Tuning {
+                snapshot_every: self.snapshots.every,
+                keep_logs: self.snapshots.keep_logs,
+            },
             cluster_name: self.cluster_name.clone(),
             bootstrap: self.bootstrap,
             join: self
                 .peers
                 .iter()
-                .map(|p| NodeInfo { name: p.name.clone(), region: String::new(), addr: p.addr.clone() })
+                .map(|p| NodeInfo {
+                    name: p.name.clone(),
+                    region: String::new(),
+                    addr: p.addr.clone(),
+                })
                 .collect(),
             voter: self.role == Role::Voter,
             net_faults: NetFaults::new(),
@@ -291,13 +315,33 @@ key = "certs/us-east-1.key"
         let d = tempfile::tempdir().unwrap();
         let good = valid(d.path());
         let missing = NodeConfig::load(&d.path().join("nope.toml")).unwrap_err();
-        assert!(format!("{missing:#}").contains("cannot read config file"), "{missing:#}");
-        assert!(error_of(d.path(), &format!("{good}\ncolour = \"red\"")).contains("unknown field `colour`"));
-        assert!(error_of(d.path(), &good.replace("127.0.0.1:7400", "localhost")).contains("listen: \"localhost\" is not an address"));
-        assert!(error_of(d.path(), &good.replace("certs/us-east-1.pem", "certs/gone.pem")).contains("cannot read node certificate"));
+        assert!(
+            format!("{missing:#}").contains("cannot read config file"),
+            "{missing:#}"
+        );
+        assert!(error_of(d.path(), &format!("{good}\ncolour = \"red\""))
+            .contains("unknown field `colour`"));
+        assert!(
+            error_of(d.path(), &good.replace("127.0.0.1:7400", "localhost"))
+                .contains("listen: \"localhost\" is not an address")
+        );
+        assert!(error_of(
+            d.path(),
+            &good.replace("certs/us-east-1.pem", "certs/gone.pem")
+        )
+        .contains("cannot read node certificate"));
         assert!(error_of(d.path(), &good.replace("bootstrap = true", "")).contains("peers:"));
-        assert!(error_of(d.path(), &good.replace("id = 1", "id = \"one\"")).contains("invalid type"));
-        assert!(error_of(d.path(), &good.replace("us-east-1\"\nregion", "US_EAST\"\nregion")).contains("name:"));
-        assert!(error_of(d.path(), &format!("{good}\n[timeouts]\nheartbeat_ms = 400")).contains("twice the heartbeat"));
+        assert!(
+            error_of(d.path(), &good.replace("id = 1", "id = \"one\"")).contains("invalid type")
+        );
+        assert!(error_of(
+            d.path(),
+            &good.replace("us-east-1\"\nregion", "US_EAST\"\nregion")
+        )
+        .contains("name:"));
+        assert!(
+            error_of(d.path(), &format!("{good}\n[timeouts]\nheartbeat_ms = 400"))
+                .contains("twice the heartbeat")
+        );
     }
 }

@@ -19,7 +19,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{LogFormat, NodeConfig};
 
 #[derive(Parser)]
-#[command(name = "pce", version, about = "Supercluster Policy Compute Engine: node and operator CLI")]
+#[command(
+    name = "pce",
+    version,
+    about = "Supercluster Policy Compute Engine: node and operator CLI"
+)]
 struct Cli {
     /// Log format (overrides the config file's `[log] format`).
     #[arg(long, global = true, value_enum)]
@@ -156,9 +160,12 @@ enum BenchCommand {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tonic=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tonic=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -179,12 +186,25 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Certs { command } => match command {
             CertsCommand::Init { dir, cluster } => {
                 let ca = sc_raft::pki::init_ca(&dir, &cluster)?;
-                println!("cluster CA written to {} (key: {}, mode 0600)", ca.display(), dir.join(sc_raft::pki::CA_KEY).display());
+                println!(
+                    "cluster CA written to {} (key: {}, mode 0600)",
+                    ca.display(),
+                    dir.join(sc_raft::pki::CA_KEY).display()
+                );
                 Ok(())
             }
-            CertsCommand::Issue { dir, node, region, ip } => {
+            CertsCommand::Issue {
+                dir,
+                node,
+                region,
+                ip,
+            } => {
                 let issued = sc_raft::pki::issue(&dir, &node, &region, &ip)?;
-                println!("certificate {} and key {} (mode 0600) issued for {node} in {region}", issued.cert.display(), issued.key.display());
+                println!(
+                    "certificate {} and key {} (mode 0600) issued for {node} in {region}",
+                    issued.cert.display(),
+                    issued.key.display()
+                );
                 Ok(())
             }
         },
@@ -199,7 +219,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Kv { command } => match command {
             KvCommand::Put { config, key, value } => ops::put(&config, &key, &value).await,
-            KvCommand::Get { config, key, linearizable } => ops::get(&config, &key, linearizable).await,
+            KvCommand::Get {
+                config,
+                key,
+                linearizable,
+            } => ops::get(&config, &key, linearizable).await,
         },
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => bench::write(args).await,
@@ -209,7 +233,11 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime") {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -19,7 +19,8 @@ pub async fn serve(cfg: NodeConfig) -> Result<()> {
 
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn wait_for_stop_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         _ = term.recv() => {}
@@ -37,7 +38,10 @@ pub fn client_for(config: &Path) -> Result<Client> {
 /// `pce status`.
 pub async fn status(config: &Path, json: bool) -> Result<()> {
     let client = client_for(config)?;
-    let all = client.cluster_status().await.with_context(|| format!("asking {}", client.target()))?;
+    let all = client
+        .cluster_status()
+        .await
+        .with_context(|| format!("asking {}", client.target()))?;
     if json {
         let doc: Vec<serde_json::Value> = all
             .iter()
@@ -50,21 +54,52 @@ pub async fn status(config: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     let statuses: Vec<&NodeStatus> = all.iter().filter_map(|(_, _, r)| r.as_ref().ok()).collect();
-    print!("{}", table(&all.iter().map(|(id, info, r)| (*id, info.clone(), r.as_ref().ok().cloned(), r.as_ref().err().map(|e| e.to_string()))).collect::<Vec<_>>(), &statuses));
+    print!(
+        "{}",
+        table(
+            &all.iter()
+                .map(|(id, info, r)| (
+                    *id,
+                    info.clone(),
+                    r.as_ref().ok().cloned(),
+                    r.as_ref().err().map(|e| e.to_string())
+                ))
+                .collect::<Vec<_>>(),
+            &statuses
+        )
+    );
     Ok(())
 }
 
 /// Renders the status table: one row per node; lag is taken from the leader's view.
-pub fn table(rows: &[(u64, sc_raft::NodeInfo, Option<NodeStatus>, Option<String>)], statuses: &[&NodeStatus]) -> String {
+pub fn table(
+    rows: &[(u64, sc_raft::NodeInfo, Option<NodeStatus>, Option<String>)],
+    statuses: &[&NodeStatus],
+) -> String {
     let leader = statuses.iter().find(|s| s.role == "leader");
     let mut out = format!(
         "{:<10} {:<12} {:>3} {:<21} {:<10} {:<7} {:>5} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>5}\n",
-        "REGION", "NODE", "ID", "ADDR", "ROLE", "VOTER", "TERM", "LEADER", "LOG", "APPLIED", "COMMITTED", "SNAPSHOT", "REVISION", "LAG"
+        "REGION",
+        "NODE",
+        "ID",
+        "ADDR",
+        "ROLE",
+        "VOTER",
+        "TERM",
+        "LEADER",
+        "LOG",
+        "APPLIED",
+        "COMMITTED",
+        "SNAPSHOT",
+        "REVISION",
+        "LAG"
     );
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     for (id, info, status, err) in rows {
         let peer = leader.and_then(|l| l.peers.iter().find(|p| p.id == *id));
-        let voter = peer.map(|p| if p.voter { "yes" } else { "learner" }).unwrap_or("?");
+        let voter = peer
+            .map(|p| if p.voter { "yes" } else { "learner" })
+            .unwrap_or("?");
         match status {
             Some(s) => out += &format!(
                 "{:<10} {:<12} {:>3} {:<21} {:<10} {:<7} {:>5} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>5}\n",
@@ -96,7 +131,10 @@ pub async fn put(config: &Path, key: &str, value: &str) -> Result<()> {
         serial: 1,
         expect_revision: None,
         compare: vec![],
-        ops: vec![Mutation::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() }],
+        ops: vec![Mutation::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        }],
     };
     let r = client.write(&cmd).await?;
     match r.outcome {

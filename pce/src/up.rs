@@ -19,9 +19,17 @@ const REGIONS: [(&str, &str, u64, Ipv4Addr); 3] = [
 ];
 
 /// Writes the config of one region (certificate paths relative to the file).
-fn write_config(dir: &Path, region: &str, name: &str, id: u64, ip: Ipv4Addr, port: u16) -> Result<std::path::PathBuf> {
+fn write_config(
+    dir: &Path,
+    region: &str,
+    name: &str,
+    id: u64,
+    ip: Ipv4Addr,
+    port: u16,
+) -> Result<std::path::PathBuf> {
     let node_dir = dir.join(region);
-    std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+    std::fs::create_dir_all(&node_dir)
+        .with_context(|| format!("creating {}", node_dir.display()))?;
     let (_, seed_name, _, seed_ip) = REGIONS[0];
     let bootstrap = id == 1;
     let join = if bootstrap {
@@ -45,7 +53,9 @@ fn write_config(dir: &Path, region: &str, name: &str, id: u64, ip: Ipv4Addr, por
 /// Runs the three regions until Ctrl-C.
 pub async fn run(dir: &Path, port: u16) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
     let certs = dir.join("certs");
     if !certs.join(pki::CA_CERT).exists() {
         pki::init_ca(&certs, "pce-up")?;
@@ -58,7 +68,9 @@ pub async fn run(dir: &Path, port: u16) -> Result<()> {
         }
         let path = write_config(&dir, region, name, id, ip, port)?;
         let opts = NodeConfig::load(&path)?.to_options()?;
-        let node = Node::start(opts).await.with_context(|| format!("starting {name}"))?;
+        let node = Node::start(opts)
+            .await
+            .with_context(|| format!("starting {name}"))?;
         nodes.push(node);
         configs.push(path);
     }
@@ -69,9 +81,18 @@ pub async fn run(dir: &Path, port: u16) -> Result<()> {
         loop {
             let s: Vec<_> = nodes.iter().map(|n| n.status()).collect();
             let leader = s[0].leader;
-            let leader_log = s.iter().find(|x| Some(x.id) == leader).and_then(|x| x.last_log_index);
-            let all_voters = s.iter().all(|x| x.peers.iter().filter(|p| p.voter).count() == REGIONS.len());
-            if leader.is_some() && all_voters && s.iter().all(|x| x.leader == leader && x.last_applied == leader_log) {
+            let leader_log = s
+                .iter()
+                .find(|x| Some(x.id) == leader)
+                .and_then(|x| x.last_log_index);
+            let all_voters = s
+                .iter()
+                .all(|x| x.peers.iter().filter(|p| p.voter).count() == REGIONS.len());
+            if leader.is_some()
+                && all_voters
+                && s.iter()
+                    .all(|x| x.leader == leader && x.last_applied == leader_log)
+            {
                 return s;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -82,16 +103,39 @@ pub async fn run(dir: &Path, port: u16) -> Result<()> {
         r = wait_for_stop_signal() => { r?; for n in &nodes { n.shutdown().await; } return Ok(()); }
     };
 
-    println!("\nSupercluster is up: 3 regions, data and certificates under {}\n", dir.display());
+    println!(
+        "\nSupercluster is up: 3 regions, data and certificates under {}\n",
+        dir.display()
+    );
     let rows: Vec<_> = statuses
         .iter()
-        .map(|s| (s.id, sc_raft::NodeInfo { name: s.name.clone(), region: s.region.clone(), addr: s.addr.clone() }, Some(s.clone()), None))
+        .map(|s| {
+            (
+                s.id,
+                sc_raft::NodeInfo {
+                    name: s.name.clone(),
+                    region: s.region.clone(),
+                    addr: s.addr.clone(),
+                },
+                Some(s.clone()),
+                None,
+            )
+        })
         .collect();
     print!("{}", table(&rows, &statuses.iter().collect::<Vec<_>>()));
     println!("\nTry, in another terminal:");
-    println!("  cargo run --release -p pce -- status --config {}", configs[1].display());
-    println!("  cargo run --release -p pce -- kv put --config {} hello world", configs[1].display());
-    println!("  cargo run --release -p pce -- kv get --linearizable --config {} hello", configs[2].display());
+    println!(
+        "  cargo run --release -p pce -- status --config {}",
+        configs[1].display()
+    );
+    println!(
+        "  cargo run --release -p pce -- kv put --config {} hello world",
+        configs[1].display()
+    );
+    println!(
+        "  cargo run --release -p pce -- kv get --linearizable --config {} hello",
+        configs[2].display()
+    );
     println!("\nCtrl-C stops all regions; running `pce up` again reuses the data.");
 
     wait_for_stop_signal().await?;

@@ -12,7 +12,11 @@ use sc_raft::{pki, Client, ClientId, Mutation, NodeInfo, Outcome, Profile, Timeo
 const PCE: &str = env!("CARGO_BIN_EXE_pce");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Three node processes and their configs; kills every process on drop.
@@ -33,7 +37,11 @@ impl Drop for Cluster {
 
 fn run_ok(args: &[&str]) {
     let out = Command::new(PCE).args(args).output().unwrap();
-    assert!(out.status.success(), "pce {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pce {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Cluster {
@@ -44,11 +52,33 @@ impl Cluster {
         let mut ports = BTreeMap::new();
         for id in 1..=3u64 {
             ports.insert(id, free_port());
-            run_ok(&["certs", "issue", "--dir", certs.to_str().unwrap(), "--node", &format!("n{id}"), "--region", &format!("r{id}"), "--ip", "127.0.0.1"]);
+            run_ok(&[
+                "certs",
+                "issue",
+                "--dir",
+                certs.to_str().unwrap(),
+                "--node",
+                &format!("n{id}"),
+                "--region",
+                &format!("r{id}"),
+                "--ip",
+                "127.0.0.1",
+            ]);
         }
-        let c = Cluster { dir, ports, procs: BTreeMap::new() };
+        let c = Cluster {
+            dir,
+            ports,
+            procs: BTreeMap::new(),
+        };
         for id in 1..=3u64 {
-            let peers = if id == 1 { String::new() } else { format!("\n[[peers]]\nname = \"n1\"\naddr = \"127.0.0.1:{}\"\n", c.ports[&1]) };
+            let peers = if id == 1 {
+                String::new()
+            } else {
+                format!(
+                    "\n[[peers]]\nname = \"n1\"\naddr = \"127.0.0.1:{}\"\n",
+                    c.ports[&1]
+                )
+            };
             let cfg = format!(
                 "id = {id}\nname = \"n{id}\"\nregion = \"r{id}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data-{id}\"\nbootstrap = {b}\n\
                  [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/n{id}.pem\"\nkey = \"certs/n{id}.key\"\n\
@@ -66,7 +96,11 @@ impl Cluster {
     }
 
     fn start(&mut self, id: u64) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(format!("n{id}.log"))).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("n{id}.log")))
+            .unwrap();
         let child = Command::new(PCE)
             .args(["serve", "--config", self.config(id).to_str().unwrap()])
             .stdout(Stdio::null())
@@ -85,15 +119,30 @@ impl Cluster {
 
     fn client(&self, id: u64) -> Client {
         let certs = self.dir.path().join("certs");
-        let tls = TlsMaterial::load(&certs.join(pki::CA_CERT), &certs.join("n1.pem"), &certs.join("n1.key")).unwrap();
-        let info = NodeInfo { name: format!("n{id}"), region: format!("r{id}"), addr: format!("127.0.0.1:{}", self.ports[&id]) };
+        let tls = TlsMaterial::load(
+            &certs.join(pki::CA_CERT),
+            &certs.join("n1.pem"),
+            &certs.join("n1.key"),
+        )
+        .unwrap();
+        let info = NodeInfo {
+            name: format!("n{id}"),
+            region: format!("r{id}"),
+            addr: format!("127.0.0.1:{}", self.ports[&id]),
+        };
         let mut t = Timeouts::profile(Profile::Lan);
         t.rpc = Duration::from_millis(500);
         Client::new(tls, info, t).unwrap()
     }
 
     fn logs(&self) -> String {
-        (1..=3).map(|id| std::fs::read_to_string(self.dir.path().join(format!("n{id}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n----\n")
+        (1..=3)
+            .map(|id| {
+                std::fs::read_to_string(self.dir.path().join(format!("n{id}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n----\n")
     }
 
     /// Waits until the given nodes all follow one leader and have applied its whole log.
@@ -108,13 +157,27 @@ impl Cluster {
             }
             if statuses.len() == ids.len() {
                 let leader = statuses[0].leader;
-                let log = statuses.iter().find(|s| Some(s.id) == leader).and_then(|s| s.last_log_index);
+                let log = statuses
+                    .iter()
+                    .find(|s| Some(s.id) == leader)
+                    .and_then(|s| s.last_log_index);
                 let voters = statuses[0].peers.iter().filter(|p| p.voter).count();
-                if leader.is_some() && voters == 3 && statuses.iter().all(|s| s.leader == leader && s.last_applied == log && log.is_some()) {
-                    return leader.unwrap();
+                if let Some(l) = leader {
+                    if voters == 3
+                        && log.is_some()
+                        && statuses
+                            .iter()
+                            .all(|s| s.leader == leader && s.last_applied == log)
+                    {
+                        return l;
+                    }
                 }
             }
-            assert!(started.elapsed() < timeout, "no convergence of {ids:?}; logs:\n{}", self.logs());
+            assert!(
+                started.elapsed() < timeout,
+                "no convergence of {ids:?}; logs:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -122,14 +185,24 @@ impl Cluster {
 
 /// Writes `key` through `via` (any node), retrying the same request until it is
 /// acknowledged or `deadline` passes. Returns whether it was acknowledged.
-async fn put(c: &Cluster, via: &[u64], client: ClientId, serial: u64, key: &str, deadline: Duration) -> bool {
+async fn put(
+    c: &Cluster,
+    via: &[u64],
+    client: ClientId,
+    serial: u64,
+    key: &str,
+    deadline: Duration,
+) -> bool {
     let started = Instant::now();
     let cmd = sc_raft::Command {
         client,
         serial,
         expect_revision: None,
         compare: vec![],
-        ops: vec![Mutation::Put { key: key.as_bytes().to_vec(), value: key.as_bytes().to_vec() }],
+        ops: vec![Mutation::Put {
+            key: key.as_bytes().to_vec(),
+            value: key.as_bytes().to_vec(),
+        }],
     };
     let mut i = serial as usize;
     while started.elapsed() < deadline {
@@ -156,7 +229,19 @@ async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
     for i in 0..150 {
         serial += 1;
         let key = format!("a/{i:04}");
-        assert!(put(&c, &[1, 2, 3], writer, serial, &key, Duration::from_secs(20)).await, "write {key} failed; logs:\n{}", c.logs());
+        assert!(
+            put(
+                &c,
+                &[1, 2, 3],
+                writer,
+                serial,
+                &key,
+                Duration::from_secs(20)
+            )
+            .await,
+            "write {key} failed; logs:\n{}",
+            c.logs()
+        );
         acked.push(key);
     }
 
@@ -165,13 +250,38 @@ async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let killed_at = Instant::now();
     serial += 1;
-    assert!(put(&c, &survivors, writer, serial, "after-leader-kill", Duration::from_secs(30)).await, "no write after kill; logs:\n{}", c.logs());
-    eprintln!("writes resumed {:?} after kill -9 of the leader", killed_at.elapsed());
+    assert!(
+        put(
+            &c,
+            &survivors,
+            writer,
+            serial,
+            "after-leader-kill",
+            Duration::from_secs(30)
+        )
+        .await,
+        "no write after kill; logs:\n{}",
+        c.logs()
+    );
+    eprintln!(
+        "writes resumed {:?} after kill -9 of the leader",
+        killed_at.elapsed()
+    );
     acked.push("after-leader-kill".into());
     for i in 0..100 {
         serial += 1;
         let key = format!("b/{i:04}");
-        assert!(put(&c, &survivors, writer, serial, &key, Duration::from_secs(20)).await);
+        assert!(
+            put(
+                &c,
+                &survivors,
+                writer,
+                serial,
+                &key,
+                Duration::from_secs(20)
+            )
+            .await
+        );
         acked.push(key);
     }
 
@@ -199,7 +309,11 @@ async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
         let mut revision = None;
         for key in &acked {
             let (entry, rev) = client.read(key.as_bytes(), true).await.unwrap();
-            assert_eq!(entry.map(|e| e.value), Some(key.as_bytes().to_vec()), "{key} lost on node {id}");
+            assert_eq!(
+                entry.map(|e| e.value),
+                Some(key.as_bytes().to_vec()),
+                "{key} lost on node {id}"
+            );
             revision = Some(rev);
         }
         // Every write was applied exactly once: one revision per acknowledged write.
@@ -212,8 +326,15 @@ fn serve_error(config_body: Option<&str>, dir: &Path) -> String {
     if let Some(body) = config_body {
         std::fs::write(&path, body).unwrap();
     }
-    let out = Command::new(PCE).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "a bad config must stop the node");
+    let out = Command::new(PCE)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad config must stop the node"
+    );
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
@@ -223,15 +344,22 @@ fn a_bad_config_stops_the_node_with_a_message_that_says_what_to_fix() {
     let dir = c.dir.path();
     let good = std::fs::read_to_string(c.config(1)).unwrap();
     assert!(serve_error(None, dir).contains("cannot read config file"));
-    assert!(serve_error(Some(&format!("{good}\nlisten_port = 3")), dir).contains("unknown field `listen_port`"));
+    assert!(serve_error(Some(&format!("{good}\nlisten_port = 3")), dir)
+        .contains("unknown field `listen_port`"));
     let bad_addr = good.replace("listen = \"127.0.0.1:", "listen = \"127.0.0.1;");
     assert!(serve_error(Some(&bad_addr), dir).contains("is not an address like"));
     let no_cert = good.replace("certs/n1.pem", "certs/missing.pem");
     let msg = serve_error(Some(&no_cert), dir);
-    assert!(msg.contains("cannot read node certificate") && msg.contains("missing.pem"), "{msg}");
+    assert!(
+        msg.contains("cannot read node certificate") && msg.contains("missing.pem"),
+        "{msg}"
+    );
     // An address already taken is reported with the address.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken = good.replace(&format!("127.0.0.1:{}", c.ports[&1]), &listener.local_addr().unwrap().to_string());
+    let taken = good.replace(
+        &format!("127.0.0.1:{}", c.ports[&1]),
+        &listener.local_addr().unwrap().to_string(),
+    );
     let msg = serve_error(Some(&taken), dir);
     assert!(msg.contains("cannot listen on"), "{msg}");
 }

@@ -116,8 +116,7 @@ impl ObjectKey {
     /// Parses `{state}/{kind}/{id}`.
     pub fn parse(s: &str) -> Result<Self, KeyError> {
         let mut parts = s.splitn(3, '/');
-        let (Some(state), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(state), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(KeyError::Shape(s.to_string()));
         };
         let state = match state {
@@ -174,19 +173,33 @@ mod tests {
         for kind in ObjectKind::ALL {
             let k = ObjectKey::new(PolicyState::Draft, kind, "42").unwrap();
             assert_eq!(ObjectKey::parse(&k.to_string()).unwrap(), k);
-            assert!(k.to_string().starts_with(&ObjectKey::prefix(PolicyState::Draft, kind)));
+            assert!(k
+                .to_string()
+                .starts_with(&ObjectKey::prefix(PolicyState::Draft, kind)));
         }
     }
 
     #[test]
     fn malformed_keys_are_refused_with_the_reason() {
-        assert!(matches!(ObjectKey::parse("draft/labels"), Err(KeyError::Shape(_))));
-        assert!(matches!(ObjectKey::parse("staging/labels/1"), Err(KeyError::Shape(_))));
+        assert!(matches!(
+            ObjectKey::parse("draft/labels"),
+            Err(KeyError::Shape(_))
+        ));
+        assert!(matches!(
+            ObjectKey::parse("staging/labels/1"),
+            Err(KeyError::Shape(_))
+        ));
         assert!(matches!(
             ObjectKey::parse("draft/widgets/1"),
             Err(KeyError::UnknownKind { .. })
         ));
-        assert!(matches!(ObjectKey::parse("draft/labels/a/b"), Err(KeyError::BadId(_))));
-        assert!(matches!(ObjectKey::parse("draft/labels/"), Err(KeyError::BadId(_))));
+        assert!(matches!(
+            ObjectKey::parse("draft/labels/a/b"),
+            Err(KeyError::BadId(_))
+        ));
+        assert!(matches!(
+            ObjectKey::parse("draft/labels/"),
+            Err(KeyError::BadId(_))
+        ));
     }
 }

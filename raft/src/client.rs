@@ -3,7 +3,9 @@
 //! needs a certificate from the cluster CA like any node.
 
 use sc_proto::federation::federation_client::FederationClient;
-use sc_proto::federation::{MembershipAction, MembershipRequest, ReadRequest, StatusRequest, WriteRequest};
+use sc_proto::federation::{
+    MembershipAction, MembershipRequest, ReadRequest, StatusRequest, WriteRequest,
+};
 use tonic::transport::Channel;
 
 use crate::codec;
@@ -26,7 +28,10 @@ pub struct Client {
 }
 
 fn remote(target: &NodeInfo, s: tonic::Status) -> Error {
-    Error::Remote { peer: target.to_string(), message: format!("{}: {}", code_name(s.code()), s.message()) }
+    Error::Remote {
+        peer: target.to_string(),
+        message: format!("{}: {}", code_name(s.code()), s.message()),
+    }
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -42,9 +47,15 @@ fn code_name(c: tonic::Code) -> &'static str {
 impl Client {
     /// A lazily connecting client to `target`, presenting `tls`.
     pub fn new(tls: TlsMaterial, target: NodeInfo, timeouts: Timeouts) -> Result<Client, Error> {
-        let channel = connect_lazy(&tls, &target, &timeouts).map_err(|e| Error::Options(e.to_string()))?;
+        let channel =
+            connect_lazy(&tls, &target, &timeouts).map_err(|e| Error::Options(e.to_string()))?;
         let inner = FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
-        Ok(Client { target, tls, timeouts, inner })
+        Ok(Client {
+            target,
+            tls,
+            timeouts,
+            inner,
+        })
     }
 
     /// The node this client talks to.
@@ -54,19 +65,31 @@ impl Client {
 
     /// The node's status.
     pub async fn status(&self) -> Result<NodeStatus, Error> {
-        let r = tokio::time::timeout(self.timeouts.rpc * 3, self.inner.clone().status(StatusRequest {}))
-            .await
-            .map_err(|_| Error::Remote { peer: self.target.to_string(), message: "no answer in time".into() })?
-            .map_err(|s| remote(&self.target, s))?;
+        let r = tokio::time::timeout(
+            self.timeouts.rpc * 3,
+            self.inner.clone().status(StatusRequest {}),
+        )
+        .await
+        .map_err(|_| Error::Remote {
+            peer: self.target.to_string(),
+            message: "no answer in time".into(),
+        })?
+        .map_err(|s| remote(&self.target, s))?;
         Ok(status_from_proto(r.into_inner()))
     }
 
     /// The status of every member the target knows of, each asked directly.
-    pub async fn cluster_status(&self) -> Result<Vec<(NodeId, NodeInfo, Result<NodeStatus, Error>)>, Error> {
+    pub async fn cluster_status(
+        &self,
+    ) -> Result<Vec<(NodeId, NodeInfo, Result<NodeStatus, Error>)>, Error> {
         let me = self.status().await?;
         let mut out = Vec::new();
         for p in &me.peers {
-            let info = NodeInfo { name: p.name.clone(), region: p.region.clone(), addr: p.addr.clone() };
+            let info = NodeInfo {
+                name: p.name.clone(),
+                region: p.region.clone(),
+                addr: p.addr.clone(),
+            };
             let r = if p.id == me.id {
                 Ok(me.clone())
             } else {
@@ -83,13 +106,23 @@ impl Client {
     /// A client for the current leader (as the target sees it).
     pub async fn leader(&self) -> Result<Client, Error> {
         let s = self.status().await?;
-        let leader = s.leader.ok_or_else(|| Error::NoLeader { waited: Default::default(), last: format!("{} knows no leader", self.target) })?;
+        let leader = s.leader.ok_or_else(|| Error::NoLeader {
+            waited: Default::default(),
+            last: format!("{} knows no leader", self.target),
+        })?;
         let p = s
             .peers
             .iter()
             .find(|p| p.id == leader)
-            .ok_or_else(|| Error::Remote { peer: self.target.to_string(), message: format!("leader {leader} is not in its membership") })?;
-        let info = NodeInfo { name: p.name.clone(), region: p.region.clone(), addr: p.addr.clone() };
+            .ok_or_else(|| Error::Remote {
+                peer: self.target.to_string(),
+                message: format!("leader {leader} is not in its membership"),
+            })?;
+        let info = NodeInfo {
+            name: p.name.clone(),
+            region: p.region.clone(),
+            addr: p.addr.clone(),
+        };
         Client::new(self.tls.clone(), info, self.timeouts.clone())
     }
 
@@ -99,22 +132,35 @@ impl Client {
         let r = self
             .inner
             .clone()
-            .write(WriteRequest { command, route_to_leader: true })
+            .write(WriteRequest {
+                command,
+                route_to_leader: true,
+            })
             .await
             .map_err(|s| remote(&self.target, s))?;
-        codec::decode(&r.into_inner().response).map_err(|e| Error::Remote { peer: self.target.to_string(), message: e.to_string() })
+        codec::decode(&r.into_inner().response).map_err(|e| Error::Remote {
+            peer: self.target.to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads `key` and the revision the read reflects.
-    pub async fn read(&self, key: &[u8], linearizable: bool) -> Result<(Option<KvEntry>, u64), Error> {
+    pub async fn read(
+        &self,
+        key: &[u8],
+        linearizable: bool,
+    ) -> Result<(Option<KvEntry>, u64), Error> {
         let r = self
             .inner
             .clone()
-            .read(ReadRequest { key: key.to_vec(), linearizable })
+            .read(ReadRequest {
+                key: key.to_vec(),
+                linearizable,
+            })
             .await
             .map_err(|s| remote(&self.target, s))?
             .into_inner();
-        let entry = r.found.then(|| KvEntry {
+        let entry = r.found.then_some(KvEntry {
             value: r.value,
             create_revision: r.create_revision,
             mod_revision: r.mod_revision,
@@ -124,10 +170,16 @@ impl Client {
     }
 
     /// Promotes, demotes or removes node `id` (routed to the leader).
-    pub async fn change_membership(&self, op: MembershipOp, id: NodeId) -> Result<MembershipView, Error> {
+    pub async fn change_membership(
+        &self,
+        op: MembershipOp,
+        id: NodeId,
+    ) -> Result<MembershipView, Error> {
         let action = match op {
             MembershipOp::AddLearner => {
-                return Err(Error::Membership("new regions join by starting with `peers` in their config".into()))
+                return Err(Error::Membership(
+                    "new regions join by starting with `peers` in their config".into(),
+                ))
             }
             MembershipOp::Promote => MembershipAction::Promote,
             MembershipOp::Demote => MembershipAction::Demote,
@@ -135,9 +187,21 @@ impl Client {
         };
         let req = MembershipRequest {
             action: action as i32,
-            node: Some(sc_proto::federation::NodeInfo { node_id: id, ..Default::default() }),
+            node: Some(sc_proto::federation::NodeInfo {
+                node_id: id,
+                ..Default::default()
+            }),
         };
-        let r = self.inner.clone().change_membership(req).await.map_err(|s| remote(&self.target, s))?.into_inner();
-        Ok(MembershipView { voters: r.voters.into_iter().collect(), learners: r.learners.into_iter().collect() })
+        let r = self
+            .inner
+            .clone()
+            .change_membership(req)
+            .await
+            .map_err(|s| remote(&self.target, s))?
+            .into_inner();
+        Ok(MembershipView {
+            voters: r.voters.into_iter().collect(),
+            learners: r.learners.into_iter().collect(),
+        })
     }
 }

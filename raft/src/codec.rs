@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn unknown_versions_truncation_and_garbage_are_refused() {
         let mut bytes = encode(&("key", 7u64)).unwrap();
-        assert!(matches!(decode::<(String, u64)>(&[]), Err(CodecError::Empty)));
+        assert!(matches!(
+            decode::<(String, u64)>(&[]),
+            Err(CodecError::Empty)
+        ));
         bytes[0] = 9;
         assert!(matches!(
             decode::<(String, u64)>(&bytes),

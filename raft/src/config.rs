@@ -98,12 +98,19 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { snapshot_every: 10_000, keep_logs: 1_000 }
+        Tuning {
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+        }
     }
 }
 
 /// openraft's config from ours.
-pub(crate) fn raft_config(cluster: &str, t: &Timeouts, tuning: &Tuning) -> Result<openraft::Config, String> {
+pub(crate) fn raft_config(
+    cluster: &str,
+    t: &Timeouts,
+    tuning: &Tuning,
+) -> Result<openraft::Config, String> {
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: t.heartbeat.as_millis() as u64,

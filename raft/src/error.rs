@@ -65,7 +65,9 @@ impl Error {
     /// The gRPC status a federation peer answers with for this error.
     pub fn to_status(&self) -> tonic::Status {
         match self {
-            Error::InvalidCommand(_) | Error::Options(_) => tonic::Status::invalid_argument(self.to_string()),
+            Error::InvalidCommand(_) | Error::Options(_) => {
+                tonic::Status::invalid_argument(self.to_string())
+            }
             Error::Membership(_) => tonic::Status::failed_precondition(self.to_string()),
             Error::NoLeader { .. } => tonic::Status::unavailable(self.to_string()),
             _ => tonic::Status::internal(self.to_string()),

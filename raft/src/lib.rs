@@ -29,4 +29,6 @@ pub use node::{Consistency, MembershipOp, MembershipView, Node, NodeOptions};
 pub use status::{NodeStatus, PeerStatus};
 pub use storage::engine::DiskFaults;
 pub use storage::state_machine::{ChangeNotice, ReadResult};
-pub use types::{ClientId, Command, CommandResponse, Compare, KvEntry, Mutation, NodeId, NodeInfo, Outcome};
+pub use types::{
+    ClientId, Command, CommandResponse, Compare, KvEntry, Mutation, NodeId, NodeInfo, Outcome,
+};

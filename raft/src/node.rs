@@ -33,7 +33,7 @@ use crate::network::raft_server::RaftGrpc;
 use crate::network::{NetFaults, Peers, TlsMaterial};
 use crate::status::{NodeStatus, PeerStatus};
 use crate::storage::engine::DiskFaults;
-use crate::storage::state_machine::{ChangeNotice, ReadResult};
+use crate::storage::state_machine::{ChangeNotice, KvList, ReadResult};
 use crate::storage::{LogStore, ReadView, SledEngine, StateMachine};
 use crate::types::{Command, CommandResponse, KvEntry, NodeId, NodeInfo, TypeConfig};
 
@@ -127,7 +127,10 @@ pub struct Node {
 }
 
 fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Storage { path: path.to_path_buf(), source }
+    move |source| Error::Storage {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Node {
@@ -137,26 +140,46 @@ impl Node {
     pub async fn start(opts: NodeOptions) -> Result<Node, Error> {
         opts.timeouts.validate().map_err(Error::Options)?;
         if !crate::pki::valid_node_name(&opts.info.name) {
-            return Err(Error::Options(format!("node name {:?} is not a DNS label", opts.info.name)));
+            return Err(Error::Options(format!(
+                "node name {:?} is not a DNS label",
+                opts.info.name
+            )));
         }
         let store_dir = opts.data_dir.join("store");
         std::fs::create_dir_all(&store_dir).map_err(storage_err(&opts.data_dir))?;
         let snapshot_dir = opts.data_dir.join("snapshots");
         let db = crate::storage::open_db(&store_dir).map_err(storage_err(&store_dir))?;
-        let engine = SledEngine::open(db.clone(), &store_dir, opts.disk_faults.clone()).map_err(storage_err(&store_dir))?;
+        let engine = SledEngine::open(db.clone(), &store_dir, opts.disk_faults.clone())
+            .map_err(storage_err(&store_dir))?;
         let log = LogStore::new(engine).map_err(storage_err(&store_dir))?;
-        let sm = StateMachine::open(db, &store_dir, &snapshot_dir).map_err(storage_err(&store_dir))?;
+        let sm =
+            StateMachine::open(db, &store_dir, &snapshot_dir).map_err(storage_err(&store_dir))?;
         let view = sm.read_view();
 
-        let config = raft_config(&opts.cluster_name, &opts.timeouts, &opts.tuning).map_err(Error::Options)?;
-        let peers = Arc::new(Peers::new(opts.id, opts.tls.clone(), opts.net_faults.clone(), opts.timeouts.clone()));
-        let raft = Raft::new(opts.id, Arc::new(config), NetworkFactory::new(peers.clone()), log.clone(), sm)
-            .await
-            .map_err(|e| Error::Stopped(e.to_string()))?;
+        let config = raft_config(&opts.cluster_name, &opts.timeouts, &opts.tuning)
+            .map_err(Error::Options)?;
+        let peers = Arc::new(Peers::new(
+            opts.id,
+            opts.tls.clone(),
+            opts.net_faults.clone(),
+            opts.timeouts.clone(),
+        ));
+        let raft = Raft::new(
+            opts.id,
+            Arc::new(config),
+            NetworkFactory::new(peers.clone()),
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| Error::Stopped(e.to_string()))?;
 
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
-            .map_err(|source| Error::Bind { addr: opts.listen.to_string(), source })?;
+            .map_err(|source| Error::Bind {
+                addr: opts.listen.to_string(),
+                source,
+            })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let node = Node {
             core: Arc::new(Core {
@@ -180,7 +203,10 @@ impl Node {
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE),
             )
-            .add_service(FederationServer::new(FederationGrpc::new(node.clone())).max_decoding_message_size(MAX_MESSAGE));
+            .add_service(
+                FederationServer::new(FederationGrpc::new(node.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE),
+            );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let mut stop = shutdown_rx.clone();
         let serve = tokio::spawn(async move {
@@ -194,7 +220,12 @@ impl Node {
         node.push_task(serve);
         tracing::info!(id = opts.id, node = %opts.info, "node listening");
 
-        if opts.bootstrap && !raft.is_initialized().await.map_err(|e| Error::Stopped(e.to_string()))? {
+        if opts.bootstrap
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::Stopped(e.to_string()))?
+        {
             let members = BTreeMap::from([(opts.id, opts.info.clone())]);
             match raft.initialize(members).await {
                 Ok(()) => tracing::info!(id = opts.id, "bootstrapped a new cluster"),
@@ -260,7 +291,10 @@ impl Node {
         };
         for mut task in tasks {
             // Graceful stop waits for open calls; do not let a stuck peer hold us.
-            if tokio::time::timeout(Duration::from_secs(3), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
                 task.abort();
             }
         }
@@ -323,7 +357,10 @@ impl Node {
                 Err(Attempt::Retry(why)) => last = why,
             }
             if started.elapsed() >= self.core.timeouts.write {
-                return Err(Error::NoLeader { waited: started.elapsed(), last });
+                return Err(Error::NoLeader {
+                    waited: started.elapsed(),
+                    last,
+                });
             }
             if *self.core.shutdown.borrow() {
                 return Err(Error::Stopped("node is shutting down".into()));
@@ -346,9 +383,9 @@ impl Node {
         };
         match result {
             Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Attempt::Retry(format!("leadership moved to {:?}", f.leader_id)))
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Attempt::Retry(
+                format!("leadership moved to {:?}", f.leader_id),
+            )),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Attempt::Fail(Error::Membership(e.to_string())))
             }
@@ -356,15 +393,37 @@ impl Node {
         }
     }
 
-    async fn forward_write(&self, leader: NodeId, info: &NodeInfo, command: Vec<u8>) -> Result<CommandResponse, Attempt> {
-        let mut client = self.core.peers.federation_client(leader, info).await.map_err(|e| Attempt::Retry(e.to_string()))?;
-        let call = client.write(WriteRequest { command, route_to_leader: false });
+    async fn forward_write(
+        &self,
+        leader: NodeId,
+        info: &NodeInfo,
+        command: Vec<u8>,
+    ) -> Result<CommandResponse, Attempt> {
+        let mut client = self
+            .core
+            .peers
+            .federation_client(leader, info)
+            .await
+            .map_err(|e| Attempt::Retry(e.to_string()))?;
+        let call = client.write(WriteRequest {
+            command,
+            route_to_leader: false,
+        });
         let reply = match tokio::time::timeout(self.core.timeouts.write, call).await {
-            Err(_) => return Err(Attempt::Retry(format!("leader {info} did not answer in time"))),
+            Err(_) => {
+                return Err(Attempt::Retry(format!(
+                    "leader {info} did not answer in time"
+                )))
+            }
             Ok(Err(status)) => return Err(retry_or_fail(info, status)),
             Ok(Ok(r)) => r.into_inner(),
         };
-        codec::decode(&reply.response).map_err(|e| Attempt::Fail(Error::Remote { peer: info.to_string(), message: e.to_string() }))
+        codec::decode(&reply.response).map_err(|e| {
+            Attempt::Fail(Error::Remote {
+                peer: info.to_string(),
+                message: e.to_string(),
+            })
+        })
     }
 
     /// The leader side of ReadIndex: confirms leadership with a quorum and returns
@@ -372,8 +431,12 @@ impl Node {
     pub(crate) async fn read_index_here(&self) -> Result<u64, Attempt> {
         match self.core.raft.ensure_linearizable().await {
             Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(Attempt::Retry("leadership moved".into())),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(Attempt::Retry(e.to_string())),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(Attempt::Retry("leadership moved".into()))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Attempt::Retry(e.to_string()))
+            }
             Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
         }
     }
@@ -385,10 +448,21 @@ impl Node {
                 match leader {
                     None => node.read_index_here().await,
                     Some((id, info)) => {
-                        let mut client =
-                            node.core.peers.federation_client(id, &info).await.map_err(|e| Attempt::Retry(e.to_string()))?;
-                        match tokio::time::timeout(node.core.timeouts.write, client.read_index(ReadIndexRequest {})).await {
-                            Err(_) => Err(Attempt::Retry(format!("leader {info} did not answer in time"))),
+                        let mut client = node
+                            .core
+                            .peers
+                            .federation_client(id, &info)
+                            .await
+                            .map_err(|e| Attempt::Retry(e.to_string()))?;
+                        match tokio::time::timeout(
+                            node.core.timeouts.write,
+                            client.read_index(ReadIndexRequest {}),
+                        )
+                        .await
+                        {
+                            Err(_) => Err(Attempt::Retry(format!(
+                                "leader {info} did not answer in time"
+                            ))),
                             Ok(Err(status)) => Err(retry_or_fail(&info, status)),
                             Ok(Ok(r)) => Ok(r.into_inner().read_index),
                         }
@@ -401,12 +475,19 @@ impl Node {
             .wait(Some(self.core.timeouts.write))
             .applied_index_at_least(Some(index), "read index")
             .await
-            .map_err(|e| Error::NoLeader { waited: self.core.timeouts.write, last: e.to_string() })?;
+            .map_err(|e| Error::NoLeader {
+                waited: self.core.timeouts.write,
+                last: e.to_string(),
+            })?;
         Ok(())
     }
 
     /// Reads one key.
-    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<ReadResult<Option<KvEntry>>, Error> {
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<ReadResult<Option<KvEntry>>, Error> {
         if consistency == Consistency::Linearizable {
             self.linearize().await?;
         }
@@ -419,7 +500,7 @@ impl Node {
         prefix: &[u8],
         limit: usize,
         consistency: Consistency,
-    ) -> Result<ReadResult<Vec<(Vec<u8>, KvEntry)>>, Error> {
+    ) -> Result<ReadResult<KvList>, Error> {
         if consistency == Consistency::Linearizable {
             self.linearize().await?;
         }
@@ -427,9 +508,16 @@ impl Node {
     }
 
     /// Changes membership through the leader (forwarded if needed).
-    pub async fn change_membership(&self, op: MembershipOp, id: NodeId, info: Option<NodeInfo>) -> Result<MembershipView, Error> {
+    pub async fn change_membership(
+        &self,
+        op: MembershipOp,
+        id: NodeId,
+        info: Option<NodeInfo>,
+    ) -> Result<MembershipView, Error> {
         if op == MembershipOp::AddLearner && info.is_none() {
-            return Err(Error::Membership("adding a learner needs its name, region and address".into()));
+            return Err(Error::Membership(
+                "adding a learner needs its name, region and address".into(),
+            ));
         }
         self.route(|node, leader| {
             let info = info.clone();
@@ -454,30 +542,54 @@ impl Node {
         let is_voter = {
             let m = raft.metrics();
             let m = m.borrow();
-            m.membership_config.membership().voter_ids().any(|v| v == id)
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == id)
         };
         let result = match (op, info) {
             (MembershipOp::AddLearner, Some(info)) => raft.add_learner(id, info, true).await,
-            (MembershipOp::AddLearner, None) => return Err(Attempt::Fail(Error::Membership("missing node info".into()))),
-            (MembershipOp::Promote, _) => raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await,
-            (MembershipOp::Demote, _) => raft.change_membership(ChangeMembers::RemoveVoters(ids), true).await,
-            (MembershipOp::Remove, _) if is_voter => raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await,
-            (MembershipOp::Remove, _) => raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await,
+            (MembershipOp::AddLearner, None) => {
+                return Err(Attempt::Fail(Error::Membership("missing node info".into())))
+            }
+            (MembershipOp::Promote, _) => {
+                raft.change_membership(ChangeMembers::AddVoterIds(ids), false)
+                    .await
+            }
+            (MembershipOp::Demote, _) => {
+                raft.change_membership(ChangeMembers::RemoveVoters(ids), true)
+                    .await
+            }
+            (MembershipOp::Remove, _) if is_voter => {
+                raft.change_membership(ChangeMembers::RemoveVoters(ids), false)
+                    .await
+            }
+            (MembershipOp::Remove, _) => {
+                raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
+                    .await
+            }
         };
         match result {
             Ok(r) => {
                 let m = r.membership.clone();
                 Ok(match m {
-                    Some(m) => MembershipView { voters: m.voter_ids().collect(), learners: m.learner_ids().collect() },
+                    Some(m) => MembershipView {
+                        voters: m.voter_ids().collect(),
+                        learners: m.learner_ids().collect(),
+                    },
                     None => self.membership_view(),
                 })
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Attempt::Retry("leadership moved".into())),
-            // A previous change is still being committed: wait for it, then retry.
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e)))) => {
-                Err(Attempt::Retry(e.to_string()))
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(Attempt::Retry("leadership moved".into()))
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(Attempt::Fail(Error::Membership(e.to_string()))),
+            // A previous change is still being committed: wait for it, then retry.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(e),
+            ))) => Err(Attempt::Retry(e.to_string())),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Attempt::Fail(Error::Membership(e.to_string())))
+            }
             Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
         }
     }
@@ -490,24 +602,40 @@ impl Node {
         id: NodeId,
         info: Option<NodeInfo>,
     ) -> Result<MembershipView, Attempt> {
-        let mut client = self.core.peers.federation_client(leader, linfo).await.map_err(|e| Attempt::Retry(e.to_string()))?;
+        let mut client = self
+            .core
+            .peers
+            .federation_client(leader, linfo)
+            .await
+            .map_err(|e| Attempt::Retry(e.to_string()))?;
         let action = match op {
             MembershipOp::AddLearner => MembershipAction::AddLearner,
             MembershipOp::Promote => MembershipAction::Promote,
             MembershipOp::Demote => MembershipAction::Demote,
             MembershipOp::Remove => MembershipAction::Remove,
         };
-        let node = info.map(|i| node_info_to_proto(id, &i)).or(Some(sc_proto::federation::NodeInfo {
-            node_id: id,
-            ..Default::default()
-        }));
-        let req = MembershipRequest { action: action as i32, node };
-        match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await {
-            Err(_) => Err(Attempt::Retry(format!("leader {linfo} did not answer in time"))),
+        let node =
+            info.map(|i| node_info_to_proto(id, &i))
+                .or(Some(sc_proto::federation::NodeInfo {
+                    node_id: id,
+                    ..Default::default()
+                }));
+        let req = MembershipRequest {
+            action: action as i32,
+            node,
+        };
+        match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await
+        {
+            Err(_) => Err(Attempt::Retry(format!(
+                "leader {linfo} did not answer in time"
+            ))),
             Ok(Err(status)) => Err(retry_or_fail(linfo, status)),
             Ok(Ok(r)) => {
                 let r = r.into_inner();
-                Ok(MembershipView { voters: r.voters.into_iter().collect(), learners: r.learners.into_iter().collect() })
+                Ok(MembershipView {
+                    voters: r.voters.into_iter().collect(),
+                    learners: r.learners.into_iter().collect(),
+                })
             }
         }
     }
@@ -517,7 +645,10 @@ impl Node {
         let m = self.core.raft.metrics();
         let m = m.borrow();
         let mem = m.membership_config.membership();
-        MembershipView { voters: mem.voter_ids().collect(), learners: mem.learner_ids().collect() }
+        MembershipView {
+            voters: mem.voter_ids().collect(),
+            learners: mem.learner_ids().collect(),
+        }
     }
 
     /// Keeps asking `seeds` to admit this node until it is a member in the wanted role.
@@ -528,14 +659,24 @@ impl Node {
             let id = self.core.id;
             let member = view.voters.contains(&id) || view.learners.contains(&id);
             if member && (view.voters.contains(&id) || !voter) {
-                tracing::info!(id, voter = view.voters.contains(&id), "member of the cluster");
+                tracing::info!(
+                    id,
+                    voter = view.voters.contains(&id),
+                    "member of the cluster"
+                );
                 return;
             }
-            let op = if member { MembershipOp::Promote } else { MembershipOp::AddLearner };
+            let op = if member {
+                MembershipOp::Promote
+            } else {
+                MembershipOp::AddLearner
+            };
             for seed in &seeds {
                 match self.ask_seed(seed, op).await {
                     Ok(()) => break,
-                    Err(e) => tracing::info!(seed = %seed, error = %e, "join attempt failed; will retry"),
+                    Err(e) => {
+                        tracing::info!(seed = %seed, error = %e, "join attempt failed; will retry")
+                    }
                 }
             }
             // Our own metrics learn of the change when the leader replicates it.
@@ -546,14 +687,20 @@ impl Node {
 
     async fn ask_seed(&self, seed: &NodeInfo, op: MembershipOp) -> Result<(), String> {
         // Seeds are not members of our (empty) membership yet: use a one-off channel.
-        let channel = crate::network::peers::connect_lazy(&self.core.peers_tls(), seed, &self.core.timeouts).map_err(|e| e.to_string())?;
+        let channel =
+            crate::network::peers::connect_lazy(&self.core.peers_tls(), seed, &self.core.timeouts)
+                .map_err(|e| e.to_string())?;
         let mut client = sc_proto::federation::federation_client::FederationClient::new(channel);
         let action = match op {
             MembershipOp::Promote => MembershipAction::Promote,
             _ => MembershipAction::AddLearner,
         };
-        let req = MembershipRequest { action: action as i32, node: Some(node_info_to_proto(self.core.id, &self.core.info)) };
-        match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await {
+        let req = MembershipRequest {
+            action: action as i32,
+            node: Some(node_info_to_proto(self.core.id, &self.core.info)),
+        };
+        match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await
+        {
             Err(_) => Err("timed out".into()),
             Ok(Err(s)) => Err(s.message().to_string()),
             Ok(Ok(_)) => Ok(()),
@@ -577,7 +724,11 @@ impl Node {
         let peers = mem
             .nodes()
             .map(|(id, info)| {
-                let matched = m.replication.as_ref().and_then(|r| r.get(id)).and_then(|l| l.map(|l| l.index));
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .and_then(|l| l.map(|l| l.index));
                 PeerStatus {
                     id: *id,
                     name: info.name.clone(),
@@ -609,7 +760,12 @@ impl Node {
     }
 
     /// Polls this node's status until `pred` holds or `timeout` passes.
-    pub async fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&NodeStatus) -> bool) -> Result<NodeStatus, Error> {
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&NodeStatus) -> bool,
+    ) -> Result<NodeStatus, Error> {
         let started = Instant::now();
         loop {
             let s = self.status();
@@ -617,7 +773,13 @@ impl Node {
                 return Ok(s);
             }
             if started.elapsed() > timeout {
-                return Err(Error::NoLeader { waited: timeout, last: format!("node {} never reached: {what}; last status {s:?}", self.core.id) });
+                return Err(Error::NoLeader {
+                    waited: timeout,
+                    last: format!(
+                        "node {} never reached: {what}; last status {s:?}",
+                        self.core.id
+                    ),
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -625,13 +787,23 @@ impl Node {
 
     /// Builds a snapshot now (normally automatic after `snapshot_every` entries).
     pub async fn trigger_snapshot(&self) -> Result<(), Error> {
-        self.core.raft.trigger().snapshot().await.map_err(|e| Error::Stopped(e.to_string()))
+        self.core
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
     }
 
     /// Starts an election on this node now (used to hand leadership over in tests
     /// and drills; openraft 0.9 has no transfer-leader call).
     pub async fn trigger_election(&self) -> Result<(), Error> {
-        self.core.raft.trigger().elect().await.map_err(|e| Error::Stopped(e.to_string()))
+        self.core
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
     }
 
     /// Status of every member, asked over the federation channel (this node's
@@ -640,7 +812,11 @@ impl Node {
         let members: Vec<(NodeId, NodeInfo)> = {
             let m = self.core.raft.metrics();
             let m = m.borrow();
-            m.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect()
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect()
         };
         let mut out = Vec::new();
         for (id, info) in members {
@@ -649,12 +825,22 @@ impl Node {
                 continue;
             }
             let r = async {
-                let mut c = self.core.peers.federation_client(id, &info).await.map_err(|e| e.to_string())?;
-                let reply = tokio::time::timeout(self.core.timeouts.rpc, c.status(sc_proto::federation::StatusRequest {}))
+                let mut c = self
+                    .core
+                    .peers
+                    .federation_client(id, &info)
                     .await
-                    .map_err(|_| "timed out".to_string())?
-                    .map_err(|s| s.message().to_string())?;
-                Ok(crate::network::federation::status_from_proto(reply.into_inner()))
+                    .map_err(|e| e.to_string())?;
+                let reply = tokio::time::timeout(
+                    self.core.timeouts.rpc,
+                    c.status(sc_proto::federation::StatusRequest {}),
+                )
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|s| s.message().to_string())?;
+                Ok(crate::network::federation::status_from_proto(
+                    reply.into_inner(),
+                ))
             }
             .await;
             out.push((id, r));
@@ -673,13 +859,23 @@ impl Core {
 /// a refusal on the merits → fail.
 fn retry_or_fail(peer: &NodeInfo, status: tonic::Status) -> Attempt {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown => {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Aborted
+        | tonic::Code::Unknown => Attempt::Retry(format!("{peer}: {}", status.message())),
+        tonic::Code::FailedPrecondition
+            if status
+                .message()
+                .starts_with(crate::network::federation::NOT_LEADER) =>
+        {
             Attempt::Retry(format!("{peer}: {}", status.message()))
         }
-        tonic::Code::FailedPrecondition if status.message().starts_with(crate::network::federation::NOT_LEADER) => {
-            Attempt::Retry(format!("{peer}: {}", status.message()))
+        tonic::Code::FailedPrecondition => {
+            Attempt::Fail(Error::Membership(status.message().to_string()))
         }
-        tonic::Code::FailedPrecondition => Attempt::Fail(Error::Membership(status.message().to_string())),
-        _ => Attempt::Fail(Error::Remote { peer: peer.to_string(), message: status.message().to_string() }),
+        _ => Attempt::Fail(Error::Remote {
+            peer: peer.to_string(),
+            message: status.message().to_string(),
+        }),
     }
 }

@@ -12,8 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Why certificate material could not be made or written.
@@ -37,7 +37,9 @@ pub enum PkiError {
     #[error("a cluster CA already exists in {0}; refusing to overwrite it")]
     CaExists(PathBuf),
     /// The node name cannot be a DNS name (it is the TLS server name).
-    #[error("node name {0:?} must be 1-63 characters of [a-z0-9-], not starting or ending with '-'")]
+    #[error(
+        "node name {0:?} must be 1-63 characters of [a-z0-9-], not starting or ending with '-'"
+    )]
     BadName(String),
 }
 
@@ -52,11 +54,16 @@ pub fn valid_node_name(name: &str) -> bool {
         && name.len() <= 63
         && !name.starts_with('-')
         && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -72,7 +79,10 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
 
 /// Creates a new cluster CA in `dir` (`ca.pem`, and `ca.key` with mode 0600).
 pub fn init_ca(dir: &Path, cluster_name: &str) -> Result<PathBuf, PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_path_buf(), source })?;
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let cert_path = dir.join(CA_CERT);
     if cert_path.exists() {
         return Err(PkiError::CaExists(dir.to_path_buf()));
@@ -80,9 +90,16 @@ pub fn init_ca(dir: &Path, cluster_name: &str) -> Result<PathBuf, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("{cluster_name} supercluster CA"));
+    dn.push(
+        DnType::CommonName,
+        format!("{cluster_name} supercluster CA"),
+    );
     dn.push(DnType::OrganizationName, "Supercluster");
     params.distinguished_name = dn;
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
@@ -112,7 +129,12 @@ pub fn issue(dir: &Path, name: &str, region: &str, ips: &[IpAddr]) -> Result<Iss
     if !ca_cert_path.exists() || !ca_key_path.exists() {
         return Err(PkiError::NoCa(dir.to_path_buf()));
     }
-    let read = |p: &Path| fs::read_to_string(p).map_err(|source| PkiError::Io { path: p.to_path_buf(), source });
+    let read = |p: &Path| {
+        fs::read_to_string(p).map_err(|source| PkiError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let ca_key = KeyPair::from_pem(&read(&ca_key_path)?)?;
     let issuer = Issuer::from_ca_cert_pem(&read(&ca_cert_path)?, ca_key)?;
 
@@ -126,11 +148,20 @@ pub fn issue(dir: &Path, name: &str, region: &str, ips: &[IpAddr]) -> Result<Iss
     dn.push(DnType::OrganizationalUnitName, region);
     dn.push(DnType::OrganizationName, "Supercluster");
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.not_after = rcgen::date_time_ymd(2035, 1, 1);
     let cert = params.signed_by(&key, &issuer)?;
-    let issued = Issued { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) };
+    let issued = Issued {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
     write_file(&issued.key, &key.serialize_pem(), 0o600)?;
     write_file(&issued.cert, &cert.pem(), 0o644)?;
     Ok(issued)
@@ -146,14 +177,33 @@ mod tests {
     fn keys_are_private_and_the_ca_is_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path(), "t").unwrap();
-        let issued = issue(dir.path(), "us-east-1", "us-east", &["127.0.0.1".parse().unwrap()]).unwrap();
+        let issued = issue(
+            dir.path(),
+            "us-east-1",
+            "us-east",
+            &["127.0.0.1".parse().unwrap()],
+        )
+        .unwrap();
         for key in [dir.path().join(CA_KEY), issued.key.clone()] {
-            assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
-        assert!(matches!(init_ca(dir.path(), "t"), Err(PkiError::CaExists(_))));
-        assert!(matches!(issue(dir.path(), "Bad_Name", "r", &[]), Err(PkiError::BadName(_))));
+        assert!(matches!(
+            init_ca(dir.path(), "t"),
+            Err(PkiError::CaExists(_))
+        ));
+        assert!(matches!(
+            issue(dir.path(), "Bad_Name", "r", &[]),
+            Err(PkiError::BadName(_))
+        ));
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(issue(empty.path(), "n1", "r", &[]), Err(PkiError::NoCa(_))));
-        crate::network::TlsMaterial::load(&dir.path().join(CA_CERT), &issued.cert, &issued.key).unwrap();
+        assert!(matches!(
+            issue(empty.path(), "n1", "r", &[]),
+            Err(PkiError::NoCa(_))
+        ));
+        crate::network::TlsMaterial::load(&dir.path().join(CA_CERT), &issued.cert, &issued.key)
+            .unwrap();
     }
 }

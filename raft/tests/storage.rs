@@ -6,7 +6,9 @@ use std::path::Path;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, Vote};
+use openraft::{
+    CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, Vote,
+};
 use sc_raft::storage::{LogStore, SledEngine, StateMachine};
 use sc_raft::types::TypeConfig;
 use sc_raft::{ClientId, Command, Compare, DiskFaults, Mutation, NodeId, Outcome};
@@ -16,7 +18,8 @@ fn open(dir: &Path) -> (LogStore<SledEngine>, StateMachine) {
     let store = dir.join("store");
     std::fs::create_dir_all(&store).unwrap();
     let db = sc_raft::storage::open_db(&store).unwrap();
-    let log = LogStore::new(SledEngine::open(db.clone(), &store, DiskFaults::default()).unwrap()).unwrap();
+    let log = LogStore::new(SledEngine::open(db.clone(), &store, DiskFaults::default()).unwrap())
+        .unwrap();
     let sm = StateMachine::open(db, &store, &dir.join("snapshots")).unwrap();
     (log, sm)
 }
@@ -24,7 +27,9 @@ fn open(dir: &Path) -> (LogStore<SledEngine>, StateMachine) {
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore<SledEngine>, StateMachine, TempDir> for Builder {
-    async fn build(&self) -> Result<(TempDir, LogStore<SledEngine>, StateMachine), StorageError<NodeId>> {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, LogStore<SledEngine>, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().unwrap();
         let (log, sm) = open(dir.path());
         Ok((dir, log, sm))
@@ -46,12 +51,18 @@ fn put(client: u128, serial: u64, key: &str, value: &str) -> Command {
         serial,
         expect_revision: None,
         compare: vec![],
-        ops: vec![Mutation::Put { key: key.into(), value: value.into() }],
+        ops: vec![Mutation::Put {
+            key: key.into(),
+            value: value.into(),
+        }],
     }
 }
 
 fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
-    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(cmd) }
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(cmd),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +71,12 @@ async fn the_vote_and_flushed_entries_survive_a_reopen() {
     {
         let (mut log, _sm) = open(dir.path());
         log.save_vote(&Vote::new(3, 1)).await.unwrap();
-        log.blocking_append(vec![entry(1, put(1, 1, "a", "1")), entry(2, put(1, 2, "b", "2"))]).await.unwrap();
+        log.blocking_append(vec![
+            entry(1, put(1, 1, "a", "1")),
+            entry(2, put(1, 2, "b", "2")),
+        ])
+        .await
+        .unwrap();
     }
     let (mut log, _sm) = open(dir.path());
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
@@ -72,8 +88,14 @@ async fn the_vote_and_flushed_entries_survive_a_reopen() {
 async fn a_retried_request_is_applied_once_and_answered_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm) = open(dir.path());
-    let first = sm.apply(vec![entry(1, put(7, 1, "k", "v1"))]).await.unwrap();
-    let retry = sm.apply(vec![entry(2, put(7, 1, "k", "v1"))]).await.unwrap();
+    let first = sm
+        .apply(vec![entry(1, put(7, 1, "k", "v1"))])
+        .await
+        .unwrap();
+    let retry = sm
+        .apply(vec![entry(2, put(7, 1, "k", "v1"))])
+        .await
+        .unwrap();
     assert_eq!(first, retry);
     assert_eq!(first[0].revision, 1);
     let view = sm.read_view();
@@ -81,10 +103,19 @@ async fn a_retried_request_is_applied_once_and_answered_the_same() {
     assert_eq!(read.revision, 1);
     assert_eq!(read.value.unwrap().version, 1);
     // An older serial of the same client is refused, a newer one applies.
-    let older = sm.apply(vec![entry(3, put(7, 0, "k", "old"))]).await.unwrap();
+    let older = sm
+        .apply(vec![entry(3, put(7, 0, "k", "old"))])
+        .await
+        .unwrap();
     assert!(matches!(older[0].outcome, Outcome::Conflict { .. }));
-    let newer = sm.apply(vec![entry(4, put(7, 2, "k", "v2"))]).await.unwrap();
-    assert_eq!((newer[0].revision, &newer[0].outcome), (2, &Outcome::Applied));
+    let newer = sm
+        .apply(vec![entry(4, put(7, 2, "k", "v2"))])
+        .await
+        .unwrap();
+    assert_eq!(
+        (newer[0].revision, &newer[0].outcome),
+        (2, &Outcome::Applied)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,11 +125,17 @@ async fn a_stale_precondition_changes_nothing() {
     sm.apply(vec![entry(1, put(1, 1, "a", "1"))]).await.unwrap();
     let mut stale = put(2, 1, "b", "2");
     stale.expect_revision = Some(0);
-    stale.ops.push(Mutation::Put { key: "c".into(), value: "3".into() });
+    stale.ops.push(Mutation::Put {
+        key: "c".into(),
+        value: "3".into(),
+    });
     let r = sm.apply(vec![entry(2, stale)]).await.unwrap();
     assert!(matches!(&r[0].outcome, Outcome::Conflict { reason } if reason.contains("revision 1")));
     let mut cas = put(2, 2, "a", "new");
-    cas.compare.push(Compare { key: "a".into(), mod_revision: Some(9) });
+    cas.compare.push(Compare {
+        key: "a".into(),
+        mod_revision: Some(9),
+    });
     let r = sm.apply(vec![entry(3, cas)]).await.unwrap();
     assert!(matches!(r[0].outcome, Outcome::Conflict { .. }));
     let view = sm.read_view();
@@ -115,14 +152,24 @@ async fn an_interrupted_snapshot_install_leaves_the_old_state_whole() {
     let leader_dir = tempfile::tempdir().unwrap();
     let (_l, mut leader) = open(leader_dir.path());
     for i in 1..=50u64 {
-        leader.apply(vec![entry(i, put(1, i, &format!("k{i:03}"), "v"))]).await.unwrap();
+        leader
+            .apply(vec![entry(i, put(1, i, &format!("k{i:03}"), "v"))])
+            .await
+            .unwrap();
     }
-    let snap = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     {
         let (_log, mut sm) = open(dir.path());
-        sm.apply(vec![entry(1, put(2, 1, "mine", "x"))]).await.unwrap();
+        sm.apply(vec![entry(1, put(2, 1, "mine", "x"))])
+            .await
+            .unwrap();
     }
     // Simulate a crash half-way through an install: generation 1 trees exist and
     // are partly filled, but the pointer still names generation 0.
@@ -140,7 +187,9 @@ async fn an_interrupted_snapshot_install_leaves_the_old_state_whole() {
         // Now a real install, then a reopen: the new state, whole.
         let mut target = sm.begin_receiving_snapshot().await.unwrap();
         std::fs::copy(&snap.snapshot.path, &target.path).unwrap();
-        *target = sc_raft::storage::SnapshotFile { path: target.path.clone() };
+        *target = sc_raft::storage::SnapshotFile {
+            path: target.path.clone(),
+        };
         sm.install_snapshot(&snap.meta, target).await.unwrap();
     }
     let (_log, mut sm) = open(dir.path());
@@ -156,17 +205,27 @@ async fn a_corrupted_snapshot_is_refused_before_anything_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (_l, mut sm) = open(dir.path());
     sm.apply(vec![entry(1, put(1, 1, "a", "1"))]).await.unwrap();
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let other = tempfile::tempdir().unwrap();
     let (_l2, mut sm2) = open(other.path());
-    sm2.apply(vec![entry(1, put(9, 1, "keep", "me"))]).await.unwrap();
+    sm2.apply(vec![entry(1, put(9, 1, "keep", "me"))])
+        .await
+        .unwrap();
     let target = sm2.begin_receiving_snapshot().await.unwrap();
     let mut bytes = std::fs::read(&snap.snapshot.path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&target.path, &bytes).unwrap();
     assert!(sm2.install_snapshot(&snap.meta, target).await.is_err());
-    assert_eq!(sm2.read_view().get(b"keep").unwrap().value.unwrap().value, b"me");
+    assert_eq!(
+        sm2.read_view().get(b"keep").unwrap().value.unwrap().value,
+        b"me"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,5 +238,8 @@ async fn a_failing_disk_is_reported_not_acknowledged() {
     let mut log = LogStore::new(SledEngine::open(db, &store, faults.clone()).unwrap()).unwrap();
     faults.set_failing(true);
     assert!(log.save_vote(&Vote::new(1, 1)).await.is_err());
-    assert!(log.blocking_append(vec![entry(1, put(1, 1, "a", "1"))]).await.is_err());
+    assert!(log
+        .blocking_append(vec![entry(1, put(1, 1, "a", "1"))])
+        .await
+        .is_err());
 }

@@ -80,7 +80,11 @@ impl NetFaults {
 
     /// Applies the fault (if any) on `from → to`: waits for a delay, fails for a drop.
     pub async fn gate(&self, from: NodeId, to: NodeId) -> Result<(), LinkCut> {
-        let fault = self.links.read().ok().and_then(|l| l.get(&(from, to)).copied());
+        let fault = self
+            .links
+            .read()
+            .ok()
+            .and_then(|l| l.get(&(from, to)).copied());
         match fault {
             None => Ok(()),
             Some(LinkFault::Drop) => Err(LinkCut { from, to }),

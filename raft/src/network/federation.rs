@@ -36,7 +36,10 @@ impl FederationGrpc {
         if self.node.is_leader() {
             Ok(())
         } else {
-            Err(Status::failed_precondition(format!("{NOT_LEADER}: node {} does not lead", self.node.id())))
+            Err(Status::failed_precondition(format!(
+                "{NOT_LEADER}: node {} does not lead",
+                self.node.id()
+            )))
         }
     }
 }
@@ -50,7 +53,12 @@ fn attempt_status(a: Attempt) -> Status {
 
 /// Converts a node's info to its wire form.
 pub fn node_info_to_proto(id: NodeId, info: &NodeInfo) -> sc_proto::federation::NodeInfo {
-    sc_proto::federation::NodeInfo { node_id: id, name: info.name.clone(), region: info.region.clone(), addr: info.addr.clone() }
+    sc_proto::federation::NodeInfo {
+        node_id: id,
+        name: info.name.clone(),
+        region: info.region.clone(),
+        addr: info.addr.clone(),
+    }
 }
 
 /// Converts a status reply back into the status struct.
@@ -76,7 +84,15 @@ pub fn status_from_proto(r: StatusReply) -> NodeStatus {
             .into_iter()
             .map(|p| {
                 let n = p.node.unwrap_or_default();
-                PeerStatus { id: n.node_id, name: n.name, region: n.region, addr: n.addr, voter: p.voter, matched: p.matched_index, lag: p.lag }
+                PeerStatus {
+                    id: n.node_id,
+                    name: n.name,
+                    region: n.region,
+                    addr: n.addr,
+                    voter: p.voter,
+                    matched: p.matched_index,
+                    lag: p.lag,
+                }
             })
             .collect(),
     }
@@ -85,7 +101,12 @@ pub fn status_from_proto(r: StatusReply) -> NodeStatus {
 /// Converts the status struct to its wire form.
 pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
     StatusReply {
-        node: Some(sc_proto::federation::NodeInfo { node_id: s.id, name: s.name.clone(), region: s.region.clone(), addr: s.addr.clone() }),
+        node: Some(sc_proto::federation::NodeInfo {
+            node_id: s.id,
+            name: s.name.clone(),
+            region: s.region.clone(),
+            addr: s.addr.clone(),
+        }),
         role: s.role.clone(),
         leader_id: s.leader,
         term: s.term,
@@ -100,7 +121,12 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
             .peers
             .iter()
             .map(|p| sc_proto::federation::PeerStatus {
-                node: Some(sc_proto::federation::NodeInfo { node_id: p.id, name: p.name.clone(), region: p.region.clone(), addr: p.addr.clone() }),
+                node: Some(sc_proto::federation::NodeInfo {
+                    node_id: p.id,
+                    name: p.name.clone(),
+                    region: p.region.clone(),
+                    addr: p.addr.clone(),
+                }),
                 voter: p.voter,
                 matched_index: p.matched,
                 lag: p.lag,
@@ -115,7 +141,8 @@ impl Federation for FederationGrpc {
         let req = request.into_inner();
         let cmd: Command = codec::decode(&req.command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
-        cmd.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        cmd.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let resp = if req.route_to_leader {
             self.node.write(cmd).await.map_err(|e| e.to_status())?
         } else {
@@ -126,34 +153,63 @@ impl Federation for FederationGrpc {
         Ok(Response::new(WriteReply { response }))
     }
 
-    async fn read_index(&self, _: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+    async fn read_index(
+        &self,
+        _: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
         self.leader_only()?;
         let read_index = self.node.read_index_here().await.map_err(attempt_status)?;
-        Ok(Response::new(ReadIndexReply { read_index, leader_id: self.node.id() }))
+        Ok(Response::new(ReadIndexReply {
+            read_index,
+            leader_id: self.node.id(),
+        }))
     }
 
-    async fn change_membership(&self, request: Request<MembershipRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn change_membership(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         let req = request.into_inner();
         let op = match MembershipAction::try_from(req.action) {
             Ok(MembershipAction::AddLearner) => MembershipOp::AddLearner,
             Ok(MembershipAction::Promote) => MembershipOp::Promote,
             Ok(MembershipAction::Demote) => MembershipOp::Demote,
             Ok(MembershipAction::Remove) => MembershipOp::Remove,
-            _ => return Err(Status::invalid_argument(format!("unknown membership action {}", req.action))),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown membership action {}",
+                    req.action
+                )))
+            }
         };
-        let node = req.node.ok_or_else(|| Status::invalid_argument("membership change without a node"))?;
+        let node = req
+            .node
+            .ok_or_else(|| Status::invalid_argument("membership change without a node"))?;
         let info = if op == MembershipOp::AddLearner {
             if !crate::pki::valid_node_name(&node.name) || node.addr.is_empty() {
-                return Err(Status::invalid_argument("a new node needs a DNS-label name and an address"));
+                return Err(Status::invalid_argument(
+                    "a new node needs a DNS-label name and an address",
+                ));
             }
-            Some(NodeInfo { name: node.name, region: node.region, addr: node.addr })
+            Some(NodeInfo {
+                name: node.name,
+                region: node.region,
+                addr: node.addr,
+            })
         } else {
             None
         };
         // Any node accepts these (a joining node knows only its seeds) and routes
         // them to the leader itself.
-        let view = self.node.change_membership(op, node.node_id, info).await.map_err(|e| e.to_status())?;
-        Ok(Response::new(MembershipReply { voters: view.voters.into_iter().collect(), learners: view.learners.into_iter().collect() }))
+        let view = self
+            .node
+            .change_membership(op, node.node_id, info)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(MembershipReply {
+            voters: view.voters.into_iter().collect(),
+            learners: view.learners.into_iter().collect(),
+        }))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
@@ -165,9 +221,21 @@ impl Federation for FederationGrpc {
                 crate::types::MAX_KEY_LEN
             )));
         }
-        let consistency = if req.linearizable { Consistency::Linearizable } else { Consistency::Local };
-        let r = self.node.get(&req.key, consistency).await.map_err(|e| e.to_status())?;
-        let mut reply = ReadReply { revision: r.revision, applied_index: r.applied_index, ..Default::default() };
+        let consistency = if req.linearizable {
+            Consistency::Linearizable
+        } else {
+            Consistency::Local
+        };
+        let r = self
+            .node
+            .get(&req.key, consistency)
+            .await
+            .map_err(|e| e.to_status())?;
+        let mut reply = ReadReply {
+            revision: r.revision,
+            applied_index: r.applied_index,
+            ..Default::default()
+        };
         if let Some(e) = r.value {
             reply.found = true;
             reply.value = e.value;

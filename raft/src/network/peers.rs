@@ -48,7 +48,13 @@ pub struct Peers {
 impl Peers {
     /// A cache for node `self_id`, presenting `tls` to every peer.
     pub fn new(self_id: NodeId, tls: TlsMaterial, faults: NetFaults, timeouts: Timeouts) -> Self {
-        Peers { self_id, tls, faults, timeouts, channels: Mutex::new(HashMap::new()) }
+        Peers {
+            self_id,
+            tls,
+            faults,
+            timeouts,
+            channels: Mutex::new(HashMap::new()),
+        }
     }
 
     /// This node's timeouts.
@@ -88,7 +94,11 @@ impl Peers {
     }
 
     /// A Raft RPC client for `id`, after the fault seam.
-    pub async fn raft_client(&self, id: NodeId, info: &NodeInfo) -> Result<RaftServiceClient<Channel>, PeerError> {
+    pub async fn raft_client(
+        &self,
+        id: NodeId,
+        info: &NodeInfo,
+    ) -> Result<RaftServiceClient<Channel>, PeerError> {
         self.gate(id).await?;
         Ok(RaftServiceClient::new(self.channel(id, info)?)
             .max_decoding_message_size(MAX_MESSAGE)
@@ -96,7 +106,11 @@ impl Peers {
     }
 
     /// A federation client for `id`, after the fault seam.
-    pub async fn federation_client(&self, id: NodeId, info: &NodeInfo) -> Result<FederationClient<Channel>, PeerError> {
+    pub async fn federation_client(
+        &self,
+        id: NodeId,
+        info: &NodeInfo,
+    ) -> Result<FederationClient<Channel>, PeerError> {
         self.gate(id).await?;
         Ok(FederationClient::new(self.channel(id, info)?)
             .max_decoding_message_size(MAX_MESSAGE)
@@ -105,8 +119,15 @@ impl Peers {
 }
 
 /// A lazily connecting mutual-TLS channel to `info` (also used by the CLI).
-pub fn connect_lazy(tls: &TlsMaterial, info: &NodeInfo, timeouts: &Timeouts) -> Result<Channel, PeerError> {
-    let err = |reason: String| PeerError::Channel { peer: info.to_string(), reason };
+pub fn connect_lazy(
+    tls: &TlsMaterial,
+    info: &NodeInfo,
+    timeouts: &Timeouts,
+) -> Result<Channel, PeerError> {
+    let err = |reason: String| PeerError::Channel {
+        peer: info.to_string(),
+        reason,
+    };
     let endpoint = Endpoint::from_shared(format!("https://{}", info.addr))
         .map_err(|e| err(e.to_string()))?
         .tls_config(tls.client_config(&info.name))

@@ -40,7 +40,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
-        PeerClient { target, node: node.clone(), peers: self.peers.clone() }
+        PeerClient {
+            target,
+            node: node.clone(),
+            peers: self.peers.clone(),
+        }
     }
 }
 
@@ -68,19 +72,37 @@ fn from_status<E: std::error::Error>(s: &tonic::Status) -> RpcErr<E> {
 
 impl PeerClient {
     fn timeout<E: std::error::Error>(&self, action: RPCTypes, after: Duration) -> RpcErr<E> {
-        RPCError::Timeout(Timeout { action, id: self.peers.self_id(), target: self.target, timeout: after })
+        RPCError::Timeout(Timeout {
+            action,
+            id: self.peers.self_id(),
+            target: self.target,
+            timeout: after,
+        })
     }
 
     /// Sends one unary payload RPC and decodes the peer's `Result`.
-    async fn unary<Req, Resp, F, Fut>(&self, action: RPCTypes, req: &Req, ttl: Duration, call: F) -> Result<Resp, RpcErr>
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        ttl: Duration,
+        call: F,
+    ) -> Result<Resp, RpcErr>
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
-        F: FnOnce(sc_proto::raft::raft_service_client::RaftServiceClient<tonic::transport::Channel>, RaftPayload) -> Fut,
+        F: FnOnce(
+            sc_proto::raft::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
+            RaftPayload,
+        ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let client = self.peers.raft_client(self.target, &self.node).await.map_err(|e| unreachable(&e))?;
+        let client = self
+            .peers
+            .raft_client(self.target, &self.node)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let reply = match tokio::time::timeout(ttl, call(client, RaftPayload { data })).await {
             Err(_) => return Err(self.timeout(action, ttl)),
             Ok(Err(status)) => return Err(from_status(&status)),
@@ -88,7 +110,13 @@ impl PeerClient {
         };
         let result: Result<Resp, RaftError<NodeId>> =
             codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 }
 
@@ -99,12 +127,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
-        self.unary(RPCTypes::AppendEntries, &rpc, ttl, |mut c, p| async move { c.append_entries(p).await }).await
+        self.unary(RPCTypes::AppendEntries, &rpc, ttl, |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
         let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
-        self.unary(RPCTypes::Vote, &rpc, ttl, |mut c, p| async move { c.vote(p).await }).await
+        self.unary(RPCTypes::Vote, &rpc, ttl, |mut c, p| async move {
+            c.vote(p).await
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -114,9 +152,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let net = |e: &dyn std::error::Error| StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())));
+        let net = |e: &dyn std::error::Error| {
+            StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+        };
         let header = codec::encode(&(vote, &snapshot.meta)).map_err(|e| net(&e))?;
-        let mut file = tokio::fs::File::open(&snapshot.snapshot.path).await.map_err(|e| net(&e))?;
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| net(&e))?;
         let mut client = match self.peers.raft_client(self.target, &self.node).await {
             Ok(c) => c,
             Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
@@ -125,7 +167,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // A bounded channel: the file is read only as fast as the peer takes it.
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let reader = tokio::spawn(async move {
-            let first = SnapshotChunk { part: Some(snapshot_chunk::Part::Header(header)) };
+            let first = SnapshotChunk {
+                part: Some(snapshot_chunk::Part::Header(header)),
+            };
             if tx.send(first).await.is_err() {
                 return Ok(());
             }
@@ -136,7 +180,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                     return Ok::<(), std::io::Error>(());
                 }
                 buf.truncate(n);
-                if tx.send(SnapshotChunk { part: Some(snapshot_chunk::Part::Data(buf)) }).await.is_err() {
+                if tx
+                    .send(SnapshotChunk {
+                        part: Some(snapshot_chunk::Part::Data(buf)),
+                    })
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -161,7 +211,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         };
         reader.abort();
         let reply = outcome?;
-        let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = codec::decode(&reply.data).map_err(|e| net(&e))?;
-        result.map_err(|e| StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+        let result: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            codec::decode(&reply.data).map_err(|e| net(&e))?;
+        result.map_err(|e| {
+            StreamingError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
     }
 }

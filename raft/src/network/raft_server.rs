@@ -48,13 +48,18 @@ impl Drop for RemoveOnDrop {
 
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
-    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let req: AppendEntriesRequest<TypeConfig> = codec::decode(&request.into_inner().data).map_err(bad_payload)?;
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> =
+            codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let req: VoteRequest<NodeId> = codec::decode(&request.into_inner().data).map_err(bad_payload)?;
+        let req: VoteRequest<NodeId> =
+            codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.vote(req).await)
     }
 
@@ -64,19 +69,34 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftPayload>, Status> {
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
-            Some(SnapshotChunk { part: Some(snapshot_chunk::Part::Header(h)) }) => h,
-            _ => return Err(Status::invalid_argument("a snapshot stream must start with its header")),
+            Some(SnapshotChunk {
+                part: Some(snapshot_chunk::Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a snapshot stream must start with its header",
+                ))
+            }
         };
-        let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, NodeInfo>) = codec::decode(&header).map_err(bad_payload)?;
+        let (vote, meta): (Vote<NodeId>, SnapshotMeta<NodeId, NodeInfo>) =
+            codec::decode(&header).map_err(bad_payload)?;
 
-        let path = self.incoming_dir.join(format!("incoming-{:016x}.snap", rand::random::<u64>()));
+        let path = self
+            .incoming_dir
+            .join(format!("incoming-{:016x}.snap", rand::random::<u64>()));
         let _cleanup = RemoveOnDrop(path.clone());
         let io = |e: std::io::Error| Status::internal(format!("writing incoming snapshot: {e}"));
         let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
         while let Some(chunk) = stream.message().await? {
             match chunk.part {
-                Some(snapshot_chunk::Part::Data(bytes)) => file.write_all(&bytes).await.map_err(io)?,
-                _ => return Err(Status::invalid_argument("a snapshot stream has one header, then data")),
+                Some(snapshot_chunk::Part::Data(bytes)) => {
+                    file.write_all(&bytes).await.map_err(io)?
+                }
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "a snapshot stream has one header, then data",
+                    ))
+                }
             }
         }
         file.flush().await.map_err(io)?;
@@ -85,7 +105,10 @@ impl RaftService for RaftGrpc {
         tracing::info!(snapshot = %meta.snapshot_id, "received snapshot; installing");
         // The state machine checks the file's checksum before installing a byte of it,
         // and moves it into its own snapshot folder when it keeps it.
-        let snapshot = Snapshot { meta, snapshot: Box::new(SnapshotFile { path: path.clone() }) };
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile { path: path.clone() }),
+        };
         reply(&self.raft.install_full_snapshot(vote, snapshot).await)
     }
 }

@@ -71,11 +71,21 @@ impl TlsMaterial {
             cert_pem: read("node certificate", cert)?,
             key_pem: read("node key", key)?,
         };
-        for (what, path, pem) in [("CA certificate", ca, &m.ca_pem), ("node certificate", cert, &m.cert_pem)] {
+        for (what, path, pem) in [
+            ("CA certificate", ca, &m.ca_pem),
+            ("node certificate", cert, &m.cert_pem),
+        ] {
             let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
             match certs {
                 Ok(c) if !c.is_empty() => {}
-                Ok(_) => return Err(pem_err(what, path, "certificate", "no certificate found".into())),
+                Ok(_) => {
+                    return Err(pem_err(
+                        what,
+                        path,
+                        "certificate",
+                        "no certificate found".into(),
+                    ))
+                }
                 Err(e) => return Err(pem_err(what, path, "certificate", e.to_string())),
             }
         }

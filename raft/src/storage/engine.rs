@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::{sled_io};
+use super::sled_io;
 
 /// Ordered, index-addressed log records plus a few metadata cells.
 ///

@@ -150,12 +150,12 @@ impl<E: LogEngine> RaftLogReader<TypeConfig> for LogStore<E> {
             .engine
             .range(start, end)
             .map_err(|e| logs_err(ErrorVerb::Read, &e))?;
-        records
-            .into_iter()
-            .map(|(_, bytes)| {
-                codec::decode(&bytes).map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))
-            })
-            .collect()
+        let mut entries = Vec::with_capacity(records.len());
+        for (_, bytes) in records {
+            entries
+                .push(codec::decode(&bytes).map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))?);
+        }
+        Ok(entries)
     }
 }
 
@@ -172,8 +172,8 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
             .map_err(|e| logs_err(ErrorVerb::Read, &e))?
         {
             Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> = codec::decode(&bytes)
-                    .map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))?;
+                let entry: Entry<TypeConfig> =
+                    codec::decode(&bytes).map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))?;
                 Some(*entry.get_log_id())
             }
             None => purged,
@@ -210,8 +210,8 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
     ) -> Result<(), StorageError<NodeId>> {
         // Not synced: openraft only uses it to re-apply faster after a restart, and
         // a stale value is always safe (the leader re-sends the commit index).
-        let bytes = codec::encode(&committed)
-            .map_err(|e| logs_err(ErrorVerb::Write, &codec_io(e)))?;
+        let bytes =
+            codec::encode(&committed).map_err(|e| logs_err(ErrorVerb::Write, &codec_io(e)))?;
         self.engine
             .put_meta(META_COMMITTED, &bytes)
             .map_err(|e| logs_err(ErrorVerb::Write, &e))?;
@@ -268,8 +268,8 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         // Record the purge point first: after a crash the log may hold entries at or
         // below it (harmless), never a gap above it.
-        let bytes = codec::encode(&log_id)
-            .map_err(|e| logs_err(ErrorVerb::Delete, &codec_io(e)))?;
+        let bytes =
+            codec::encode(&log_id).map_err(|e| logs_err(ErrorVerb::Delete, &codec_io(e)))?;
         let upto = log_id.index;
         self.blocking(move |engine| {
             engine.put_meta(META_PURGED, &bytes)?;

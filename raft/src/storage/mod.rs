@@ -25,7 +25,11 @@ use openraft::{ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 use crate::types::NodeId;
 
 /// Wraps an I/O error into openraft's storage error, naming what was being done.
-pub(crate) fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: &io::Error) -> StorageError<NodeId> {
+pub(crate) fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: &io::Error,
+) -> StorageError<NodeId> {
     StorageError::IO {
         source: StorageIOError::new(subject, verb, openraft::AnyError::new(e)),
     }
@@ -52,7 +56,9 @@ pub fn open_db(dir: &std::path::Path) -> io::Result<sled::Db> {
     loop {
         match sled::Config::new().path(dir).open() {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 100 => {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && tries < 100 =>
+            {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }

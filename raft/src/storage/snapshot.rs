@@ -96,7 +96,9 @@ impl SnapshotWriter {
         let len = u32::try_from(bytes.len())
             .ok()
             .filter(|l| *l <= MAX_RECORD)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "snapshot record too large"))?;
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "snapshot record too large")
+            })?;
         self.raw(&len.to_le_bytes())?;
         self.raw(&bytes)?;
         self.records += 1;
@@ -184,7 +186,7 @@ fn verify_checksum(path: &Path) -> io::Result<()> {
     while remaining > 0 {
         let n = remaining.min(buf.len() as u64) as usize;
         input.read_exact(&mut buf[..n])?;
-        if remaining == len - 4 && &buf[..MAGIC.len().min(n)] != &MAGIC[..MAGIC.len().min(n)] {
+        if remaining == len - 4 && buf[..MAGIC.len().min(n)] != MAGIC[..MAGIC.len().min(n)] {
             return Err(corrupt("not a Supercluster snapshot file (bad magic)"));
         }
         crc.update(&buf[..n]);
@@ -213,16 +215,28 @@ mod tests {
 
     fn write_sample(path: &Path) -> SnapshotFile {
         let mut w = SnapshotWriter::create(path).unwrap();
-        w.write(&SnapRecord::Header { meta: meta(), revision: 7 }).unwrap();
+        w.write(&SnapRecord::Header {
+            meta: meta(),
+            revision: 7,
+        })
+        .unwrap();
         w.write(&SnapRecord::Kv {
             key: b"k".to_vec(),
-            entry: KvEntry { value: b"v".to_vec(), create_revision: 1, mod_revision: 7, version: 3 },
+            entry: KvEntry {
+                value: b"v".to_vec(),
+                create_revision: 1,
+                mod_revision: 7,
+                version: 3,
+            },
         })
         .unwrap();
         w.write(&SnapRecord::Session {
             client: ClientId(9),
             serial: 4,
-            response: CommandResponse { revision: 7, outcome: Outcome::Applied },
+            response: CommandResponse {
+                revision: 7,
+                outcome: Outcome::Applied,
+            },
         })
         .unwrap();
         w.finish().unwrap()
@@ -251,7 +265,10 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             fs::write(&file.path, &bad).unwrap();
-            assert!(read_snapshot(&file.path, |_| Ok(())).is_err(), "flip at {i}");
+            assert!(
+                read_snapshot(&file.path, |_| Ok(())).is_err(),
+                "flip at {i}"
+            );
         }
         fs::write(&file.path, &good[..good.len() - 5]).unwrap();
         assert!(read_snapshot(&file.path, |_| Ok(())).is_err());

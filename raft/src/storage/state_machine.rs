@@ -82,7 +82,9 @@ impl Generation {
     }
 
     fn last_applied(&self) -> io::Result<Option<LogId<NodeId>>> {
-        Ok(self.get_state::<Option<LogId<NodeId>>>(STATE_LAST_APPLIED)?.flatten())
+        Ok(self
+            .get_state::<Option<LogId<NodeId>>>(STATE_LAST_APPLIED)?
+            .flatten())
     }
 
     fn membership(&self) -> io::Result<StoredMembership<NodeId, NodeInfo>> {
@@ -105,7 +107,9 @@ struct Shared {
 
 impl Shared {
     fn live(&self) -> io::Result<std::sync::RwLockReadGuard<'_, Generation>> {
-        self.live.read().map_err(|_| io::Error::other("state lock poisoned"))
+        self.live
+            .read()
+            .map_err(|_| io::Error::other("state lock poisoned"))
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -130,6 +134,9 @@ pub struct StateMachine {
 pub struct ReadView {
     shared: Arc<Shared>,
 }
+
+/// Keys with their entries, in key order.
+pub type KvList = Vec<(Vec<u8>, KvEntry)>;
 
 /// The result of a read: the values and the point of history they reflect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,11 +165,7 @@ impl ReadView {
     }
 
     /// Up to `limit` keys starting with `prefix`, in key order.
-    pub fn scan(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> io::Result<ReadResult<Vec<(Vec<u8>, KvEntry)>>> {
+    pub fn scan(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
         let live = self.shared.live()?;
         let mut out = Vec::new();
         for item in live.kv.scan_prefix(prefix).take(limit) {
@@ -316,7 +319,11 @@ impl StateMachine {
                 SnapRecord::Kv { key, entry } => {
                     kv.insert(key, codec::encode(&entry).map_err(codec_io)?);
                 }
-                SnapRecord::Session { client, serial, response } => {
+                SnapRecord::Session {
+                    client,
+                    serial,
+                    response,
+                } => {
                     sessions.insert(
                         &client.0.to_be_bytes(),
                         codec::encode(&(serial, response)).map_err(codec_io)?,
@@ -326,8 +333,12 @@ impl StateMachine {
             }
             pending += 1;
             if pending >= 4096 {
-                next.kv.apply_batch(std::mem::take(&mut kv)).map_err(sled_io)?;
-                next.sessions.apply_batch(std::mem::take(&mut sessions)).map_err(sled_io)?;
+                next.kv
+                    .apply_batch(std::mem::take(&mut kv))
+                    .map_err(sled_io)?;
+                next.sessions
+                    .apply_batch(std::mem::take(&mut sessions))
+                    .map_err(sled_io)?;
                 pending = 0;
             }
             Ok(())
@@ -344,8 +355,14 @@ impl StateMachine {
         next.kv.apply_batch(kv).map_err(sled_io)?;
         next.sessions.apply_batch(sessions).map_err(sled_io)?;
         let mut state = sled::Batch::default();
-        state.insert(STATE_LAST_APPLIED, codec::encode(&meta.last_log_id).map_err(codec_io)?);
-        state.insert(STATE_MEMBERSHIP, codec::encode(&meta.last_membership).map_err(codec_io)?);
+        state.insert(
+            STATE_LAST_APPLIED,
+            codec::encode(&meta.last_log_id).map_err(codec_io)?,
+        );
+        state.insert(
+            STATE_MEMBERSHIP,
+            codec::encode(&meta.last_membership).map_err(codec_io)?,
+        );
         state.insert(STATE_REVISION, codec::encode(&revision).map_err(codec_io)?);
         next.state.apply_batch(state).map_err(sled_io)?;
 
@@ -363,11 +380,17 @@ impl StateMachine {
         shared.sync()?;
         let mut switch = sled::Batch::default();
         switch.insert(META_GENERATION, codec::encode(&next_id).map_err(codec_io)?);
-        switch.insert(META_SNAPSHOT, codec::encode(&(meta, &file_name)).map_err(codec_io)?);
+        switch.insert(
+            META_SNAPSHOT,
+            codec::encode(&(meta, &file_name)).map_err(codec_io)?,
+        );
         shared.meta.apply_batch(switch).map_err(sled_io)?;
         shared.sync()?;
         let old = {
-            let mut live = shared.live.write().map_err(|_| io::Error::other("state lock poisoned"))?;
+            let mut live = shared
+                .live
+                .write()
+                .map_err(|_| io::Error::other("state lock poisoned"))?;
             std::mem::replace(&mut *live, next)
         };
         for tree in [&old.kv, &old.sessions, &old.state] {
@@ -385,7 +408,13 @@ impl StateMachine {
 
 fn sanitize(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -433,20 +462,34 @@ fn evaluate(
     changed: &mut Vec<Vec<u8>>,
 ) -> Result<CommandResponse, ConflictableTransactionError<io::Error>> {
     let abort = |e: io::Error| ConflictableTransactionError::Abort(e);
-    let refuse = |outcome| Ok(CommandResponse { revision: *revision, outcome });
+    let refuse = |outcome| {
+        Ok(CommandResponse {
+            revision: *revision,
+            outcome,
+        })
+    };
     if let Err(e) = cmd.validate() {
-        return refuse(Outcome::Invalid { reason: e.to_string() });
+        return refuse(Outcome::Invalid {
+            reason: e.to_string(),
+        });
     }
     if let Some(expected) = cmd.expect_revision {
         if expected != *revision {
             return refuse(Outcome::Conflict {
-                reason: format!("store is at revision {}, the change was made against {expected}", *revision),
+                reason: format!(
+                    "store is at revision {}, the change was made against {expected}",
+                    *revision
+                ),
             });
         }
     }
     for c in &cmd.compare {
         let current = match kv.get(&c.key)? {
-            Some(bytes) => Some(codec::decode::<KvEntry>(&bytes).map_err(|e| abort(codec_io(e)))?.mod_revision),
+            Some(bytes) => Some(
+                codec::decode::<KvEntry>(&bytes)
+                    .map_err(|e| abort(codec_io(e)))?
+                    .mod_revision,
+            ),
             None => None,
         };
         if current != c.mod_revision {
@@ -464,7 +507,9 @@ fn evaluate(
         match op {
             Mutation::Put { key, value } => {
                 let old = match kv.get(key)? {
-                    Some(bytes) => Some(codec::decode::<KvEntry>(&bytes).map_err(|e| abort(codec_io(e)))?),
+                    Some(bytes) => {
+                        Some(codec::decode::<KvEntry>(&bytes).map_err(|e| abort(codec_io(e)))?)
+                    }
                     None => None,
                 };
                 let entry = KvEntry {
@@ -473,7 +518,10 @@ fn evaluate(
                     mod_revision: next,
                     version: old.as_ref().map_or(1, |o| o.version + 1),
                 };
-                kv.insert(key.as_slice(), codec::encode(&entry).map_err(|e| abort(codec_io(e)))?)?;
+                kv.insert(
+                    key.as_slice(),
+                    codec::encode(&entry).map_err(|e| abort(codec_io(e)))?,
+                )?;
             }
             Mutation::Delete { key } => {
                 kv.remove(key.as_slice())?;
@@ -482,7 +530,10 @@ fn evaluate(
         changed.push(op.key().to_vec());
     }
     *revision = next;
-    Ok(CommandResponse { revision: next, outcome: Outcome::Applied })
+    Ok(CommandResponse {
+        revision: next,
+        outcome: Outcome::Applied,
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -490,9 +541,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), StorageError<NodeId>> {
-        let live = self.shared.live().map_err(|e| sm_err(ErrorVerb::Read, &e))?;
-        let applied = live.last_applied().map_err(|e| sm_err(ErrorVerb::Read, &e))?;
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), StorageError<NodeId>>
+    {
+        let live = self
+            .shared
+            .live()
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))?;
+        let applied = live
+            .last_applied()
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))?;
         let membership = live.membership().map_err(|e| sm_err(ErrorVerb::Read, &e))?;
         Ok((applied, membership))
     }
@@ -511,40 +568,66 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .live
             .write()
             .map_err(|_| sm_err(ErrorVerb::Write, &io::Error::other("state lock poisoned")))?;
-        let result = (&live.kv, &live.sessions, &live.state).transaction(|(kv, sessions, state)| {
-            let abort = |e: io::Error| ConflictableTransactionError::Abort(e);
-            let mut revision: u64 = match state.get(STATE_REVISION)? {
-                Some(b) => codec::decode(&b).map_err(|e| abort(codec_io(e)))?,
-                None => 0,
-            };
-            let mut responses = Vec::with_capacity(entries.len());
-            let mut notices = Vec::new();
-            let mut membership = None;
-            for entry in &entries {
-                match &entry.payload {
-                    EntryPayload::Blank => responses.push(CommandResponse { revision, outcome: Outcome::Internal }),
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-                        responses.push(CommandResponse { revision, outcome: Outcome::Internal });
-                    }
-                    EntryPayload::Normal(cmd) => {
-                        let mut changed = Vec::new();
-                        let before = revision;
-                        responses.push(apply_command(kv, sessions, &mut revision, cmd, &mut changed)?);
-                        if revision != before {
-                            notices.push(ChangeNotice { revision, log_index: entry.log_id.index, keys: changed });
+        let result =
+            (&live.kv, &live.sessions, &live.state).transaction(|(kv, sessions, state)| {
+                let abort = |e: io::Error| ConflictableTransactionError::Abort(e);
+                let mut revision: u64 = match state.get(STATE_REVISION)? {
+                    Some(b) => codec::decode(&b).map_err(|e| abort(codec_io(e)))?,
+                    None => 0,
+                };
+                let mut responses = Vec::with_capacity(entries.len());
+                let mut notices = Vec::new();
+                let mut membership = None;
+                for entry in &entries {
+                    match &entry.payload {
+                        EntryPayload::Blank => responses.push(CommandResponse {
+                            revision,
+                            outcome: Outcome::Internal,
+                        }),
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                            responses.push(CommandResponse {
+                                revision,
+                                outcome: Outcome::Internal,
+                            });
+                        }
+                        EntryPayload::Normal(cmd) => {
+                            let mut changed = Vec::new();
+                            let before = revision;
+                            responses.push(apply_command(
+                                kv,
+                                sessions,
+                                &mut revision,
+                                cmd,
+                                &mut changed,
+                            )?);
+                            if revision != before {
+                                notices.push(ChangeNotice {
+                                    revision,
+                                    log_index: entry.log_id.index,
+                                    keys: changed,
+                                });
+                            }
                         }
                     }
                 }
-            }
-            let last = entries.last().map(|e| e.log_id);
-            state.insert(STATE_LAST_APPLIED, codec::encode(&last).map_err(|e| abort(codec_io(e)))?)?;
-            state.insert(STATE_REVISION, codec::encode(&revision).map_err(|e| abort(codec_io(e)))?)?;
-            if let Some(m) = &membership {
-                state.insert(STATE_MEMBERSHIP, codec::encode(m).map_err(|e| abort(codec_io(e)))?)?;
-            }
-            Ok((responses, notices))
-        });
+                let last = entries.last().map(|e| e.log_id);
+                state.insert(
+                    STATE_LAST_APPLIED,
+                    codec::encode(&last).map_err(|e| abort(codec_io(e)))?,
+                )?;
+                state.insert(
+                    STATE_REVISION,
+                    codec::encode(&revision).map_err(|e| abort(codec_io(e)))?,
+                )?;
+                if let Some(m) = &membership {
+                    state.insert(
+                        STATE_MEMBERSHIP,
+                        codec::encode(m).map_err(|e| abort(codec_io(e)))?,
+                    )?;
+                }
+                Ok((responses, notices))
+            });
         drop(live);
         let (responses, notices) = result.map_err(|e| {
             let e = match e {
@@ -561,12 +644,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shared: self.shared.clone() }
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
         let name = format!("incoming-{:016x}.snap", rand::random::<u64>());
-        Ok(Box::new(SnapshotFile { path: self.shared.snapshot_dir.join(name) }))
+        Ok(Box::new(SnapshotFile {
+            path: self.shared.snapshot_dir.join(name),
+        }))
     }
 
     async fn install_snapshot(
@@ -574,23 +663,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, NodeInfo>,
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
-        let sm = StateMachine { shared: self.shared.clone() };
+        let sm = StateMachine {
+            shared: self.shared.clone(),
+        };
         let meta2 = meta.clone();
         tokio::task::spawn_blocking(move || sm.install_file(&meta2, &snapshot.path))
             .await
             .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|r| r)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write, &e))
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Write,
+                    &e,
+                )
+            })
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let current = self
             .shared
             .current_snapshot()
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
         Ok(current.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(SnapshotFile { path: self.shared.snapshot_dir.join(file) }),
+            snapshot: Box::new(SnapshotFile {
+                path: self.shared.snapshot_dir.join(file),
+            }),
         }))
     }
 }
@@ -612,23 +713,36 @@ impl SnapshotBuilder {
             last_applied.map(|l| l.index).unwrap_or(0),
             rand::random::<u32>()
         );
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
         let file_name = format!("snap-{}.snap", sanitize(&meta.snapshot_id));
         let path = shared.snapshot_dir.join(&file_name);
         let mut w = SnapshotWriter::create(&path)?;
-        w.write(&SnapRecord::Header { meta: meta.clone(), revision: live.revision()? })?;
+        w.write(&SnapRecord::Header {
+            meta: meta.clone(),
+            revision: live.revision()?,
+        })?;
         for item in live.kv.iter() {
             let (k, v) = item.map_err(sled_io)?;
-            w.write(&SnapRecord::Kv { key: k.to_vec(), entry: codec::decode(&v).map_err(codec_io)? })?;
+            w.write(&SnapRecord::Kv {
+                key: k.to_vec(),
+                entry: codec::decode(&v).map_err(codec_io)?,
+            })?;
         }
         for item in live.sessions.iter() {
             let (k, v) = item.map_err(sled_io)?;
-            let client: [u8; 16] = k
-                .as_ref()
-                .try_into()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "session key is not 16 bytes"))?;
+            let client: [u8; 16] = k.as_ref().try_into().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "session key is not 16 bytes")
+            })?;
             let (serial, response): (u64, CommandResponse) = codec::decode(&v).map_err(codec_io)?;
-            w.write(&SnapRecord::Session { client: ClientId(u128::from_be_bytes(client)), serial, response })?;
+            w.write(&SnapRecord::Session {
+                client: ClientId(u128::from_be_bytes(client)),
+                serial,
+                response,
+            })?;
         }
         drop(live);
         let file = w.finish()?;
@@ -636,7 +750,10 @@ impl SnapshotBuilder {
         // log behind it, and so must the pointer to the snapshot.
         shared
             .meta
-            .insert(META_SNAPSHOT, codec::encode(&(&meta, &file_name)).map_err(codec_io)?)
+            .insert(
+                META_SNAPSHOT,
+                codec::encode(&(&meta, &file_name)).map_err(codec_io)?,
+            )
             .map_err(sled_io)?;
         shared.sync()?;
         Ok((meta, file))
@@ -655,6 +772,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|r| r)
         .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
