@@ -273,3 +273,42 @@ async fn regions_can_be_demoted_promoted_and_removed() {
     assert!(err.to_string().contains("99"), "{err}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_link_to_one_region_does_not_hold_back_commits() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (far, near) = (others[0], others[1]);
+    // The far region sits behind a 100 ms link each way (well inside the election
+    // timeout, so it stays a follower); the near one is on the LAN.
+    c.faults.delay(leader, far, Duration::from_millis(100));
+    c.faults.delay(far, leader, Duration::from_millis(100));
+    let mut w = Writer::new();
+    let mut acked_before_far_applied = 0;
+    for i in 0..20 {
+        let r = w
+            .write(c.node(leader), &format!("slow/{i}"), "v")
+            .await
+            .unwrap();
+        // Acknowledged with the near follower's copy; the far one applies it later.
+        let far_rev = c.node(far).status().revision;
+        if far_rev < r.revision {
+            acked_before_far_applied += 1;
+        }
+    }
+    assert!(
+        acked_before_far_applied > 0,
+        "every commit waited for the far region"
+    );
+    assert_eq!(c.leader().await, leader);
+    for key in ["slow/0", "slow/19"] {
+        assert!(read(c.node(near), key, Consistency::Local)
+            .await
+            .unwrap()
+            .is_some());
+    }
+    c.faults.heal();
+    c.wait_converged(T).await;
+    c.shutdown().await;
+}

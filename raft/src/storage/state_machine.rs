@@ -100,7 +100,6 @@ struct Shared {
     /// await, and apply takes it exclusively so readers see whole commands only.
     live: RwLock<Generation>,
     data_file: fs::File,
-    db_dir: PathBuf,
     snapshot_dir: PathBuf,
     notices: broadcast::Sender<ChangeNotice>,
 }
@@ -113,7 +112,7 @@ impl Shared {
     }
 
     fn sync(&self) -> io::Result<()> {
-        sync_sled(&self.db, &self.data_file, &self.db_dir)
+        sync_sled(&self.db, &self.data_file)
     }
 
     fn current_snapshot(&self) -> io::Result<Option<(SnapshotMeta<NodeId, NodeInfo>, String)>> {
@@ -249,7 +248,6 @@ impl StateMachine {
             meta,
             live: RwLock::new(live),
             data_file,
-            db_dir: db_dir.to_path_buf(),
             snapshot_dir: snapshot_dir.to_path_buf(),
             notices,
         });
