@@ -216,6 +216,23 @@ async fn put(
     false
 }
 
+/// One writer: a client id, its serials, and every key it got acknowledged.
+struct Session {
+    client: ClientId,
+    serial: u64,
+    acked: Vec<String>,
+}
+
+impl Session {
+    /// Writes `key` through one of `via`, retrying until `deadline`; it must be acknowledged.
+    async fn must_put(&mut self, c: &Cluster, via: &[u64], key: String, deadline: Duration) {
+        self.serial += 1;
+        let ok = put(c, via, self.client, self.serial, &key, deadline).await;
+        assert!(ok, "write {key} failed; logs:\n{}", c.logs());
+        self.acked.push(key);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
     let mut c = Cluster::new();
@@ -223,66 +240,35 @@ async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
         c.start(id);
     }
     let leader = c.converged(&[1, 2, 3], Duration::from_secs(60)).await;
-    let writer = ClientId::random();
-    let mut serial = 0;
-    let mut acked = Vec::new();
+    let mut w = Session {
+        client: ClientId::random(),
+        serial: 0,
+        acked: Vec::new(),
+    };
+    let twenty = Duration::from_secs(20);
     for i in 0..150 {
-        serial += 1;
-        let key = format!("a/{i:04}");
-        assert!(
-            put(
-                &c,
-                &[1, 2, 3],
-                writer,
-                serial,
-                &key,
-                Duration::from_secs(20)
-            )
-            .await,
-            "write {key} failed; logs:\n{}",
-            c.logs()
-        );
-        acked.push(key);
+        w.must_put(&c, &[1, 2, 3], format!("a/{i:04}"), twenty)
+            .await;
     }
 
     // kill -9 the leader: the survivors elect a leader and writes resume.
     c.kill9(leader);
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let killed_at = Instant::now();
-    serial += 1;
-    assert!(
-        put(
-            &c,
-            &survivors,
-            writer,
-            serial,
-            "after-leader-kill",
-            Duration::from_secs(30)
-        )
-        .await,
-        "no write after kill; logs:\n{}",
-        c.logs()
-    );
+    w.must_put(
+        &c,
+        &survivors,
+        "after-leader-kill".into(),
+        Duration::from_secs(30),
+    )
+    .await;
     eprintln!(
         "writes resumed {:?} after kill -9 of the leader",
         killed_at.elapsed()
     );
-    acked.push("after-leader-kill".into());
     for i in 0..100 {
-        serial += 1;
-        let key = format!("b/{i:04}");
-        assert!(
-            put(
-                &c,
-                &survivors,
-                writer,
-                serial,
-                &key,
-                Duration::from_secs(20)
-            )
-            .await
-        );
-        acked.push(key);
+        w.must_put(&c, &survivors, format!("b/{i:04}"), twenty)
+            .await;
     }
 
     // The old leader restarts from its disk and catches up.
@@ -295,14 +281,12 @@ async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
         if i == 20 {
             c.kill9(follower);
         }
-        serial += 1;
-        let key = format!("c/{i:04}");
         let via: Vec<u64> = (1..=3).filter(|id| c.procs.contains_key(id)).collect();
-        assert!(put(&c, &via, writer, serial, &key, Duration::from_secs(20)).await);
-        acked.push(key);
+        w.must_put(&c, &via, format!("c/{i:04}"), twenty).await;
     }
     c.start(follower);
     c.converged(&[1, 2, 3], Duration::from_secs(60)).await;
+    let acked = w.acked;
 
     for id in 1..=3 {
         let client = c.client(id);
@@ -362,4 +346,110 @@ fn a_bad_config_stops_the_node_with_a_message_that_says_what_to_fix() {
     );
     let msg = serve_error(Some(&taken), dir);
     assert!(msg.contains("cannot listen on"), "{msg}");
+}
+
+/// Runs `pce up` until it prints its ready banner; returns the process and what it printed.
+fn start_up(dir: &Path, port: u16) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(PCE)
+        .args([
+            "up",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut printed = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("Ctrl-C stops") {
+                let _ = tx.send(printed.clone());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(90)) {
+        Ok(printed) => (child, printed),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("pce up did not become ready");
+        }
+    }
+}
+
+fn ctrl_c(mut child: Child) {
+    // SAFETY: kill(2) with a pid we own; no memory is shared.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "pce up must stop cleanly on Ctrl-C: {status:?}"
+    );
+}
+
+#[test]
+fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pce-data");
+    let port = free_port();
+    let (up, printed) = start_up(&data, port);
+    for (region, addr) in [
+        ("us-east", "127.0.0.11"),
+        ("eu-west", "127.0.0.12"),
+        ("ap-south", "127.0.0.13"),
+    ] {
+        let row = printed
+            .lines()
+            .find(|l| l.starts_with(region))
+            .unwrap_or_else(|| panic!("no row for {region}:\n{printed}"));
+        assert!(row.contains(&format!("{addr}:{port}")), "{row}");
+    }
+    assert_eq!(
+        printed.lines().filter(|l| l.contains(" leader ")).count(),
+        1,
+        "{printed}"
+    );
+    let eu = data.join("eu-west/node.toml");
+    run_ok(&[
+        "kv",
+        "put",
+        "--config",
+        eu.to_str().unwrap(),
+        "greeting",
+        "hello",
+    ]);
+    ctrl_c(up);
+
+    let (up, _) = start_up(&data, port);
+    let ap = data.join("ap-south/node.toml");
+    let out = Command::new(PCE)
+        .args([
+            "kv",
+            "get",
+            "--linearizable",
+            "--config",
+            ap.to_str().unwrap(),
+            "greeting",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("hello"),
+        "{out:?}"
+    );
+    let status = Command::new(PCE)
+        .args(["status", "--json", "--config", eu.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let doc = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(doc.matches("\"reachable\": true").count(), 3, "{doc}");
+    ctrl_c(up);
 }

@@ -3,15 +3,13 @@
 //! needs a certificate from the cluster CA like any node.
 
 use sc_proto::federation::federation_client::FederationClient;
-use sc_proto::federation::{
-    MembershipAction, MembershipRequest, ReadRequest, StatusRequest, WriteRequest,
-};
+use sc_proto::federation::{ReadRequest, StatusRequest, WriteRequest};
 use tonic::transport::Channel;
 
 use crate::codec;
 use crate::config::Timeouts;
 use crate::error::Error;
-use crate::network::federation::status_from_proto;
+use crate::network::federation::{membership_request, membership_view, status_from_proto};
 use crate::network::peers::{connect_lazy, MAX_MESSAGE};
 use crate::network::TlsMaterial;
 use crate::node::{MembershipOp, MembershipView};
@@ -175,23 +173,12 @@ impl Client {
         op: MembershipOp,
         id: NodeId,
     ) -> Result<MembershipView, Error> {
-        let action = match op {
-            MembershipOp::AddLearner => {
-                return Err(Error::Membership(
-                    "new regions join by starting with `peers` in their config".into(),
-                ))
-            }
-            MembershipOp::Promote => MembershipAction::Promote,
-            MembershipOp::Demote => MembershipAction::Demote,
-            MembershipOp::Remove => MembershipAction::Remove,
-        };
-        let req = MembershipRequest {
-            action: action as i32,
-            node: Some(sc_proto::federation::NodeInfo {
-                node_id: id,
-                ..Default::default()
-            }),
-        };
+        if op == MembershipOp::AddLearner {
+            return Err(Error::Membership(
+                "new regions join by starting with `peers` in their config".into(),
+            ));
+        }
+        let req = membership_request(op, id, None);
         let r = self
             .inner
             .clone()
@@ -199,9 +186,6 @@ impl Client {
             .await
             .map_err(|s| remote(&self.target, s))?
             .into_inner();
-        Ok(MembershipView {
-            voters: r.voters.into_iter().collect(),
-            learners: r.learners.into_iter().collect(),
-        })
+        Ok(membership_view(r))
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
 use sc_proto::federation::federation_server::FederationServer;
-use sc_proto::federation::{MembershipAction, MembershipRequest, ReadIndexRequest, WriteRequest};
+use sc_proto::federation::{ReadIndexRequest, WriteRequest};
 use sc_proto::raft::raft_service_server::RaftServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::codec;
 use crate::config::{raft_config, Timeouts, Tuning};
 use crate::error::Error;
-use crate::network::federation::{node_info_to_proto, FederationGrpc};
+use crate::network::federation::{membership_request, membership_view, FederationGrpc};
 use crate::network::peers::MAX_MESSAGE;
 use crate::network::raft_client::NetworkFactory;
 use crate::network::raft_server::RaftGrpc;
@@ -145,6 +145,17 @@ impl Node {
                 opts.info.name
             )));
         }
+        // Bind and set up TLS first: a taken address or unusable certificate must
+        // fail before storage and Raft start.
+        let mut server = tonic::transport::Server::builder()
+            .tls_config(opts.tls.server_config())
+            .map_err(|e| Error::Options(format!("TLS server config: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: opts.listen.to_string(),
+                source,
+            })?;
         let store_dir = opts.data_dir.join("store");
         std::fs::create_dir_all(&store_dir).map_err(storage_err(&opts.data_dir))?;
         let snapshot_dir = opts.data_dir.join("snapshots");
@@ -174,12 +185,6 @@ impl Node {
         .await
         .map_err(|e| Error::Stopped(e.to_string()))?;
 
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: opts.listen.to_string(),
-                source,
-            })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let node = Node {
             core: Arc::new(Core {
@@ -195,9 +200,7 @@ impl Node {
             }),
         };
 
-        let server = tonic::transport::Server::builder()
-            .tls_config(opts.tls.server_config())
-            .map_err(|e| Error::Options(format!("TLS server config: {e}")))?
+        let server = server
             .add_service(
                 RaftServiceServer::new(RaftGrpc::new(raft.clone(), snapshot_dir))
                     .max_decoding_message_size(MAX_MESSAGE)
@@ -608,35 +611,14 @@ impl Node {
             .federation_client(leader, linfo)
             .await
             .map_err(|e| Attempt::Retry(e.to_string()))?;
-        let action = match op {
-            MembershipOp::AddLearner => MembershipAction::AddLearner,
-            MembershipOp::Promote => MembershipAction::Promote,
-            MembershipOp::Demote => MembershipAction::Demote,
-            MembershipOp::Remove => MembershipAction::Remove,
-        };
-        let node =
-            info.map(|i| node_info_to_proto(id, &i))
-                .or(Some(sc_proto::federation::NodeInfo {
-                    node_id: id,
-                    ..Default::default()
-                }));
-        let req = MembershipRequest {
-            action: action as i32,
-            node,
-        };
+        let req = membership_request(op, id, info.as_ref());
         match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await
         {
             Err(_) => Err(Attempt::Retry(format!(
                 "leader {linfo} did not answer in time"
             ))),
             Ok(Err(status)) => Err(retry_or_fail(linfo, status)),
-            Ok(Ok(r)) => {
-                let r = r.into_inner();
-                Ok(MembershipView {
-                    voters: r.voters.into_iter().collect(),
-                    learners: r.learners.into_iter().collect(),
-                })
-            }
+            Ok(Ok(r)) => Ok(membership_view(r.into_inner())),
         }
     }
 
@@ -691,14 +673,7 @@ impl Node {
             crate::network::peers::connect_lazy(&self.core.peers_tls(), seed, &self.core.timeouts)
                 .map_err(|e| e.to_string())?;
         let mut client = sc_proto::federation::federation_client::FederationClient::new(channel);
-        let action = match op {
-            MembershipOp::Promote => MembershipAction::Promote,
-            _ => MembershipAction::AddLearner,
-        };
-        let req = MembershipRequest {
-            action: action as i32,
-            node: Some(node_info_to_proto(self.core.id, &self.core.info)),
-        };
+        let req = membership_request(op, self.core.id, Some(&self.core.info));
         match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await
         {
             Err(_) => Err("timed out".into()),

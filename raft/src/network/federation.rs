@@ -14,7 +14,7 @@ use sc_proto::federation::{
 use tonic::{Request, Response, Status};
 
 use crate::codec;
-use crate::node::{Attempt, Consistency, MembershipOp, Node};
+use crate::node::{Attempt, Consistency, MembershipOp, MembershipView, Node};
 use crate::status::{NodeStatus, PeerStatus};
 use crate::types::{Command, NodeId, NodeInfo};
 
@@ -58,6 +58,50 @@ pub fn node_info_to_proto(id: NodeId, info: &NodeInfo) -> sc_proto::federation::
         name: info.name.clone(),
         region: info.region.clone(),
         addr: info.addr.clone(),
+    }
+}
+
+/// The wire form of a membership change of node `id` (`info` is needed only to add it).
+pub fn membership_request(
+    op: MembershipOp,
+    id: NodeId,
+    info: Option<&NodeInfo>,
+) -> MembershipRequest {
+    let action = match op {
+        MembershipOp::AddLearner => MembershipAction::AddLearner,
+        MembershipOp::Promote => MembershipAction::Promote,
+        MembershipOp::Demote => MembershipAction::Demote,
+        MembershipOp::Remove => MembershipAction::Remove,
+    };
+    let node = match info {
+        Some(i) => node_info_to_proto(id, i),
+        None => sc_proto::federation::NodeInfo {
+            node_id: id,
+            ..Default::default()
+        },
+    };
+    MembershipRequest {
+        action: action as i32,
+        node: Some(node),
+    }
+}
+
+/// The change a wire request asks for, if its action is known.
+pub fn membership_op(action: i32) -> Option<MembershipOp> {
+    match MembershipAction::try_from(action) {
+        Ok(MembershipAction::AddLearner) => Some(MembershipOp::AddLearner),
+        Ok(MembershipAction::Promote) => Some(MembershipOp::Promote),
+        Ok(MembershipAction::Demote) => Some(MembershipOp::Demote),
+        Ok(MembershipAction::Remove) => Some(MembershipOp::Remove),
+        _ => None,
+    }
+}
+
+/// The membership a reply reports.
+pub fn membership_view(reply: MembershipReply) -> MembershipView {
+    MembershipView {
+        voters: reply.voters.into_iter().collect(),
+        learners: reply.learners.into_iter().collect(),
     }
 }
 
@@ -170,17 +214,11 @@ impl Federation for FederationGrpc {
         request: Request<MembershipRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let req = request.into_inner();
-        let op = match MembershipAction::try_from(req.action) {
-            Ok(MembershipAction::AddLearner) => MembershipOp::AddLearner,
-            Ok(MembershipAction::Promote) => MembershipOp::Promote,
-            Ok(MembershipAction::Demote) => MembershipOp::Demote,
-            Ok(MembershipAction::Remove) => MembershipOp::Remove,
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown membership action {}",
-                    req.action
-                )))
-            }
+        let Some(op) = membership_op(req.action) else {
+            return Err(Status::invalid_argument(format!(
+                "unknown membership action {}",
+                req.action
+            )));
         };
         let node = req
             .node

@@ -746,13 +746,20 @@ impl SnapshotBuilder {
         let file = w.finish()?;
         // The state the snapshot covers must be durable before openraft purges the
         // log behind it, and so must the pointer to the snapshot.
-        shared
-            .meta
-            .insert(
-                META_SNAPSHOT,
-                codec::encode(&(&meta, &file_name)).map_err(codec_io)?,
-            )
-            .map_err(sled_io)?;
+        // An install may have finished while we were writing; never point back
+        // to an older snapshot than the one recorded.
+        let newer_recorded = shared
+            .current_snapshot()?
+            .is_some_and(|(current, _)| current.last_log_id > meta.last_log_id);
+        if !newer_recorded {
+            shared
+                .meta
+                .insert(
+                    META_SNAPSHOT,
+                    codec::encode(&(&meta, &file_name)).map_err(codec_io)?,
+                )
+                .map_err(sled_io)?;
+        }
         shared.sync()?;
         Ok((meta, file))
     }
