@@ -97,7 +97,6 @@ async fn losing_the_leader_elects_a_new_one_and_keeps_every_acknowledged_write()
     // The old leader comes back from its disk, rejoins as a follower and catches up.
     c.restart(old).await;
     c.wait_converged(T).await;
-    assert_eq!(c.leader().await, new);
     for key in &acked {
         assert!(
             read(c.node(old), key, Consistency::Local)
@@ -159,8 +158,8 @@ async fn a_restarted_node_catches_up_and_a_new_region_catches_up_through_a_snaps
         .unwrap();
     let learner = c.add_node(4, false).await;
     let caught = learner
-        .wait_until(T, "learner caught up", |s| {
-            s.role == "learner" && s.revision == 200
+        .wait_until(T, "learner caught up through a snapshot", |s| {
+            s.role == "learner" && s.revision == 200 && s.snapshot.is_some()
         })
         .await
         .unwrap();
@@ -301,9 +300,8 @@ async fn a_slow_link_to_one_region_does_not_hold_back_commits() {
         acked_before_far_applied > 0,
         "every commit waited for the far region"
     );
-    assert_eq!(c.leader().await, leader);
     for key in ["slow/0", "slow/19"] {
-        assert!(read(c.node(near), key, Consistency::Local)
+        assert!(read(c.node(near), key, Consistency::Linearizable)
             .await
             .unwrap()
             .is_some());
