@@ -1,0 +1,185 @@
+//! Rendering: a workload's compiled rules as an nftables ruleset, and the
+//! human explanation of one flow.
+//!
+//! The ruleset is one `nft -f` transaction: it creates the table (so the delete
+//! cannot fail), deletes it, and declares it anew. nft applies the whole file
+//! atomically, so the host never runs with half a policy.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use crate::addr::Family;
+use crate::compute::{Action, CompiledPolicy, CompiledRule, Ports, Verdict};
+use crate::model::{EnforcementMode, PortRange, Proto};
+
+/// The nftables table every VEN owns.
+pub const TABLE: &str = "pce";
+
+fn set_name(dir: &str, i: usize, family: Family) -> String {
+    let f = match family {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    };
+    format!("{dir}{i}_{f}")
+}
+
+/// The port matches of one compiled rule, one per protocol; `None` if the rule
+/// covers every protocol and port.
+fn port_matches(ports: &Ports) -> Option<Vec<String>> {
+    let list = match ports {
+        Ports::All => return None,
+        Ports::Some(l) => l,
+    };
+    let mut out = Vec::new();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let of: Vec<&PortRange> = list.iter().filter(|p| p.proto == proto).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let name = if proto == Proto::Tcp { "tcp" } else { "udp" };
+        if of.iter().any(|p| p.port.is_none()) {
+            out.push(format!("meta l4proto {name}"));
+            continue;
+        }
+        let items: Vec<String> = of
+            .iter()
+            .filter_map(|p| p.interval())
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        out.push(format!("{name} dport {{ {} }}", items.join(", ")));
+    }
+    if list.iter().any(|p| p.proto == Proto::Icmp) {
+        out.push("meta l4proto { icmp, ipv6-icmp }".to_string());
+    }
+    Some(out)
+}
+
+fn verdict(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "accept",
+        Action::Deny | Action::OverrideDeny => "drop",
+    }
+}
+
+fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &str) {
+    for (i, r) in rules.iter().enumerate() {
+        let comment = format!("comment \"{}\"", r.source.to_string().replace('"', "'"));
+        let ports = port_matches(&r.ports);
+        for (family, kw) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
+            if r.peers.ranges(family).next().is_none() {
+                continue;
+            }
+            let peer = format!("{kw} {addr_kw} @{}", set_name(dir, i, family));
+            match &ports {
+                None => {
+                    let _ = writeln!(out, "    {peer} {} {comment}", verdict(r.action));
+                }
+                Some(list) => {
+                    for m in list {
+                        let _ = writeln!(out, "    {peer} {m} {} {comment}", verdict(r.action));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn render_sets(out: &mut String, rules: &[CompiledRule], dir: &str) {
+    for (i, r) in rules.iter().enumerate() {
+        for (family, ty) in [(Family::V4, "ipv4_addr"), (Family::V6, "ipv6_addr")] {
+            let cidrs = r.peers.cidrs(family);
+            if cidrs.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "  set {} {{", set_name(dir, i, family));
+            let _ = writeln!(out, "    type {ty}; flags interval;");
+            let _ = writeln!(out, "    elements = {{ {} }}", cidrs.join(", "));
+            let _ = writeln!(out, "  }}");
+        }
+    }
+}
+
+/// The `nft -f` input that replaces the workload's table atomically.
+pub fn nftables(c: &CompiledPolicy) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Supercluster policy for workload {} ({:?} mode)",
+        c.workload, c.mode
+    );
+    let _ = writeln!(out, "table inet {TABLE} {{}}");
+    let _ = writeln!(out, "delete table inet {TABLE}");
+    if c.mode == EnforcementMode::Idle {
+        // Idle: nothing programmed; the delete above removes any earlier policy.
+        return out;
+    }
+    let enforce = matches!(c.mode, EnforcementMode::Selective | EnforcementMode::Full);
+    let _ = writeln!(out, "table inet {TABLE} {{");
+    if enforce {
+        render_sets(&mut out, &c.inbound, "in");
+        if c.mode == EnforcementMode::Full {
+            render_sets(&mut out, &c.outbound, "out");
+        }
+    }
+    let input_policy = if c.mode == EnforcementMode::Full {
+        "drop"
+    } else {
+        "accept"
+    };
+    let _ = writeln!(out, "  chain input {{");
+    let _ = writeln!(
+        out,
+        "    type filter hook input priority 0; policy {input_policy};"
+    );
+    let _ = writeln!(out, "    ct state established,related accept");
+    let _ = writeln!(out, "    iif \"lo\" accept");
+    if enforce {
+        render_rules(&mut out, &c.inbound, "in", "saddr");
+    } else {
+        // Visibility only: count, never block.
+        let _ = writeln!(out, "    counter accept");
+    }
+    let _ = writeln!(out, "  }}");
+    if c.mode == EnforcementMode::Full {
+        let _ = writeln!(out, "  chain output {{");
+        let _ = writeln!(out, "    type filter hook output priority 0; policy drop;");
+        let _ = writeln!(out, "    ct state established,related accept");
+        let _ = writeln!(out, "    oif \"lo\" accept");
+        render_rules(&mut out, &c.outbound, "out", "daddr");
+        let _ = writeln!(out, "  }}");
+    }
+    let _ = writeln!(out, "}}");
+    out
+}
+
+/// Why a flow into the workload is allowed or blocked, in one sentence.
+pub fn explain_inbound(c: &CompiledPolicy, src: IpAddr, proto: Proto, port: u16) -> String {
+    let (v, rule) = c.decide_inbound(src, proto, port);
+    let what = format!("{src} -> {} {proto:?}/{port}", c.workload);
+    let verdict = if v == Verdict::Allowed {
+        "allowed"
+    } else {
+        "blocked"
+    };
+    match (rule, c.mode) {
+        (Some(r), _) => format!("{what} is {verdict} by {}", r.source),
+        (None, EnforcementMode::Idle) => {
+            format!("{what} is allowed: the workload is idle (nothing enforced)")
+        }
+        (None, EnforcementMode::VisibilityOnly) => {
+            format!("{what} is allowed: visibility only (reported, never blocked)")
+        }
+        (None, EnforcementMode::Selective) => {
+            format!("{what} is allowed: no deny rule matches and selective mode allows the rest")
+        }
+        (None, EnforcementMode::Full) => {
+            format!("{what} is blocked: no rule allows it and full mode denies by default")
+        }
+    }
+}
