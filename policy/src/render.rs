@@ -8,7 +8,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use crate::addr::Family;
+use crate::addr::{AddrSet, Family};
 use crate::compute::{Action, CompiledPolicy, CompiledRule, Ports, Verdict};
 use crate::model::{EnforcementMode, PortRange, Proto};
 
@@ -67,8 +67,22 @@ fn verdict(a: Action) -> &'static str {
     }
 }
 
+/// Distinct peer sets of a direction, in first-use order, so rules that share
+/// peers (the same consumers, the same IP list) share one nft set.
+fn distinct_sets(rules: &[CompiledRule]) -> Vec<&AddrSet> {
+    let mut sets: Vec<&AddrSet> = Vec::new();
+    for r in rules {
+        if !sets.contains(&&*r.peers) {
+            sets.push(&r.peers);
+        }
+    }
+    sets
+}
+
 fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &str) {
-    for (i, r) in rules.iter().enumerate() {
+    let sets = distinct_sets(rules);
+    for r in rules {
+        let i = sets.iter().position(|s| *s == &*r.peers).unwrap_or(0);
         let comment = format!("comment \"{}\"", r.source.to_string().replace('"', "'"));
         let ports = port_matches(&r.ports);
         for (family, kw) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
@@ -91,9 +105,9 @@ fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &s
 }
 
 fn render_sets(out: &mut String, rules: &[CompiledRule], dir: &str) {
-    for (i, r) in rules.iter().enumerate() {
+    for (i, set) in distinct_sets(rules).into_iter().enumerate() {
         for (family, ty) in [(Family::V4, "ipv4_addr"), (Family::V6, "ipv6_addr")] {
-            let cidrs = r.peers.cidrs(family);
+            let cidrs = set.cidrs(family);
             if cidrs.is_empty() {
                 continue;
             }
