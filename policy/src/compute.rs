@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::addr::{AddrSet, IpRange};
 use crate::model::{
-    Actor, EnforcementMode, Estate, Id, PolicySet, PortRange, Proto, RuleRef, ServiceRef,
+    Actor, EnforcementMode, Estate, Id, PolicySet, PortRange, Proto, RuleRef, ServiceRef, Workload,
 };
 
 /// What a compiled rule does.
@@ -784,19 +784,13 @@ impl Engine {
     ) -> BTreeSet<Id> {
         // Rules that may be touched, judged before the change...
         let mut touched: BTreeSet<RuleRef> = BTreeSet::new();
-        let mut old_labels: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
+        let mut old_workloads: BTreeMap<Id, Option<Workload>> = BTreeMap::new();
         let mut groups_changed = false;
         for c in changes {
             self.rules_touched_by(c, &mut touched);
             match c {
                 Change::Workload(id) => {
-                    let labels = self
-                        .estate
-                        .workloads
-                        .get(id)
-                        .map(|w| w.labels.clone())
-                        .unwrap_or_default();
-                    old_labels.insert(id.clone(), labels);
+                    old_workloads.insert(id.clone(), self.estate.workloads.get(id).cloned());
                 }
                 Change::LabelGroup(_) => groups_changed = true,
                 _ => {}
@@ -806,22 +800,38 @@ impl Engine {
 
         // ...and after it.
         let mut direct: BTreeSet<u32> = BTreeSet::new();
-        for (id, old) in &old_labels {
+        let mut indexes: BTreeMap<Id, u32> = BTreeMap::new();
+        for (id, old) in &old_workloads {
             let old_idx = self.index_of.get(id).copied();
             if let Some(w) = old_idx {
                 direct.insert(w);
-                self.reindex_workload_labels(w, id, old);
+                indexes.insert(id.clone(), w);
+                let old_labels = old.as_ref().map(|o| o.labels.clone()).unwrap_or_default();
+                self.reindex_workload_labels(w, id, &old_labels);
             }
             if self.estate.workloads.contains_key(id) {
                 if old_idx.is_none() {
                     let w = self.add_workload_index(id);
                     direct.insert(w);
+                    indexes.insert(id.clone(), w);
                 }
             } else if let Some(w) = old_idx {
                 self.index_of.remove(id);
                 self.id_of[w as usize] = None;
                 remove_sorted(&mut self.all, w);
             }
+        }
+        if changes.iter().all(|c| matches!(c, Change::Workload(_))) {
+            // Workload-only changes leave rule definitions alone: patch each touched
+            // rule's member and peer sets instead of resolving it again.
+            for c in changes {
+                self.rules_touched_by(c, &mut touched);
+            }
+            let mut affected = direct;
+            for r in touched {
+                self.patch_rule(&r, &old_workloads, &indexes, &mut affected);
+            }
+            return self.recompile(affected);
         }
         if groups_changed {
             // Only rules naming a group whose expansion moved are touched (a nested
@@ -916,6 +926,11 @@ impl Engine {
             }
         }
 
+        self.recompile(affected)
+    }
+
+    /// Recompiles the given workloads and returns those whose output changed.
+    fn recompile(&mut self, affected: BTreeSet<u32>) -> BTreeSet<Id> {
         let mut changed = BTreeSet::new();
         for w in affected {
             let new = self.compile(w).map(Arc::new);
@@ -937,6 +952,149 @@ impl Engine {
             }
         }
         changed
+    }
+
+    /// Does workload `w` satisfy the label/label-group part of `actors`?
+    /// `None` if the list has no label actors.
+    fn labels_match(&self, w: &Workload, actors: &[Actor]) -> Option<bool> {
+        let mut keys: Vec<(&str, bool)> = Vec::new();
+        for a in actors {
+            let (key, hit) = match a {
+                Actor::Label(l) => (
+                    self.estate
+                        .labels
+                        .get(l)
+                        .map(|x| x.key.as_str())
+                        .unwrap_or(""),
+                    w.labels.contains(l),
+                ),
+                Actor::LabelGroup(g) => (
+                    self.policy
+                        .label_groups
+                        .get(g)
+                        .map(|x| x.key.as_str())
+                        .unwrap_or(""),
+                    self.group_labels
+                        .get(g)
+                        .is_some_and(|ls| w.labels.iter().any(|l| ls.contains(l))),
+                ),
+                _ => continue,
+            };
+            match keys.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, any)) => *any |= hit,
+                None => keys.push((key, hit)),
+            }
+        }
+        (!keys.is_empty()).then(|| keys.iter().all(|(_, hit)| *hit))
+    }
+
+    fn workload_matches(&self, w: &Workload, actors: &[Actor]) -> bool {
+        actors.iter().any(|a| {
+            matches!(a, Actor::AllWorkloads) || matches!(a, Actor::Workload(id) if *id == w.id)
+        }) || self.labels_match(w, actors) == Some(true)
+    }
+
+    /// Brings one rule up to date after workload changes, without resolving it
+    /// again: each changed workload joins or leaves the rule's sides, and a side's
+    /// peer set is rebuilt only if a member of it came, went or moved.
+    fn patch_rule(
+        &mut self,
+        r: &RuleRef,
+        old: &BTreeMap<Id, Option<Workload>>,
+        indexes: &BTreeMap<Id, u32>,
+        affected: &mut BTreeSet<u32>,
+    ) {
+        if !self.rules.contains_key(r) {
+            return;
+        }
+        // (index, was provider, is provider, was consumer, is consumer, addresses moved)
+        let mut moves = Vec::new();
+        {
+            let Some(p) = self.rule_parts(r) else { return };
+            let Some(data) = self.rules.get(r) else {
+                return;
+            };
+            for (id, before) in old {
+                let now = self.estate.workloads.get(id);
+                // A removed workload keeps its old index here, so it can leave.
+                let Some(&w) = indexes.get(id) else { continue };
+                let (is_p, is_c) = match now {
+                    Some(wl) => {
+                        let in_scope = match p.scope {
+                            Some(s) if !s.is_empty() => self.labels_match(wl, s) != Some(false),
+                            _ => true,
+                        };
+                        let is_p = in_scope && self.workload_matches(wl, p.providers);
+                        let is_c = (p.unscoped_consumers || in_scope)
+                            && self.workload_matches(wl, p.consumers);
+                        (is_p, is_c)
+                    }
+                    None => (false, false),
+                };
+                let was_p = data.providers.binary_search(&w).is_ok();
+                let was_c = data.consumers.binary_search(&w).is_ok();
+                let moved = match (before, now) {
+                    (Some(a), Some(b)) => a.interfaces != b.interfaces || a.online != b.online,
+                    _ => true,
+                };
+                moves.push((w, was_p, is_p, was_c, is_c, moved));
+            }
+        }
+        let Some(mut data) = self.rules.remove(r) else {
+            return;
+        };
+        let (mut consumers_dirty, mut providers_dirty) = (false, false);
+        for &(w, was_p, is_p, was_c, is_c, moved) in &moves {
+            if was_p != is_p {
+                if is_p {
+                    insert_sorted(&mut data.providers, w);
+                    self.as_provider.entry(w).or_default().insert(r.clone());
+                } else {
+                    remove_sorted(&mut data.providers, w);
+                    if let Some(set) = self.as_provider.get_mut(&w) {
+                        set.remove(r);
+                    }
+                }
+                affected.insert(w);
+            }
+            if was_c != is_c {
+                if is_c {
+                    insert_sorted(&mut data.consumers, w);
+                    self.as_consumer.entry(w).or_default().insert(r.clone());
+                } else {
+                    remove_sorted(&mut data.consumers, w);
+                    if let Some(set) = self.as_consumer.get_mut(&w) {
+                        set.remove(r);
+                    }
+                }
+                affected.insert(w);
+            }
+            consumers_dirty |= (was_c || is_c) && (was_c != is_c || moved);
+            providers_dirty |= (was_p || is_p) && (was_p != is_p || moved);
+        }
+        if consumers_dirty {
+            let ips = self
+                .rule_parts(r)
+                .map(|p| self.ip_list_addrs(p.consumers))
+                .unwrap_or_default();
+            let peers = self.online_addrs(&data.consumers).union(&ips);
+            if *data.consumer_peers != peers {
+                data.consumer_peers = Arc::new(peers);
+                affected.extend(data.providers.iter().copied());
+            }
+        }
+        if providers_dirty {
+            let ips = self
+                .rule_parts(r)
+                .map(|p| self.ip_list_addrs(p.providers))
+                .unwrap_or_default();
+            let peers = self.online_addrs(&data.providers).union(&ips);
+            if *data.provider_peers != peers {
+                data.provider_peers = Arc::new(peers);
+                affected.extend(data.consumers.iter().copied());
+            }
+        }
+        self.rules.insert(r.clone(), data);
     }
 
     fn reindex_workload_labels(&mut self, w: u32, id: &Id, old: &[Id]) {
