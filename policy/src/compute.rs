@@ -61,7 +61,7 @@ pub struct CompiledRule {
     /// The ports on this workload (inbound) or on the peer (outbound).
     pub ports: Arc<Ports>,
     /// Which policy rule it comes from.
-    pub source: RuleRef,
+    pub source: Arc<RuleRef>,
 }
 
 /// Everything one workload's firewall needs.
@@ -146,6 +146,9 @@ impl CompiledPolicy {
 /// Sorted, deduplicated workload indexes.
 type Members = Vec<u32>;
 
+/// A rule's dense index (see `Engine::intern`).
+type Rx = u32;
+
 fn union(a: &[u32], b: &[u32]) -> Members {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
@@ -217,6 +220,7 @@ struct RuleData {
 #[derive(Debug, Clone, Default)]
 struct RuleRefs {
     labels: BTreeSet<Id>,
+    scope_labels: BTreeSet<Id>,
     groups: BTreeSet<Id>,
     workloads: BTreeSet<Id>,
     ip_lists: BTreeSet<Id>,
@@ -257,18 +261,27 @@ pub struct Engine {
     label_members: HashMap<Id, Members>,
     /// Label group id → every label in it (nested groups expanded).
     group_labels: HashMap<Id, BTreeSet<Id>>,
-    rules: BTreeMap<RuleRef, RuleData>,
-    refs: BTreeMap<RuleRef, RuleRefs>,
+    /// Rules are interned: a dense index per rule, never reused, so indexes hold
+    /// small integers instead of ids.
+    rule_ix: HashMap<RuleRef, Rx>,
+    rule_ref: Vec<Arc<RuleRef>>,
+    /// Ruleset id → every rule of it ever interned.
+    by_rule_set: HashMap<Id, BTreeSet<Rx>>,
+    rules: HashMap<Rx, RuleData>,
+    refs: HashMap<Rx, RuleRefs>,
     /// Reverse indexes: object → rules that mention it.
-    by_label: HashMap<Id, BTreeSet<RuleRef>>,
-    by_group: HashMap<Id, BTreeSet<RuleRef>>,
-    by_workload: HashMap<Id, BTreeSet<RuleRef>>,
-    by_ip_list: HashMap<Id, BTreeSet<RuleRef>>,
-    by_service: HashMap<Id, BTreeSet<RuleRef>>,
-    by_all: BTreeSet<RuleRef>,
+    /// Labels named by a rule's actors (groups expanded): who can be a member.
+    by_label: HashMap<Id, BTreeSet<Rx>>,
+    /// Labels named by a rule's scope: whose meaning a label edit can change.
+    by_scope_label: HashMap<Id, BTreeSet<Rx>>,
+    by_group: HashMap<Id, BTreeSet<Rx>>,
+    by_workload: HashMap<Id, BTreeSet<Rx>>,
+    by_ip_list: HashMap<Id, BTreeSet<Rx>>,
+    by_service: HashMap<Id, BTreeSet<Rx>>,
+    by_all: BTreeSet<Rx>,
     /// Workload → rules it provides for / consumes from.
-    as_provider: HashMap<u32, BTreeSet<RuleRef>>,
-    as_consumer: HashMap<u32, BTreeSet<RuleRef>>,
+    as_provider: HashMap<u32, BTreeSet<Rx>>,
+    as_consumer: HashMap<u32, BTreeSet<Rx>>,
     compiled: HashMap<u32, Arc<CompiledPolicy>>,
 }
 
@@ -293,9 +306,13 @@ impl Engine {
             all: Vec::new(),
             label_members: HashMap::new(),
             group_labels: HashMap::new(),
-            rules: BTreeMap::new(),
-            refs: BTreeMap::new(),
+            rule_ix: HashMap::new(),
+            rule_ref: Vec::new(),
+            by_rule_set: HashMap::new(),
+            rules: HashMap::new(),
+            refs: HashMap::new(),
             by_label: HashMap::new(),
+            by_scope_label: HashMap::new(),
             by_group: HashMap::new(),
             by_workload: HashMap::new(),
             by_ip_list: HashMap::new(),
@@ -310,13 +327,17 @@ impl Engine {
             e.add_workload_index(&id);
         }
         e.expand_groups();
-        let all_rules = e.rule_refs_in_policy();
-        for r in &all_rules {
+        let all_rules: Vec<Rx> = e
+            .rule_refs_in_policy()
+            .into_iter()
+            .map(|r| e.intern(r))
+            .collect();
+        for &r in &all_rules {
             e.index_refs(r);
         }
         for r in all_rules {
-            if let Some(data) = e.resolve(&r) {
-                e.link(&r, &data);
+            if let Some(data) = e.resolve(r) {
+                e.link(r, &data);
                 e.rules.insert(r, data);
             }
         }
@@ -401,9 +422,26 @@ impl Engine {
         out
     }
 
+    /// The dense index of a rule, assigned on first sight.
+    fn intern(&mut self, r: RuleRef) -> Rx {
+        if let Some(&x) = self.rule_ix.get(&r) {
+            return x;
+        }
+        let x = self.rule_ref.len() as Rx;
+        if let RuleRef::Allow { rule_set, .. } | RuleRef::Deny { rule_set, .. } = &r {
+            self.by_rule_set
+                .entry(rule_set.clone())
+                .or_default()
+                .insert(x);
+        }
+        self.rule_ref.push(Arc::new(r.clone()));
+        self.rule_ix.insert(r, x);
+        x
+    }
+
     /// The actors, services and scope of a rule, if it exists and is enabled.
-    fn rule_parts(&self, r: &RuleRef) -> Option<RuleParts<'_>> {
-        match r {
+    fn rule_parts(&self, r: Rx) -> Option<RuleParts<'_>> {
+        match &**self.rule_ref.get(r as usize)? {
             RuleRef::Allow { rule_set, rule } => {
                 let rs = self
                     .policy
@@ -466,13 +504,27 @@ impl Engine {
         }
     }
 
-    fn refs_of(&self, r: &RuleRef) -> RuleRefs {
+    fn refs_of(&self, r: Rx) -> RuleRefs {
         let mut refs = RuleRefs::default();
         let Some(p) = self.rule_parts(r) else {
             return refs;
         };
         let scope = p.scope.map(|s| s.as_slice()).unwrap_or(&[]);
-        for a in p.providers.iter().chain(p.consumers).chain(scope) {
+        for a in scope {
+            match a {
+                Actor::Label(l) => {
+                    refs.scope_labels.insert(l.clone());
+                }
+                Actor::LabelGroup(g) => {
+                    refs.groups.insert(g.clone());
+                    if let Some(ls) = self.group_labels.get(g) {
+                        refs.scope_labels.extend(ls.iter().cloned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        for a in p.providers.iter().chain(p.consumers) {
             match a {
                 Actor::Label(l) => {
                     refs.labels.insert(l.clone());
@@ -500,52 +552,40 @@ impl Engine {
         refs
     }
 
-    fn index_refs(&mut self, r: &RuleRef) {
+    fn index_refs(&mut self, r: Rx) {
         let refs = self.refs_of(r);
         for l in &refs.labels {
-            self.by_label
-                .entry(l.clone())
-                .or_default()
-                .insert(r.clone());
+            self.by_label.entry(l.clone()).or_default().insert(r);
+        }
+        for l in &refs.scope_labels {
+            self.by_scope_label.entry(l.clone()).or_default().insert(r);
         }
         for g in &refs.groups {
-            self.by_group
-                .entry(g.clone())
-                .or_default()
-                .insert(r.clone());
+            self.by_group.entry(g.clone()).or_default().insert(r);
         }
         for w in &refs.workloads {
-            self.by_workload
-                .entry(w.clone())
-                .or_default()
-                .insert(r.clone());
+            self.by_workload.entry(w.clone()).or_default().insert(r);
         }
         for i in &refs.ip_lists {
-            self.by_ip_list
-                .entry(i.clone())
-                .or_default()
-                .insert(r.clone());
+            self.by_ip_list.entry(i.clone()).or_default().insert(r);
         }
         for s in &refs.services {
-            self.by_service
-                .entry(s.clone())
-                .or_default()
-                .insert(r.clone());
+            self.by_service.entry(s.clone()).or_default().insert(r);
         }
         if refs.all {
-            self.by_all.insert(r.clone());
+            self.by_all.insert(r);
         }
         self.refs.insert(r.clone(), refs);
     }
 
-    fn unindex_refs(&mut self, r: &RuleRef) {
-        let Some(refs) = self.refs.remove(r) else {
+    fn unindex_refs(&mut self, r: Rx) {
+        let Some(refs) = self.refs.remove(&r) else {
             return;
         };
-        let drop_from = |m: &mut HashMap<Id, BTreeSet<RuleRef>>, keys: &BTreeSet<Id>| {
+        let drop_from = |m: &mut HashMap<Id, BTreeSet<Rx>>, keys: &BTreeSet<Id>| {
             for k in keys {
                 if let Some(set) = m.get_mut(k) {
-                    set.remove(r);
+                    set.remove(&r);
                     if set.is_empty() {
                         m.remove(k);
                     }
@@ -553,11 +593,12 @@ impl Engine {
             }
         };
         drop_from(&mut self.by_label, &refs.labels);
+        drop_from(&mut self.by_scope_label, &refs.scope_labels);
         drop_from(&mut self.by_group, &refs.groups);
         drop_from(&mut self.by_workload, &refs.workloads);
         drop_from(&mut self.by_ip_list, &refs.ip_lists);
         drop_from(&mut self.by_service, &refs.services);
-        self.by_all.remove(r);
+        self.by_all.remove(&r);
     }
 
     /// Workloads matching a list of actors: all-workloads ∪ named workloads ∪ the
@@ -654,7 +695,7 @@ impl Engine {
         AddrSet::from_ips(ips)
     }
 
-    fn resolve(&self, r: &RuleRef) -> Option<RuleData> {
+    fn resolve(&self, r: Rx) -> Option<RuleData> {
         let p = self.rule_parts(r)?;
         let scope = match p.scope {
             Some(s) if !s.is_empty() => self.label_expression(s),
@@ -702,24 +743,24 @@ impl Engine {
         Ports::Some(list.into_iter().collect())
     }
 
-    fn link(&mut self, r: &RuleRef, data: &RuleData) {
+    fn link(&mut self, r: Rx, data: &RuleData) {
         for &w in &data.providers {
-            self.as_provider.entry(w).or_default().insert(r.clone());
+            self.as_provider.entry(w).or_default().insert(r);
         }
         for &w in &data.consumers {
-            self.as_consumer.entry(w).or_default().insert(r.clone());
+            self.as_consumer.entry(w).or_default().insert(r);
         }
     }
 
-    fn unlink(&mut self, r: &RuleRef, data: &RuleData) {
+    fn unlink(&mut self, r: Rx, data: &RuleData) {
         for w in &data.providers {
             if let Some(s) = self.as_provider.get_mut(w) {
-                s.remove(r);
+                s.remove(&r);
             }
         }
         for w in &data.consumers {
             if let Some(s) = self.as_consumer.get_mut(w) {
-                s.remove(r);
+                s.remove(&r);
             }
         }
     }
@@ -738,7 +779,7 @@ impl Engine {
                         action: d.action,
                         peers: d.consumer_peers.clone(),
                         ports: d.ports.clone(),
-                        source: r.clone(),
+                        source: self.rule_ref[*r as usize].clone(),
                     });
                 }
             }
@@ -755,12 +796,13 @@ impl Engine {
                             action: Action::Allow,
                             peers: d.provider_peers.clone(),
                             ports: d.ports.clone(),
-                            source: r.clone(),
+                            source: self.rule_ref[*r as usize].clone(),
                         });
                     }
                 }
             }
         }
+        outbound.sort_by(|a, b| a.source.cmp(&b.source));
         let mut addresses = wl.interfaces.clone();
         addresses.sort();
         addresses.dedup();
@@ -783,7 +825,7 @@ impl Engine {
         mutate: impl FnOnce(&mut Estate, &mut PolicySet),
     ) -> BTreeSet<Id> {
         // Rules that may be touched, judged before the change...
-        let mut touched: BTreeSet<RuleRef> = BTreeSet::new();
+        let mut touched: BTreeSet<Rx> = BTreeSet::new();
         let mut old_workloads: BTreeMap<Id, Option<Workload>> = BTreeMap::new();
         let mut groups_changed = false;
         for c in changes {
@@ -798,7 +840,7 @@ impl Engine {
         }
         mutate(&mut self.estate, &mut self.policy);
 
-        // ...and after it.
+        // ...and after it. Keep the workload indexes current first.
         let mut direct: BTreeSet<u32> = BTreeSet::new();
         let mut indexes: BTreeMap<Id, u32> = BTreeMap::new();
         for (id, old) in &old_workloads {
@@ -821,18 +863,20 @@ impl Engine {
                 remove_sorted(&mut self.all, w);
             }
         }
+        for c in changes {
+            self.rules_touched_by(c, &mut touched);
+        }
+
         if changes.iter().all(|c| matches!(c, Change::Workload(_))) {
             // Workload-only changes leave rule definitions alone: patch each touched
             // rule's member and peer sets instead of resolving it again.
-            for c in changes {
-                self.rules_touched_by(c, &mut touched);
-            }
             let mut affected = direct;
             for r in touched {
-                self.patch_rule(&r, &old_workloads, &indexes, &mut affected);
+                self.patch_rule(r, &old_workloads, &indexes, &mut affected);
             }
             return self.recompile(affected);
         }
+
         if groups_changed {
             // Only rules naming a group whose expansion moved are touched (a nested
             // group's change moves every group containing it).
@@ -841,32 +885,34 @@ impl Engine {
             let ids: BTreeSet<&Id> = before.keys().chain(self.group_labels.keys()).collect();
             for g in ids {
                 if before.get(g) != self.group_labels.get(g) {
-                    touched.extend(self.by_group.get(g).cloned().unwrap_or_default());
+                    touched.extend(self.by_group.get(g).into_iter().flatten().copied());
                 }
             }
         }
-        // Rule definitions may have changed: re-index the touched ones and pick up new ones.
-        let mut current: BTreeSet<RuleRef> = BTreeSet::new();
+        // New rules and boundaries get an index now.
         for c in changes {
             match c {
                 Change::RuleSet(id) => {
-                    if let Some(rs) = self.policy.rule_sets.get(id) {
-                        current.extend(rule_refs_of_rule_set(rs));
+                    let refs = self
+                        .policy
+                        .rule_sets
+                        .get(id)
+                        .map(rule_refs_of_rule_set)
+                        .unwrap_or_default();
+                    for r in refs {
+                        touched.insert(self.intern(r));
                     }
                 }
-                Change::Boundary(id) if self.policy.boundaries.contains_key(id) => {
-                    current.insert(RuleRef::Boundary {
+                Change::Boundary(id) => {
+                    touched.insert(self.intern(RuleRef::Boundary {
                         boundary: id.clone(),
-                    });
+                    }));
                 }
                 _ => {}
             }
         }
-        for c in changes {
-            self.rules_touched_by(c, &mut touched);
-        }
-        touched.extend(current.iter().cloned());
-        for r in &touched {
+        // Rule definitions may have changed: re-index the touched ones.
+        for &r in &touched {
             self.unindex_refs(r);
             if self.rule_parts(r).is_some() {
                 self.index_refs(r);
@@ -877,7 +923,7 @@ impl Engine {
         let mut affected: BTreeSet<u32> = direct;
         for r in touched {
             let old = self.rules.remove(&r);
-            let new = self.resolve(&r);
+            let new = self.resolve(r);
             if old == new {
                 if let Some(d) = old {
                     self.rules.insert(r, d);
@@ -918,14 +964,13 @@ impl Engine {
                 affected.extend(oc.iter().chain(nc.iter()).copied());
             }
             if let Some(d) = &old {
-                self.unlink(&r, d);
+                self.unlink(r, d);
             }
             if let Some(d) = new {
-                self.link(&r, &d);
+                self.link(r, &d);
                 self.rules.insert(r, d);
             }
         }
-
         self.recompile(affected)
     }
 
@@ -999,19 +1044,19 @@ impl Engine {
     /// peer set is rebuilt only if a member of it came, went or moved.
     fn patch_rule(
         &mut self,
-        r: &RuleRef,
+        r: Rx,
         old: &BTreeMap<Id, Option<Workload>>,
         indexes: &BTreeMap<Id, u32>,
         affected: &mut BTreeSet<u32>,
     ) {
-        if !self.rules.contains_key(r) {
+        if !self.rules.contains_key(&r) {
             return;
         }
         // (index, was provider, is provider, was consumer, is consumer, addresses moved)
         let mut moves = Vec::new();
         {
             let Some(p) = self.rule_parts(r) else { return };
-            let Some(data) = self.rules.get(r) else {
+            let Some(data) = self.rules.get(&r) else {
                 return;
             };
             for (id, before) in old {
@@ -1040,7 +1085,7 @@ impl Engine {
                 moves.push((w, was_p, is_p, was_c, is_c, moved));
             }
         }
-        let Some(mut data) = self.rules.remove(r) else {
+        let Some(mut data) = self.rules.remove(&r) else {
             return;
         };
         let (mut consumers_dirty, mut providers_dirty) = (false, false);
@@ -1048,11 +1093,11 @@ impl Engine {
             if was_p != is_p {
                 if is_p {
                     insert_sorted(&mut data.providers, w);
-                    self.as_provider.entry(w).or_default().insert(r.clone());
+                    self.as_provider.entry(w).or_default().insert(r);
                 } else {
                     remove_sorted(&mut data.providers, w);
                     if let Some(set) = self.as_provider.get_mut(&w) {
-                        set.remove(r);
+                        set.remove(&r);
                     }
                 }
                 affected.insert(w);
@@ -1060,11 +1105,11 @@ impl Engine {
             if was_c != is_c {
                 if is_c {
                     insert_sorted(&mut data.consumers, w);
-                    self.as_consumer.entry(w).or_default().insert(r.clone());
+                    self.as_consumer.entry(w).or_default().insert(r);
                 } else {
                     remove_sorted(&mut data.consumers, w);
                     if let Some(set) = self.as_consumer.get_mut(&w) {
-                        set.remove(r);
+                        set.remove(&r);
                     }
                 }
                 affected.insert(w);
@@ -1094,7 +1139,7 @@ impl Engine {
                 affected.extend(data.consumers.iter().copied());
             }
         }
-        self.rules.insert(r.clone(), data);
+        self.rules.insert(r, data);
     }
 
     fn reindex_workload_labels(&mut self, w: u32, id: &Id, old: &[Id]) {
@@ -1115,35 +1160,39 @@ impl Engine {
     }
 
     /// The rules a change can affect, by the current indexes.
-    fn rules_touched_by(&self, c: &Change, out: &mut BTreeSet<RuleRef>) {
-        let get =
-            |m: &HashMap<Id, BTreeSet<RuleRef>>, k: &Id| m.get(k).cloned().unwrap_or_default();
+    fn rules_touched_by(&self, c: &Change, out: &mut BTreeSet<Rx>) {
+        let mut add = |m: &HashMap<Id, BTreeSet<Rx>>, k: &Id| {
+            out.extend(m.get(k).into_iter().flatten().copied())
+        };
         match c {
             Change::Workload(id) => {
-                out.extend(get(&self.by_workload, id));
-                out.extend(self.by_all.iter().cloned());
-                if let Some(&w) = self.index_of.get(id) {
-                    out.extend(self.as_provider.get(&w).cloned().unwrap_or_default());
-                    out.extend(self.as_consumer.get(&w).cloned().unwrap_or_default());
-                }
+                add(&self.by_workload, id);
                 if let Some(wl) = self.estate.workloads.get(id) {
+                    // Only actor labels decide membership; the scope only filters.
                     for l in &wl.labels {
-                        out.extend(get(&self.by_label, l));
+                        add(&self.by_label, l);
                     }
                 }
+                out.extend(self.by_all.iter().copied());
+                if let Some(&w) = self.index_of.get(id) {
+                    out.extend(self.as_provider.get(&w).into_iter().flatten().copied());
+                    out.extend(self.as_consumer.get(&w).into_iter().flatten().copied());
+                }
             }
-            Change::Label(id) => out.extend(get(&self.by_label, id)),
-            Change::LabelGroup(id) => out.extend(get(&self.by_group, id)),
-            Change::Service(id) => out.extend(get(&self.by_service, id)),
-            Change::IpList(id) => out.extend(get(&self.by_ip_list, id)),
-            Change::RuleSet(id) => {
-                out.extend(self.rules.keys().filter(|r| matches!(r, RuleRef::Allow { rule_set, .. } | RuleRef::Deny { rule_set, .. } if rule_set == id)).cloned());
-                out.extend(self.refs.keys().filter(|r| matches!(r, RuleRef::Allow { rule_set, .. } | RuleRef::Deny { rule_set, .. } if rule_set == id)).cloned());
+            Change::Label(id) => {
+                add(&self.by_label, id);
+                add(&self.by_scope_label, id);
             }
+            Change::LabelGroup(id) => add(&self.by_group, id),
+            Change::Service(id) => add(&self.by_service, id),
+            Change::IpList(id) => add(&self.by_ip_list, id),
+            Change::RuleSet(id) => add(&self.by_rule_set, id),
             Change::Boundary(id) => {
-                out.insert(RuleRef::Boundary {
+                if let Some(&r) = self.rule_ix.get(&RuleRef::Boundary {
                     boundary: id.clone(),
-                });
+                }) {
+                    out.insert(r);
+                }
             }
         }
     }

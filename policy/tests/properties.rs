@@ -387,7 +387,7 @@ fn mutate(m: &Mutation, estate: &mut Estate, policy: &mut PolicySet) -> Vec<Chan
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(192), ..ProptestConfig::default() })]
 
     #[test]
     fn the_engine_agrees_with_the_naive_evaluator((estate, policy) in arb_world()) {
