@@ -575,7 +575,7 @@ impl Engine {
         if refs.all {
             self.by_all.insert(r);
         }
-        self.refs.insert(r.clone(), refs);
+        self.refs.insert(r, refs);
     }
 
     fn unindex_refs(&mut self, r: Rx) {
