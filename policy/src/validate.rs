@@ -26,17 +26,24 @@ impl fmt::Display for ValidationError {
     }
 }
 
-/// A stable machine-readable name of the problem, for API error tokens.
 impl ValidationError {
-    /// `invalid_reference`, `invalid_value`, `label_conflict`, ... derived from the message.
+    /// A stable machine-readable name of the problem, for API error tokens.
+    /// Derived from the message's fixed opening words, which this module owns.
     pub fn token(&self) -> &'static str {
-        if self.message.starts_with("refers to") {
+        let m = self.message.as_str();
+        if m.starts_with("refers to") {
             "invalid_reference"
-        } else if self.message.contains("cycle") {
+        } else if m.starts_with("label groups form a cycle") {
             "label_group_cycle"
-        } else if self.message.contains("one label per key") || self.message.contains("key") {
+        } else if m.starts_with("a workload has one label per key")
+            || m.starts_with("a scope holds one label per key")
+        {
             "label_key_conflict"
-        } else if self.message.contains("opens every") {
+        } else if m.starts_with("label ") && m.contains("but the group's key")
+            || m.starts_with("group ") && m.contains("but this group's key")
+        {
+            "label_group_key_mismatch"
+        } else if m.starts_with("this rule opens every") {
             "rule_too_broad"
         } else {
             "invalid_value"

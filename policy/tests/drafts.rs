@@ -332,3 +332,43 @@ fn a_scoped_user_cannot_provision_changes_outside_its_scope() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn every_validation_error_carries_a_stable_token() {
+    let mut w = World::new();
+    w.workload(
+        "w1",
+        &["role-web", "role-db", "role-ghost"],
+        &["10.0.0.1"],
+        EnforcementMode::Full,
+    );
+    w.policy.label_groups.insert(
+        "mixed".into(),
+        LabelGroup {
+            id: "mixed".into(),
+            name: "m".into(),
+            key: "role".into(),
+            labels: vec!["env-prod".into()],
+            sub_groups: vec!["mixed".into()],
+        },
+    );
+    w.ip_list("bad", &["10.0.0.1/8"], &[]);
+    w.rule_set("rs", &[]).rules.push(allow(
+        "1",
+        vec![Actor::AllWorkloads],
+        vec![Actor::AllWorkloads],
+        vec![ServiceRef::All],
+    ));
+    let errors = validate(&w.estate, &w.policy).unwrap_err();
+    let tokens: std::collections::BTreeSet<&str> = errors.iter().map(|e| e.token()).collect();
+    for t in [
+        "invalid_reference",
+        "label_key_conflict",
+        "label_group_key_mismatch",
+        "label_group_cycle",
+        "invalid_value",
+        "rule_too_broad",
+    ] {
+        assert!(tokens.contains(t), "{t} missing from {errors:#?}");
+    }
+}
