@@ -11,36 +11,15 @@ use support::*;
 /// web(prod) 10.0.1.5, app(prod) 10.0.2.7, db(prod) 10.0.3.9, db(dev) 10.1.3.9.
 fn three_tier(mode: EnforcementMode) -> World {
     let mut w = World::new();
-    w.workload(
-        "web1",
-        &["role-web", "env-prod", "app-crm"],
-        &["10.0.1.5"],
-        mode,
-    );
-    w.workload(
-        "app1",
-        &["role-app", "env-prod", "app-crm"],
-        &["10.0.2.7"],
-        mode,
-    );
-    w.workload(
-        "db1",
-        &["role-db", "env-prod", "app-crm"],
-        &["10.0.3.9"],
-        mode,
-    );
-    w.workload(
-        "db-dev",
-        &["role-db", "env-dev", "app-crm"],
-        &["10.1.3.9"],
-        mode,
-    );
-    w.workload(
-        "web-dev",
-        &["role-web", "env-dev", "app-crm"],
-        &["10.1.1.5"],
-        mode,
-    );
+    for (id, role, env, ip) in [
+        ("web1", "role-web", "env-prod", "10.0.1.5"),
+        ("app1", "role-app", "env-prod", "10.0.2.7"),
+        ("db1", "role-db", "env-prod", "10.0.3.9"),
+        ("db-dev", "role-db", "env-dev", "10.1.3.9"),
+        ("web-dev", "role-web", "env-dev", "10.1.1.5"),
+    ] {
+        w.workload(id, &[role, env, "app-crm"], &[ip], mode);
+    }
     w
 }
 
