@@ -197,3 +197,60 @@ pub fn explain_inbound(c: &CompiledPolicy, src: IpAddr, proto: Proto, port: u16)
         }
     }
 }
+
+/// Why a flow between two addresses is allowed or blocked, looking at both ends:
+/// the destination workload's inbound rules and, in full mode, the source
+/// workload's outbound rules. Addresses outside the managed estate enforce nothing.
+pub fn explain_flow(
+    engine: &crate::Engine,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: Proto,
+    port: u16,
+) -> String {
+    let compiled = engine.all_compiled();
+    let owner = |ip: IpAddr| {
+        compiled
+            .values()
+            .find(|c| c.addresses.contains(&ip))
+            .cloned()
+    };
+    let mut lines = Vec::new();
+    let mut allowed = true;
+    match owner(dst) {
+        Some(d) => {
+            allowed &= d.decide_inbound(src, proto, port).0 == Verdict::Allowed;
+            lines.push(format!(
+                "inbound at {}: {}",
+                d.workload,
+                explain_inbound(&d, src, proto, port)
+            ));
+        }
+        None => lines.push(format!(
+            "{dst} is not a managed workload: nothing enforced there"
+        )),
+    }
+    if let Some(s) = owner(src) {
+        let (v, rule) = s.decide_outbound(dst, proto, port);
+        allowed &= v == Verdict::Allowed;
+        let why = match (v, rule, s.mode) {
+            (_, Some(r), _) => format!("allowed by {}", r.source),
+            (Verdict::Allowed, None, _) => format!(
+                "allowed: {:?} mode does not restrict outbound traffic",
+                s.mode
+            ),
+            (Verdict::Blocked, None, _) => {
+                "blocked: no rule allows it and full mode denies outbound by default".to_string()
+            }
+        };
+        lines.push(format!(
+            "outbound at {}: {src} -> {dst} {proto:?}/{port} is {why}",
+            s.workload
+        ));
+    }
+    let verdict = if allowed { "ALLOWED" } else { "BLOCKED" };
+    format!(
+        "{src} -> {dst} {proto:?}/{port}: {verdict}\n  {}",
+        lines.join("\n  ")
+    )
+}

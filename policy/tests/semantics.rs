@@ -481,3 +481,31 @@ fn a_provision_that_touches_one_rule_names_only_the_workloads_it_changes() {
         vec!["db1".to_string(), "web1".to_string()]
     );
 }
+
+#[test]
+fn a_flow_is_explained_from_both_ends() {
+    let mut w = three_tier(EnforcementMode::Full);
+    w.rule_set("crm", &["env-prod"]).rules.push(allow(
+        "web-to-db",
+        labels(&["role-db"]),
+        labels(&["role-web"]),
+        vec![tcp(5432)],
+    ));
+    let e = w.engine();
+    let ok = sc_policy::render::explain_flow(&e, ip("10.0.1.5"), ip("10.0.3.9"), Proto::Tcp, 5432);
+    assert!(
+        ok.starts_with("10.0.1.5 -> 10.0.3.9 Tcp/5432: ALLOWED"),
+        "{ok}"
+    );
+    assert!(
+        ok.contains("inbound at db1")
+            && ok.contains("outbound at web1")
+            && ok.contains("web-to-db"),
+        "{ok}"
+    );
+    let no = sc_policy::render::explain_flow(&e, ip("10.0.1.5"), ip("10.0.2.7"), Proto::Tcp, 5432);
+    assert!(
+        no.contains("BLOCKED") && no.contains("full mode denies outbound by default"),
+        "{no}"
+    );
+}
