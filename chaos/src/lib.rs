@@ -1,10 +1,14 @@
-//! Fault injection and the multi-region harness.
+//! Fault injection, the multi-region harness, and the linearizability checker.
 //!
-//! [`harness::TestCluster`] starts real nodes in this process: real sled data
-//! directories, real certificates from a fresh cluster CA, real mutual-TLS gRPC
-//! on loopback, and the network fault seam shared by all of them. Every
-//! cluster-level test uses it instead of wiring nodes by hand.
+//! - [`harness::TestCluster`] starts real nodes in this process: real sled data
+//!   directories, real certificates from a fresh cluster CA, real mutual-TLS gRPC
+//!   on loopback, and the network fault seam shared by all of them. Every
+//!   cluster-level test uses it instead of wiring nodes by hand.
+//! - [`history`] records every client operation of a run; [`checker`] decides
+//!   whether the history is linearizable, key by key.
 
+pub mod checker;
 pub mod harness;
+pub mod history;
 
 pub use harness::{TestCluster, Writer};
