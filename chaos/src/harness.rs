@@ -261,6 +261,14 @@ impl TestCluster {
         }
     }
 
+    /// The disk fault switch of node `id`.
+    pub fn disk(&self, id: NodeId) -> DiskFaults {
+        self.nodes
+            .get(&id)
+            .map(|(o, _)| o.disk_faults.clone())
+            .unwrap_or_default()
+    }
+
     /// The data directory of node `id`.
     pub fn data_dir(&self, id: NodeId) -> &Path {
         &self.nodes[&id].0.data_dir

@@ -33,7 +33,8 @@ fn pick(live: &Live, rng: &mut StdRng) -> Option<Node> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_clients_under_partitions_and_leader_loss_see_a_linearizable_store() {
+async fn concurrent_clients_under_partitions_slow_links_failed_disks_and_leader_loss_see_a_linearizable_store(
+) {
     let seed = seed();
     let mut c = TestCluster::start(3).await;
     let history = History::new();
@@ -77,28 +78,58 @@ async fn concurrent_clients_under_partitions_and_leader_loss_see_a_linearizable_
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
         let ids = [1u64, 2, 3];
         let victim = ids[rng.random_range(0..3)];
-        match rng.random_range(0..5) {
+        match rng.random_range(0..7) {
             0 => {
                 let others: Vec<NodeId> = ids.iter().copied().filter(|i| *i != victim).collect();
                 c.faults.partition(&[victim], &others);
+                eprintln!("nemesis: partition {victim} from {others:?}");
             }
-            1 => c.faults.heal(),
+            1 => {
+                c.faults.heal();
+                eprintln!("nemesis: heal the network");
+            }
             2 => {
                 let to = ids[(victim as usize) % 3];
                 c.faults.block(victim, to);
+                eprintln!("nemesis: drop {victim} -> {to}");
             }
             3 if down.is_none() => {
                 // The leader's region fails.
-                let leader = c.node(ids[0]).status().leader.unwrap_or(victim);
+                let leader = c
+                    .running()
+                    .first()
+                    .and_then(|n| n.status().leader)
+                    .unwrap_or(victim);
                 if let Ok(mut l) = live.write() {
                     l.remove(&leader);
                 }
                 c.stop(leader).await;
+                eprintln!("nemesis: stop the leader {leader}");
                 down = Some(leader);
+            }
+            4 => {
+                // A slow link, both ways.
+                let to = ids[(victim as usize) % 3];
+                let by = Duration::from_millis(rng.random_range(20..200));
+                c.faults.delay(victim, to, by);
+                c.faults.delay(to, victim, by);
+                eprintln!("nemesis: slow link {victim} <-> {to} by {by:?}");
+            }
+            5 if down.is_none() => {
+                // A disk that fails every write: the node must stop, never acknowledge.
+                c.disk(victim).set_failing(true);
+                eprintln!("nemesis: disk of {victim} fails every write");
+                if let Ok(mut l) = live.write() {
+                    l.remove(&victim);
+                }
+                down = Some(victim);
             }
             _ => {
                 if let Some(id) = down.take() {
+                    c.disk(id).set_failing(false);
+                    c.stop(id).await;
                     let node = c.restart(id).await;
+                    eprintln!("nemesis: restart {id} from its disk");
                     if let Ok(mut l) = live.write() {
                         l.insert(id, node);
                     }
@@ -113,6 +144,8 @@ async fn concurrent_clients_under_partitions_and_leader_loss_see_a_linearizable_
     // Heal everything, let the replicas converge, and read every key once more.
     c.faults.heal();
     if let Some(id) = down.take() {
+        c.disk(id).set_failing(false);
+        c.stop(id).await;
         c.restart(id).await;
     }
     c.wait_converged(Duration::from_secs(30)).await;
