@@ -23,6 +23,16 @@ fn three_tier(mode: EnforcementMode) -> World {
     w
 }
 
+/// Ruleset `crm` scoped to prod: db accepts web on 5432 (rule `id`).
+fn web_may_reach_db(w: &mut World, id: &str) {
+    w.rule_set("crm", &["env-prod"]).rules.push(allow(
+        id,
+        labels(&["role-db"]),
+        labels(&["role-web"]),
+        vec![tcp(5432)],
+    ));
+}
+
 fn verdict(e: &Engine, dst: &str, src: &str, port: u16) -> Verdict {
     e.compiled(dst)
         .unwrap()
@@ -291,12 +301,7 @@ fn ip_lists_with_exclusions_and_ipv6() {
 #[test]
 fn offline_workloads_drop_out_of_their_peers_rules() {
     let mut w = three_tier(EnforcementMode::Full);
-    w.rule_set("crm", &["env-prod"]).rules.push(allow(
-        "1",
-        labels(&["role-db"]),
-        labels(&["role-web"]),
-        vec![tcp(5432)],
-    ));
+    web_may_reach_db(&mut w, "1");
     let mut e = w.engine();
     assert_eq!(verdict(&e, "db1", "10.0.1.5", 5432), Verdict::Allowed);
     let changed = e.update(&[Change::Workload("web1".into())], |estate, _| {
@@ -313,12 +318,7 @@ fn offline_workloads_drop_out_of_their_peers_rules() {
 #[test]
 fn full_mode_restricts_outbound_too_selective_does_not() {
     let mut w = three_tier(EnforcementMode::Full);
-    w.rule_set("crm", &["env-prod"]).rules.push(allow(
-        "1",
-        labels(&["role-db"]),
-        labels(&["role-web"]),
-        vec![tcp(5432)],
-    ));
+    web_may_reach_db(&mut w, "1");
     let e = w.engine();
     let web = e.compiled("web1").unwrap();
     assert_eq!(
@@ -425,12 +425,7 @@ fn compute_is_deterministic_to_the_byte() {
 #[test]
 fn the_explanation_names_the_deciding_rule() {
     let mut w = three_tier(EnforcementMode::Full);
-    w.rule_set("crm", &["env-prod"]).rules.push(allow(
-        "web-to-db",
-        labels(&["role-db"]),
-        labels(&["role-web"]),
-        vec![tcp(5432)],
-    ));
+    web_may_reach_db(&mut w, "web-to-db");
     let db = w.engine().compiled("db1").unwrap();
     let yes = explain_inbound(&db, ip("10.0.1.5"), Proto::Tcp, 5432);
     assert!(
@@ -451,12 +446,7 @@ fn unmanaged_workloads_are_peers_but_get_no_rules() {
         EnforcementMode::Full,
     )
     .managed = false;
-    w.rule_set("crm", &["env-prod"]).rules.push(allow(
-        "1",
-        labels(&["role-db"]),
-        labels(&["role-web"]),
-        vec![tcp(5432)],
-    ));
+    web_may_reach_db(&mut w, "1");
     let e = w.engine();
     assert!(e.compiled("lb").is_none());
     assert_eq!(verdict(&e, "db1", "10.0.9.9", 5432), Verdict::Allowed);
@@ -465,12 +455,7 @@ fn unmanaged_workloads_are_peers_but_get_no_rules() {
 #[test]
 fn a_provision_that_touches_one_rule_names_only_the_workloads_it_changes() {
     let mut w = three_tier(EnforcementMode::Full);
-    w.rule_set("crm", &["env-prod"]).rules.push(allow(
-        "1",
-        labels(&["role-db"]),
-        labels(&["role-web"]),
-        vec![tcp(5432)],
-    ));
+    web_may_reach_db(&mut w, "1");
     let mut e = w.engine();
     let changed = e.update(&[Change::RuleSet("crm".into())], |_, p| {
         p.rule_sets.get_mut("crm").unwrap().rules[0].services = vec![tcp(5433)];
@@ -485,12 +470,7 @@ fn a_provision_that_touches_one_rule_names_only_the_workloads_it_changes() {
 #[test]
 fn a_flow_is_explained_from_both_ends() {
     let mut w = three_tier(EnforcementMode::Full);
-    w.rule_set("crm", &["env-prod"]).rules.push(allow(
-        "web-to-db",
-        labels(&["role-db"]),
-        labels(&["role-web"]),
-        vec![tcp(5432)],
-    ));
+    web_may_reach_db(&mut w, "web-to-db");
     let e = w.engine();
     let ok = sc_policy::render::explain_flow(&e, ip("10.0.1.5"), ip("10.0.3.9"), Proto::Tcp, 5432);
     assert!(
