@@ -69,7 +69,11 @@ impl Error {
                 tonic::Status::invalid_argument(self.to_string())
             }
             Error::Membership(_) => tonic::Status::failed_precondition(self.to_string()),
-            Error::NoLeader { .. } => tonic::Status::unavailable(self.to_string()),
+            // A stopped node (shut down, or its disk failed) will not lead again
+            // soon: the caller should retry against whoever leads next.
+            Error::NoLeader { .. } | Error::Stopped(_) => {
+                tonic::Status::unavailable(self.to_string())
+            }
             _ => tonic::Status::internal(self.to_string()),
         }
     }
