@@ -285,6 +285,14 @@ pub struct Engine {
     compiled: HashMap<u32, Arc<CompiledPolicy>>,
 }
 
+fn deny_action(override_deny: bool) -> Action {
+    if override_deny {
+        Action::OverrideDeny
+    } else {
+        Action::Deny
+    }
+}
+
 fn rank(a: Action) -> u8 {
     match a {
         Action::OverrideDeny => 0,
@@ -441,59 +449,41 @@ impl Engine {
 
     /// The actors, services and scope of a rule, if it exists and is enabled.
     fn rule_parts(&self, r: Rx) -> Option<RuleParts<'_>> {
-        match &**self.rule_ref.get(r as usize)? {
-            RuleRef::Allow { rule_set, rule } => {
+        let r = &**self.rule_ref.get(r as usize)?;
+        match r {
+            RuleRef::Allow { rule_set, rule } | RuleRef::Deny { rule_set, rule } => {
                 let rs = self
                     .policy
                     .rule_sets
                     .get(rule_set)
                     .filter(|rs| rs.enabled)?;
-                let x = rs
-                    .rules
-                    .iter()
-                    .find(|x| &x.id == rule)
-                    .filter(|x| x.enabled)?;
-                Some(RuleParts {
-                    action: Action::Allow,
-                    providers: &x.providers,
-                    consumers: &x.consumers,
-                    services: &x.services,
-                    scope: Some(&rs.scope),
-                    unscoped_consumers: x.unscoped_consumers,
-                })
-            }
-            RuleRef::Deny { rule_set, rule } => {
-                let rs = self
-                    .policy
-                    .rule_sets
-                    .get(rule_set)
-                    .filter(|rs| rs.enabled)?;
-                let x = rs
-                    .deny_rules
-                    .iter()
-                    .find(|x| &x.id == rule)
-                    .filter(|x| x.enabled)?;
-                Some(RuleParts {
-                    action: if x.override_deny {
-                        Action::OverrideDeny
-                    } else {
-                        Action::Deny
-                    },
-                    providers: &x.providers,
-                    consumers: &x.consumers,
-                    services: &x.services,
-                    scope: Some(&rs.scope),
-                    unscoped_consumers: x.unscoped_consumers,
-                })
+                let scope = Some(&rs.scope);
+                if matches!(r, RuleRef::Allow { .. }) {
+                    let x = rs.rules.iter().find(|x| &x.id == rule && x.enabled)?;
+                    Some(RuleParts {
+                        action: Action::Allow,
+                        providers: &x.providers,
+                        consumers: &x.consumers,
+                        services: &x.services,
+                        scope,
+                        unscoped_consumers: x.unscoped_consumers,
+                    })
+                } else {
+                    let x = rs.deny_rules.iter().find(|x| &x.id == rule && x.enabled)?;
+                    Some(RuleParts {
+                        action: deny_action(x.override_deny),
+                        providers: &x.providers,
+                        consumers: &x.consumers,
+                        services: &x.services,
+                        scope,
+                        unscoped_consumers: x.unscoped_consumers,
+                    })
+                }
             }
             RuleRef::Boundary { boundary } => {
                 let b = self.policy.boundaries.get(boundary)?;
                 Some(RuleParts {
-                    action: if b.override_deny {
-                        Action::OverrideDeny
-                    } else {
-                        Action::Deny
-                    },
+                    action: deny_action(b.override_deny),
                     providers: &b.providers,
                     consumers: &b.consumers,
                     services: &b.services,

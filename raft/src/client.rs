@@ -126,7 +126,7 @@ impl Client {
 
     /// Commits `cmd`; the target forwards it to the leader if it does not lead.
     pub async fn write(&self, cmd: &Command) -> Result<CommandResponse, Error> {
-        let command = codec::encode(cmd).map_err(|e| Error::Options(e.to_string()))?;
+        let command = codec::encode(cmd)?;
         let r = self
             .inner
             .clone()

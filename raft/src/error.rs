@@ -56,6 +56,9 @@ pub enum Error {
     /// The Raft node has stopped (shut down, or a fatal storage error).
     #[error("raft node stopped: {0}")]
     Stopped(String),
+    /// A command could not be encoded or an answer decoded.
+    #[error("encoding: {0}")]
+    Codec(#[from] crate::codec::CodecError),
     /// A local read failed.
     #[error("read failed: {0}")]
     Read(std::io::Error),

@@ -323,7 +323,7 @@ impl Node {
     /// reached within the write timeout.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, Error> {
         cmd.validate()?;
-        let payload = codec::encode(&cmd).map_err(|e| Error::Options(e.to_string()))?;
+        let payload = codec::encode(&cmd)?;
         self.route(|node, leader| {
             let cmd = cmd.clone();
             let payload = payload.clone();
