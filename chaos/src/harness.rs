@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sc_raft::pki;
@@ -267,11 +267,6 @@ impl TestCluster {
             .get(&id)
             .map(|(o, _)| o.disk_faults.clone())
             .unwrap_or_default()
-    }
-
-    /// The data directory of node `id`.
-    pub fn data_dir(&self, id: NodeId) -> &Path {
-        &self.nodes[&id].0.data_dir
     }
 }
 

@@ -770,17 +770,6 @@ impl Node {
             .map_err(|e| Error::Stopped(e.to_string()))
     }
 
-    /// Starts an election on this node now (used to hand leadership over in tests
-    /// and drills; openraft 0.9 has no transfer-leader call).
-    pub async fn trigger_election(&self) -> Result<(), Error> {
-        self.core
-            .raft
-            .trigger()
-            .elect()
-            .await
-            .map_err(|e| Error::Stopped(e.to_string()))
-    }
-
     /// Status of every member, asked over the federation channel (this node's
     /// own entry is local). A member that cannot be reached is reported as an error.
     pub async fn cluster_status(&self) -> Vec<(NodeId, Result<NodeStatus, String>)> {

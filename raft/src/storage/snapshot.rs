@@ -180,15 +180,18 @@ fn verify_checksum(path: &Path) -> io::Result<()> {
         return Err(corrupt("snapshot file is truncated"));
     }
     let mut input = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(corrupt("not a Supercluster snapshot file (bad magic)"));
+    }
     let mut crc = crc32fast::Hasher::new();
-    let mut remaining = len - 4;
+    crc.update(&magic);
+    let mut remaining = len - 4 - MAGIC.len() as u64;
     let mut buf = vec![0u8; 1 << 16];
     while remaining > 0 {
         let n = remaining.min(buf.len() as u64) as usize;
         input.read_exact(&mut buf[..n])?;
-        if remaining == len - 4 && buf[..MAGIC.len().min(n)] != MAGIC[..MAGIC.len().min(n)] {
-            return Err(corrupt("not a Supercluster snapshot file (bad magic)"));
-        }
         crc.update(&buf[..n]);
         remaining -= n as u64;
     }
