@@ -56,6 +56,51 @@ pub struct NodeConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The admin REST API (not served when absent).
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+}
+
+/// The admin REST API of this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Socket for HTTPS (the node's certificate and key serve it).
+    pub listen: String,
+    /// Requests per second per user (0: unlimited).
+    #[serde(default = "default_rate")]
+    pub rate: u32,
+    /// Burst per user.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_rate() -> u32 {
+    2000
+}
+
+fn default_burst() -> u32 {
+    4000
+}
+
+impl ApiConfig {
+    /// Options for `sc_leader::serve`; `insecure_http` only from the command line.
+    pub fn to_options(
+        &self,
+        tls: &sc_raft::TlsMaterial,
+        insecure_http: bool,
+    ) -> Result<sc_leader::ApiOptions> {
+        Ok(sc_leader::ApiOptions {
+            listen: parse_addr("api.listen", &self.listen)?,
+            tls: if insecure_http {
+                None
+            } else {
+                Some(tls.clone())
+            },
+            rate: self.rate,
+            burst: self.burst,
+        })
+    }
 }
 
 fn default_profile() -> Profile {

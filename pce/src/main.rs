@@ -42,12 +42,21 @@ enum Command {
         /// Port every region listens on (each region has its own loopback address).
         #[arg(long, default_value_t = 7400)]
         port: u16,
+        /// Port of every region's admin API.
+        #[arg(long, default_value_t = 8443)]
+        api_port: u16,
+        /// Serve the admin API over plain HTTP (local experiments only).
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Run one node.
     Serve {
         /// The node's TOML configuration.
         #[arg(long)]
         config: PathBuf,
+        /// Serve the admin API over plain HTTP (local experiments only).
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Cluster certificates.
     Certs {
@@ -174,14 +183,22 @@ fn init_logging(format: LogFormat) {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Up { dir, port } => {
+        Command::Up {
+            dir,
+            port,
+            api_port,
+            insecure_http,
+        } => {
             init_logging(cli.log_format.unwrap_or_default());
-            up::run(&dir, port).await
+            up::run(&dir, port, api_port, insecure_http).await
         }
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            insecure_http,
+        } => {
             let cfg = NodeConfig::load(&config)?;
             init_logging(cli.log_format.unwrap_or(cfg.log.format));
-            ops::serve(cfg).await
+            ops::serve(cfg, insecure_http).await
         }
         Command::Certs { command } => match command {
             CertsCommand::Init { dir, cluster } => {

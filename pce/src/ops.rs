@@ -7,13 +7,83 @@ use sc_raft::{Client, ClientId, Command, MembershipOp, Mutation, Node, NodeStatu
 
 use crate::config::NodeConfig;
 
-/// `pce serve`: runs one node until SIGINT or SIGTERM.
-pub async fn serve(cfg: NodeConfig) -> Result<()> {
+/// `pce serve`: runs one node (and its admin API, if configured) until SIGINT or
+/// SIGTERM. The bootstrapping node creates the owner API key once and prints it.
+pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
     let opts = cfg.to_options()?;
+    let api_opts = match &cfg.api {
+        Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
+        None => None,
+    };
     let node = Node::start(opts).await?;
     tracing::info!(id = node.id(), node = %node.info(), "serving; stop with Ctrl-C or SIGTERM");
+    let api = match api_opts {
+        Some(o) => Some(sc_leader::serve(node.clone(), o).await?),
+        None => None,
+    };
+    if cfg.bootstrap {
+        let key_file = cfg.data_dir.join("owner-api-key.json");
+        tokio::select! {
+            r = bootstrap_owner(&node, &key_file) => r?,
+            r = wait_for_stop_signal() => { r?; return stop(node, api).await; }
+        }
+    }
     wait_for_stop_signal().await?;
+    stop(node, api).await
+}
+
+async fn stop(node: Node, api: Option<sc_leader::ApiServer>) -> Result<()> {
+    if let Some(a) = api {
+        a.stop().await;
+    }
     node.shutdown().await;
+    Ok(())
+}
+
+/// Creates the bootstrap owner key once the cluster has a leader; prints it and
+/// keeps a copy (mode 0600) in `key_file` for local tooling.
+pub async fn bootstrap_owner(node: &Node, key_file: &Path) -> Result<()> {
+    while !node.has_leader() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    match sc_leader::bootstrap(node).await? {
+        Some(c) => {
+            let body = serde_json::json!({"auth_username": c.auth_username, "secret": c.secret});
+            write_private(key_file, &body.to_string())?;
+            println!(
+                "bootstrap owner API key (shown once; a copy is in {}):\n  auth_username: {}\n  secret:        {}",
+                key_file.display(),
+                c.auth_username,
+                c.secret
+            );
+        }
+        None => println!(
+            "the owner API key exists already (created at cluster init{})",
+            if key_file.exists() {
+                format!("; see {}", key_file.display())
+            } else {
+                String::new()
+            }
+        ),
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
     Ok(())
 }
 

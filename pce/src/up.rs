@@ -26,6 +26,7 @@ fn write_config(
     id: u64,
     ip: Ipv4Addr,
     port: u16,
+    api_port: u16,
 ) -> Result<std::path::PathBuf> {
     let node_dir = dir.join(region);
     std::fs::create_dir_all(&node_dir)
@@ -41,7 +42,7 @@ fn write_config(
         "# Written by `pce up`; edit freely, it is rewritten only if deleted.\n\
          id = {id}\nname = \"{name}\"\nregion = \"{region}\"\nlisten = \"{ip}:{port}\"\n\
          data_dir = \"data\"\nprofile = \"lan\"\nbootstrap = {bootstrap}\n\n[tls]\nca = \"../certs/ca.pem\"\n\
-         cert = \"../certs/{name}.pem\"\nkey = \"../certs/{name}.key\"\n{join}"
+         cert = \"../certs/{name}.pem\"\nkey = \"../certs/{name}.key\"\n\n[api]\nlisten = \"{ip}:{api_port}\"\n{join}"
     );
     let path = node_dir.join("node.toml");
     if !path.exists() {
@@ -51,7 +52,7 @@ fn write_config(
 }
 
 /// Runs the three regions until Ctrl-C.
-pub async fn run(dir: &Path, port: u16) -> Result<()> {
+pub async fn run(dir: &Path, port: u16, api_port: u16, insecure_http: bool) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -61,16 +62,25 @@ pub async fn run(dir: &Path, port: u16) -> Result<()> {
         pki::init_ca(&certs, "pce-up")?;
     }
     let mut nodes = Vec::new();
+    let mut apis = Vec::new();
     let mut configs = Vec::new();
     for (region, name, id, ip) in REGIONS {
         if !certs.join(format!("{name}.pem")).exists() {
             pki::issue(&certs, name, region, &[IpAddr::V4(ip)])?;
         }
-        let path = write_config(&dir, region, name, id, ip, port)?;
-        let opts = NodeConfig::load(&path)?.to_options()?;
+        let path = write_config(&dir, region, name, id, ip, port, api_port)?;
+        let cfg = NodeConfig::load(&path)?;
+        let opts = cfg.to_options()?;
+        let api_opts = match &cfg.api {
+            Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
+            None => None,
+        };
         let node = Node::start(opts)
             .await
             .with_context(|| format!("starting {name}"))?;
+        if let Some(o) = api_opts {
+            apis.push(sc_leader::serve(node.clone(), o).await?);
+        }
         nodes.push(node);
         configs.push(path);
     }
@@ -107,6 +117,15 @@ pub async fn run(dir: &Path, port: u16) -> Result<()> {
         "\nSupercluster is up: 3 regions, data and certificates under {}\n",
         dir.display()
     );
+    crate::ops::bootstrap_owner(&nodes[0], &dir.join("owner-api-key.json")).await?;
+    let scheme = if insecure_http { "http" } else { "https" };
+    for (_, name, _, ip) in REGIONS {
+        println!(
+            "admin API of {name}: {scheme}://{ip}:{api_port}/api/v2 (CA: {})",
+            certs.join(pki::CA_CERT).display()
+        );
+    }
+    println!();
     let rows: Vec<_> = statuses
         .iter()
         .map(|s| {
@@ -140,6 +159,9 @@ pub async fn run(dir: &Path, port: u16) -> Result<()> {
 
     wait_for_stop_signal().await?;
     println!("stopping...");
+    for a in apis {
+        a.stop().await;
+    }
     for n in &nodes {
         n.shutdown().await;
     }

@@ -313,6 +313,17 @@ impl Node {
         Some((id, info))
     }
 
+    /// Whether this node knows a leader right now, so a write can fail fast
+    /// (HTTP 503) instead of waiting out the write timeout during an election.
+    pub fn has_leader(&self) -> bool {
+        self.leader().is_some()
+    }
+
+    /// The leader this node knows of, if any (for probes and status answers).
+    pub fn leader_info(&self) -> Option<NodeInfo> {
+        self.leader().map(|(_, info)| info)
+    }
+
     /// Whether this node is the leader right now (by its own view).
     pub fn is_leader(&self) -> bool {
         self.leader().map(|(id, _)| id) == Some(self.core.id)

@@ -48,8 +48,12 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// It also keeps every log entry well below sled's blob threshold (see
 /// docs/decisions/0002-sled-durability.md).
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
-/// The most mutations one command may carry.
-pub const MAX_OPS_PER_COMMAND: usize = 1024;
+/// The most mutations one command may carry: a provision of a large draft is one
+/// command (all or nothing), so this is generous.
+pub const MAX_OPS_PER_COMMAND: usize = 16 * 1024;
+/// The most bytes (keys plus values) one command may carry: a bound on one log
+/// entry, so one write cannot stall replication for everyone else.
+pub const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Identifies one writer, so a retried request is recognised and applied once.
 ///
@@ -136,6 +140,9 @@ pub enum CommandError {
         /// The length found.
         len: usize,
     },
+    /// The command as a whole is too big.
+    #[error("the command carries {0} bytes; at most {MAX_COMMAND_BYTES} are allowed")]
+    TooBig(usize),
     /// A value is too long.
     #[error("operation {index}: value of {len} bytes exceeds {MAX_VALUE_LEN}")]
     ValueLength {
@@ -168,6 +175,17 @@ impl Command {
                     len: key.len(),
                 });
             }
+        }
+        let bytes: usize = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Mutation::Put { key, value } => key.len() + value.len(),
+                Mutation::Delete { key } => key.len(),
+            })
+            .sum();
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(CommandError::TooBig(bytes));
         }
         for (index, op) in self.ops.iter().enumerate() {
             if let Mutation::Put { value, .. } = op {

@@ -5,11 +5,13 @@
 //! [`LogEngine`] means crash tests can push the log onto another engine without
 //! touching the Raft glue, and it is the seam where a failing disk can be injected.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::sled_io;
 
@@ -66,6 +68,10 @@ pub struct SledEngine {
     meta: sled::Tree,
     /// sled's data file, kept open so `sync` is one `fdatasync` call, not an open+sync.
     data_file: File,
+    /// sled's directory for values too big for a log segment (see [`sync_blobs`]).
+    blob_dir: PathBuf,
+    /// Blob files already made durable, so each is fsynced once.
+    synced_blobs: Mutex<HashSet<OsString>>,
     faults: DiskFaults,
 }
 
@@ -83,6 +89,8 @@ impl SledEngine {
             log,
             meta,
             data_file,
+            blob_dir: dir.join("blobs"),
+            synced_blobs: Mutex::new(HashSet::new()),
             faults,
         })
     }
@@ -97,6 +105,37 @@ impl SledEngine {
 pub fn sync_sled(db: &sled::Db, data_file: &File) -> io::Result<()> {
     db.flush().map_err(sled_io)?;
     data_file.sync_data()
+}
+
+/// fsyncs the blob files sled wrote since the last call, then their directory.
+///
+/// sled stores a value larger than a quarter of a log segment (128 KiB by default)
+/// in a file of its own under `blobs/`, written but never fsynced; a large command
+/// (a provision of many rules) is such a value. Without this, the log entry's
+/// pointer would be durable and the data it points to not.
+pub fn sync_blobs(dir: &Path, synced: &mut HashSet<OsString>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut present = HashSet::new();
+    let mut new = false;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !synced.contains(&name) {
+            File::open(entry.path())?.sync_all()?;
+            new = true;
+        }
+        present.insert(name);
+    }
+    if new {
+        sync_dir(dir)?;
+    }
+    // Forget blobs sled has garbage-collected, so the set stays small.
+    *synced = present;
+    Ok(())
 }
 
 /// fsyncs a directory, so files created in it survive a crash.
@@ -116,7 +155,12 @@ impl LogEngine for SledEngine {
 
     fn sync(&self) -> io::Result<()> {
         self.faults.check()?;
-        sync_sled(&self.db, &self.data_file)
+        sync_sled(&self.db, &self.data_file)?;
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .map_err(|_| io::Error::other("blob set lock poisoned"))?;
+        sync_blobs(&self.blob_dir, &mut synced)
     }
 
     fn range(&self, start: u64, end: Option<u64>) -> io::Result<Vec<(u64, Vec<u8>)>> {

@@ -1,0 +1,372 @@
+//! The HTTP surface: router, the per-request context (who, what, from where), and
+//! the helpers every handler shares (bodies, collections, answers, audit).
+//!
+//! One middleware does, in order: read the body (bounded), authenticate, rate
+//! limit, catch up for a linearizable read if asked, run the handler, and record a
+//! refused write in the audit trail. Accepted writes record their audit event in
+//! the same Raft command as the change itself, so neither exists without the other.
+
+mod audit;
+mod objects;
+mod policy;
+mod rules;
+mod system;
+mod users;
+
+pub use audit::AuditEvent;
+pub use system::ROUTES;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::auth::{authenticate, RateLimiter};
+use crate::db::{Db, Txn};
+use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::jobs::Jobs;
+use crate::rbac::Principal;
+use crate::time::now_ms;
+
+/// Everything a handler may need, shared by all requests of one node.
+pub struct AppState {
+    /// The store.
+    pub db: Db,
+    /// Per-key request budget.
+    pub limiter: RateLimiter,
+    /// Async collection jobs of this node.
+    pub jobs: Jobs,
+}
+
+/// Shared state handle.
+pub type Shared = Arc<AppState>;
+
+/// The request context the middleware hands to handlers.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The caller.
+    pub who: Principal,
+    /// HTTP method.
+    pub method: Method,
+    /// Request path.
+    pub path: String,
+    /// Caller address.
+    pub src: String,
+    /// `{resource}.{create|update|delete}`.
+    pub event_type: String,
+    /// The request time, chosen once (it travels in the command).
+    pub now: u64,
+    /// The caller asked for an async collection job (`Prefer: respond-async`).
+    pub respond_async: bool,
+    /// Query parameters.
+    pub query: HashMap<String, String>,
+    /// The body (empty for GET).
+    pub body: Bytes,
+}
+
+impl Ctx {
+    /// Parses the body strictly into `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "this request needs a JSON body",
+            ));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| ApiError::json(&e))
+    }
+
+    /// The body as a JSON object (for partial updates).
+    pub fn object(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
+        match self.parse::<Value>()? {
+            Value::Object(m) => Ok(m),
+            _ => Err(ApiError::invalid(
+                "wrong_type",
+                "the body must be a JSON object",
+            )),
+        }
+    }
+
+    /// Refuses query parameters other than `allowed`.
+    pub fn allow_query(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        for k in self.query.keys() {
+            if !allowed.contains(&k.as_str()) {
+                return Err(ApiError::query(format!(
+                    "unknown query parameter {k:?}; this endpoint takes: {}",
+                    if allowed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds this request's success event to `txn`.
+    pub fn audit(&self, txn: &mut Txn, state: &AppState, resource: &str) -> Result<(), ApiError> {
+        let ev = AuditEvent::of(self, state, resource, "success", 200, vec![]);
+        ev.add_to(txn)
+    }
+}
+
+/// A JSON answer stamped with the store revision it reflects.
+pub fn answer(status: StatusCode, value: &Value, revision: u64) -> Response {
+    let mut resp = (status, value.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert("x-revision", HeaderValue::from(revision));
+    resp
+}
+
+/// 204 stamped with the revision.
+pub fn no_content(revision: u64) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    resp.headers_mut()
+        .insert("x-revision", HeaderValue::from(revision));
+    resp
+}
+
+/// The cap on a synchronous collection read (Illumio's default).
+pub const MAX_SYNC_RESULTS: usize = 500;
+/// The cap on an async collection job.
+pub const MAX_ASYNC_RESULTS: usize = 200_000;
+
+/// Answers a collection: capped by `max_results` (and [`MAX_SYNC_RESULTS`]) with
+/// `X-Total-Count`, or, when asked, as an async job.
+pub fn collection(
+    ctx: &Ctx,
+    state: &AppState,
+    items: Vec<Value>,
+    revision: u64,
+) -> Result<Response, ApiError> {
+    let total = items.len();
+    if ctx.respond_async {
+        let items: Vec<Value> = items.into_iter().take(MAX_ASYNC_RESULTS).collect();
+        let job = state.jobs.finish(&ctx.path, Value::Array(items));
+        let mut resp = StatusCode::ACCEPTED.into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&job).map_err(ApiError::internal)?,
+        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from(1));
+        h.insert("x-revision", HeaderValue::from(revision));
+        return Ok(resp);
+    }
+    let cap = match ctx.query.get("max_results") {
+        None => MAX_SYNC_RESULTS,
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| {
+                ApiError::query(format!("max_results: {s:?} is not a non-negative integer"))
+            })?
+            .min(MAX_SYNC_RESULTS),
+    };
+    let items: Vec<Value> = items.into_iter().take(cap).collect();
+    let mut resp = answer(StatusCode::OK, &Value::Array(items), revision);
+    resp.headers_mut()
+        .insert("x-total-count", HeaderValue::from(total));
+    Ok(resp)
+}
+
+/// Illumio-style event type from the matched route and the method.
+fn event_type(route: &str, method: &Method) -> String {
+    let resource = route
+        .split('/')
+        .rfind(|s| {
+            !s.is_empty()
+                && !s.starts_with('{')
+                && !matches!(*s, "api" | "v2" | "orgs" | "draft" | "active")
+        })
+        .unwrap_or("request");
+    let verb = match *method {
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::DELETE => "delete",
+        _ => "read",
+    };
+    format!("{resource}.{verb}")
+}
+
+/// Paths served without credentials: probes and the spec.
+fn public(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v2/health" | "/api/v2/supercluster/leader" | "/api/v2/openapi.json"
+    )
+}
+
+async fn middleware(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    match guard(state, req, next).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    if public(&path) {
+        return Ok(next.run(req).await);
+    }
+    let (mut parts, body) = req.into_parts();
+    let body = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the body exceeds the limit of {MAX_BODY_BYTES} bytes"),
+        )
+    })?;
+    let auth = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let who = authenticate(&state.db, auth).await.inspect_err(|_| {
+        tracing::info!(%path, "refused unauthenticated request");
+    })?;
+    if let Err(secs) = state.limiter.check(&who.user_id) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many requests for user {}; retry in {secs} s",
+                who.username
+            ),
+        );
+        e.retry_after = Some(secs);
+        return Err(e);
+    }
+    let query: HashMap<String, String> = match parts.uri.query() {
+        None => HashMap::new(),
+        Some(q) => serde_urlencoded_pairs(q)?,
+    };
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| path.clone());
+    let src = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let method = parts.method.clone();
+    linearize_if_asked(&state, &parts.headers).await?;
+    let ctx = Ctx {
+        who,
+        method: method.clone(),
+        path: path.clone(),
+        src,
+        event_type: event_type(&route, &method),
+        now: now_ms(),
+        respond_async: method == Method::GET
+            && parts
+                .headers
+                .get("prefer")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("respond-async")),
+        query,
+        body,
+    };
+    parts.extensions.insert(ctx.clone());
+    let resp = next.run(Request::from_parts(parts, Body::empty())).await;
+    let writes = matches!(method, Method::POST | Method::PUT | Method::DELETE);
+    let status = resp.status();
+    if writes && status.as_u16() >= 400 && status != StatusCode::SERVICE_UNAVAILABLE {
+        return Ok(audit::record_refusal(&state, &ctx, resp).await);
+    }
+    Ok(resp)
+}
+
+async fn linearize_if_asked(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get("x-consistency").map(|v| v.to_str()) {
+        None => Ok(()),
+        Some(Ok("linearizable")) => state.db.linearize().await,
+        Some(Ok("local")) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_header",
+            "X-Consistency must be \"linearizable\" or \"local\"",
+        )),
+    }
+}
+
+fn serde_urlencoded_pairs(q: &str) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)?;
+        let v = percent_decode(v)?;
+        if out.insert(k.clone(), v).is_some() {
+            return Err(ApiError::query(format!(
+                "query parameter {k:?} given twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::query(format!("bad percent-encoding in {s:?}")))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ApiError::query(format!("{s:?} is not UTF-8")))
+}
+
+async fn fallback() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_such_endpoint",
+        "no endpoint at this path and method; see /api/v2/openapi.json",
+    )
+}
+
+/// The whole API as one router.
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .merge(system::routes())
+        .merge(objects::routes())
+        .merge(rules::routes())
+        .merge(policy::routes())
+        .merge(users::routes())
+        .merge(audit::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware,
+        ))
+        .method_not_allowed_fallback(fallback)
+        .fallback(fallback);
+    api.with_state(state)
+}
+
+/// Extracts the request context the middleware stored.
+pub type CtxExt = axum::extract::Extension<Ctx>;

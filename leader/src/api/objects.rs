@@ -1,0 +1,606 @@
+//! Create, read, update, delete for the kinds that are one object each: labels,
+//! label groups, services, IP lists, enforcement boundaries, workloads, pairing
+//! profiles (and pairing keys). One generic implementation over [`Doc`].
+
+use crate::transact;
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
+use crate::db::Txn;
+use crate::docs::*;
+use crate::error::ApiError;
+use crate::keys::{self, Id, Kind, Space};
+use crate::rbac::{Action, Principal};
+use crate::time::iso8601;
+use crate::world::{first_referrer, resolve, World, MAX_OBJECTS};
+
+/// Path parameters, by name.
+pub type Params = Path<HashMap<String, String>>;
+
+/// Which space a request addresses: live kinds have one; policy kinds name
+/// `draft` or `active` in the path, and only the draft is writable.
+pub fn space_of(
+    kind: Kind,
+    params: &HashMap<String, String>,
+    write: bool,
+) -> Result<Space, ApiError> {
+    if let Some(org) = params.get("org") {
+        if org != &keys::ORG.to_string() {
+            return Err(ApiError::not_found(format!("org {org}")));
+        }
+    }
+    if !kind.provisioned() {
+        return Ok(Space::Live);
+    }
+    match params.get("pversion").map(String::as_str) {
+        Some("draft") => Ok(Space::Draft),
+        Some("active") if !write => Ok(Space::Active),
+        Some("active") => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "active_is_read_only",
+            "the active policy changes only by provisioning; edit sec_policy/draft",
+        )),
+        Some(other) => Err(ApiError::not_found(format!(
+            "policy version {other:?} (use draft or active)"
+        ))),
+        None => Ok(Space::Draft),
+    }
+}
+
+/// The `{id}` path parameter, checked.
+pub fn id_param(params: &HashMap<String, String>, name: &str) -> Result<Id, ApiError> {
+    let id = params.get(name).cloned().unwrap_or_default();
+    if !keys::valid_id(&id) {
+        return Err(ApiError::not_found(format!("object {id:?}")));
+    }
+    Ok(id)
+}
+
+/// An object as the API shows it: its fields, href and metadata.
+pub fn object_json<D: Doc>(space: Space, id: &str, rec: &Record<D>) -> Value {
+    let mut m: Map<String, Value> = rec.doc.to_json();
+    m.insert("href".into(), json!(keys::href(space, D::KIND, id)));
+    m.insert("created_at".into(), json!(iso8601(rec.meta.created_at)));
+    m.insert("updated_at".into(), json!(iso8601(rec.meta.updated_at)));
+    m.insert("created_by".into(), json!({"href": rec.meta.created_by}));
+    m.insert("updated_by".into(), json!({"href": rec.meta.updated_by}));
+    if D::KIND == Kind::Workload {
+        if let Ok(w) = serde_json::from_value::<WorkloadDoc>(
+            serde_json::to_value(&rec.doc).unwrap_or_default(),
+        ) {
+            m.insert("managed".into(), json!(w.managed));
+        }
+    }
+    Value::Object(m)
+}
+
+fn labels_of<D: Doc>(doc: &D) -> Vec<Id> {
+    doc.refs()
+        .into_iter()
+        .filter(|(k, _)| *k == Kind::Label)
+        .map(|(_, id)| id)
+        .collect()
+}
+
+/// A ruleset doc as the model (for scope checks), from any doc of that kind.
+pub fn rule_set_model<D: Doc>(doc: &D) -> Option<sc_policy::model::RuleSet> {
+    let d: RuleSetDoc = serde_json::from_value(serde_json::to_value(doc).ok()?).ok()?;
+    Some(sc_policy::model::RuleSet {
+        id: String::new(),
+        name: d.name,
+        enabled: d.enabled,
+        scope: d.scope,
+        rules: vec![],
+        deny_rules: vec![],
+    })
+}
+
+fn may_read<D: Doc>(who: &Principal, doc: &D) -> bool {
+    match D::KIND {
+        Kind::Workload => who.may_read_workload(&labels_of(doc)),
+        Kind::RuleSet => rule_set_model(doc).is_some_and(|rs| who.may_read_rule_set(&rs)),
+        _ => who.may(Action::ReadObjects),
+    }
+}
+
+pub fn may_write<D: Doc>(who: &Principal, doc: &D) -> Result<(), ApiError> {
+    let ok = match D::KIND {
+        Kind::Workload | Kind::PairingProfile => who.may_write_workload(&labels_of(doc)),
+        Kind::RuleSet => rule_set_model(doc).is_some_and(|rs| who.may_write_rule_set(&rs)),
+        _ => who.may(Action::WriteObjects),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "your roles do not allow changing this {} (outside your scope or role)",
+            D::KIND.segment()
+        )))
+    }
+}
+
+fn builtin(kind: Kind, id: &str) -> bool {
+    (kind == Kind::Service && id == ALL_SERVICES_ID)
+        || (kind == Kind::IpList && id == ANY_IP_LIST_ID)
+}
+
+/// Query parameters each kind filters on (plus `max_results`).
+fn filters(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Label => &["key", "value", "max_results"],
+        Kind::Workload => &[
+            "name",
+            "hostname",
+            "labels",
+            "managed",
+            "online",
+            "enforcement_mode",
+            "max_results",
+        ],
+        _ => &["name", "max_results"],
+    }
+}
+
+/// Whether an object's JSON passes the query's filters: `name`, `value`,
+/// `hostname` match a part of the field; `labels` is Illumio's JSON list of
+/// lists of label hrefs (any inner list all of whose labels the object has).
+fn matches(ctx: &Ctx, obj: &Value) -> Result<bool, ApiError> {
+    for (k, want) in &ctx.query {
+        let field = obj.get(k);
+        let ok = match k.as_str() {
+            "max_results" => true,
+            "name" | "value" | "hostname" => field
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.to_lowercase().contains(&want.to_lowercase())),
+            "labels" => {
+                let sets: Vec<Vec<String>> = serde_json::from_str(want).map_err(|_| {
+                    ApiError::query("labels: give a JSON list of lists of label hrefs")
+                })?;
+                let have: Vec<&str> = field
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|l| l.get("href").and_then(Value::as_str))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                sets.iter()
+                    .any(|set| set.iter().all(|h| have.contains(&h.as_str())))
+            }
+            _ => match field {
+                Some(Value::String(s)) => s == want,
+                Some(Value::Bool(b)) => &b.to_string() == want,
+                _ => false,
+            },
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn list<D: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(D::KIND, &p, false)?;
+    ctx.allow_query(filters(D::KIND))?;
+    let prefix = keys::obj_prefix(space, D::KIND);
+    let (objs, rev) = s.db.scan::<Record<D>>(&prefix, MAX_OBJECTS).await?;
+    let mut items = Vec::new();
+    for o in &objs {
+        if !may_read(&ctx.who, &o.value.doc) {
+            continue;
+        }
+        let v = object_json(space, &keys::id_of(&o.key, &prefix), &o.value);
+        if matches(&ctx, &v)? {
+            items.push(v);
+        }
+    }
+    collection(&ctx, &s, items, rev)
+}
+
+async fn read<D: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(D::KIND, &p, false)?;
+    ctx.allow_query(&[])?;
+    let id = id_param(&p, "id")?;
+    let key = keys::obj(space, D::KIND, &id);
+    let rev = s.db.revision().await?;
+    let o =
+        s.db.get::<Record<D>>(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(keys::href(space, D::KIND, &id)))?;
+    if !may_read(&ctx.who, &o.value.doc) {
+        return Err(ApiError::forbidden("this object is outside your scope"));
+    }
+    Ok(answer(
+        StatusCode::OK,
+        &object_json(space, &id, &o.value),
+        rev,
+    ))
+}
+
+/// Adds the name-index preconditions and puts for a (new or renamed) object.
+pub async fn claim_name<D: Doc>(
+    s: &Shared,
+    txn: &mut Txn,
+    space: Space,
+    id: &str,
+    old: Option<&D>,
+    new: &D,
+) -> Result<(), ApiError> {
+    let old_name = old.and_then(|o| o.unique_name());
+    let Some(name) = new.unique_name() else {
+        return Ok(());
+    };
+    if old_name.as_deref() == Some(name.as_str()) {
+        return Ok(());
+    }
+    let key = keys::name(space, D::KIND, &name);
+    if s.db.rev(&key).await?.is_some() {
+        return Err(ApiError::invalid(
+            "name_in_use",
+            format!(
+                "name: another {} is already named {name:?}",
+                D::KIND.segment()
+            ),
+        ));
+    }
+    txn.expect(key.clone(), None);
+    txn.put(key, &id)?;
+    if let Some(old) = old_name {
+        txn.delete(keys::name(space, D::KIND, &old));
+    }
+    Ok(())
+}
+
+/// Plans a write of `doc` as object `id`: references, name, validation, audit.
+pub async fn plan_put<D: Doc>(
+    s: &Shared,
+    ctx: &Ctx,
+    space: Space,
+    id: &str,
+    refs: &Refs,
+    old: Option<(&Record<D>, u64)>,
+    doc: D,
+) -> Result<(Txn, Record<D>), ApiError> {
+    let mut txn = Txn::default();
+    let mut world = World::default();
+    resolve(&s.db, &refs.list, &mut txn, &mut world).await?;
+    let key = keys::obj(space, D::KIND, id);
+    txn.expect(key.clone(), old.map(|(_, rev)| rev));
+    claim_name(s, &mut txn, space, id, old.map(|(r, _)| &r.doc), &doc).await?;
+    let meta = match old {
+        Some((r, _)) => Meta {
+            updated_at: ctx.now,
+            updated_by: ctx.who.href(),
+            ..r.meta.clone()
+        },
+        None => Meta {
+            created_at: ctx.now,
+            updated_at: ctx.now,
+            created_by: ctx.who.href(),
+            updated_by: ctx.who.href(),
+        },
+    };
+    let rec = Record {
+        v: RECORD_V,
+        meta,
+        doc,
+    };
+    world.add(D::KIND, id, &encode(&rec)?)?;
+    world.check(&format!("{}/{id}", D::KIND.segment()))?;
+    txn.put(key, &rec)?;
+    ctx.audit(&mut txn, s, &keys::href(space, D::KIND, id))?;
+    Ok((txn, rec))
+}
+
+async fn create<D: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(D::KIND, &p, true)?;
+    let mut refs = Refs::default();
+    let doc = D::from_input(ctx.parse()?, &mut refs)?;
+    may_write(&ctx.who, &doc)?;
+    let id = keys::new_id();
+    let (rec, rev) = transact!(&s.db, async {
+        plan_put(&s, &ctx, space, &id, &refs, None, doc.clone()).await
+    })?;
+    Ok(answer(
+        StatusCode::CREATED,
+        &object_json(space, &id, &rec),
+        rev,
+    ))
+}
+
+/// Overlays a partial JSON body on a doc's fields (Illumio's PUT semantics).
+pub fn merge_input<D: Doc>(
+    doc: &D,
+    body: Map<String, Value>,
+    refs: &mut Refs,
+) -> Result<D, ApiError> {
+    let mut m = doc.to_json();
+    for (k, v) in body {
+        m.insert(k, v);
+    }
+    let input: D::Input =
+        serde_json::from_value(Value::Object(m)).map_err(|e| ApiError::json(&e))?;
+    D::from_input(input, refs)
+}
+
+pub async fn update<D: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(D::KIND, &p, true)?;
+    let id = id_param(&p, "id")?;
+    if builtin(D::KIND, &id) {
+        return Err(ApiError::invalid(
+            "builtin_object",
+            "built-in objects cannot be changed",
+        ));
+    }
+    let body = ctx.object()?;
+    let (_, rev) = transact!(&s.db, async {
+        let key = keys::obj(space, D::KIND, &id);
+        let cur =
+            s.db.get::<Record<D>>(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(keys::href(space, D::KIND, &id)))?;
+        may_write(&ctx.who, &cur.value.doc)?;
+        let mut refs = Refs::default();
+        let mut doc = merge_input(&cur.value.doc, body.clone(), &mut refs)?;
+        keep_server_fields(&cur.value.doc, &mut doc);
+        may_write(&ctx.who, &doc)?;
+        plan_put(
+            &s,
+            &ctx,
+            space,
+            &id,
+            &refs,
+            Some((&cur.value, cur.rev)),
+            doc,
+        )
+        .await
+    })?;
+    Ok(no_content(rev))
+}
+
+/// Fields the API does not let callers set survive an update (a workload's
+/// `managed` flag is set by pairing only).
+fn keep_server_fields<D: Doc>(old: &D, new: &mut D) {
+    if D::KIND == Kind::Workload {
+        let managed = serde_json::to_value(old)
+            .ok()
+            .and_then(|v| v.get("managed").and_then(Value::as_bool))
+            .unwrap_or(false);
+        if let Ok(mut v) = serde_json::to_value(&*new) {
+            v["managed"] = json!(managed);
+            if let Ok(d) = serde_json::from_value(v) {
+                *new = d;
+            }
+        }
+    }
+}
+
+/// Plans the deletion of object `id`: refused while anything refers to it.
+pub async fn plan_delete<D: Doc>(
+    s: &Shared,
+    ctx: &Ctx,
+    space: Space,
+    id: &str,
+) -> Result<(Txn, ()), ApiError> {
+    let key = keys::obj(space, D::KIND, id);
+    let cur =
+        s.db.get::<Record<D>>(&key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(keys::href(space, D::KIND, id)))?;
+    may_write(&ctx.who, &cur.value.doc)?;
+    let epoch = s.db.rev(keys::EPOCH).await?;
+    if let Some(r) = first_referrer(&s.db, D::KIND, id).await? {
+        return Err(ApiError::invalid(
+            "object_in_use",
+            format!(
+                "{} is referred to by {r}; remove that reference first",
+                keys::href(space, D::KIND, id)
+            ),
+        ));
+    }
+    let mut txn = Txn::default();
+    // Nothing may have changed since the referrer scan.
+    txn.expect(keys::EPOCH.to_vec(), epoch);
+    txn.expect(key.clone(), Some(cur.rev));
+    txn.delete(key);
+    if let Some(name) = cur.value.doc.unique_name() {
+        txn.delete(keys::name(space, D::KIND, &name));
+    }
+    ctx.audit(&mut txn, s, &keys::href(space, D::KIND, id))?;
+    Ok((txn, ()))
+}
+
+async fn remove<D: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(D::KIND, &p, true)?;
+    let id = id_param(&p, "id")?;
+    if builtin(D::KIND, &id) {
+        return Err(ApiError::invalid(
+            "builtin_object",
+            "built-in objects cannot be deleted",
+        ));
+    }
+    let (_, rev) = transact!(&s.db, async {
+        plan_delete::<D>(&s, &ctx, space, &id).await
+    })?;
+    Ok(no_content(rev))
+}
+
+/// The most workloads one bulk request may create.
+pub const MAX_BULK: usize = 1000;
+
+async fn bulk_create(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    space_of(Kind::Workload, &p, true)?;
+    let inputs: Vec<WorkloadIn> = ctx.parse()?;
+    if inputs.len() > MAX_BULK {
+        return Err(ApiError::invalid(
+            "request_too_large",
+            format!(
+                "{} workloads given; at most {MAX_BULK} per request",
+                inputs.len()
+            ),
+        ));
+    }
+    let mut docs = Vec::new();
+    let mut refs = Refs::default();
+    for (n, i) in inputs.into_iter().enumerate() {
+        let mut r = Refs::default();
+        let d = WorkloadDoc::from_input(i, &mut r).map_err(|mut e| {
+            for entry in &mut e.errors {
+                entry.message = format!("[{n}] {}", entry.message);
+            }
+            e
+        })?;
+        may_write(&ctx.who, &d)?;
+        refs.list.extend(
+            r.list
+                .into_iter()
+                .map(|(f, k, id)| (format!("[{n}].{f}"), k, id)),
+        );
+        docs.push((keys::new_id(), d));
+    }
+    let (out, rev) = transact!(&s.db, async {
+        let mut txn = Txn::default();
+        let mut world = World::default();
+        resolve(&s.db, &refs.list, &mut txn, &mut world).await?;
+        let mut out = Vec::new();
+        for (id, d) in &docs {
+            let rec = Record {
+                v: RECORD_V,
+                meta: Meta {
+                    created_at: ctx.now,
+                    updated_at: ctx.now,
+                    created_by: ctx.who.href(),
+                    updated_by: ctx.who.href(),
+                },
+                doc: d.clone(),
+            };
+            world.add(Kind::Workload, id, &encode(&rec)?)?;
+            let key = keys::obj(Space::Live, Kind::Workload, id);
+            txn.expect(key.clone(), None);
+            txn.put(key, &rec)?;
+            out.push(json!({"href": keys::href(Space::Live, Kind::Workload, id), "status": "created", "errors": []}));
+        }
+        for (id, _) in &docs {
+            world.check(&format!("workloads/{id}"))?;
+        }
+        ctx.audit(&mut txn, &s, &format!("{} workloads", docs.len()))?;
+        Ok((txn, out))
+    })?;
+    Ok(answer(StatusCode::OK, &Value::Array(out), rev))
+}
+
+async fn pairing_key(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    space_of(Kind::PairingProfile, &p, true)?;
+    let id = id_param(&p, "id")?;
+    let code = crate::auth::random_hex(24);
+    let (_, rev) = transact!(&s.db, async {
+        let key = keys::obj(Space::Live, Kind::PairingProfile, &id);
+        let prof =
+            s.db.get::<Record<PairingProfileDoc>>(&key)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::not_found(keys::href(Space::Live, Kind::PairingProfile, &id))
+                })?;
+        may_write(&ctx.who, &prof.value.doc)?;
+        if !prof.value.doc.enabled {
+            return Err(ApiError::invalid(
+                "pairing_profile_disabled",
+                "this pairing profile is disabled",
+            ));
+        }
+        let doc = PairingKeyDoc {
+            profile: id.clone(),
+            created_at: ctx.now,
+            expires_at: prof.value.doc.key_lifespan.map(|s| ctx.now + s * 1000),
+            uses_left: prof.value.doc.allowed_uses_per_key,
+        };
+        let mut txn = Txn::default();
+        txn.expect(key, Some(prof.rev));
+        txn.put(
+            keys::pairing_key(&crate::auth::sha256_hex(&[code.as_bytes()])),
+            &doc,
+        )?;
+        ctx.audit(
+            &mut txn,
+            &s,
+            &keys::href(Space::Live, Kind::PairingProfile, &id),
+        )?;
+        Ok((txn, ()))
+    })?;
+    Ok(answer(
+        StatusCode::CREATED,
+        &json!({"activation_code": code}),
+        rev,
+    ))
+}
+
+fn crud<D: Doc>(router: Router<Shared>, collection_path: &str) -> Router<Shared> {
+    router
+        .route(collection_path, get(list::<D>).post(create::<D>))
+        .route(
+            &format!("{collection_path}/{{id}}"),
+            get(read::<D>).put(update::<D>).delete(remove::<D>),
+        )
+}
+
+pub(super) fn routes() -> Router<Shared> {
+    let mut r = Router::new();
+    r = crud::<LabelDoc>(r, "/api/v2/orgs/{org}/labels");
+    r = crud::<WorkloadDoc>(r, "/api/v2/orgs/{org}/workloads");
+    r = crud::<PairingProfileDoc>(r, "/api/v2/orgs/{org}/pairing_profiles");
+    r = crud::<LabelGroupDoc>(r, "/api/v2/orgs/{org}/sec_policy/{pversion}/label_groups");
+    r = crud::<ServiceDoc>(r, "/api/v2/orgs/{org}/sec_policy/{pversion}/services");
+    r = crud::<IpListDoc>(r, "/api/v2/orgs/{org}/sec_policy/{pversion}/ip_lists");
+    r = crud::<BoundaryDoc>(
+        r,
+        "/api/v2/orgs/{org}/sec_policy/{pversion}/enforcement_boundaries",
+    );
+    r.route("/api/v2/orgs/{org}/workloads/bulk_create", put(bulk_create))
+        .route(
+            "/api/v2/orgs/{org}/pairing_profiles/{id}/pairing_key",
+            post(pairing_key),
+        )
+}

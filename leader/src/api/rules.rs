@@ -1,0 +1,460 @@
+//! Rulesets and their rules: a ruleset is a header object plus one object per
+//! allow rule (`sec_rules`) and per deny rule (`deny_rules`), so editing one rule
+//! of a large ruleset is a small write. Access follows the ruleset's scope.
+
+use crate::transact;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::objects::{id_param, may_write, merge_input, object_json, space_of, update, Params};
+use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
+use crate::db::{Stored, Txn};
+use crate::docs::*;
+use crate::error::ApiError;
+use crate::keys::{self, Id, Kind, Space};
+use crate::world::{resolve, World, MAX_OBJECTS};
+
+fn model(id: &str, doc: &RuleSetDoc) -> sc_policy::model::RuleSet {
+    sc_policy::model::RuleSet {
+        id: id.to_string(),
+        name: doc.name.clone(),
+        enabled: doc.enabled,
+        scope: doc.scope.clone(),
+        rules: vec![],
+        deny_rules: vec![],
+    }
+}
+
+async fn children<R: Doc>(
+    s: &Shared,
+    space: Space,
+    rs: &str,
+) -> Result<Vec<Stored<Record<R>>>, ApiError> {
+    Ok(s.db
+        .scan::<Record<R>>(&keys::rules_prefix(space, R::KIND, rs), MAX_OBJECTS)
+        .await?
+        .0)
+}
+
+/// A ruleset with its rules, as the API shows it.
+async fn rule_set_json(
+    s: &Shared,
+    space: Space,
+    id: &str,
+    rec: &Record<RuleSetDoc>,
+) -> Result<Value, ApiError> {
+    let mut v = object_json(space, id, rec);
+    let rules: Vec<Value> = children::<RuleDoc>(s, space, id)
+        .await?
+        .iter()
+        .map(|r| {
+            object_json(
+                space,
+                &format!(
+                    "{id}/{}",
+                    keys::id_of(&r.key, &keys::rules_prefix(space, Kind::SecRule, id))
+                ),
+                &r.value,
+            )
+        })
+        .collect();
+    let deny: Vec<Value> = children::<DenyRuleDoc>(s, space, id)
+        .await?
+        .iter()
+        .map(|r| {
+            object_json(
+                space,
+                &format!(
+                    "{id}/{}",
+                    keys::id_of(&r.key, &keys::rules_prefix(space, Kind::DenyRule, id))
+                ),
+                &r.value,
+            )
+        })
+        .collect();
+    v["rules"] = json!(rules);
+    v["deny_rules"] = json!(deny);
+    Ok(v)
+}
+
+async fn list(State(s): State<Shared>, ctx: CtxExt, Path(p): Params) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(Kind::RuleSet, &p, false)?;
+    ctx.allow_query(&["name", "max_results"])?;
+    let prefix = keys::obj_prefix(space, Kind::RuleSet);
+    let (sets, rev) =
+        s.db.scan::<Record<RuleSetDoc>>(&prefix, MAX_OBJECTS)
+            .await?;
+    let mut items = Vec::new();
+    for rs in &sets {
+        let id = keys::id_of(&rs.key, &prefix);
+        if !ctx.who.may_read_rule_set(&model(&id, &rs.value.doc)) {
+            continue;
+        }
+        if let Some(n) = ctx.query.get("name") {
+            if !rs.value.doc.name.to_lowercase().contains(&n.to_lowercase()) {
+                continue;
+            }
+        }
+        items.push(rule_set_json(&s, space, &id, &rs.value).await?);
+    }
+    collection(&ctx, &s, items, rev)
+}
+
+async fn header(
+    s: &Shared,
+    space: Space,
+    id: &str,
+) -> Result<Stored<Record<RuleSetDoc>>, ApiError> {
+    s.db.get::<Record<RuleSetDoc>>(&keys::obj(space, Kind::RuleSet, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(keys::href(space, Kind::RuleSet, id)))
+}
+
+async fn read(State(s): State<Shared>, ctx: CtxExt, Path(p): Params) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(Kind::RuleSet, &p, false)?;
+    ctx.allow_query(&[])?;
+    let id = id_param(&p, "id")?;
+    let rev = s.db.revision().await?;
+    let rs = header(&s, space, &id).await?;
+    if !ctx.who.may_read_rule_set(&model(&id, &rs.value.doc)) {
+        return Err(ApiError::forbidden("this ruleset is outside your scope"));
+    }
+    Ok(answer(
+        StatusCode::OK,
+        &rule_set_json(&s, space, &id, &rs.value).await?,
+        rev,
+    ))
+}
+
+fn new_record<D>(ctx: &Ctx, doc: D) -> Record<D> {
+    Record {
+        v: RECORD_V,
+        meta: Meta {
+            created_at: ctx.now,
+            updated_at: ctx.now,
+            created_by: ctx.who.href(),
+            updated_by: ctx.who.href(),
+        },
+        doc,
+    }
+}
+
+fn broad_guard(ctx: &Ctx, rule: &RuleDoc) -> Result<(), ApiError> {
+    if rule.deliberately_broad && !ctx.who.is_global_admin() {
+        return Err(ApiError::forbidden(
+            "only global owners and admins may set deliberately_broad on a rule",
+        ));
+    }
+    Ok(())
+}
+
+async fn create(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(Kind::RuleSet, &p, true)?;
+    let mut input: RuleSetIn = ctx.parse()?;
+    let inline = input.rules.take().unwrap_or_default();
+    let mut refs = Refs::default();
+    let doc = RuleSetDoc::from_input(input, &mut refs)?;
+    let mut rules = Vec::new();
+    for (n, r) in inline.into_iter().enumerate() {
+        let mut rr = Refs::default();
+        let rule = RuleDoc::from_input(r, &mut rr)?;
+        broad_guard(&ctx, &rule)?;
+        refs.list.extend(
+            rr.list
+                .into_iter()
+                .map(|(f, k, i)| (format!("rules[{n}].{f}"), k, i)),
+        );
+        rules.push((keys::new_id(), rule));
+    }
+    let id = keys::new_id();
+    if !ctx.who.may_write_rule_set(&model(&id, &doc)) {
+        return Err(ApiError::forbidden(
+            "this ruleset's scope is outside your scope",
+        ));
+    }
+    let (rec, rev) = transact!(&s.db, async {
+        let mut txn = Txn::default();
+        let mut world = World::default();
+        resolve(&s.db, &refs.list, &mut txn, &mut world).await?;
+        super::objects::claim_name(&s, &mut txn, space, &id, None, &doc).await?;
+        let rec = new_record(&ctx, doc.clone());
+        let key = keys::obj(space, Kind::RuleSet, &id);
+        world.add(Kind::RuleSet, &id, &encode(&rec)?)?;
+        txn.expect(key.clone(), None);
+        txn.put(key, &rec)?;
+        for (rid, rule) in &rules {
+            let full = format!("{id}/{rid}");
+            let r = new_record(&ctx, rule.clone());
+            world.add(Kind::SecRule, &full, &encode(&r)?)?;
+            txn.put(keys::obj(space, Kind::SecRule, &full), &r)?;
+        }
+        world.check(&format!("rule_sets/{id}"))?;
+        ctx.audit(&mut txn, &s, &keys::href(space, Kind::RuleSet, &id))?;
+        Ok((txn, rec))
+    })?;
+    let v = rule_set_json(&s, space, &id, &rec).await?;
+    Ok(answer(StatusCode::CREATED, &v, rev))
+}
+
+async fn remove(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(Kind::RuleSet, &p, true)?;
+    let id = id_param(&p, "id")?;
+    let (_, rev) = transact!(&s.db, async {
+        let rs = header(&s, space, &id).await?;
+        may_write(&ctx.who, &rs.value.doc)?;
+        let mut txn = Txn::default();
+        let epoch = s.db.rev(keys::EPOCH).await?;
+        txn.expect(keys::EPOCH.to_vec(), epoch);
+        txn.delete(rs.key.clone());
+        txn.delete(keys::name(space, Kind::RuleSet, &rs.value.doc.name));
+        for kind in [Kind::SecRule, Kind::DenyRule] {
+            for (k, _) in
+                s.db.raw_scan(&keys::rules_prefix(space, kind, &id), MAX_OBJECTS)
+                    .await?
+            {
+                txn.delete(k);
+            }
+        }
+        ctx.audit(&mut txn, &s, &keys::href(space, Kind::RuleSet, &id))?;
+        Ok((txn, ()))
+    })?;
+    Ok(no_content(rev))
+}
+
+/// Plans a write of one rule `rid` of ruleset `rs`.
+#[allow(clippy::too_many_arguments)]
+async fn plan_rule<R: Doc>(
+    s: &Shared,
+    ctx: &Ctx,
+    space: Space,
+    rs: &str,
+    rid: &str,
+    refs: &Refs,
+    old: Option<(&Record<R>, u64)>,
+    doc: R,
+) -> Result<(Txn, Record<R>), ApiError> {
+    let set = header(s, space, rs).await?;
+    if !ctx.who.may_write_rule_set(&model(rs, &set.value.doc)) {
+        return Err(ApiError::forbidden("this ruleset is outside your scope"));
+    }
+    let mut txn = Txn::default();
+    let mut world = World::default();
+    txn.expect(set.key.clone(), Some(set.rev));
+    world.add(Kind::RuleSet, rs, &encode(&set.value)?)?;
+    // The scope's labels join the small world so the ruleset validates whole.
+    let mut all = refs.list.clone();
+    all.extend(set.value.doc.refs().into_iter().map(|(k, id)| ("scope".to_string(), k, id)));
+    resolve(&s.db, &all, &mut txn, &mut world).await?;
+    let full = format!("{rs}/{rid}");
+    let key = keys::obj(space, R::KIND, &full);
+    txn.expect(key.clone(), old.map(|(_, r)| r));
+    let rec = match old {
+        Some((o, _)) => Record {
+            v: RECORD_V,
+            meta: Meta {
+                updated_at: ctx.now,
+                updated_by: ctx.who.href(),
+                ..o.meta.clone()
+            },
+            doc,
+        },
+        None => new_record(ctx, doc),
+    };
+    world.add(R::KIND, &full, &encode(&rec)?)?;
+    world.check(&format!("rule_sets/{rs}"))?;
+    txn.put(key, &rec)?;
+    ctx.audit(&mut txn, s, &keys::href(space, R::KIND, &full))?;
+    Ok((txn, rec))
+}
+
+fn rule_guard<R: Doc>(ctx: &Ctx, doc: &R) -> Result<(), ApiError> {
+    if R::KIND == Kind::SecRule {
+        if let Ok(r) = serde_json::from_value::<RuleDoc>(
+            serde_json::to_value(doc).map_err(ApiError::internal)?,
+        ) {
+            broad_guard(ctx, &r)?;
+        }
+    }
+    Ok(())
+}
+
+fn rs_param(p: &std::collections::HashMap<String, String>) -> Result<Id, ApiError> {
+    id_param(p, "id")
+}
+
+async fn rule_list<R: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(R::KIND, &p, false)?;
+    ctx.allow_query(&["max_results"])?;
+    let rs = rs_param(&p)?;
+    let rev = s.db.revision().await?;
+    let set = header(&s, space, &rs).await?;
+    if !ctx.who.may_read_rule_set(&model(&rs, &set.value.doc)) {
+        return Err(ApiError::forbidden("this ruleset is outside your scope"));
+    }
+    let prefix = keys::rules_prefix(space, R::KIND, &rs);
+    let items = children::<R>(&s, space, &rs)
+        .await?
+        .iter()
+        .map(|r| {
+            object_json(
+                space,
+                &format!("{rs}/{}", keys::id_of(&r.key, &prefix)),
+                &r.value,
+            )
+        })
+        .collect();
+    collection(&ctx, &s, items, rev)
+}
+
+async fn rule_read<R: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(R::KIND, &p, false)?;
+    ctx.allow_query(&[])?;
+    let (rs, rid) = (rs_param(&p)?, id_param(&p, "rule")?);
+    let rev = s.db.revision().await?;
+    let set = header(&s, space, &rs).await?;
+    if !ctx.who.may_read_rule_set(&model(&rs, &set.value.doc)) {
+        return Err(ApiError::forbidden("this ruleset is outside your scope"));
+    }
+    let full = format!("{rs}/{rid}");
+    let r =
+        s.db.get::<Record<R>>(&keys::obj(space, R::KIND, &full))
+            .await?
+            .ok_or_else(|| ApiError::not_found(keys::href(space, R::KIND, &full)))?;
+    Ok(answer(
+        StatusCode::OK,
+        &object_json(space, &full, &r.value),
+        rev,
+    ))
+}
+
+async fn rule_create<R: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(R::KIND, &p, true)?;
+    let rs = rs_param(&p)?;
+    let mut refs = Refs::default();
+    let doc = R::from_input(ctx.parse()?, &mut refs)?;
+    rule_guard(&ctx, &doc)?;
+    let rid = keys::new_id();
+    let (rec, rev) = transact!(&s.db, async {
+        plan_rule(&s, &ctx, space, &rs, &rid, &refs, None, doc.clone()).await
+    })?;
+    Ok(answer(
+        StatusCode::CREATED,
+        &object_json(space, &format!("{rs}/{rid}"), &rec),
+        rev,
+    ))
+}
+
+async fn rule_update<R: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(R::KIND, &p, true)?;
+    let (rs, rid) = (rs_param(&p)?, id_param(&p, "rule")?);
+    let body = ctx.object()?;
+    let full = format!("{rs}/{rid}");
+    let (_, rev) = transact!(&s.db, async {
+        let cur =
+            s.db.get::<Record<R>>(&keys::obj(space, R::KIND, &full))
+                .await?
+                .ok_or_else(|| ApiError::not_found(keys::href(space, R::KIND, &full)))?;
+        let mut refs = Refs::default();
+        let doc = merge_input(&cur.value.doc, body.clone(), &mut refs)?;
+        rule_guard(&ctx, &doc)?;
+        plan_rule(
+            &s,
+            &ctx,
+            space,
+            &rs,
+            &rid,
+            &refs,
+            Some((&cur.value, cur.rev)),
+            doc,
+        )
+        .await
+    })?;
+    Ok(no_content(rev))
+}
+
+async fn rule_delete<R: Doc>(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let space = space_of(R::KIND, &p, true)?;
+    let (rs, rid) = (rs_param(&p)?, id_param(&p, "rule")?);
+    let full = format!("{rs}/{rid}");
+    let (_, rev) = transact!(&s.db, async {
+        let set = header(&s, space, &rs).await?;
+        if !ctx.who.may_write_rule_set(&model(&rs, &set.value.doc)) {
+            return Err(ApiError::forbidden("this ruleset is outside your scope"));
+        }
+        let key = keys::obj(space, R::KIND, &full);
+        let rev =
+            s.db.rev(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(keys::href(space, R::KIND, &full)))?;
+        let mut txn = Txn::default();
+        txn.expect(key.clone(), Some(rev));
+        txn.delete(key);
+        ctx.audit(&mut txn, &s, &keys::href(space, R::KIND, &full))?;
+        Ok((txn, ()))
+    })?;
+    Ok(no_content(rev))
+}
+
+fn rule_routes<R: Doc>(r: Router<Shared>) -> Router<Shared> {
+    let base = format!(
+        "/api/v2/orgs/{{org}}/sec_policy/{{pversion}}/rule_sets/{{id}}/{}",
+        R::KIND.segment()
+    );
+    r.route(&base, get(rule_list::<R>).post(rule_create::<R>))
+        .route(
+            &format!("{base}/{{rule}}"),
+            get(rule_read::<R>)
+                .put(rule_update::<R>)
+                .delete(rule_delete::<R>),
+        )
+}
+
+pub(super) fn routes() -> Router<Shared> {
+    let base = "/api/v2/orgs/{org}/sec_policy/{pversion}/rule_sets";
+    let r = Router::new().route(base, get(list).post(create)).route(
+        &format!("{base}/{{id}}"),
+        get(read).put(update::<RuleSetDoc>).delete(remove),
+    );
+    rule_routes::<DenyRuleDoc>(rule_routes::<RuleDoc>(r))
+}

@@ -1,0 +1,300 @@
+//! The API's view of the replicated store: typed reads off the local replica and
+//! optimistic transactions sent through the leader.
+//!
+//! A write reads what it needs (each value comes with its `mod_revision`), builds
+//! one [`Txn`] whose preconditions are exactly those revisions, and commits it.
+//! If anything it read moved in between, every replica refuses the command alike;
+//! [`Db::transact`] then catches the local replica up (ReadIndex) and plans again.
+
+use std::sync::Mutex;
+
+use sc_raft::{ClientId, Command, Compare, Consistency, Mutation, Node, Outcome};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::docs::{decode, encode};
+use crate::error::ApiError;
+use crate::keys;
+
+/// How many times a write is planned again after a precondition failed.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// Typed access to the store through one node.
+pub struct Db {
+    node: Node,
+    /// Writer sessions (client id, last serial) not in use: one per concurrent
+    /// write, so retried commands are applied once and the session table stays as
+    /// small as the peak concurrency.
+    sessions: Mutex<Vec<(ClientId, u64)>>,
+}
+
+/// One atomic change: preconditions and mutations.
+#[derive(Debug, Default, Clone)]
+pub struct Txn {
+    compare: Vec<Compare>,
+    ops: Vec<Mutation>,
+}
+
+impl Txn {
+    /// Requires `key` to still be at `mod_revision` (`None`: still absent).
+    pub fn expect(&mut self, key: Vec<u8>, mod_revision: Option<u64>) -> &mut Self {
+        if !self.compare.iter().any(|c| c.key == key) {
+            self.compare.push(Compare { key, mod_revision });
+        }
+        self
+    }
+
+    /// Writes `value` as JSON at `key`.
+    pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<&mut Self, ApiError> {
+        self.ops.push(Mutation::Put {
+            key,
+            value: encode(value)?,
+        });
+        Ok(self)
+    }
+
+    /// Writes raw bytes at `key`.
+    pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Mutation::Put { key, value });
+        self
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: Vec<u8>) -> &mut Self {
+        self.ops.push(Mutation::Delete { key });
+        self
+    }
+
+    /// Number of mutations so far.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// No mutation yet.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Why a commit did not happen.
+pub enum CommitError {
+    /// A precondition failed: plan again.
+    Conflict(String),
+    /// Anything else, already an API answer.
+    Api(ApiError),
+}
+
+/// One stored value with its revision.
+pub struct Stored<T> {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The decoded value.
+    pub value: T,
+    /// Its `mod_revision`, for preconditions.
+    pub rev: u64,
+}
+
+impl Db {
+    /// Wraps a running node.
+    pub fn new(node: Node) -> Db {
+        Db {
+            node,
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The node (status, leadership).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Waits until the local replica reflects every write acknowledged before now.
+    pub async fn linearize(&self) -> Result<(), ApiError> {
+        self.node.linearize().await.map_err(ApiError::from)
+    }
+
+    /// The local replica's revision.
+    pub async fn revision(&self) -> Result<u64, ApiError> {
+        Ok(self
+            .node
+            .get(keys::EPOCH, Consistency::Local)
+            .await
+            .map_err(ApiError::from)?
+            .revision)
+    }
+
+    /// One value with its revision (`None`: absent).
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<Stored<T>>, ApiError> {
+        let r = self
+            .node
+            .get(key, Consistency::Local)
+            .await
+            .map_err(ApiError::from)?;
+        match r.value {
+            None => Ok(None),
+            Some(e) => Ok(Some(Stored {
+                key: key.to_vec(),
+                value: decode(&e.value)?,
+                rev: e.mod_revision,
+            })),
+        }
+    }
+
+    /// One value's raw bytes with its revision.
+    pub async fn raw(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
+        let r = self
+            .node
+            .get(key, Consistency::Local)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(r.value.map(|e| (e.value, e.mod_revision)))
+    }
+
+    /// Raw keys and values under `prefix`.
+    pub async fn raw_scan(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
+        let r = self
+            .node
+            .scan(prefix, limit, Consistency::Local)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(r.value.into_iter().map(|(k, e)| (k, e.value)).collect())
+    }
+
+    /// The `mod_revision` of a key (`None`: absent).
+    pub async fn rev(&self, key: &[u8]) -> Result<Option<u64>, ApiError> {
+        let r = self
+            .node
+            .get(key, Consistency::Local)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(r.value.map(|e| e.mod_revision))
+    }
+
+    /// Every value under `prefix` (up to `limit`), and the revision read at.
+    pub async fn scan<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<Stored<T>>, u64), ApiError> {
+        let r = self
+            .node
+            .scan(prefix, limit, Consistency::Local)
+            .await
+            .map_err(ApiError::from)?;
+        let mut out = Vec::with_capacity(r.value.len());
+        for (key, e) in r.value {
+            out.push(Stored {
+                key,
+                value: decode(&e.value)?,
+                rev: e.mod_revision,
+            });
+        }
+        Ok((out, r.revision))
+    }
+
+    /// Commits `txn` through the leader; returns the new store revision.
+    pub async fn commit(&self, mut txn: Txn) -> Result<u64, CommitError> {
+        if txn.ops.is_empty() {
+            return Err(CommitError::Api(ApiError::internal("empty transaction")));
+        }
+        if !self.node.has_leader() {
+            return Err(CommitError::Api(ApiError::unavailable(
+                "no leader is known right now (election in progress or this region is cut off)",
+            )));
+        }
+        txn.put_raw(keys::EPOCH.to_vec(), Vec::new());
+        let (client, serial) = self.take_session();
+        let cmd = Command {
+            client,
+            serial,
+            expect_revision: None,
+            compare: txn.compare,
+            ops: txn.ops,
+        };
+        let result = self.node.write(cmd).await;
+        self.give_back(client, serial);
+        match result {
+            Ok(r) => match r.outcome {
+                Outcome::Applied => Ok(r.revision),
+                Outcome::Conflict { reason } => Err(CommitError::Conflict(reason)),
+                Outcome::Invalid { reason } => Err(CommitError::Api(ApiError::invalid(
+                    "request_too_large",
+                    format!("the change cannot be stored: {reason}"),
+                ))),
+                Outcome::Internal => Err(CommitError::Api(ApiError::internal(
+                    "unexpected internal outcome",
+                ))),
+            },
+            Err(e) => Err(CommitError::Api(e.into())),
+        }
+    }
+
+    fn take_session(&self) -> (ClientId, u64) {
+        let popped = self.sessions.lock().ok().and_then(|mut s| s.pop());
+        match popped {
+            Some((c, serial)) => (c, serial + 1),
+            None => (ClientId::random(), 1),
+        }
+    }
+
+    fn give_back(&self, client: ClientId, serial: u64) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.push((client, serial));
+        }
+    }
+}
+
+/// Plans and commits a write, planning again (after catching up) while its
+/// preconditions fail: `transact!(db, async { ...; Ok((txn, answer)) })` gives
+/// `Result<(answer, revision), ApiError>`. The plan reads, checks, and returns the
+/// transaction; an error from it (or from the commit) is returned at once. A macro
+/// rather than a function taking a closure, so the plan may borrow the handler's
+/// locals across awaits and the handler future stays `Send`.
+#[macro_export]
+macro_rules! transact {
+    ($db:expr, $plan:expr) => {{
+        let db: &$crate::db::Db = $db;
+        let mut last = String::new();
+        let mut done = None;
+        for _ in 0..$crate::db::MAX_ATTEMPTS {
+            let planned: Result<_, $crate::ApiError> = $plan.await;
+            let (txn, out) = match planned {
+                Ok(x) => x,
+                Err(e) => {
+                    done = Some(Err(e));
+                    break;
+                }
+            };
+            match db.commit(txn).await {
+                Ok(rev) => {
+                    done = Some(Ok((out, rev)));
+                    break;
+                }
+                Err($crate::db::CommitError::Api(e)) => {
+                    done = Some(Err(e));
+                    break;
+                }
+                Err($crate::db::CommitError::Conflict(reason)) => {
+                    last = reason;
+                    if let Err(e) = db.linearize().await {
+                        done = Some(Err(e));
+                        break;
+                    }
+                }
+            }
+        }
+        done.unwrap_or_else(|| {
+            Err($crate::ApiError::conflict(
+                "concurrent_modification",
+                format!("the objects this request depends on kept changing; try again ({last})"),
+            ))
+        })
+    }};
+}
