@@ -125,6 +125,12 @@ impl TestCluster {
         }
     }
 
+    /// The options node `id` runs with (its certificates, addresses), for tests
+    /// that start more services beside the node.
+    pub fn node_options(&self, id: NodeId) -> Option<&NodeOptions> {
+        self.nodes.get(&id).map(|(o, _)| o)
+    }
+
     /// Starts a new node `id` that joins (as voter or learner) through node 1.
     pub async fn add_node(&mut self, id: NodeId, voter: bool) -> Node {
         let opts = self.options(id, voter);

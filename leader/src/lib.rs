@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod db;
 pub mod docs;
 pub mod error;
@@ -54,7 +55,7 @@ pub async fn bootstrap(node: &sc_raft::Node) -> Result<Option<Credentials>, Serv
     let (key, auth_username, secret) = new_api_key(OWNER_ID, "bootstrap", now);
     let result = transact!(&db, async {
         if db.rev(&keys::user(OWNER_ID)).await?.is_some() {
-            return Ok((Txn::default(), false));
+            return Err(ApiError::conflict("owner_exists", "the owner exists"));
         }
         let mut txn = Txn::default();
         let user = UserDoc {
@@ -107,6 +108,7 @@ pub async fn bootstrap(node: &sc_raft::Node) -> Result<Option<Credentials>, Serv
             secret,
         })),
         Ok((false, _)) => Ok(None),
+        Err(e) if e.token() == "owner_exists" => Ok(None),
         Err(e) => Err(ServeError::Bootstrap(
             e.errors
                 .iter()

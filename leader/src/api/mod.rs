@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body, Bytes};
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -82,7 +82,7 @@ impl Ctx {
                 "this request needs a JSON body",
             ));
         }
-        serde_json::from_slice(&self.body).map_err(|e| ApiError::json(&e))
+        ApiError::parse(&self.body)
     }
 
     /// The body as a JSON object (for partial updates).
@@ -223,13 +223,7 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
         return Ok(next.run(req).await);
     }
     let (mut parts, body) = req.into_parts();
-    let body = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!("the body exceeds the limit of {MAX_BODY_BYTES} bytes"),
-        )
-    })?;
+    let body = read_body(body).await?;
     let auth = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -289,6 +283,38 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
         return Ok(audit::record_refusal(&state, &ctx, resp).await);
     }
     Ok(resp)
+}
+
+/// How much of an oversized body is read (and dropped) before answering 413, so
+/// an HTTP/1.1 client that is still sending gets the answer rather than a reset.
+const DRAIN_LIMIT: usize = 16 * MAX_BODY_BYTES;
+
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", format!("reading the body: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY_BYTES {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the body has {seen} bytes or more; the limit is {MAX_BODY_BYTES} bytes"),
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
 async fn linearize_if_asked(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

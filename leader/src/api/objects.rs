@@ -342,7 +342,7 @@ pub fn merge_input<D: Doc>(
         m.insert(k, v);
     }
     let input: D::Input =
-        serde_json::from_value(Value::Object(m)).map_err(|e| ApiError::json(&e))?;
+        ApiError::parse_value(Value::Object(m))?;
     D::from_input(input, refs)
 }
 

@@ -1,0 +1,208 @@
+//! A small HTTPS client for the admin API: one kept-alive HTTP/1.1 connection,
+//! verified against the cluster CA. Tests, `pce bench api` and tools use it; it is
+//! not needed to use the API (any HTTP client is).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+/// Why a request did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting, TLS, or the HTTP exchange failed.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when empty or not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The first error token of an error answer.
+    pub fn token(&self) -> String {
+        self.json()[0]["token"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+}
+
+/// A connection to one node's API.
+pub struct ApiClient {
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+    auth: Option<String>,
+    conn: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl ApiClient {
+    /// A client for `addr`; `ca_pem` verifies the server (HTTPS), `None` speaks HTTP.
+    pub fn new(addr: SocketAddr, ca_pem: Option<&str>) -> Result<ApiClient, ClientError> {
+        let tls = match ca_pem {
+            None => None,
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let c = c.map_err(|e| ClientError::Transport(format!("CA: {e}")))?;
+                    roots.add(c).map_err(|e| ClientError::Transport(format!("CA: {e}")))?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| ClientError::Transport(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+            }
+        };
+        Ok(ApiClient {
+            addr,
+            tls,
+            auth: None,
+            conn: None,
+        })
+    }
+
+    /// Sends every later request with these HTTP Basic credentials.
+    pub fn with_key(mut self, user: &str, secret: &str) -> Self {
+        self.set_key(user, secret);
+        self
+    }
+
+    /// Changes the credentials.
+    pub fn set_key(&mut self, user: &str, secret: &str) {
+        let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+        self.auth = Some(format!("Basic {enc}"));
+    }
+
+    /// Drops the credentials.
+    pub fn without_key(mut self) -> Self {
+        self.auth = None;
+        self
+    }
+
+    async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
+        if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| ClientError::Transport(format!("connect {}: {e}", self.addr)))?;
+            let _ = tcp.set_nodelay(true);
+            let sender = match &self.tls {
+                Some(tls) => {
+                    let name = ServerName::IpAddress(self.addr.ip().into());
+                    let stream = tls
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| ClientError::Transport(format!("TLS: {e}")))?;
+                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| ClientError::Transport(e.to_string()))?;
+                    tokio::spawn(c);
+                    s
+                }
+                None => {
+                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                        .await
+                        .map_err(|e| ClientError::Transport(e.to_string()))?;
+                    tokio::spawn(c);
+                    s
+                }
+            };
+            self.conn = Some(sender);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| ClientError::Transport("no connection".into()))
+    }
+
+    /// Sends one request (path from `/api/v2` on) with optional JSON body and headers.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, ClientError> {
+        let mut req = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+        if let Some(a) = &self.auth {
+            req = req.header("authorization", a);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let conn = self.connect().await?;
+        // HTTP/1.1: the previous exchange may still be finishing; wait for the turn.
+        if conn.ready().await.is_err() {
+            self.conn = None;
+        }
+        let conn = self.connect().await?;
+        let resp = match conn.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None;
+                return Err(ClientError::Transport(e.to_string()));
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// GET.
+    pub async fn get(&mut self, path: &str) -> Result<Answer, ClientError> {
+        self.send(Method::GET, path, None, &[]).await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post(&mut self, path: &str, body: &Value) -> Result<Answer, ClientError> {
+        self.send(Method::POST, path, Some(body.to_string().into_bytes()), &[]).await
+    }
+
+    /// PUT with a JSON body.
+    pub async fn put(&mut self, path: &str, body: &Value) -> Result<Answer, ClientError> {
+        self.send(Method::PUT, path, Some(body.to_string().into_bytes()), &[]).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&mut self, path: &str) -> Result<Answer, ClientError> {
+        self.send(Method::DELETE, path, None, &[]).await
+    }
+}

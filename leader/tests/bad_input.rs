@@ -1,0 +1,173 @@
+//! Every class of bad input gets its own token and a message naming the field,
+//! and changes nothing; the audit trail holds accepted and refused writes alike.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use serde_json::{json, Value};
+use support::*;
+
+async fn snapshot(c: &mut sc_leader::client::ApiClient) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in [
+        "/labels",
+        "/workloads",
+        "/pairing_profiles",
+        "/sec_policy/draft/label_groups",
+        "/sec_policy/draft/services",
+        "/sec_policy/draft/ip_lists",
+        "/sec_policy/draft/rule_sets",
+        "/sec_policy/draft/enforcement_boundaries",
+        "/sec_policy/active/rule_sets",
+        "/sec_policy",
+    ] {
+        let a = c
+            .send(Method::GET, &format!("{ORG}{p}"), None, &[("x-consistency", "linearizable")])
+            .await
+            .expect("get");
+        out.push(expect(a, 200, p).json());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
+    let cl = ApiCluster::start(3, 0).await;
+    let member = cl.member().await;
+    let mut c = cl.client(member);
+    let web = create(&mut c, "/labels", json!({"key": "role", "value": "web"})).await;
+    let db = create(&mut c, "/labels", json!({"key": "role", "value": "db"})).await;
+    let env = create(&mut c, "/labels", json!({"key": "env", "value": "prod"})).await;
+    let svc = create(&mut c, "/sec_policy/draft/services", json!({"name": "https", "service_ports": [{"proto": 6, "port": 443}]})).await;
+    let rs = create(&mut c, "/sec_policy/draft/rule_sets", json!({"name": "rs", "scopes": [[label_ref(&env)]]})).await;
+    create(&mut c, "/workloads", json!({"name": "w1", "labels": [{"href": web}]})).await;
+    expect(c.post(&format!("{ORG}/sec_policy"), &json!({"update_description": "base"})).await.expect("p"), 201, "provision");
+    let before = snapshot(&mut c).await;
+
+    let big = format!("{{\"key\": \"role\", \"value\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let all = "/orgs/1/sec_policy/draft/services/all-services";
+    let cases: Vec<(Method, String, Vec<u8>, u16, &str, &str)> = vec![
+        (Method::POST, "/labels".into(), br#"{"key": "role", "value":"#.to_vec(), 400, "malformed_json", "JSON"),
+        (Method::POST, "/labels".into(), br#"{"key": "role", "value": "x", "colour": "red"}"#.to_vec(), 406, "unknown_field", "colour"),
+        (Method::POST, "/labels".into(), br#"{"key": "role", "value": 5}"#.to_vec(), 406, "wrong_type", "invalid type"),
+        (Method::POST, "/labels".into(), br#"{"key": "role"}"#.to_vec(), 406, "missing_field", "value"),
+        (Method::POST, "/labels".into(), big.into_bytes(), 413, "request_too_large", "limit"),
+        (Method::POST, "/labels".into(), br#"{"key": "role", "value": "web"}"#.to_vec(), 406, "name_in_use", "name"),
+        (Method::POST, "/workloads".into(), json!({"name": "w", "labels": [{"href": "/orgs/1/labels/nope"}]}).to_string().into_bytes(), 406, "invalid_reference", "labels[0]"),
+        (Method::POST, "/workloads".into(), json!({"name": "w", "labels": [{"href": svc}]}).to_string().into_bytes(), 406, "invalid_reference", "labels[0]"),
+        (Method::POST, "/workloads".into(), json!({"name": "w", "labels": [{"href": web}, {"href": db}]}).to_string().into_bytes(), 406, "label_key_conflict", "labels"),
+        (Method::POST, "/workloads".into(), json!({"name": "w", "interfaces": [{"name": "eth0", "address": "10.0.0.300"}]}).to_string().into_bytes(), 406, "invalid_value", "interfaces[0].address"),
+        (Method::POST, "/sec_policy/draft/ip_lists".into(), json!({"name": "bad", "ip_ranges": [{"from_ip": "10.0.0.0/33"}]}).to_string().into_bytes(), 406, "invalid_value", "ip_ranges[0]"),
+        (Method::POST, "/sec_policy/draft/services".into(), json!({"name": "bad", "service_ports": [{"proto": 6, "port": 90, "to_port": 80}]}).to_string().into_bytes(), 406, "invalid_value", "to_port"),
+        (Method::POST, "/sec_policy/draft/label_groups".into(), json!({"name": "g", "key": "role", "labels": [{"href": env}]}).to_string().into_bytes(), 406, "label_group_key_mismatch", "labels[0]"),
+        (Method::POST, format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")), json!({"providers": [{"actors": "ams"}], "consumers": [{"actors": "ams"}], "ingress_services": [{"href": all}]}).to_string().into_bytes(), 406, "rule_too_broad", "deliberately_broad"),
+        (Method::POST, format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")), json!({"providers": [{"actors": "everyone"}], "consumers": [], "ingress_services": []}).to_string().into_bytes(), 406, "invalid_value", "providers[0].actors"),
+        (Method::POST, "/sec_policy/active/services".into(), br#"{"name": "x"}"#.to_vec(), 405, "active_is_read_only", "draft"),
+        (Method::PUT, format!("{}", web.trim_start_matches("/orgs/1")), b"[1, 2]".to_vec(), 406, "wrong_type", "object"),
+        (Method::DELETE, format!("{}", web.trim_start_matches("/orgs/1")), vec![], 406, "object_in_use", "workloads"),
+        (Method::POST, "/sec_policy".into(), br#"{"update_description": "nothing"}"#.to_vec(), 406, "nothing_to_provision", "pending"),
+        (Method::GET, "/labels?colour=red".into(), vec![], 400, "invalid_query_parameter", "colour"),
+        (Method::GET, "/labels/does-not-exist".into(), vec![], 404, "not_found", "does-not-exist"),
+        (Method::GET, "/widgets".into(), vec![], 404, "no_such_endpoint", "openapi"),
+    ];
+    for (method, path, body, status, token, names) in cases {
+        let body = (!body.is_empty()).then_some(body);
+        let a = c.send(method.clone(), &format!("{ORG}{path}"), body, &[]).await.expect("send");
+        assert_eq!(a.status.as_u16(), status, "{method} {path}: {}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.token(), token, "{method} {path}");
+        assert_eq!(a.header("content-type").as_deref(), Some("application/json"));
+        let msg = a.json()[0]["message"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains(names), "{method} {path}: message {msg:?} should name {names:?}");
+    }
+    let a = c.send(Method::GET, &format!("{ORG}/labels"), None, &[("x-consistency", "sometimes")]).await.expect("send");
+    assert_eq!((a.status.as_u16(), a.token()), (400, "invalid_header".to_string()));
+
+    // Credentials.
+    let mut anon = cl.client(member).without_key();
+    let a = anon.post(&format!("{ORG}/labels"), &json!({"key": "a", "value": "b"})).await.expect("send");
+    assert_eq!((a.status.as_u16(), a.token()), (401, "authentication_required".to_string()));
+    assert!(a.header("www-authenticate").is_some());
+    let mut wrong = cl.client_as(member, &(cl.owner.auth_username.clone(), "0".repeat(64)));
+    let a = wrong.get(&format!("{ORG}/labels")).await.expect("send");
+    assert_eq!(a.status.as_u16(), 401);
+
+    assert_eq!(snapshot(&mut c).await, before, "refused requests changed nothing");
+
+    // The audit trail has the accepted writes and the refused ones, with their actor.
+    let ev = c
+        .send(Method::GET, &format!("{ORG}/events?max_results=500"), None, &[("x-consistency", "linearizable")])
+        .await
+        .expect("events");
+    let ev = expect(ev, 200, "events").json();
+    let events = ev.as_array().expect("array");
+    let find = |t: &str, st: &str| {
+        events.iter().any(|e| e["event_type"] == t && e["status"] == st && e["created_by"]["user"]["username"] == "owner")
+    };
+    assert!(find("labels.create", "success"), "accepted label creations are audited");
+    assert!(find("sec_policy.create", "success"), "the provision is audited");
+    assert!(find("labels.create", "failure"), "refused label creations are audited");
+    assert!(find("labels.delete", "failure"));
+    assert!(find("sec_rules.create", "failure"));
+    let refused_unknown = events
+        .iter()
+        .find(|e| e["errors"][0]["token"] == "unknown_field")
+        .expect("the unknown-field refusal is in the trail");
+    assert_eq!(refused_unknown["action"]["http_status_code"], 406);
+    assert!(refused_unknown["region"].is_string());
+    // 21 refused writes above (GETs are not writes): each is one failure event.
+    let failures = events.iter().filter(|e| e["status"] == "failure").count();
+    assert_eq!(failures, 18, "one failure event per refused write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_key_is_rate_limited_with_retry_after() {
+    let cl = ApiCluster::start(1, 5).await;
+    let mut c = cl.client(1);
+    let mut limited = None;
+    for _ in 0..50 {
+        let a = c.get(&format!("{ORG}/labels")).await.expect("get");
+        if a.status == 429 {
+            limited = Some(a);
+            break;
+        }
+    }
+    let a = limited.expect("a burst beyond the rate is refused");
+    assert_eq!(a.token(), "rate_limited");
+    assert!(a.header("retry-after").and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s >= 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_without_a_reachable_leader_fail_with_503_and_retry_after() {
+    let mut cl = ApiCluster::start(3, 0).await;
+    let leader = cl.leader().await;
+    let survivor = cl.apis.iter().map(|(i, _)| *i).find(|i| *i != leader).expect("member");
+    for (id, _) in cl.apis.iter().map(|(i, _)| (*i, ())).collect::<Vec<_>>() {
+        if id != survivor {
+            cl.cluster.stop(id).await;
+        }
+    }
+    let mut c = cl.client(survivor);
+    let started = Instant::now();
+    let mut seen = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let a = c.post(&format!("{ORG}/labels"), &json!({"key": "role", "value": "x"})).await.expect("post");
+        if a.status == 503 {
+            seen = Some((a, started.elapsed()));
+            break;
+        }
+        assert_ne!(a.status.as_u16() / 100, 2, "no write succeeds without a quorum");
+    }
+    let (a, _) = seen.expect("a 503 arrives");
+    assert_eq!(a.token(), "no_leader");
+    assert_eq!(a.header("retry-after").as_deref(), Some("1"));
+    // Once the survivor knows it has no leader, refusals are immediate.
+    let t = Instant::now();
+    let b = c.post(&format!("{ORG}/labels"), &json!({"key": "role", "value": "y"})).await.expect("post");
+    assert_eq!(b.status, 503);
+    // Reads still work from the local replica.
+    let r = c.get(&format!("{ORG}/labels")).await.expect("read");
+    assert_eq!(r.status, 200, "the replica still serves reads");
+    eprintln!("second refusal took {:?}", t.elapsed());
+}
