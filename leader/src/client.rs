@@ -42,12 +42,18 @@ impl Answer {
 
     /// The first error token of an error answer.
     pub fn token(&self) -> String {
-        self.json()[0]["token"].as_str().unwrap_or_default().to_string()
+        self.json()[0]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 }
 
@@ -68,7 +74,9 @@ impl ApiClient {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                     let c = c.map_err(|e| ClientError::Transport(format!("CA: {e}")))?;
-                    roots.add(c).map_err(|e| ClientError::Transport(format!("CA: {e}")))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| ClientError::Transport(format!("CA: {e}")))?;
                 }
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
                 let cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -147,7 +155,10 @@ impl ApiClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, ClientError> {
-        let mut req = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
         }
@@ -193,12 +204,14 @@ impl ApiClient {
 
     /// POST with a JSON body.
     pub async fn post(&mut self, path: &str, body: &Value) -> Result<Answer, ClientError> {
-        self.send(Method::POST, path, Some(body.to_string().into_bytes()), &[]).await
+        self.send(Method::POST, path, Some(body.to_string().into_bytes()), &[])
+            .await
     }
 
     /// PUT with a JSON body.
     pub async fn put(&mut self, path: &str, body: &Value) -> Result<Answer, ClientError> {
-        self.send(Method::PUT, path, Some(body.to_string().into_bytes()), &[]).await
+        self.send(Method::PUT, path, Some(body.to_string().into_bytes()), &[])
+            .await
     }
 
     /// DELETE.

@@ -254,7 +254,9 @@ impl Db {
 /// Plans and commits a write, planning again (after catching up) while its
 /// preconditions fail: `transact!(db, async { ...; Ok((txn, answer)) })` gives
 /// `Result<(answer, revision), ApiError>`. The plan reads, checks, and returns the
-/// transaction; an error from it (or from the commit) is returned at once. A macro
+/// transaction. A plan refused as 404/406 may only reflect a lagging replica (an
+/// object just made in another region), so it is planned once more after catching
+/// up (ReadIndex) before the refusal is returned; then the refusal stands. A macro
 /// rather than a function taking a closure, so the plan may borrow the handler's
 /// locals across awaits and the handler future stays `Send`.
 #[macro_export]
@@ -263,10 +265,19 @@ macro_rules! transact {
         let db: &$crate::db::Db = $db;
         let mut last = String::new();
         let mut done = None;
+        let mut caught_up = false;
         for _ in 0..$crate::db::MAX_ATTEMPTS {
             let planned: Result<_, $crate::ApiError> = $plan.await;
             let (txn, out) = match planned {
                 Ok(x) => x,
+                Err(e) if !caught_up && matches!(e.status.as_u16(), 404 | 406) => {
+                    caught_up = true;
+                    if let Err(e) = db.linearize().await {
+                        done = Some(Err(e));
+                        break;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     done = Some(Err(e));
                     break;
@@ -283,6 +294,7 @@ macro_rules! transact {
                 }
                 Err($crate::db::CommitError::Conflict(reason)) => {
                     last = reason;
+                    caught_up = true;
                     if let Err(e) = db.linearize().await {
                         done = Some(Err(e));
                         break;

@@ -165,8 +165,11 @@ impl ApiError {
     }
 
     /// [`ApiError::parse`] for a JSON value (merged partial updates).
-    pub fn parse_value<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
-        serde_path_to_error::deserialize(v).map_err(|e| Self::json_at(&e.path().to_string(), e.inner()))
+    pub fn parse_value<T: serde::de::DeserializeOwned>(
+        v: serde_json::Value,
+    ) -> Result<T, ApiError> {
+        serde_path_to_error::deserialize(v)
+            .map_err(|e| Self::json_at(&e.path().to_string(), e.inner()))
     }
 
     /// The first token (for audit records and tests).

@@ -24,7 +24,12 @@ async fn snapshot(c: &mut sc_leader::client::ApiClient) -> Vec<Value> {
         "/sec_policy",
     ] {
         let a = c
-            .send(Method::GET, &format!("{ORG}{p}"), None, &[("x-consistency", "linearizable")])
+            .send(
+                Method::GET,
+                &format!("{ORG}{p}"),
+                None,
+                &[("x-consistency", "linearizable")],
+            )
             .await
             .expect("get");
         out.push(expect(a, 200, p).json());
@@ -40,15 +45,43 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
     let web = create(&mut c, "/labels", json!({"key": "role", "value": "web"})).await;
     let db = create(&mut c, "/labels", json!({"key": "role", "value": "db"})).await;
     let env = create(&mut c, "/labels", json!({"key": "env", "value": "prod"})).await;
-    let svc = create(&mut c, "/sec_policy/draft/services", json!({"name": "https", "service_ports": [{"proto": 6, "port": 443}]})).await;
-    let rs = create(&mut c, "/sec_policy/draft/rule_sets", json!({"name": "rs", "scopes": [[label_ref(&env)]]})).await;
-    create(&mut c, "/workloads", json!({"name": "w1", "labels": [{"href": web}]})).await;
-    expect(c.post(&format!("{ORG}/sec_policy"), &json!({"update_description": "base"})).await.expect("p"), 201, "provision");
+    let svc = create(
+        &mut c,
+        "/sec_policy/draft/services",
+        json!({"name": "https", "service_ports": [{"proto": 6, "port": 443}]}),
+    )
+    .await;
+    let rs = create(
+        &mut c,
+        "/sec_policy/draft/rule_sets",
+        json!({"name": "rs", "scopes": [[label_ref(&env)]]}),
+    )
+    .await;
+    create(
+        &mut c,
+        "/workloads",
+        json!({"name": "w1", "labels": [{"href": web}]}),
+    )
+    .await;
+    expect(
+        c.post(
+            &format!("{ORG}/sec_policy"),
+            &json!({"update_description": "base"}),
+        )
+        .await
+        .expect("p"),
+        201,
+        "provision",
+    );
     let before = snapshot(&mut c).await;
 
-    let big = format!("{{\"key\": \"role\", \"value\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let big = format!(
+        "{{\"key\": \"role\", \"value\": \"{}\"}}",
+        "x".repeat(2 * 1024 * 1024)
+    );
     let all = "/orgs/1/sec_policy/draft/services/all-services";
-    let cases: Vec<(Method, String, Vec<u8>, u16, &str, &str)> = vec![
+    type Case<'a> = (Method, String, Vec<u8>, u16, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (Method::POST, "/labels".into(), br#"{"key": "role", "value":"#.to_vec(), 400, "malformed_json", "JSON"),
         (Method::POST, "/labels".into(), br#"{"key": "role", "value": "x", "colour": "red"}"#.to_vec(), 406, "unknown_field", "colour"),
         (Method::POST, "/labels".into(), br#"{"key": "role", "value": 5}"#.to_vec(), 406, "wrong_type", "invalid type"),
@@ -65,8 +98,8 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
         (Method::POST, format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")), json!({"providers": [{"actors": "ams"}], "consumers": [{"actors": "ams"}], "ingress_services": [{"href": all}]}).to_string().into_bytes(), 406, "rule_too_broad", "deliberately_broad"),
         (Method::POST, format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")), json!({"providers": [{"actors": "everyone"}], "consumers": [], "ingress_services": []}).to_string().into_bytes(), 406, "invalid_value", "providers[0].actors"),
         (Method::POST, "/sec_policy/active/services".into(), br#"{"name": "x"}"#.to_vec(), 405, "active_is_read_only", "draft"),
-        (Method::PUT, format!("{}", web.trim_start_matches("/orgs/1")), b"[1, 2]".to_vec(), 406, "wrong_type", "object"),
-        (Method::DELETE, format!("{}", web.trim_start_matches("/orgs/1")), vec![], 406, "object_in_use", "workloads"),
+        (Method::PUT, web.trim_start_matches("/orgs/1").to_string(), b"[1, 2]".to_vec(), 406, "wrong_type", "object"),
+        (Method::DELETE, web.trim_start_matches("/orgs/1").to_string(), vec![], 406, "object_in_use", "workloads"),
         (Method::POST, "/sec_policy".into(), br#"{"update_description": "nothing"}"#.to_vec(), 406, "nothing_to_provision", "pending"),
         (Method::GET, "/labels?colour=red".into(), vec![], 400, "invalid_query_parameter", "colour"),
         (Method::GET, "/labels/does-not-exist".into(), vec![], 404, "not_found", "does-not-exist"),
@@ -74,40 +107,96 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
     ];
     for (method, path, body, status, token, names) in cases {
         let body = (!body.is_empty()).then_some(body);
-        let a = c.send(method.clone(), &format!("{ORG}{path}"), body, &[]).await.expect("send");
-        assert_eq!(a.status.as_u16(), status, "{method} {path}: {}", String::from_utf8_lossy(&a.body));
+        let a = c
+            .send(method.clone(), &format!("{ORG}{path}"), body, &[])
+            .await
+            .expect("send");
+        assert_eq!(
+            a.status.as_u16(),
+            status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
         assert_eq!(a.token(), token, "{method} {path}");
-        assert_eq!(a.header("content-type").as_deref(), Some("application/json"));
-        let msg = a.json()[0]["message"].as_str().unwrap_or_default().to_string();
-        assert!(msg.contains(names), "{method} {path}: message {msg:?} should name {names:?}");
+        assert_eq!(
+            a.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        let msg = a.json()[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            msg.contains(names),
+            "{method} {path}: message {msg:?} should name {names:?}"
+        );
     }
-    let a = c.send(Method::GET, &format!("{ORG}/labels"), None, &[("x-consistency", "sometimes")]).await.expect("send");
-    assert_eq!((a.status.as_u16(), a.token()), (400, "invalid_header".to_string()));
+    let a = c
+        .send(
+            Method::GET,
+            &format!("{ORG}/labels"),
+            None,
+            &[("x-consistency", "sometimes")],
+        )
+        .await
+        .expect("send");
+    assert_eq!(
+        (a.status.as_u16(), a.token()),
+        (400, "invalid_header".to_string())
+    );
 
     // Credentials.
     let mut anon = cl.client(member).without_key();
-    let a = anon.post(&format!("{ORG}/labels"), &json!({"key": "a", "value": "b"})).await.expect("send");
-    assert_eq!((a.status.as_u16(), a.token()), (401, "authentication_required".to_string()));
+    let a = anon
+        .post(&format!("{ORG}/labels"), &json!({"key": "a", "value": "b"}))
+        .await
+        .expect("send");
+    assert_eq!(
+        (a.status.as_u16(), a.token()),
+        (401, "authentication_required".to_string())
+    );
     assert!(a.header("www-authenticate").is_some());
     let mut wrong = cl.client_as(member, &(cl.owner.auth_username.clone(), "0".repeat(64)));
     let a = wrong.get(&format!("{ORG}/labels")).await.expect("send");
     assert_eq!(a.status.as_u16(), 401);
 
-    assert_eq!(snapshot(&mut c).await, before, "refused requests changed nothing");
+    assert_eq!(
+        snapshot(&mut c).await,
+        before,
+        "refused requests changed nothing"
+    );
 
     // The audit trail has the accepted writes and the refused ones, with their actor.
     let ev = c
-        .send(Method::GET, &format!("{ORG}/events?max_results=500"), None, &[("x-consistency", "linearizable")])
+        .send(
+            Method::GET,
+            &format!("{ORG}/events?max_results=500"),
+            None,
+            &[("x-consistency", "linearizable")],
+        )
         .await
         .expect("events");
     let ev = expect(ev, 200, "events").json();
     let events = ev.as_array().expect("array");
     let find = |t: &str, st: &str| {
-        events.iter().any(|e| e["event_type"] == t && e["status"] == st && e["created_by"]["user"]["username"] == "owner")
+        events.iter().any(|e| {
+            e["event_type"] == t
+                && e["status"] == st
+                && e["created_by"]["user"]["username"] == "owner"
+        })
     };
-    assert!(find("labels.create", "success"), "accepted label creations are audited");
-    assert!(find("sec_policy.create", "success"), "the provision is audited");
-    assert!(find("labels.create", "failure"), "refused label creations are audited");
+    assert!(
+        find("labels.create", "success"),
+        "accepted label creations are audited"
+    );
+    assert!(
+        find("sec_policy.create", "success"),
+        "the provision is audited"
+    );
+    assert!(
+        find("labels.create", "failure"),
+        "refused label creations are audited"
+    );
     assert!(find("labels.delete", "failure"));
     assert!(find("sec_rules.create", "failure"));
     let refused_unknown = events
@@ -135,14 +224,22 @@ async fn a_busy_key_is_rate_limited_with_retry_after() {
     }
     let a = limited.expect("a burst beyond the rate is refused");
     assert_eq!(a.token(), "rate_limited");
-    assert!(a.header("retry-after").and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s >= 1));
+    assert!(a
+        .header("retry-after")
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|s| s >= 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_without_a_reachable_leader_fail_with_503_and_retry_after() {
     let mut cl = ApiCluster::start(3, 0).await;
     let leader = cl.leader().await;
-    let survivor = cl.apis.iter().map(|(i, _)| *i).find(|i| *i != leader).expect("member");
+    let survivor = cl
+        .apis
+        .iter()
+        .map(|(i, _)| *i)
+        .find(|i| *i != leader)
+        .expect("member");
     for (id, _) in cl.apis.iter().map(|(i, _)| (*i, ())).collect::<Vec<_>>() {
         if id != survivor {
             cl.cluster.stop(id).await;
@@ -152,19 +249,35 @@ async fn writes_without_a_reachable_leader_fail_with_503_and_retry_after() {
     let started = Instant::now();
     let mut seen = None;
     while started.elapsed() < Duration::from_secs(60) {
-        let a = c.post(&format!("{ORG}/labels"), &json!({"key": "role", "value": "x"})).await.expect("post");
+        let a = c
+            .post(
+                &format!("{ORG}/labels"),
+                &json!({"key": "role", "value": "x"}),
+            )
+            .await
+            .expect("post");
         if a.status == 503 {
             seen = Some((a, started.elapsed()));
             break;
         }
-        assert_ne!(a.status.as_u16() / 100, 2, "no write succeeds without a quorum");
+        assert_ne!(
+            a.status.as_u16() / 100,
+            2,
+            "no write succeeds without a quorum"
+        );
     }
     let (a, _) = seen.expect("a 503 arrives");
     assert_eq!(a.token(), "no_leader");
     assert_eq!(a.header("retry-after").as_deref(), Some("1"));
     // Once the survivor knows it has no leader, refusals are immediate.
     let t = Instant::now();
-    let b = c.post(&format!("{ORG}/labels"), &json!({"key": "role", "value": "y"})).await.expect("post");
+    let b = c
+        .post(
+            &format!("{ORG}/labels"),
+            &json!({"key": "role", "value": "y"}),
+        )
+        .await
+        .expect("post");
     assert_eq!(b.status, 503);
     // Reads still work from the local replica.
     let r = c.get(&format!("{ORG}/labels")).await.expect("read");

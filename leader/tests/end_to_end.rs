@@ -9,7 +9,12 @@ use support::*;
 
 async fn lin_get(c: &mut sc_leader::client::ApiClient, path: &str) -> Value {
     let a = c
-        .send(Method::GET, path, None, &[("x-consistency", "linearizable")])
+        .send(
+            Method::GET,
+            path,
+            None,
+            &[("x-consistency", "linearizable")],
+        )
         .await
         .expect("get");
     expect(a, 200, path).json()
@@ -26,8 +31,18 @@ async fn policy_is_built_provisioned_reverted_and_rolled_back_from_any_region() 
     let db = create(&mut m, "/labels", json!({"key": "role", "value": "db"})).await;
     let app = create(&mut m, "/labels", json!({"key": "app", "value": "crm"})).await;
     let env = create(&mut m, "/labels", json!({"key": "env", "value": "prod"})).await;
-    let pg = create(&mut m, "/sec_policy/draft/services", json!({"name": "postgres", "service_ports": [{"proto": 6, "port": 5432}]})).await;
-    let ipl = create(&mut m, "/sec_policy/draft/ip_lists", json!({"name": "office", "ip_ranges": [{"from_ip": "192.0.2.0/24"}]})).await;
+    let pg = create(
+        &mut m,
+        "/sec_policy/draft/services",
+        json!({"name": "postgres", "service_ports": [{"proto": 6, "port": 5432}]}),
+    )
+    .await;
+    let ipl = create(
+        &mut m,
+        "/sec_policy/draft/ip_lists",
+        json!({"name": "office", "ip_ranges": [{"from_ip": "192.0.2.0/24"}]}),
+    )
+    .await;
     let rs = create(
         &mut m,
         "/sec_policy/draft/rule_sets",
@@ -44,7 +59,10 @@ async fn policy_is_built_provisioned_reverted_and_rolled_back_from_any_region() 
         201,
         "create rule",
     );
-    assert!(rule.header("x-revision").is_some(), "writes carry the revision");
+    assert!(
+        rule.header("x-revision").is_some(),
+        "writes carry the revision"
+    );
     let rule_href = rule.json()["href"].as_str().expect("href").to_string();
     create(
         &mut m,
@@ -55,13 +73,22 @@ async fn policy_is_built_provisioned_reverted_and_rolled_back_from_any_region() 
 
     // Pending: the ruleset, the service and the IP list.
     let pending = lin_get(&mut m, &format!("{ORG}/sec_policy/pending")).await;
-    assert_eq!(pending["rule_sets"].as_array().map(Vec::len), Some(1), "{pending}");
+    assert_eq!(
+        pending["rule_sets"].as_array().map(Vec::len),
+        Some(1),
+        "{pending}"
+    );
     assert_eq!(pending["services"].as_array().map(Vec::len), Some(1));
     assert_eq!(pending["ip_lists"].as_array().map(Vec::len), Some(1));
 
     // Provision from the member.
     let v1 = expect(
-        m.post(&format!("{ORG}/sec_policy"), &json!({"update_description": "crm v1"})).await.expect("provision"),
+        m.post(
+            &format!("{ORG}/sec_policy"),
+            &json!({"update_description": "crm v1"}),
+        )
+        .await
+        .expect("provision"),
         201,
         "provision",
     )
@@ -80,23 +107,44 @@ async fn policy_is_built_provisioned_reverted_and_rolled_back_from_any_region() 
         assert_eq!(active[0]["rules"].as_array().map(Vec::len), Some(1));
         assert_eq!(active[0]["href"], rs.replace("/draft/", "/active/"));
         let pending = lin_get(&mut c, &format!("{ORG}/sec_policy/pending")).await;
-        assert_eq!(pending, json!({}), "region {id}: nothing pending after provisioning");
+        assert_eq!(
+            pending,
+            json!({}),
+            "region {id}: nothing pending after provisioning"
+        );
         let one = lin_get(&mut c, &format!("{ORG}/sec_policy/1")).await;
         assert_eq!(one["changes"].as_array().map(Vec::len), Some(4), "{one}");
     }
 
     // A draft change, then revert it: the draft equals the active version again.
     expect(
-        m.put(&api(&rule_href), &json!({"ingress_services": [{"proto": 6, "port": 5433}]})).await.expect("put"),
+        m.put(
+            &api(&rule_href),
+            &json!({"ingress_services": [{"proto": 6, "port": 5433}]}),
+        )
+        .await
+        .expect("put"),
         204,
         "edit rule",
     );
     let pending = lin_get(&mut m, &format!("{ORG}/sec_policy/pending")).await;
     assert_eq!(pending["rule_sets"][0]["update_type"], "update");
-    expect(m.delete(&format!("{ORG}/sec_policy/pending")).await.expect("revert"), 204, "revert");
-    assert_eq!(lin_get(&mut m, &format!("{ORG}/sec_policy/pending")).await, json!({}));
+    expect(
+        m.delete(&format!("{ORG}/sec_policy/pending"))
+            .await
+            .expect("revert"),
+        204,
+        "revert",
+    );
+    assert_eq!(
+        lin_get(&mut m, &format!("{ORG}/sec_policy/pending")).await,
+        json!({})
+    );
     let r = lin_get(&mut m, &api(&rule_href)).await;
-    assert_eq!(r["ingress_services"][0]["href"], pg, "the rule is back to its active form");
+    assert_eq!(
+        r["ingress_services"][0]["href"], pg,
+        "the rule is back to its active form"
+    );
 
     // Version 2 adds a rule from the office IP list; then roll back to version 1.
     expect(
@@ -110,27 +158,56 @@ async fn policy_is_built_provisioned_reverted_and_rolled_back_from_any_region() 
         "second rule",
     );
     let v2 = expect(
-        m.post(&format!("{ORG}/sec_policy"), &json!({"update_description": "ssh from office"})).await.expect("v2"),
+        m.post(
+            &format!("{ORG}/sec_policy"),
+            &json!({"update_description": "ssh from office"}),
+        )
+        .await
+        .expect("v2"),
         201,
         "provision v2",
     )
     .json();
     assert_eq!(v2["version"], 2);
     let mut l = cl.client(cl.leader().await);
-    let v3 = expect(l.post(&format!("{ORG}/sec_policy/1/restore"), &json!({})).await.expect("restore"), 201, "restore").json();
+    let v3 = expect(
+        l.post(&format!("{ORG}/sec_policy/1/restore"), &json!({}))
+            .await
+            .expect("restore"),
+        201,
+        "restore",
+    )
+    .json();
     assert_eq!(v3["version"], 3);
     assert_eq!(v3["restored_from"], 1);
     for (id, _) in &cl.apis {
         let mut c = cl.client(*id);
         let active = lin_get(&mut c, &format!("{ORG}/sec_policy/active/rule_sets")).await;
-        assert_eq!(active[0]["rules"].as_array().map(Vec::len), Some(1), "region {id}: version 3 equals version 1");
+        assert_eq!(
+            active[0]["rules"].as_array().map(Vec::len),
+            Some(1),
+            "region {id}: version 3 equals version 1"
+        );
         let draft = lin_get(&mut c, &format!("{ORG}/sec_policy/draft/rule_sets")).await;
-        assert_eq!(draft[0]["rules"].as_array().map(Vec::len), Some(1), "region {id}: the draft follows the rollback");
-        assert_eq!(lin_get(&mut c, &format!("{ORG}/sec_policy/pending")).await, json!({}));
+        assert_eq!(
+            draft[0]["rules"].as_array().map(Vec::len),
+            Some(1),
+            "region {id}: the draft follows the rollback"
+        );
+        assert_eq!(
+            lin_get(&mut c, &format!("{ORG}/sec_policy/pending")).await,
+            json!({})
+        );
     }
     // Restoring what is already active is refused.
-    let again = l.post(&format!("{ORG}/sec_policy/3/restore"), &json!({})).await.expect("restore");
-    assert_eq!(expect(again, 406, "restore same").token(), "nothing_to_provision");
+    let again = l
+        .post(&format!("{ORG}/sec_policy/3/restore"), &json!({}))
+        .await
+        .expect("restore");
+    assert_eq!(
+        expect(again, 406, "restore same").token(),
+        "nothing_to_provision"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -151,7 +228,12 @@ async fn probes_answer_per_node_and_the_spec_lists_every_route() {
     }
     // The committed spec is the generated one.
     let mut c = cl.client(leader);
-    let spec = expect(c.get("/api/v2/openapi.json").await.expect("spec"), 200, "spec").json();
+    let spec = expect(
+        c.get("/api/v2/openapi.json").await.expect("spec"),
+        200,
+        "spec",
+    )
+    .json();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
     let text = serde_json::to_string_pretty(&spec).expect("json") + "\n";
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
@@ -163,13 +245,24 @@ async fn probes_answer_per_node_and_the_spec_lists_every_route() {
     for (method, path, _) in sc_leader::api::ROUTES {
         let p = path
             .replace("{org}", "1")
-            .replace("{pversion}", if path.ends_with("restore") || path.ends_with("{pversion}") { "1" } else { "draft" })
+            .replace(
+                "{pversion}",
+                if path.ends_with("restore") || path.ends_with("{pversion}") {
+                    "1"
+                } else {
+                    "draft"
+                },
+            )
             .replace("{id}", "x")
             .replace("{rule}", "y")
             .replace("{key}", "z");
         let m: Method = method.to_uppercase().parse().expect("method");
         let body = matches!(*method, "post" | "put").then(|| b"{}".to_vec());
         let a = c.send(m, &p, body, &[]).await.expect("send");
-        assert_ne!(a.token(), "no_such_endpoint", "{method} {path} is not routed");
+        assert_ne!(
+            a.token(),
+            "no_such_endpoint",
+            "{method} {path} is not routed"
+        );
     }
 }

@@ -349,7 +349,7 @@ fn a_bad_config_stops_the_node_with_a_message_that_says_what_to_fix() {
 }
 
 /// Runs `pce up` until it prints its ready banner; returns the process and what it printed.
-fn start_up(dir: &Path, port: u16) -> (Child, String) {
+fn start_up(dir: &Path, port: u16, api_port: u16) -> (Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(PCE)
         .args([
@@ -358,6 +358,8 @@ fn start_up(dir: &Path, port: u16) -> (Child, String) {
             dir.to_str().unwrap(),
             "--port",
             &port.to_string(),
+            "--api-port",
+            &api_port.to_string(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -400,7 +402,12 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pce-data");
     let port = free_port();
-    let (up, printed) = start_up(&data, port);
+    let (up, printed) = start_up(&data, port, free_port());
+    assert!(
+        printed.contains("bootstrap owner API key (shown once"),
+        "{printed}"
+    );
+    assert!(printed.contains("auth_username: api_"), "{printed}");
     for (region, addr) in [
         ("us-east", "127.0.0.11"),
         ("eu-west", "127.0.0.12"),
@@ -428,7 +435,11 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
     ]);
     ctrl_c(up);
 
-    let (up, _) = start_up(&data, port);
+    let (up, printed) = start_up(&data, port, free_port());
+    assert!(
+        printed.contains("the owner API key exists already"),
+        "a restart does not make a second owner key:\n{printed}"
+    );
     let ap = data.join("ap-south/node.toml");
     let out = Command::new(PCE)
         .args([
@@ -452,4 +463,61 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
     let doc = String::from_utf8_lossy(&status.stdout);
     assert_eq!(doc.matches("\"reachable\": true").count(), 3, "{doc}");
     ctrl_c(up);
+}
+
+/// Whether Python with the `illumio` client (PyPI 1.1.3) is installed. In CI it
+/// must be (`.ci/run` installs it); elsewhere the compatibility test says it skipped.
+fn illumio_client_available() -> bool {
+    let ok = Command::new("python3")
+        .args([
+            "-c",
+            "from importlib.metadata import version; import sys, illumio; sys.exit(0 if version('illumio') == '1.1.3' else 1)",
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("CI must provide python3 with illumio==1.1.3 (see .ci/run)");
+    }
+    ok
+}
+
+#[test]
+fn the_published_illumio_python_client_drives_the_cluster() {
+    if !illumio_client_available() {
+        eprintln!(
+            "skipped: python3 with illumio==1.1.3 is not installed (pip install illumio==1.1.3)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pce-data");
+    let api_port = free_port();
+    let (up, _) = start_up(&data, free_port(), api_port);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/compat/illumio_client.py"
+    );
+    let out = Command::new("python3")
+        .args([
+            script,
+            "127.0.0.11",
+            "127.0.0.12",
+            &api_port.to_string(),
+            data.join("certs/ca.pem").to_str().unwrap(),
+            data.join("owner-api-key.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    ctrl_c(up);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the illumio client failed:\n{printed}"
+    );
+    assert!(printed.contains("ALL OK"), "{printed}");
 }

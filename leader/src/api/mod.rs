@@ -296,7 +296,11 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", format!("reading the body: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                format!("reading the body: {e}"),
+            )
         })?;
         if let Ok(data) = frame.into_data() {
             seen += data.len();

@@ -341,8 +341,7 @@ pub fn merge_input<D: Doc>(
     for (k, v) in body {
         m.insert(k, v);
     }
-    let input: D::Input =
-        ApiError::parse_value(Value::Object(m))?;
+    let input: D::Input = ApiError::parse_value(Value::Object(m))?;
     D::from_input(input, refs)
 }
 

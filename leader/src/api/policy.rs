@@ -73,10 +73,7 @@ fn units(raw: &Raw) -> Result<Units, ApiError> {
     Ok(out)
 }
 
-fn same(
-    a: Option<&UnitObjects>,
-    b: Option<&UnitObjects>,
-) -> bool {
+fn same(a: Option<&UnitObjects>, b: Option<&UnitObjects>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => {

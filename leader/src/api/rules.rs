@@ -259,7 +259,13 @@ async fn plan_rule<R: Doc>(
     world.add(Kind::RuleSet, rs, &encode(&set.value)?)?;
     // The scope's labels join the small world so the ruleset validates whole.
     let mut all = refs.list.clone();
-    all.extend(set.value.doc.refs().into_iter().map(|(k, id)| ("scope".to_string(), k, id)));
+    all.extend(
+        set.value
+            .doc
+            .refs()
+            .into_iter()
+            .map(|(k, id)| ("scope".to_string(), k, id)),
+    );
     resolve(&s.db, &all, &mut txn, &mut world).await?;
     let full = format!("{rs}/{rid}");
     let key = keys::obj(space, R::KIND, &full);

@@ -43,16 +43,29 @@ impl ApiCluster {
             .expect("bootstrap")
             .expect("first bootstrap creates the owner");
         assert!(
-            sc_leader::bootstrap(cluster.node(leader)).await.expect("again").is_none(),
+            sc_leader::bootstrap(cluster.node(leader))
+                .await
+                .expect("again")
+                .is_none(),
             "a second bootstrap creates nothing"
         );
         // Every region knows the owner key before a test talks to it.
         cluster.wait_converged(Duration::from_secs(30)).await;
-        ApiCluster { cluster, apis, ca, owner }
+        ApiCluster {
+            cluster,
+            apis,
+            ca,
+            owner,
+        }
     }
 
     pub fn addr(&self, id: u64) -> SocketAddr {
-        self.apis.iter().find(|(i, _)| *i == id).expect("api").1.addr
+        self.apis
+            .iter()
+            .find(|(i, _)| *i == id)
+            .expect("api")
+            .1
+            .addr
     }
 
     /// An owner client of node `id`.
@@ -64,7 +77,9 @@ impl ApiCluster {
 
     /// A client of node `id` with another key.
     pub fn client_as(&self, id: u64, key: &(String, String)) -> ApiClient {
-        ApiClient::new(self.addr(id), Some(&self.ca)).expect("client").with_key(&key.0, &key.1)
+        ApiClient::new(self.addr(id), Some(&self.ca))
+            .expect("client")
+            .with_key(&key.0, &key.1)
     }
 
     pub async fn leader(&self) -> u64 {
@@ -74,19 +89,33 @@ impl ApiCluster {
     /// A member (not the leader).
     pub async fn member(&self) -> u64 {
         let l = self.leader().await;
-        self.apis.iter().map(|(i, _)| *i).find(|i| *i != l).expect("a member")
+        self.apis
+            .iter()
+            .map(|(i, _)| *i)
+            .find(|i| *i != l)
+            .expect("a member")
     }
 }
 
 /// Asserts a status and returns the answer.
 pub fn expect(a: Answer, status: u16, what: &str) -> Answer {
-    assert_eq!(a.status.as_u16(), status, "{what}: {} {}", a.status, String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.status.as_u16(),
+        status,
+        "{what}: {} {}",
+        a.status,
+        String::from_utf8_lossy(&a.body)
+    );
     a
 }
 
 /// Creates an object; returns its href.
 pub async fn create(c: &mut ApiClient, path: &str, body: Value) -> String {
-    let a = expect(c.post(&format!("{ORG}{path}"), &body).await.expect("post"), 201, path);
+    let a = expect(
+        c.post(&format!("{ORG}{path}"), &body).await.expect("post"),
+        201,
+        path,
+    );
     a.json()["href"].as_str().expect("href").to_string()
 }
 
@@ -100,18 +129,32 @@ pub fn label_ref(href: &str) -> Value {
 }
 
 /// Creates a user with one permission and an API key; returns the key.
-pub async fn user_with(c: &mut ApiClient, name: &str, role: &str, scope: &[&str]) -> (String, String) {
+pub async fn user_with(
+    c: &mut ApiClient,
+    name: &str,
+    role: &str,
+    scope: &[&str],
+) -> (String, String) {
     let scope: Vec<Value> = scope.iter().map(|h| label_ref(h)).collect();
     let body = json!({"username": name, "permissions": [{"role": {"href": format!("/orgs/1/roles/{role}")}, "scope": scope}]});
-    let u = expect(c.post("/api/v2/users", &body).await.expect("user"), 201, "create user");
+    let u = expect(
+        c.post("/api/v2/users", &body).await.expect("user"),
+        201,
+        "create user",
+    );
     let href = u.json()["href"].as_str().expect("href").to_string();
     let k = expect(
-        c.post(&format!("/api/v2{href}/api_keys"), &json!({"name": "test"})).await.expect("key"),
+        c.post(&format!("/api/v2{href}/api_keys"), &json!({"name": "test"}))
+            .await
+            .expect("key"),
         201,
         "create key",
     );
     let k = k.json();
-    (k["auth_username"].as_str().unwrap_or_default().to_string(), k["secret"].as_str().unwrap_or_default().to_string())
+    (
+        k["auth_username"].as_str().unwrap_or_default().to_string(),
+        k["secret"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 pub async fn settle() {
