@@ -266,3 +266,94 @@ async fn probes_answer_per_node_and_the_spec_lists_every_route() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_boundaries_deny_rules_and_pairing_round_trip() {
+    let cl = ApiCluster::start(3, 0).await;
+    let mut c = cl.client(cl.member().await);
+    let dev = create(&mut c, "/labels", json!({"key": "env", "value": "dev"})).await;
+    let test = create(&mut c, "/labels", json!({"key": "env", "value": "test"})).await;
+    let prod = create(&mut c, "/labels", json!({"key": "env", "value": "prod"})).await;
+    let web = create(&mut c, "/labels", json!({"key": "role", "value": "web"})).await;
+    let preprod = create(
+        &mut c,
+        "/sec_policy/draft/label_groups",
+        json!({"name": "preprod", "key": "env", "labels": [{"href": dev}, {"href": test}]}),
+    )
+    .await;
+    // A group that contains itself is refused; so is a cycle through another group.
+    let outer = create(
+        &mut c,
+        "/sec_policy/draft/label_groups",
+        json!({"name": "outer", "key": "env", "sub_groups": [{"href": preprod}]}),
+    )
+    .await;
+    let a = c
+        .put(&api(&preprod), &json!({"sub_groups": [{"href": outer}]}))
+        .await
+        .expect("put");
+    assert_eq!(expect(a, 406, "cycle").token(), "label_group_cycle");
+
+    let boundary = create(
+        &mut c,
+        "/sec_policy/draft/enforcement_boundaries",
+        json!({"name": "no preprod to prod", "providers": [label_ref(&prod)], "consumers": [{"label_group": {"href": preprod}}], "ingress_services": [{"href": "/orgs/1/sec_policy/draft/services/all-services"}]}),
+    )
+    .await;
+    let rs = create(&mut c, "/sec_policy/draft/rule_sets", json!({"name": "web", "scopes": [[label_ref(&prod)]]})).await;
+    let deny = expect(
+        c.post(
+            &format!("{}/deny_rules", api(&rs)),
+            &json!({"providers": [label_ref(&web)], "consumers": [{"actors": "ams"}], "ingress_services": [{"proto": 6, "port": 23}], "override": true}),
+        )
+        .await
+        .expect("deny"),
+        201,
+        "deny rule",
+    )
+    .json();
+    assert_eq!(deny["override"], true);
+    let r = lin(&mut c, &api(&rs)).await;
+    assert_eq!(r["deny_rules"].as_array().map(Vec::len), Some(1));
+    // An object in use cannot be deleted; the group is used by the boundary.
+    let a = c.delete(&api(&preprod)).await.expect("delete");
+    assert_eq!(expect(a, 406, "in use").token(), "object_in_use");
+    expect(
+        c.post(&format!("{ORG}/sec_policy"), &json!({"update_description": "groups"})).await.expect("p"),
+        201,
+        "provision",
+    );
+    let active = lin(&mut c, &format!("{ORG}/sec_policy/active/enforcement_boundaries")).await;
+    assert_eq!(active[0]["href"], boundary.replace("/draft/", "/active/"));
+    // Deleting the boundary in the draft is a pending delete until provisioned.
+    expect(c.delete(&api(&boundary)).await.expect("delete"), 204, "delete boundary");
+    let pending = lin(&mut c, &format!("{ORG}/sec_policy/pending")).await;
+    assert_eq!(pending["enforcement_boundaries"][0]["update_type"], "delete");
+
+    // Pairing profiles issue keys; a disabled one does not.
+    let prof = create(
+        &mut c,
+        "/pairing_profiles",
+        json!({"name": "web servers", "labels": [{"href": web}, {"href": prod}], "enforcement_mode": "full", "allowed_uses_per_key": 5, "key_lifespan": 3600}),
+    )
+    .await;
+    let k = expect(
+        c.post(&format!("{}/pairing_key", api(&prof)), &json!({})).await.expect("key"),
+        201,
+        "pairing key",
+    )
+    .json();
+    assert_eq!(k["activation_code"].as_str().map(str::len), Some(48));
+    expect(c.put(&api(&prof), &json!({"enabled": false})).await.expect("put"), 204, "disable");
+    let a = c.post(&format!("{}/pairing_key", api(&prof)), &json!({})).await.expect("key");
+    assert_eq!(expect(a, 406, "disabled").token(), "pairing_profile_disabled");
+    let a = c
+        .post(&format!("{ORG}/pairing_profiles"), &json!({"name": "x", "allowed_uses_per_key": "lots"}))
+        .await
+        .expect("post");
+    assert_eq!(expect(a, 406, "bad limit").token(), "invalid_value");
+}
+
+async fn lin(c: &mut sc_leader::client::ApiClient, path: &str) -> Value {
+    lin_get(c, path).await
+}

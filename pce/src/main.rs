@@ -5,6 +5,7 @@
 //! running cluster over the same mutual-TLS channel the regions use.
 
 mod bench;
+mod bench_api;
 mod config;
 mod ops;
 mod up;
@@ -166,6 +167,8 @@ enum KvCommand {
 enum BenchCommand {
     /// Committed writes per second and latency at several client counts.
     Write(bench::WriteArgs),
+    /// Rule edits and provisioning through the admin API of a `pce up` cluster.
+    Api(bench_api::ApiArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -244,6 +247,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => bench::write(args).await,
+            BenchCommand::Api(args) => bench_api::api(args).await,
         },
     }
 }

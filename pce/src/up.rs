@@ -12,7 +12,7 @@ use crate::config::NodeConfig;
 use crate::ops::{table, wait_for_stop_signal};
 
 /// The regions `pce up` starts: (region, node name, Raft id, loopback address).
-const REGIONS: [(&str, &str, u64, Ipv4Addr); 3] = [
+pub const REGIONS: [(&str, &str, u64, Ipv4Addr); 3] = [
     ("us-east", "us-east-1", 1, Ipv4Addr::new(127, 0, 0, 11)),
     ("eu-west", "eu-west-1", 2, Ipv4Addr::new(127, 0, 0, 12)),
     ("ap-south", "ap-south-1", 3, Ipv4Addr::new(127, 0, 0, 13)),
