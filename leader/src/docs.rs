@@ -720,6 +720,12 @@ impl Doc for RuleSetDoc {
     type Input = RuleSetIn;
     fn from_input(i: RuleSetIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
+        if i.rules.is_some() {
+            return Err(ApiError::field(
+                "rules",
+                "rules are given only when creating a ruleset; edit them through its sec_rules",
+            ));
+        }
         if i.scopes.len() > 1 {
             return Err(ApiError::field(
                 "scopes",

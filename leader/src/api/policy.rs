@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::keys::{self, Id, Kind, Space};
 use crate::rbac::Action;
 use crate::time::iso8601;
-use crate::world::{load_raw, world_of, Raw, World, MAX_OBJECTS, POLICY_KINDS};
+use crate::world::{load_raw, world_of, Raw, MAX_OBJECTS, POLICY_KINDS};
 
 /// A provisioned version's metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,8 +267,6 @@ fn apply_units(active: &Raw, from: &Units, chosen: &[Unit]) -> Raw {
 }
 
 struct Plan {
-    world_before: World,
-    world_after: World,
     affected: BTreeSet<Id>,
 }
 
@@ -279,11 +277,7 @@ fn plan(snap: &Snapshot, new_active: &Raw) -> Result<Plan, ApiError> {
         return Err(ApiError::validation(&errors));
     }
     let affected = sc_policy::version::affected(&after.estate, &before.policy, &after.policy);
-    Ok(Plan {
-        world_before: before,
-        world_after: after,
-        affected,
-    })
+    Ok(Plan { affected })
 }
 
 /// Writes version `n`: active objects of the chosen units, their history, metadata.
@@ -439,7 +433,6 @@ async fn impact(
     let chosen = chosen(&pending, &input.change_subset)?;
     let new_active = apply_units(&snap.active_raw, &snap.draft, &chosen);
     let plan = plan(&snap, &new_active)?;
-    let _ = (&plan.world_before, &plan.world_after);
     let hrefs: Vec<String> = plan
         .affected
         .iter()
