@@ -300,7 +300,12 @@ async fn groups_boundaries_deny_rules_and_pairing_round_trip() {
         json!({"name": "no preprod to prod", "providers": [label_ref(&prod)], "consumers": [{"label_group": {"href": preprod}}], "ingress_services": [{"href": "/orgs/1/sec_policy/draft/services/all-services"}]}),
     )
     .await;
-    let rs = create(&mut c, "/sec_policy/draft/rule_sets", json!({"name": "web", "scopes": [[label_ref(&prod)]]})).await;
+    let rs = create(
+        &mut c,
+        "/sec_policy/draft/rule_sets",
+        json!({"name": "web", "scopes": [[label_ref(&prod)]]}),
+    )
+    .await;
     let deny = expect(
         c.post(
             &format!("{}/deny_rules", api(&rs)),
@@ -319,16 +324,32 @@ async fn groups_boundaries_deny_rules_and_pairing_round_trip() {
     let a = c.delete(&api(&preprod)).await.expect("delete");
     assert_eq!(expect(a, 406, "in use").token(), "object_in_use");
     expect(
-        c.post(&format!("{ORG}/sec_policy"), &json!({"update_description": "groups"})).await.expect("p"),
+        c.post(
+            &format!("{ORG}/sec_policy"),
+            &json!({"update_description": "groups"}),
+        )
+        .await
+        .expect("p"),
         201,
         "provision",
     );
-    let active = lin(&mut c, &format!("{ORG}/sec_policy/active/enforcement_boundaries")).await;
+    let active = lin(
+        &mut c,
+        &format!("{ORG}/sec_policy/active/enforcement_boundaries"),
+    )
+    .await;
     assert_eq!(active[0]["href"], boundary.replace("/draft/", "/active/"));
     // Deleting the boundary in the draft is a pending delete until provisioned.
-    expect(c.delete(&api(&boundary)).await.expect("delete"), 204, "delete boundary");
+    expect(
+        c.delete(&api(&boundary)).await.expect("delete"),
+        204,
+        "delete boundary",
+    );
     let pending = lin(&mut c, &format!("{ORG}/sec_policy/pending")).await;
-    assert_eq!(pending["enforcement_boundaries"][0]["update_type"], "delete");
+    assert_eq!(
+        pending["enforcement_boundaries"][0]["update_type"],
+        "delete"
+    );
 
     // Pairing profiles issue keys; a disabled one does not.
     let prof = create(
@@ -338,17 +359,34 @@ async fn groups_boundaries_deny_rules_and_pairing_round_trip() {
     )
     .await;
     let k = expect(
-        c.post(&format!("{}/pairing_key", api(&prof)), &json!({})).await.expect("key"),
+        c.post(&format!("{}/pairing_key", api(&prof)), &json!({}))
+            .await
+            .expect("key"),
         201,
         "pairing key",
     )
     .json();
     assert_eq!(k["activation_code"].as_str().map(str::len), Some(48));
-    expect(c.put(&api(&prof), &json!({"enabled": false})).await.expect("put"), 204, "disable");
-    let a = c.post(&format!("{}/pairing_key", api(&prof)), &json!({})).await.expect("key");
-    assert_eq!(expect(a, 406, "disabled").token(), "pairing_profile_disabled");
+    expect(
+        c.put(&api(&prof), &json!({"enabled": false}))
+            .await
+            .expect("put"),
+        204,
+        "disable",
+    );
     let a = c
-        .post(&format!("{ORG}/pairing_profiles"), &json!({"name": "x", "allowed_uses_per_key": "lots"}))
+        .post(&format!("{}/pairing_key", api(&prof)), &json!({}))
+        .await
+        .expect("key");
+    assert_eq!(
+        expect(a, 406, "disabled").token(),
+        "pairing_profile_disabled"
+    );
+    let a = c
+        .post(
+            &format!("{ORG}/pairing_profiles"),
+            &json!({"name": "x", "allowed_uses_per_key": "lots"}),
+        )
         .await
         .expect("post");
     assert_eq!(expect(a, 406, "bad limit").token(), "invalid_value");

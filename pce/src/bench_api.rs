@@ -100,9 +100,10 @@ async fn edits(
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for rule in rules.iter().take(clients).cloned() {
+    for rule in rules.iter().take(clients) {
         let mut c = t.client(addr)?;
         let hist = hist.clone();
+        let path = format!("/api/v2{rule}");
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             let mut errors = 0u64;
@@ -110,7 +111,7 @@ async fn edits(
             while Instant::now() < deadline {
                 let body = json!({"ingress_services": [{"proto": 6, "port": 1024 + (n % 60000)}]});
                 let t0 = Instant::now();
-                match c.put(&format!("/api/v2{rule}"), &body).await {
+                match c.put(&path, &body).await {
                     Ok(a) if a.status == 204 => {
                         let _ = local.record(t0.elapsed().as_micros() as u64);
                     }

@@ -8,7 +8,7 @@ use sc_raft::{Client, ClientId, Command, MembershipOp, Mutation, Node, NodeStatu
 use crate::config::NodeConfig;
 
 /// `pce serve`: runs one node (and its admin API, if configured) until SIGINT or
-/// SIGTERM. The bootstrapping node creates the owner API key once and prints it.
+/// SIGTERM. The first node to serve the API creates the owner API key and prints it.
 pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
     let opts = cfg.to_options()?;
     let api_opts = match &cfg.api {
@@ -21,7 +21,9 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
         Some(o) => Some(sc_leader::serve(node.clone(), o).await?),
         None => None,
     };
-    if cfg.bootstrap {
+    // The first node serving the API creates the owner key (compare-and-set in
+    // the store, so exactly one node of the cluster does, once).
+    if cfg.api.is_some() {
         let key_file = cfg.data_dir.join("owner-api-key.json");
         tokio::select! {
             r = bootstrap_owner(&node, &key_file) => r?,

@@ -218,3 +218,28 @@ fn index_of(key: &[u8]) -> io::Result<u64> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "log key is not 8 bytes"))?;
     Ok(u64::from_be_bytes(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_entry_larger_than_a_segment_quarter_is_synced_and_reads_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        {
+            let db = super::super::open_db(dir.path()).expect("db");
+            let e = SledEngine::open(db, dir.path(), DiskFaults::default()).expect("engine");
+            e.append(&[(1, big.clone())]).expect("append");
+            e.sync().expect("sync");
+            let synced = e.synced_blobs.lock().expect("lock").len();
+            assert!(
+                synced >= 1,
+                "sled put the entry in a blob file, and sync made it durable"
+            );
+        }
+        let db = super::super::open_db(dir.path()).expect("reopen");
+        let e = SledEngine::open(db, dir.path(), DiskFaults::default()).expect("engine");
+        assert_eq!(e.range(1, None).expect("read"), vec![(1, big)]);
+    }
+}
