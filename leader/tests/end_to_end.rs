@@ -395,3 +395,90 @@ async fn groups_boundaries_deny_rules_and_pairing_round_trip() {
 async fn lin(c: &mut sc_leader::client::ApiClient, path: &str) -> Value {
     lin_get(c, path).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_http_only_when_asked_and_collections_are_capped() {
+    let cl = ApiCluster::start(1, 0).await;
+    // The HTTPS port refuses a plain-HTTP client (no answer, not a 200).
+    let mut plain_to_tls = sc_leader::client::ApiClient::new(cl.addr(1), None).expect("client");
+    assert!(
+        plain_to_tls.get("/api/v2/health").await.is_err(),
+        "HTTPS only"
+    );
+    // An explicit insecure server speaks HTTP.
+    let opts = sc_leader::ApiOptions {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        tls: None,
+        rate: 0,
+        burst: 0,
+    };
+    let insecure = sc_leader::serve(cl.cluster.node(1).clone(), opts)
+        .await
+        .expect("serve");
+    let mut h = sc_leader::client::ApiClient::new(insecure.addr, None)
+        .expect("client")
+        .with_key(&cl.owner.auth_username, &cl.owner.secret);
+    expect(
+        h.get("/api/v2/health").await.expect("health"),
+        200,
+        "plain health",
+    );
+
+    // max_results caps a collection; X-Total-Count gives the full count.
+    let mut c = cl.client(1);
+    for i in 0..5 {
+        create(
+            &mut c,
+            "/labels",
+            json!({"key": "loc", "value": format!("dc{i}")}),
+        )
+        .await;
+    }
+    let a = expect(
+        c.get(&format!("{ORG}/labels?max_results=2"))
+            .await
+            .expect("get"),
+        200,
+        "capped",
+    );
+    assert_eq!(a.json().as_array().map(Vec::len), Some(2));
+    assert_eq!(a.header("x-total-count").as_deref(), Some("5"));
+    let a = c
+        .get(&format!("{ORG}/labels?max_results=lots"))
+        .await
+        .expect("get");
+    assert_eq!(expect(a, 400, "bad max").token(), "invalid_query_parameter");
+    // An async job answers 202 with a Location to poll, then the result.
+    let a = c
+        .send(
+            Method::GET,
+            &format!("{ORG}/labels"),
+            None,
+            &[("prefer", "respond-async")],
+        )
+        .await
+        .expect("async");
+    let a = expect(a, 202, "async");
+    assert_eq!(a.header("retry-after").as_deref(), Some("1"));
+    let job = expect(
+        c.get(&api(&a.header("location").expect("location")))
+            .await
+            .expect("job"),
+        200,
+        "job",
+    )
+    .json();
+    assert_eq!(job["status"], "done");
+    let result = c
+        .get(&api(job["result"]["href"].as_str().expect("href")))
+        .await
+        .expect("result");
+    assert_eq!(
+        expect(result, 200, "result")
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+    insecure.stop().await;
+}
