@@ -1,7 +1,11 @@
 //! Compiles the `.proto` files with protox, so no system `protoc` is needed.
 
 fn main() {
-    let files = ["proto/raft.proto", "proto/federation.proto"];
+    let files = [
+        "proto/raft.proto",
+        "proto/federation.proto",
+        "proto/ven.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1105,6 +1105,12 @@ pub struct WorkloadDoc {
     pub managed: bool,
     /// Public address, informational.
     pub public_ip: Option<String>,
+    /// The region whose member the VEN paired with (managed workloads).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Isolated: all traffic denied but the VEN's own channel (an action, not policy).
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 /// Request body of a workload (unmanaged, created by the API).
@@ -1159,6 +1165,8 @@ impl Doc for WorkloadDoc {
             online: i.online,
             managed: false,
             public_ip: i.public_ip,
+            region: None,
+            quarantined: false,
         })
     }
     fn to_json(&self) -> Map<String, Value> {

@@ -1,7 +1,18 @@
-//! The regional serving path: the VEN gRPC service, the per-region compiled
-//! policy cache fed by the replica's change notices, pushes to affected VENs,
-//! heartbeats and region-local flow storage.
+//! The supercluster's regional serving path: every member serves the VENs of its
+//! region from its own replica.
 //!
-//! It reads from the local replica of `sc_raft` and never computes rules for
-//! other regions. Nothing here yet: the crate exists so the workspace has its
-//! final shape.
+//! - [`service`]: the VEN gRPC service (pairing, the policy stream, heartbeats
+//!   and goodbyes, flow reports, the RTT probe) over TLS;
+//! - [`cache`]: the regional compiled-policy cache, kept current from the store's
+//!   change notices, which says exactly which served workloads changed;
+//! - [`pairing`]: a pairing key and host facts become a managed workload and a
+//!   VEN identity; [`flows`]: the region-local flow store.
+
+pub mod cache;
+pub mod error;
+pub mod flows;
+pub mod pairing;
+pub mod service;
+
+pub use error::MemberError;
+pub use service::{VenOptions, VenServer};

@@ -171,6 +171,8 @@ async fn seed_workloads(
                 online: true,
                 managed: true,
                 public_ip: None,
+                region: Some("us-east".into()),
+                quarantined: false,
             };
             let rec = Record {
                 v: RECORD_V,

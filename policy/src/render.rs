@@ -121,6 +121,14 @@ fn render_sets(out: &mut String, rules: &[CompiledRule], dir: &str) {
 
 /// The `nft -f` input that replaces the workload's table atomically.
 pub fn nftables(c: &CompiledPolicy) -> String {
+    nftables_with_control(c, &[])
+}
+
+/// [`nftables`], keeping the VEN's own channel to the PCE open: outbound TCP to
+/// each `control` endpoint is accepted before any policy rule (replies are
+/// covered by the established-state rule), so a full-mode or quarantined workload
+/// can always reach its members.
+pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -165,6 +173,15 @@ pub fn nftables(c: &CompiledPolicy) -> String {
         let _ = writeln!(out, "    type filter hook output priority 0; policy drop;");
         let _ = writeln!(out, "    ct state established,related accept");
         let _ = writeln!(out, "    oif \"lo\" accept");
+        for ep in control {
+            let fam = if ep.is_ipv4() { "ip" } else { "ip6" };
+            let _ = writeln!(
+                out,
+                "    {fam} daddr {} tcp dport {} accept comment \"pce control channel\"",
+                ep.ip(),
+                ep.port()
+            );
+        }
         render_rules(&mut out, &c.outbound, "out", "daddr");
         let _ = writeln!(out, "  }}");
     }

@@ -14,3 +14,9 @@ pub mod federation {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("supercluster.federation.v1");
 }
+
+/// The VEN service: pairing, the policy stream, flows.
+pub mod ven {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("supercluster.ven.v1");
+}

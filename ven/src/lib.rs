@@ -1,5 +1,15 @@
 //! The VEN agent: pairing, nearest-member selection and failover, a local policy
-//! cache, nftables enforcement and flow reporting, plus a lightweight simulator.
+//! cache, nftables enforcement, plus a lightweight simulator for scale tests.
 //!
-//! It speaks only `sc_proto` and never imports server crates. Nothing here yet:
-//! the crate exists so the workspace has its final shape.
+//! It speaks only `sc_proto` (and renders with `sc_policy`), never server crates:
+//! - [`identity`]: pairing, and the identity and policy kept on disk;
+//! - [`agent`]: the connection loop (nearest member, stream, acks, failover);
+//! - [`enforce`]: applying a policy (nftables, dry run, or in memory).
+
+pub mod agent;
+pub mod enforce;
+pub mod identity;
+
+pub use agent::{Agent, AgentEvent};
+pub use enforce::Enforcer;
+pub use identity::{Identity, StoredPolicy, VenError};

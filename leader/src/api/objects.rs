@@ -76,6 +76,10 @@ pub fn object_json<D: Doc>(space: Space, id: &str, rec: &Record<D>) -> Value {
             serde_json::to_value(&rec.doc).unwrap_or_default(),
         ) {
             m.insert("managed".into(), json!(w.managed));
+            m.insert("quarantined".into(), json!(w.quarantined));
+            if let Some(r) = w.region {
+                m.insert("region".into(), json!(r));
+            }
         }
     }
     Value::Object(m)
@@ -386,18 +390,17 @@ pub async fn update<D: Doc>(
 }
 
 /// Fields the API does not let callers set survive an update (a workload's
-/// `managed` flag is set by pairing only).
+/// `managed` flag and region are set by pairing, quarantine by its own action).
 fn keep_server_fields<D: Doc>(old: &D, new: &mut D) {
     if D::KIND == Kind::Workload {
-        let managed = serde_json::to_value(old)
-            .ok()
-            .and_then(|v| v.get("managed").and_then(Value::as_bool))
-            .unwrap_or(false);
-        if let Ok(mut v) = serde_json::to_value(&*new) {
-            v["managed"] = json!(managed);
-            if let Ok(d) = serde_json::from_value(v) {
-                *new = d;
-            }
+        let (Ok(old), Ok(mut v)) = (serde_json::to_value(old), serde_json::to_value(&*new)) else {
+            return;
+        };
+        for field in ["managed", "region", "quarantined"] {
+            v[field] = old.get(field).cloned().unwrap_or(Value::Null);
+        }
+        if let Ok(d) = serde_json::from_value(v) {
+            *new = d;
         }
     }
 }
@@ -576,6 +579,43 @@ async fn pairing_key(
     ))
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuarantineIn {
+    quarantined: bool,
+}
+
+/// Isolates a workload (or lifts it): all its traffic is denied but its VEN's
+/// channel to the PCE; the VEN gets it as a policy push.
+async fn quarantine(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    space_of(Kind::Workload, &p, true)?;
+    let id = id_param(&p, "id")?;
+    let input: QuarantineIn = ctx.parse()?;
+    let (_, rev) = transact!(&s.db, async {
+        let key = keys::obj(Space::Live, Kind::Workload, &id);
+        let cur =
+            s.db.get::<Record<WorkloadDoc>>(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(keys::href(Space::Live, Kind::Workload, &id)))?;
+        may_write(&ctx.who, &cur.value.doc)?;
+        let mut rec = cur.value.clone();
+        rec.doc.quarantined = input.quarantined;
+        rec.meta.updated_at = ctx.now;
+        rec.meta.updated_by = ctx.who.href();
+        let mut txn = Txn::default();
+        txn.expect(key.clone(), Some(cur.rev));
+        txn.put(key, &rec)?;
+        ctx.audit(&mut txn, &s, &keys::href(Space::Live, Kind::Workload, &id))?;
+        Ok((txn, ()))
+    })?;
+    Ok(no_content(rev))
+}
+
 fn crud<D: Doc>(router: Router<Shared>, collection_path: &str) -> Router<Shared> {
     router
         .route(collection_path, get(list::<D>).post(create::<D>))
@@ -598,6 +638,10 @@ pub(super) fn routes() -> Router<Shared> {
         "/api/v2/orgs/{org}/sec_policy/{pversion}/enforcement_boundaries",
     );
     r.route("/api/v2/orgs/{org}/workloads/bulk_create", put(bulk_create))
+        .route(
+            "/api/v2/orgs/{org}/workloads/{id}/quarantine",
+            put(quarantine),
+        )
         .route(
             "/api/v2/orgs/{org}/pairing_profiles/{id}/pairing_key",
             post(pairing_key),

@@ -1,0 +1,467 @@
+//! The regional compiled-policy cache: one policy engine over the replicated
+//! active policy and estate, kept current from the store's change notices, that
+//! compiles the workloads this member serves (its region's, plus VENs that failed
+//! over to it) and says exactly which of them changed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sc_leader::auth::sha256_hex;
+use sc_leader::db::Db;
+use sc_leader::docs::{Record, WorkloadDoc};
+use sc_leader::keys::{self, Id, Kind, Space};
+use sc_leader::world::{load_raw, world_of, World, MAX_OBJECTS, POLICY_KINDS};
+use sc_policy::compute::CompiledPolicy;
+use sc_policy::model::EnforcementMode;
+use sc_policy::{Change, Engine};
+use tokio::sync::Notify;
+
+use crate::error::MemberError;
+
+/// What a VEN receives: one workload's compiled policy, and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The active version it was computed from.
+    pub version: u64,
+    /// SHA-256 of `json`, hex.
+    pub hash: String,
+    /// The compiled policy as JSON (the VEN renders nftables from it).
+    pub json: String,
+    /// The policy itself.
+    pub compiled: Arc<CompiledPolicy>,
+}
+
+struct Inner {
+    engine: Engine,
+    version: u64,
+    /// Workloads of other regions whose VENs are connected here (failover).
+    adopted: HashSet<Id>,
+    /// Quarantined workloads: isolated whatever the policy says.
+    quarantined: HashSet<Id>,
+    rendered: HashMap<Id, Arc<Rendered>>,
+}
+
+/// The cache of one member.
+pub struct PolicyCache {
+    region: String,
+    db: Db,
+    inner: RwLock<Inner>,
+    /// Notifiers of connected workloads (one per stream): pinged when its policy
+    /// changes.
+    watchers: Mutex<HashMap<Id, Vec<Arc<Notify>>>>,
+    /// How many workloads each update changed (for tests and metrics).
+    pub pushes: std::sync::atomic::AtomicU64,
+}
+
+fn render(version: u64, c: &Arc<CompiledPolicy>, quarantined: bool) -> Arc<Rendered> {
+    let compiled = if quarantined {
+        // Isolation: full mode with no rules; the VEN keeps its control channel.
+        Arc::new(CompiledPolicy {
+            workload: c.workload.clone(),
+            mode: EnforcementMode::Full,
+            addresses: c.addresses.clone(),
+            inbound: vec![],
+            outbound: vec![],
+        })
+    } else {
+        c.clone()
+    };
+    let json = serde_json::to_string(&*compiled).unwrap_or_default();
+    Arc::new(Rendered {
+        version,
+        hash: sha256_hex(&[json.as_bytes()]),
+        json,
+        compiled,
+    })
+}
+
+/// Parses a changed key into the engine change it means.
+fn change_of(key: &[u8]) -> Option<Change> {
+    let k = std::str::from_utf8(key).ok()?;
+    if let Some(rest) = k.strip_prefix("o/live/") {
+        let (kind, id) = keys::split_kind_id(rest)?;
+        return match kind {
+            Kind::Label => Some(Change::Label(id)),
+            Kind::Workload => Some(Change::Workload(id)),
+            _ => None,
+        };
+    }
+    let rest = k.strip_prefix("o/active/")?;
+    let (kind, id) = keys::split_kind_id(rest)?;
+    Some(match kind {
+        Kind::LabelGroup => Change::LabelGroup(id),
+        Kind::Service => Change::Service(id),
+        Kind::IpList => Change::IpList(id),
+        Kind::RuleSet => Change::RuleSet(id),
+        Kind::SecRule | Kind::DenyRule => Change::RuleSet(id.split('/').next()?.to_string()),
+        Kind::Boundary => Change::Boundary(id),
+        _ => return None,
+    })
+}
+
+impl PolicyCache {
+    /// Builds the cache from the local replica.
+    pub async fn load(db: Db, region: &str) -> Result<PolicyCache, MemberError> {
+        let (engine, version, quarantined) = Self::build(&db, region, &HashSet::new()).await?;
+        let cache = PolicyCache {
+            region: region.to_string(),
+            db,
+            inner: RwLock::new(Inner {
+                engine,
+                version,
+                adopted: HashSet::new(),
+                quarantined,
+                rendered: HashMap::new(),
+            }),
+            watchers: Mutex::new(HashMap::new()),
+            pushes: std::sync::atomic::AtomicU64::new(0),
+        };
+        Ok(cache)
+    }
+
+    async fn build(
+        db: &Db,
+        region: &str,
+        adopted: &HashSet<Id>,
+    ) -> Result<(Engine, u64, HashSet<Id>), MemberError> {
+        let live = load_raw(db, Space::Live, &[Kind::Label, Kind::Workload]).await?;
+        let active = load_raw(db, Space::Active, &POLICY_KINDS).await?;
+        let mut world = world_of(live.iter().chain(active.iter()))?;
+        let mut quarantined = HashSet::new();
+        for ((kind, id), bytes) in &live {
+            if *kind == Kind::Workload {
+                let rec: Record<WorkloadDoc> = sc_leader::docs::decode(bytes)?;
+                Self::localize(&mut world, id, &rec.doc, region, adopted);
+                if rec.doc.quarantined {
+                    quarantined.insert(id.clone());
+                }
+            }
+        }
+        let version = db
+            .get::<u64>(keys::VERSION)
+            .await?
+            .map(|v| v.value)
+            .unwrap_or(0);
+        Ok((
+            Engine::new(world.estate, world.policy),
+            version,
+            quarantined,
+        ))
+    }
+
+    /// Workloads of other regions are peers only here, unless adopted.
+    fn localize(
+        world: &mut World,
+        id: &str,
+        doc: &WorkloadDoc,
+        region: &str,
+        adopted: &HashSet<Id>,
+    ) {
+        if let Some(w) = world.estate.workloads.get_mut(id) {
+            let mine = doc.region.as_deref() == Some(region) || adopted.contains(id);
+            w.managed = doc.managed && mine;
+        }
+    }
+
+    /// The policy a workload served here should enforce (`None`: not served here
+    /// or not managed).
+    pub fn policy_of(&self, id: &str) -> Option<Arc<Rendered>> {
+        {
+            let inner = self.inner.read().ok()?;
+            if let Some(r) = inner.rendered.get(id) {
+                return Some(r.clone());
+            }
+        }
+        let mut inner = self.inner.write().ok()?;
+        let c = inner.engine.compiled(id)?;
+        let r = render(inner.version, &c, inner.quarantined.contains(id));
+        inner.rendered.insert(id.to_string(), r.clone());
+        Some(r)
+    }
+
+    /// Starts serving a workload of another region (its VEN failed over here).
+    pub fn adopt(&self, id: &str) {
+        let Ok(mut inner) = self.inner.write() else {
+            return;
+        };
+        if inner.engine.compiled(id).is_some() || !inner.adopted.insert(id.to_string()) {
+            return;
+        }
+        let managed = inner.engine.estate().workloads.contains_key(id);
+        if managed {
+            let id2 = id.to_string();
+            inner
+                .engine
+                .update(&[Change::Workload(id.to_string())], move |estate, _| {
+                    if let Some(w) = estate.workloads.get_mut(&id2) {
+                        w.managed = true;
+                    }
+                });
+        }
+    }
+
+    /// Registers a connected workload; the returned notifier fires when its
+    /// policy may have changed.
+    pub fn watch(&self, id: &str) -> Arc<Notify> {
+        let n = Arc::new(Notify::new());
+        if let Ok(mut w) = self.watchers.lock() {
+            w.entry(id.to_string()).or_default().push(n.clone());
+        }
+        n
+    }
+
+    /// Forgets one stream's notifier.
+    pub fn unwatch(&self, id: &str, n: &Arc<Notify>) {
+        if let Ok(mut w) = self.watchers.lock() {
+            if let Some(list) = w.get_mut(id) {
+                list.retain(|x| !Arc::ptr_eq(x, n));
+                if list.is_empty() {
+                    w.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Applies one change notice's keys; returns the workloads whose policy changed.
+    pub async fn apply(&self, changed_keys: &[Vec<u8>]) -> Result<BTreeSet<Id>, MemberError> {
+        let version_changed = changed_keys.iter().any(|k| k == keys::VERSION);
+        let mut changes: Vec<Change> = changed_keys.iter().filter_map(|k| change_of(k)).collect();
+        changes.sort();
+        changes.dedup();
+        if changes.is_empty() && !version_changed {
+            return Ok(BTreeSet::new());
+        }
+        // Read the new state of every changed object before taking the lock.
+        let mut fresh = World::default();
+        let mut quarantine: HashMap<Id, bool> = HashMap::new();
+        let mut regions: HashMap<Id, WorkloadDoc> = HashMap::new();
+        for c in &changes {
+            match c {
+                Change::Workload(id) => {
+                    if let Some((bytes, _)) = self
+                        .db
+                        .raw(&keys::obj(Space::Live, Kind::Workload, id))
+                        .await?
+                    {
+                        fresh.add(Kind::Workload, id, &bytes)?;
+                        let rec: Record<WorkloadDoc> = sc_leader::docs::decode(&bytes)?;
+                        quarantine.insert(id.clone(), rec.doc.quarantined);
+                        regions.insert(id.clone(), rec.doc);
+                    }
+                }
+                Change::Label(id) => self.fetch(&mut fresh, Space::Live, Kind::Label, id).await?,
+                Change::LabelGroup(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::LabelGroup, id)
+                        .await?
+                }
+                Change::Service(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::Service, id)
+                        .await?
+                }
+                Change::IpList(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::IpList, id)
+                        .await?
+                }
+                Change::Boundary(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::Boundary, id)
+                        .await?
+                }
+                Change::RuleSet(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::RuleSet, id)
+                        .await?;
+                    for kind in [Kind::SecRule, Kind::DenyRule] {
+                        let prefix = keys::rules_prefix(Space::Active, kind, id);
+                        for (k, bytes) in self.db.raw_scan(&prefix, MAX_OBJECTS).await? {
+                            fresh.add(
+                                kind,
+                                &format!("{id}/{}", keys::id_of(&k, &prefix)),
+                                &bytes,
+                            )?;
+                        }
+                    }
+                    // Rules without a header (header deleted) must not resurrect it.
+                    if self
+                        .db
+                        .rev(&keys::obj(Space::Active, Kind::RuleSet, id))
+                        .await?
+                        .is_none()
+                    {
+                        fresh.policy.rule_sets.remove(id);
+                    }
+                }
+            }
+        }
+        let version = if version_changed {
+            self.db
+                .get::<u64>(keys::VERSION)
+                .await?
+                .map(|v| v.value)
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let mut inner = self.inner.write().map_err(|_| MemberError::Poisoned)?;
+        if version_changed {
+            inner.version = version;
+        }
+        for (id, doc) in &regions {
+            let mine =
+                doc.region.as_deref() == Some(self.region.as_str()) || inner.adopted.contains(id);
+            if let Some(w) = fresh.estate.workloads.get_mut(id) {
+                w.managed = doc.managed && mine;
+            }
+        }
+        let mut quarantine_moved = BTreeSet::new();
+        for (id, q) in quarantine {
+            let was = inner.quarantined.contains(&id);
+            if q != was {
+                quarantine_moved.insert(id.clone());
+                if q {
+                    inner.quarantined.insert(id);
+                } else {
+                    inner.quarantined.remove(&id);
+                }
+            }
+        }
+        let World {
+            estate: e,
+            policy: p,
+        } = fresh;
+        let applied = changes.clone();
+        let mut changed = inner.engine.update(&changes, move |estate, policy| {
+            for c in &applied {
+                match c {
+                    Change::Workload(id) => replace(&mut estate.workloads, id, &e.workloads),
+                    Change::Label(id) => replace(&mut estate.labels, id, &e.labels),
+                    Change::LabelGroup(id) => {
+                        replace(&mut policy.label_groups, id, &p.label_groups)
+                    }
+                    Change::Service(id) => replace(&mut policy.services, id, &p.services),
+                    Change::IpList(id) => replace(&mut policy.ip_lists, id, &p.ip_lists),
+                    Change::RuleSet(id) => replace(&mut policy.rule_sets, id, &p.rule_sets),
+                    Change::Boundary(id) => replace(&mut policy.boundaries, id, &p.boundaries),
+                }
+            }
+        });
+        changed.extend(quarantine_moved);
+        let version = inner.version;
+        for id in &changed {
+            match inner.engine.compiled(id) {
+                Some(c) => {
+                    let q = inner.quarantined.contains(id);
+                    inner.rendered.insert(id.clone(), render(version, &c, q));
+                }
+                None => {
+                    inner.rendered.remove(id);
+                }
+            }
+        }
+        drop(inner);
+        self.notify(&changed);
+        Ok(changed)
+    }
+
+    async fn fetch(
+        &self,
+        w: &mut World,
+        space: Space,
+        kind: Kind,
+        id: &str,
+    ) -> Result<(), MemberError> {
+        if let Some((bytes, _)) = self.db.raw(&keys::obj(space, kind, id)).await? {
+            w.add(kind, id, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds from the replica (after a snapshot install or a missed notice);
+    /// every served workload whose policy differs is notified.
+    pub async fn rebuild(&self) -> Result<(), MemberError> {
+        let adopted = self
+            .inner
+            .read()
+            .map_err(|_| MemberError::Poisoned)?
+            .adopted
+            .clone();
+        let (engine, version, quarantined) = Self::build(&self.db, &self.region, &adopted).await?;
+        let mut inner = self.inner.write().map_err(|_| MemberError::Poisoned)?;
+        let before: HashMap<Id, Arc<Rendered>> = std::mem::take(&mut inner.rendered);
+        inner.engine = engine;
+        inner.version = version;
+        inner.quarantined = quarantined;
+        let mut changed = BTreeSet::new();
+        for (id, old) in before {
+            match inner.engine.compiled(&id) {
+                Some(c) => {
+                    let r = render(version, &c, inner.quarantined.contains(&id));
+                    if r.hash != old.hash {
+                        changed.insert(id.clone());
+                    }
+                    inner.rendered.insert(id, r);
+                }
+                None => {
+                    changed.insert(id);
+                }
+            }
+        }
+        drop(inner);
+        self.notify(&changed);
+        Ok(())
+    }
+
+    fn notify(&self, changed: &BTreeSet<Id>) {
+        let Ok(w) = self.watchers.lock() else { return };
+        let mut n = 0;
+        for id in changed {
+            for x in w.get(id).into_iter().flatten() {
+                x.notify_one();
+                n += 1;
+            }
+        }
+        self.pushes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Follows the store's change notices until the node stops.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut notices: tokio::sync::broadcast::Receiver<sc_raft::ChangeNotice>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let result = match notices.recv().await {
+                Ok(n) if n.keys.is_empty() => self.rebuild().await,
+                Ok(n) => self.apply(&n.keys).await.map(|_| ()),
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "policy cache fell behind the change notices; rebuilding"
+                    );
+                    self.rebuild().await
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "policy cache update failed; rebuilding");
+                if let Err(e) = self.rebuild().await {
+                    tracing::error!(error = %e, "policy cache rebuild failed");
+                }
+            }
+        }
+    }
+}
+
+fn replace<T: Clone>(
+    map: &mut std::collections::BTreeMap<Id, T>,
+    id: &Id,
+    from: &std::collections::BTreeMap<Id, T>,
+) {
+    match from.get(id) {
+        Some(v) => {
+            map.insert(id.clone(), v.clone());
+        }
+        None => {
+            map.remove(id);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Pairing: a pairing key and host facts become a managed workload (one
+//! replicated write through the leader) and a signed VEN identity.
+
+use std::net::IpAddr;
+
+use sc_leader::auth::sha256_hex;
+use sc_leader::db::{Db, Txn};
+use sc_leader::docs::{
+    InterfaceJson, Meta, PairingKeyDoc, PairingProfileDoc, Record, WorkloadDoc, RECORD_V,
+};
+use sc_leader::keys::{self, Kind, Space};
+use sc_leader::transact;
+use sc_leader::ApiError;
+use sc_proto::ven::PairRequest;
+use sc_raft::pki::VenSigner;
+use tonic::Status;
+
+/// The most addresses a VEN may report.
+const MAX_ADDRESSES: usize = 64;
+
+/// What pairing produced.
+pub struct Paired {
+    /// The new workload.
+    pub workload_id: String,
+    /// Its client certificate.
+    pub cert_pem: String,
+}
+
+fn refused(e: ApiError) -> Status {
+    let msg = e
+        .errors
+        .iter()
+        .map(|x| x.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match e.token() {
+        "unknown_pairing_key" => Status::not_found(msg),
+        "pairing_key_expired" | "pairing_key_exhausted" | "pairing_profile_disabled" => {
+            Status::permission_denied(msg)
+        }
+        "no_leader" => Status::unavailable(msg),
+        _ if e.status.as_u16() < 500 => Status::failed_precondition(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+/// Checks the request, consumes one use of the key, registers the workload.
+pub async fn pair(
+    db: &Db,
+    signer: &VenSigner,
+    region: &str,
+    node: &str,
+    req: &PairRequest,
+    now_ms: u64,
+) -> Result<Paired, Status> {
+    if req.activation_code.is_empty() || req.activation_code.len() > 256 {
+        return Err(Status::invalid_argument(
+            "activation_code: give the pairing key (1-256 characters)",
+        ));
+    }
+    if req.hostname.is_empty()
+        || req.hostname.len() > 255
+        || req.hostname.chars().any(char::is_control)
+    {
+        return Err(Status::invalid_argument(
+            "hostname: 1-255 printable characters",
+        ));
+    }
+    if req.addresses.len() > MAX_ADDRESSES {
+        return Err(Status::invalid_argument(format!(
+            "addresses: at most {MAX_ADDRESSES}"
+        )));
+    }
+    let mut interfaces = Vec::new();
+    for (i, a) in req.addresses.iter().enumerate() {
+        let address: IpAddr = a.parse().map_err(|_| {
+            Status::invalid_argument(format!("addresses[{i}]: {a:?} is not an IP address"))
+        })?;
+        interfaces.push(InterfaceJson {
+            name: format!("if{i}"),
+            address,
+            cidr_block: None,
+            link_state: None,
+        });
+    }
+    let workload_id = keys::new_id();
+    // Sign first: a bad CSR must not consume a use of the key.
+    let cert_pem = signer
+        .sign(&req.csr_pem, &workload_id)
+        .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+    let key = keys::pairing_key(&sha256_hex(&[req.activation_code.as_bytes()]));
+    let result = transact!(db, async {
+        let pk = db
+            .get::<PairingKeyDoc>(&key)
+            .await?
+            .ok_or_else(|| ApiError::invalid("unknown_pairing_key", "unknown pairing key"))?;
+        if pk.value.expires_at.is_some_and(|t| t <= now_ms) {
+            return Err(ApiError::invalid(
+                "pairing_key_expired",
+                "the pairing key has expired",
+            ));
+        }
+        if pk.value.uses_left == Some(0) {
+            return Err(ApiError::invalid(
+                "pairing_key_exhausted",
+                "the pairing key has no uses left",
+            ));
+        }
+        let pkey = keys::obj(Space::Live, Kind::PairingProfile, &pk.value.profile);
+        let prof = db
+            .get::<Record<PairingProfileDoc>>(&pkey)
+            .await?
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "pairing_profile_disabled",
+                    "the pairing profile no longer exists",
+                )
+            })?;
+        if !prof.value.doc.enabled {
+            return Err(ApiError::invalid(
+                "pairing_profile_disabled",
+                "the pairing profile is disabled",
+            ));
+        }
+        let mut txn = Txn::default();
+        txn.expect(key.clone(), Some(pk.rev));
+        txn.expect(pkey, Some(prof.rev));
+        // A limited key is consumed (concurrent pairings serialise on it); an
+        // unlimited one is only read, so a fleet can pair with one key at once.
+        if let Some(n) = pk.value.uses_left {
+            let mut left = pk.value.clone();
+            left.uses_left = Some(n - 1);
+            txn.put(key.clone(), &left)?;
+        }
+        let by = format!("/pairing_profiles/{}", pk.value.profile);
+        let rec = Record {
+            v: RECORD_V,
+            meta: Meta {
+                created_at: now_ms,
+                updated_at: now_ms,
+                created_by: by.clone(),
+                updated_by: by,
+            },
+            doc: WorkloadDoc {
+                name: req.hostname.clone(),
+                hostname: req.hostname.clone(),
+                description: Some(format!("paired through {node} ({}); os {}", region, req.os)),
+                interfaces: interfaces.clone(),
+                labels: prof.value.doc.labels.clone(),
+                enforcement_mode: prof.value.doc.enforcement_mode,
+                online: true,
+                managed: true,
+                public_ip: None,
+                region: Some(region.to_string()),
+                quarantined: false,
+            },
+        };
+        let wkey = keys::obj(Space::Live, Kind::Workload, &workload_id);
+        txn.expect(wkey.clone(), None);
+        txn.put(wkey, &rec)?;
+        let ev = sc_leader::api::AuditEvent {
+            time_ms: now_ms,
+            event_type: "ven.pair".into(),
+            status: "success".into(),
+            actor: format!("/pairing_profiles/{}", pk.value.profile),
+            username: "ven".into(),
+            api_method: "gRPC".into(),
+            api_endpoint: "Ven/Pair".into(),
+            http_status: 200,
+            src_ip: String::new(),
+            node: node.to_string(),
+            region: region.to_string(),
+            resource: keys::href(Space::Live, Kind::Workload, &workload_id),
+            errors: vec![],
+        };
+        ev.add_to(&mut txn)?;
+        Ok((txn, ()))
+    });
+    result.map_err(refused)?;
+    Ok(Paired {
+        workload_id,
+        cert_pem,
+    })
+}

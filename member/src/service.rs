@@ -1,0 +1,573 @@
+//! The VEN service (gRPC over TLS): pairing, the policy stream with its
+//! heartbeats and acknowledgements, flow reports, and the RTT probe.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sc_leader::db::{Db, Txn};
+use sc_leader::docs::{Record, WorkloadDoc};
+use sc_leader::keys::{self, Kind, Space};
+use sc_leader::transact;
+use sc_proto::ven::ven_server::{Ven, VenServer as VenGrpc};
+use sc_proto::ven::{
+    pce_message, ven_message, FlowAck, FlowBatch, Member, PairRequest, PairResponse, PceMessage,
+    PingRequest, PingResponse, Policy, VenMessage,
+};
+use sc_raft::pki::{common_name, VenSigner};
+use sc_raft::{Node, TlsMaterial};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::cache::PolicyCache;
+use crate::error::MemberError;
+use crate::flows::{FlowRecord, FlowStore};
+use crate::pairing;
+
+/// How the VEN service runs.
+#[derive(Debug, Clone)]
+pub struct VenOptions {
+    /// Socket to listen on.
+    pub listen: SocketAddr,
+    /// Address VENs use to reach it (default: `listen`).
+    pub advertise: Option<String>,
+    /// The node's certificate and key (VENs verify the member with the cluster CA).
+    pub tls: TlsMaterial,
+    /// VEN CA certificate and key: trusts and signs VEN identities.
+    pub ven_ca: (PathBuf, PathBuf),
+    /// Where the region's flow summaries are kept.
+    pub flow_dir: PathBuf,
+    /// How long flows are kept.
+    pub flow_retention: Duration,
+    /// How long a VEN may be disconnected before its workload goes offline.
+    pub offline_after: Duration,
+    /// The most flows one report may carry.
+    pub max_flow_batch: usize,
+    /// How long a new stream may take to say hello.
+    pub hello_timeout: Duration,
+}
+
+impl VenOptions {
+    /// Defaults for everything but addresses and files.
+    pub fn new(
+        listen: SocketAddr,
+        tls: TlsMaterial,
+        ven_ca: (PathBuf, PathBuf),
+        flow_dir: PathBuf,
+    ) -> Self {
+        VenOptions {
+            listen,
+            advertise: None,
+            tls,
+            ven_ca,
+            flow_dir,
+            flow_retention: Duration::from_secs(7 * 24 * 3600),
+            offline_after: Duration::from_secs(60),
+            max_flow_batch: 1000,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One member in the replicated member list (`vm/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberDoc {
+    /// Node name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// VEN service address.
+    pub addr: String,
+}
+
+/// What the member knows of one connected VEN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionState {
+    /// The policy hash the VEN last acknowledged.
+    pub applied_hash: String,
+    /// Its version.
+    pub applied_version: u64,
+    /// Policies sent on this stream.
+    pub sent: u64,
+}
+
+struct Svc {
+    node: Node,
+    db: Db,
+    cache: Arc<PolicyCache>,
+    signer: VenSigner,
+    server_ca: String,
+    opts: VenOptions,
+    flows: FlowStore,
+    /// Open streams by session number: (workload, state).
+    sessions: Mutex<HashMap<u64, (String, SessionState)>>,
+    /// Turns true when the service stops: open streams end, so VENs fail over.
+    stopping: watch::Receiver<bool>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+/// A running VEN service.
+pub struct VenServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    svc: Arc<Svc>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn members_key(name: &str) -> Vec<u8> {
+    format!("vm/{name}").into_bytes()
+}
+
+async fn members(db: &Db) -> Vec<Member> {
+    match db.scan::<MemberDoc>(b"vm/", 10_000).await {
+        Ok((list, _)) => list
+            .into_iter()
+            .map(|m| Member {
+                name: m.value.name,
+                region: m.value.region,
+                addr: m.value.addr,
+            })
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+impl Svc {
+    fn region(&self) -> String {
+        self.node.info().region.clone()
+    }
+
+    /// The workload a client certificate speaks for.
+    fn identity<T>(req: &Request<T>) -> Result<String, Status> {
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated("present the certificate you received at pairing")
+        })?;
+        let first = certs.first().ok_or_else(|| {
+            Status::unauthenticated("present the certificate you received at pairing")
+        })?;
+        common_name(first.as_ref())
+            .filter(|id| keys::valid_id(id))
+            .ok_or_else(|| Status::unauthenticated("the client certificate names no workload"))
+    }
+
+    async fn workload(&self, id: &str) -> Result<WorkloadDoc, Status> {
+        let rec = self
+            .db
+            .get::<Record<WorkloadDoc>>(&keys::obj(Space::Live, Kind::Workload, id))
+            .await
+            .map_err(MemberError::from)?
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "workload {id} is not paired (unpaired or deleted)"
+                ))
+            })?;
+        if !rec.value.doc.managed {
+            return Err(Status::permission_denied(format!(
+                "workload {id} is not managed"
+            )));
+        }
+        Ok(rec.value.doc)
+    }
+
+    /// Sets a workload's online flag (a replicated write), if it differs.
+    async fn set_online(&self, id: &str, online: bool) {
+        let key = keys::obj(Space::Live, Kind::Workload, id);
+        let r = transact!(&self.db, async {
+            let cur = self
+                .db
+                .get::<Record<WorkloadDoc>>(&key)
+                .await?
+                .ok_or_else(|| sc_leader::ApiError::not_found("workload"))?;
+            if cur.value.doc.online == online {
+                return Err(sc_leader::ApiError::conflict("unchanged", "already so"));
+            }
+            let mut rec = cur.value.clone();
+            rec.doc.online = online;
+            rec.meta.updated_at = sc_leader::time::now_ms();
+            let mut txn = Txn::default();
+            txn.expect(key.clone(), Some(cur.rev));
+            txn.put(key.clone(), &rec)?;
+            Ok((txn, ()))
+        });
+        match r {
+            Ok(_) => tracing::info!(workload = id, online, "workload state changed"),
+            Err(e) if e.token() == "unchanged" => {}
+            Err(e) => {
+                tracing::warn!(workload = id, online, error = ?e.errors, "could not record online state")
+            }
+        }
+    }
+
+    fn session_count(&self, id: &str) -> bool {
+        self.sessions
+            .lock()
+            .map(|s| s.values().any(|(w, _)| w == id))
+            .unwrap_or(false)
+    }
+}
+
+type PolicyStreamOut = ReceiverStream<Result<PceMessage, Status>>;
+
+/// The gRPC handle on the shared service state.
+#[derive(Clone)]
+struct Handle(Arc<Svc>);
+
+impl std::ops::Deref for Handle {
+    type Target = Svc;
+    fn deref(&self) -> &Svc {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl Ven for Handle {
+    async fn pair(&self, req: Request<PairRequest>) -> Result<Response<PairResponse>, Status> {
+        let r = req.into_inner();
+        let info = self.node.info().clone();
+        let paired = pairing::pair(
+            &self.db,
+            &self.signer,
+            &info.region,
+            &info.name,
+            &r,
+            sc_leader::time::now_ms(),
+        )
+        .await?;
+        tracing::info!(workload = %paired.workload_id, host = %r.hostname, "VEN paired");
+        Ok(Response::new(PairResponse {
+            workload_id: paired.workload_id,
+            cert_pem: paired.cert_pem,
+            server_ca_pem: self.server_ca.clone(),
+            members: members(&self.db).await,
+        }))
+    }
+
+    async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        let info = self.node.info();
+        Ok(Response::new(PingResponse {
+            name: info.name.clone(),
+            region: info.region.clone(),
+            members: members(&self.db).await,
+        }))
+    }
+
+    type PolicyStreamStream = PolicyStreamOut;
+
+    async fn policy_stream(
+        &self,
+        req: Request<Streaming<VenMessage>>,
+    ) -> Result<Response<PolicyStreamOut>, Status> {
+        let id = Svc::identity(&req)?;
+        let doc = self.workload(&id).await?;
+        if doc.region.as_deref() != Some(self.region().as_str()) {
+            self.cache.adopt(&id);
+        }
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let svc = self.0.clone();
+        tokio::spawn(async move {
+            let session = svc
+                .next_session
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut s) = svc.sessions.lock() {
+                s.insert(session, (id.clone(), SessionState::default()));
+            }
+            let notify = svc.cache.watch(&id);
+            if !doc.online {
+                svc.set_online(&id, true).await;
+            }
+            let goodbye = run_session(&svc, &id, session, &mut inbound, &tx, &notify).await;
+            svc.cache.unwatch(&id, &notify);
+            if let Ok(mut s) = svc.sessions.lock() {
+                s.remove(&session);
+            }
+            if svc.session_count(&id) {
+                // Another stream of the same VEN is still open here.
+                return;
+            }
+            if !goodbye {
+                // Offline only if the VEN does not come back (here) in time.
+                tokio::time::sleep(svc.opts.offline_after).await;
+                if svc.session_count(&id) {
+                    return;
+                }
+            }
+            svc.set_online(&id, false).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_flows(&self, req: Request<FlowBatch>) -> Result<Response<FlowAck>, Status> {
+        let id = Svc::identity(&req)?;
+        let batch = req.into_inner();
+        if batch.flows.len() > self.opts.max_flow_batch {
+            return Err(Status::resource_exhausted(format!(
+                "{} flows in one report; at most {} per batch (split it)",
+                batch.flows.len(),
+                self.opts.max_flow_batch
+            )));
+        }
+        let mut records = Vec::with_capacity(batch.flows.len());
+        for (i, f) in batch.flows.iter().enumerate() {
+            let bad = |what: &str| Status::invalid_argument(format!("flows[{i}].{what}"));
+            f.src
+                .parse::<IpAddr>()
+                .map_err(|_| bad("src: not an IP address"))?;
+            f.dst
+                .parse::<IpAddr>()
+                .map_err(|_| bad("dst: not an IP address"))?;
+            let port = u16::try_from(f.port).map_err(|_| bad("port: above 65535"))?;
+            let proto = u8::try_from(f.proto).map_err(|_| bad("proto: above 255"))?;
+            if f.first_seen_ms > f.last_seen_ms {
+                return Err(bad("first_seen_ms: after last_seen_ms"));
+            }
+            records.push(FlowRecord {
+                workload: id.clone(),
+                src: f.src.clone(),
+                dst: f.dst.clone(),
+                port,
+                proto,
+                allowed: f.allowed,
+                count: f.count,
+                first_seen_ms: f.first_seen_ms,
+                last_seen_ms: f.last_seen_ms,
+            });
+        }
+        let stored = self
+            .flows
+            .store(sc_leader::time::now_ms(), &records)
+            .map_err(Status::from)?;
+        Ok(Response::new(FlowAck {
+            stored: stored as u32,
+        }))
+    }
+}
+
+/// Runs one VEN's stream; returns whether it ended with a goodbye.
+async fn run_session(
+    svc: &Arc<Svc>,
+    id: &str,
+    session: u64,
+    inbound: &mut Streaming<VenMessage>,
+    tx: &mpsc::Sender<Result<PceMessage, Status>>,
+    notify: &tokio::sync::Notify,
+) -> bool {
+    let hello = match tokio::time::timeout(svc.opts.hello_timeout, inbound.message()).await {
+        Ok(Ok(Some(VenMessage {
+            kind: Some(ven_message::Kind::Hello(h)),
+        }))) => h,
+        Ok(Ok(Some(_))) => {
+            let _ = tx
+                .send(Err(Status::invalid_argument(
+                    "the first message must be hello",
+                )))
+                .await;
+            return false;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(workload = id, error = %e, "stream broke before hello");
+            return false;
+        }
+        Ok(Ok(None)) | Err(_) => return false,
+    };
+    let mut last_sent = hello.policy_hash;
+    if send_current(svc, id, session, tx, &mut last_sent)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut stopping = svc.stopping.clone();
+    loop {
+        tokio::select! {
+            _ = stopping.changed() => {
+                let _ = tx.send(Err(Status::unavailable("this member is shutting down; connect to another"))).await;
+                return false;
+            }
+            _ = notify.notified() => {
+                if send_current(svc, id, session, tx, &mut last_sent).await.is_err() {
+                    return false;
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Applied(a)) })) => {
+                    if let Ok(mut s) = svc.sessions.lock() {
+                        if let Some((_, st)) = s.get_mut(&session) {
+                            st.applied_hash = a.policy_hash;
+                            st.applied_version = a.policy_version;
+                        }
+                    }
+                }
+                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Heartbeat(_)) })) => {}
+                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Goodbye(_)) })) => return true,
+                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Hello(_)) })) | Ok(Some(VenMessage { kind: None })) => {
+                    let _ = tx.send(Err(Status::invalid_argument("expected applied, heartbeat or goodbye"))).await;
+                    return false;
+                }
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Sends this workload's current policy if it differs from what was last sent.
+async fn send_current(
+    svc: &Svc,
+    id: &str,
+    session: u64,
+    tx: &mpsc::Sender<Result<PceMessage, Status>>,
+    last: &mut String,
+) -> Result<(), ()> {
+    let Some(p) = svc.cache.policy_of(id) else {
+        return Ok(());
+    };
+    if &p.hash == last {
+        return Ok(());
+    }
+    let msg = PceMessage {
+        kind: Some(pce_message::Kind::Policy(Policy {
+            version: p.version,
+            hash: p.hash.clone(),
+            nft: sc_policy::render::nftables(&p.compiled),
+            compiled_json: p.json.clone(),
+        })),
+    };
+    *last = p.hash.clone();
+    tx.send(Ok(msg)).await.map_err(|_| ())?;
+    if let Ok(mut s) = svc.sessions.lock() {
+        if let Some((_, st)) = s.get_mut(&session) {
+            st.sent += 1;
+        }
+    }
+    let _ = id;
+    Ok(())
+}
+
+impl VenServer {
+    /// Starts the VEN service beside `node` and the policy cache behind it.
+    pub async fn start(node: Node, opts: VenOptions) -> Result<VenServer, MemberError> {
+        let signer = VenSigner::load(&opts.ven_ca.0, &opts.ven_ca.1)
+            .map_err(|e| MemberError::Start(e.to_string()))?;
+        let db = Db::new(node.clone());
+        let cache = Arc::new(PolicyCache::load(Db::new(node.clone()), &node.info().region).await?);
+        let flows = FlowStore::open(&opts.flow_dir, opts.flow_retention)?;
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .map_err(|e| MemberError::Start(format!("cannot listen on {}: {e}", opts.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| MemberError::Start(e.to_string()))?;
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&opts.tls.cert_pem, &opts.tls.key_pem))
+            .client_ca_root(Certificate::from_pem(&signer.ca_pem))
+            .client_auth_optional(true);
+        let (stop, mut stopped) = watch::channel(false);
+        let svc = Arc::new(Svc {
+            stopping: stopped.clone(),
+            node: node.clone(),
+            db,
+            cache: cache.clone(),
+            signer,
+            server_ca: opts.tls.ca_pem.clone(),
+            opts: opts.clone(),
+            flows,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+        });
+        let grpc = VenGrpc::new(Handle(svc.clone())).max_decoding_message_size(4 * 1024 * 1024);
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .map_err(|e| MemberError::Start(e.to_string()))?
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = stopped.changed().await;
+                },
+            );
+        let mut tasks = vec![tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "VEN service stopped");
+            }
+        })];
+        tasks.push(tokio::spawn(cache.clone().follow(node.subscribe())));
+        // Announce this member (replicated), so VENs everywhere learn of it.
+        let announce = MemberDoc {
+            name: node.info().name.clone(),
+            region: node.info().region.clone(),
+            addr: opts.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        };
+        let db2 = Db::new(node.clone());
+        let node2 = node.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if node2.has_leader() {
+                    let key = members_key(&announce.name);
+                    let same = db2
+                        .get::<MemberDoc>(&key)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|m| m.value == announce);
+                    if same {
+                        return;
+                    }
+                    let mut txn = Txn::default();
+                    if txn.put(key, &announce).is_ok() && db2.commit(txn).await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+        tracing::info!(%addr, "VEN service listening");
+        Ok(VenServer {
+            addr,
+            svc,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The policy cache (tests and metrics).
+    pub fn cache(&self) -> &Arc<PolicyCache> {
+        &self.svc.cache
+    }
+
+    /// What each connected VEN acknowledged.
+    pub fn sessions(&self) -> HashMap<String, SessionState> {
+        self.svc
+            .sessions
+            .lock()
+            .map(|s| s.values().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stored flows (tests and tools).
+    pub fn flows(&self, limit: usize) -> Result<Vec<FlowRecord>, MemberError> {
+        self.svc.flows.list(limit)
+    }
+
+    /// Stops the service: open streams end with UNAVAILABLE so VENs fail over.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl From<MemberError> for Status {
+    fn from(e: MemberError) -> Self {
+        crate::error::to_status(e)
+    }
+}

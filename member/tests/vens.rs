@@ -1,0 +1,610 @@
+//! VENs against a real 3-region cluster (in-process nodes, real TLS, sled on
+//! disk): pairing, pushes to exactly the affected VENs, failover between
+//! members, cached policy after a restart, and bad input.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sc_chaos::harness::TestCluster;
+use sc_leader::client::ApiClient;
+use sc_member::{VenOptions, VenServer};
+use sc_proto::ven::ven_client::VenClient;
+use sc_proto::ven::{ven_message, Flow, FlowBatch, Heartbeat, VenMessage};
+use sc_raft::pki;
+use sc_ven::identity::{pair, HostFacts};
+use sc_ven::{Agent, AgentEvent, Enforcer, Identity};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+const ORG: &str = "/api/v2/orgs/1";
+
+struct Env {
+    cluster: TestCluster,
+    api: ApiClient,
+    vens: HashMap<u64, VenServer>,
+    ca: String,
+    _flows: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let cluster = TestCluster::start(3).await;
+        let leader = cluster.leader().await;
+        let owner = sc_leader::bootstrap(cluster.node(leader))
+            .await
+            .expect("bootstrap")
+            .expect("owner");
+        let tls = cluster.node_options(leader).expect("opts").tls.clone();
+        let server = sc_leader::serve(
+            cluster.node(leader).clone(),
+            sc_leader::ApiOptions {
+                listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+                tls: Some(tls),
+                rate: 0,
+                burst: 0,
+            },
+        )
+        .await
+        .expect("api");
+        let ca = std::fs::read_to_string(cluster.certs_dir().join(pki::CA_CERT)).expect("ca");
+        let api = ApiClient::new(server.addr, Some(&ca))
+            .expect("client")
+            .with_key(&owner.auth_username, &owner.secret);
+        std::mem::forget(server);
+        let flows = tempfile::tempdir().expect("dir");
+        let mut env = Env {
+            cluster,
+            api,
+            vens: HashMap::new(),
+            ca,
+            _flows: flows,
+        };
+        for id in 1..=3 {
+            env.start_ven_service(id).await;
+        }
+        env.cluster.wait_converged(Duration::from_secs(30)).await;
+        env
+    }
+
+    async fn start_ven_service(&mut self, id: u64) {
+        let certs = self.cluster.certs_dir();
+        let mut opts = VenOptions::new(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            self.cluster.node_options(id).expect("opts").tls.clone(),
+            (certs.join(pki::VEN_CA_CERT), certs.join(pki::VEN_CA_KEY)),
+            self._flows.path().join(format!("flows-{id}")),
+        );
+        opts.offline_after = Duration::from_millis(500);
+        opts.max_flow_batch = 100;
+        let s = VenServer::start(self.cluster.node(id).clone(), opts)
+            .await
+            .expect("ven service");
+        self.vens.insert(id, s);
+    }
+
+    fn ven_addr(&self, id: u64) -> String {
+        self.vens[&id].addr.to_string()
+    }
+
+    async fn post(&mut self, path: &str, body: Value) -> Value {
+        let a = self
+            .api
+            .post(&format!("{ORG}{path}"), &body)
+            .await
+            .expect("post");
+        assert!(
+            a.status.is_success(),
+            "{path}: {} {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+        a.json()
+    }
+
+    async fn label(&mut self, key: &str, value: &str) -> String {
+        self.post("/labels", json!({"key": key, "value": value}))
+            .await["href"]
+            .as_str()
+            .expect("href")
+            .to_string()
+    }
+
+    /// A pairing profile with these labels (full mode) and one key for it.
+    async fn pairing_key(&mut self, labels: &[&str], uses: Value, lifespan: Value) -> String {
+        let labels: Vec<Value> = labels.iter().map(|h| json!({"href": h})).collect();
+        let p = self
+            .post("/pairing_profiles", json!({"name": format!("p{}", rand_u()), "labels": labels, "enforcement_mode": "full", "allowed_uses_per_key": uses, "key_lifespan": lifespan}))
+            .await;
+        let href = p["href"].as_str().expect("href").to_string();
+        let k = self
+            .api
+            .post(&format!("/api/v2{href}/pairing_key"), &json!({}))
+            .await
+            .expect("key");
+        k.json()["activation_code"]
+            .as_str()
+            .expect("code")
+            .to_string()
+    }
+
+    async fn provision(&mut self) {
+        self.post("/sec_policy", json!({"update_description": "test"}))
+            .await;
+    }
+}
+
+fn rand_u() -> u64 {
+    rand::random()
+}
+
+fn facts(i: usize) -> HostFacts {
+    HostFacts {
+        hostname: format!("host-{i}"),
+        addresses: vec![format!(
+            "10.{}.{}.{}",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        )],
+        os: "linux".into(),
+    }
+}
+
+type Events = Arc<Mutex<HashMap<String, Vec<AgentEvent>>>>;
+
+/// Starts an agent in memory; its events land in `events` under its workload id.
+fn spawn_agent(
+    identity: Identity,
+    events: &Events,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let id = identity.workload_id.clone();
+    let ev = events.clone();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            ev.lock()
+                .expect("lock")
+                .entry(id.clone())
+                .or_default()
+                .push(e);
+        }
+    });
+    let mut agent = Agent::new(identity, None, Enforcer::Memory(Arc::new(Mutex::new(None))))
+        .expect("agent")
+        .with_events(tx);
+    agent.heartbeat = Duration::from_millis(500);
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let _ = agent.run(stop).await;
+    })
+}
+
+fn applied(events: &Events, id: &str) -> usize {
+    events
+        .lock()
+        .expect("lock")
+        .get(id)
+        .map(|v| {
+            v.iter()
+                .filter(|e| matches!(e, AgentEvent::Applied { .. }))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provision_pushes_to_exactly_the_vens_whose_rules_changed() {
+    let mut env = Env::start().await;
+    let bulk = env.label("role", "bulk").await;
+    let special = env.label("role", "special").await;
+    let office = env
+        .post(
+            "/sec_policy/draft/ip_lists",
+            json!({"name": "office", "ip_ranges": [{"from_ip": "192.0.2.0/24"}]}),
+        )
+        .await["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    env.provision().await;
+    let bulk_key = env
+        .pairing_key(&[&bulk], json!("unlimited"), json!("unlimited"))
+        .await;
+    let special_key = env
+        .pairing_key(&[&special], json!("unlimited"), json!("unlimited"))
+        .await;
+
+    // 1,000 VENs pair (16 at a time) through the three members.
+    let n = 1000;
+    let addrs: Vec<String> = (1..=3).map(|i| env.ven_addr(i)).collect();
+    let mut identities = Vec::new();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let key = if i < 3 {
+            special_key.clone()
+        } else {
+            bulk_key.clone()
+        };
+        let (addr, ca) = (addrs[i % 3].clone(), env.ca.clone());
+        pending.push(tokio::spawn(async move {
+            pair(&addr, &ca, &key, &facts(i)).await.expect("pairs")
+        }));
+        if pending.len() == 16 || i == n - 1 {
+            for p in pending.drain(..) {
+                identities.push(p.await.expect("task"));
+            }
+        }
+    }
+    let specials: Vec<String> = identities[..3]
+        .iter()
+        .map(|i| i.workload_id.clone())
+        .collect();
+    let events: Events = Arc::new(Mutex::new(HashMap::new()));
+    let (stop_tx, stop) = watch::channel(false);
+    for id in identities.iter().cloned() {
+        spawn_agent(id, &events, &stop);
+    }
+    let ids: Vec<String> = identities.iter().map(|i| i.workload_id.clone()).collect();
+    wait_for("every VEN's first policy", Duration::from_secs(120), || {
+        ids.iter().all(|id| applied(&events, id) >= 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: HashMap<String, usize> = ids
+        .iter()
+        .map(|id| (id.clone(), applied(&events, id)))
+        .collect();
+
+    // A rule that opens the special workloads to the office changes only them.
+    let rs = env
+        .post("/sec_policy/draft/rule_sets", json!({"name": "specials"}))
+        .await["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    let a = env
+        .api
+        .post(&format!("/api/v2{rs}/sec_rules"), &json!({"providers": [{"label": {"href": special}}], "consumers": [{"ip_list": {"href": office}}], "ingress_services": [{"proto": 6, "port": 443}], "unscoped_consumers": true}))
+        .await
+        .expect("rule");
+    assert!(a.status.is_success());
+    let t0 = Instant::now();
+    env.provision().await;
+    wait_for("the three affected VENs", Duration::from_secs(30), || {
+        specials
+            .iter()
+            .all(|id| applied(&events, id) == before[id] + 1)
+    })
+    .await;
+    eprintln!("provision to 3 acknowledgements: {:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let others_pushed: Vec<&String> = ids
+        .iter()
+        .filter(|id| !specials.contains(id) && applied(&events, id) != before[*id])
+        .collect();
+    assert!(
+        others_pushed.is_empty(),
+        "{} unaffected VENs got a push",
+        others_pushed.len()
+    );
+    // The members know what each VEN enforces.
+    let mut acked = 0;
+    for s in env.vens.values() {
+        for (id, st) in s.sessions() {
+            let want = s.cache().policy_of(&id).expect("served").hash.clone();
+            if st.applied_hash == want {
+                acked += 1;
+            }
+        }
+    }
+    assert_eq!(acked, n, "every VEN acknowledged its current policy");
+    let _ = stop_tx.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ven_fails_over_when_its_member_is_lost_and_keeps_its_policy() {
+    let mut env = Env::start().await;
+    let web = env.label("role", "web").await;
+    // Policy that quarantine visibly removes: the office may reach web on 443.
+    let office = env
+        .post(
+            "/sec_policy/draft/ip_lists",
+            json!({"name": "office", "ip_ranges": [{"from_ip": "192.0.2.0/24"}]}),
+        )
+        .await["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    let rs = env
+        .post("/sec_policy/draft/rule_sets", json!({"name": "web"}))
+        .await["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    let r = env.api.post(&format!("/api/v2{rs}/sec_rules"), &json!({"providers": [{"label": {"href": web}}], "consumers": [{"ip_list": {"href": office}}], "ingress_services": [{"proto": 6, "port": 443}], "unscoped_consumers": true})).await.expect("rule");
+    assert!(r.status.is_success());
+    env.provision().await;
+    let key = env.pairing_key(&[&web], json!(1), json!(3600)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let identity = pair(&env.ven_addr(1), &env.ca, &key, &facts(7))
+        .await
+        .expect("pair");
+    identity.save(dir.path()).expect("save");
+    let events: Events = Arc::new(Mutex::new(HashMap::new()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut agent = Agent::new(
+        identity.clone(),
+        Some(dir.path().to_path_buf()),
+        Enforcer::Memory(Arc::new(Mutex::new(None))),
+    )
+    .expect("agent")
+    .with_events(tx);
+    agent.heartbeat = Duration::from_millis(300);
+    let (stop_tx, stop) = watch::channel(false);
+    let run = tokio::spawn(agent.run(stop));
+    let ev = events.clone();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            ev.lock()
+                .expect("lock")
+                .entry("ven".into())
+                .or_default()
+                .push(e);
+        }
+    });
+    let id = identity.workload_id.clone();
+    let connected = |events: &Events| {
+        events.lock().expect("lock").get("ven").and_then(|v| {
+            v.iter().rev().find_map(|e| match e {
+                AgentEvent::Connected(m) => Some(m.clone()),
+                _ => None,
+            })
+        })
+    };
+    wait_for("the first policy", Duration::from_secs(30), || {
+        applied(&events, "ven") >= 1
+    })
+    .await;
+    let first = connected(&events).expect("connected");
+    // The member it streams from goes away (node and VEN service).
+    let lost: u64 = (1..=3)
+        .find(|i| env.cluster.node(*i).info().name == first)
+        .expect("member");
+    env.vens.remove(&lost).expect("svc").stop().await;
+    env.cluster.stop(lost).await;
+    wait_for(
+        "a stream to another member",
+        Duration::from_secs(60),
+        || connected(&events).is_some_and(|m| m != first),
+    )
+    .await;
+    // It still receives updates: quarantine is an action that reaches it as a push.
+    let before = applied(&events, "ven");
+    let w = env
+        .api
+        .put(
+            &format!("{ORG}/workloads/{id}/quarantine"),
+            &json!({"quarantined": true}),
+        )
+        .await
+        .expect("quarantine");
+    assert_eq!(w.status, 204, "{}", String::from_utf8_lossy(&w.body));
+    let dump = events.clone();
+    let t0 = Instant::now();
+    while applied(&events, "ven") <= before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no quarantine push; lost member {lost}; events {:?}",
+            dump.lock().expect("lock").get("ven")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = run.await;
+
+    // Restarted with no PCE reachable, it re-applies its cached policy at once.
+    let slot = Arc::new(Mutex::new(None));
+    let again = Agent::new(
+        Identity::load(dir.path()).expect("load").expect("identity"),
+        Some(dir.path().to_path_buf()),
+        Enforcer::Memory(slot.clone()),
+    )
+    .expect("agent");
+    assert!(again.reapply_cached().expect("reapply"));
+    let text = slot.lock().expect("lock").clone().expect("applied");
+    assert!(
+        text.contains("policy drop"),
+        "the quarantine (full isolation) is what it enforces:\n{text}"
+    );
+    assert!(
+        !text.contains("443"),
+        "quarantine removed the allow rule:\n{text}"
+    );
+    assert!(
+        text.contains("pce control channel"),
+        "its channel to the PCE stays open:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
+    let mut env = Env::start().await;
+    let web = env.label("role", "web").await;
+    let addr = env.ven_addr(2);
+    // Unknown key.
+    let e = pair(&addr, &env.ca, "not-a-key", &facts(1))
+        .await
+        .expect_err("forged");
+    assert!(e.to_string().contains("NotFound"), "{e}");
+    // A key good for one use.
+    let once = env.pairing_key(&[&web], json!(1), json!("unlimited")).await;
+    let good = pair(&addr, &env.ca, &once, &facts(2))
+        .await
+        .expect("first use");
+    let e = pair(&addr, &env.ca, &once, &facts(3))
+        .await
+        .expect_err("exhausted");
+    assert!(e.to_string().contains("no uses left"), "{e}");
+    // An expired key.
+    let short = env.pairing_key(&[&web], json!("unlimited"), json!(1)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = pair(&addr, &env.ca, &short, &facts(4))
+        .await
+        .expect_err("expired");
+    assert!(e.to_string().contains("expired"), "{e}");
+
+    // The good VEN streams; keep it connected while others misbehave.
+    let events: Events = Arc::new(Mutex::new(HashMap::new()));
+    let (stop_tx, stop) = watch::channel(false);
+    spawn_agent(good.clone(), &events, &stop);
+    wait_for("the good VEN's policy", Duration::from_secs(30), || {
+        applied(&events, &good.workload_id) >= 1
+    })
+    .await;
+
+    // A VEN certificate from another CA is refused.
+    let other = tempfile::tempdir().expect("dir");
+    pki::init_ca(other.path(), "evil").expect("ca");
+    let signer = pki::VenSigner::load(
+        &other.path().join(pki::VEN_CA_CERT),
+        &other.path().join(pki::VEN_CA_KEY),
+    )
+    .expect("signer");
+    let key = rcgen_key();
+    let forged = Identity {
+        cert_pem: signer.sign(&key.1, &good.workload_id).expect("sign"),
+        key_pem: key.0,
+        ..good.clone()
+    };
+    let stream = sc_ven::identity::channel(
+        &addr,
+        &env.ca,
+        Some((&forged.cert_pem, &forged.key_pem)),
+        Duration::from_secs(5),
+    )
+    .await;
+    let refused = match stream {
+        Err(_) => true,
+        Ok(ch) => {
+            let (tx, rx) = mpsc::channel(1);
+            let _ = tx
+                .send(VenMessage {
+                    kind: Some(ven_message::Kind::Heartbeat(Heartbeat {})),
+                })
+                .await;
+            VenClient::new(ch)
+                .policy_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .is_err()
+        }
+    };
+    assert!(
+        refused,
+        "a certificate from another CA must not open a stream"
+    );
+
+    // A malformed stream: the first message is not hello.
+    let ch = sc_ven::identity::channel(
+        &addr,
+        &env.ca,
+        Some((&good.cert_pem, &good.key_pem)),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("channel");
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(VenMessage {
+        kind: Some(ven_message::Kind::Heartbeat(Heartbeat {})),
+    })
+    .await
+    .expect("send");
+    let mut inbound = VenClient::new(ch.clone())
+        .policy_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let st = inbound.message().await.expect_err("refused");
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert!(st.message().contains("hello"));
+
+    // A flood of flow reports beyond the batch limit; a good batch is stored.
+    let flow = Flow {
+        src: "10.0.0.1".into(),
+        dst: "10.0.0.2".into(),
+        port: 443,
+        proto: 6,
+        allowed: true,
+        count: 3,
+        first_seen_ms: 1,
+        last_seen_ms: 2,
+    };
+    let mut client = VenClient::new(ch);
+    let st = client
+        .report_flows(FlowBatch {
+            flows: vec![flow.clone(); 101],
+        })
+        .await
+        .expect_err("flood");
+    assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+    assert!(st.message().contains("at most 100"));
+    let bad = Flow {
+        src: "nowhere".into(),
+        ..flow.clone()
+    };
+    let st = client
+        .report_flows(FlowBatch { flows: vec![bad] })
+        .await
+        .expect_err("bad flow");
+    assert_eq!(st.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        client
+            .report_flows(FlowBatch {
+                flows: vec![flow; 10]
+            })
+            .await
+            .expect("stored")
+            .into_inner()
+            .stored,
+        10
+    );
+    assert_eq!(env.vens[&2].flows(100).expect("flows").len(), 10);
+
+    // The good VEN kept being served throughout: a policy change still reaches it.
+    let before = applied(&events, &good.workload_id);
+    let rs = env
+        .post("/sec_policy/draft/rule_sets", json!({"name": "rs"}))
+        .await["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    let r = env.api.post(&format!("/api/v2{rs}/sec_rules"), &json!({"providers": [{"label": {"href": web}}], "consumers": [{"label": {"href": web}}], "ingress_services": [{"proto": 6, "port": 80}]})).await.expect("rule");
+    assert!(r.status.is_success());
+    env.provision().await;
+    wait_for("a push after the abuse", Duration::from_secs(30), || {
+        applied(&events, &good.workload_id) > before
+    })
+    .await;
+    let _ = stop_tx.send(true);
+}
+
+fn rcgen_key() -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    (key.serialize_pem(), csr)
+}

@@ -1,0 +1,278 @@
+//! The VEN's connection loop: measure the round trip to every known member,
+//! stream policy from the nearest, apply and acknowledge each push, heartbeat,
+//! and on any failure move to the next member, keeping identity and policy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sc_policy::compute::CompiledPolicy;
+use sc_proto::ven::ven_client::VenClient;
+use sc_proto::ven::{
+    pce_message, ven_message, Applied, Goodbye, Heartbeat, Hello, PingRequest, VenMessage,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::enforce::Enforcer;
+use crate::identity::{channel, Identity, MemberAddr, StoredPolicy, VenError};
+
+/// What the agent did, for logs, tests and the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// Streaming from this member.
+    Connected(String),
+    /// A policy was applied and acknowledged.
+    Applied {
+        /// Its version.
+        version: u64,
+        /// Its hash.
+        hash: String,
+    },
+    /// The stream to this member ended.
+    Disconnected(String, String),
+}
+
+/// One VEN.
+pub struct Agent {
+    dir: Option<PathBuf>,
+    identity: Identity,
+    enforcer: Enforcer,
+    current: Option<StoredPolicy>,
+    events: Option<mpsc::UnboundedSender<AgentEvent>>,
+    /// Time between heartbeats.
+    pub heartbeat: Duration,
+}
+
+enum End {
+    Stopped,
+    Broken(String),
+}
+
+impl Agent {
+    /// An agent for `identity`, keeping state in `dir` (`None`: memory only).
+    pub fn new(
+        identity: Identity,
+        dir: Option<PathBuf>,
+        enforcer: Enforcer,
+    ) -> Result<Agent, VenError> {
+        let current = match &dir {
+            Some(d) => StoredPolicy::load(d)?,
+            None => None,
+        };
+        Ok(Agent {
+            dir,
+            identity,
+            enforcer,
+            current,
+            events: None,
+            heartbeat: Duration::from_secs(10),
+        })
+    }
+
+    /// Reports what happens on `tx`.
+    pub fn with_events(mut self, tx: mpsc::UnboundedSender<AgentEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    /// The workload this VEN speaks for.
+    pub fn workload_id(&self) -> &str {
+        &self.identity.workload_id
+    }
+
+    fn emit(&self, e: AgentEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
+        }
+    }
+
+    fn control(&self) -> Vec<SocketAddr> {
+        self.identity
+            .members
+            .iter()
+            .filter_map(|m| m.addr.parse().ok())
+            .collect()
+    }
+
+    /// Re-applies the policy kept on disk (before any PCE is reachable).
+    /// Returns whether there was one.
+    pub fn reapply_cached(&self) -> Result<bool, VenError> {
+        let Some(p) = &self.current else {
+            return Ok(false);
+        };
+        let compiled: CompiledPolicy = serde_json::from_str(&p.compiled_json)
+            .map_err(|e| VenError::Other(format!("cached policy: {e}")))?;
+        self.enforcer.apply(&compiled, &self.control())?;
+        Ok(true)
+    }
+
+    /// Members ordered by measured round-trip time (unreachable ones last).
+    pub async fn nearest(&mut self) -> Vec<MemberAddr> {
+        let mut probes = Vec::new();
+        for m in self.identity.members.clone() {
+            let ca = self.identity.server_ca_pem.clone();
+            probes.push(tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = async {
+                    let ch = channel(&m.addr, &ca, None, Duration::from_secs(2)).await?;
+                    VenClient::new(ch)
+                        .ping(PingRequest {})
+                        .await
+                        .map_err(|s| VenError::Unreachable(s.message().to_string()))
+                }
+                .await;
+                (m, r.ok().map(|r| (t0.elapsed(), r.into_inner().members)))
+            }));
+        }
+        let mut measured = Vec::new();
+        let mut learned = Vec::new();
+        for p in probes {
+            if let Ok((m, r)) = p.await {
+                match r {
+                    Some((rtt, members)) => {
+                        learned = members;
+                        measured.push((rtt, m));
+                    }
+                    None => measured.push((Duration::MAX, m)),
+                }
+            }
+        }
+        measured.sort_by_key(|(rtt, _)| *rtt);
+        // Learn of members added since pairing.
+        if !learned.is_empty() {
+            let list: Vec<MemberAddr> = learned.into_iter().map(MemberAddr::from).collect();
+            if list != self.identity.members {
+                self.identity.members = list;
+                if let Some(d) = &self.dir {
+                    if let Err(e) = self.identity.save(d) {
+                        tracing::warn!(error = %e, "could not save the member list");
+                    }
+                }
+            }
+        }
+        measured.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Runs until `stop` turns true, moving between members as they fail.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), VenError> {
+        loop {
+            let order = self.nearest().await;
+            for m in order {
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                match self.session(&m, &mut stop).await {
+                    End::Stopped => return Ok(()),
+                    End::Broken(why) => {
+                        tracing::info!(member = %m.name, reason = %why, "member lost; trying the next");
+                        self.emit(AgentEvent::Disconnected(m.name.clone(), why));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    async fn session(&mut self, m: &MemberAddr, stop: &mut watch::Receiver<bool>) -> End {
+        let ch = match channel(
+            &m.addr,
+            &self.identity.server_ca_pem,
+            Some((&self.identity.cert_pem, &self.identity.key_pem)),
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => return End::Broken(e.to_string()),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let hello = VenMessage {
+            kind: Some(ven_message::Kind::Hello(Hello {
+                policy_hash: self
+                    .current
+                    .as_ref()
+                    .map(|p| p.hash.clone())
+                    .unwrap_or_default(),
+                policy_version: self.current.as_ref().map(|p| p.version).unwrap_or(0),
+            })),
+        };
+        if tx.send(hello).await.is_err() {
+            return End::Broken("stream closed".into());
+        }
+        let mut inbound = match VenClient::new(ch)
+            .policy_stream(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return End::Broken(format!("{:?}: {}", s.code(), s.message())),
+        };
+        self.emit(AgentEvent::Connected(m.name.clone()));
+        let mut beat = tokio::time::interval(self.heartbeat);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(pm)) => match pm.kind {
+                        Some(pce_message::Kind::Policy(p)) => {
+                            if let Err(e) = self.apply(p.version, &p.hash, &p.compiled_json) {
+                                // Keep enforcing the previous policy; say nothing applied.
+                                tracing::error!(error = %e, "could not apply the new policy");
+                                continue;
+                            }
+                            let ack = VenMessage { kind: Some(ven_message::Kind::Applied(Applied { policy_hash: p.hash.clone(), policy_version: p.version })) };
+                            if tx.send(ack).await.is_err() {
+                                return End::Broken("stream closed".into());
+                            }
+                            self.emit(AgentEvent::Applied { version: p.version, hash: p.hash });
+                        }
+                        Some(pce_message::Kind::Action(a)) => {
+                            tracing::warn!(action = a.kind, "PCE action received");
+                        }
+                        None => {}
+                    },
+                    Ok(None) => return End::Broken("the member closed the stream".into()),
+                    Err(s) => return End::Broken(format!("{:?}: {}", s.code(), s.message())),
+                },
+                _ = beat.tick() => {
+                    let hb = VenMessage { kind: Some(ven_message::Kind::Heartbeat(Heartbeat {})) };
+                    if tx.send(hb).await.is_err() {
+                        return End::Broken("stream closed".into());
+                    }
+                }
+                _ = stop.changed() => {
+                    let bye = VenMessage { kind: Some(ven_message::Kind::Goodbye(Goodbye {})) };
+                    let _ = tx.send(bye).await;
+                    // Let the goodbye leave before the stream is dropped.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return End::Stopped;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, version: u64, hash: &str, json: &str) -> Result<(), VenError> {
+        let compiled: CompiledPolicy = serde_json::from_str(json)
+            .map_err(|e| VenError::Other(format!("policy from the PCE: {e}")))?;
+        let got = crate::identity::sha256_hex(json.as_bytes());
+        if got != hash {
+            return Err(VenError::Other(format!(
+                "policy hash mismatch: got {got}, told {hash}"
+            )));
+        }
+        self.enforcer.apply(&compiled, &self.control())?;
+        let stored = StoredPolicy {
+            version,
+            hash: hash.to_string(),
+            compiled_json: json.to_string(),
+        };
+        if let Some(d) = &self.dir {
+            stored.save(d)?;
+        }
+        self.current = Some(stored);
+        Ok(())
+    }
+}

@@ -1,0 +1,67 @@
+//! Applying a policy to the host: nftables (one atomic `nft -f` of the whole
+//! table), a dry run that prints the ruleset, or memory only (the simulator).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use sc_policy::compute::CompiledPolicy;
+
+use crate::identity::VenError;
+
+/// Where policy goes.
+#[derive(Clone)]
+pub enum Enforcer {
+    /// `nft -f -` (needs root, or the namespace's CAP_NET_ADMIN).
+    Nft,
+    /// Print the ruleset to stdout instead (non-root use).
+    DryRun,
+    /// Keep the last ruleset in memory (simulator, tests).
+    Memory(Arc<Mutex<Option<String>>>),
+}
+
+impl Enforcer {
+    /// Renders `compiled` (keeping `control` reachable) and applies it.
+    pub fn apply(
+        &self,
+        compiled: &CompiledPolicy,
+        control: &[SocketAddr],
+    ) -> Result<String, VenError> {
+        let text = sc_policy::render::nftables_with_control(compiled, control);
+        match self {
+            Enforcer::Nft => {
+                let mut child = Command::new("nft")
+                    .args(["-f", "-"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| VenError::Enforce(format!("running nft: {e}")))?;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin
+                        .write_all(text.as_bytes())
+                        .map_err(|e| VenError::Enforce(format!("writing to nft: {e}")))?;
+                }
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| VenError::Enforce(format!("waiting for nft: {e}")))?;
+                if !out.status.success() {
+                    return Err(VenError::Enforce(format!(
+                        "nft refused the ruleset: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )));
+                }
+            }
+            Enforcer::DryRun => {
+                println!("{text}");
+            }
+            Enforcer::Memory(slot) => {
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(text.clone());
+                }
+            }
+        }
+        Ok(text)
+    }
+}

@@ -1,0 +1,274 @@
+//! Pairing, and what a VEN keeps on disk: its identity (key, certificate, the
+//! CA that signs members' certificates, the member list) and its last policy, so
+//! it can enforce after a restart with no PCE reachable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sc_proto::ven::ven_client::VenClient;
+use sc_proto::ven::{Member, PairRequest};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// Why the VEN could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum VenError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stored file is not what this VEN wrote.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The PCE refused the request.
+    #[error("the PCE refused: {0}")]
+    Refused(String),
+    /// No member could be reached.
+    #[error("no member reachable: {0}")]
+    Unreachable(String),
+    /// Key generation or the policy could not be used.
+    #[error("{0}")]
+    Other(String),
+    /// Applying the firewall failed.
+    #[error("enforcement failed: {0}")]
+    Enforce(String),
+}
+
+/// A member as the VEN remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAddr {
+    /// Node name.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// `host:port` of its VEN service.
+    pub addr: String,
+}
+
+impl From<Member> for MemberAddr {
+    fn from(m: Member) -> Self {
+        MemberAddr {
+            name: m.name,
+            region: m.region,
+            addr: m.addr,
+        }
+    }
+}
+
+/// Who this VEN is.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// The workload it speaks for.
+    pub workload_id: String,
+    /// Its private key (PEM); never leaves the host.
+    pub key_pem: String,
+    /// Its certificate (PEM), signed at pairing.
+    pub cert_pem: String,
+    /// The CA that signs member certificates.
+    pub server_ca_pem: String,
+    /// Known members.
+    pub members: Vec<MemberAddr>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("workload_id", &self.workload_id)
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The last policy the VEN applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    /// Active version it came from.
+    pub version: u64,
+    /// Its hash (what the VEN reports).
+    pub hash: String,
+    /// The compiled policy (JSON of `sc_policy::CompiledPolicy`).
+    pub compiled_json: String,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> VenError + '_ {
+    move |source| VenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `text` atomically (temp file, fsync, rename) with mode 0600.
+pub fn write_private(path: &Path, text: &str) -> Result<(), VenError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, VenError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| VenError::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+impl Identity {
+    /// The identity file in a VEN's state directory.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("identity.json")
+    }
+
+    /// Loads the identity (`None`: not paired yet).
+    pub fn load(dir: &Path) -> Result<Option<Identity>, VenError> {
+        read_json(&Self::path(dir))
+    }
+
+    /// Saves it (mode 0600).
+    pub fn save(&self, dir: &Path) -> Result<(), VenError> {
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| VenError::Other(e.to_string()))?;
+        write_private(&Self::path(dir), &text)
+    }
+}
+
+impl StoredPolicy {
+    /// The policy file in a VEN's state directory.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("policy.json")
+    }
+
+    /// Loads the last applied policy.
+    pub fn load(dir: &Path) -> Result<Option<StoredPolicy>, VenError> {
+        read_json(&Self::path(dir))
+    }
+
+    /// Saves it.
+    pub fn save(&self, dir: &Path) -> Result<(), VenError> {
+        let text = serde_json::to_string(self).map_err(|e| VenError::Other(e.to_string()))?;
+        write_private(&Self::path(dir), &text)
+    }
+}
+
+/// A channel to a member's VEN service (TLS, verified against `server_ca_pem`,
+/// presenting `identity` when given).
+pub async fn channel(
+    addr: &str,
+    server_ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Result<Channel, VenError> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(server_ca_pem));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| VenError::Unreachable(format!("{addr}: {e}")))?
+        .tls_config(tls)
+        .map_err(|e| VenError::Unreachable(format!("{addr}: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| VenError::Unreachable(format!("{addr}: {e}")))
+}
+
+/// Host facts a VEN reports at pairing.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// Host name.
+    pub hostname: String,
+    /// Interface addresses.
+    pub addresses: Vec<String>,
+    /// Operating system.
+    pub os: String,
+}
+
+/// Pairs with the member at `addr`: a new key (kept here), a CSR, the pairing key
+/// and the host facts; returns the identity to save.
+pub async fn pair(
+    addr: &str,
+    server_ca_pem: &str,
+    activation_code: &str,
+    facts: &HostFacts,
+) -> Result<Identity, VenError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| VenError::Other(e.to_string()))?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .map_err(|e| VenError::Other(e.to_string()))?;
+    let ch = channel(addr, server_ca_pem, None, Duration::from_secs(10)).await?;
+    let resp = VenClient::new(ch)
+        .pair(PairRequest {
+            activation_code: activation_code.to_string(),
+            hostname: facts.hostname.clone(),
+            addresses: facts.addresses.clone(),
+            os: facts.os.clone(),
+            csr_pem: csr,
+        })
+        .await
+        .map_err(|s| VenError::Refused(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    let mut members: Vec<MemberAddr> = resp.members.into_iter().map(MemberAddr::from).collect();
+    if members.is_empty() {
+        members.push(MemberAddr {
+            name: addr.to_string(),
+            region: String::new(),
+            addr: addr.to_string(),
+        });
+    }
+    Ok(Identity {
+        workload_id: resp.workload_id,
+        key_pem: key.serialize_pem(),
+        cert_pem: resp.cert_pem,
+        server_ca_pem: if resp.server_ca_pem.is_empty() {
+            server_ca_pem.to_string()
+        } else {
+            resp.server_ca_pem
+        },
+        members,
+    })
+}
+
+/// SHA-256 of `bytes`, hex (the policy hash).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
