@@ -59,6 +59,81 @@ pub struct NodeConfig {
     /// The admin REST API (not served when absent).
     #[serde(default)]
     pub api: Option<ApiConfig>,
+    /// The VEN service (not served when absent).
+    #[serde(default)]
+    pub ven: Option<VenConfig>,
+}
+
+/// The VEN service of this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VenConfig {
+    /// Socket VENs connect to (TLS with this node's certificate).
+    pub listen: String,
+    /// Address VENs are told to use (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The VEN CA certificate (signs VEN identities; not the cluster CA).
+    pub ca: PathBuf,
+    /// The VEN CA key (mode 0600).
+    pub ca_key: PathBuf,
+    /// Seconds a VEN may be away before its workload goes offline.
+    #[serde(default = "default_offline")]
+    pub offline_after_secs: u64,
+    /// Hours flow summaries are kept.
+    #[serde(default = "default_retention")]
+    pub flow_retention_hours: u64,
+    /// The most flows in one report.
+    #[serde(default = "default_batch")]
+    pub max_flow_batch: usize,
+}
+
+fn default_offline() -> u64 {
+    60
+}
+
+fn default_retention() -> u64 {
+    168
+}
+
+fn default_batch() -> usize {
+    1000
+}
+
+impl VenConfig {
+    /// Options for `sc_member::VenServer::start`.
+    pub fn to_options(
+        &self,
+        tls: &sc_raft::TlsMaterial,
+        data_dir: &Path,
+    ) -> Result<sc_member::VenOptions> {
+        let listen = parse_addr("ven.listen", &self.listen)?;
+        if let Some(a) = &self.advertise {
+            parse_addr("ven.advertise", a)?;
+        }
+        for (field, p) in [("ven.ca", &self.ca), ("ven.ca_key", &self.ca_key)] {
+            if !p.exists() {
+                bail!(
+                    "{field}: {} does not exist (pce certs init makes the VEN CA)",
+                    p.display()
+                );
+            }
+        }
+        if self.offline_after_secs == 0 || self.max_flow_batch == 0 {
+            bail!("ven.offline_after_secs and ven.max_flow_batch must be positive");
+        }
+        let mut o = sc_member::VenOptions::new(
+            listen,
+            tls.clone(),
+            (self.ca.clone(), self.ca_key.clone()),
+            data_dir.join("flows"),
+        );
+        o.advertise = self.advertise.clone();
+        o.offline_after = std::time::Duration::from_secs(self.offline_after_secs);
+        o.flow_retention = std::time::Duration::from_secs(self.flow_retention_hours * 3600);
+        o.max_flow_batch = self.max_flow_batch;
+        Ok(o)
+    }
 }
 
 /// The admin REST API of this node.
@@ -206,12 +281,17 @@ impl NodeConfig {
         let mut cfg: NodeConfig = toml::from_str(&text)
             .with_context(|| format!("config file {} is invalid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
+        let mut paths = vec![
             &mut cfg.data_dir,
             &mut cfg.tls.ca,
             &mut cfg.tls.cert,
             &mut cfg.tls.key,
-        ] {
+        ];
+        if let Some(v) = cfg.ven.as_mut() {
+            paths.push(&mut v.ca);
+            paths.push(&mut v.ca_key);
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -9,6 +9,7 @@ mod bench_api;
 mod config;
 mod ops;
 mod up;
+mod ven_cmd;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -46,10 +47,20 @@ enum Command {
         /// Port of every region's admin API.
         #[arg(long, default_value_t = 8443)]
         api_port: u16,
+        /// Port of every region's VEN service.
+        #[arg(long, default_value_t = 7450)]
+        ven_port: u16,
         /// Serve the admin API over plain HTTP (local experiments only).
         #[arg(long)]
         insecure_http: bool,
     },
+    /// The VEN agent: pair this host, then enforce its policy.
+    Ven {
+        #[command(subcommand)]
+        command: ven_cmd::VenCommand,
+    },
+    /// Thousands of simulated VENs in one process (no firewall), for scale tests.
+    VenSim(ven_cmd::SimArgs),
     /// Run one node.
     Serve {
         /// The node's TOML configuration.
@@ -190,10 +201,19 @@ async fn run(cli: Cli) -> Result<()> {
             dir,
             port,
             api_port,
+            ven_port,
             insecure_http,
         } => {
             init_logging(cli.log_format.unwrap_or_default());
-            up::run(&dir, port, api_port, insecure_http).await
+            up::run(&dir, port, api_port, ven_port, insecure_http).await
+        }
+        Command::Ven { command } => {
+            init_logging(cli.log_format.unwrap_or_default());
+            ven_cmd::run(command).await
+        }
+        Command::VenSim(args) => {
+            init_logging(cli.log_format.unwrap_or_default());
+            ven_cmd::sim(args).await
         }
         Command::Serve {
             config,

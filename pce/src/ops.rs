@@ -15,10 +15,18 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
         Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
         None => None,
     };
+    let ven_opts = match &cfg.ven {
+        Some(v) => Some(v.to_options(&opts.tls, &opts.data_dir)?),
+        None => None,
+    };
     let node = Node::start(opts).await?;
     tracing::info!(id = node.id(), node = %node.info(), "serving; stop with Ctrl-C or SIGTERM");
     let api = match api_opts {
         Some(o) => Some(sc_leader::serve(node.clone(), o).await?),
+        None => None,
+    };
+    let ven = match ven_opts {
+        Some(o) => Some(sc_member::VenServer::start(node.clone(), o).await?),
         None => None,
     };
     // The first node serving the API creates the owner key (compare-and-set in
@@ -27,14 +35,21 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
         let key_file = cfg.data_dir.join("owner-api-key.json");
         tokio::select! {
             r = bootstrap_owner(&node, &key_file) => r?,
-            r = wait_for_stop_signal() => { r?; return stop(node, api).await; }
+            r = wait_for_stop_signal() => { r?; return stop(node, api, ven).await; }
         }
     }
     wait_for_stop_signal().await?;
-    stop(node, api).await
+    stop(node, api, ven).await
 }
 
-async fn stop(node: Node, api: Option<sc_leader::ApiServer>) -> Result<()> {
+async fn stop(
+    node: Node,
+    api: Option<sc_leader::ApiServer>,
+    ven: Option<sc_member::VenServer>,
+) -> Result<()> {
+    if let Some(v) = ven {
+        v.stop().await;
+    }
     if let Some(a) = api {
         a.stop().await;
     }

@@ -25,8 +25,7 @@ fn write_config(
     name: &str,
     id: u64,
     ip: Ipv4Addr,
-    port: u16,
-    api_port: u16,
+    (port, api_port, ven_port): (u16, u16, u16),
 ) -> Result<std::path::PathBuf> {
     let node_dir = dir.join(region);
     std::fs::create_dir_all(&node_dir)
@@ -42,7 +41,7 @@ fn write_config(
         "# Written by `pce up`; edit freely, it is rewritten only if deleted.\n\
          id = {id}\nname = \"{name}\"\nregion = \"{region}\"\nlisten = \"{ip}:{port}\"\n\
          data_dir = \"data\"\nprofile = \"lan\"\nbootstrap = {bootstrap}\n\n[tls]\nca = \"../certs/ca.pem\"\n\
-         cert = \"../certs/{name}.pem\"\nkey = \"../certs/{name}.key\"\n\n[api]\nlisten = \"{ip}:{api_port}\"\n{join}"
+         cert = \"../certs/{name}.pem\"\nkey = \"../certs/{name}.key\"\n\n[api]\nlisten = \"{ip}:{api_port}\"\n\n[ven]\nlisten = \"{ip}:{ven_port}\"\nca = \"../certs/ven-ca.pem\"\nca_key = \"../certs/ven-ca.key\"\n{join}"
     );
     let path = node_dir.join("node.toml");
     if !path.exists() {
@@ -52,7 +51,13 @@ fn write_config(
 }
 
 /// Runs the three regions until Ctrl-C.
-pub async fn run(dir: &Path, port: u16, api_port: u16, insecure_http: bool) -> Result<()> {
+pub async fn run(
+    dir: &Path,
+    port: u16,
+    api_port: u16,
+    ven_port: u16,
+    insecure_http: bool,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -61,18 +66,25 @@ pub async fn run(dir: &Path, port: u16, api_port: u16, insecure_http: bool) -> R
     if !certs.join(pki::CA_CERT).exists() {
         pki::init_ca(&certs, "pce-up")?;
     }
+    // Directories from before the VEN service existed get their VEN CA now.
+    pki::init_ven_ca(&certs, "pce-up")?;
     let mut nodes = Vec::new();
     let mut apis = Vec::new();
+    let mut vens = Vec::new();
     let mut configs = Vec::new();
     for (region, name, id, ip) in REGIONS {
         if !certs.join(format!("{name}.pem")).exists() {
             pki::issue(&certs, name, region, &[IpAddr::V4(ip)])?;
         }
-        let path = write_config(&dir, region, name, id, ip, port, api_port)?;
+        let path = write_config(&dir, region, name, id, ip, (port, api_port, ven_port))?;
         let cfg = NodeConfig::load(&path)?;
         let opts = cfg.to_options()?;
         let api_opts = match &cfg.api {
             Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
+            None => None,
+        };
+        let ven_opts = match &cfg.ven {
+            Some(v) => Some(v.to_options(&opts.tls, &opts.data_dir)?),
             None => None,
         };
         let node = Node::start(opts)
@@ -80,6 +92,9 @@ pub async fn run(dir: &Path, port: u16, api_port: u16, insecure_http: bool) -> R
             .with_context(|| format!("starting {name}"))?;
         if let Some(o) = api_opts {
             apis.push(sc_leader::serve(node.clone(), o).await?);
+        }
+        if let Some(o) = ven_opts {
+            vens.push(sc_member::VenServer::start(node.clone(), o).await?);
         }
         nodes.push(node);
         configs.push(path);
@@ -159,6 +174,9 @@ pub async fn run(dir: &Path, port: u16, api_port: u16, insecure_http: bool) -> R
 
     wait_for_stop_signal().await?;
     println!("stopping...");
+    for v in vens {
+        v.stop().await;
+    }
     for a in apis {
         a.stop().await;
     }

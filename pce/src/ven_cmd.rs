@@ -1,0 +1,245 @@
+//! `pce ven pair|run` (the VEN agent on a host) and `pce ven-sim` (many VENs in
+//! one process, for scale tests and benchmarks).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sc_ven::identity::{pair, HostFacts};
+use sc_ven::{Agent, AgentEvent, Enforcer, Identity};
+use tokio::sync::{mpsc, watch};
+
+use crate::ops::wait_for_stop_signal;
+
+/// `pce ven ...`
+#[derive(clap::Subcommand)]
+pub enum VenCommand {
+    /// Pair this host with a pairing key; keeps the identity in --dir.
+    Pair {
+        /// A member's VEN service, `host:port`.
+        #[arg(long)]
+        server: String,
+        /// The cluster CA certificate (verifies the member).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The pairing key (activation code) from a pairing profile.
+        #[arg(long)]
+        activation_code: String,
+        /// Where the VEN keeps its identity and last policy.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Host name to report (default: the system's).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Interface addresses to report (repeat).
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+    },
+    /// Enforce this host's policy: re-apply the cached one, then follow the PCE.
+    Run {
+        /// The VEN's directory (from `pce ven pair`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print each ruleset instead of applying it (no root needed).
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Runs a `pce ven` command.
+pub async fn run(cmd: VenCommand) -> Result<()> {
+    match cmd {
+        VenCommand::Pair {
+            server,
+            ca,
+            activation_code,
+            dir,
+            hostname,
+            addresses,
+        } => {
+            if Identity::load(&dir)?.is_some() {
+                bail!(
+                    "{} already holds a paired identity; use another --dir or unpair first",
+                    dir.display()
+                );
+            }
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading --ca {}", ca.display()))?;
+            for a in &addresses {
+                a.parse::<std::net::IpAddr>()
+                    .with_context(|| format!("--address {a:?} is not an IP address"))?;
+            }
+            let facts = HostFacts {
+                hostname: hostname.unwrap_or_else(system_hostname),
+                addresses,
+                os: std::env::consts::OS.into(),
+            };
+            let identity = pair(&server, &ca_pem, &activation_code, &facts).await?;
+            identity.save(&dir)?;
+            println!(
+                "paired: workload {} ({} members known)",
+                identity.workload_id,
+                identity.members.len()
+            );
+            Ok(())
+        }
+        VenCommand::Run { dir, dry_run } => {
+            let identity = Identity::load(&dir)?.with_context(|| {
+                format!(
+                    "{} holds no identity: run `pce ven pair` first",
+                    dir.display()
+                )
+            })?;
+            let enforcer = if dry_run {
+                Enforcer::DryRun
+            } else {
+                Enforcer::Nft
+            };
+            let agent = Agent::new(identity, Some(dir.clone()), enforcer)?;
+            match agent.reapply_cached() {
+                Ok(true) => tracing::info!("re-applied the cached policy"),
+                Ok(false) => tracing::info!("no cached policy yet"),
+                Err(e) => tracing::error!(error = %e, "could not re-apply the cached policy"),
+            }
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let agent = agent.with_events(tx);
+            tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    tracing::info!(event = ?e, "ven");
+                }
+            });
+            let (stop_tx, stop) = watch::channel(false);
+            let task = tokio::spawn(agent.run(stop));
+            wait_for_stop_signal().await?;
+            let _ = stop_tx.send(true);
+            task.await??;
+            Ok(())
+        }
+    }
+}
+
+/// `pce ven-sim`.
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// A member's VEN service, `host:port`, to pair through.
+    #[arg(long)]
+    server: String,
+    /// The cluster CA certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// A pairing key good for `--count` uses.
+    #[arg(long)]
+    activation_code: String,
+    /// How many VENs.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Connect only to members of this region.
+    #[arg(long)]
+    region: Option<String>,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+/// Pairs and runs `count` in-memory VENs; prints progress as they apply policy.
+pub async fn sim(args: SimArgs) -> Result<()> {
+    let ca_pem = std::fs::read_to_string(&args.ca)
+        .with_context(|| format!("reading --ca {}", args.ca.display()))?;
+    let t0 = Instant::now();
+    let mut identities = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..args.count {
+        let (server, ca, code) = (
+            args.server.clone(),
+            ca_pem.clone(),
+            args.activation_code.clone(),
+        );
+        batch.push(tokio::spawn(async move {
+            let facts = HostFacts {
+                hostname: format!("sim-{i}"),
+                addresses: vec![format!(
+                    "10.{}.{}.{}",
+                    128 + ((i >> 16) & 63),
+                    (i >> 8) & 255,
+                    i & 255
+                )],
+                os: "sim".into(),
+            };
+            pair(&server, &ca, &code, &facts).await
+        }));
+        if batch.len() == 32 || i + 1 == args.count {
+            for b in batch.drain(..) {
+                identities.push(b.await??);
+            }
+        }
+    }
+    println!(
+        "paired {} VENs in {:.1} s",
+        identities.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let applied: Arc<Mutex<HashMap<String, usize>>> = Arc::new(Mutex::new(HashMap::new()));
+    let (stop_tx, stop) = watch::channel(false);
+    let t1 = Instant::now();
+    for mut id in identities {
+        if let Some(r) = &args.region {
+            id.members.retain(|m| &m.region == r);
+            if id.members.is_empty() {
+                bail!("no member in region {r}");
+            }
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let name = id.workload_id.clone();
+        let counts = applied.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if matches!(e, AgentEvent::Applied { .. }) {
+                    if let Ok(mut c) = counts.lock() {
+                        *c.entry(name.clone()).or_default() += 1;
+                    }
+                }
+            }
+        });
+        let agent =
+            Agent::new(id, None, Enforcer::Memory(Arc::new(Mutex::new(None))))?.with_events(tx);
+        tokio::spawn(agent.run(stop.clone()));
+    }
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let mut last = (0, 0);
+    loop {
+        let (with_policy, pushes) = {
+            let c = applied.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            (c.len(), c.values().sum::<usize>())
+        };
+        if (with_policy, pushes) != last {
+            println!(
+                "{:>7.1} s: {with_policy}/{} VENs enforce a policy, {pushes} policies applied",
+                t1.elapsed().as_secs_f64(),
+                args.count
+            );
+            last = (with_policy, pushes);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            r = wait_for_stop_signal() => { r?; break; }
+        }
+    }
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}

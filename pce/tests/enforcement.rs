@@ -1,0 +1,444 @@
+//! Real enforcement: three hosts (network namespaces web, app, db on a bridge),
+//! each running a real VEN (`pce ven run`, nftables) against a real 3-region
+//! cluster (`pce serve` processes on the bridge's addresses). Real TCP
+//! connections show the provisioned policy, its change, enforcement surviving
+//! the loss of every PCE node, and a VEN restarted with no PCE re-applying its
+//! cached policy.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sc_leader::client::ApiClient;
+use serde_json::{json, Value};
+
+const PCE: &str = env!("CARGO_BIN_EXE_pce");
+const ORG: &str = "/api/v2/orgs/1";
+const HOSTS: [(&str, u8); 3] = [("web", 11), ("app", 12), ("db", 13)];
+
+fn sh(cmd: &[&str]) -> (bool, String) {
+    match Command::new(cmd[0]).args(&cmd[1..]).output() {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+fn must(cmd: &[&str]) -> String {
+    let (ok, out) = sh(cmd);
+    assert!(ok, "{cmd:?}: {out}");
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The lab: a bridge with the PCE addresses, three namespaces, processes.
+struct Lab {
+    tag: String,
+    net: String,
+    bridge: String,
+    dir: tempfile::TempDir,
+    nodes: HashMap<u64, Child>,
+    vens: HashMap<&'static str, Child>,
+    listeners: Vec<Child>,
+}
+
+impl Lab {
+    fn ns(&self, host: &str) -> String {
+        format!("sc{}-{host}", self.tag)
+    }
+
+    fn ip(&self, last: u8) -> String {
+        format!("{}.{last}", self.net)
+    }
+
+    fn new() -> Option<Lab> {
+        // SAFETY: geteuid(2) has no preconditions and touches no memory of ours.
+        let root = unsafe { libc::geteuid() } == 0;
+        let tools =
+            sh(&["nft", "--version"]).0 && sh(&["ip", "-V"]).0 && sh(&["python3", "--version"]).0;
+        if !root || !tools {
+            return None;
+        }
+        let n = std::process::id() % 200;
+        let lab = Lab {
+            tag: format!("{n}"),
+            net: format!("10.213.{n}"),
+            bridge: format!("scbr{n}"),
+            dir: tempfile::tempdir().unwrap(),
+            nodes: HashMap::new(),
+            vens: HashMap::new(),
+            listeners: Vec::new(),
+        };
+        lab.teardown_net();
+        must(&["ip", "link", "add", &lab.bridge, "type", "bridge"]);
+        for last in 1..=3 {
+            must(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", lab.ip(last)),
+                "dev",
+                &lab.bridge,
+            ]);
+        }
+        must(&["ip", "link", "set", &lab.bridge, "up"]);
+        for (host, last) in HOSTS {
+            let ns = lab.ns(host);
+            let (a, b) = (
+                format!("sc{}{}a", lab.tag, &host[..1]),
+                format!("sc{}{}b", lab.tag, &host[..1]),
+            );
+            must(&["ip", "netns", "add", &ns]);
+            must(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+            must(&["ip", "link", "set", &a, "master", &lab.bridge]);
+            must(&["ip", "link", "set", &a, "up"]);
+            must(&["ip", "link", "set", &b, "netns", &ns]);
+            must(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", lab.ip(last)),
+                "dev",
+                &b,
+            ]);
+            must(&["ip", "-n", &ns, "link", "set", &b, "up"]);
+            must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        }
+        Some(lab)
+    }
+
+    fn teardown_net(&self) {
+        for (host, _) in HOSTS {
+            let _ = sh(&["ip", "netns", "del", &self.ns(host)]);
+        }
+        let _ = sh(&["ip", "link", "del", &self.bridge]);
+    }
+
+    fn exec(&self, host: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(host)]).args(args);
+        c
+    }
+
+    /// Whether a TCP connection from `host` to `ip:port` is established within 1.5 s.
+    fn reach(&self, host: &str, ip: &str, port: u16) -> bool {
+        let code = "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5).close()\nexcept Exception:\n sys.exit(1)";
+        self.exec(host, &["python3", "-c", code, ip, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn listen(&mut self, host: &str, ports: &[u16]) {
+        let code = "import socket,sys,threading\ndef serve(p):\n s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', p)); s.listen(64)\n while True:\n  c,_=s.accept(); c.close()\nfor p in sys.argv[1:]:\n threading.Thread(target=serve, args=(int(p),), daemon=True).start()\nthreading.Event().wait()";
+        let mut args = vec!["python3", "-c", code];
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        args.extend(ports.iter().map(String::as_str));
+        let child = self
+            .exec(host, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.listeners.push(child);
+    }
+
+    fn start_node(&mut self, id: u64) {
+        let cfg = self.dir.path().join(format!("n{id}/node.toml"));
+        let child = Command::new(PCE)
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.nodes.insert(id, child);
+    }
+
+    fn start_ven(&mut self, host: &'static str) {
+        let dir = self.dir.path().join(format!("ven-{host}"));
+        let child = self
+            .exec(host, &[PCE, "ven", "run", "--dir", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.vens.insert(host, child);
+    }
+
+    fn table(&self, host: &str) -> String {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns(host),
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "pce",
+        ])
+        .1
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self
+            .vens
+            .values_mut()
+            .chain(self.nodes.values_mut())
+            .chain(self.listeners.iter_mut())
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.teardown_net();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn post(c: &mut ApiClient, path: &str, body: Value) -> Value {
+    let a = c.post(path, &body).await.expect("post");
+    assert!(
+        a.status.is_success(),
+        "{path}: {} {}",
+        a.status,
+        String::from_utf8_lossy(&a.body)
+    );
+    a.json()
+}
+
+fn href(v: &Value) -> String {
+    v["href"].as_str().expect("href").to_string()
+}
+
+#[test]
+fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
+    let Some(mut lab) = Lab::new() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test: root, nftables, iproute2 and python3"
+        );
+        eprintln!("skipping: needs root, nft, ip and python3");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = lab.dir.path().to_path_buf();
+    let certs = base.join("certs");
+    must(&[PCE, "certs", "init", "--dir", certs.to_str().unwrap()]);
+    let (raft_port, api_port, ven_port) = (free_port(), free_port(), free_port());
+    for id in 1..=3u64 {
+        let ip = lab.ip(id as u8);
+        must(&[
+            PCE,
+            "certs",
+            "issue",
+            "--dir",
+            certs.to_str().unwrap(),
+            "--node",
+            &format!("n{id}"),
+            "--region",
+            &format!("r{id}"),
+            "--ip",
+            &ip,
+        ]);
+        let join = if id == 1 {
+            String::new()
+        } else {
+            format!(
+                "\n[[peers]]\nname = \"n1\"\naddr = \"{}:{raft_port}\"\n",
+                lab.ip(1)
+            )
+        };
+        let text = format!(
+            "id = {id}\nname = \"n{id}\"\nregion = \"r{id}\"\nlisten = \"{ip}:{raft_port}\"\ndata_dir = \"data\"\nprofile = \"lan\"\nbootstrap = {}\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/n{id}.pem\"\nkey = \"{c}/n{id}.key\"\n\n[api]\nlisten = \"{ip}:{api_port}\"\n\n[ven]\nlisten = \"{ip}:{ven_port}\"\nca = \"{c}/ven-ca.pem\"\nca_key = \"{c}/ven-ca.key\"\noffline_after_secs = 5\n{join}",
+            id == 1,
+            c = certs.display()
+        );
+        std::fs::create_dir_all(base.join(format!("n{id}"))).unwrap();
+        std::fs::write(base.join(format!("n{id}/node.toml")), text).unwrap();
+        lab.start_node(id);
+    }
+    let key_file = |b: &Path| -> Option<PathBuf> {
+        (1..=3)
+            .map(|id| b.join(format!("n{id}/data/owner-api-key.json")))
+            .find(|p| p.exists())
+    };
+    wait_until("the owner key", Duration::from_secs(60), || {
+        key_file(&base).is_some()
+    });
+    let key: Value =
+        serde_json::from_str(&std::fs::read_to_string(key_file(&base).unwrap()).unwrap()).unwrap();
+    let ca = std::fs::read_to_string(certs.join("ca.pem")).unwrap();
+    let api_addr: SocketAddr = format!("{}:{api_port}", lab.ip(2)).parse().unwrap();
+    let mut api = ApiClient::new(api_addr, Some(&ca)).unwrap().with_key(
+        key["auth_username"].as_str().unwrap(),
+        key["secret"].as_str().unwrap(),
+    );
+
+    // Labels, one pairing profile per role (full enforcement), the policy.
+    let (labels, codes, rs) = rt.block_on(async {
+        let mut labels = HashMap::new();
+        let mut codes = HashMap::new();
+        for (host, _) in HOSTS {
+            let l = href(&post(&mut api, &format!("{ORG}/labels"), json!({"key": "role", "value": host})).await);
+            let p = href(&post(&mut api, &format!("{ORG}/pairing_profiles"), json!({"name": host, "labels": [{"href": l}], "enforcement_mode": "full"})).await);
+            let k = post(&mut api, &format!("/api/v2{p}/pairing_key"), json!({})).await;
+            codes.insert(host, k["activation_code"].as_str().unwrap().to_string());
+            labels.insert(host, l);
+        }
+        let rs = href(&post(&mut api, &format!("{ORG}/sec_policy/draft/rule_sets"), json!({"name": "three-tier"})).await);
+        for (provider, consumer, port) in [("app", "web", 8080), ("db", "app", 5432)] {
+            post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": labels[provider]}}], "consumers": [{"label": {"href": labels[consumer]}}], "ingress_services": [{"proto": 6, "port": port}]})).await;
+        }
+        post(&mut api, &format!("{ORG}/sec_policy"), json!({"update_description": "web -> app 8080, app -> db 5432"})).await;
+        (labels, codes, rs)
+    });
+
+    // A real VEN in each host: pair, then run (nftables).
+    for (host, last) in HOSTS {
+        let dir = base.join(format!("ven-{host}"));
+        let server = format!("{}:{ven_port}", lab.ip(((last - 10) as u64 % 3 + 1) as u8));
+        let out = lab
+            .exec(
+                host,
+                &[
+                    PCE,
+                    "ven",
+                    "pair",
+                    "--server",
+                    &server,
+                    "--ca",
+                    certs.join("ca.pem").to_str().unwrap(),
+                    "--activation-code",
+                    &codes[host],
+                    "--dir",
+                    dir.to_str().unwrap(),
+                    "--hostname",
+                    host,
+                    "--address",
+                    &lab.ip(last),
+                ],
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pair {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab.start_ven(host);
+    }
+    lab.listen("web", &[80]);
+    lab.listen("app", &[8080, 22]);
+    lab.listen("db", &[5432]);
+    for (host, _) in HOSTS {
+        wait_until(
+            &format!("{host}'s firewall"),
+            Duration::from_secs(60),
+            || lab.table(host).contains("policy drop"),
+        );
+    }
+    let (web, app, db) = (lab.ip(11), lab.ip(12), lab.ip(13));
+    let check = |lab: &Lab, web_db: bool, when: &str| {
+        assert!(
+            lab.reach("web", &app, 8080),
+            "{when}: web -> app:8080 must pass"
+        );
+        assert!(
+            lab.reach("app", &db, 5432),
+            "{when}: app -> db:5432 must pass"
+        );
+        assert!(
+            !lab.reach("web", &app, 22),
+            "{when}: web -> app:22 must be dropped"
+        );
+        assert!(
+            !lab.reach("app", &web, 80),
+            "{when}: app -> web:80 must be dropped"
+        );
+        assert!(
+            !lab.reach("db", &app, 8080),
+            "{when}: db -> app:8080 must be dropped"
+        );
+        assert_eq!(
+            lab.reach("web", &db, 5432),
+            web_db,
+            "{when}: web -> db:5432"
+        );
+    };
+    wait_until("the provisioned flows", Duration::from_secs(30), || {
+        lab.reach("web", &app, 8080) && lab.reach("app", &db, 5432)
+    });
+    check(&lab, false, "after provisioning");
+
+    // Change the policy: web may reach db too.
+    rt.block_on(async {
+        post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": labels["db"]}}], "consumers": [{"label": {"href": labels["web"]}}], "ingress_services": [{"proto": 6, "port": 5432}]})).await;
+        post(&mut api, &format!("{ORG}/sec_policy"), json!({"update_description": "web -> db 5432"})).await;
+    });
+    wait_until("the new rule in force", Duration::from_secs(30), || {
+        lab.reach("web", &db, 5432)
+    });
+    check(&lab, true, "after the change");
+
+    // Every PCE node dies: enforcement does not change.
+    for (_, mut c) in lab.nodes.drain() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    check(&lab, true, "with every PCE node down");
+
+    // A VEN restarts with no PCE reachable (its firewall wiped, as after a reboot):
+    // it re-applies the cached policy.
+    if let Some(mut c) = lab.vens.remove("web") {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = lab
+        .exec("web", &["nft", "delete", "table", "inet", "pce"])
+        .status();
+    assert!(
+        !lab.table("web").contains("policy drop"),
+        "the table is gone"
+    );
+    assert!(
+        lab.reach("web", &app, 22) || !lab.reach("app", &web, 80),
+        "without a firewall web's outbound is open"
+    );
+    lab.start_ven("web");
+    wait_until(
+        "the cached policy re-applied",
+        Duration::from_secs(20),
+        || lab.table("web").contains("policy drop"),
+    );
+    check(&lab, true, "after the VEN restarted with no PCE");
+    let _ = (&web, &labels);
+}
