@@ -26,7 +26,14 @@ pub struct Db {
     /// write, so retried commands are applied once and the session table stays as
     /// small as the peak concurrency.
     sessions: Mutex<Vec<(ClientId, u64)>>,
+    /// The highest revision a write through this node committed: reads through
+    /// this node wait until the local replica has applied it, so a client that
+    /// writes to a member and reads back from it sees its write.
+    written: std::sync::atomic::AtomicU64,
 }
+
+/// How long a read waits for the local replica to apply this node's own writes.
+const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One atomic change: preconditions and mutations.
 #[derive(Debug, Default, Clone)]
@@ -100,12 +107,35 @@ impl Db {
         Db {
             node,
             sessions: Mutex::new(Vec::new()),
+            written: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// The node (status, leadership).
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// Waits (briefly) until the local replica has applied every write this node
+    /// committed; reads call it first (read-your-writes through one node).
+    async fn catch_up(&self) {
+        let want = self.written.load(std::sync::atomic::Ordering::Relaxed);
+        if want == 0 {
+            return;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let have = self
+                .node
+                .get(keys::EPOCH, Consistency::Local)
+                .await
+                .map(|r| r.revision)
+                .unwrap_or(u64::MAX);
+            if have >= want || started.elapsed() > CATCH_UP_LIMIT {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// Waits until the local replica reflects every write acknowledged before now.
@@ -115,6 +145,7 @@ impl Db {
 
     /// The local replica's revision.
     pub async fn revision(&self) -> Result<u64, ApiError> {
+        self.catch_up().await;
         Ok(self
             .node
             .get(keys::EPOCH, Consistency::Local)
@@ -128,6 +159,7 @@ impl Db {
         &self,
         key: &[u8],
     ) -> Result<Option<Stored<T>>, ApiError> {
+        self.catch_up().await;
         let r = self
             .node
             .get(key, Consistency::Local)
@@ -145,6 +177,7 @@ impl Db {
 
     /// One value's raw bytes with its revision.
     pub async fn raw(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
+        self.catch_up().await;
         let r = self
             .node
             .get(key, Consistency::Local)
@@ -159,6 +192,7 @@ impl Db {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
+        self.catch_up().await;
         let r = self
             .node
             .scan(prefix, limit, Consistency::Local)
@@ -169,6 +203,7 @@ impl Db {
 
     /// The `mod_revision` of a key (`None`: absent).
     pub async fn rev(&self, key: &[u8]) -> Result<Option<u64>, ApiError> {
+        self.catch_up().await;
         let r = self
             .node
             .get(key, Consistency::Local)
@@ -183,6 +218,7 @@ impl Db {
         prefix: &[u8],
         limit: usize,
     ) -> Result<(Vec<Stored<T>>, u64), ApiError> {
+        self.catch_up().await;
         let r = self
             .node
             .scan(prefix, limit, Consistency::Local)
@@ -222,7 +258,11 @@ impl Db {
         self.give_back(client, serial);
         match result {
             Ok(r) => match r.outcome {
-                Outcome::Applied => Ok(r.revision),
+                Outcome::Applied => {
+                    self.written
+                        .fetch_max(r.revision, std::sync::atomic::Ordering::Relaxed);
+                    Ok(r.revision)
+                }
                 Outcome::Conflict { reason } => Err(CommitError::Conflict(reason)),
                 Outcome::Invalid { reason } => Err(CommitError::Api(ApiError::invalid(
                     "request_too_large",

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_vens;
 mod config;
 mod ops;
 mod up;
@@ -180,6 +181,8 @@ enum BenchCommand {
     Write(bench::WriteArgs),
     /// Rule edits and provisioning through the admin API of a `pce up` cluster.
     Api(bench_api::ApiArgs),
+    /// Provision-to-acknowledgement latency and memory per VEN with simulated VENs.
+    Vens(bench_vens::VensArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -268,6 +271,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => bench::write(args).await,
             BenchCommand::Api(args) => bench_api::api(args).await,
+            BenchCommand::Vens(args) => bench_vens::vens(args).await,
         },
     }
 }

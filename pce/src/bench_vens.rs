@@ -1,0 +1,267 @@
+//! `pce bench vens`: simulated VENs across the 3 regions of a running `pce up`.
+//!
+//! For each VEN count: pair them (each region's member pairs and serves a third),
+//! wait for every first policy (initial sync), then provision rule changes that
+//! alter every simulated VEN's policy and measure, per VEN, the time from the
+//! provision's answer (the commit) to the VEN's acknowledgement of the new
+//! policy. Also the server process's memory per connected VEN.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use sc_leader::client::ApiClient;
+use sc_ven::identity::{pair, HostFacts};
+use sc_ven::{Agent, AgentEvent, Enforcer};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::up::REGIONS;
+
+/// Options of `pce bench vens`.
+#[derive(clap::Args)]
+pub struct VensArgs {
+    /// The directory `pce up` runs in.
+    #[arg(long, default_value = "pce-data")]
+    dir: PathBuf,
+    /// Admin API port of every region.
+    #[arg(long, default_value_t = 8443)]
+    api_port: u16,
+    /// VEN service port of every region.
+    #[arg(long, default_value_t = 7450)]
+    ven_port: u16,
+    /// VEN counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    counts: Vec<usize>,
+    /// Provisions measured per count.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// The `pce up` process, for its memory (default: found by its --dir).
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+const ORG: &str = "/api/v2/orgs/1";
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn find_server(dir: &std::path::Path) -> Option<u32> {
+    let want = dir.to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.iter().any(|a| a == "up")
+            && args
+                .iter()
+                .any(|a| a.contains(&want) || want.contains(a.as_str()) && a.len() > 3)
+            && args.first().is_some_and(|a| a.ends_with("pce"))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
+    let a = c.post(path, &body).await?;
+    if !a.status.is_success() {
+        bail!(
+            "POST {path}: {} {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    Ok(a.json())
+}
+
+fn href(v: &Value) -> String {
+    v["href"].as_str().unwrap_or_default().to_string()
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// `pce bench vens`.
+pub async fn vens(args: VensArgs) -> Result<()> {
+    let ca = std::fs::read_to_string(args.dir.join("certs/ca.pem"))
+        .context("reading the CA (is `pce up` running in --dir?)")?;
+    let key: Value = serde_json::from_str(
+        &std::fs::read_to_string(args.dir.join("owner-api-key.json")).context("owner key")?,
+    )?;
+    let leader = SocketAddr::new(IpAddr::V4(REGIONS[0].3), args.api_port);
+    let mut api = ApiClient::new(leader, Some(&ca))?.with_key(
+        key["auth_username"].as_str().unwrap_or_default(),
+        key["secret"].as_str().unwrap_or_default(),
+    );
+    let server = args.server_pid.or_else(|| find_server(&args.dir));
+    let ven_addrs: Vec<(String, String)> = REGIONS
+        .iter()
+        .map(|r| (r.0.to_string(), format!("{}:{}", r.3, args.ven_port)))
+        .collect();
+    println!(
+        "{:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12}",
+        "VENs", "pair s", "sync s", "p50 ms", "p99 ms", "max ms", "KiB/VEN"
+    );
+    for &n in &args.counts {
+        let tag = sc_leader::time::now_ms();
+        let label = href(
+            &post(
+                &mut api,
+                &format!("{ORG}/labels"),
+                json!({"key": "role", "value": format!("sim-{tag}")}),
+            )
+            .await?,
+        );
+        let ipl = href(&post(&mut api, &format!("{ORG}/sec_policy/draft/ip_lists"), json!({"name": format!("sim-{tag}"), "ip_ranges": [{"from_ip": "198.51.100.0/24"}]})).await?);
+        let prof = href(&post(&mut api, &format!("{ORG}/pairing_profiles"), json!({"name": format!("sim-{tag}"), "labels": [{"href": label}], "enforcement_mode": "full"})).await?);
+        let code = post(&mut api, &format!("/api/v2{prof}/pairing_key"), json!({})).await?
+            ["activation_code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let rss_before = server.and_then(rss_kib);
+
+        // Pair, 64 at a time, a third through each region.
+        let t0 = Instant::now();
+        let mut ids = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..n {
+            let (region, addr) = ven_addrs[i % 3].clone();
+            let (ca, code) = (ca.clone(), code.clone());
+            batch.push(tokio::spawn(async move {
+                let facts = HostFacts {
+                    hostname: format!("sim-{i}"),
+                    addresses: vec![format!(
+                        "10.{}.{}.{}",
+                        64 + ((i >> 16) & 63),
+                        (i >> 8) & 255,
+                        i & 255
+                    )],
+                    os: "sim".into(),
+                };
+                pair(&addr, &ca, &code, &facts).await.map(|id| (region, id))
+            }));
+            if batch.len() == 64 || i + 1 == n {
+                for b in batch.drain(..) {
+                    ids.push(b.await??);
+                }
+            }
+        }
+        let pair_s = t0.elapsed().as_secs_f64();
+
+        // Run them; record when each applies each policy.
+        let applied: Arc<Mutex<HashMap<String, Vec<Instant>>>> =
+            Arc::new(Mutex::new(HashMap::new()));
+        let (stop_tx, stop) = watch::channel(false);
+        let t1 = Instant::now();
+        for (region, mut id) in ids {
+            id.members.retain(|m| m.region == region);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let name = id.workload_id.clone();
+            let rec = applied.clone();
+            tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    if matches!(e, AgentEvent::Applied { .. }) {
+                        if let Ok(mut r) = rec.lock() {
+                            r.entry(name.clone()).or_default().push(Instant::now());
+                        }
+                    }
+                }
+            });
+            let mut agent =
+                Agent::new(id, None, Enforcer::Memory(Arc::new(Mutex::new(None))))?.with_events(tx);
+            agent.heartbeat = Duration::from_secs(30);
+            tokio::spawn(agent.run(stop.clone()));
+        }
+        let count = |k: usize| {
+            applied
+                .lock()
+                .map(|r| r.values().filter(|v| v.len() >= k).count())
+                .unwrap_or(0)
+        };
+        while count(1) < n {
+            if t1.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "only {} of {n} VENs got a first policy in 10 minutes",
+                    count(1)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sync_s = t1.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_after = server.and_then(rss_kib);
+
+        // Rounds: a rule change that alters every simulated VEN's policy.
+        let rs = href(
+            &post(
+                &mut api,
+                &format!("{ORG}/sec_policy/draft/rule_sets"),
+                json!({"name": format!("sim-{tag}")}),
+            )
+            .await?,
+        );
+        let mut hist = Histogram::<u64>::new(3)?;
+        for round in 0..args.rounds {
+            let already = count(round + 2);
+            post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": label}}], "consumers": [{"ip_list": {"href": ipl}}], "ingress_services": [{"proto": 6, "port": 1000 + round}], "unscoped_consumers": true})).await?;
+            post(
+                &mut api,
+                &format!("{ORG}/sec_policy"),
+                json!({"update_description": format!("sim round {round}")}),
+            )
+            .await?;
+            let committed = Instant::now();
+            let deadline = committed + Duration::from_secs(120);
+            while count(round + 2) < n {
+                if Instant::now() > deadline {
+                    bail!(
+                        "round {round}: only {} of {n} VENs acknowledged",
+                        count(round + 2) - already
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let r = applied.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            for times in r.values() {
+                if let Some(t) = times.get(round + 1) {
+                    let _ = hist.record(t.saturating_duration_since(committed).as_micros() as u64);
+                }
+            }
+        }
+        let per_ven = match (rss_before, rss_after) {
+            (Some(a), Some(b)) => format!("{:.1}", b.saturating_sub(a) as f64 / n as f64),
+            _ => "n/a".into(),
+        };
+        println!(
+            "{n:>7} {pair_s:>10.1} {sync_s:>10.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>12}",
+            pct(&hist, 0.5),
+            pct(&hist, 0.99),
+            hist.max() as f64 / 1000.0
+        );
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Ok(())
+}
