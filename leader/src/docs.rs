@@ -1111,6 +1111,9 @@ pub struct WorkloadDoc {
     /// Isolated: all traffic denied but the VEN's own channel (an action, not policy).
     #[serde(default)]
     pub quarantined: bool,
+    /// Suspended: the VEN enforces nothing until resumed (an action, not policy).
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// Request body of a workload (unmanaged, created by the API).
@@ -1167,6 +1170,7 @@ impl Doc for WorkloadDoc {
             public_ip: i.public_ip,
             region: None,
             quarantined: false,
+            suspended: false,
         })
     }
     fn to_json(&self) -> Map<String, Value> {

@@ -36,8 +36,8 @@ struct Inner {
     version: u64,
     /// Workloads of other regions whose VENs are connected here (failover).
     adopted: HashSet<Id>,
-    /// Quarantined workloads: isolated whatever the policy says.
-    quarantined: HashSet<Id>,
+    /// Workloads held by an action, whatever the policy says (quarantine, suspension).
+    quarantined: HashMap<Id, Hold>,
     rendered: HashMap<Id, Arc<Rendered>>,
 }
 
@@ -53,18 +53,49 @@ pub struct PolicyCache {
     pub pushes: std::sync::atomic::AtomicU64,
 }
 
-fn render(version: u64, c: &Arc<CompiledPolicy>, quarantined: bool) -> Arc<Rendered> {
-    let compiled = if quarantined {
-        // Isolation: full mode with no rules; the VEN keeps its control channel.
+/// An action that overrides a workload's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Nothing: the policy applies.
+    None,
+    /// Isolated: everything dropped but the VEN's channel.
+    Quarantine,
+    /// Suspended: nothing enforced (the VEN removes its table) until resumed.
+    Suspend,
+}
+
+/// The hold a workload's record asks for (suspension wins: it is the operator's
+/// explicit "hands off").
+pub fn hold_of(doc: &WorkloadDoc) -> Hold {
+    if doc.suspended {
+        Hold::Suspend
+    } else if doc.quarantined {
+        Hold::Quarantine
+    } else {
+        Hold::None
+    }
+}
+
+fn held(map: &HashMap<Id, Hold>, id: &str) -> Hold {
+    map.get(id).copied().unwrap_or(Hold::None)
+}
+
+fn render(version: u64, c: &Arc<CompiledPolicy>, hold: Hold) -> Arc<Rendered> {
+    let empty = |mode| {
         Arc::new(CompiledPolicy {
             workload: c.workload.clone(),
-            mode: EnforcementMode::Full,
+            mode,
             addresses: c.addresses.clone(),
             inbound: vec![],
             outbound: vec![],
         })
-    } else {
-        c.clone()
+    };
+    let compiled = match hold {
+        Hold::None => c.clone(),
+        // Isolation: full mode with no rules; the VEN keeps its control channel.
+        Hold::Quarantine => empty(EnforcementMode::Full),
+        // Suspension: idle, so the VEN removes its table.
+        Hold::Suspend => empty(EnforcementMode::Idle),
     };
     let json = serde_json::to_string(&*compiled).unwrap_or_default();
     Arc::new(Rendered {
@@ -123,17 +154,18 @@ impl PolicyCache {
         db: &Db,
         region: &str,
         adopted: &HashSet<Id>,
-    ) -> Result<(Engine, u64, HashSet<Id>), MemberError> {
+    ) -> Result<(Engine, u64, HashMap<Id, Hold>), MemberError> {
         let live = load_raw(db, Space::Live, &[Kind::Label, Kind::Workload]).await?;
         let active = load_raw(db, Space::Active, &POLICY_KINDS).await?;
         let mut world = world_of(live.iter().chain(active.iter()))?;
-        let mut quarantined = HashSet::new();
+        let mut quarantined = HashMap::new();
         for ((kind, id), bytes) in &live {
             if *kind == Kind::Workload {
                 let rec: Record<WorkloadDoc> = sc_leader::docs::decode(bytes)?;
                 Self::localize(&mut world, id, &rec.doc, region, adopted);
-                if rec.doc.quarantined {
-                    quarantined.insert(id.clone());
+                let h = hold_of(&rec.doc);
+                if h != Hold::None {
+                    quarantined.insert(id.clone(), h);
                 }
             }
         }
@@ -174,7 +206,7 @@ impl PolicyCache {
         }
         let mut inner = self.inner.write().ok()?;
         let c = inner.engine.compiled(id)?;
-        let r = render(inner.version, &c, inner.quarantined.contains(id));
+        let r = render(inner.version, &c, held(&inner.quarantined, id));
         inner.rendered.insert(id.to_string(), r.clone());
         Some(r)
     }
@@ -233,7 +265,7 @@ impl PolicyCache {
         }
         // Read the new state of every changed object before taking the lock.
         let mut fresh = World::default();
-        let mut quarantine: HashMap<Id, bool> = HashMap::new();
+        let mut quarantine: HashMap<Id, Hold> = HashMap::new();
         let mut regions: HashMap<Id, WorkloadDoc> = HashMap::new();
         for c in &changes {
             match c {
@@ -245,7 +277,7 @@ impl PolicyCache {
                     {
                         fresh.add(Kind::Workload, id, &bytes)?;
                         let rec: Record<WorkloadDoc> = sc_leader::docs::decode(&bytes)?;
-                        quarantine.insert(id.clone(), rec.doc.quarantined);
+                        quarantine.insert(id.clone(), hold_of(&rec.doc));
                         regions.insert(id.clone(), rec.doc);
                     }
                 }
@@ -313,13 +345,12 @@ impl PolicyCache {
         }
         let mut quarantine_moved = BTreeSet::new();
         for (id, q) in quarantine {
-            let was = inner.quarantined.contains(&id);
-            if q != was {
+            if q != held(&inner.quarantined, &id) {
                 quarantine_moved.insert(id.clone());
-                if q {
-                    inner.quarantined.insert(id);
-                } else {
+                if q == Hold::None {
                     inner.quarantined.remove(&id);
+                } else {
+                    inner.quarantined.insert(id, q);
                 }
             }
         }
@@ -348,7 +379,7 @@ impl PolicyCache {
         for id in &changed {
             match inner.engine.compiled(id) {
                 Some(c) => {
-                    let q = inner.quarantined.contains(id);
+                    let q = held(&inner.quarantined, id);
                     inner.rendered.insert(id.clone(), render(version, &c, q));
                 }
                 None => {
@@ -393,7 +424,7 @@ impl PolicyCache {
         for (id, old) in before {
             match inner.engine.compiled(&id) {
                 Some(c) => {
-                    let r = render(version, &c, inner.quarantined.contains(&id));
+                    let r = render(version, &c, held(&inner.quarantined, &id));
                     if r.hash != old.hash {
                         changed.insert(id.clone());
                     }

@@ -153,6 +153,7 @@ pub async fn pair(
                 public_ip: None,
                 region: Some(region.to_string()),
                 quarantined: false,
+                suspended: false,
             },
         };
         let wkey = keys::obj(Space::Live, Kind::Workload, &workload_id);

@@ -13,8 +13,8 @@ use sc_leader::keys::{self, Kind, Space};
 use sc_leader::transact;
 use sc_proto::ven::ven_server::{Ven, VenServer as VenGrpc};
 use sc_proto::ven::{
-    pce_message, ven_message, FlowAck, FlowBatch, Member, PairRequest, PairResponse, PceMessage,
-    PingRequest, PingResponse, Policy, VenMessage,
+    action, pce_message, ven_message, Action, FlowAck, FlowBatch, Member, PairRequest,
+    PairResponse, PceMessage, PingRequest, PingResponse, Policy, VenMessage,
 };
 use sc_raft::pki::{common_name, VenSigner};
 use sc_raft::{Node, TlsMaterial};
@@ -426,6 +426,22 @@ async fn send_current(
     last: &mut String,
 ) -> Result<(), ()> {
     let Some(p) = svc.cache.policy_of(id) else {
+        // No policy for a streaming VEN: its workload was unpaired (deleted).
+        let gone = svc
+            .db
+            .rev(&keys::obj(Space::Live, Kind::Workload, id))
+            .await
+            .map(|r| r.is_none())
+            .unwrap_or(false);
+        if gone {
+            let msg = PceMessage {
+                kind: Some(pce_message::Kind::Action(Action {
+                    kind: action::Kind::Unpair as i32,
+                })),
+            };
+            let _ = tx.send(Ok(msg)).await;
+            return Err(());
+        }
         return Ok(());
     };
     if &p.hash == last {

@@ -23,6 +23,8 @@ const ORG: &str = "/api/v2/orgs/1";
 struct Env {
     cluster: TestCluster,
     api: ApiClient,
+    api_addrs: HashMap<u64, SocketAddr>,
+    key: (String, String),
     vens: HashMap<u64, VenServer>,
     ca: String,
     _flows: tempfile::TempDir,
@@ -36,27 +38,34 @@ impl Env {
             .await
             .expect("bootstrap")
             .expect("owner");
-        let tls = cluster.node_options(leader).expect("opts").tls.clone();
-        let server = sc_leader::serve(
-            cluster.node(leader).clone(),
-            sc_leader::ApiOptions {
-                listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-                tls: Some(tls),
-                rate: 0,
-                burst: 0,
-            },
-        )
-        .await
-        .expect("api");
+        let mut api_addrs = HashMap::new();
+        for id in 1..=3u64 {
+            let tls = cluster.node_options(id).expect("opts").tls.clone();
+            let server = sc_leader::serve(
+                cluster.node(id).clone(),
+                sc_leader::ApiOptions {
+                    listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+                    tls: Some(tls),
+                    rate: 0,
+                    burst: 0,
+                },
+            )
+            .await
+            .expect("api");
+            api_addrs.insert(id, server.addr);
+            std::mem::forget(server);
+        }
         let ca = std::fs::read_to_string(cluster.certs_dir().join(pki::CA_CERT)).expect("ca");
-        let api = ApiClient::new(server.addr, Some(&ca))
+        let key = (owner.auth_username.clone(), owner.secret.clone());
+        let api = ApiClient::new(api_addrs[&leader], Some(&ca))
             .expect("client")
-            .with_key(&owner.auth_username, &owner.secret);
-        std::mem::forget(server);
+            .with_key(&key.0, &key.1);
         let flows = tempfile::tempdir().expect("dir");
         let mut env = Env {
             cluster,
             api,
+            api_addrs,
+            key,
             vens: HashMap::new(),
             ca,
             _flows: flows,
@@ -82,6 +91,13 @@ impl Env {
             .await
             .expect("ven service");
         self.vens.insert(id, s);
+    }
+
+    /// Talks to the admin API of node `id` from now on.
+    fn use_api(&mut self, id: u64) {
+        self.api = ApiClient::new(self.api_addrs[&id], Some(&self.ca))
+            .expect("client")
+            .with_key(&self.key.0, &self.key.1);
     }
 
     fn ven_addr(&self, id: u64) -> String {
@@ -383,6 +399,7 @@ async fn a_ven_fails_over_when_its_member_is_lost_and_keeps_its_policy() {
         .expect("member");
     env.vens.remove(&lost).expect("svc").stop().await;
     env.cluster.stop(lost).await;
+    env.use_api((1..=3).find(|i| *i != lost).expect("survivor"));
     wait_for(
         "a stream to another member",
         Duration::from_secs(60),
@@ -410,6 +427,35 @@ async fn a_ven_fails_over_when_its_member_is_lost_and_keeps_its_policy() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Suspension: the VEN is told to enforce nothing (idle), then resumed.
+    let before = applied(&events, "ven");
+    let w = env
+        .api
+        .put(
+            &format!("{ORG}/workloads/{id}/suspend"),
+            &json!({"suspended": true}),
+        )
+        .await
+        .expect("suspend");
+    assert_eq!(w.status, 204, "{}", String::from_utf8_lossy(&w.body));
+    wait_for("the suspension push", Duration::from_secs(30), || {
+        applied(&events, "ven") > before
+    })
+    .await;
+    let before = applied(&events, "ven");
+    let w = env
+        .api
+        .put(
+            &format!("{ORG}/workloads/{id}/suspend"),
+            &json!({"suspended": false}),
+        )
+        .await
+        .expect("resume");
+    assert_eq!(w.status, 204);
+    wait_for("the resume push", Duration::from_secs(30), || {
+        applied(&events, "ven") > before
+    })
+    .await;
     let _ = stop_tx.send(true);
     let _ = run.await;
 
@@ -607,4 +653,153 @@ fn rcgen_key() -> (String, String) {
         .pem()
         .expect("pem");
     (key.serialize_pem(), csr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unpairing_removes_the_table_and_the_identity_and_offline_workloads_leave_peers_rules() {
+    let mut env = Env::start().await;
+    let web = env.label("role", "web").await;
+    let db = env.label("role", "db").await;
+    // db accepts 5432 from web: web's address is in db's rules while web is online.
+    let rs = env
+        .post("/sec_policy/draft/rule_sets", json!({"name": "t"}))
+        .await["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    let r = env.api.post(&format!("/api/v2{rs}/sec_rules"), &json!({"providers": [{"label": {"href": db}}], "consumers": [{"label": {"href": web}}], "ingress_services": [{"proto": 6, "port": 5432}]})).await.expect("rule");
+    assert!(r.status.is_success());
+    env.provision().await;
+    let web_key = env
+        .pairing_key(&[&web], json!("unlimited"), json!("unlimited"))
+        .await;
+    let db_key = env
+        .pairing_key(&[&db], json!("unlimited"), json!("unlimited"))
+        .await;
+    let w = pair(&env.ven_addr(1), &env.ca, &web_key, &facts(21))
+        .await
+        .expect("web");
+    let d = pair(&env.ven_addr(1), &env.ca, &db_key, &facts(22))
+        .await
+        .expect("db");
+    let events: Events = Arc::new(Mutex::new(HashMap::new()));
+    let (stop_tx, stop) = watch::channel(false);
+    let (web_stop_tx, web_stop) = watch::channel(false);
+    spawn_agent(d.clone(), &events, &stop);
+    let dir = tempfile::tempdir().expect("dir");
+    w.save(dir.path()).expect("save");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ev = events.clone();
+    let wid = w.workload_id.clone();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            ev.lock()
+                .expect("lock")
+                .entry(wid.clone())
+                .or_default()
+                .push(e);
+        }
+    });
+    let slot = Arc::new(Mutex::new(None));
+    let mut agent = Agent::new(
+        w.clone(),
+        Some(dir.path().to_path_buf()),
+        Enforcer::Memory(slot.clone()),
+    )
+    .expect("agent")
+    .with_events(tx);
+    agent.heartbeat = Duration::from_millis(300);
+    let web_run = tokio::spawn(agent.run(web_stop.clone()));
+    wait_for("both policies", Duration::from_secs(30), || {
+        applied(&events, &w.workload_id) >= 1 && applied(&events, &d.workload_id) >= 1
+    })
+    .await;
+    let db_policy = |env: &Env| -> String {
+        env.vens
+            .values()
+            .find_map(|s| {
+                s.cache()
+                    .policy_of(&d.workload_id)
+                    .filter(|_| s.sessions().contains_key(&d.workload_id))
+                    .map(|p| p.json.clone())
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        db_policy(&env).contains("10.0.0.21") || db_policy(&env).contains("167772181"),
+        "web's address is in db's rules: {}",
+        db_policy(&env)
+    );
+
+    // web goes away without a goodbye (its process dies): after the offline
+    // timeout it is offline and db's rules no longer carry its address.
+    web_run.abort();
+    let before = applied(&events, &d.workload_id);
+    wait_for(
+        "db's push after web went offline",
+        Duration::from_secs(30),
+        || applied(&events, &d.workload_id) > before,
+    )
+    .await;
+    let wl = env
+        .api
+        .get(&format!("{ORG}/workloads/{}", w.workload_id))
+        .await
+        .expect("get")
+        .json();
+    assert_eq!(wl["online"], false, "{wl}");
+    // It comes back: online again, and back in db's rules.
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    let ev2 = events.clone();
+    let wid2 = w.workload_id.clone();
+    tokio::spawn(async move {
+        while let Some(e) = rx2.recv().await {
+            ev2.lock()
+                .expect("lock")
+                .entry(wid2.clone())
+                .or_default()
+                .push(e);
+        }
+    });
+    let agent = Agent::new(
+        Identity::load(dir.path()).expect("load").expect("identity"),
+        Some(dir.path().to_path_buf()),
+        Enforcer::Memory(slot.clone()),
+    )
+    .expect("agent")
+    .with_events(tx2);
+    let web_run = tokio::spawn(agent.run(web_stop.clone()));
+    let before = applied(&events, &d.workload_id);
+    wait_for(
+        "db's push after web came back",
+        Duration::from_secs(30),
+        || applied(&events, &d.workload_id) > before,
+    )
+    .await;
+
+    // Unpairing: the VEN removes its table, forgets its identity and stops.
+    let u = env
+        .api
+        .put(
+            &format!("{ORG}/workloads/{}/unpair", w.workload_id),
+            &json!({}),
+        )
+        .await
+        .expect("unpair");
+    assert_eq!(u.status, 204, "{}", String::from_utf8_lossy(&u.body));
+    wait_for("the VEN to stop", Duration::from_secs(30), || {
+        web_run.is_finished()
+    })
+    .await;
+    assert!(events.lock().expect("lock")[&w.workload_id].contains(&AgentEvent::Unpaired));
+    assert!(
+        Identity::load(dir.path()).expect("load").is_none(),
+        "identity forgotten"
+    );
+    let text = slot.lock().expect("lock").clone().unwrap_or_default();
+    assert!(
+        text.contains("delete table inet pce") && !text.contains("policy drop"),
+        "table removed:\n{text}"
+    );
+    let _ = (stop_tx.send(true), web_stop_tx.send(true));
 }

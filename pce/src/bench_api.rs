@@ -173,6 +173,7 @@ async fn seed_workloads(
                 public_ip: None,
                 region: Some("us-east".into()),
                 quarantined: false,
+                suspended: false,
             };
             let rec = Record {
                 v: RECORD_V,

@@ -31,6 +31,8 @@ pub enum AgentEvent {
     },
     /// The stream to this member ended.
     Disconnected(String, String),
+    /// The PCE unpaired this VEN: table removed, identity forgotten, agent stopped.
+    Unpaired,
 }
 
 /// One VEN.
@@ -46,6 +48,7 @@ pub struct Agent {
 
 enum End {
     Stopped,
+    Unpaired,
     Broken(String),
 }
 
@@ -164,6 +167,11 @@ impl Agent {
                 }
                 match self.session(&m, &mut stop).await {
                     End::Stopped => return Ok(()),
+                    End::Unpaired => {
+                        self.forget()?;
+                        self.emit(AgentEvent::Unpaired);
+                        return Ok(());
+                    }
                     End::Broken(why) => {
                         tracing::info!(member = %m.name, reason = %why, "member lost; trying the next");
                         self.emit(AgentEvent::Disconnected(m.name.clone(), why));
@@ -230,7 +238,10 @@ impl Agent {
                             self.emit(AgentEvent::Applied { version: p.version, hash: p.hash });
                         }
                         Some(pce_message::Kind::Action(a)) => {
-                            tracing::warn!(action = a.kind, "PCE action received");
+                            if a.kind == sc_proto::ven::action::Kind::Unpair as i32 {
+                                return End::Unpaired;
+                            }
+                            tracing::warn!(action = a.kind, "unknown PCE action ignored");
                         }
                         None => {}
                     },
@@ -252,6 +263,29 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Unpaired: stop enforcing (remove the table) and forget identity and policy.
+    fn forget(&mut self) -> Result<(), VenError> {
+        let idle = CompiledPolicy {
+            workload: self.identity.workload_id.clone(),
+            mode: sc_policy::model::EnforcementMode::Idle,
+            addresses: vec![],
+            inbound: vec![],
+            outbound: vec![],
+        };
+        self.enforcer.apply(&idle, &[])?;
+        if let Some(d) = &self.dir {
+            for f in [Identity::path(d), StoredPolicy::path(d)] {
+                if let Err(e) = std::fs::remove_file(&f) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(VenError::Io { path: f, source: e });
+                    }
+                }
+            }
+        }
+        self.current = None;
+        Ok(())
     }
 
     fn apply(&mut self, version: u64, hash: &str, json: &str) -> Result<(), VenError> {

@@ -77,6 +77,7 @@ pub fn object_json<D: Doc>(space: Space, id: &str, rec: &Record<D>) -> Value {
         ) {
             m.insert("managed".into(), json!(w.managed));
             m.insert("quarantined".into(), json!(w.quarantined));
+            m.insert("suspended".into(), json!(w.suspended));
             if let Some(r) = w.region {
                 m.insert("region".into(), json!(r));
             }
@@ -396,7 +397,7 @@ fn keep_server_fields<D: Doc>(old: &D, new: &mut D) {
         let (Ok(old), Ok(mut v)) = (serde_json::to_value(old), serde_json::to_value(&*new)) else {
             return;
         };
-        for field in ["managed", "region", "quarantined"] {
+        for field in ["managed", "region", "quarantined", "suspended"] {
             v[field] = old.get(field).cloned().unwrap_or(Value::Null);
         }
         if let Ok(d) = serde_json::from_value(v) {
@@ -585,6 +586,45 @@ struct QuarantineIn {
     quarantined: bool,
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendIn {
+    suspended: bool,
+}
+
+/// Sets one of a workload's action flags (not policy: applied at once, audited).
+async fn set_hold(
+    s: &Shared,
+    ctx: &Ctx,
+    id: &str,
+    set: impl Fn(&mut WorkloadDoc),
+) -> Result<u64, ApiError> {
+    let (_, rev) = transact!(&s.db, async {
+        let key = keys::obj(Space::Live, Kind::Workload, id);
+        let cur =
+            s.db.get::<Record<WorkloadDoc>>(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(keys::href(Space::Live, Kind::Workload, id)))?;
+        may_write(&ctx.who, &cur.value.doc)?;
+        if !cur.value.doc.managed {
+            return Err(ApiError::invalid(
+                "not_managed",
+                "the workload has no VEN to act on",
+            ));
+        }
+        let mut rec = cur.value.clone();
+        set(&mut rec.doc);
+        rec.meta.updated_at = ctx.now;
+        rec.meta.updated_by = ctx.who.href();
+        let mut txn = Txn::default();
+        txn.expect(key.clone(), Some(cur.rev));
+        txn.put(key, &rec)?;
+        ctx.audit(&mut txn, s, &keys::href(Space::Live, Kind::Workload, id))?;
+        Ok((txn, ()))
+    })?;
+    Ok(rev)
+}
+
 /// Isolates a workload (or lifts it): all its traffic is denied but its VEN's
 /// channel to the PCE; the VEN gets it as a policy push.
 async fn quarantine(
@@ -596,22 +636,37 @@ async fn quarantine(
     space_of(Kind::Workload, &p, true)?;
     let id = id_param(&p, "id")?;
     let input: QuarantineIn = ctx.parse()?;
+    let rev = set_hold(&s, &ctx, &id, |d| d.quarantined = input.quarantined).await?;
+    Ok(no_content(rev))
+}
+
+/// Suspends a workload's VEN (it removes its firewall table and enforces nothing)
+/// or resumes it.
+async fn suspend(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    space_of(Kind::Workload, &p, true)?;
+    let id = id_param(&p, "id")?;
+    let input: SuspendIn = ctx.parse()?;
+    let rev = set_hold(&s, &ctx, &id, |d| d.suspended = input.suspended).await?;
+    Ok(no_content(rev))
+}
+
+/// Unpairs a workload: it is deleted (refused while a rule names it), its VEN
+/// is told to remove its table and forget its identity.
+async fn unpair(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    space_of(Kind::Workload, &p, true)?;
+    let id = id_param(&p, "id")?;
     let (_, rev) = transact!(&s.db, async {
-        let key = keys::obj(Space::Live, Kind::Workload, &id);
-        let cur =
-            s.db.get::<Record<WorkloadDoc>>(&key)
-                .await?
-                .ok_or_else(|| ApiError::not_found(keys::href(Space::Live, Kind::Workload, &id)))?;
-        may_write(&ctx.who, &cur.value.doc)?;
-        let mut rec = cur.value.clone();
-        rec.doc.quarantined = input.quarantined;
-        rec.meta.updated_at = ctx.now;
-        rec.meta.updated_by = ctx.who.href();
-        let mut txn = Txn::default();
-        txn.expect(key.clone(), Some(cur.rev));
-        txn.put(key, &rec)?;
-        ctx.audit(&mut txn, &s, &keys::href(Space::Live, Kind::Workload, &id))?;
-        Ok((txn, ()))
+        plan_delete::<WorkloadDoc>(&s, &ctx, Space::Live, &id).await
     })?;
     Ok(no_content(rev))
 }
@@ -642,6 +697,8 @@ pub(super) fn routes() -> Router<Shared> {
             "/api/v2/orgs/{org}/workloads/{id}/quarantine",
             put(quarantine),
         )
+        .route("/api/v2/orgs/{org}/workloads/{id}/suspend", put(suspend))
+        .route("/api/v2/orgs/{org}/workloads/{id}/unpair", put(unpair))
         .route(
             "/api/v2/orgs/{org}/pairing_profiles/{id}/pairing_key",
             post(pairing_key),
