@@ -293,8 +293,13 @@ impl Ven for Handle {
                 return;
             }
             if !goodbye {
-                // Offline only if the VEN does not come back (here) in time.
-                tokio::time::sleep(svc.opts.offline_after).await;
+                // Offline only if the VEN does not come back (here) in time; a
+                // member that is stopping leaves that to the others.
+                let mut stopping = svc.stopping.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(svc.opts.offline_after) => {}
+                    _ = stopping.changed() => return,
+                }
                 if svc.session_count(&id) {
                     return;
                 }
@@ -377,6 +382,13 @@ async fn run_session(
         }
         Ok(Ok(None)) | Err(_) => return false,
     };
+    // What the VEN enforces now, until it acknowledges something newer.
+    if let Ok(mut s) = svc.sessions.lock() {
+        if let Some((_, st)) = s.get_mut(&session) {
+            st.applied_hash = hello.policy_hash.clone();
+            st.applied_version = hello.policy_version;
+        }
+    }
     let mut last_sent = hello.policy_hash;
     if send_current(svc, id, session, tx, &mut last_sent)
         .await
@@ -575,9 +587,21 @@ impl VenServer {
     /// Stops the service: open streams end with UNAVAILABLE so VENs fail over.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        for t in self.tasks {
+        let mut tasks = self.tasks.into_iter();
+        // The server drains: streams end (see `stopping`), VENs disconnect, and its
+        // connection tasks finish, releasing the node (a restart can reopen it).
+        if let Some(server) = tasks.next() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        for t in tasks {
             t.abort();
+            let _ = t.await;
         }
     }
 }

@@ -265,3 +265,176 @@ pub async fn vens(args: VensArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Options of `pce bench resync`.
+#[derive(clap::Args)]
+pub struct ResyncArgs {
+    /// VENs served by the member that restarts.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    counts: Vec<usize>,
+}
+
+fn port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `pce bench resync`: a 3-region cluster in this process; N simulated VENs that
+/// know only the eu-west member; that member restarts (node, API and VEN service
+/// stop, then start from their data) and the time until every VEN is connected
+/// again with its current policy confirmed is measured.
+pub async fn resync(args: ResyncArgs) -> Result<()> {
+    println!(
+        "{:>7} {:>12} {:>12} {:>14}",
+        "VENs", "first sync s", "restart s", "resync s"
+    );
+    for &n in &args.counts {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        sc_raft::pki::init_ca(&dir.join("certs"), "bench")?;
+        let ports = (port()?, port()?, port()?);
+        let mut regions = Vec::new();
+        for r in REGIONS {
+            regions.push(crate::up::start_region(&dir, r, ports, false).await?.1);
+        }
+        let t = Instant::now();
+        let owner = loop {
+            if let Some(r) = regions.iter().find(|r| r.node.is_leader()) {
+                if let Some(c) = sc_leader::bootstrap(&r.node).await? {
+                    break c;
+                }
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("no leader in 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let ca = std::fs::read_to_string(dir.join("certs/ca.pem"))?;
+        let api_addr = regions[0].api.as_ref().context("api")?.addr;
+        let mut api =
+            ApiClient::new(api_addr, Some(&ca))?.with_key(&owner.auth_username, &owner.secret);
+        let label = href(
+            &post(
+                &mut api,
+                &format!("{ORG}/labels"),
+                json!({"key": "role", "value": "sim"}),
+            )
+            .await?,
+        );
+        let prof = href(
+            &post(
+                &mut api,
+                &format!("{ORG}/pairing_profiles"),
+                json!({"name": "sim", "labels": [{"href": label}], "enforcement_mode": "full"}),
+            )
+            .await?,
+        );
+        let code = post(&mut api, &format!("/api/v2{prof}/pairing_key"), json!({})).await?
+            ["activation_code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let eu = regions[1].ven.as_ref().context("ven")?.addr.to_string();
+        let mut ids = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..n {
+            let (addr, ca, code) = (eu.clone(), ca.clone(), code.clone());
+            batch.push(tokio::spawn(async move {
+                let facts = HostFacts {
+                    hostname: format!("sim-{i}"),
+                    addresses: vec![format!(
+                        "10.{}.{}.{}",
+                        64 + ((i >> 16) & 63),
+                        (i >> 8) & 255,
+                        i & 255
+                    )],
+                    os: "sim".into(),
+                };
+                pair(&addr, &ca, &code, &facts).await
+            }));
+            if batch.len() == 64 || i + 1 == n {
+                for b in batch.drain(..) {
+                    ids.push(b.await??);
+                }
+            }
+        }
+        let (stop_tx, stop) = watch::channel(false);
+        let t1 = Instant::now();
+        for mut id in ids {
+            id.members = vec![sc_ven::identity::MemberAddr {
+                name: "eu-west-1".into(),
+                region: "eu-west".into(),
+                addr: eu.clone(),
+            }];
+            let mut agent = Agent::new(id, None, Enforcer::Memory(Arc::new(Mutex::new(None))))?;
+            agent.heartbeat = Duration::from_secs(30);
+            agent.learn_members = false;
+            tokio::spawn(agent.run(stop.clone()));
+        }
+        let synced = |r: &crate::up::Region| -> usize {
+            let Some(v) = &r.ven else { return 0 };
+            v.sessions()
+                .iter()
+                .filter(|(id, st)| {
+                    v.cache()
+                        .policy_of(id)
+                        .is_some_and(|p| p.hash == st.applied_hash)
+                })
+                .count()
+        };
+        while synced(&regions[1]) < n {
+            if t1.elapsed() > Duration::from_secs(120) {
+                let v = regions[1].ven.as_ref().context("ven")?;
+                bail!(
+                    "first sync incomplete: {} of {n} synced, {} sessions",
+                    synced(&regions[1]),
+                    v.sessions().len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let first = t1.elapsed().as_secs_f64();
+        // Restart eu-west.
+        let crate::up::Region {
+            node,
+            api: old_api,
+            ven,
+        } = regions.remove(1);
+        let t2 = Instant::now();
+        if let Some(v) = ven {
+            v.stop().await;
+        }
+        if let Some(a) = old_api {
+            a.stop().await;
+        }
+        node.shutdown().await;
+        drop(node);
+        let (_, again) = crate::up::start_region(&dir, REGIONS[1], ports, false).await?;
+        let restart = t2.elapsed().as_secs_f64();
+        regions.insert(1, again);
+        let t3 = Instant::now();
+        while synced(&regions[1]) < n {
+            if t3.elapsed() > Duration::from_secs(600) {
+                bail!("resync incomplete: {} of {n}", synced(&regions[1]));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "{n:>7} {first:>12.2} {restart:>12.2} {:>14.2}",
+            t3.elapsed().as_secs_f64()
+        );
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for r in regions {
+            if let Some(v) = r.ven {
+                v.stop().await;
+            }
+            if let Some(a) = r.api {
+                a.stop().await;
+            }
+            r.node.shutdown().await;
+        }
+    }
+    Ok(())
+}

@@ -183,6 +183,8 @@ enum BenchCommand {
     Api(bench_api::ApiArgs),
     /// Provision-to-acknowledgement latency and memory per VEN with simulated VENs.
     Vens(bench_vens::VensArgs),
+    /// Time for the VENs of a restarted member to resync (a cluster in this process).
+    Resync(bench_vens::ResyncArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -272,6 +274,7 @@ async fn run(cli: Cli) -> Result<()> {
             BenchCommand::Write(args) => bench::write(args).await,
             BenchCommand::Api(args) => bench_api::api(args).await,
             BenchCommand::Vens(args) => bench_vens::vens(args).await,
+            BenchCommand::Resync(args) => bench_vens::resync(args).await,
         },
     }
 }

@@ -50,6 +50,53 @@ fn write_config(
     Ok(path)
 }
 
+/// One running region of `pce up`: its node and the services beside it.
+pub struct Region {
+    /// The Raft node.
+    pub node: Node,
+    /// Its admin API.
+    pub api: Option<sc_leader::ApiServer>,
+    /// Its VEN service.
+    pub ven: Option<sc_member::VenServer>,
+}
+
+/// Starts (or restarts, from its data) one region under `dir`, writing its config
+/// the first time; the certificates must exist (see [`run`]).
+pub async fn start_region(
+    dir: &Path,
+    (region, name, id, ip): (&str, &str, u64, Ipv4Addr),
+    ports: (u16, u16, u16),
+    insecure_http: bool,
+) -> Result<(std::path::PathBuf, Region)> {
+    let certs = dir.join("certs");
+    if !certs.join(format!("{name}.pem")).exists() {
+        pki::issue(&certs, name, region, &[IpAddr::V4(ip)])?;
+    }
+    let path = write_config(dir, region, name, id, ip, ports)?;
+    let cfg = NodeConfig::load(&path)?;
+    let opts = cfg.to_options()?;
+    let api_opts = match &cfg.api {
+        Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
+        None => None,
+    };
+    let ven_opts = match &cfg.ven {
+        Some(v) => Some(v.to_options(&opts.tls, &opts.data_dir)?),
+        None => None,
+    };
+    let node = Node::start(opts)
+        .await
+        .with_context(|| format!("starting {name}"))?;
+    let api = match api_opts {
+        Some(o) => Some(sc_leader::serve(node.clone(), o).await?),
+        None => None,
+    };
+    let ven = match ven_opts {
+        Some(o) => Some(sc_member::VenServer::start(node.clone(), o).await?),
+        None => None,
+    };
+    Ok((path, Region { node, api, ven }))
+}
+
 /// Runs the three regions until Ctrl-C.
 pub async fn run(
     dir: &Path,
@@ -72,31 +119,12 @@ pub async fn run(
     let mut apis = Vec::new();
     let mut vens = Vec::new();
     let mut configs = Vec::new();
-    for (region, name, id, ip) in REGIONS {
-        if !certs.join(format!("{name}.pem")).exists() {
-            pki::issue(&certs, name, region, &[IpAddr::V4(ip)])?;
-        }
-        let path = write_config(&dir, region, name, id, ip, (port, api_port, ven_port))?;
-        let cfg = NodeConfig::load(&path)?;
-        let opts = cfg.to_options()?;
-        let api_opts = match &cfg.api {
-            Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
-            None => None,
-        };
-        let ven_opts = match &cfg.ven {
-            Some(v) => Some(v.to_options(&opts.tls, &opts.data_dir)?),
-            None => None,
-        };
-        let node = Node::start(opts)
-            .await
-            .with_context(|| format!("starting {name}"))?;
-        if let Some(o) = api_opts {
-            apis.push(sc_leader::serve(node.clone(), o).await?);
-        }
-        if let Some(o) = ven_opts {
-            vens.push(sc_member::VenServer::start(node.clone(), o).await?);
-        }
-        nodes.push(node);
+    for region in REGIONS {
+        let (path, r) =
+            start_region(&dir, region, (port, api_port, ven_port), insecure_http).await?;
+        apis.extend(r.api);
+        vens.extend(r.ven);
+        nodes.push(r.node);
         configs.push(path);
     }
 

@@ -44,6 +44,9 @@ pub struct Agent {
     events: Option<mpsc::UnboundedSender<AgentEvent>>,
     /// Time between heartbeats.
     pub heartbeat: Duration,
+    /// Whether to adopt the member list members report (default); off pins the
+    /// VEN to the members it was given (tests, benchmarks).
+    pub learn_members: bool,
 }
 
 enum End {
@@ -70,6 +73,7 @@ impl Agent {
             current,
             events: None,
             heartbeat: Duration::from_secs(10),
+            learn_members: true,
         })
     }
 
@@ -143,7 +147,7 @@ impl Agent {
         }
         measured.sort_by_key(|(rtt, _)| *rtt);
         // Learn of members added since pairing.
-        if !learned.is_empty() {
+        if self.learn_members && !learned.is_empty() {
             let list: Vec<MemberAddr> = learned.into_iter().map(MemberAddr::from).collect();
             if list != self.identity.members {
                 self.identity.members = list;
