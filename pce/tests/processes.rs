@@ -521,3 +521,166 @@ fn the_published_illumio_python_client_drives_the_cluster() {
     );
     assert!(printed.contains("ALL OK"), "{printed}");
 }
+
+#[test]
+fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pce-data");
+    let (api_port, ven_port) = (free_port(), free_port());
+    let mut up = Command::new(PCE)
+        .args([
+            "up",
+            "--dir",
+            data.to_str().unwrap(),
+            "--port",
+            &free_port().to_string(),
+            "--api-port",
+            &api_port.to_string(),
+            "--ven-port",
+            &ven_port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("Ctrl-C stops") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .expect("pce up is ready");
+    let ca_file = data.join("certs/ca.pem");
+    let ca = std::fs::read_to_string(&ca_file).unwrap();
+    let key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("owner-api-key.json")).unwrap())
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let code = rt.block_on(async {
+        let addr: std::net::SocketAddr = format!("127.0.0.11:{api_port}").parse().unwrap();
+        let mut c = sc_leader::client::ApiClient::new(addr, Some(&ca))
+            .unwrap()
+            .with_key(key["auth_username"].as_str().unwrap(), key["secret"].as_str().unwrap());
+        let l = c
+            .post("/api/v2/orgs/1/labels", &serde_json::json!({"key": "role", "value": "sim"}))
+            .await
+            .unwrap()
+            .json();
+        let p = c
+            .post(
+                "/api/v2/orgs/1/pairing_profiles",
+                &serde_json::json!({"name": "sim", "labels": [{"href": l["href"]}], "enforcement_mode": "full"}),
+            )
+            .await
+            .unwrap()
+            .json();
+        let k = c
+            .post(&format!("/api/v2{}/pairing_key", p["href"].as_str().unwrap()), &serde_json::json!({}))
+            .await
+            .unwrap()
+            .json();
+        k["activation_code"].as_str().unwrap().to_string()
+    });
+    let server = format!("127.0.0.12:{ven_port}");
+    let ven_dir = dir.path().join("ven");
+    let pair = Command::new(PCE)
+        .args([
+            "ven",
+            "pair",
+            "--server",
+            &server,
+            "--ca",
+            ca_file.to_str().unwrap(),
+            "--activation-code",
+            &code,
+            "--dir",
+            ven_dir.to_str().unwrap(),
+            "--address",
+            "10.9.9.9",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        pair.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pair.stderr)
+    );
+    // Pairing twice into one directory is refused with what to do.
+    let again = Command::new(PCE)
+        .args([
+            "ven",
+            "pair",
+            "--server",
+            &server,
+            "--ca",
+            ca_file.to_str().unwrap(),
+            "--activation-code",
+            &code,
+            "--dir",
+            ven_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"));
+    // Dry run: prints the ruleset instead of applying it.
+    let run = Command::new(PCE)
+        .args([
+            "ven",
+            "run",
+            "--dir",
+            ven_dir.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ven_dir.join("policy.json").exists() {
+        assert!(Instant::now() < deadline, "the dry-run VEN got no policy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) with a pid we own.
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    let out = run.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("table inet pce") && printed.contains("policy drop"),
+        "{printed}"
+    );
+    assert!(printed.contains("pce control channel"), "{printed}");
+    // The simulator: 20 VENs in one process, all enforcing a policy.
+    let sim = Command::new(PCE)
+        .args([
+            "ven-sim",
+            "--server",
+            &server,
+            "--ca",
+            ca_file.to_str().unwrap(),
+            "--activation-code",
+            &code,
+            "--count",
+            "20",
+            "--region",
+            "eu-west",
+            "--seconds",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&sim.stdout);
+    assert!(
+        sim.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
+    assert!(printed.contains("paired 20 VENs"), "{printed}");
+    assert!(printed.contains("20/20 VENs enforce a policy"), "{printed}");
+    ctrl_c(up);
+}
