@@ -88,3 +88,35 @@ impl FlowStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(n: u64) -> FlowRecord {
+        FlowRecord {
+            workload: "w".into(),
+            src: "10.0.0.1".into(),
+            dst: "10.0.0.2".into(),
+            port: 443,
+            proto: 6,
+            allowed: true,
+            count: n,
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+        }
+    }
+
+    #[test]
+    fn flows_older_than_the_retention_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FlowStore::open(dir.path(), Duration::from_secs(60)).unwrap();
+        store.store(1_000, &[flow(1), flow(2)]).unwrap();
+        store.store(30_000, &[flow(3)]).unwrap();
+        assert_eq!(store.list(10).unwrap().len(), 3);
+        // 61 s after the first batch: it expires, the second stays.
+        store.store(62_000, &[flow(4)]).unwrap();
+        let left: Vec<u64> = store.list(10).unwrap().iter().map(|f| f.count).collect();
+        assert_eq!(left, vec![3, 4]);
+    }
+}
