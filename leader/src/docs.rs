@@ -673,6 +673,41 @@ fn service_json(s: &ServiceRef) -> Value {
     }
 }
 
+/// The three sides every rule-like object has, as Illumio writes them.
+fn sides_json(
+    m: &mut Map<String, Value>,
+    providers: &[Actor],
+    consumers: &[Actor],
+    services: &[ServiceRef],
+) {
+    m.insert(
+        "providers".into(),
+        providers.iter().map(actor_json).collect(),
+    );
+    m.insert(
+        "consumers".into(),
+        consumers.iter().map(actor_json).collect(),
+    );
+    m.insert(
+        "ingress_services".into(),
+        services.iter().map(service_json).collect(),
+    );
+}
+
+/// What a rule-like object refers to.
+fn sides_refs(
+    providers: &[Actor],
+    consumers: &[Actor],
+    services: &[ServiceRef],
+) -> Vec<(Kind, Id)> {
+    providers
+        .iter()
+        .chain(consumers)
+        .filter_map(actor_ref)
+        .chain(service_refs(services))
+        .collect()
+}
+
 fn service_refs(list: &[ServiceRef]) -> impl Iterator<Item = (Kind, Id)> + '_ {
     list.iter().filter_map(|s| match s {
         ServiceRef::Service(id) => Some((Kind::Service, id.clone())),
@@ -845,18 +880,7 @@ impl Doc for RuleDoc {
         let mut m = Map::new();
         m.insert("enabled".into(), json!(self.enabled));
         opt_str(&mut m, "description", &self.description);
-        m.insert(
-            "providers".into(),
-            self.providers.iter().map(actor_json).collect(),
-        );
-        m.insert(
-            "consumers".into(),
-            self.consumers.iter().map(actor_json).collect(),
-        );
-        m.insert(
-            "ingress_services".into(),
-            self.services.iter().map(service_json).collect(),
-        );
+        sides_json(&mut m, &self.providers, &self.consumers, &self.services);
         m.insert("unscoped_consumers".into(), json!(self.unscoped_consumers));
         m.insert(
             "resolve_labels_as".into(),
@@ -871,12 +895,7 @@ impl Doc for RuleDoc {
         None
     }
     fn refs(&self) -> Vec<(Kind, Id)> {
-        self.providers
-            .iter()
-            .chain(&self.consumers)
-            .filter_map(actor_ref)
-            .chain(service_refs(&self.services))
-            .collect()
+        sides_refs(&self.providers, &self.consumers, &self.services)
     }
 }
 
@@ -949,18 +968,7 @@ impl Doc for DenyRuleDoc {
         let mut m = Map::new();
         m.insert("enabled".into(), json!(self.enabled));
         opt_str(&mut m, "description", &self.description);
-        m.insert(
-            "providers".into(),
-            self.providers.iter().map(actor_json).collect(),
-        );
-        m.insert(
-            "consumers".into(),
-            self.consumers.iter().map(actor_json).collect(),
-        );
-        m.insert(
-            "ingress_services".into(),
-            self.services.iter().map(service_json).collect(),
-        );
+        sides_json(&mut m, &self.providers, &self.consumers, &self.services);
         m.insert("unscoped_consumers".into(), json!(self.unscoped_consumers));
         m.insert("override".into(), json!(self.override_deny));
         m
@@ -969,12 +977,7 @@ impl Doc for DenyRuleDoc {
         None
     }
     fn refs(&self) -> Vec<(Kind, Id)> {
-        self.providers
-            .iter()
-            .chain(&self.consumers)
-            .filter_map(actor_ref)
-            .chain(service_refs(&self.services))
-            .collect()
+        sides_refs(&self.providers, &self.consumers, &self.services)
     }
 }
 
@@ -1039,30 +1042,14 @@ impl Doc for BoundaryDoc {
         let mut m = Map::new();
         m.insert("name".into(), json!(self.name));
         opt_str(&mut m, "description", &self.description);
-        m.insert(
-            "providers".into(),
-            self.providers.iter().map(actor_json).collect(),
-        );
-        m.insert(
-            "consumers".into(),
-            self.consumers.iter().map(actor_json).collect(),
-        );
-        m.insert(
-            "ingress_services".into(),
-            self.services.iter().map(service_json).collect(),
-        );
+        sides_json(&mut m, &self.providers, &self.consumers, &self.services);
         m
     }
     fn unique_name(&self) -> Option<String> {
         Some(self.name.clone())
     }
     fn refs(&self) -> Vec<(Kind, Id)> {
-        self.providers
-            .iter()
-            .chain(&self.consumers)
-            .filter_map(actor_ref)
-            .chain(service_refs(&self.services))
-            .collect()
+        sides_refs(&self.providers, &self.consumers, &self.services)
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sc_policy::model::{self as m, Estate, PolicySet};
 use sc_policy::validate::validate;
 
-use crate::db::{Db, Stored, Txn};
+use crate::db::{Db, Txn};
 use crate::docs::*;
 use crate::error::ApiError;
 use crate::keys::{self, Id, Kind, Space};
@@ -251,11 +251,6 @@ pub fn world_of<'a>(
         w.add(*kind, id, bytes)?;
     }
     Ok(w)
-}
-
-/// A stored record's doc.
-pub fn doc_of<T: serde::de::DeserializeOwned>(s: &Stored<Record<T>>) -> &T {
-    &s.value.doc
 }
 
 /// The references of a stored object of any kind, from its raw record.

@@ -57,8 +57,10 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The `pce up` process whose `--dir` is `dir` (paths compared canonically,
+/// relative ones against that process's working directory).
 fn find_server(dir: &std::path::Path) -> Option<u32> {
-    let want = dir.to_string_lossy().to_string();
+    let want = dir.canonicalize().ok()?;
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -70,12 +72,16 @@ fn find_server(dir: &std::path::Path) -> Option<u32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        if args.iter().any(|a| a == "up")
-            && args
-                .iter()
-                .any(|a| a.contains(&want) || want.contains(a.as_str()) && a.len() > 3)
-            && args.first().is_some_and(|a| a.ends_with("pce"))
-        {
+        if !args.first().is_some_and(|a| a.ends_with("pce")) || !args.iter().any(|a| a == "up") {
+            continue;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        let their = args
+            .windows(2)
+            .find(|w| w[0] == "--dir")
+            .map(|w| cwd.join(&w[1]))
+            .unwrap_or_else(|| cwd.join("pce-data"));
+        if their.canonicalize().ok().as_ref() == Some(&want) {
             return Some(pid);
         }
     }

@@ -349,7 +349,7 @@ fn a_bad_config_stops_the_node_with_a_message_that_says_what_to_fix() {
 }
 
 /// Runs `pce up` until it prints its ready banner; returns the process and what it printed.
-fn start_up(dir: &Path, port: u16, api_port: u16) -> (Child, String) {
+fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(PCE)
         .args([
@@ -360,6 +360,8 @@ fn start_up(dir: &Path, port: u16, api_port: u16) -> (Child, String) {
             &port.to_string(),
             "--api-port",
             &api_port.to_string(),
+            "--ven-port",
+            &ven_port.to_string(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -402,7 +404,7 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pce-data");
     let port = free_port();
-    let (up, printed) = start_up(&data, port, free_port());
+    let (up, printed) = start_up(&data, port, free_port(), free_port());
     assert!(
         printed.contains("bootstrap owner API key (shown once"),
         "{printed}"
@@ -435,7 +437,7 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
     ]);
     ctrl_c(up);
 
-    let (up, printed) = start_up(&data, port, free_port());
+    let (up, printed) = start_up(&data, port, free_port(), free_port());
     assert!(
         printed.contains("the owner API key exists already"),
         "a restart does not make a second owner key:\n{printed}"
@@ -493,7 +495,7 @@ fn the_published_illumio_python_client_drives_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pce-data");
     let api_port = free_port();
-    let (up, _) = start_up(&data, free_port(), api_port);
+    let (up, _) = start_up(&data, free_port(), api_port, free_port());
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/compat/illumio_client.py"
@@ -527,34 +529,7 @@ fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("pce-data");
     let (api_port, ven_port) = (free_port(), free_port());
-    let mut up = Command::new(PCE)
-        .args([
-            "up",
-            "--dir",
-            data.to_str().unwrap(),
-            "--port",
-            &free_port().to_string(),
-            "--api-port",
-            &api_port.to_string(),
-            "--ven-port",
-            &ven_port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader};
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("Ctrl-C stops") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(90))
-        .expect("pce up is ready");
+    let (up, _) = start_up(&data, free_port(), api_port, ven_port);
     let ca_file = data.join("certs/ca.pem");
     let ca = std::fs::read_to_string(&ca_file).unwrap();
     let key: serde_json::Value =
