@@ -38,7 +38,13 @@ struct Inner {
     adopted: HashSet<Id>,
     /// Workloads held by an action, whatever the policy says (quarantine, suspension).
     quarantined: HashMap<Id, Hold>,
+    /// Rendered policies, filled lazily by the streams that send them: an update
+    /// only drops the changed entries, so rendering 10,000 changed policies is
+    /// spread over the streams (and both cores) instead of holding the lock.
     rendered: HashMap<Id, Arc<Rendered>>,
+    /// Bumped by every update, so a render made from an older engine state is
+    /// not cached.
+    generation: u64,
 }
 
 /// The cache of one member.
@@ -143,6 +149,7 @@ impl PolicyCache {
                 adopted: HashSet::new(),
                 quarantined,
                 rendered: HashMap::new(),
+                generation: 0,
             }),
             watchers: Mutex::new(HashMap::new()),
             pushes: std::sync::atomic::AtomicU64::new(0),
@@ -204,10 +211,21 @@ impl PolicyCache {
                 return Some(r.clone());
             }
         }
+        // Render outside the lock: many streams render at once after an update.
+        let (c, version, hold, generation) = {
+            let inner = self.inner.read().ok()?;
+            (
+                inner.engine.compiled(id)?,
+                inner.version,
+                held(&inner.quarantined, id),
+                inner.generation,
+            )
+        };
+        let r = render(version, &c, hold);
         let mut inner = self.inner.write().ok()?;
-        let c = inner.engine.compiled(id)?;
-        let r = render(inner.version, &c, held(&inner.quarantined, id));
-        inner.rendered.insert(id.to_string(), r.clone());
+        if inner.generation == generation {
+            inner.rendered.insert(id.to_string(), r.clone());
+        }
         Some(r)
     }
 
@@ -375,17 +393,9 @@ impl PolicyCache {
             }
         });
         changed.extend(quarantine_moved);
-        let version = inner.version;
+        inner.generation += 1;
         for id in &changed {
-            match inner.engine.compiled(id) {
-                Some(c) => {
-                    let q = held(&inner.quarantined, id);
-                    inner.rendered.insert(id.clone(), render(version, &c, q));
-                }
-                None => {
-                    inner.rendered.remove(id);
-                }
-            }
+            inner.rendered.remove(id);
         }
         drop(inner);
         self.notify(&changed);
@@ -420,6 +430,7 @@ impl PolicyCache {
         inner.engine = engine;
         inner.version = version;
         inner.quarantined = quarantined;
+        inner.generation += 1;
         let mut changed = BTreeSet::new();
         for (id, old) in before {
             match inner.engine.compiled(&id) {

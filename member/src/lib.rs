@@ -6,12 +6,14 @@
 //! - [`cache`]: the regional compiled-policy cache, kept current from the store's
 //!   change notices, which says exactly which served workloads changed;
 //! - [`pairing`]: a pairing key and host facts become a managed workload and a
-//!   VEN identity; [`flows`]: the region-local flow store.
+//!   VEN identity; [`flows`]: the region-local flow store;
+//! - [`presence`]: workloads' online/offline state, written in batches.
 
 pub mod cache;
 pub mod error;
 pub mod flows;
 pub mod pairing;
+pub mod presence;
 pub mod service;
 
 pub use error::MemberError;

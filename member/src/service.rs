@@ -10,7 +10,6 @@ use std::time::Duration;
 use sc_leader::db::{Db, Txn};
 use sc_leader::docs::{Record, WorkloadDoc};
 use sc_leader::keys::{self, Kind, Space};
-use sc_leader::transact;
 use sc_proto::ven::ven_server::{Ven, VenServer as VenGrpc};
 use sc_proto::ven::{
     action, pce_message, ven_message, Action, FlowAck, FlowBatch, Member, PairRequest,
@@ -29,6 +28,7 @@ use crate::cache::PolicyCache;
 use crate::error::MemberError;
 use crate::flows::{FlowRecord, FlowStore};
 use crate::pairing;
+use crate::presence::Presence;
 
 /// How the VEN service runs.
 #[derive(Debug, Clone)]
@@ -97,6 +97,43 @@ pub struct SessionState {
     pub sent: u64,
 }
 
+/// Open streams by session number, and how many each workload has (a VEN
+/// reconnecting may briefly have two).
+#[derive(Default)]
+struct Sessions {
+    by_session: HashMap<u64, (String, SessionState)>,
+    open: HashMap<String, usize>,
+}
+
+impl Sessions {
+    fn open(&mut self, session: u64, id: &str) {
+        self.by_session
+            .insert(session, (id.to_string(), SessionState::default()));
+        *self.open.entry(id.to_string()).or_default() += 1;
+    }
+
+    /// Ends a session; returns whether its workload still has another.
+    fn close(&mut self, session: u64) -> bool {
+        let Some((id, _)) = self.by_session.remove(&session) else {
+            return false;
+        };
+        match self.open.get_mut(&id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            _ => {
+                self.open.remove(&id);
+                false
+            }
+        }
+    }
+
+    fn state(&mut self, session: u64) -> Option<&mut SessionState> {
+        self.by_session.get_mut(&session).map(|(_, st)| st)
+    }
+}
+
 struct Svc {
     node: Node,
     db: Db,
@@ -105,8 +142,10 @@ struct Svc {
     server_ca: String,
     opts: VenOptions,
     flows: FlowStore,
-    /// Open streams by session number: (workload, state).
-    sessions: Mutex<HashMap<u64, (String, SessionState)>>,
+    /// Open streams.
+    sessions: Mutex<Sessions>,
+    /// Online/offline changes, committed in batches.
+    presence: Presence,
     /// Turns true when the service stops: open streams end, so VENs fail over.
     stopping: watch::Receiver<bool>,
     next_session: std::sync::atomic::AtomicU64,
@@ -175,42 +214,6 @@ impl Svc {
         }
         Ok(rec.value.doc)
     }
-
-    /// Sets a workload's online flag (a replicated write), if it differs.
-    async fn set_online(&self, id: &str, online: bool) {
-        let key = keys::obj(Space::Live, Kind::Workload, id);
-        let r = transact!(&self.db, async {
-            let cur = self
-                .db
-                .get::<Record<WorkloadDoc>>(&key)
-                .await?
-                .ok_or_else(|| sc_leader::ApiError::not_found("workload"))?;
-            if cur.value.doc.online == online {
-                return Err(sc_leader::ApiError::conflict("unchanged", "already so"));
-            }
-            let mut rec = cur.value.clone();
-            rec.doc.online = online;
-            rec.meta.updated_at = sc_leader::time::now_ms();
-            let mut txn = Txn::default();
-            txn.expect(key.clone(), Some(cur.rev));
-            txn.put(key.clone(), &rec)?;
-            Ok((txn, ()))
-        });
-        match r {
-            Ok(_) => tracing::info!(workload = id, online, "workload state changed"),
-            Err(e) if e.token() == "unchanged" => {}
-            Err(e) => {
-                tracing::warn!(workload = id, online, error = ?e.errors, "could not record online state")
-            }
-        }
-    }
-
-    fn session_count(&self, id: &str) -> bool {
-        self.sessions
-            .lock()
-            .map(|s| s.values().any(|(w, _)| w == id))
-            .unwrap_or(false)
-    }
 }
 
 type PolicyStreamOut = ReceiverStream<Result<PceMessage, Status>>;
@@ -277,18 +280,20 @@ impl Ven for Handle {
                 .next_session
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut s) = svc.sessions.lock() {
-                s.insert(session, (id.clone(), SessionState::default()));
+                s.open(session, &id);
             }
             let notify = svc.cache.watch(&id);
             if !doc.online {
-                svc.set_online(&id, true).await;
+                svc.presence.set(&id, true);
             }
             let goodbye = run_session(&svc, &id, session, &mut inbound, &tx, &notify).await;
             svc.cache.unwatch(&id, &notify);
-            if let Ok(mut s) = svc.sessions.lock() {
-                s.remove(&session);
-            }
-            if svc.session_count(&id) {
+            let another = svc
+                .sessions
+                .lock()
+                .map(|mut s| s.close(session))
+                .unwrap_or(false);
+            if another {
                 // Another stream of the same VEN is still open here.
                 return;
             }
@@ -300,11 +305,16 @@ impl Ven for Handle {
                     _ = tokio::time::sleep(svc.opts.offline_after) => {}
                     _ = stopping.changed() => return,
                 }
-                if svc.session_count(&id) {
+                let back = svc
+                    .sessions
+                    .lock()
+                    .map(|s| s.open.contains_key(&id))
+                    .unwrap_or(false);
+                if back {
                     return;
                 }
             }
-            svc.set_online(&id, false).await;
+            svc.presence.set(&id, false);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -384,7 +394,7 @@ async fn run_session(
     };
     // What the VEN enforces now, until it acknowledges something newer.
     if let Ok(mut s) = svc.sessions.lock() {
-        if let Some((_, st)) = s.get_mut(&session) {
+        if let Some(st) = s.state(session) {
             st.applied_hash = hello.policy_hash.clone();
             st.applied_version = hello.policy_version;
         }
@@ -411,7 +421,7 @@ async fn run_session(
             msg = inbound.message() => match msg {
                 Ok(Some(VenMessage { kind: Some(ven_message::Kind::Applied(a)) })) => {
                     if let Ok(mut s) = svc.sessions.lock() {
-                        if let Some((_, st)) = s.get_mut(&session) {
+                        if let Some(st) = s.state(session) {
                             st.applied_hash = a.policy_hash;
                             st.applied_version = a.policy_version;
                         }
@@ -463,14 +473,13 @@ async fn send_current(
         kind: Some(pce_message::Kind::Policy(Policy {
             version: p.version,
             hash: p.hash.clone(),
-            nft: sc_policy::render::nftables(&p.compiled),
             compiled_json: p.json.clone(),
         })),
     };
     *last = p.hash.clone();
     tx.send(Ok(msg)).await.map_err(|_| ())?;
     if let Ok(mut s) = svc.sessions.lock() {
-        if let Some((_, st)) = s.get_mut(&session) {
+        if let Some(st) = s.state(session) {
             st.sent += 1;
         }
     }
@@ -497,6 +506,7 @@ impl VenServer {
             .client_ca_root(Certificate::from_pem(&signer.ca_pem))
             .client_auth_optional(true);
         let (stop, mut stopped) = watch::channel(false);
+        let (presence, presence_task) = Presence::start(Db::new(node.clone()));
         let svc = Arc::new(Svc {
             stopping: stopped.clone(),
             node: node.clone(),
@@ -506,7 +516,8 @@ impl VenServer {
             server_ca: opts.tls.ca_pem.clone(),
             opts: opts.clone(),
             flows,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
+            presence,
             next_session: std::sync::atomic::AtomicU64::new(1),
         });
         let grpc = VenGrpc::new(Handle(svc.clone())).max_decoding_message_size(4 * 1024 * 1024);
@@ -527,6 +538,7 @@ impl VenServer {
             }
         })];
         tasks.push(tokio::spawn(cache.clone().follow(node.subscribe())));
+        tasks.push(presence_task);
         // Announce this member (replicated), so VENs everywhere learn of it.
         let announce = MemberDoc {
             name: node.info().name.clone(),
@@ -575,7 +587,12 @@ impl VenServer {
         self.svc
             .sessions
             .lock()
-            .map(|s| s.values().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|s| {
+                s.by_session
+                    .values()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -325,7 +325,47 @@ async fn a_provision_pushes_to_exactly_the_vens_whose_rules_changed() {
         }
     }
     assert_eq!(acked, n, "every VEN acknowledged its current policy");
+
+    // Everyone leaves at once: the members record the offline states in a few
+    // batched commands, not a thousand writes (which would crowd out operators'
+    // writes and the leader's heartbeats).
+    let db = sc_leader::db::Db::new(env.cluster.node(env.cluster.leader().await).clone());
+    let rev0 = db.revision().await.expect("revision");
     let _ = stop_tx.send(true);
+    let t0 = Instant::now();
+    loop {
+        let online = online_workloads(&db).await;
+        if online == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{online} workloads still online a minute after their VENs left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let commands = db.revision().await.expect("revision") - rev0;
+    eprintln!("{n} VENs went offline in {commands} commands");
+    assert!(
+        commands <= 100,
+        "{commands} commands for {n} offline states: they are not batched"
+    );
+}
+
+/// How many workloads the store says are online.
+async fn online_workloads(db: &sc_leader::db::Db) -> usize {
+    use sc_leader::docs::{Record, WorkloadDoc};
+    use sc_leader::keys::{Kind, Space};
+    let raw = sc_leader::world::load_raw(db, Space::Live, &[Kind::Workload])
+        .await
+        .expect("scan");
+    raw.values()
+        .filter(|bytes| {
+            sc_leader::docs::decode::<Record<WorkloadDoc>>(bytes)
+                .map(|r| r.doc.online)
+                .unwrap_or(false)
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -43,6 +43,14 @@ pub struct VensArgs {
     /// The `pce up` process, for its memory (default: found by its --dir).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Put every VEN on this region's member (default: a third on each), to
+    /// measure what one member holds.
+    #[arg(long)]
+    region: Option<String>,
+    /// Percentage of the VENs whose policy each provision changes (the others
+    /// carry a label no measured rule names).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
+    affected: u8,
 }
 
 const ORG: &str = "/api/v2/orgs/1";
@@ -123,11 +131,27 @@ pub async fn vens(args: VensArgs) -> Result<()> {
     let server = args.server_pid.or_else(|| find_server(&args.dir));
     let ven_addrs: Vec<(String, String)> = REGIONS
         .iter()
+        .filter(|r| args.region.as_deref().is_none_or(|want| want == r.0))
         .map(|r| (r.0.to_string(), format!("{}:{}", r.3, args.ven_port)))
         .collect();
+    if ven_addrs.is_empty() {
+        bail!(
+            "--region {}: not a region of `pce up` (one of: {})",
+            args.region.unwrap_or_default(),
+            REGIONS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+        );
+    }
     println!(
-        "{:>7} {:>10} {:>10} {:>9} {:>9} {:>9} {:>12}",
-        "VENs", "pair s", "sync s", "p50 ms", "p99 ms", "max ms", "KiB/VEN"
+        "{:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "VENs",
+        "affected",
+        "pair s",
+        "sync s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "KiB/VEN",
+        "bystander pushes"
     );
     for &n in &args.counts {
         let tag = sc_leader::time::now_ms();
@@ -140,12 +164,29 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             .await?,
         );
         let ipl = href(&post(&mut api, &format!("{ORG}/sec_policy/draft/ip_lists"), json!({"name": format!("sim-{tag}"), "ip_ranges": [{"from_ip": "198.51.100.0/24"}]})).await?);
-        let prof = href(&post(&mut api, &format!("{ORG}/pairing_profiles"), json!({"name": format!("sim-{tag}"), "labels": [{"href": label}], "enforcement_mode": "full"})).await?);
-        let code = post(&mut api, &format!("/api/v2{prof}/pairing_key"), json!({})).await?
-            ["activation_code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let other = href(
+            &post(
+                &mut api,
+                &format!("{ORG}/labels"),
+                json!({"key": "role", "value": format!("sim-{tag}-bystander")}),
+            )
+            .await?,
+        );
+        // One pairing key for the measured VENs, one for the bystanders.
+        let mut codes = Vec::new();
+        for (name, l) in [("measured", &label), ("bystander", &other)] {
+            let prof = href(&post(&mut api, &format!("{ORG}/pairing_profiles"), json!({"name": format!("sim-{tag}-{name}"), "labels": [{"href": l}], "enforcement_mode": "full"})).await?);
+            codes.push(
+                post(&mut api, &format!("/api/v2{prof}/pairing_key"), json!({})).await?
+                    ["activation_code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        let share = usize::from(args.affected);
+        let measured = move |i: usize| i % 100 < share;
+        let affected = (0..n).filter(|&i| measured(i)).count();
         let rss_before = server.and_then(rss_kib);
 
         // Pair, 64 at a time, a third through each region.
@@ -153,8 +194,9 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         let mut ids = Vec::new();
         let mut batch = Vec::new();
         for i in 0..n {
-            let (region, addr) = ven_addrs[i % 3].clone();
-            let (ca, code) = (ca.clone(), code.clone());
+            let (region, addr) = ven_addrs[i % ven_addrs.len()].clone();
+            let code = codes[usize::from(!measured(i))].clone();
+            let ca = ca.clone();
             batch.push(tokio::spawn(async move {
                 let facts = HostFacts {
                     hostname: format!("sim-{i}"),
@@ -166,7 +208,9 @@ pub async fn vens(args: VensArgs) -> Result<()> {
                     )],
                     os: "sim".into(),
                 };
-                pair(&addr, &ca, &code, &facts).await.map(|id| (region, id))
+                pair(&addr, &ca, &code, &facts)
+                    .await
+                    .map(|id| (region, id, measured(i)))
             }));
             if batch.len() == 64 || i + 1 == n {
                 for b in batch.drain(..) {
@@ -179,9 +223,13 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         // Run them; record when each applies each policy.
         let applied: Arc<Mutex<HashMap<String, Vec<Instant>>>> =
             Arc::new(Mutex::new(HashMap::new()));
+        let mut watched = std::collections::HashSet::new();
         let (stop_tx, stop) = watch::channel(false);
         let t1 = Instant::now();
-        for (region, mut id) in ids {
+        for (region, mut id, is_measured) in ids {
+            if is_measured {
+                watched.insert(id.workload_id.clone());
+            }
             id.members.retain(|m| m.region == region);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let name = id.workload_id.clone();
@@ -200,17 +248,23 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             agent.heartbeat = Duration::from_secs(30);
             tokio::spawn(agent.run(stop.clone()));
         }
-        let count = |k: usize| {
+        // VENs with at least k policies applied: all of them, or the measured.
+        let count_of = |k: usize, only_measured: bool| {
             applied
                 .lock()
-                .map(|r| r.values().filter(|v| v.len() >= k).count())
+                .map(|r| {
+                    r.iter()
+                        .filter(|(w, v)| v.len() >= k && (!only_measured || watched.contains(*w)))
+                        .count()
+                })
                 .unwrap_or(0)
         };
-        while count(1) < n {
+        let count = |k: usize| count_of(k, true);
+        while count_of(1, false) < n {
             if t1.elapsed() > Duration::from_secs(600) {
                 bail!(
                     "only {} of {n} VENs got a first policy in 10 minutes",
-                    count(1)
+                    count_of(1, false)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -240,17 +294,20 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             .await?;
             let committed = Instant::now();
             let deadline = committed + Duration::from_secs(120);
-            while count(round + 2) < n {
+            while count(round + 2) < affected {
                 if Instant::now() > deadline {
                     bail!(
-                        "round {round}: only {} of {n} VENs acknowledged",
+                        "round {round}: only {} of {affected} VENs acknowledged",
                         count(round + 2) - already
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             let r = applied.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-            for times in r.values() {
+            for (w, times) in r.iter() {
+                if !watched.contains(w) {
+                    continue;
+                }
                 if let Some(t) = times.get(round + 1) {
                     let _ = hist.record(t.saturating_duration_since(committed).as_micros() as u64);
                 }
@@ -260,8 +317,18 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             (Some(a), Some(b)) => format!("{:.1}", b.saturating_sub(a) as f64 / n as f64),
             _ => "n/a".into(),
         };
+        // Pushes to VENs whose policy did not change (must be 0).
+        let stray = applied
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|(w, _)| !watched.contains(*w))
+                    .map(|(_, v)| v.len().saturating_sub(1))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
         println!(
-            "{n:>7} {pair_s:>10.1} {sync_s:>10.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>12}",
+            "{n:>7} {affected:>9} {pair_s:>8.1} {sync_s:>8.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>9} {stray:>10}",
             pct(&hist, 0.5),
             pct(&hist, 0.99),
             hist.max() as f64 / 1000.0

@@ -3,6 +3,8 @@
 //! Only wire types live here, so every other crate (nodes, VENs, tools) can speak
 //! the protocol without pulling in server code.
 
+pub mod codec;
+
 /// The inter-region Raft transport (openraft messages as opaque payloads).
 pub mod raft {
     #![allow(missing_docs, clippy::all)]

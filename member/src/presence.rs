@@ -1,0 +1,137 @@
+//! Online/offline state of the workloads a member serves, recorded in batches.
+//!
+//! A VEN connecting or going away changes its workload's `online` flag, which is
+//! a replicated write (peers' rules follow it). When a whole region's VENs come
+//! or go at once (a member restart, a network blip, a fleet reboot), one write
+//! per VEN would be thousands of Raft commands in a second: operators' writes
+//! would queue behind them and the leader could miss its heartbeats. So changes
+//! are queued and committed together, one command per batch, the latest state
+//! of each workload winning; the policy caches then see one change notice and
+//! recompute incrementally.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sc_leader::db::{Db, Txn};
+use sc_leader::docs::{Record, WorkloadDoc};
+use sc_leader::keys::{self, Id, Kind, Space};
+use sc_leader::{transact, ApiError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Most workloads in one command (2 operations each, far below the command
+/// limits, and small enough to replicate in one append).
+pub const MAX_BATCH: usize = 1024;
+
+/// How long the first change of a batch waits for others to join it.
+const LINGER: Duration = Duration::from_millis(50);
+
+/// Pause before retrying a batch that could not be committed (no leader).
+const RETRY: Duration = Duration::from_millis(500);
+
+/// The queue of state changes; cheap to call from every stream.
+#[derive(Clone)]
+pub struct Presence {
+    tx: mpsc::UnboundedSender<(Id, bool)>,
+}
+
+impl Presence {
+    /// Starts the writer; it ends when every `Presence` handle is dropped.
+    pub fn start(db: Db) -> (Presence, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Presence { tx }, tokio::spawn(run(db, rx)))
+    }
+
+    /// Records that a workload's VEN is (not) connected to this member.
+    pub fn set(&self, id: &str, online: bool) {
+        let _ = self.tx.send((id.to_string(), online));
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<(Id, bool)>) {
+    let mut pending: BTreeMap<Id, bool> = BTreeMap::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some((id, online)) => {
+                    pending.insert(id, online);
+                }
+                None => return,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while pending.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((id, online))) => {
+                    pending.insert(id, online);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let batch: BTreeMap<Id, bool> = pending
+            .iter()
+            .take(MAX_BATCH)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        match write(&db, &batch).await {
+            Ok(()) => {
+                // Drop what was written, unless a newer state arrived meanwhile
+                // (it is still in the channel, so nothing to compare here).
+                for id in batch.keys() {
+                    pending.remove(id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    workloads = batch.len(),
+                    error = ?e.errors,
+                    "could not record online states; retrying"
+                );
+                tokio::time::sleep(RETRY).await;
+                // Newer states queued meanwhile replace the ones kept here.
+                while let Ok((id, online)) = rx.try_recv() {
+                    pending.insert(id, online);
+                }
+            }
+        }
+    }
+}
+
+/// Commits one batch; workloads already in the wanted state, or gone, are skipped.
+async fn write(db: &Db, batch: &BTreeMap<Id, bool>) -> Result<(), ApiError> {
+    let r = transact!(db, async {
+        let mut txn = Txn::default();
+        let (mut up, mut down) = (0usize, 0usize);
+        for (id, online) in batch {
+            let key = keys::obj(Space::Live, Kind::Workload, id);
+            let Some(cur) = db.get::<Record<WorkloadDoc>>(&key).await? else {
+                continue;
+            };
+            if cur.value.doc.online == *online {
+                continue;
+            }
+            let mut rec = cur.value.clone();
+            rec.doc.online = *online;
+            rec.meta.updated_at = sc_leader::time::now_ms();
+            txn.expect(key.clone(), Some(cur.rev));
+            txn.put(key, &rec)?;
+            if *online {
+                up += 1;
+            } else {
+                down += 1;
+            }
+        }
+        if up + down == 0 {
+            return Err(ApiError::conflict("unchanged", "already so"));
+        }
+        Ok((txn, (up, down)))
+    });
+    match r {
+        Ok(((up, down), rev)) => {
+            tracing::info!(online = up, offline = down, rev, "workload states changed");
+            Ok(())
+        }
+        Err(e) if e.token() == "unchanged" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
