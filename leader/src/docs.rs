@@ -1101,6 +1101,11 @@ pub struct WorkloadDoc {
     /// Suspended: the VEN enforces nothing until resumed (an action, not policy).
     #[serde(default)]
     pub suspended: bool,
+    /// The member whose stream made the workload online. Only that member may
+    /// mark it offline: a member that lost its VEN (fenced, partitioned) must not
+    /// overwrite the state another member has since claimed.
+    #[serde(default)]
+    pub served_by: Option<String>,
 }
 
 /// Request body of a workload (unmanaged, created by the API).
@@ -1158,6 +1163,7 @@ impl Doc for WorkloadDoc {
             region: None,
             quarantined: false,
             suspended: false,
+            served_by: None,
         })
     }
     fn to_json(&self) -> Map<String, Value> {

@@ -134,6 +134,8 @@ pub enum Action {
     ManageUsers,
     /// Restore an old version.
     Rollback,
+    /// The DR runbook: fence a region, move leadership, read the cluster's state.
+    OperateCluster,
 }
 
 impl Principal {
@@ -148,7 +150,7 @@ impl Principal {
             Action::ReadObjects => true,
             Action::WriteObjects | Action::Rollback => p.role.global_writer(),
             Action::ReadAudit => matches!(p.role, Role::Owner | Role::Admin | Role::ReadOnly),
-            Action::ManageUsers => p.role == Role::Owner,
+            Action::ManageUsers | Action::OperateCluster => p.role == Role::Owner,
         })
     }
 

@@ -84,6 +84,8 @@ pub async fn serve(node: Node, opts: ApiOptions) -> Result<ApiServer, ServeError
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(t)?))),
         None => None,
     };
+    // Peers and the DR runbook find every region's API through the node status.
+    node.set_services(|s| s.api = Some(addr.to_string()));
     let state = Arc::new(AppState {
         db: Db::new(node),
         limiter: RateLimiter::new(opts.rate, opts.burst),

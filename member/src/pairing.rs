@@ -154,6 +154,7 @@ pub async fn pair(
                 region: Some(region.to_string()),
                 quarantined: false,
                 suspended: false,
+                served_by: None,
             },
         };
         let wkey = keys::obj(Space::Live, Kind::Workload, &workload_id);

@@ -8,6 +8,12 @@
 //! are queued and committed together, one command per batch, the latest state
 //! of each workload winning; the policy caches then see one change notice and
 //! recompute incrementally.
+//!
+//! Online records which member serves the VEN (`served_by`); a member marks a
+//! workload offline only while it is still the one recorded. A member that lost
+//! its VENs to a fence or a partition retries its offline writes until it can
+//! reach the leader again, and by then the VENs have been claimed by the member
+//! they failed over to: those stale writes are skipped, not applied.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,13 +39,28 @@ const RETRY: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Presence {
     tx: mpsc::UnboundedSender<(Id, bool)>,
+    member: String,
 }
 
 impl Presence {
-    /// Starts the writer; it ends when every `Presence` handle is dropped.
-    pub fn start(db: Db) -> (Presence, JoinHandle<()>) {
+    /// Starts the writer for member `member`; it ends when every `Presence`
+    /// handle is dropped.
+    pub fn start(db: Db, member: &str) -> (Presence, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Presence { tx }, tokio::spawn(run(db, rx)))
+        let task = tokio::spawn(run(db, member.to_string(), rx));
+        (
+            Presence {
+                tx,
+                member: member.to_string(),
+            },
+            task,
+        )
+    }
+
+    /// Whether a VEN streaming here must (re)claim its workload: it is offline,
+    /// or recorded as served by another member.
+    pub fn must_claim(&self, doc: &WorkloadDoc) -> bool {
+        !doc.online || doc.served_by.as_deref() != Some(self.member.as_str())
     }
 
     /// Records that a workload's VEN is (not) connected to this member.
@@ -48,7 +69,7 @@ impl Presence {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<(Id, bool)>) {
+async fn run(db: Db, member: String, mut rx: mpsc::UnboundedReceiver<(Id, bool)>) {
     let mut pending: BTreeMap<Id, bool> = BTreeMap::new();
     loop {
         if pending.is_empty() {
@@ -73,7 +94,7 @@ async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<(Id, bool)>) {
             .take(MAX_BATCH)
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        match write(&db, &batch).await {
+        match write(&db, &member, &batch).await {
             Ok(()) => {
                 // Drop what was written, unless a newer state arrived meanwhile
                 // (it is still in the channel, so nothing to compare here).
@@ -97,8 +118,9 @@ async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<(Id, bool)>) {
     }
 }
 
-/// Commits one batch; workloads already in the wanted state, or gone, are skipped.
-async fn write(db: &Db, batch: &BTreeMap<Id, bool>) -> Result<(), ApiError> {
+/// Commits one batch; workloads already in the wanted state, gone, or claimed
+/// by another member since, are skipped.
+async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), ApiError> {
     let r = transact!(db, async {
         let mut txn = Txn::default();
         let (mut up, mut down) = (0usize, 0usize);
@@ -107,11 +129,21 @@ async fn write(db: &Db, batch: &BTreeMap<Id, bool>) -> Result<(), ApiError> {
             let Some(cur) = db.get::<Record<WorkloadDoc>>(&key).await? else {
                 continue;
             };
-            if cur.value.doc.online == *online {
+            let doc = &cur.value.doc;
+            let mine = doc.served_by.as_deref() == Some(member);
+            let skip = if *online {
+                doc.online && mine
+            } else {
+                // Offline only from the member that holds it (or from anyone,
+                // for a record no member has claimed).
+                !doc.online || (doc.served_by.is_some() && !mine)
+            };
+            if skip {
                 continue;
             }
             let mut rec = cur.value.clone();
             rec.doc.online = *online;
+            rec.doc.served_by = online.then(|| member.to_string());
             rec.meta.updated_at = sc_leader::time::now_ms();
             txn.expect(key.clone(), Some(cur.rev));
             txn.put(key, &rec)?;

@@ -148,6 +148,9 @@ struct Svc {
     presence: Presence,
     /// Turns true when the service stops: open streams end, so VENs fail over.
     stopping: watch::Receiver<bool>,
+    /// True while the node is fenced for a drill: streams end and new ones are
+    /// refused, as if the region were down, so VENs fail over.
+    fenced: watch::Receiver<bool>,
     next_session: std::sync::atomic::AtomicU64,
 }
 
@@ -268,6 +271,12 @@ impl Ven for Handle {
         req: Request<Streaming<VenMessage>>,
     ) -> Result<Response<PolicyStreamOut>, Status> {
         let id = Svc::identity(&req)?;
+        if let Some(left) = self.node.fence().serving_blocked() {
+            return Err(Status::unavailable(format!(
+                "this member is fenced for a drill for another {} s; connect to another",
+                left.as_secs() + 1
+            )));
+        }
         let doc = self.workload(&id).await?;
         if doc.region.as_deref() != Some(self.region().as_str()) {
             self.cache.adopt(&id);
@@ -283,7 +292,7 @@ impl Ven for Handle {
                 s.open(session, &id);
             }
             let notify = svc.cache.watch(&id);
-            if !doc.online {
+            if svc.presence.must_claim(&doc) {
                 svc.presence.set(&id, true);
             }
             let goodbye = run_session(&svc, &id, session, &mut inbound, &tx, &notify).await;
@@ -407,11 +416,18 @@ async fn run_session(
         return false;
     }
     let mut stopping = svc.stopping.clone();
+    let mut fenced = svc.fenced.clone();
     loop {
         tokio::select! {
             _ = stopping.changed() => {
                 let _ = tx.send(Err(Status::unavailable("this member is shutting down; connect to another"))).await;
                 return false;
+            }
+            Ok(()) = fenced.changed() => {
+                if *fenced.borrow() {
+                    let _ = tx.send(Err(Status::unavailable("this member is fenced for a drill; connect to another"))).await;
+                    return false;
+                }
             }
             _ = notify.notified() => {
                 if send_current(svc, id, session, tx, &mut last_sent).await.is_err() {
@@ -506,9 +522,11 @@ impl VenServer {
             .client_ca_root(Certificate::from_pem(&signer.ca_pem))
             .client_auth_optional(true);
         let (stop, mut stopped) = watch::channel(false);
-        let (presence, presence_task) = Presence::start(Db::new(node.clone()));
+        let (fenced_tx, fenced) = watch::channel(node.fence().serving_blocked().is_some());
+        let (presence, presence_task) = Presence::start(Db::new(node.clone()), &node.info().name);
         let svc = Arc::new(Svc {
             stopping: stopped.clone(),
+            fenced,
             node: node.clone(),
             db,
             cache: cache.clone(),
@@ -539,6 +557,7 @@ impl VenServer {
         })];
         tasks.push(tokio::spawn(cache.clone().follow(node.subscribe())));
         tasks.push(presence_task);
+        tasks.push(tokio::spawn(report(svc.clone(), fenced_tx)));
         // Announce this member (replicated), so VENs everywhere learn of it.
         let announce = MemberDoc {
             name: node.info().name.clone(),
@@ -620,6 +639,44 @@ impl VenServer {
             t.abort();
             let _ = t.await;
         }
+    }
+}
+
+/// Follows the node's fence (ending streams when it is raised) and reports the
+/// connected and up-to-date VENs in the node's status, for `pce dr status` and
+/// drills.
+async fn report(svc: Arc<Svc>, fenced_tx: watch::Sender<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        let fenced = svc.node.fence().serving_blocked().is_some();
+        fenced_tx.send_if_modified(|f| std::mem::replace(f, fenced) != fenced);
+        n += 1;
+        if !n.is_multiple_of(10) {
+            continue;
+        }
+        let states: Vec<(String, String)> = match svc.sessions.lock() {
+            Ok(s) => s
+                .by_session
+                .values()
+                .map(|(id, st)| (id.clone(), st.applied_hash.clone()))
+                .collect(),
+            Err(_) => continue,
+        };
+        let mut connected = std::collections::HashSet::new();
+        let mut current = 0u64;
+        for (id, hash) in states {
+            if connected.insert(id.clone())
+                && svc.cache.policy_of(&id).is_some_and(|p| p.hash == hash)
+            {
+                current += 1;
+            }
+        }
+        svc.node.set_services(|s| {
+            s.vens_connected = Some(connected.len() as u64);
+            s.vens_current = Some(current);
+        });
     }
 }
 

@@ -174,6 +174,7 @@ async fn seed_workloads(
                 region: Some("us-east".into()),
                 quarantined: false,
                 suspended: false,
+                served_by: None,
             };
             let rec = Record {
                 v: RECORD_V,

@@ -8,6 +8,7 @@ mod bench;
 mod bench_api;
 mod bench_vens;
 mod config;
+mod dr;
 mod ops;
 mod up;
 mod ven_cmd;
@@ -94,6 +95,11 @@ enum Command {
     Kv {
         #[command(subcommand)]
         command: KvCommand,
+    },
+    /// The DR runbook: status, fences, leader transfer, failover drills.
+    Dr {
+        #[command(subcommand)]
+        command: dr::DrCommand,
     },
     /// Benchmarks against a running cluster.
     Bench {
@@ -270,6 +276,7 @@ async fn run(cli: Cli) -> Result<()> {
                 linearizable,
             } => ops::get(&config, &key, linearizable).await,
         },
+        Command::Dr { command } => dr::run(command).await,
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => bench::write(args).await,
             BenchCommand::Api(args) => bench_api::api(args).await,

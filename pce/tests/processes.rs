@@ -524,19 +524,15 @@ fn the_published_illumio_python_client_drives_the_cluster() {
     assert!(printed.contains("ALL OK"), "{printed}");
 }
 
-#[test]
-fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("pce-data");
-    let (api_port, ven_port) = (free_port(), free_port());
-    let (up, _) = start_up(&data, free_port(), api_port, ven_port);
-    let ca_file = data.join("certs/ca.pem");
-    let ca = std::fs::read_to_string(&ca_file).unwrap();
+/// A pairing key (unlimited uses) for a profile with one label, made through
+/// the admin API of `pce up` in `data`.
+fn pairing_code(data: &Path, api_port: u16) -> String {
+    let ca = std::fs::read_to_string(data.join("certs/ca.pem")).unwrap();
     let key: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("owner-api-key.json")).unwrap())
             .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let code = rt.block_on(async {
+    rt.block_on(async {
         let addr: std::net::SocketAddr = format!("127.0.0.11:{api_port}").parse().unwrap();
         let mut c = sc_leader::client::ApiClient::new(addr, Some(&ca))
             .unwrap()
@@ -560,7 +556,17 @@ fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many()
             .unwrap()
             .json();
         k["activation_code"].as_str().unwrap().to_string()
-    });
+    })
+}
+
+#[test]
+fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pce-data");
+    let (api_port, ven_port) = (free_port(), free_port());
+    let (up, _) = start_up(&data, free_port(), api_port, ven_port);
+    let ca_file = data.join("certs/ca.pem");
+    let code = pairing_code(&data, api_port);
     let server = format!("127.0.0.12:{ven_port}");
     let ven_dir = dir.path().join("ven");
     let pair = Command::new(PCE)
@@ -657,5 +663,188 @@ fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many()
     );
     assert!(printed.contains("paired 20 VENs"), "{printed}");
     assert!(printed.contains("20/20 VENs enforce a policy"), "{printed}");
+    ctrl_c(up);
+}
+
+/// Runs `pce dr ARGS --dir DATA --api 127.0.0.11:PORT`; (success, stdout + stderr).
+fn dr(data: &Path, api_port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new(PCE)
+        .arg("dr")
+        .args(args)
+        .args([
+            "--dir",
+            data.to_str().unwrap(),
+            "--api",
+            &format!("127.0.0.11:{api_port}"),
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pce-data");
+    let (api_port, ven_port) = (free_port(), free_port());
+    let (up, _) = start_up(&data, free_port(), api_port, ven_port);
+
+    // VENs, so the drills can check that they keep (and regain) their policy.
+    let code = pairing_code(&data, api_port);
+    let mut sim = Command::new(PCE)
+        .args([
+            "ven-sim",
+            "--server",
+            &format!("127.0.0.12:{ven_port}"),
+            "--ca",
+            data.join("certs/ca.pem").to_str().unwrap(),
+            "--activation-code",
+            &code,
+            "--count",
+            "12",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (ok, out) = dr(&data, api_port, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let vens: u64 = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                n["status"]["services"]["vens_current"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum();
+        if ok && v["healthy"] == true && vens == 12 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "not ready: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Bad input: each refused with what to fix, nothing changed.
+    let bad_key = dir.path().join("bad-key.json");
+    std::fs::write(
+        &bad_key,
+        r#"{"auth_username": "nobody", "secret": "wrong"}"#,
+    )
+    .unwrap();
+    let out = Command::new(PCE)
+        .args(["dr", "status", "--api", &format!("127.0.0.11:{api_port}")])
+        .args(["--ca", data.join("certs/ca.pem").to_str().unwrap()])
+        .args(["--key-file", bad_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("API key was refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, out) = dr(&data, api_port, &["transfer-leader", "--to", "mars"]);
+    assert!(!ok && out.contains("unknown region \"mars\""), "{out}");
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &["drill", "member-region-loss", "--region", "atlantis"],
+    );
+    assert!(!ok && out.contains("unknown region"), "{out}");
+
+    // A planned leader move, verified.
+    let (ok, out) = dr(&data, api_port, &["transfer-leader", "--to", "ap-south"]);
+    assert!(ok && out.contains("leader is now ap-south-1"), "{out}");
+
+    // An unhealthy cluster (a region fenced) is refused, and says why.
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &["fence", "--region", "eu-west", "--seconds", "120"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &["drill", "leader-region-loss", "--hold", "2"],
+    );
+    assert!(
+        !ok && out.contains("not healthy") && out.contains("eu-west-1 (eu-west) is fenced"),
+        "{out}"
+    );
+    let (ok, out) = dr(&data, api_port, &["unfence", "--region", "eu-west"]);
+    assert!(ok, "{out}");
+
+    // Every scenario end to end: RPO 0, VENs back on their policy, a report.
+    let reports = dir.path().join("reports");
+    for scenario in [
+        "leader-region-loss",
+        "member-region-loss",
+        "partition-leader-minority",
+        "rolling-restart",
+    ] {
+        let t0 = Instant::now();
+        loop {
+            let (ok, _) = dr(&data, api_port, &["status"]);
+            if ok {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "not healthy before {scenario}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let (ok, out) = dr(
+            &data,
+            api_port,
+            &[
+                "drill",
+                scenario,
+                "--hold",
+                "3",
+                "--report-dir",
+                reports.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{scenario}: {out}");
+        assert!(
+            out.contains("RPO              0 acknowledged writes lost"),
+            "{out}"
+        );
+        let stem = format!("drill-{scenario}-");
+        let json_report = std::fs::read_dir(&reports)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().to_string();
+                n.starts_with(&stem) && n.ends_with(".json")
+            })
+            .unwrap_or_else(|| panic!("no JSON report for {scenario}"));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_report).unwrap()).unwrap();
+        assert_eq!(r["rpo"], 0, "{r}");
+        assert_eq!(r["passed"], true, "{r}");
+        assert!(r["writes_acknowledged"].as_u64().unwrap() > 10, "{r}");
+        assert_eq!(r["vens_before"], 12, "{r}");
+        assert_eq!(r["vens_current_after"], 12, "{r}");
+        assert!(json_report.with_extension("md").exists());
+        eprintln!(
+            "{scenario}: RTO {} ms per fence {}",
+            r["rto_ms"], r["rto_per_fence_ms"]
+        );
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
     ctrl_c(up);
 }

@@ -116,6 +116,8 @@ struct Core {
     peers: Arc<Peers>,
     timeouts: Timeouts,
     shutdown: watch::Sender<bool>,
+    /// What runs on top of this node, for its status.
+    services: Mutex<crate::status::Services>,
     /// Background tasks (server, joiner), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -196,15 +198,20 @@ impl Node {
                 peers,
                 timeouts: opts.timeouts.clone(),
                 shutdown,
+                services: Mutex::new(crate::status::Services::default()),
                 tasks: Mutex::new(Vec::new()),
             }),
         };
 
         let server = server
             .add_service(
-                RaftServiceServer::new(RaftGrpc::new(raft.clone(), snapshot_dir))
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE),
+                RaftServiceServer::new(RaftGrpc::new(
+                    raft.clone(),
+                    snapshot_dir,
+                    node.core.peers.fence().clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             )
             .add_service(
                 FederationServer::new(FederationGrpc::new(node.clone()))
@@ -255,6 +262,11 @@ impl Node {
         if let Ok(mut tasks) = self.core.tasks.lock() {
             tasks.push(task);
         }
+    }
+
+    /// This node's drill fence (see [`crate::network::fence`]).
+    pub fn fence(&self) -> &crate::network::Fence {
+        self.core.peers.fence()
     }
 
     /// This node's id.
@@ -742,7 +754,33 @@ impl Node {
             revision: self.core.view.revision().unwrap_or(0),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
             peers,
+            fenced_for_ms: self.fence().remaining().map(|d| d.as_millis() as u64),
+            services: self
+                .core
+                .services
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
         }
+    }
+
+    /// Updates what this node reports about the services on top of it.
+    pub fn set_services(&self, f: impl FnOnce(&mut crate::status::Services)) {
+        if let Ok(mut s) = self.core.services.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Campaigns for leadership now (a planned leader transfer: openraft 0.9 has
+    /// no transfer, so the target starts an election at a higher term; it wins if
+    /// its log is as complete as the others', which the caller checks first).
+    pub async fn campaign(&self) -> Result<(), Error> {
+        self.core
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))
     }
 
     /// Polls this node's status until `pred` holds or `timeout` passes.

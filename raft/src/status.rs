@@ -41,6 +41,21 @@ pub struct NodeStatus {
     pub millis_since_quorum_ack: Option<u64>,
     /// Every member of the cluster, with replication progress when this node leads.
     pub peers: Vec<PeerStatus>,
+    /// While fenced for a drill: milliseconds until the fence lifts itself.
+    pub fenced_for_ms: Option<u64>,
+    /// What the node serves beside Raft (filled by the program that runs it).
+    pub services: Services,
+}
+
+/// The services a node runs on top of Raft, as the DR runbook needs to see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Services {
+    /// Admin API address (`host:port`), if it serves one.
+    pub api: Option<String>,
+    /// VENs with an open policy stream here.
+    pub vens_connected: Option<u64>,
+    /// Of those, the VENs whose acknowledged policy is the current one.
+    pub vens_current: Option<u64>,
 }
 
 /// One member as seen from the reporting node.

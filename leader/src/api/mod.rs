@@ -7,6 +7,7 @@
 //! the same Raft command as the change itself, so neither exists without the other.
 
 mod audit;
+mod dr;
 mod objects;
 mod policy;
 mod rules;
@@ -222,6 +223,21 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
     if public(&path) {
         return Ok(next.run(req).await);
     }
+    if let Some(left) = state.db.node().fence().serving_blocked() {
+        // A fenced node serves nothing but the runbook (which lifts the fence).
+        if !path.starts_with("/api/v2/supercluster/") {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fenced",
+                format!(
+                    "this region is fenced for a failover drill for another {} s; use another region",
+                    left.as_secs() + 1
+                ),
+            );
+            e.retry_after = Some(left.as_secs() + 1);
+            return Err(e);
+        }
+    }
     let (mut parts, body) = req.into_parts();
     let body = read_body(body).await?;
     let auth = parts
@@ -384,6 +400,7 @@ async fn fallback() -> ApiError {
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
         .merge(system::routes())
+        .merge(dr::routes())
         .merge(objects::routes())
         .merge(rules::routes())
         .merge(policy::routes())

@@ -397,7 +397,7 @@ fn keep_server_fields<D: Doc>(old: &D, new: &mut D) {
         let (Ok(old), Ok(mut v)) = (serde_json::to_value(old), serde_json::to_value(&*new)) else {
             return;
         };
-        for field in ["managed", "region", "quarantined", "suspended"] {
+        for field in ["managed", "region", "quarantined", "suspended", "served_by"] {
             v[field] = old.get(field).cloned().unwrap_or(Value::Null);
         }
         if let Ok(d) = serde_json::from_value(v) {

@@ -30,6 +30,26 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/v2/openapi.json", "This document."),
     (
         "get",
+        "/api/v2/supercluster/status",
+        "Every node's role, term, indexes, lag, fence and VENs (owner).",
+    ),
+    (
+        "put",
+        "/api/v2/supercluster/fence",
+        "Fence this node for a drill: {\"seconds\": N, \"keep_serving\": false}; it lifts itself after N s (owner).",
+    ),
+    (
+        "delete",
+        "/api/v2/supercluster/fence",
+        "Lift this node's drill fence (owner).",
+    ),
+    (
+        "post",
+        "/api/v2/supercluster/campaign",
+        "Move leadership to this node (planned transfer; owner).",
+    ),
+    (
+        "get",
         "/api/v2/orgs/{org}/labels",
         "List labels (filters: key, value).",
     ),
@@ -390,7 +410,7 @@ pub fn openapi() -> Value {
                 json!({"content": {"application/json": {"schema": {"type": "object"}}}});
         }
         if !path.starts_with("/api/v2/health")
-            && !path.starts_with("/api/v2/supercluster")
+            && *path != "/api/v2/supercluster/leader"
             && !path.ends_with("openapi.json")
         {
             op["security"] = json!([{"apiKey": []}]);

@@ -123,6 +123,12 @@ pub fn status_from_proto(r: StatusReply) -> NodeStatus {
         purged: r.purged_index,
         revision: r.revision,
         millis_since_quorum_ack: r.millis_since_quorum_ack,
+        fenced_for_ms: r.fenced_for_ms,
+        services: crate::status::Services {
+            api: r.api_addr,
+            vens_connected: r.vens_connected,
+            vens_current: r.vens_current,
+        },
         peers: r
             .peers
             .into_iter()
@@ -161,6 +167,10 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
         purged_index: s.purged,
         revision: s.revision,
         millis_since_quorum_ack: s.millis_since_quorum_ack,
+        fenced_for_ms: s.fenced_for_ms,
+        api_addr: s.services.api.clone(),
+        vens_connected: s.services.vens_connected,
+        vens_current: s.services.vens_current,
         peers: s
             .peers
             .iter()
@@ -182,6 +192,7 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
 #[tonic::async_trait]
 impl Federation for FederationGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        self.node.fence().check()?;
         let req = request.into_inner();
         let cmd: Command = codec::decode(&req.command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
@@ -201,6 +212,7 @@ impl Federation for FederationGrpc {
         &self,
         _: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
+        self.node.fence().check()?;
         self.leader_only()?;
         let read_index = self.node.read_index_here().await.map_err(attempt_status)?;
         Ok(Response::new(ReadIndexReply {
@@ -213,6 +225,7 @@ impl Federation for FederationGrpc {
         &self,
         request: Request<MembershipRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
+        self.node.fence().check()?;
         let req = request.into_inner();
         let Some(op) = membership_op(req.action) else {
             return Err(Status::invalid_argument(format!(
@@ -251,6 +264,7 @@ impl Federation for FederationGrpc {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        self.node.fence().check()?;
         let req = request.into_inner();
         if req.key.is_empty() || req.key.len() > crate::types::MAX_KEY_LEN {
             return Err(Status::invalid_argument(format!(

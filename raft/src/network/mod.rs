@@ -3,17 +3,21 @@
 //!
 //! - [`tls`]: loading certificates and building both sides' TLS configs.
 //! - [`faults`]: the seam tests use to drop, delay and partition traffic.
+//! - [`fence`]: a node's own drill fence (no Raft or federation traffic, both
+//!   ways), which lifts itself at its deadline.
 //! - [`peers`]: the per-peer channel cache shared by Raft and federation clients.
 //! - [`raft_client`] / [`raft_server`]: openraft's `RaftNetwork` over gRPC.
 //! - [`federation`]: forwarding, ReadIndex, membership changes, status.
 
 pub mod faults;
 pub mod federation;
+pub mod fence;
 pub mod peers;
 pub mod raft_client;
 pub mod raft_server;
 pub mod tls;
 
 pub use faults::NetFaults;
+pub use fence::Fence;
 pub use peers::Peers;
 pub use tls::TlsMaterial;

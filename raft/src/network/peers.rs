@@ -25,6 +25,9 @@ pub enum PeerError {
     /// The fault seam dropped the call.
     #[error(transparent)]
     Cut(#[from] LinkCut),
+    /// This node is fenced: it sends nothing.
+    #[error(transparent)]
+    Fenced(#[from] super::fence::Fenced),
     /// The peer's address or TLS settings are unusable.
     #[error("cannot set up a channel to {peer}: {reason}")]
     Channel {
@@ -40,6 +43,7 @@ pub struct Peers {
     self_id: NodeId,
     tls: TlsMaterial,
     faults: NetFaults,
+    fence: super::Fence,
     timeouts: Timeouts,
     /// A std mutex: held only to look up or insert, never across an await.
     channels: Mutex<HashMap<NodeId, (NodeInfo, Channel)>>,
@@ -52,9 +56,15 @@ impl Peers {
             self_id,
             tls,
             faults,
+            fence: super::Fence::default(),
             timeouts,
             channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The node's fence (shared with its servers, which refuse while it stands).
+    pub fn fence(&self) -> &super::Fence {
+        &self.fence
     }
 
     /// This node's timeouts.
@@ -72,8 +82,9 @@ impl Peers {
         self.self_id
     }
 
-    /// Passes the fault seam for a call to `to`.
+    /// Passes this node's fence and the fault seam for a call to `to`.
     pub async fn gate(&self, to: NodeId) -> Result<(), PeerError> {
+        self.fence.check()?;
         Ok(self.faults.gate(self.self_id, to).await?)
     }
 

@@ -17,14 +17,24 @@ use crate::types::{NodeId, NodeInfo, TypeConfig};
 /// The Raft gRPC service of one node.
 pub struct RaftGrpc {
     raft: Raft<TypeConfig>,
+    /// While it stands, every request is refused (the node is dark to peers).
+    fence: crate::network::Fence,
     /// Where incoming snapshots are written while they stream in.
     incoming_dir: PathBuf,
 }
 
 impl RaftGrpc {
     /// Serves `raft`, receiving snapshots into `incoming_dir`.
-    pub fn new(raft: Raft<TypeConfig>, incoming_dir: PathBuf) -> Self {
-        RaftGrpc { raft, incoming_dir }
+    pub fn new(
+        raft: Raft<TypeConfig>,
+        incoming_dir: PathBuf,
+        fence: crate::network::Fence,
+    ) -> Self {
+        RaftGrpc {
+            raft,
+            fence,
+            incoming_dir,
+        }
     }
 }
 
@@ -52,12 +62,14 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.fence.check()?;
         let req: AppendEntriesRequest<TypeConfig> =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.fence.check()?;
         let req: VoteRequest<NodeId> =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.vote(req).await)
@@ -67,6 +79,7 @@ impl RaftService for RaftGrpc {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.fence.check()?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(SnapshotChunk {
