@@ -208,6 +208,11 @@ impl ApiClient {
             .await
     }
 
+    /// POST with a body of raw bytes (a backup to restore).
+    pub async fn post_bytes(&mut self, path: &str, body: Vec<u8>) -> Result<Answer, ClientError> {
+        self.send(Method::POST, path, Some(body), &[]).await
+    }
+
     /// PUT with a JSON body.
     pub async fn put(&mut self, path: &str, body: &Value) -> Result<Answer, ClientError> {
         self.send(Method::PUT, path, Some(body.to_string().into_bytes()), &[])

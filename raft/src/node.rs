@@ -289,6 +289,15 @@ impl Node {
         self.core.view.subscribe()
     }
 
+    /// Writes the whole local replica, at one point of history, to `path` in the
+    /// checksummed snapshot format: an operator's backup. Returns its revision.
+    pub fn dump(&self, path: &std::path::Path) -> Result<u64, Error> {
+        self.core.view.dump(path).map_err(|source| Error::Storage {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// A digest of the local replica's whole state, to compare replicas.
     pub fn digest(&self) -> Result<u64, Error> {
         self.core.view.digest().map_err(Error::Read)

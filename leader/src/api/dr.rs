@@ -154,8 +154,175 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     ))
 }
 
+/// A file in the temp directory, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(what: &str) -> TempFile {
+        TempFile(std::env::temp_dir().join(format!(
+            "pce-{what}-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        )))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Largest backup `restore` accepts (the body is held in memory once).
+pub const MAX_BACKUP_BYTES: usize = 512 * 1024 * 1024;
+
+/// Keys that belong to one cluster's running members, not to its policy: a
+/// restore into another cluster must not bring them along.
+const LOCAL_PREFIXES: [&[u8]; 1] = [b"vm/"];
+
+/// The whole store at one point of history, in the checksummed snapshot format
+/// (magic, records, CRC-32). The revision it reflects is in `X-Revision`.
+async fn backup(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError> {
+    owner_only(&ctx)?;
+    // Everything acknowledged before the call is in it.
+    s.db.linearize().await?;
+    let tmp = TempFile::new("backup");
+    let node = s.db.node().clone();
+    let path = tmp.0.clone();
+    let revision = tokio::task::spawn_blocking(move || node.dump(&path))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let bytes = std::fs::read(&tmp.0).map_err(ApiError::internal)?;
+    tracing::info!(revision, bytes = bytes.len(), by = %ctx.who.username, "backup taken");
+    let mut resp = Response::new(axum::body::Body::from(bytes));
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    resp.headers_mut()
+        .insert("x-revision", axum::http::HeaderValue::from(revision));
+    Ok(resp)
+}
+
+/// Loads a backup into this cluster, which must hold no policy yet (a new
+/// cluster), then reads every key back and compares. Refused, with nothing
+/// written, if the file is truncated or altered (checksum, structure) or the
+/// cluster is not new.
+async fn restore(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError> {
+    owner_only(&ctx)?;
+    let tmp = TempFile::new("restore");
+    std::fs::write(&tmp.0, &ctx.body).map_err(ApiError::internal)?;
+    let path = tmp.0.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut kv = Vec::new();
+        let header = sc_raft::storage::snapshot::read_snapshot(&path, |r| {
+            if let sc_raft::storage::snapshot::SnapRecord::Kv { key, entry } = r {
+                kv.push((key, entry.value));
+            }
+            Ok(())
+        })?;
+        Ok::<_, std::io::Error>((header.1, kv))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (source_revision, kv) = read.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_backup",
+            format!("the backup is damaged, truncated or not a backup: {e}; nothing was restored"),
+        )
+    })?;
+    s.db.linearize().await?;
+    // New: no object but the built-ins every cluster starts with.
+    let existing = s.db.raw_scan(b"o/", 16).await?;
+    let builtin = |k: &[u8]| {
+        [
+            (crate::keys::Kind::Service, crate::docs::ALL_SERVICES_ID),
+            (crate::keys::Kind::IpList, crate::docs::ANY_IP_LIST_ID),
+        ]
+        .iter()
+        .any(|(kind, id)| {
+            [crate::keys::Space::Draft, crate::keys::Space::Active]
+                .iter()
+                .any(|sp| crate::keys::obj(*sp, *kind, id) == k)
+        })
+    };
+    let found = match existing.iter().find(|(k, _)| !builtin(k)) {
+        Some((k, _)) => Some(String::from_utf8_lossy(k).to_string()),
+        None => {
+            s.db.raw(crate::keys::VERSION)
+                .await?
+                .map(|_| "a provisioned policy version".to_string())
+        }
+    };
+    if let Some(found) = found {
+        return Err(ApiError::conflict(
+            "not_empty",
+            format!("this cluster already holds policy ({found}); restore only into a new cluster"),
+        ));
+    }
+    let kv: Vec<(Vec<u8>, Vec<u8>)> = kv
+        .into_iter()
+        .filter(|(k, _)| !LOCAL_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .collect();
+    // Batches well inside the command limits.
+    let mut txn = crate::db::Txn::default();
+    let mut bytes = 0usize;
+    let mut commands = 0usize;
+    for (k, v) in &kv {
+        if txn.len() >= 4096 || bytes + k.len() + v.len() > 4 * 1024 * 1024 {
+            commit_batch(&s, std::mem::take(&mut txn)).await?;
+            commands += 1;
+            bytes = 0;
+        }
+        bytes += k.len() + v.len();
+        txn.put_raw(k.clone(), v.clone());
+    }
+    if !txn.is_empty() {
+        commit_batch(&s, txn).await?;
+        commands += 1;
+    }
+    // Verify: every key reads back with the bytes of the backup.
+    let mut mismatched = Vec::new();
+    for (k, v) in &kv {
+        match s.db.raw(k).await? {
+            Some((got, _)) if got == *v => {}
+            _ => mismatched.push(String::from_utf8_lossy(k).to_string()),
+        }
+    }
+    if !mismatched.is_empty() {
+        return Err(ApiError::internal(format!(
+            "restore verification failed for {} keys, e.g. {}",
+            mismatched.len(),
+            mismatched[0]
+        )));
+    }
+    tracing::warn!(keys = kv.len(), commands, source_revision, by = %ctx.who.username, "backup restored");
+    Ok(answer(
+        StatusCode::OK,
+        &json!({"keys": kv.len(), "commands": commands, "source_revision": source_revision, "verified": true}),
+        s.db.revision().await.unwrap_or(0),
+    ))
+}
+
+async fn commit_batch(s: &Shared, txn: crate::db::Txn) -> Result<(), ApiError> {
+    match s.db.commit(txn).await {
+        Ok(_) => Ok(()),
+        Err(crate::db::CommitError::Api(e)) => Err(e),
+        Err(crate::db::CommitError::Conflict(c)) => Err(ApiError::conflict(
+            "concurrent_modification",
+            format!(
+                "restore interrupted by a concurrent write ({c}); start again on a new cluster"
+            ),
+        )),
+    }
+}
+
 pub(super) fn routes() -> Router<Shared> {
     Router::new()
+        .route("/api/v2/supercluster/backup", get(backup))
+        .route("/api/v2/supercluster/restore", post(restore))
         .route("/api/v2/supercluster/status", get(status))
         .route("/api/v2/supercluster/fence", put(fence).delete(unfence))
         .route("/api/v2/supercluster/campaign", post(campaign))

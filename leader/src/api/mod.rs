@@ -239,7 +239,12 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
         }
     }
     let (mut parts, body) = req.into_parts();
-    let body = read_body(body).await?;
+    let limit = if path == "/api/v2/supercluster/restore" {
+        dr::MAX_BACKUP_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    let body = read_body(body, limit).await?;
     let auth = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -301,11 +306,10 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
     Ok(resp)
 }
 
-/// How much of an oversized body is read (and dropped) before answering 413, so
-/// an HTTP/1.1 client that is still sending gets the answer rather than a reset.
-const DRAIN_LIMIT: usize = 16 * MAX_BODY_BYTES;
-
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+/// Reads a body of at most `limit` bytes. Up to 16 times the limit of an
+/// oversized body is read (and dropped) before answering 413, so an HTTP/1.1
+/// client that is still sending gets the answer rather than a reset.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = Vec::new();
@@ -320,18 +324,18 @@ async fn read_body(body: Body) -> Result<Bytes, ApiError> {
         })?;
         if let Ok(data) = frame.into_data() {
             seen += data.len();
-            if seen <= MAX_BODY_BYTES {
+            if seen <= limit {
                 buf.extend_from_slice(&data);
-            } else if seen > DRAIN_LIMIT {
+            } else if seen > limit.saturating_mul(16) {
                 break;
             }
         }
     }
-    if seen > MAX_BODY_BYTES {
+    if seen > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
-            format!("the body has {seen} bytes or more; the limit is {MAX_BODY_BYTES} bytes"),
+            format!("the body has {seen} bytes or more; the limit is {limit} bytes"),
         ));
     }
     Ok(Bytes::from(buf))

@@ -44,6 +44,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Lift this node's drill fence (owner).",
     ),
     (
+        "get",
+        "/api/v2/supercluster/backup",
+        "The whole store at one point of history, checksummed (owner).",
+    ),
+    (
+        "post",
+        "/api/v2/supercluster/restore",
+        "Load a backup into a new cluster, then read every key back (owner).",
+    ),
+    (
         "post",
         "/api/v2/supercluster/campaign",
         "Move leadership to this node (planned transfer; owner).",

@@ -178,6 +178,21 @@ impl ReadView {
         })
     }
 
+    /// Writes the whole store, as of one point of history, to `path` in the
+    /// checksummed snapshot format (an operator's backup; not recorded as a Raft
+    /// snapshot). Returns the revision it reflects.
+    pub fn dump(&self, path: &Path) -> io::Result<u64> {
+        let live = self.shared.live()?;
+        let last_applied = live.last_applied()?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: live.membership()?,
+            snapshot_id: format!("backup-{}", last_applied.map(|l| l.index).unwrap_or(0)),
+        };
+        write_state(&live, &meta, path)?;
+        live.revision()
+    }
+
     /// The current store revision.
     pub fn revision(&self) -> io::Result<u64> {
         self.shared.live()?.revision()
@@ -694,6 +709,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// Writes the whole state `live` holds (keys, sessions) as a snapshot file:
+/// one format for Raft snapshots and operators' backups. The caller holds the
+/// read lock, so the file is one point of history.
+fn write_state(
+    live: &Generation,
+    meta: &SnapshotMeta<NodeId, NodeInfo>,
+    path: &Path,
+) -> io::Result<SnapshotFile> {
+    let mut w = SnapshotWriter::create(path)?;
+    w.write(&SnapRecord::Header {
+        meta: meta.clone(),
+        revision: live.revision()?,
+    })?;
+    for item in live.kv.iter() {
+        let (k, v) = item.map_err(sled_io)?;
+        w.write(&SnapRecord::Kv {
+            key: k.to_vec(),
+            entry: codec::decode(&v).map_err(codec_io)?,
+        })?;
+    }
+    for item in live.sessions.iter() {
+        let (k, v) = item.map_err(sled_io)?;
+        let client: [u8; 16] = k.as_ref().try_into().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "session key is not 16 bytes")
+        })?;
+        let (serial, response): (u64, CommandResponse) = codec::decode(&v).map_err(codec_io)?;
+        w.write(&SnapRecord::Session {
+            client: ClientId(u128::from_be_bytes(client)),
+            serial,
+            response,
+        })?;
+    }
+    w.finish()
+}
+
 /// Builds a snapshot of the live state. It is created on the state machine's own
 /// task, so no entry is applied while it reads (the apply lock is held shared).
 pub struct SnapshotBuilder {
@@ -718,32 +768,8 @@ impl SnapshotBuilder {
         };
         let file_name = format!("snap-{}.snap", sanitize(&meta.snapshot_id));
         let path = shared.snapshot_dir.join(&file_name);
-        let mut w = SnapshotWriter::create(&path)?;
-        w.write(&SnapRecord::Header {
-            meta: meta.clone(),
-            revision: live.revision()?,
-        })?;
-        for item in live.kv.iter() {
-            let (k, v) = item.map_err(sled_io)?;
-            w.write(&SnapRecord::Kv {
-                key: k.to_vec(),
-                entry: codec::decode(&v).map_err(codec_io)?,
-            })?;
-        }
-        for item in live.sessions.iter() {
-            let (k, v) = item.map_err(sled_io)?;
-            let client: [u8; 16] = k.as_ref().try_into().map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, "session key is not 16 bytes")
-            })?;
-            let (serial, response): (u64, CommandResponse) = codec::decode(&v).map_err(codec_io)?;
-            w.write(&SnapRecord::Session {
-                client: ClientId(u128::from_be_bytes(client)),
-                serial,
-                response,
-            })?;
-        }
+        let file = write_state(&live, &meta, &path)?;
         drop(live);
-        let file = w.finish()?;
         // The state the snapshot covers must be durable before openraft purges the
         // log behind it, and so must the pointer to the snapshot.
         // An install may have finished while we were writing; never point back
