@@ -107,6 +107,12 @@ impl ApiClient {
         self.auth = Some(format!("Basic {enc}"));
     }
 
+    /// Drops the connection (after a caller gave up on an answer, the next
+    /// request must not queue behind it); the next request opens a new one.
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
     /// Drops the credentials.
     pub fn without_key(mut self) -> Self {
         self.auth = None;

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_failover;
 mod bench_vens;
 mod config;
 mod dr;
@@ -191,6 +192,8 @@ enum BenchCommand {
     Vens(bench_vens::VensArgs),
     /// Time for the VENs of a restarted member to resync (a cluster in this process).
     Resync(bench_vens::ResyncArgs),
+    /// Leader killed with SIGKILL: time until writes resume, Supercluster and etcd.
+    Failover(bench_failover::FailoverArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -282,6 +285,7 @@ async fn run(cli: Cli) -> Result<()> {
             BenchCommand::Api(args) => bench_api::api(args).await,
             BenchCommand::Vens(args) => bench_vens::vens(args).await,
             BenchCommand::Resync(args) => bench_vens::resync(args).await,
+            BenchCommand::Failover(args) => bench_failover::failover(args).await,
         },
     }
 }

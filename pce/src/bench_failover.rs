@@ -1,0 +1,458 @@
+//! `pce bench failover`: the leader's process is killed (SIGKILL) while one
+//! writer writes through a follower; the time until writes succeed again, for
+//! Supercluster and for etcd with equal timeouts, measured by the same writer.
+//!
+//! Both systems run as three local processes on loopback addresses of their own.
+//! Supercluster uses the LAN profile (heartbeat 100 ms, election 500-1000 ms);
+//! etcd gets `--heartbeat-interval 100 --election-timeout 500`, which etcd
+//! randomises over the same 500-1000 ms. A round: find the leader, start writing
+//! (one write every 10 ms, each abandoned after 100 ms, through a follower), kill the
+//! leader, and record the kill → first acknowledged write after it; then restart
+//! the killed process and wait until the cluster is whole before the next round.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
+use sc_leader::client::ApiClient;
+use serde_json::{json, Value};
+
+/// Options of `pce bench failover`.
+#[derive(clap::Args)]
+pub struct FailoverArgs {
+    /// `pce`, `etcd`, or both.
+    #[arg(long, value_delimiter = ',', default_value = "pce,etcd")]
+    systems: Vec<String>,
+    /// Kills per system.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// The etcd binary.
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+}
+
+/// One system under test: three processes, a way to find the leader, a write.
+trait System {
+    fn name(&self) -> &'static str;
+    /// The index (0..3) of the leader, if the cluster has one everyone agrees on.
+    async fn leader(&mut self) -> Option<usize>;
+    /// One write through node `via`.
+    async fn write(&mut self, via: usize, n: u64) -> Result<()>;
+    /// Forgets node `via`'s connection (after an abandoned write).
+    fn reset(&mut self, via: usize);
+    fn kill(&mut self, i: usize) -> Result<()>;
+    fn restart(&mut self, i: usize) -> Result<()>;
+    fn stop(&mut self);
+}
+
+fn sigkill(child: &mut Child) -> Result<()> {
+    child.kill().context("SIGKILL")?;
+    let _ = child.wait();
+    Ok(())
+}
+
+fn sigint(child: &mut Child) {
+    // SAFETY: kill(2) with a pid we started; no memory is shared.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let _ = child.wait();
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Supercluster: `pce up` makes the data, then three `pce serve` processes.
+struct Pce {
+    exe: PathBuf,
+    dir: PathBuf,
+    procs: Vec<Option<Child>>,
+    apis: Vec<ApiClient>,
+    /// Label values must be unique: a run tag and a counter.
+    tag: u64,
+    seq: u64,
+}
+
+const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+
+impl Pce {
+    fn start(dir: &Path) -> Result<Pce> {
+        let exe = std::env::current_exe()?;
+        let (port, api_port, ven_port) = (free_port()?, free_port()?, free_port()?);
+        let data = dir.join("pce");
+        let mut up = Command::new(&exe)
+            .args(["up", "--dir"])
+            .arg(&data)
+            .args(["--port", &port.to_string()])
+            .args(["--api-port", &api_port.to_string()])
+            .args(["--ven-port", &ven_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let t0 = Instant::now();
+        while !data.join("owner-api-key.json").exists() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                sigint(&mut up);
+                bail!("pce up did not start in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        sigint(&mut up);
+        let ca = std::fs::read_to_string(data.join("certs/ca.pem"))?;
+        let key: Value =
+            serde_json::from_str(&std::fs::read_to_string(data.join("owner-api-key.json"))?)?;
+        let mut apis = Vec::new();
+        for i in 0..3u8 {
+            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i)), api_port);
+            apis.push(ApiClient::new(addr, Some(&ca))?.with_key(
+                key["auth_username"].as_str().unwrap_or_default(),
+                key["secret"].as_str().unwrap_or_default(),
+            ));
+        }
+        let mut pce = Pce {
+            exe,
+            dir: data,
+            procs: vec![None, None, None],
+            apis,
+            tag: sc_leader::time::now_ms(),
+            seq: 0,
+        };
+        for i in 0..3 {
+            pce.restart(i)?;
+        }
+        Ok(pce)
+    }
+}
+
+impl System for Pce {
+    fn name(&self) -> &'static str {
+        "supercluster"
+    }
+
+    async fn leader(&mut self) -> Option<usize> {
+        for (i, api) in self.apis.iter_mut().enumerate() {
+            if self.procs[i].is_none() {
+                continue;
+            }
+            if let Ok(Ok(a)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                api.get("/api/v2/supercluster/leader"),
+            )
+            .await
+            {
+                if a.status.is_success() {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    async fn write(&mut self, via: usize, _n: u64) -> Result<()> {
+        self.seq += 1;
+        let value = format!("w{}-{}", self.tag, self.seq);
+        let a = self.apis[via]
+            .post(
+                "/api/v2/orgs/1/labels",
+                &json!({"key": "bench_failover", "value": value}),
+            )
+            .await?;
+        if a.status.is_success() {
+            Ok(())
+        } else {
+            bail!("{}", a.status)
+        }
+    }
+
+    fn reset(&mut self, via: usize) {
+        self.apis[via].reset();
+    }
+
+    fn kill(&mut self, i: usize) -> Result<()> {
+        if let Some(mut c) = self.procs[i].take() {
+            sigkill(&mut c)?;
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self, i: usize) -> Result<()> {
+        let region = self.dir.join(REGIONS[i]);
+        let child = Command::new(&self.exe)
+            .args(["serve", "--config", "node.toml"])
+            .current_dir(&region)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting pce serve in {}", region.display()))?;
+        self.procs[i] = Some(child);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for c in self.procs.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            sigint(&mut c);
+        }
+    }
+}
+
+/// etcd: three members on 127.0.0.21-23, its JSON gateway for writes.
+struct Etcd {
+    exe: PathBuf,
+    dir: PathBuf,
+    peer_port: u16,
+    client_port: u16,
+    procs: Vec<Option<Child>>,
+    clients: Vec<ApiClient>,
+}
+
+impl Etcd {
+    fn ip(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, 0, 21 + i as u8)
+    }
+
+    fn start(exe: &Path, dir: &Path) -> Result<Etcd> {
+        let (peer_port, client_port) = (free_port()?, free_port()?);
+        let mut clients = Vec::new();
+        for i in 0..3 {
+            clients.push(ApiClient::new(
+                SocketAddr::new(IpAddr::V4(Etcd::ip(i)), client_port),
+                None,
+            )?);
+        }
+        let mut e = Etcd {
+            exe: exe.to_path_buf(),
+            dir: dir.join("etcd"),
+            peer_port,
+            client_port,
+            procs: vec![None, None, None],
+            clients,
+        };
+        for i in 0..3 {
+            e.restart(i)?;
+        }
+        Ok(e)
+    }
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+impl System for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn leader(&mut self) -> Option<usize> {
+        let mut leader = None;
+        let mut ids = Vec::new();
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            let a = tokio::time::timeout(
+                Duration::from_millis(500),
+                c.post("/v3/maintenance/status", &json!({})),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            let v = a.json();
+            ids.push((i, v["header"]["member_id"].as_str()?.to_string()));
+            let l = v["leader"].as_str()?.to_string();
+            if leader.get_or_insert_with(|| l.clone()) != &l {
+                return None;
+            }
+        }
+        let leader = leader?;
+        ids.into_iter()
+            .find(|(_, id)| *id == leader)
+            .map(|(i, _)| i)
+    }
+
+    async fn write(&mut self, via: usize, n: u64) -> Result<()> {
+        let a = self.clients[via]
+            .post(
+                "/v3/kv/put",
+                &json!({"key": b64(&format!("bench/{n}")), "value": b64("x")}),
+            )
+            .await?;
+        if a.status.is_success() && a.json().get("header").is_some() {
+            Ok(())
+        } else {
+            bail!("{} {}", a.status, String::from_utf8_lossy(&a.body))
+        }
+    }
+
+    fn reset(&mut self, via: usize) {
+        self.clients[via].reset();
+    }
+
+    fn kill(&mut self, i: usize) -> Result<()> {
+        if let Some(mut c) = self.procs[i].take() {
+            sigkill(&mut c)?;
+        }
+        Ok(())
+    }
+
+    fn restart(&mut self, i: usize) -> Result<()> {
+        let peers: Vec<String> = (0..3)
+            .map(|j| format!("e{j}=http://{}:{}", Etcd::ip(j), self.peer_port))
+            .collect();
+        let data = self.dir.join(format!("e{i}"));
+        let child = Command::new(&self.exe)
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--heartbeat-interval", "100", "--election-timeout", "500"])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://{}:{}", Etcd::ip(i), self.peer_port),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}:{}", Etcd::ip(i), self.peer_port),
+            ])
+            .args([
+                "--listen-client-urls",
+                &format!("http://{}:{}", Etcd::ip(i), self.client_port),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://{}:{}", Etcd::ip(i), self.client_port),
+            ])
+            .args(["--initial-cluster", &peers.join(",")])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "bench",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (install etcd-server)", self.exe.display()))?;
+        self.procs[i] = Some(child);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for c in self.procs.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = sigkill(&mut c);
+        }
+    }
+}
+
+/// Waits until the system has a leader every node agrees on and a write succeeds
+/// through every node.
+async fn settle<S: System>(s: &mut S, timeout: Duration) -> Result<usize> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(l) = s.leader().await {
+            let mut all = true;
+            for via in 0..3 {
+                let w = tokio::time::timeout(Duration::from_secs(2), s.write(via, 0)).await;
+                all &= matches!(w, Ok(Ok(())));
+            }
+            if all {
+                return Ok(l);
+            }
+        }
+        if t0.elapsed() > timeout {
+            bail!("{}: no settled leader in {timeout:?}", s.name());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How long one write may take before the writer gives up on it and sends the
+/// next (the resolution of the measurement).
+const ATTEMPT: Duration = Duration::from_millis(100);
+
+/// One kill: returns kill → first acknowledged write invoked after it.
+async fn round<S: System>(s: &mut S) -> Result<Duration> {
+    let leader = settle(s, Duration::from_secs(60)).await?;
+    let via = (leader + 1) % 3;
+    let mut n = 0u64;
+    // Warm: a few writes before the kill.
+    for _ in 0..20 {
+        n += 1;
+        let _ = tokio::time::timeout(Duration::from_secs(1), s.write(via, n)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.kill(leader)?;
+    let killed = Instant::now();
+    let rto = loop {
+        n += 1;
+        match tokio::time::timeout(ATTEMPT, s.write(via, n)).await {
+            Ok(Ok(())) => break killed.elapsed(),
+            Ok(Err(_)) => {}
+            // Abandoned: a fresh connection for the next attempt.
+            Err(_) => s.reset(via),
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            bail!("{}: no write succeeded within 60 s of the kill", s.name());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    s.restart(leader)?;
+    Ok(rto)
+}
+
+async fn measure<S: System>(mut s: S, rounds: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::new();
+    let r = async {
+        for i in 0..rounds {
+            let rto = round(&mut s).await?;
+            println!(
+                "  {} kill {}: {:.0} ms",
+                s.name(),
+                i + 1,
+                rto.as_secs_f64() * 1000.0
+            );
+            out.push(rto);
+        }
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    s.stop();
+    r.map(|_| out)
+}
+
+fn summary(name: &str, v: &[Duration]) {
+    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let median = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
+    let max = ms.last().copied().unwrap_or(0.0);
+    println!("{name:<14} {:>6} {median:>12.0} {max:>9.0}", ms.len());
+}
+
+/// `pce bench failover`.
+pub async fn failover(args: FailoverArgs) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut results = Vec::new();
+    for sys in &args.systems {
+        println!("{sys}: {} rounds", args.rounds);
+        let r = match sys.as_str() {
+            "pce" => measure(Pce::start(tmp.path())?, args.rounds).await?,
+            "etcd" => measure(Etcd::start(&args.etcd, tmp.path())?, args.rounds).await?,
+            other => return Err(anyhow!("--systems: unknown system {other:?} (pce, etcd)")),
+        };
+        results.push((sys.clone(), r));
+    }
+    println!();
+    println!(
+        "{:<14} {:>6} {:>12} {:>9}",
+        "system", "kills", "median ms", "max ms"
+    );
+    for (name, r) in &results {
+        summary(name, r);
+    }
+    Ok(())
+}
