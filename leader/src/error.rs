@@ -187,6 +187,10 @@ impl From<sc_raft::Error> for ApiError {
             sc_raft::Error::InvalidCommand(c) => {
                 ApiError::invalid("request_too_large", format!("the change is too large: {c}"))
             }
+            sc_raft::Error::Membership(m) => ApiError::conflict(
+                "membership_refused",
+                format!("the membership change was refused: {m}"),
+            ),
             other => ApiError::internal(other),
         }
     }

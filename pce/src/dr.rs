@@ -74,6 +74,50 @@ pub enum DrCommand {
     },
     /// Rehearse a failure: fence, write and read through it, measure, heal, report.
     Drill(DrillArgs),
+    /// Admit a running node of a new region as a learner (it catches up first).
+    AddRegion {
+        #[command(flatten)]
+        conn: Conn,
+        /// The new node's Raft id (unique, never reused).
+        #[arg(long)]
+        id: u64,
+        /// Its name (the name in its certificate).
+        #[arg(long)]
+        name: String,
+        /// Its region.
+        #[arg(long)]
+        region: String,
+        /// Its Raft address, `host:port`.
+        #[arg(long)]
+        addr: String,
+        /// Promote it to voter once it has caught up.
+        #[arg(long)]
+        voter: bool,
+    },
+    /// Take a region out of the cluster (stop its node afterwards).
+    RemoveRegion {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
+    /// Learner → voter.
+    Promote {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
+    /// Voter → learner.
+    Demote {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
     /// Save the whole policy store, at one point of history, to a checksummed file.
     Backup {
         #[command(flatten)]
@@ -428,6 +472,27 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             Ok(())
         }
         DrCommand::Drill(args) => drill(args).await,
+        DrCommand::AddRegion {
+            conn,
+            id,
+            name,
+            region,
+            addr,
+            voter,
+        } => {
+            let c = Cluster::open(&conn)?;
+            let body = json!({"action": "add_learner", "node_id": id, "name": name, "region": region, "addr": addr});
+            let v = membership(&c, &body).await?;
+            println!("{name} ({region}) is a learner and has caught up: {v}");
+            if voter {
+                let v = membership(&c, &json!({"action": "promote", "node_id": id})).await?;
+                println!("{name} promoted to voter: {v}");
+            }
+            Ok(())
+        }
+        DrCommand::RemoveRegion { conn, region } => change_region(&conn, &region, "remove").await,
+        DrCommand::Promote { conn, region } => change_region(&conn, &region, "promote").await,
+        DrCommand::Demote { conn, region } => change_region(&conn, &region, "demote").await,
         DrCommand::Backup { conn, out } => {
             let c = Cluster::open(&conn)?;
             let a = c
@@ -472,6 +537,28 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn membership(c: &Cluster, body: &Value) -> Result<Value> {
+    ok(
+        c.client(c.entry)?
+            .post("/api/v2/supercluster/membership", body)
+            .await?,
+        "membership change",
+    )
+}
+
+/// Promotes, demotes or removes the node of `region`.
+async fn change_region(conn: &Conn, region: &str, action: &str) -> Result<()> {
+    let c = Cluster::open(conn)?;
+    let nodes = c.status(&[]).await?;
+    let node = find_region(&nodes, region)?;
+    let v = membership(&c, &json!({"action": action, "node_id": node.id})).await?;
+    println!(
+        "{action} {region} (node {}): voters {}, learners {}",
+        node.id, v["voters"], v["learners"]
+    );
+    Ok(())
 }
 
 /// Checks a backup file (magic, CRC-32, structure) before anything uses it;

@@ -761,6 +761,46 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     );
     assert!(!ok && out.contains("unknown region"), "{out}");
 
+    // Membership through the runbook: demote a region, see it, promote it back;
+    // a bad add is refused with the field to fix.
+    let (ok, out) = dr(&data, api_port, &["demote", "--region", "eu-west"]);
+    assert!(ok, "{out}");
+    let (_, out) = dr(&data, api_port, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let leader = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["status"]["role"] == "leader")
+        .unwrap()
+        .clone();
+    let eu = leader["status"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["region"] == "eu-west")
+        .unwrap()
+        .clone();
+    assert_eq!(eu["voter"], false, "{eu}");
+    let (ok, out) = dr(&data, api_port, &["promote", "--region", "eu-west"]);
+    assert!(ok, "{out}");
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &[
+            "add-region",
+            "--id",
+            "9",
+            "--name",
+            "Not A Label",
+            "--region",
+            "sa-east",
+            "--addr",
+            "127.0.0.19:1",
+        ],
+    );
+    assert!(!ok && out.contains("name"), "{out}");
+
     // A planned leader move, verified.
     let (ok, out) = dr(&data, api_port, &["transfer-leader", "--to", "ap-south"]);
     assert!(ok && out.contains("leader is now ap-south-1"), "{out}");

@@ -319,8 +319,75 @@ async fn commit_batch(s: &Shared, txn: crate::db::Txn) -> Result<(), ApiError> {
     }
 }
 
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum MembershipAction {
+    AddLearner,
+    Promote,
+    Demote,
+    Remove,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipBody {
+    action: MembershipAction,
+    node_id: u64,
+    /// For `add_learner`: the new node's name, region and Raft address.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    addr: Option<String>,
+}
+
+/// Adds a region's node as a learner (it must be running, with a certificate
+/// from the cluster CA; the call returns once it has caught up), promotes,
+/// demotes or removes one. Routed to the leader.
+async fn membership(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError> {
+    use sc_raft::MembershipOp as Op;
+    owner_only(&ctx)?;
+    let body: MembershipBody = ctx.parse()?;
+    let (op, info) = match body.action {
+        MembershipAction::AddLearner => {
+            let need = |v: Option<String>, f: &str| {
+                v.filter(|x| !x.is_empty())
+                    .ok_or_else(|| ApiError::field(f, "required to add a node"))
+            };
+            let name = need(body.name, "name")?;
+            if !sc_raft::pki::valid_node_name(&name) {
+                return Err(ApiError::field(
+                    "name",
+                    "must be a DNS label (the name in its certificate)",
+                ));
+            }
+            let info = sc_raft::NodeInfo {
+                name,
+                region: need(body.region, "region")?,
+                addr: need(body.addr, "addr")?,
+            };
+            (Op::AddLearner, Some(info))
+        }
+        MembershipAction::Promote => (Op::Promote, None),
+        MembershipAction::Demote => (Op::Demote, None),
+        MembershipAction::Remove => (Op::Remove, None),
+    };
+    let view =
+        s.db.node()
+            .change_membership(op, body.node_id, info)
+            .await?;
+    tracing::warn!(node = body.node_id, by = %ctx.who.username, "membership changed");
+    Ok(answer(
+        StatusCode::OK,
+        &json!({"voters": view.voters, "learners": view.learners}),
+        0,
+    ))
+}
+
 pub(super) fn routes() -> Router<Shared> {
     Router::new()
+        .route("/api/v2/supercluster/membership", post(membership))
         .route("/api/v2/supercluster/backup", get(backup))
         .route("/api/v2/supercluster/restore", post(restore))
         .route("/api/v2/supercluster/status", get(status))

@@ -44,6 +44,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Lift this node's drill fence (owner).",
     ),
     (
+        "post",
+        "/api/v2/supercluster/membership",
+        "Add a node as learner, promote, demote or remove one (owner).",
+    ),
+    (
         "get",
         "/api/v2/supercluster/backup",
         "The whole store at one point of history, checksummed (owner).",
