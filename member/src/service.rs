@@ -186,6 +186,18 @@ impl Svc {
         self.node.info().region.clone()
     }
 
+    /// A member fenced for a drill serves no VEN: it answers as a lost region
+    /// would, and fast, so VENs go to another member at once.
+    fn refuse_if_fenced(&self) -> Result<(), Status> {
+        match self.node.fence().serving_blocked() {
+            Some(left) => Err(Status::unavailable(format!(
+                "this member is fenced for a drill for another {} s; connect to another",
+                left.as_secs() + 1
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The workload a client certificate speaks for.
     fn identity<T>(req: &Request<T>) -> Result<String, Status> {
         let certs = req.peer_certs().ok_or_else(|| {
@@ -235,6 +247,7 @@ impl std::ops::Deref for Handle {
 #[tonic::async_trait]
 impl Ven for Handle {
     async fn pair(&self, req: Request<PairRequest>) -> Result<Response<PairResponse>, Status> {
+        self.refuse_if_fenced()?;
         let r = req.into_inner();
         let info = self.node.info().clone();
         let paired = pairing::pair(
@@ -271,12 +284,7 @@ impl Ven for Handle {
         req: Request<Streaming<VenMessage>>,
     ) -> Result<Response<PolicyStreamOut>, Status> {
         let id = Svc::identity(&req)?;
-        if let Some(left) = self.node.fence().serving_blocked() {
-            return Err(Status::unavailable(format!(
-                "this member is fenced for a drill for another {} s; connect to another",
-                left.as_secs() + 1
-            )));
-        }
+        self.refuse_if_fenced()?;
         let doc = self.workload(&id).await?;
         if doc.region.as_deref() != Some(self.region().as_str()) {
             self.cache.adopt(&id);
