@@ -68,7 +68,8 @@ impl Target {
 
 const ORG: &str = "/api/v2/orgs/1";
 
-async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
+/// POSTs JSON; an error quoting the answer unless it is 2xx.
+pub(crate) async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
     let a = c.post(path, &body).await?;
     if a.status.as_u16() / 100 != 2 {
         bail!(
@@ -80,7 +81,8 @@ async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
     Ok(a.json())
 }
 
-fn href(v: &Value) -> String {
+/// The `href` of an API object (empty if absent).
+pub(crate) fn href(v: &Value) -> String {
     v["href"].as_str().unwrap_or_default().to_string()
 }
 

@@ -20,6 +20,7 @@ use sc_ven::{Agent, AgentEvent, Enforcer};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::bench_api::{href, post};
 use crate::up::REGIONS;
 
 /// Options of `pce bench vens`.
@@ -96,20 +97,38 @@ fn find_server(dir: &std::path::Path) -> Option<u32> {
     None
 }
 
-async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
-    let a = c.post(path, &body).await?;
-    if !a.status.is_success() {
-        bail!(
-            "POST {path}: {} {}",
-            a.status,
-            String::from_utf8_lossy(&a.body)
-        );
+/// Host facts of simulated VEN `i` (a unique address in 10.64.0.0/10).
+fn sim_facts(i: usize) -> HostFacts {
+    HostFacts {
+        hostname: format!("sim-{i}"),
+        addresses: vec![format!(
+            "10.{}.{}.{}",
+            64 + ((i >> 16) & 63),
+            (i >> 8) & 255,
+            i & 255
+        )],
+        os: "sim".into(),
     }
-    Ok(a.json())
 }
 
-fn href(v: &Value) -> String {
-    v["href"].as_str().unwrap_or_default().to_string()
+/// Pairs `n` simulated VENs, 64 at a time; `pair_one(i)` pairs VEN `i`.
+async fn pair_all<T, F, Fut>(n: usize, pair_one: F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, sc_ven::VenError>> + Send + 'static,
+{
+    let mut out = Vec::with_capacity(n);
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(tokio::spawn(pair_one(i)));
+        if batch.len() == 64 || i + 1 == n {
+            for b in batch.drain(..) {
+                out.push(b.await??);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
@@ -185,39 +204,24 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             );
         }
         let share = usize::from(args.affected);
-        let measured = move |i: usize| i % 100 < share;
+        // Spread evenly, so small counts get the share too (exact per 100).
+        let measured = move |i: usize| (i * share) % 100 < share;
         let affected = (0..n).filter(|&i| measured(i)).count();
         let rss_before = server.and_then(rss_kib);
 
         // Pair, 64 at a time, a third through each region.
         let t0 = Instant::now();
-        let mut ids = Vec::new();
-        let mut batch = Vec::new();
-        for i in 0..n {
+        let ids = pair_all(n, |i| {
             let (region, addr) = ven_addrs[i % ven_addrs.len()].clone();
             let code = codes[usize::from(!measured(i))].clone();
             let ca = ca.clone();
-            batch.push(tokio::spawn(async move {
-                let facts = HostFacts {
-                    hostname: format!("sim-{i}"),
-                    addresses: vec![format!(
-                        "10.{}.{}.{}",
-                        64 + ((i >> 16) & 63),
-                        (i >> 8) & 255,
-                        i & 255
-                    )],
-                    os: "sim".into(),
-                };
-                pair(&addr, &ca, &code, &facts)
+            async move {
+                pair(&addr, &ca, &code, &sim_facts(i))
                     .await
                     .map(|id| (region, id, measured(i)))
-            }));
-            if batch.len() == 64 || i + 1 == n {
-                for b in batch.drain(..) {
-                    ids.push(b.await??);
-                }
             }
-        }
+        })
+        .await?;
         let pair_s = t0.elapsed().as_secs_f64();
 
         // Run them; record when each applies each policy.
@@ -409,29 +413,11 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
             .unwrap_or_default()
             .to_string();
         let eu = regions[1].ven.as_ref().context("ven")?.addr.to_string();
-        let mut ids = Vec::new();
-        let mut batch = Vec::new();
-        for i in 0..n {
+        let ids = pair_all(n, |i| {
             let (addr, ca, code) = (eu.clone(), ca.clone(), code.clone());
-            batch.push(tokio::spawn(async move {
-                let facts = HostFacts {
-                    hostname: format!("sim-{i}"),
-                    addresses: vec![format!(
-                        "10.{}.{}.{}",
-                        64 + ((i >> 16) & 63),
-                        (i >> 8) & 255,
-                        i & 255
-                    )],
-                    os: "sim".into(),
-                };
-                pair(&addr, &ca, &code, &facts).await
-            }));
-            if batch.len() == 64 || i + 1 == n {
-                for b in batch.drain(..) {
-                    ids.push(b.await??);
-                }
-            }
-        }
+            async move { pair(&addr, &ca, &code, &sim_facts(i)).await }
+        })
+        .await?;
         let (stop_tx, stop) = watch::channel(false);
         let t1 = Instant::now();
         for mut id in ids {
