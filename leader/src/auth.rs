@@ -115,11 +115,18 @@ pub async fn authenticate(db: &Db, header: Option<&str>) -> Result<Principal, Ap
     if username.is_empty() || username.len() > 64 || username.contains('/') {
         return Err(bad());
     }
-    let key = db
-        .get::<ApiKeyDoc>(&keys::api_key(username))
-        .await?
-        .ok_or_else(bad)?
-        .value;
+    let key = match db.get::<ApiKeyDoc>(&keys::api_key(username)).await? {
+        Some(k) => k,
+        // A key created a moment ago in another region may not have reached this
+        // replica yet: catch up with the leader once before calling it unknown.
+        // Without a leader the local answer stands.
+        None if db.linearize().await.is_ok() => db
+            .get::<ApiKeyDoc>(&keys::api_key(username))
+            .await?
+            .ok_or_else(bad)?,
+        None => return Err(bad()),
+    }
+    .value;
     let hash = sha256_hex(&[key.salt.as_bytes(), secret.as_bytes()]);
     if !eq_ct(hash.as_bytes(), key.hash.as_bytes()) {
         return Err(bad());

@@ -339,3 +339,29 @@ async fn every_role_meets_every_endpoint_class() {
         a.json()
     );
 }
+
+/// A key created through the leader works at once on a member whose replica has
+/// not seen it yet: the member catches up once before calling a key unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_key_works_at_once_on_a_lagging_member() {
+    let c = ApiCluster::start(3, 0).await;
+    let leader = c.leader().await;
+    let member = c.member().await;
+    // Appends reach the member 70 ms late (under the test RPC timeout); its replica lags every new write.
+    c.cluster
+        .faults
+        .delay(leader, member, std::time::Duration::from_millis(70));
+    let mut owner = c.client(leader);
+    let key = user_with(&mut owner, "fresh", "read_only", &[]).await;
+    let mut fresh = c.client_as(member, &key);
+    let a = fresh.get(&format!("{ORG}/labels")).await.expect("get");
+    expect(a, 200, "a brand-new key on a lagging member");
+    // A key that does not exist is still refused after the catch-up.
+    let mut wrong = c.client_as(member, &(key.0.clone(), "not-the-secret".into()));
+    let a = wrong.get(&format!("{ORG}/labels")).await.expect("get");
+    expect(a, 401, "a wrong secret");
+    let mut unknown = c.client_as(member, &("nobody".into(), "x".into()));
+    let a = unknown.get(&format!("{ORG}/labels")).await.expect("get");
+    expect(a, 401, "an unknown key");
+    c.cluster.faults.heal();
+}
