@@ -172,14 +172,14 @@ const ORG: &str = "/api/v2/orgs/1";
 
 /// One node as the status endpoint reports it.
 #[derive(Debug, Clone, Serialize)]
-struct NodeView {
-    id: u64,
-    status: Option<NodeStatus>,
-    error: Option<String>,
+pub(crate) struct NodeView {
+    pub(crate) id: u64,
+    pub(crate) status: Option<NodeStatus>,
+    pub(crate) error: Option<String>,
 }
 
 /// The connection, with every region's API once known.
-struct Cluster {
+pub(crate) struct Cluster {
     ca: String,
     user: String,
     secret: String,
@@ -221,7 +221,17 @@ impl Cluster {
         })
     }
 
-    fn client(&self, addr: SocketAddr) -> Result<ApiClient> {
+    /// A connection with the credentials in hand (harnesses that made the cluster).
+    pub(crate) fn new(ca: String, user: String, secret: String, entry: SocketAddr) -> Cluster {
+        Cluster {
+            ca,
+            user,
+            secret,
+            entry,
+        }
+    }
+
+    pub(crate) fn client(&self, addr: SocketAddr) -> Result<ApiClient> {
         Ok(ApiClient::new(addr, Some(&self.ca))?.with_key(&self.user, &self.secret))
     }
 
@@ -246,7 +256,7 @@ impl Cluster {
 
     /// Every node's status, from the entry API or, if it cannot answer, from
     /// any other region's API it has told us about.
-    async fn status(&self, known: &[SocketAddr]) -> Result<Vec<NodeView>> {
+    pub(crate) async fn status(&self, known: &[SocketAddr]) -> Result<Vec<NodeView>> {
         let mut last = None;
         for addr in std::iter::once(self.entry).chain(known.iter().copied()) {
             match self.status_via(addr).await {
@@ -264,7 +274,7 @@ impl Cluster {
 }
 
 /// The body of a 2xx answer, or an error quoting the API's own message.
-fn ok(a: Answer, what: &str) -> Result<Value> {
+pub(crate) fn ok(a: Answer, what: &str) -> Result<Value> {
     if a.status.is_success() {
         return Ok(a.json());
     }
@@ -287,7 +297,7 @@ fn region_of(n: &NodeView) -> Option<&str> {
 }
 
 /// What is wrong with the cluster (empty: healthy).
-fn problems(nodes: &[NodeView]) -> Vec<String> {
+pub(crate) fn problems(nodes: &[NodeView]) -> Vec<String> {
     let mut out = Vec::new();
     for n in nodes {
         match &n.status {
@@ -995,7 +1005,11 @@ async fn drill(args: DrillArgs) -> Result<()> {
 
 /// Waits until every node is reachable, agrees on one leader, and has applied
 /// the same index; returns the final status.
-async fn converge(c: &Cluster, apis: &[SocketAddr], timeout: Duration) -> Result<Vec<NodeView>> {
+pub(crate) async fn converge(
+    c: &Cluster,
+    apis: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<NodeView>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(nodes) = c.status(apis).await {

@@ -8,6 +8,7 @@ mod bench;
 mod bench_api;
 mod bench_failover;
 mod bench_vens;
+mod chaos;
 mod config;
 mod dr;
 mod ops;
@@ -64,6 +65,9 @@ enum Command {
     },
     /// Thousands of simulated VENs in one process (no firewall), for scale tests.
     VenSim(ven_cmd::SimArgs),
+    /// The fault suite: 3 regions as processes in network namespaces, faults from
+    /// a seed, then linearizability, replica and VEN checks (root, nft, ip).
+    Chaos(chaos::ChaosArgs),
     /// Run one node.
     Serve {
         /// The node's TOML configuration.
@@ -229,6 +233,9 @@ async fn run(cli: Cli) -> Result<()> {
             init_logging(cli.log_format.unwrap_or_default());
             ven_cmd::sim(args).await
         }
+        // No logging set up: the suite prints its own progress, and the nodes
+        // it starts log to files in the run directory.
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Serve {
             config,
             insecure_http,

@@ -149,6 +149,51 @@ pub struct SimArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Write each VEN's state here every second (JSON, replaced atomically), for
+    /// harnesses that check what the VENs enforce.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+}
+
+/// What one simulated VEN has been through; the `--state-file` record.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SimVen {
+    /// The policy version it enforces (0: none yet).
+    pub version: u64,
+    /// Policies applied so far.
+    pub applied: usize,
+    /// Times a policy older than the one it had arrived, or the PCE unpaired it:
+    /// a VEN must never fall back to less than it enforced.
+    pub regressions: usize,
+    /// Connected to a member now.
+    pub connected: bool,
+}
+
+fn track(state: &mut SimVen, e: AgentEvent) {
+    match e {
+        AgentEvent::Applied { version, .. } => {
+            if version < state.version {
+                state.regressions += 1;
+            }
+            state.version = version;
+            state.applied += 1;
+        }
+        AgentEvent::Connected(_) => state.connected = true,
+        AgentEvent::Disconnected(..) => state.connected = false,
+        AgentEvent::Unpaired => {
+            state.regressions += 1;
+            state.version = 0;
+            state.connected = false;
+        }
+    }
+}
+
+fn write_state(path: &std::path::Path, vens: &HashMap<String, SimVen>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(vens)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }
 
 /// Pairs and runs `count` in-memory VENs; prints progress as they apply policy.
@@ -188,7 +233,7 @@ pub async fn sim(args: SimArgs) -> Result<()> {
         identities.len(),
         t0.elapsed().as_secs_f64()
     );
-    let applied: Arc<Mutex<HashMap<String, usize>>> = Arc::new(Mutex::new(HashMap::new()));
+    let vens: Arc<Mutex<HashMap<String, SimVen>>> = Arc::new(Mutex::new(HashMap::new()));
     let (stop_tx, stop) = watch::channel(false);
     let t1 = Instant::now();
     for mut id in identities {
@@ -200,13 +245,14 @@ pub async fn sim(args: SimArgs) -> Result<()> {
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
         let name = id.workload_id.clone();
-        let counts = applied.clone();
+        let states = vens.clone();
+        if let Ok(mut v) = states.lock() {
+            v.insert(name.clone(), SimVen::default());
+        }
         tokio::spawn(async move {
             while let Some(e) = rx.recv().await {
-                if matches!(e, AgentEvent::Applied { .. }) {
-                    if let Ok(mut c) = counts.lock() {
-                        *c.entry(name.clone()).or_default() += 1;
-                    }
+                if let Ok(mut v) = states.lock() {
+                    track(v.entry(name.clone()).or_default(), e);
                 }
             }
         });
@@ -219,10 +265,17 @@ pub async fn sim(args: SimArgs) -> Result<()> {
         .map(|s| Instant::now() + Duration::from_secs(s));
     let mut last = (0, 0);
     loop {
-        let (with_policy, pushes) = {
-            let c = applied.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-            (c.len(), c.values().sum::<usize>())
+        let (with_policy, pushes, snapshot) = {
+            let v = vens.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            (
+                v.values().filter(|s| s.version > 0).count(),
+                v.values().map(|s| s.applied).sum::<usize>(),
+                args.state_file.as_ref().map(|_| v.clone()),
+            )
         };
+        if let (Some(path), Some(snapshot)) = (&args.state_file, snapshot) {
+            write_state(path, &snapshot)?;
+        }
         if (with_policy, pushes) != last {
             println!(
                 "{:>7.1} s: {with_policy}/{} VENs enforce a policy, {pushes} policies applied",

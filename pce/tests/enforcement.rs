@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sc_chaos::netns::Net;
 use sc_leader::client::ApiClient;
 use serde_json::{json, Value};
 
@@ -48,9 +49,7 @@ fn free_port() -> u16 {
 
 /// The lab: a bridge with the PCE addresses, three namespaces, processes.
 struct Lab {
-    tag: String,
-    net: String,
-    bridge: String,
+    net: Net,
     dir: tempfile::TempDir,
     nodes: HashMap<u64, Child>,
     vens: HashMap<&'static str, Child>,
@@ -59,82 +58,33 @@ struct Lab {
 
 impl Lab {
     fn ns(&self, host: &str) -> String {
-        format!("sc{}-{host}", self.tag)
+        self.net.host(host).expect("host").ns.clone()
     }
 
+    /// An address on the lab's subnet (1-3: the PCE nodes on the bridge).
     fn ip(&self, last: u8) -> String {
-        format!("{}.{last}", self.net)
+        let o = self.net.hub[0].octets();
+        format!("{}.{}.{}.{last}", o[0], o[1], o[2])
     }
 
     fn new() -> Option<Lab> {
-        // SAFETY: geteuid(2) has no preconditions and touches no memory of ours.
-        let root = unsafe { libc::geteuid() } == 0;
-        let tools =
-            sh(&["nft", "--version"]).0 && sh(&["ip", "-V"]).0 && sh(&["python3", "--version"]).0;
-        if !root || !tools {
+        if sc_chaos::netns::available().is_err() || !sh(&["python3", "--version"]).0 {
             return None;
         }
         let n = std::process::id() % 200;
-        let lab = Lab {
-            tag: format!("{n}"),
-            net: format!("10.213.{n}"),
-            bridge: format!("scbr{n}"),
+        let net = Net::create(&format!("e{n}"), [10, 213, n as u8], &[1, 2, 3], &HOSTS)
+            .expect("the lab network");
+        Some(Lab {
+            net,
             dir: tempfile::tempdir().unwrap(),
             nodes: HashMap::new(),
             vens: HashMap::new(),
             listeners: Vec::new(),
-        };
-        lab.teardown_net();
-        must(&["ip", "link", "add", &lab.bridge, "type", "bridge"]);
-        for last in 1..=3 {
-            must(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", lab.ip(last)),
-                "dev",
-                &lab.bridge,
-            ]);
-        }
-        must(&["ip", "link", "set", &lab.bridge, "up"]);
-        for (host, last) in HOSTS {
-            let ns = lab.ns(host);
-            let (a, b) = (
-                format!("sc{}{}a", lab.tag, &host[..1]),
-                format!("sc{}{}b", lab.tag, &host[..1]),
-            );
-            must(&["ip", "netns", "add", &ns]);
-            must(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
-            must(&["ip", "link", "set", &a, "master", &lab.bridge]);
-            must(&["ip", "link", "set", &a, "up"]);
-            must(&["ip", "link", "set", &b, "netns", &ns]);
-            must(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", lab.ip(last)),
-                "dev",
-                &b,
-            ]);
-            must(&["ip", "-n", &ns, "link", "set", &b, "up"]);
-            must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        }
-        Some(lab)
-    }
-
-    fn teardown_net(&self) {
-        for (host, _) in HOSTS {
-            let _ = sh(&["ip", "netns", "del", &self.ns(host)]);
-        }
-        let _ = sh(&["ip", "link", "del", &self.bridge]);
+        })
     }
 
     fn exec(&self, host: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(host)]).args(args);
-        c
+        self.net.exec(host, args).expect("host")
     }
 
     /// Whether a TCP connection from `host` to `ip:port` is established within 1.5 s.
@@ -211,7 +161,6 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.teardown_net();
     }
 }
 
