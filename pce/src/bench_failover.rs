@@ -3,9 +3,10 @@
 //! Supercluster and for etcd with equal timeouts, measured by the same writer.
 //!
 //! Both systems run as three local processes on loopback addresses of their own.
-//! Supercluster uses the LAN profile (heartbeat 100 ms, election 500-1000 ms);
-//! etcd gets `--heartbeat-interval 100 --election-timeout 500`, which etcd
-//! randomises over the same 500-1000 ms. A round: find the leader, start writing
+//! Supercluster uses the LAN profile (heartbeat 100 ms, followers campaign
+//! 500-700 ms after the last heartbeat); etcd gets the same heartbeat and
+//! `--election-timeout` = the profile's election_min (500 ms), which etcd
+//! randomises over 500-1000 ms. A round: find the leader, start writing
 //! (one write every 10 ms, each abandoned after 100 ms, through a follower), kill the
 //! leader, and record the kill → first acknowledged write after it; then restart
 //! the killed process and wait until the cluster is whole before the next round.
@@ -305,11 +306,15 @@ impl System for Etcd {
             .map(|j| format!("e{j}=http://{}:{}", Etcd::ip(j), self.peer_port))
             .collect();
         let data = self.dir.join(format!("e{i}"));
+        // Equal timeouts: etcd's heartbeat and base election timeout are ours.
+        let lan = sc_raft::Timeouts::profile(sc_raft::Profile::Lan);
+        let ms = |d: Duration| d.as_millis().to_string();
         let child = Command::new(&self.exe)
             .args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--heartbeat-interval", "100", "--election-timeout", "500"])
+            .args(["--heartbeat-interval", &ms(lan.heartbeat)])
+            .args(["--election-timeout", &ms(lan.election_min)])
             .args([
                 "--listen-peer-urls",
                 &format!("http://{}:{}", Etcd::ip(i), self.peer_port),

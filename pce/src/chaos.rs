@@ -544,6 +544,9 @@ async fn inject(lab: &mut Lab, c: &Cluster, step: &Step) -> Result<()> {
                 taken >> 20
             ));
             tokio::time::sleep(step.hold).await;
+            if let Some(Ok(Some(code))) = lab.nodes.get_mut(n).map(|c| c.try_wait()) {
+                lab.say(&format!("  node {n} exited on the failed write ({code})"));
+            }
             lab.free_disk(*n)?;
             // A node whose writes failed may have stopped its Raft core; an
             // operator restarts it once the disk has room again.
@@ -591,7 +594,7 @@ async fn check_vens(c: &Cluster, apis: &[SocketAddr], lab: &Lab, want: usize) ->
                         v.regressions
                     ));
                 }
-                if v.version == 0 {
+                if v.applied == 0 {
                     problems.push(format!("VEN {w} has no policy"));
                 }
             }

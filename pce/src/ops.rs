@@ -38,7 +38,14 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
             r = wait_for_stop_signal() => { r?; return stop(node, api, ven).await; }
         }
     }
-    wait_for_stop_signal().await?;
+    tokio::select! {
+        r = wait_for_stop_signal() => r?,
+        reason = node.failed() => {
+            tracing::error!(%reason, "the Raft core stopped; exiting so this node is restarted from its data");
+            stop(node, api, ven).await?;
+            bail!("the Raft core stopped ({reason}); restart the node once the cause (see the log above) is fixed");
+        }
+    }
     stop(node, api, ven).await
 }
 

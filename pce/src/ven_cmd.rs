@@ -158,9 +158,9 @@ pub struct SimArgs {
 /// What one simulated VEN has been through; the `--state-file` record.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SimVen {
-    /// The policy version it enforces (0: none yet).
+    /// The policy version it enforces (meaningful once `applied` > 0).
     pub version: u64,
-    /// Policies applied so far.
+    /// Policies applied so far (0: it enforces none yet).
     pub applied: usize,
     /// Times a policy older than the one it had arrived, or the PCE unpaired it:
     /// a VEN must never fall back to less than it enforced.
@@ -268,7 +268,7 @@ pub async fn sim(args: SimArgs) -> Result<()> {
         let (with_policy, pushes, snapshot) = {
             let v = vens.lock().map_err(|_| anyhow::anyhow!("lock"))?;
             (
-                v.values().filter(|s| s.version > 0).count(),
+                v.values().filter(|s| s.applied > 0).count(),
                 v.values().map(|s| s.applied).sum::<usize>(),
                 args.state_file.as_ref().map(|_| v.clone()),
             )

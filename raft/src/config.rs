@@ -24,8 +24,9 @@ pub enum Profile {
 pub struct Timeouts {
     /// Leader heartbeat interval.
     pub heartbeat: Duration,
-    /// A follower waits a random time in `election_min..election_max` without a
-    /// heartbeat before it campaigns.
+    /// A follower that stops hearing from its leader campaigns a random time in
+    /// `election_min..election_max` after the last heartbeat (see [`raft_config`]
+    /// for how openraft is told so).
     pub election_min: Duration,
     /// See `election_min`.
     pub election_max: Duration,
@@ -47,7 +48,7 @@ impl Timeouts {
             Profile::Lan => Timeouts {
                 heartbeat: Duration::from_millis(100),
                 election_min: Duration::from_millis(500),
-                election_max: Duration::from_millis(1000),
+                election_max: Duration::from_millis(700),
                 rpc: Duration::from_millis(1000),
                 connect: Duration::from_millis(1000),
                 snapshot: Duration::from_secs(60),
@@ -55,7 +56,7 @@ impl Timeouts {
             },
             Profile::Wan => Timeouts {
                 heartbeat: Duration::from_millis(500),
-                election_min: Duration::from_millis(3000),
+                election_min: Duration::from_millis(4000),
                 election_max: Duration::from_millis(6000),
                 rpc: Duration::from_millis(3000),
                 connect: Duration::from_millis(3000),
@@ -82,6 +83,12 @@ impl Timeouts {
                 self.election_max, self.election_min
             ));
         }
+        if self.election_min <= self.election_max / 2 + self.heartbeat {
+            return Err(format!(
+                "election_min ({:?}) must be more than half of election_max ({:?}) plus the heartbeat ({:?}): the leader lease is half of election_max, and a follower must see several heartbeats inside it",
+                self.election_min, self.election_max, self.heartbeat
+            ));
+        }
         Ok(())
     }
 }
@@ -106,6 +113,16 @@ impl Default for Tuning {
 }
 
 /// openraft's config from ours.
+///
+/// A follower of openraft 0.9 that knew a leader waits out the leader lease (its
+/// `election_timeout_max`), then a random time in its `election_timeout_min..max`,
+/// so it campaigns in `min + max ..= 2 max` after the last heartbeat, and its peers
+/// refuse votes for `max` after theirs. Passing our bounds straight through would
+/// put that window at 1.5-2x `election_max` (1.5-2 s on LAN, where etcd with the
+/// same numbers takes 0.5-1 s). So openraft gets `max = election_max / 2` and
+/// `min = election_min - election_max / 2`: the window is exactly
+/// `election_min..=election_max`, and the first candidate finds its peers' leases
+/// expired (decision 0005).
 pub(crate) fn raft_config(
     cluster: &str,
     t: &Timeouts,
@@ -114,8 +131,8 @@ pub(crate) fn raft_config(
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: t.heartbeat.as_millis() as u64,
-        election_timeout_min: t.election_min.as_millis() as u64,
-        election_timeout_max: t.election_max.as_millis() as u64,
+        election_timeout_min: (t.election_min - t.election_max / 2).as_millis() as u64,
+        election_timeout_max: (t.election_max / 2).as_millis() as u64,
         install_snapshot_timeout: t.snapshot.as_millis() as u64,
         max_payload_entries: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
@@ -139,6 +156,29 @@ mod tests {
         wan.validate().unwrap();
         assert!(wan.election_min > lan.election_min && wan.heartbeat > lan.heartbeat);
         raft_config("t", &lan, &Tuning::default()).unwrap();
+    }
+
+    #[test]
+    fn openraft_campaigns_inside_our_election_window() {
+        for p in [Profile::Lan, Profile::Wan] {
+            let t = Timeouts::profile(p);
+            let c = raft_config("t", &t, &Tuning::default()).unwrap();
+            // Lease (max) plus openraft's random timeout spans exactly our window.
+            let ms = |d: Duration| d.as_millis() as u64;
+            assert_eq!(
+                c.election_timeout_max + c.election_timeout_min,
+                ms(t.election_min)
+            );
+            assert_eq!(2 * c.election_timeout_max, ms(t.election_max));
+            assert!(c.election_timeout_min > c.heartbeat_interval, "{p:?}");
+        }
+        let mut wide = Timeouts::profile(Profile::Lan);
+        wide.election_min = Duration::from_millis(500);
+        wide.election_max = Duration::from_millis(1000);
+        assert!(wide
+            .validate()
+            .unwrap_err()
+            .contains("half of election_max"));
     }
 
     #[test]

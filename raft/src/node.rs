@@ -303,6 +303,23 @@ impl Node {
         self.core.view.digest().map_err(Error::Read)
     }
 
+    /// Resolves, with the reason, when the Raft core has stopped on its own (a
+    /// write to the disk failed, or openraft hit a fatal error). Such a node can
+    /// neither replicate nor apply, yet its API and VEN service would go on
+    /// serving a frozen replica: its process should exit and be restarted from
+    /// its data instead.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.core.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "the Raft core stopped".into();
+            }
+        }
+    }
+
     /// Stops the server, the Raft instance and background tasks, and closes storage.
     pub async fn shutdown(&self) {
         let _ = self.core.shutdown.send(true);
