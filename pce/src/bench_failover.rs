@@ -6,7 +6,8 @@
 //! Supercluster uses the LAN profile (heartbeat 100 ms, followers campaign
 //! 500-700 ms after the last heartbeat); etcd gets the same heartbeat and
 //! `--election-timeout` = the profile's election_min (500 ms), which etcd
-//! randomises over 500-1000 ms. A round: find the leader, start writing
+//! randomises over 500-1000 ms. `--profile wan` uses the WAN profile for both
+//! (500 ms heartbeat; 4-6 s window; etcd 4 s, randomised over 4-8 s). A round: find the leader, start writing
 //! (one write every 10 ms, each abandoned after 100 ms, through a follower), kill the
 //! leader, and record the kill → first acknowledged write after it; then restart
 //! the killed process and wait until the cluster is whole before the next round.
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use sc_leader::client::ApiClient;
+use sc_raft::{Profile, Timeouts};
 use serde_json::{json, Value};
 
 /// Options of `pce bench failover`.
@@ -33,6 +35,24 @@ pub struct FailoverArgs {
     /// The etcd binary.
     #[arg(long, default_value = "etcd")]
     etcd: PathBuf,
+    /// Timeout profile of both systems: `lan` or `wan`.
+    #[arg(long, default_value = "lan", value_parser = parse_profile)]
+    profile: Profile,
+}
+
+fn parse_profile(s: &str) -> Result<Profile, String> {
+    match s {
+        "lan" => Ok(Profile::Lan),
+        "wan" => Ok(Profile::Wan),
+        other => Err(format!("{other:?}: give lan or wan")),
+    }
+}
+
+fn profile_name(p: Profile) -> &'static str {
+    match p {
+        Profile::Lan => "lan",
+        Profile::Wan => "wan",
+    }
 }
 
 /// One system under test: three processes, a way to find the leader, a write.
@@ -83,7 +103,7 @@ struct Pce {
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 
 impl Pce {
-    fn start(dir: &Path) -> Result<Pce> {
+    fn start(dir: &Path, profile: Profile) -> Result<Pce> {
         let exe = std::env::current_exe()?;
         let (port, api_port, ven_port) = (free_port()?, free_port()?, free_port()?);
         let data = dir.join("pce");
@@ -106,6 +126,14 @@ impl Pce {
         }
         std::thread::sleep(Duration::from_secs(1));
         sigint(&mut up);
+        for r in REGIONS {
+            let path = data.join(r).join("node.toml");
+            let text = std::fs::read_to_string(&path)?.replace(
+                "profile = \"lan\"",
+                &format!("profile = \"{}\"", profile_name(profile)),
+            );
+            std::fs::write(&path, text)?;
+        }
         let ca = std::fs::read_to_string(data.join("certs/ca.pem"))?;
         let key: Value =
             serde_json::from_str(&std::fs::read_to_string(data.join("owner-api-key.json"))?)?;
@@ -212,6 +240,8 @@ struct Etcd {
     client_port: u16,
     procs: Vec<Option<Child>>,
     clients: Vec<ApiClient>,
+    /// Equal timeouts: etcd's heartbeat and base election timeout are ours.
+    timeouts: Timeouts,
 }
 
 impl Etcd {
@@ -219,7 +249,7 @@ impl Etcd {
         Ipv4Addr::new(127, 0, 0, 21 + i as u8)
     }
 
-    fn start(exe: &Path, dir: &Path) -> Result<Etcd> {
+    fn start(exe: &Path, dir: &Path, profile: Profile) -> Result<Etcd> {
         let (peer_port, client_port) = (free_port()?, free_port()?);
         let mut clients = Vec::new();
         for i in 0..3 {
@@ -235,6 +265,7 @@ impl Etcd {
             client_port,
             procs: vec![None, None, None],
             clients,
+            timeouts: Timeouts::profile(profile),
         };
         for i in 0..3 {
             e.restart(i)?;
@@ -306,15 +337,13 @@ impl System for Etcd {
             .map(|j| format!("e{j}=http://{}:{}", Etcd::ip(j), self.peer_port))
             .collect();
         let data = self.dir.join(format!("e{i}"));
-        // Equal timeouts: etcd's heartbeat and base election timeout are ours.
-        let lan = sc_raft::Timeouts::profile(sc_raft::Profile::Lan);
         let ms = |d: Duration| d.as_millis().to_string();
         let child = Command::new(&self.exe)
             .args(["--name", &format!("e{i}")])
             .arg("--data-dir")
             .arg(&data)
-            .args(["--heartbeat-interval", &ms(lan.heartbeat)])
-            .args(["--election-timeout", &ms(lan.election_min)])
+            .args(["--heartbeat-interval", &ms(self.timeouts.heartbeat)])
+            .args(["--election-timeout", &ms(self.timeouts.election_min)])
             .args([
                 "--listen-peer-urls",
                 &format!("http://{}:{}", Etcd::ip(i), self.peer_port),
@@ -445,8 +474,14 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
     for sys in &args.systems {
         println!("{sys}: {} rounds", args.rounds);
         let r = match sys.as_str() {
-            "pce" => measure(Pce::start(tmp.path())?, args.rounds).await?,
-            "etcd" => measure(Etcd::start(&args.etcd, tmp.path())?, args.rounds).await?,
+            "pce" => measure(Pce::start(tmp.path(), args.profile)?, args.rounds).await?,
+            "etcd" => {
+                measure(
+                    Etcd::start(&args.etcd, tmp.path(), args.profile)?,
+                    args.rounds,
+                )
+                .await?
+            }
             other => return Err(anyhow!("--systems: unknown system {other:?} (pce, etcd)")),
         };
         results.push((sys.clone(), r));
