@@ -4,10 +4,9 @@
 //!
 //! Both systems run as three local processes on loopback addresses of their own.
 //! Supercluster uses the LAN profile (heartbeat 100 ms, followers campaign
-//! 500-700 ms after the last heartbeat); etcd gets the same heartbeat and
-//! `--election-timeout` = the profile's election_min (500 ms), which etcd
-//! randomises over 500-1000 ms. `--profile wan` uses the WAN profile for both
-//! (500 ms heartbeat; 4-6 s window; etcd 4 s, randomised over 4-8 s). A round: find the leader, start writing
+//! election_min..election_max after the last heartbeat); etcd gets the same
+//! heartbeat and `--election-timeout` = the profile's election_min, which etcd
+//! randomises over 1-2x. `--profile wan` uses the WAN profile for both. A round: find the leader, start writing
 //! (one write every 10 ms, each abandoned after 100 ms, through a follower), kill the
 //! leader, and record the kill → first acknowledged write after it; then restart
 //! the killed process and wait until the cluster is whole before the next round.

@@ -47,8 +47,8 @@ impl Timeouts {
         match p {
             Profile::Lan => Timeouts {
                 heartbeat: Duration::from_millis(100),
-                election_min: Duration::from_millis(500),
-                election_max: Duration::from_millis(700),
+                election_min: Duration::from_millis(1500),
+                election_max: Duration::from_millis(2000),
                 rpc: Duration::from_millis(1000),
                 connect: Duration::from_millis(1000),
                 snapshot: Duration::from_secs(60),
@@ -56,8 +56,8 @@ impl Timeouts {
             },
             Profile::Wan => Timeouts {
                 heartbeat: Duration::from_millis(500),
-                election_min: Duration::from_millis(4000),
-                election_max: Duration::from_millis(6000),
+                election_min: Duration::from_millis(9000),
+                election_max: Duration::from_millis(12000),
                 rpc: Duration::from_millis(3000),
                 connect: Duration::from_millis(3000),
                 snapshot: Duration::from_secs(600),
