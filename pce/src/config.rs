@@ -465,7 +465,7 @@ key = "certs/us-east-1.key"
         )
         .contains("name:"));
         assert!(
-            error_of(d.path(), &format!("{good}\n[timeouts]\nheartbeat_ms = 400"))
+            error_of(d.path(), &format!("{good}\n[timeouts]\nheartbeat_ms = 800"))
                 .contains("twice the heartbeat")
         );
     }
