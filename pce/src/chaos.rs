@@ -37,6 +37,7 @@ use sc_raft::pki;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::bench_api::{href, post};
 use crate::dr::{converge, ok, Cluster, NodeView};
 use crate::ven_cmd::SimVen;
 
@@ -133,25 +134,29 @@ impl Lab {
             .with_context(|| format!("opening {}", path.display()))
     }
 
+    /// Runs `pce ARGS` inside `host`'s namespace, output appended to `log`.
+    fn spawn_pce(&self, host: &str, args: &[&str], log: &str) -> Result<Child> {
+        let log = self.log_file(log)?;
+        let exe = self.pce.to_string_lossy();
+        let mut argv = vec![exe.as_ref()];
+        argv.extend_from_slice(args);
+        self.net
+            .exec(host, &argv)?
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting pce {} in {host}", args.join(" ")))
+    }
+
     /// Starts node `id` (again) inside its namespace, its output appended to its log.
     fn start_node(&mut self, id: u64) -> Result<()> {
         let cfg = self.dir.join(format!("n{id}/node.toml"));
-        let log = self.log_file(&format!("n{id}/node.log"))?;
-        let child = self
-            .net
-            .exec(
-                &host(id),
-                &[
-                    &self.pce.to_string_lossy(),
-                    "serve",
-                    "--config",
-                    &cfg.to_string_lossy(),
-                ],
-            )?
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
+        let child = self.spawn_pce(
+            &host(id),
+            &["serve", "--config", &cfg.to_string_lossy()],
+            &format!("n{id}/node.log"),
+        )?;
         self.nodes.insert(id, child);
         Ok(())
     }
@@ -283,12 +288,7 @@ fn prepare(lab: &mut Lab) -> Result<()> {
 
 /// POSTs and returns the created object's href.
 async fn create(c: &Cluster, api: SocketAddr, path: &str, body: Value) -> Result<String> {
-    let a = c.client(api)?.post(path, &body).await?;
-    let v = ok(a, path)?;
-    v["href"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("{path}: no href in {v}"))
+    Ok(href(&post(&mut c.client(api)?, path, body).await?))
 }
 
 /// What the run sets up through the API: registers, the VENs' pairing key and
@@ -580,6 +580,7 @@ async fn check_vens(c: &Cluster, apis: &[SocketAddr], lab: &Lab, want: usize) ->
             ));
         }
         let mut seen = 0;
+        let mut regressed = false;
         for id in 1..=REGIONS {
             let path = lab.dir.join(format!("vens-{}.json", host(id)));
             let vens: BTreeMap<String, SimVen> = std::fs::read(&path)
@@ -589,6 +590,7 @@ async fn check_vens(c: &Cluster, apis: &[SocketAddr], lab: &Lab, want: usize) ->
             seen += vens.len();
             for (w, v) in vens {
                 if v.regressions > 0 {
+                    regressed = true;
                     problems.push(format!(
                         "VEN {w} went back to an older policy or lost it {} times",
                         v.regressions
@@ -603,8 +605,7 @@ async fn check_vens(c: &Cluster, apis: &[SocketAddr], lab: &Lab, want: usize) ->
             problems.push(format!("the simulators report {seen} VENs, not {want}"));
         }
         // A regression is permanent; anything else may still settle.
-        let permanent = problems.iter().any(|p| p.contains("older policy"));
-        if problems.is_empty() || permanent || Instant::now() > deadline {
+        if problems.is_empty() || regressed || Instant::now() > deadline {
             return problems;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -734,32 +735,25 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
     lab.say("3 regions up, one leader");
     let s = setup(&c, apis[0], args.keys).await?;
     for id in 1..=REGIONS {
-        let log = lab.log_file(&format!("vens-{}.log", host(id)))?;
         let state = lab.dir.join(format!("vens-{}.json", host(id)));
         let ca = lab.dir.join("certs/ca.pem");
-        let child = lab
-            .net
-            .exec(
-                &host(id),
-                &[
-                    &lab.pce.to_string_lossy(),
-                    "ven-sim",
-                    "--server",
-                    &format!("{}:{VEN_PORT}", lab.ip(id)),
-                    "--ca",
-                    &ca.to_string_lossy(),
-                    "--activation-code",
-                    &s.activation_code,
-                    "--count",
-                    &args.vens.to_string(),
-                    "--state-file",
-                    &state.to_string_lossy(),
-                ],
-            )?
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()?;
+        let child = lab.spawn_pce(
+            &host(id),
+            &[
+                "ven-sim",
+                "--server",
+                &format!("{}:{VEN_PORT}", lab.ip(id)),
+                "--ca",
+                &ca.to_string_lossy(),
+                "--activation-code",
+                &s.activation_code,
+                "--count",
+                &args.vens.to_string(),
+                "--state-file",
+                &state.to_string_lossy(),
+            ],
+            &format!("vens-{}.log", host(id)),
+        )?;
         lab.vens.push(child);
     }
     let want = args.vens * REGIONS as usize;
