@@ -676,11 +676,9 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
     let hosts: Vec<(&str, u8)> = hosts.iter().map(|(h, l)| (h.as_str(), *l)).collect();
     let net = Net::create(&tag, [10, 215, (pid % 250) as u8], &[1], &hosts)?;
     let tmp = tempfile::Builder::new().prefix("pce-chaos-").tempdir()?;
-    let dir = if args.keep {
-        tmp.keep()
-    } else {
-        tmp.path().to_path_buf()
-    };
+    // Kept until the run is known to have passed: a failed run's node logs are
+    // what explains it.
+    let dir = tmp.keep();
     println!("run directory: {}", dir.display());
     let mut lab = Lab {
         net,
@@ -871,7 +869,10 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
         "linearizability checked in {:.1} s",
         t.elapsed().as_secs_f64()
     ));
-    violations.extend(check_replicas(&c, &apis).await?);
+    match check_replicas(&c, &apis).await {
+        Ok(v) => violations.extend(v),
+        Err(e) => violations.push(format!("comparing replicas: {e:#}")),
+    }
     violations.extend(check_vens(&c, &apis, &lab, want).await);
     for kind in Fault::KINDS {
         if !kinds.contains(kind) {
@@ -880,8 +881,14 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
     }
     if violations.is_empty() {
         lab.say("every acknowledged write in every region, history linearizable, replicas identical, every VEN current and never behind");
+        if !args.keep {
+            let dir = lab.dir.clone();
+            drop(lab); // stops the processes and unmounts the disks first
+            let _ = std::fs::remove_dir_all(dir);
+        }
         Ok(())
     } else {
+        violations.push(format!("node logs, VEN states: {}", lab.dir.display()));
         Err(anyhow!("{}", violations.join("\n")))
     }
 }
