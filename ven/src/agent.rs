@@ -230,6 +230,14 @@ impl Agent {
                 msg = inbound.message() => match msg {
                     Ok(Some(pm)) => match pm.kind {
                         Some(pce_message::Kind::Policy(p)) => {
+                            // Versions come from the replicated store, so a lower
+                            // one is from a member whose replica lags (we failed
+                            // over to it): keep enforcing ours until it catches up
+                            // and sends the current one. Found by `pce chaos`.
+                            if let Some(have) = self.current.as_ref().map(|c| c.version).filter(|v| *v > p.version) {
+                                tracing::info!(have, offered = p.version, member = %m.name, "kept the newer policy over an older one from a lagging member");
+                                continue;
+                            }
                             if let Err(e) = self.apply(p.version, &p.hash, &p.compiled_json) {
                                 // Keep enforcing the previous policy; say nothing applied.
                                 tracing::error!(error = %e, "could not apply the new policy");
