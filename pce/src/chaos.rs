@@ -177,6 +177,53 @@ impl Lab {
         Ok(())
     }
 
+    /// Writes every thread's stack of every node process to `nX/stacks.txt`,
+    /// so a run that fails to converge shows where a node is stuck. Needs gdb
+    /// (`.ci/run` installs it); without it the failure report says so.
+    fn dump_stacks(&self) -> String {
+        let mut written = Vec::new();
+        // What each namespace still filters, and its TCP connections with their
+        // queues: a stuck link shows as a rule left behind or a full send queue.
+        for id in 1..=REGIONS {
+            let mut text = String::new();
+            for args in [&["nft", "list", "ruleset"][..], &["ss", "-tanoi"][..]] {
+                if let Ok(mut cmd) = self.net.exec(&host(id), args) {
+                    if let Ok(o) = cmd.output() {
+                        text.push_str(&format!("$ {}\n", args.join(" ")));
+                        text.push_str(&String::from_utf8_lossy(&o.stdout));
+                    }
+                }
+            }
+            let _ = std::fs::write(self.dir.join(format!("n{id}/net.txt")), text);
+        }
+        // The harness side, where the delaying proxies live.
+        if let Ok(o) = std::process::Command::new("ss").arg("-tanoi").output() {
+            let _ = std::fs::write(self.dir.join("hub-net.txt"), &o.stdout);
+        }
+        for (id, child) in &self.nodes {
+            let out = std::process::Command::new("timeout")
+                .args(["60", "gdb", "-p", &child.id().to_string(), "-batch", "-ex"])
+                .arg("thread apply all bt")
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    let path = self.dir.join(format!("n{id}/stacks.txt"));
+                    if std::fs::write(&path, &o.stdout).is_ok() {
+                        written.push(path.display().to_string());
+                    }
+                }
+                Ok(o) => {
+                    return format!(
+                        "no stacks: gdb on node {id}: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    )
+                }
+                Err(e) => return format!("no stacks: gdb: {e}"),
+            }
+        }
+        format!("node stacks: {}", written.join(", "))
+    }
+
     fn kill(&mut self, id: u64) {
         if let Some(mut c) = self.nodes.remove(&id) {
             let _ = c.kill();
@@ -805,6 +852,7 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
     let mut violations = Vec::new();
     if let Err(e) = settled(&c, &apis).await {
         violations.push(format!("after healing: {e:#}"));
+        violations.push(lab.dump_stacks());
     }
     // Final reads from every region's own replica: with the history, these show
     // every acknowledged write present everywhere.

@@ -62,6 +62,9 @@ pub enum Error {
     /// A local read failed.
     #[error("read failed: {0}")]
     Read(std::io::Error),
+    /// The operating system would not give the node its consensus threads.
+    #[error("cannot start the consensus threads: {0}")]
+    Threads(std::io::Error),
 }
 
 impl Error {

@@ -5,7 +5,9 @@
 //! - [`storage`]: the sled-backed Raft log and the policy store state machine;
 //! - [`network`]: the tonic transport (Raft RPCs, federation RPCs, TLS, faults);
 //! - [`node`]: the application side, the single path for writes, reads,
-//!   membership changes and status.
+//!   membership changes and status;
+//! - `runtime`: the threads a node's Raft work runs on, apart from the VEN
+//!   service and the admin API.
 //!
 //! openraft's types stay inside this crate; other crates use [`Node`], [`Command`]
 //! and friends.
@@ -17,6 +19,7 @@ pub mod error;
 pub mod network;
 pub mod node;
 pub mod pki;
+mod runtime;
 pub mod status;
 pub mod storage;
 pub mod types;

@@ -31,6 +31,7 @@ use crate::network::peers::MAX_MESSAGE;
 use crate::network::raft_client::NetworkFactory;
 use crate::network::raft_server::RaftGrpc;
 use crate::network::{NetFaults, Peers, TlsMaterial};
+use crate::runtime::ConsensusRuntime;
 use crate::status::{NodeStatus, PeerStatus};
 use crate::storage::engine::DiskFaults;
 use crate::storage::state_machine::{ChangeNotice, KvList, ReadResult};
@@ -120,6 +121,8 @@ struct Core {
     services: Mutex<crate::status::Services>,
     /// Background tasks (server, joiner), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The threads all of the above runs on; stopped last.
+    runtime: Arc<ConsensusRuntime>,
 }
 
 /// A running node. Cheap to clone; [`Node::shutdown`] stops it.
@@ -139,6 +142,9 @@ impl Node {
     /// Opens storage, starts Raft and the gRPC server, then bootstraps or joins
     /// as the options say. Returns once the server listens; leadership and joining
     /// proceed in the background (see [`Node::wait_until`]).
+    ///
+    /// Everything Raft does runs on the node's own consensus runtime (see
+    /// [`crate::runtime`]); the caller's runtime only receives the handle.
     pub async fn start(opts: NodeOptions) -> Result<Node, Error> {
         opts.timeouts.validate().map_err(Error::Options)?;
         if !crate::pki::valid_node_name(&opts.info.name) {
@@ -147,6 +153,19 @@ impl Node {
                 opts.info.name
             )));
         }
+        let runtime = Arc::new(ConsensusRuntime::start(&opts.info.name).map_err(Error::Threads)?);
+        // On an error `runtime` is dropped here, on the caller's side, which
+        // stops the threads.
+        runtime
+            .handle()
+            .spawn(Node::start_on(opts, runtime.clone()))
+            .await
+            .map_err(|e| Error::Stopped(format!("node start: {e}")))?
+    }
+
+    /// [`Node::start`]'s body, running on the consensus runtime so that the
+    /// listener, the Raft core and the server's connection tasks belong to it.
+    async fn start_on(opts: NodeOptions, runtime: Arc<ConsensusRuntime>) -> Result<Node, Error> {
         // Bind and set up TLS first: a taken address or unusable certificate must
         // fail before storage and Raft start.
         let mut server = tonic::transport::Server::builder()
@@ -176,6 +195,7 @@ impl Node {
             opts.tls.clone(),
             opts.net_faults.clone(),
             opts.timeouts.clone(),
+            runtime.handle().clone(),
         ));
         let raft = Raft::new(
             opts.id,
@@ -200,6 +220,7 @@ impl Node {
                 shutdown,
                 services: Mutex::new(crate::status::Services::default()),
                 tasks: Mutex::new(Vec::new()),
+                runtime,
             }),
         };
 
@@ -339,6 +360,7 @@ impl Node {
                 task.abort();
             }
         }
+        self.core.runtime.stop();
         tracing::info!(id = self.core.id, "node stopped");
     }
 

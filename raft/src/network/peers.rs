@@ -45,19 +45,30 @@ pub struct Peers {
     faults: NetFaults,
     fence: super::Fence,
     timeouts: Timeouts,
+    /// The consensus runtime, where every channel's connection tasks run (see
+    /// [`crate::runtime`]).
+    spawn: tokio::runtime::Handle,
     /// A std mutex: held only to look up or insert, never across an await.
     channels: Mutex<HashMap<NodeId, (NodeInfo, Channel)>>,
 }
 
 impl Peers {
-    /// A cache for node `self_id`, presenting `tls` to every peer.
-    pub fn new(self_id: NodeId, tls: TlsMaterial, faults: NetFaults, timeouts: Timeouts) -> Self {
+    /// A cache for node `self_id`, presenting `tls` to every peer, whose
+    /// channels run their connection tasks on `spawn`.
+    pub(crate) fn new(
+        self_id: NodeId,
+        tls: TlsMaterial,
+        faults: NetFaults,
+        timeouts: Timeouts,
+        spawn: tokio::runtime::Handle,
+    ) -> Self {
         Peers {
             self_id,
             tls,
             faults,
             fence: super::Fence::default(),
             timeouts,
+            spawn,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -99,7 +110,9 @@ impl Peers {
                 return Ok(ch.clone());
             }
         }
-        let ch = connect_lazy(&self.tls, info, &self.timeouts)?;
+        let ch = endpoint(&self.tls, info, &self.timeouts)?
+            .executor(crate::runtime::SpawnOn(self.spawn.clone()))
+            .connect_lazy();
         channels.insert(id, (info.clone(), ch.clone()));
         Ok(ch)
     }
@@ -129,12 +142,22 @@ impl Peers {
     }
 }
 
-/// A lazily connecting mutual-TLS channel to `info` (also used by the CLI).
+/// A lazily connecting mutual-TLS channel to `info`, on the caller's runtime
+/// (for the CLI and clients; a node's own channels come from [`Peers`]).
 pub fn connect_lazy(
     tls: &TlsMaterial,
     info: &NodeInfo,
     timeouts: &Timeouts,
 ) -> Result<Channel, PeerError> {
+    Ok(endpoint(tls, info, timeouts)?.connect_lazy())
+}
+
+/// The mutual-TLS endpoint settings every channel to a node shares.
+fn endpoint(
+    tls: &TlsMaterial,
+    info: &NodeInfo,
+    timeouts: &Timeouts,
+) -> Result<Endpoint, PeerError> {
     let err = |reason: String| PeerError::Channel {
         peer: info.to_string(),
         reason,
@@ -147,5 +170,5 @@ pub fn connect_lazy(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(timeouts.heartbeat.max(std::time::Duration::from_secs(1)))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
