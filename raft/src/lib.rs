@@ -23,6 +23,7 @@ mod runtime;
 pub mod status;
 pub mod storage;
 pub mod types;
+mod watchdog;
 
 pub use client::Client;
 pub use config::{Profile, Timeouts, Tuning};

@@ -249,6 +249,12 @@ impl Node {
             }
         });
         node.push_task(serve);
+        node.push_task(tokio::spawn(crate::watchdog::watch_core(
+            raft.clone(),
+            opts.id,
+            opts.timeouts.election_max,
+            shutdown_rx.clone(),
+        )));
         tracing::info!(id = opts.id, node = %opts.info, "node listening");
 
         if opts.bootstrap
