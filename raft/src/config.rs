@@ -47,8 +47,8 @@ impl Timeouts {
         match p {
             Profile::Lan => Timeouts {
                 heartbeat: Duration::from_millis(100),
-                election_min: Duration::from_millis(1500),
-                election_max: Duration::from_millis(2000),
+                election_min: Duration::from_millis(500),
+                election_max: Duration::from_millis(700),
                 rpc: Duration::from_millis(1000),
                 connect: Duration::from_millis(1000),
                 snapshot: Duration::from_secs(60),
