@@ -74,11 +74,25 @@ fn sigkill(child: &mut Child) -> Result<()> {
     Ok(())
 }
 
+/// Asks a process to stop, and kills it if it has not within 20 s (a bench
+/// must end even when a node does not; the node itself gives up after 15 s).
 fn sigint(child: &mut Child) {
     // SAFETY: kill(2) with a pid we started; no memory is shared.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "process {} did not stop within 20 s of SIGINT; killing it",
+        child.id()
+    );
+    let _ = child.kill();
     let _ = child.wait();
 }
 

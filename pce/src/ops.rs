@@ -1,6 +1,7 @@
 //! Commands that run a node or operate a running cluster.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sc_raft::{Client, ClientId, Command, MembershipOp, Mutation, Node, NodeStatus, Outcome};
@@ -49,18 +50,32 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
     stop(node, api, ven).await
 }
 
+/// How long a stopping node may take. Everything acknowledged is already on
+/// disk, so giving up is as safe as the kill -9 the crash tests prove safe; an
+/// operator's Ctrl-C must not hang.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
 async fn stop(
     node: Node,
     api: Option<sc_leader::ApiServer>,
     ven: Option<sc_member::VenServer>,
 ) -> Result<()> {
-    if let Some(v) = ven {
-        v.stop().await;
+    let stopping = async {
+        if let Some(v) = ven {
+            v.stop().await;
+        }
+        tracing::info!("VEN service stopped");
+        if let Some(a) = api {
+            a.stop().await;
+        }
+        tracing::info!("admin API stopped");
+        node.shutdown().await;
+    };
+    if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {
+        bail!(
+            "stopping did not finish in {STOP_GRACE:?}; exiting anyway (everything acknowledged is on disk)"
+        );
     }
-    if let Some(a) = api {
-        a.stop().await;
-    }
-    node.shutdown().await;
     Ok(())
 }
 
