@@ -205,23 +205,23 @@ impl Lab {
                 .args(["60", "gdb", "-p", &child.id().to_string(), "-batch", "-ex"])
                 .arg("thread apply all bt")
                 .output();
-            match out {
-                Ok(o) if o.status.success() => {
-                    let path = self.dir.join(format!("n{id}/stacks.txt"));
-                    if std::fs::write(&path, &o.stdout).is_ok() {
-                        written.push(path.display().to_string());
-                    }
-                }
-                Ok(o) => {
-                    return format!(
-                        "no stacks: gdb on node {id}: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    )
-                }
-                Err(e) => return format!("no stacks: gdb: {e}"),
-            }
+            let path = self.dir.join(format!("n{id}/stacks.txt"));
+            written.push(match out {
+                Ok(o) if o.status.success() => match std::fs::write(&path, &o.stdout) {
+                    Ok(()) => path.display().to_string(),
+                    Err(e) => format!("node {id}: writing {}: {e}", path.display()),
+                },
+                Ok(o) => format!(
+                    "node {id}: gdb failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => format!("node {id}: no gdb: {e}"),
+            });
         }
-        format!("node stacks: {}", written.join(", "))
+        format!(
+            "node stacks: {} (sockets and rules: nX/net.txt)",
+            written.join(", ")
+        )
     }
 
     fn kill(&mut self, id: u64) {
