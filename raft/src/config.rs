@@ -66,18 +66,6 @@ impl Timeouts {
         }
     }
 
-    /// How often openraft 0.9 looks at its election timer: every 1.5
-    /// heartbeats, so a follower campaigns up to this long after its timeout.
-    fn timer_step(&self) -> Duration {
-        self.heartbeat * 3 / 2
-    }
-
-    /// The leader lease openraft is given (its `election_timeout_max`), chosen
-    /// so that lease + timeout + timer step ends at `election_max`.
-    fn lease(&self) -> Duration {
-        (self.election_max.saturating_sub(self.timer_step())) / 2
-    }
-
     /// Checks the relations openraft relies on.
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat.is_zero() {
@@ -95,20 +83,10 @@ impl Timeouts {
                 self.election_max, self.election_min
             ));
         }
-        if self.election_max - self.election_min <= self.timer_step() {
+        if self.election_min <= self.election_max / 2 + self.heartbeat {
             return Err(format!(
-                "election_max ({:?}) must exceed election_min ({:?}) by more than openraft's timer step, 1.5 heartbeats ({:?})",
-                self.election_max,
-                self.election_min,
-                self.timer_step()
-            ));
-        }
-        if self.election_min <= self.lease() + self.heartbeat {
-            return Err(format!(
-                "election_min ({:?}) must be more than the leader lease ({:?}: half of election_max less 1.5 heartbeats) plus the heartbeat ({:?}), so a follower sees several heartbeats inside the lease",
-                self.election_min,
-                self.lease(),
-                self.heartbeat
+                "election_min ({:?}) must be more than half of election_max ({:?}) plus the heartbeat ({:?}): the leader lease is half of election_max, and a follower must see several heartbeats inside it",
+                self.election_min, self.election_max, self.heartbeat
             ));
         }
         Ok(())
@@ -137,15 +115,14 @@ impl Default for Tuning {
 /// openraft's config from ours.
 ///
 /// A follower of openraft 0.9 that knew a leader waits out the leader lease (its
-/// `election_timeout_max`), then a random time in its `election_timeout_min..max`
-/// drawn once per process, and it looks at that timer only every 1.5 heartbeats.
-/// Passing our bounds straight through put the campaign at 1.5-2x `election_max`
-/// (1.5-2 s on LAN, where etcd with the same numbers takes 0.5-1 s). So openraft
-/// gets lease `L = (election_max - 1.5 heartbeats) / 2` as its max and
-/// `election_min - L` as its min: a follower campaigns between `election_min`
-/// and `L + L + 1.5 heartbeats = election_max` after its last heartbeat, and by
-/// then its peers' leases have run out, so the first round can win (decision
-/// 0005).
+/// `election_timeout_max`), then a random time in its `election_timeout_min..max`,
+/// so it campaigns in `min + max ..= 2 max` after the last heartbeat, and its peers
+/// refuse votes for `max` after theirs. Passing our bounds straight through would
+/// put that window at 1.5-2x `election_max` (1.5-2 s on LAN, where etcd with the
+/// same numbers takes 0.5-1 s). So openraft gets `max = election_max / 2` and
+/// `min = election_min - election_max / 2`: the window is exactly
+/// `election_min..=election_max`, and the first candidate finds its peers' leases
+/// expired (decision 0005).
 pub(crate) fn raft_config(
     cluster: &str,
     t: &Timeouts,
@@ -154,8 +131,8 @@ pub(crate) fn raft_config(
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: t.heartbeat.as_millis() as u64,
-        election_timeout_min: (t.election_min - t.lease()).as_millis() as u64,
-        election_timeout_max: t.lease().as_millis() as u64,
+        election_timeout_min: (t.election_min - t.election_max / 2).as_millis() as u64,
+        election_timeout_max: (t.election_max / 2).as_millis() as u64,
         install_snapshot_timeout: t.snapshot.as_millis() as u64,
         max_payload_entries: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
@@ -186,25 +163,22 @@ mod tests {
         for p in [Profile::Lan, Profile::Wan] {
             let t = Timeouts::profile(p);
             let c = raft_config("t", &t, &Tuning::default()).unwrap();
+            // Lease (max) plus openraft's random timeout spans exactly our window.
             let ms = |d: Duration| d.as_millis() as u64;
-            let step = c.heartbeat_interval * 3 / 2;
-            // Earliest campaign: lease plus openraft's minimum.
             assert_eq!(
                 c.election_timeout_max + c.election_timeout_min,
                 ms(t.election_min)
             );
-            // Latest: lease plus openraft's maximum plus one timer step.
-            assert_eq!(2 * c.election_timeout_max + step, ms(t.election_max));
+            assert_eq!(2 * c.election_timeout_max, ms(t.election_max));
             assert!(c.election_timeout_min > c.heartbeat_interval, "{p:?}");
-            assert!(c.election_timeout_min < c.election_timeout_max, "{p:?}");
         }
-        let mut narrow = Timeouts::profile(Profile::Lan);
-        narrow.election_max = narrow.election_min + Duration::from_millis(100);
-        assert!(narrow.validate().unwrap_err().contains("timer step"));
         let mut wide = Timeouts::profile(Profile::Lan);
         wide.election_min = Duration::from_millis(500);
         wide.election_max = Duration::from_millis(1000);
-        assert!(wide.validate().unwrap_err().contains("leader lease"));
+        assert!(wide
+            .validate()
+            .unwrap_err()
+            .contains("half of election_max"));
     }
 
     #[test]
