@@ -63,12 +63,12 @@ async fn stop(
     let stopping = async {
         if let Some(v) = ven {
             v.stop().await;
+            tracing::info!("VEN service stopped");
         }
-        tracing::info!("VEN service stopped");
         if let Some(a) = api {
             a.stop().await;
+            tracing::info!("admin API stopped");
         }
-        tracing::info!("admin API stopped");
         node.shutdown().await;
     };
     if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {

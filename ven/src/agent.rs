@@ -230,12 +230,9 @@ impl Agent {
                 msg = inbound.message() => match msg {
                     Ok(Some(pm)) => match pm.kind {
                         Some(pce_message::Kind::Policy(p)) => {
-                            // Versions come from the replicated store, so a lower
-                            // one is from a member whose replica lags (we failed
-                            // over to it): keep enforcing ours until it catches up
-                            // and sends the current one. Found by `pce chaos`.
-                            if let Some(have) = self.current.as_ref().map(|c| c.version).filter(|v| *v > p.version) {
-                                tracing::info!(have, offered = p.version, member = %m.name, "kept the newer policy over an older one from a lagging member");
+                            let have = self.current.as_ref().map(|c| c.version);
+                            if !supersedes(have, p.version) {
+                                tracing::info!(?have, offered = p.version, member = %m.name, "kept the newer policy over an older one from a lagging member");
                                 continue;
                             }
                             if let Err(e) = self.apply(p.version, &p.hash, &p.compiled_json) {
@@ -320,5 +317,31 @@ impl Agent {
         }
         self.current = Some(stored);
         Ok(())
+    }
+}
+
+/// Whether a policy version a member offers replaces the one enforced.
+/// Versions come from the replicated store, so a lower one is from a member
+/// whose replica lags (the VEN failed over to it): the VEN keeps enforcing its
+/// own until that member catches up and sends the current one (found by `pce
+/// chaos`). The same version may come again with other rules (a peer went
+/// offline), so equal versions are applied.
+fn supersedes(enforced: Option<u64>, offered: u64) -> bool {
+    enforced.is_none_or(|have| offered >= have)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::supersedes;
+
+    #[test]
+    fn an_older_version_from_a_lagging_member_never_replaces_the_enforced_one() {
+        assert!(supersedes(None, 0), "a VEN without policy takes any");
+        assert!(supersedes(Some(7), 8), "a newer version applies");
+        assert!(
+            supersedes(Some(7), 7),
+            "the same version recomputed applies"
+        );
+        assert!(!supersedes(Some(7), 6), "an older version is kept out");
     }
 }
