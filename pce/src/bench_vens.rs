@@ -131,6 +131,32 @@ where
     Ok(out)
 }
 
+/// The latest event of up to ten VENs of `ids` with fewer than `k` policies
+/// applied, and how many such VENs there are.
+fn stragglers(
+    ids: &[String],
+    applied: &Mutex<HashMap<String, Vec<Instant>>>,
+    last: &Mutex<HashMap<String, String>>,
+    k: usize,
+) -> String {
+    let (Ok(applied), Ok(last)) = (applied.lock(), last.lock()) else {
+        return "unknown (a lock was poisoned)".into();
+    };
+    let late: Vec<&String> = ids
+        .iter()
+        .filter(|w| applied.get(*w).map_or(0, Vec::len) < k)
+        .collect();
+    let shown: Vec<String> = late
+        .iter()
+        .take(10)
+        .map(|w| {
+            let e = last.get(*w).map_or("no event at all", String::as_str);
+            format!("{w}: {e}")
+        })
+        .collect();
+    format!("{} late; {}", late.len(), shown.join("; "))
+}
+
 fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -227,6 +253,10 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         // Run them; record when each applies each policy.
         let applied: Arc<Mutex<HashMap<String, Vec<Instant>>>> =
             Arc::new(Mutex::new(HashMap::new()));
+        // Each VEN's latest event, to say where the stragglers are if a phase
+        // does not finish.
+        let last_event: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+        let mut everyone = Vec::with_capacity(n);
         let mut watched = std::collections::HashSet::new();
         let (stop_tx, stop) = watch::channel(false);
         let t1 = Instant::now();
@@ -234,10 +264,12 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             if is_measured {
                 watched.insert(id.workload_id.clone());
             }
+            everyone.push(id.workload_id.clone());
             id.members.retain(|m| m.region == region);
             let (tx, mut rx) = mpsc::unbounded_channel();
             let name = id.workload_id.clone();
             let rec = applied.clone();
+            let last = last_event.clone();
             tokio::spawn(async move {
                 while let Some(e) = rx.recv().await {
                     if matches!(e, AgentEvent::Applied { .. }) {
@@ -245,10 +277,12 @@ pub async fn vens(args: VensArgs) -> Result<()> {
                             r.entry(name.clone()).or_default().push(Instant::now());
                         }
                     }
+                    if let Ok(mut l) = last.lock() {
+                        l.insert(name.clone(), format!("{e:?}"));
+                    }
                 }
             });
-            let mut agent =
-                Agent::new(id, None, Enforcer::Memory(Arc::new(Mutex::new(None))))?.with_events(tx);
+            let mut agent = Agent::new(id, None, Enforcer::Simulated)?.with_events(tx);
             agent.heartbeat = Duration::from_secs(30);
             tokio::spawn(agent.run(stop.clone()));
         }
@@ -267,8 +301,9 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         while count_of(1, false) < n {
             if t1.elapsed() > Duration::from_secs(600) {
                 bail!(
-                    "only {} of {n} VENs got a first policy in 10 minutes",
-                    count_of(1, false)
+                    "only {} of {n} VENs got a first policy in 10 minutes; the others' last events: {}",
+                    count_of(1, false),
+                    stragglers(&everyone, &applied, &last_event, 1)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -300,9 +335,15 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             let deadline = committed + Duration::from_secs(120);
             while count(round + 2) < affected {
                 if Instant::now() > deadline {
+                    let late: Vec<String> = everyone
+                        .iter()
+                        .filter(|w| watched.contains(*w))
+                        .cloned()
+                        .collect();
                     bail!(
-                        "round {round}: only {} of {affected} VENs acknowledged",
-                        count(round + 2) - already
+                        "round {round}: only {} of {affected} VENs acknowledged; the others' last events: {}",
+                        count(round + 2) - already,
+                        stragglers(&late, &applied, &last_event, round + 2)
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -426,7 +467,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
                 region: "eu-west".into(),
                 addr: eu.clone(),
             }];
-            let mut agent = Agent::new(id, None, Enforcer::Memory(Arc::new(Mutex::new(None))))?;
+            let mut agent = Agent::new(id, None, Enforcer::Simulated)?;
             agent.heartbeat = Duration::from_secs(30);
             agent.learn_members = false;
             tokio::spawn(agent.run(stop.clone()));

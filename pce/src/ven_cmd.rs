@@ -256,8 +256,7 @@ pub async fn sim(args: SimArgs) -> Result<()> {
                 }
             }
         });
-        let agent =
-            Agent::new(id, None, Enforcer::Memory(Arc::new(Mutex::new(None))))?.with_events(tx);
+        let agent = Agent::new(id, None, Enforcer::Simulated)?.with_events(tx);
         tokio::spawn(agent.run(stop.clone()));
     }
     let deadline = args

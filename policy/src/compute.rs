@@ -255,6 +255,11 @@ pub struct Engine {
     /// Workload id ↔ dense index (indexes are never reused while the engine lives).
     index_of: HashMap<Id, u32>,
     id_of: Vec<Option<Id>>,
+    /// Dense index → the workload's addresses while it is online (empty when
+    /// offline or gone). Resolving a rule reads these for every member: with
+    /// 10k members, a string-keyed lookup per member was most of a provision's
+    /// recompute.
+    online_ips: Vec<Vec<IpAddr>>,
     /// Every live workload index, sorted.
     all: Members,
     /// Label id → workloads carrying it.
@@ -311,6 +316,7 @@ impl Engine {
             policy,
             index_of: HashMap::new(),
             id_of: Vec::new(),
+            online_ips: Vec::new(),
             all: Vec::new(),
             label_members: HashMap::new(),
             group_labels: HashMap::new(),
@@ -387,6 +393,7 @@ impl Engine {
     fn add_workload_index(&mut self, id: &Id) -> u32 {
         let idx = self.id_of.len() as u32;
         self.id_of.push(Some(id.clone()));
+        self.online_ips.push(Vec::new());
         self.index_of.insert(id.clone(), idx);
         self.all.push(idx);
         if let Some(w) = self.estate.workloads.get(id) {
@@ -394,7 +401,19 @@ impl Engine {
                 insert_sorted(self.label_members.entry(l.clone()).or_default(), idx);
             }
         }
+        self.refresh_online_ips(idx);
         idx
+    }
+
+    /// Re-reads one workload's online addresses into the dense table.
+    fn refresh_online_ips(&mut self, w: u32) {
+        let ips = self.id_of[w as usize]
+            .as_ref()
+            .and_then(|id| self.estate.workloads.get(id))
+            .filter(|wl| wl.online)
+            .map(|wl| wl.interfaces.clone())
+            .unwrap_or_default();
+        self.online_ips[w as usize] = ips;
     }
 
     fn expand_groups(&mut self) {
@@ -671,15 +690,10 @@ impl Engine {
     }
 
     fn online_addrs(&self, members: &[u32]) -> AddrSet {
-        let mut ips = Vec::new();
+        let mut ips = Vec::with_capacity(members.len());
         for &w in members {
-            if let Some(wl) = self.id_of[w as usize]
-                .as_ref()
-                .and_then(|id| self.estate.workloads.get(id))
-            {
-                if wl.online {
-                    ips.extend(wl.interfaces.iter().copied());
-                }
+            if let Some(a) = self.online_ips.get(w as usize) {
+                ips.extend(a.iter().copied());
             }
         }
         AddrSet::from_ips(ips)
@@ -816,10 +830,19 @@ impl Engine {
     ) -> BTreeSet<Id> {
         // Rules that may be touched, judged before the change...
         let mut touched: BTreeSet<Rx> = BTreeSet::new();
+        // Rules touched only because their rule set changed are kept apart: an
+        // edit usually changes one rule of a set, and re-resolving the others
+        // (each against every member workload) was the cost of a provision that
+        // grew with the size of the set.
+        let mut in_sets: BTreeSet<Rx> = BTreeSet::new();
         let mut old_workloads: BTreeMap<Id, Option<Workload>> = BTreeMap::new();
         let mut groups_changed = false;
         for c in changes {
-            self.rules_touched_by(c, &mut touched);
+            if matches!(c, Change::RuleSet(_)) {
+                self.rules_touched_by(c, &mut in_sets);
+            } else {
+                self.rules_touched_by(c, &mut touched);
+            }
             match c {
                 Change::Workload(id) => {
                     old_workloads.insert(id.clone(), self.estate.workloads.get(id).cloned());
@@ -828,6 +851,10 @@ impl Engine {
                 _ => {}
             }
         }
+        let parts_before: HashMap<Rx, OwnedParts> = in_sets
+            .iter()
+            .filter_map(|&r| Some((r, self.rule_parts(r)?.to_owned())))
+            .collect();
         mutate(&mut self.estate, &mut self.policy);
 
         // ...and after it. Keep the workload indexes current first.
@@ -852,9 +879,18 @@ impl Engine {
                 self.id_of[w as usize] = None;
                 remove_sorted(&mut self.all, w);
             }
+            if let Some(&w) = self.index_of.get(id) {
+                self.refresh_online_ips(w);
+            } else if let Some(w) = old_idx {
+                self.online_ips[w as usize] = Vec::new();
+            }
         }
         for c in changes {
-            self.rules_touched_by(c, &mut touched);
+            if matches!(c, Change::RuleSet(_)) {
+                self.rules_touched_by(c, &mut in_sets);
+            } else {
+                self.rules_touched_by(c, &mut touched);
+            }
         }
 
         if changes.iter().all(|c| matches!(c, Change::Workload(_))) {
@@ -890,7 +926,8 @@ impl Engine {
                         .map(rule_refs_of_rule_set)
                         .unwrap_or_default();
                     for r in refs {
-                        touched.insert(self.intern(r));
+                        let r = self.intern(r);
+                        in_sets.insert(r);
                     }
                 }
                 Change::Boundary(id) => {
@@ -899,6 +936,14 @@ impl Engine {
                     }));
                 }
                 _ => {}
+            }
+        }
+        // A rule of a changed set whose definition (and set scope) is what it
+        // was, and that nothing else touched, resolves to what it did.
+        for r in in_sets {
+            let now = self.rule_parts(r).map(|p| p.to_owned());
+            if touched.contains(&r) || now.as_ref() != parts_before.get(&r) {
+                touched.insert(r);
             }
         }
         // Rule definitions may have changed: re-index the touched ones.
@@ -1203,6 +1248,30 @@ struct RuleParts<'a> {
     services: &'a [ServiceRef],
     scope: Option<&'a Vec<Actor>>,
     unscoped_consumers: bool,
+}
+
+/// A rule's definition as it stood before an update, to tell whether it moved.
+#[derive(PartialEq)]
+struct OwnedParts {
+    action: Action,
+    providers: Vec<Actor>,
+    consumers: Vec<Actor>,
+    services: Vec<ServiceRef>,
+    scope: Option<Vec<Actor>>,
+    unscoped_consumers: bool,
+}
+
+impl RuleParts<'_> {
+    fn to_owned(&self) -> OwnedParts {
+        OwnedParts {
+            action: self.action,
+            providers: self.providers.to_vec(),
+            consumers: self.consumers.to_vec(),
+            services: self.services.to_vec(),
+            scope: self.scope.cloned(),
+            unscoped_consumers: self.unscoped_consumers,
+        }
+    }
 }
 
 fn rule_refs_of_rule_set(rs: &crate::model::RuleSet) -> Vec<RuleRef> {

@@ -320,6 +320,9 @@ enum Mutation {
     RemoveWorkload(usize),
     AddWorkload(WlSpec),
     ReplaceRuleSet(usize, Vec<Actor>, Vec<RuleSpec>),
+    /// One rule of a set written (or added), the others left as they are: the
+    /// shape of a typical provision.
+    EditRule(usize, usize, RuleSpec),
     DropRuleSet(usize),
     IpList(Vec<String>),
     Group(Vec<String>),
@@ -333,6 +336,7 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
         1 => arb_workload().prop_map(Mutation::AddWorkload),
         3 => (0..4usize, arb_scope(), prop::collection::vec(arb_rule(), 0..4)).prop_map(|(i, s, r)| Mutation::ReplaceRuleSet(i, s, r)),
         1 => (0..4usize).prop_map(Mutation::DropRuleSet),
+        3 => (0..4usize, 0..5usize, arb_rule()).prop_map(|(i, j, r)| Mutation::EditRule(i, j, r)),
         1 => prop::collection::vec(prop_oneof![Just("10.0.0.0/29".to_string()), Just("10.0.0.5".to_string()), Just("2001:db8::1".to_string()), Just("192.168.0.0/25".to_string())], 1..3).prop_map(Mutation::IpList),
         1 => prop::collection::vec((0..3usize).prop_map(|r| format!("role-{}", ROLES[r])), 0..3).prop_map(Mutation::Group),
         1 => (0..4usize).prop_map(|p| Mutation::Service(PORTS[p])),
@@ -364,6 +368,28 @@ fn mutate(m: &Mutation, estate: &mut Estate, policy: &mut PolicySet) -> Vec<Chan
         }
         Mutation::ReplaceRuleSet(i, scope, rules) => {
             let rs = build_rule_set(*i, scope.clone(), rules);
+            policy.rule_sets.insert(rs.id.clone(), rs);
+            vec![Change::RuleSet(format!("rs{i}"))]
+        }
+        Mutation::EditRule(i, j, rule) => {
+            let Some(rs) = policy.rule_sets.get(&format!("rs{i}")) else {
+                return vec![];
+            };
+            // Rebuild the set from its rules with rule j replaced; rule ids are
+            // positions, so the untouched rules keep theirs.
+            let one = build_rule_set(*i, rs.scope.clone(), std::slice::from_ref(rule));
+            let mut rs = rs.clone();
+            let id = format!("r{j}");
+            rs.rules.retain(|r| r.id != id);
+            rs.deny_rules.retain(|r| r.id != id);
+            for mut r in one.rules {
+                r.id = id.clone();
+                rs.rules.push(r);
+            }
+            for mut r in one.deny_rules {
+                r.id = id.clone();
+                rs.deny_rules.push(r);
+            }
             policy.rule_sets.insert(rs.id.clone(), rs);
             vec![Change::RuleSet(format!("rs{i}"))]
         }
