@@ -17,6 +17,7 @@ use sc_policy::{Change, Engine};
 use tokio::sync::Notify;
 
 use crate::error::MemberError;
+use crate::render::RuleTexts;
 
 /// What a VEN receives: one workload's compiled policy, and its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub struct PolicyCache {
     watchers: Mutex<HashMap<Id, Vec<Arc<Notify>>>>,
     /// How many workloads each update changed (for tests and metrics).
     pub pushes: std::sync::atomic::AtomicU64,
+    /// Serialised rules shared by the rendered policies.
+    texts: RuleTexts,
 }
 
 /// An action that overrides a workload's policy.
@@ -86,7 +89,7 @@ fn held(map: &HashMap<Id, Hold>, id: &str) -> Hold {
     map.get(id).copied().unwrap_or(Hold::None)
 }
 
-fn render(version: u64, c: &Arc<CompiledPolicy>, hold: Hold) -> Arc<Rendered> {
+fn render(texts: &RuleTexts, version: u64, c: &Arc<CompiledPolicy>, hold: Hold) -> Arc<Rendered> {
     let empty = |mode| {
         Arc::new(CompiledPolicy {
             workload: c.workload.clone(),
@@ -103,7 +106,7 @@ fn render(version: u64, c: &Arc<CompiledPolicy>, hold: Hold) -> Arc<Rendered> {
         // Suspension: idle, so the VEN removes its table.
         Hold::Suspend => empty(EnforcementMode::Idle),
     };
-    let json = serde_json::to_string(&*compiled).unwrap_or_default();
+    let json = texts.json(&compiled);
     Arc::new(Rendered {
         version,
         hash: sha256_hex(&[json.as_bytes()]),
@@ -153,6 +156,7 @@ impl PolicyCache {
             }),
             watchers: Mutex::new(HashMap::new()),
             pushes: std::sync::atomic::AtomicU64::new(0),
+            texts: RuleTexts::default(),
         };
         Ok(cache)
     }
@@ -221,7 +225,7 @@ impl PolicyCache {
                 inner.generation,
             )
         };
-        let r = render(version, &c, hold);
+        let r = render(&self.texts, version, &c, hold);
         let mut inner = self.inner.write().ok()?;
         if inner.generation == generation {
             inner.rendered.insert(id.to_string(), r.clone());
@@ -398,6 +402,7 @@ impl PolicyCache {
             inner.rendered.remove(id);
         }
         drop(inner);
+        self.texts.prune();
         self.notify(&changed);
         Ok(changed)
     }
@@ -435,7 +440,7 @@ impl PolicyCache {
         for (id, old) in before {
             match inner.engine.compiled(&id) {
                 Some(c) => {
-                    let r = render(version, &c, held(&inner.quarantined, &id));
+                    let r = render(&self.texts, version, &c, held(&inner.quarantined, &id));
                     if r.hash != old.hash {
                         changed.insert(id.clone());
                     }
@@ -447,6 +452,7 @@ impl PolicyCache {
             }
         }
         drop(inner);
+        self.texts.prune();
         self.notify(&changed);
         Ok(())
     }

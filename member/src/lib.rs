@@ -5,6 +5,7 @@
 //!   and goodbyes, flow reports, the RTT probe) over TLS;
 //! - [`cache`]: the regional compiled-policy cache, kept current from the store's
 //!   change notices, which says exactly which served workloads changed;
+//!   [`render`]: the JSON a VEN receives, each distinct rule serialised once;
 //! - [`pairing`]: a pairing key and host facts become a managed workload and a
 //!   VEN identity; [`flows`]: the region-local flow store;
 //! - [`presence`]: workloads' online/offline state, written in batches.
@@ -14,6 +15,7 @@ pub mod error;
 pub mod flows;
 pub mod pairing;
 pub mod presence;
+pub mod render;
 pub mod service;
 
 pub use error::MemberError;

@@ -23,8 +23,8 @@ pub enum Enforcer {
     /// Render nothing (the simulator). A simulated VEN stands for a host that
     /// renders and loads its table on its own CPU; rendering thousands of
     /// tables here would charge the PCE's benchmarks, which share this
-    /// machine's cores, with work no PCE does. The policy is still parsed and
-    /// its hash checked before it is acknowledged.
+    /// machine's cores, with work no PCE does. The policy's hash is still
+    /// checked before it is acknowledged; the agent does not even parse it.
     Simulated,
 }
 
