@@ -432,6 +432,16 @@ impl PolicyCache {
         let (engine, version, quarantined) = Self::build(&self.db, &self.region, &adopted).await?;
         let mut inner = self.inner.write().map_err(|_| MemberError::Poisoned)?;
         let before: HashMap<Id, Arc<Rendered>> = std::mem::take(&mut inner.rendered);
+        let never_rendered: Vec<Arc<Notify>> = self
+            .watchers
+            .lock()
+            .map(|w| {
+                w.iter()
+                    .filter(|(id, _)| !before.contains_key(*id))
+                    .flat_map(|(_, n)| n.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
         inner.engine = engine;
         inner.version = version;
         inner.quarantined = quarantined;
@@ -454,6 +464,13 @@ impl PolicyCache {
         drop(inner);
         self.texts.prune();
         self.notify(&changed);
+        // A stream whose policy did not exist yet when it asked (its workload's
+        // notice had not reached this cache) waits for a notice; after missed
+        // notices, this rebuild is that notice. Not counted as pushes: a stream
+        // whose policy is still what it sent sends nothing.
+        for n in never_rendered {
+            n.notify_one();
+        }
         Ok(())
     }
 
