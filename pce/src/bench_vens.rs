@@ -137,7 +137,7 @@ where
 fn stragglers(
     ids: &[String],
     applied: &Mutex<HashMap<String, Vec<Instant>>>,
-    last: &Mutex<HashMap<String, String>>,
+    last: &Mutex<HashMap<String, AgentEvent>>,
     k: usize,
 ) -> String {
     let (Ok(applied), Ok(last)) = (applied.lock(), last.lock()) else {
@@ -150,9 +150,9 @@ fn stragglers(
     let shown: Vec<String> = late
         .iter()
         .take(10)
-        .map(|w| {
-            let e = last.get(*w).map_or("no event at all", String::as_str);
-            format!("{w}: {e}")
+        .map(|w| match last.get(*w) {
+            Some(e) => format!("{w}: {e:?}"),
+            None => format!("{w}: no event at all"),
         })
         .collect();
     format!("{} late; {}", late.len(), shown.join("; "))
@@ -256,7 +256,9 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             Arc::new(Mutex::new(HashMap::new()));
         // Each VEN's latest event, to say where the stragglers are if a phase
         // does not finish.
-        let last_event: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(HashMap::new()));
+        // Kept as the event itself: formatting it is left to the failure path.
+        let last_event: Arc<Mutex<HashMap<String, AgentEvent>>> =
+            Arc::new(Mutex::new(HashMap::new()));
         let mut everyone = Vec::with_capacity(n);
         // VENs with at least k policies applied, [all, measured] per k: counted
         // as events arrive, so waiting for a round does not scan 10k entries
@@ -295,7 +297,7 @@ pub async fn vens(args: VensArgs) -> Result<()> {
                         }
                     }
                     if let Ok(mut l) = last.lock() {
-                        l.insert(name.clone(), format!("{e:?}"));
+                        l.insert(name.clone(), e);
                     }
                 }
             });

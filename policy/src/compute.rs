@@ -879,10 +879,9 @@ impl Engine {
                 self.id_of[w as usize] = None;
                 remove_sorted(&mut self.all, w);
             }
-            if let Some(&w) = self.index_of.get(id) {
+            // A removed workload's slot reads as offline (its id is gone).
+            if let Some(w) = self.index_of.get(id).copied().or(old_idx) {
                 self.refresh_online_ips(w);
-            } else if let Some(w) = old_idx {
-                self.online_ips[w as usize] = Vec::new();
             }
         }
         for c in changes {
