@@ -105,6 +105,11 @@ pub async fn serve(node: Node, opts: ApiOptions) -> Result<ApiServer, ServeError
                 },
                 _ = stopped.changed() => break,
             };
+            // Answers are small and a client waits on each one: without
+            // TCP_NODELAY a reply can sit behind a delayed ACK for ~40 ms.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "TCP_NODELAY");
+            }
             let app = app.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {

@@ -553,7 +553,8 @@ impl VenServer {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(grpc)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // Policy pushes are small: send them now, not after a delayed ACK.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
                     let _ = stopped.changed().await;
                 },

@@ -37,6 +37,12 @@ pub struct FailoverArgs {
     /// Timeout profile of both systems: `lan` or `wan`.
     #[arg(long, default_value = "lan", value_parser = parse_profile)]
     profile: Profile,
+    /// Run in this directory and keep it: data, and each process's log
+    /// (`pce/<region>/node.log`, `etcd/e<N>.log`), appended across restarts,
+    /// to read why a slow failover was slow. By default a temporary directory
+    /// is used and removed.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 fn parse_profile(s: &str) -> Result<Profile, String> {
@@ -94,6 +100,17 @@ fn sigint(child: &mut Child) {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A process's stdout and stderr, appended to `path`.
+fn log_to(path: &Path) -> Result<(Stdio, Stdio)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let err = file.try_clone()?;
+    Ok((Stdio::from(file), Stdio::from(err)))
 }
 
 fn free_port() -> Result<u16> {
@@ -226,11 +243,12 @@ impl System for Pce {
 
     fn restart(&mut self, i: usize) -> Result<()> {
         let region = self.dir.join(REGIONS[i]);
+        let (out, err) = log_to(&region.join("node.log"))?;
         let child = Command::new(&self.exe)
             .args(["serve", "--config", "node.toml"])
             .current_dir(&region)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .with_context(|| format!("starting pce serve in {}", region.display()))?;
         self.procs[i] = Some(child);
@@ -350,6 +368,8 @@ impl System for Etcd {
             .map(|j| format!("e{j}=http://{}:{}", Etcd::ip(j), self.peer_port))
             .collect();
         let data = self.dir.join(format!("e{i}"));
+        std::fs::create_dir_all(&self.dir)?;
+        let (out, err) = log_to(&self.dir.join(format!("e{i}.log")))?;
         let ms = |d: Duration| d.as_millis().to_string();
         let child = Command::new(&self.exe)
             .args(["--name", &format!("e{i}")])
@@ -380,8 +400,8 @@ impl System for Etcd {
                 "--initial-cluster-token",
                 "bench",
             ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .with_context(|| format!("starting {} (install etcd-server)", self.exe.display()))?;
         self.procs[i] = Some(child);
@@ -422,8 +442,9 @@ async fn settle<S: System>(s: &mut S, timeout: Duration) -> Result<usize> {
 /// next (the resolution of the measurement).
 const ATTEMPT: Duration = Duration::from_millis(100);
 
-/// One kill: returns kill → first acknowledged write invoked after it.
-async fn round<S: System>(s: &mut S) -> Result<Duration> {
+/// One kill: returns kill → first acknowledged write invoked after it, and
+/// the wall-clock time of the kill (ms since the epoch, to find it in logs).
+async fn round<S: System>(s: &mut S) -> Result<(Duration, u64)> {
     let leader = settle(s, Duration::from_secs(60)).await?;
     let via = (leader + 1) % 3;
     let mut n = 0u64;
@@ -435,6 +456,7 @@ async fn round<S: System>(s: &mut S) -> Result<Duration> {
     }
     s.kill(leader)?;
     let killed = Instant::now();
+    let killed_ms = sc_leader::time::now_ms();
     let rto = loop {
         n += 1;
         match tokio::time::timeout(ATTEMPT, s.write(via, n)).await {
@@ -449,18 +471,20 @@ async fn round<S: System>(s: &mut S) -> Result<Duration> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     s.restart(leader)?;
-    Ok(rto)
+    Ok((rto, killed_ms))
 }
 
 async fn measure<S: System>(mut s: S, rounds: usize) -> Result<Vec<Duration>> {
     let mut out = Vec::new();
     let r = async {
         for i in 0..rounds {
-            let rto = round(&mut s).await?;
+            let (rto, killed_ms) = round(&mut s).await?;
             println!(
-                "  {} kill {}: {:.0} ms",
+                "  {} kill {} (at {}.{:03} s since the epoch): {:.0} ms",
                 s.name(),
                 i + 1,
+                killed_ms / 1000,
+                killed_ms % 1000,
                 rto.as_secs_f64() * 1000.0
             );
             out.push(rto);
@@ -483,18 +507,23 @@ fn summary(name: &str, v: &[Duration]) {
 /// `pce bench failover`.
 pub async fn failover(args: FailoverArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("--keep: creating {}", d.display()))?;
+            if std::fs::read_dir(d)?.next().is_some() {
+                bail!("--keep: {} is not empty; give a new directory", d.display());
+            }
+            d.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
     let mut results = Vec::new();
     for sys in &args.systems {
         println!("{sys}: {} rounds", args.rounds);
         let r = match sys.as_str() {
-            "pce" => measure(Pce::start(tmp.path(), args.profile)?, args.rounds).await?,
-            "etcd" => {
-                measure(
-                    Etcd::start(&args.etcd, tmp.path(), args.profile)?,
-                    args.rounds,
-                )
-                .await?
-            }
+            "pce" => measure(Pce::start(&dir, args.profile)?, args.rounds).await?,
+            "etcd" => measure(Etcd::start(&args.etcd, &dir, args.profile)?, args.rounds).await?,
             other => return Err(anyhow!("--systems: unknown system {other:?} (pce, etcd)")),
         };
         results.push((sys.clone(), r));

@@ -466,7 +466,7 @@ key = "certs/us-east-1.key"
         .contains("name:"));
         assert!(
             error_of(d.path(), &format!("{good}\n[timeouts]\nheartbeat_ms = 800"))
-                .contains("twice the heartbeat")
+                .contains("three heartbeats")
         );
     }
 }

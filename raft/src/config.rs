@@ -25,8 +25,8 @@ pub struct Timeouts {
     /// Leader heartbeat interval.
     pub heartbeat: Duration,
     /// A follower that stops hearing from its leader campaigns a random time in
-    /// `election_min..election_max` after the last heartbeat (see [`raft_config`]
-    /// for how openraft is told so).
+    /// `election_min..=election_max` after the last heartbeat, drawn afresh each
+    /// time (see [`crate::election`]).
     pub election_min: Duration,
     /// See `election_min`.
     pub election_max: Duration,
@@ -71,22 +71,16 @@ impl Timeouts {
         if self.heartbeat.is_zero() {
             return Err("heartbeat must be above 0".into());
         }
-        if self.election_min <= self.heartbeat * 2 {
+        if self.election_min <= self.heartbeat * 3 {
             return Err(format!(
-                "election_min ({:?}) must be more than twice the heartbeat ({:?}), or followers campaign against a healthy leader",
+                "election_min ({:?}) must be more than three heartbeats ({:?} each): followers must see several heartbeats inside their leader lease, which ends two heartbeats before election_min",
                 self.election_min, self.heartbeat
             ));
         }
         if self.election_max <= self.election_min {
             return Err(format!(
-                "election_max ({:?}) must be above election_min ({:?})",
+                "election_max ({:?}) must be above election_min ({:?}), or candidates that collide once collide every round",
                 self.election_max, self.election_min
-            ));
-        }
-        if self.election_min <= self.election_max / 2 + self.heartbeat {
-            return Err(format!(
-                "election_min ({:?}) must be more than half of election_max ({:?}) plus the heartbeat ({:?}): the leader lease is half of election_max, and a follower must see several heartbeats inside it",
-                self.election_min, self.election_max, self.heartbeat
             ));
         }
         Ok(())
@@ -112,27 +106,37 @@ impl Default for Tuning {
     }
 }
 
+/// How long a follower refuses votes after it last heard from its leader.
+///
+/// It must end before any follower's election deadline (at least
+/// `election_min` after the last heartbeat), or the first candidate of a
+/// failover is refused and the election waits another window. Heartbeats reach
+/// followers at slightly different times, so it ends two heartbeats early.
+pub(crate) fn leader_lease(t: &Timeouts) -> Duration {
+    t.election_min.saturating_sub(t.heartbeat * 2)
+}
+
 /// openraft's config from ours.
 ///
-/// A follower of openraft 0.9 that knew a leader waits out the leader lease (its
-/// `election_timeout_max`), then a random time in its `election_timeout_min..max`,
-/// so it campaigns in `min + max ..= 2 max` after the last heartbeat, and its peers
-/// refuse votes for `max` after theirs. Passing our bounds straight through would
-/// put that window at 1.5-2x `election_max` (1.5-2 s on LAN, where etcd with the
-/// same numbers takes 0.5-1 s). So openraft gets `max = election_max / 2` and
-/// `min = election_min - election_max / 2`: the window is exactly
-/// `election_min..=election_max`, and the first candidate finds its peers' leases
-/// expired (decision 0005).
+/// openraft's own election timer is off (`enable_elect = false`): it waits out
+/// the leader lease, then a random time drawn once per process, and looks only
+/// every 1.5 heartbeats, so it campaigned 1.5-2x later than etcd with the same
+/// numbers. [`crate::election`] campaigns instead, at a fresh random deadline in
+/// `election_min..=election_max` after each renewal. openraft still uses
+/// `election_timeout_max` as the leader lease ([`leader_lease`]);
+/// `election_timeout_min` only has to satisfy its validation (decision 0005).
 pub(crate) fn raft_config(
     cluster: &str,
     t: &Timeouts,
     tuning: &Tuning,
 ) -> Result<openraft::Config, String> {
+    let lease = leader_lease(t);
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: t.heartbeat.as_millis() as u64,
-        election_timeout_min: (t.election_min - t.election_max / 2).as_millis() as u64,
-        election_timeout_max: (t.election_max / 2).as_millis() as u64,
+        election_timeout_min: (t.heartbeat + (lease - t.heartbeat) / 2).as_millis() as u64,
+        election_timeout_max: lease.as_millis() as u64,
+        enable_elect: false,
         install_snapshot_timeout: t.snapshot.as_millis() as u64,
         max_payload_entries: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
@@ -159,32 +163,34 @@ mod tests {
     }
 
     #[test]
-    fn openraft_campaigns_inside_our_election_window() {
+    fn openraft_does_not_campaign_and_its_lease_ends_before_our_window() {
         for p in [Profile::Lan, Profile::Wan] {
             let t = Timeouts::profile(p);
             let c = raft_config("t", &t, &Tuning::default()).unwrap();
-            // Lease (max) plus openraft's random timeout spans exactly our window.
+            assert!(
+                !c.enable_elect,
+                "{p:?}: openraft must leave elections to us"
+            );
             let ms = |d: Duration| d.as_millis() as u64;
+            // The lease ends two heartbeats before the earliest deadline, and
+            // still spans several heartbeats.
             assert_eq!(
-                c.election_timeout_max + c.election_timeout_min,
+                c.election_timeout_max + 2 * c.heartbeat_interval,
                 ms(t.election_min)
             );
-            assert_eq!(2 * c.election_timeout_max, ms(t.election_max));
+            assert!(c.election_timeout_max > c.heartbeat_interval, "{p:?}");
             assert!(c.election_timeout_min > c.heartbeat_interval, "{p:?}");
+            assert!(c.election_timeout_min < c.election_timeout_max, "{p:?}");
         }
-        let mut wide = Timeouts::profile(Profile::Lan);
-        wide.election_min = Duration::from_millis(500);
-        wide.election_max = Duration::from_millis(1000);
-        assert!(wide
-            .validate()
-            .unwrap_err()
-            .contains("half of election_max"));
+        let mut flat = Timeouts::profile(Profile::Lan);
+        flat.election_max = flat.election_min;
+        assert!(flat.validate().unwrap_err().contains("above election_min"));
     }
 
     #[test]
     fn an_election_timeout_near_the_heartbeat_is_refused() {
         let mut t = Timeouts::profile(Profile::Lan);
         t.election_min = t.heartbeat;
-        assert!(t.validate().unwrap_err().contains("twice the heartbeat"));
+        assert!(t.validate().unwrap_err().contains("three heartbeats"));
     }
 }

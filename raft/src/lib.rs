@@ -15,6 +15,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+mod election;
 pub mod error;
 pub mod network;
 pub mod node;

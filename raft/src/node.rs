@@ -238,7 +238,11 @@ impl Node {
                 FederationServer::new(FederationGrpc::new(node.clone()))
                     .max_decoding_message_size(MAX_MESSAGE),
             );
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Raft messages are small and latency-bound: without TCP_NODELAY a vote
+        // granted in microseconds reached its candidate tens of milliseconds
+        // later (Nagle's algorithm waiting on a delayed ACK).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = shutdown_rx.clone();
         let serve = tokio::spawn(async move {
             let stopped = async move {
@@ -252,6 +256,14 @@ impl Node {
         node.push_task(tokio::spawn(crate::watchdog::watch_core(
             raft.clone(),
             opts.id,
+            opts.timeouts.election_max,
+            shutdown_rx.clone(),
+        )));
+        node.push_task(tokio::spawn(crate::election::run(
+            raft.clone(),
+            opts.id,
+            opts.timeouts.heartbeat,
+            opts.timeouts.election_min,
             opts.timeouts.election_max,
             shutdown_rx.clone(),
         )));
@@ -426,7 +438,9 @@ impl Node {
         let mut pause = Duration::from_millis(20);
         let mut last;
         loop {
-            let outcome = match self.leader() {
+            let leader = self.leader();
+            let tried = leader.as_ref().map(|(id, _)| *id);
+            let outcome = match leader {
                 Some((id, _)) if id == self.core.id => attempt(self.clone(), None).await,
                 Some(leader) => attempt(self.clone(), Some(leader)).await,
                 None => Err(Attempt::Retry("no leader elected yet".into())),
@@ -445,7 +459,21 @@ impl Node {
             if *self.core.shutdown.borrow() {
                 return Err(Error::Stopped("node is shutting down".into()));
             }
-            tokio::time::sleep(pause).await;
+            // Retry as soon as a different leader is known (a failover ends
+            // with an election, not at the next backoff step), else after the
+            // pause.
+            let mut metrics = self.core.raft.metrics();
+            let changed = async {
+                // Only whether it happened: the guard must not live across an await.
+                metrics
+                    .wait_for(|m| m.current_leader.is_some() && m.current_leader != tried)
+                    .await
+                    .is_ok()
+            };
+            if let Ok(false) = tokio::time::timeout(pause, changed).await {
+                // The core has stopped: the next attempt reports it.
+                tokio::time::sleep(pause).await;
+            }
             pause = (pause * 2).min(Duration::from_millis(250));
         }
     }

@@ -1,0 +1,185 @@
+//! Our own election timer: openraft's is switched off (`enable_elect = false`)
+//! and this task decides when a follower campaigns.
+//!
+//! Why: openraft 0.9 checks its election timer only on its tick (1.5
+//! heartbeats apart), draws its random timeout once per process (so two nodes
+//! that collided once collide again every round), and waits out the whole
+//! leader lease before its random part starts. etcd's timer, by contrast,
+//! draws a fresh random timeout every time it resets and fires within a tick
+//! of it. The SPEC promises failover "never worse than etcd with equal
+//! timeouts"; this module gives a follower etcd's behaviour:
+//!
+//! - every renewal of the vote (a heartbeat from the leader, a vote granted, a
+//!   campaign started) gets a fresh deadline drawn from
+//!   `election_min..=election_max`;
+//! - the core is asked for its state every tenth of a heartbeat (at most
+//!   50 ms), so a deadline is noticed within that much of passing;
+//! - a node that is the only voter campaigns at once (a one-node cluster, or a
+//!   bootstrap before others join).
+//!
+//! openraft still owns the vote itself: it refuses votes to a candidate while
+//! its own leader lease runs (see `config::raft_config`, where the lease ends
+//! two heartbeats before our earliest deadline), and it refuses candidates
+//! whose log is behind.
+
+use std::time::Duration;
+
+use openraft::{Raft, ServerState};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::types::{NodeId, TypeConfig};
+
+/// The longest pause between two looks at the core: a deadline passes
+/// unnoticed for at most this long (etcd's tick is 100 ms by default).
+const MAX_CHECK: Duration = Duration::from_millis(50);
+
+/// How often to look at the core for a given heartbeat.
+pub(crate) fn check_interval(heartbeat: Duration) -> Duration {
+    (heartbeat / 10).clamp(Duration::from_millis(1), MAX_CHECK)
+}
+
+/// What one look at the core says.
+struct Look {
+    state: ServerState,
+    /// When the vote was last changed or confirmed by a leader's message;
+    /// `None` when nothing has happened since this process started.
+    renewed: Option<Instant>,
+    voter: bool,
+    sole_voter: bool,
+}
+
+/// A follower's current deadline: a fresh random draw for each renewal.
+pub(crate) struct Deadline {
+    min: Duration,
+    max: Duration,
+    rng: StdRng,
+    /// The renewal the current draw belongs to, and the drawn timeout.
+    current: Option<(Instant, Duration)>,
+}
+
+impl Deadline {
+    /// A timer with the window `min..=max`.
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Deadline {
+            min,
+            max,
+            rng: StdRng::from_rng(&mut rand::rng()),
+            current: None,
+        }
+    }
+
+    /// The instant a node whose vote was last renewed at `renewed` campaigns.
+    pub(crate) fn due(&mut self, renewed: Instant) -> Instant {
+        match self.current {
+            Some((at, timeout)) if at == renewed => renewed + timeout,
+            _ => {
+                let timeout = self.rng.random_range(self.min..=self.max);
+                self.current = Some((renewed, timeout));
+                renewed + timeout
+            }
+        }
+    }
+}
+
+/// Runs until `stop` turns true or the core stops.
+pub(crate) async fn run(
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    heartbeat: Duration,
+    election_min: Duration,
+    election_max: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut deadline = Deadline::new(election_min, election_max);
+    let mut tick = tokio::time::interval(check_interval(heartbeat));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Stands in for the renewal time while openraft has none (nothing heard
+    // since this process started): a restarted follower gives the leader a
+    // whole window to reach it before it campaigns.
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let look = raft.with_raft_state(move |st| {
+            let membership = st.membership_state.effective().membership();
+            let voters = membership.voter_ids().count();
+            let voter = membership.voter_ids().any(|v| v == id);
+            Look {
+                state: st.server_state,
+                renewed: st.vote_last_modified(),
+                voter,
+                sole_voter: voter && voters == 1,
+            }
+        });
+        let Ok(look) = look.await else {
+            // The core has stopped; Node::failed reports why.
+            return;
+        };
+        if !look.voter || matches!(look.state, ServerState::Leader | ServerState::Shutdown) {
+            continue;
+        }
+        if look.sole_voter {
+            if look.state != ServerState::Candidate {
+                tracing::info!(id, "only voter: campaigning");
+                if raft.trigger().elect().await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        let due = deadline.due(look.renewed.unwrap_or(started));
+        if Instant::now() >= due {
+            tracing::info!(
+                id,
+                state = ?look.state,
+                silent_ms = look.renewed.unwrap_or(started).elapsed().as_millis() as u64,
+                "election timeout passed: campaigning"
+            );
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_renewal_draws_its_own_deadline_inside_the_window() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_millis(700));
+        let mut d = Deadline::new(min, max);
+        let base = Instant::now();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200u64 {
+            let renewed = base + Duration::from_millis(i);
+            let due = d.due(renewed);
+            // The same renewal keeps its draw.
+            assert_eq!(d.due(renewed), due);
+            let timeout = due - renewed;
+            assert!(timeout >= min && timeout <= max, "{timeout:?}");
+            seen.insert(timeout.as_millis());
+        }
+        // Fresh draws, not one number per process (openraft's habit).
+        assert!(seen.len() > 50, "only {} distinct timeouts", seen.len());
+    }
+
+    #[test]
+    fn the_core_is_checked_often_but_not_in_a_busy_loop() {
+        assert_eq!(
+            check_interval(Duration::from_millis(100)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(check_interval(Duration::from_secs(5)), MAX_CHECK);
+        assert_eq!(
+            check_interval(Duration::from_micros(100)),
+            Duration::from_millis(1)
+        );
+    }
+}
