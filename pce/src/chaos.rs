@@ -742,17 +742,25 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
     for id in 1..=REGIONS {
         lab.start_node(id)?;
     }
-    let key_file = lab.data(1).join("owner-api-key.json");
+    // Every node that serves the API races to create the owner key (a
+    // compare-and-set in the store: exactly one wins) and the winner writes it
+    // to its own data directory. Which one wins depends on timing.
     let t = Instant::now();
-    while !key_file.exists() {
+    let key_file = loop {
+        if let Some(f) = (1..=REGIONS)
+            .map(|id| lab.data(id).join("owner-api-key.json"))
+            .find(|f| f.exists())
+        {
+            break f;
+        }
         if t.elapsed() > Duration::from_secs(60) {
             bail!(
-                "node 1 wrote no owner key in 60 s (see {}/n1/node.log)",
+                "no node wrote the owner key in 60 s (see the node logs in {})",
                 lab.dir.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     // The file may be seen before it is complete: read until it parses.
     let key: Value = loop {
         if let Ok(v) = serde_json::from_slice(&std::fs::read(&key_file)?) {
