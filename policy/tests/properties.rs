@@ -440,4 +440,21 @@ proptest! {
         }
         check_engine_matches_reference(&e2, &p2, &engine)?;
     }
+
+    #[test]
+    fn a_provisions_affected_workloads_are_exactly_those_whose_rules_differ(
+        (estate, policy) in arb_world(),
+        mutations in prop::collection::vec(arb_mutation(), 1..5),
+    ) {
+        let (mut e2, mut p2) = (estate, policy.clone());
+        for m in &mutations {
+            mutate(m, &mut e2, &mut p2);
+        }
+        // The reference: two engines, every workload compared.
+        let a = Engine::new(e2.clone(), policy.clone()).all_compiled();
+        let b = Engine::new(e2.clone(), p2.clone()).all_compiled();
+        let ids: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let really: BTreeSet<String> = ids.into_iter().filter(|id| a.get(*id) != b.get(*id)).cloned().collect();
+        prop_assert_eq!(sc_policy::version::affected(&e2, &policy, &p2), really, "after {:?}", mutations);
+    }
 }
