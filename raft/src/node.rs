@@ -261,6 +261,7 @@ impl Node {
         )));
         node.push_task(tokio::spawn(crate::election::run(
             raft.clone(),
+            node.core.peers.clone(),
             opts.id,
             opts.timeouts.heartbeat,
             opts.timeouts.election_min,

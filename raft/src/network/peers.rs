@@ -50,6 +50,10 @@ pub struct Peers {
     spawn: tokio::runtime::Handle,
     /// A std mutex: held only to look up or insert, never across an await.
     channels: Mutex<HashMap<NodeId, (NodeInfo, Channel)>>,
+    /// Set when a peer refused this node's vote request because its own log
+    /// is longer; the election timer reads and clears it (see
+    /// [`Peers::saw_greater_log`]).
+    greater_log: std::sync::atomic::AtomicBool,
 }
 
 impl Peers {
@@ -70,7 +74,23 @@ impl Peers {
             timeouts,
             spawn,
             channels: Mutex::new(HashMap::new()),
+            greater_log: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Records that a peer refused our vote request with a longer log than
+    /// ours. Such a candidate cannot win; campaigning again at once only
+    /// raises the term and deposes the candidates that can (openraft's own
+    /// timer backs off in this case too, and ours replaces it).
+    pub(crate) fn saw_greater_log(&self) {
+        self.greater_log
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a peer had a longer log since the last call (and forgets it).
+    pub(crate) fn take_greater_log(&self) -> bool {
+        self.greater_log
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node's fence (shared with its servers, which refuse while it stands).

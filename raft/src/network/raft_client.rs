@@ -150,10 +150,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
-        self.unary(RPCTypes::Vote, &rpc, ttl, |mut c, p| async move {
-            c.vote(p).await
-        })
-        .await
+        let ours = rpc.last_log_id;
+        let resp: VoteResponse<NodeId> = self
+            .unary(RPCTypes::Vote, &rpc, ttl, |mut c, p| async move {
+                c.vote(p).await
+            })
+            .await?;
+        if !resp.vote_granted && resp.last_log_id > ours {
+            self.peers.saw_greater_log();
+        }
+        Ok(resp)
     }
 
     async fn full_snapshot(
