@@ -152,7 +152,8 @@ pub(crate) async fn run(
             peers.take_greater_log();
             stand_back = None;
         }
-        let due = deadline.due(look.renewed.unwrap_or(started));
+        let renewed = look.renewed.unwrap_or(started);
+        let due = deadline.due(renewed);
         let now = Instant::now();
         if now >= due && stand_back.is_none_or(|t| now >= t) {
             if peers.take_greater_log() {
@@ -167,7 +168,7 @@ pub(crate) async fn run(
             tracing::info!(
                 id,
                 state = ?look.state,
-                silent_ms = look.renewed.unwrap_or(started).elapsed().as_millis() as u64,
+                silent_ms = (now - renewed).as_millis() as u64,
                 "election timeout passed: campaigning"
             );
             if raft.trigger().elect().await.is_err() {
