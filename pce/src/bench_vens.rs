@@ -67,6 +67,21 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system) a process has used, in milliseconds; `None` for
+/// this process reads `/proc/self`. Lets the bench say how a round's work splits
+/// between the PCE and the simulator sharing its cores.
+fn cpu_ms(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let s = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) start at state (3).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 * 1000.0 / hz as f64)
+}
+
 /// The `pce up` process whose `--dir` is `dir` (paths compared canonically,
 /// relative ones against that process's working directory).
 fn find_server(dir: &std::path::Path) -> Option<u32> {
@@ -188,7 +203,7 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         );
     }
     println!(
-        "{:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "{:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
         "VENs",
         "affected",
         "pair s",
@@ -197,7 +212,9 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         "p99 ms",
         "max ms",
         "KiB/VEN",
-        "bystander pushes"
+        "bystander pushes",
+        "PCE CPU ms/round",
+        "sim CPU ms/round"
     );
     for &n in &args.counts {
         let tag = sc_leader::time::now_ms();
@@ -336,7 +353,10 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             .await?,
         );
         let mut hist = Histogram::<u64>::new(3)?;
+        // CPU used from each provision until its last acknowledgement.
+        let (mut pce_cpu, mut sim_cpu) = (0.0, 0.0);
         for round in 0..args.rounds {
+            let cpu0 = (server.and_then(|p| cpu_ms(Some(p))), cpu_ms(None));
             let already = count(round + 2);
             post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": label}}], "consumers": [{"ip_list": {"href": ipl}}], "ingress_services": [{"proto": 6, "port": 1000 + round}], "unscoped_consumers": true})).await?;
             post(
@@ -361,6 +381,12 @@ pub async fn vens(args: VensArgs) -> Result<()> {
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if let (Some(a), Some(b)) = (cpu0.0, server.and_then(|p| cpu_ms(Some(p)))) {
+                pce_cpu += b - a;
+            }
+            if let (Some(a), Some(b)) = (cpu0.1, cpu_ms(None)) {
+                sim_cpu += b - a;
             }
             let r = applied.lock().map_err(|_| anyhow::anyhow!("lock"))?;
             for (w, times) in r.iter() {
@@ -387,10 +413,12 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             })
             .unwrap_or(0);
         println!(
-            "{n:>7} {affected:>9} {pair_s:>8.1} {sync_s:>8.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>9} {stray:>10}",
+            "{n:>7} {affected:>9} {pair_s:>8.1} {sync_s:>8.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>9} {stray:>10} {:>10.0} {:>10.0}",
             pct(&hist, 0.5),
             pct(&hist, 0.99),
-            hist.max() as f64 / 1000.0
+            hist.max() as f64 / 1000.0,
+            pce_cpu / args.rounds.max(1) as f64,
+            sim_cpu / args.rounds.max(1) as f64,
         );
         let _ = stop_tx.send(true);
         tokio::time::sleep(Duration::from_secs(2)).await;
