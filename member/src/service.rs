@@ -18,9 +18,11 @@ use sc_proto::ven::{
 use sc_raft::pki::{common_name, VenSigner};
 use sc_raft::{Node, TlsMaterial};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use std::pin::Pin;
+
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -231,7 +233,11 @@ impl Svc {
     }
 }
 
-type PolicyStreamOut = ReceiverStream<Result<PceMessage, Status>>;
+/// The member's side of a policy stream. It is the `Session` itself, polled by
+/// the HTTP/2 stream's own task: a push is rendered and framed where it is sent,
+/// with no task or channel between (at 10,000 VENs, one task wake-up and one
+/// channel hand-off less per push, on the cores the pushes share).
+type PolicyStreamOut = Pin<Box<dyn Stream<Item = Result<PceMessage, Status>> + Send>>;
 
 /// The gRPC handle on the shared service state.
 #[derive(Clone)]
@@ -289,51 +295,35 @@ impl Ven for Handle {
         if doc.region.as_deref() != Some(self.region().as_str()) {
             self.cache.adopt(&id);
         }
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(4);
+        let inbound = req.into_inner();
         let svc = self.0.clone();
-        tokio::spawn(async move {
-            let session = svc
-                .next_session
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Ok(mut s) = svc.sessions.lock() {
-                s.open(session, &id);
-            }
-            let notify = svc.cache.watch(&id);
-            if svc.presence.must_claim(&doc) {
-                svc.presence.set(&id, true);
-            }
-            let goodbye = run_session(&svc, &id, session, &mut inbound, &tx, &notify).await;
-            svc.cache.unwatch(&id, &notify);
-            let another = svc
-                .sessions
-                .lock()
-                .map(|mut s| s.close(session))
-                .unwrap_or(false);
-            if another {
-                // Another stream of the same VEN is still open here.
-                return;
-            }
-            if !goodbye {
-                // Offline only if the VEN does not come back (here) in time; a
-                // member that is stopping leaves that to the others.
-                let mut stopping = svc.stopping.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(svc.opts.offline_after) => {}
-                    _ = stopping.changed() => return,
-                }
-                let back = svc
-                    .sessions
-                    .lock()
-                    .map(|s| s.open.contains_key(&id))
-                    .unwrap_or(false);
-                if back {
-                    return;
-                }
-            }
-            svc.presence.set(&id, false);
+        let session = svc
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut s) = svc.sessions.lock() {
+            s.open(session, &id);
+        }
+        let notify = svc.cache.watch(&id);
+        if svc.presence.must_claim(&doc) {
+            svc.presence.set(&id, true);
+        }
+        let session = Session {
+            stopping: svc.stopping.clone(),
+            fenced: svc.fenced.clone(),
+            svc,
+            id,
+            session,
+            inbound,
+            notify,
+            last_sent: None,
+            ended: false,
+            goodbye: false,
+        };
+        let out = futures_util::stream::unfold(session, |mut s| async move {
+            let msg = s.next().await?;
+            Some((msg, s))
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn report_flows(&self, req: Request<FlowBatch>) -> Result<Response<FlowAck>, Status> {
@@ -382,133 +372,216 @@ impl Ven for Handle {
     }
 }
 
-/// Runs one VEN's stream; returns whether it ended with a goodbye.
-async fn run_session(
-    svc: &Arc<Svc>,
-    id: &str,
+/// One VEN's open policy stream: what it was sent, and what ends it.
+struct Session {
+    svc: Arc<Svc>,
+    /// The workload (from the client certificate).
+    id: String,
     session: u64,
-    inbound: &mut Streaming<VenMessage>,
-    tx: &mpsc::Sender<Result<PceMessage, Status>>,
-    notify: &tokio::sync::Notify,
-) -> bool {
-    let hello = match tokio::time::timeout(svc.opts.hello_timeout, inbound.message()).await {
-        Ok(Ok(Some(VenMessage {
-            kind: Some(ven_message::Kind::Hello(h)),
-        }))) => h,
-        Ok(Ok(Some(_))) => {
-            let _ = tx
-                .send(Err(Status::invalid_argument(
-                    "the first message must be hello",
-                )))
-                .await;
-            return false;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(workload = id, error = %e, "stream broke before hello");
-            return false;
-        }
-        Ok(Ok(None)) | Err(_) => return false,
-    };
-    // What the VEN enforces now, until it acknowledges something newer.
-    if let Ok(mut s) = svc.sessions.lock() {
-        if let Some(st) = s.state(session) {
-            st.applied_hash = hello.policy_hash.clone();
-            st.applied_version = hello.policy_version;
-        }
-    }
-    let mut last_sent = hello.policy_hash;
-    if send_current(svc, id, session, tx, &mut last_sent)
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let mut stopping = svc.stopping.clone();
-    let mut fenced = svc.fenced.clone();
-    loop {
-        tokio::select! {
-            _ = stopping.changed() => {
-                let _ = tx.send(Err(Status::unavailable("this member is shutting down; connect to another"))).await;
-                return false;
-            }
-            Ok(()) = fenced.changed() => {
-                if *fenced.borrow() {
-                    let _ = tx.send(Err(Status::unavailable("this member is fenced for a drill; connect to another"))).await;
-                    return false;
-                }
-            }
-            _ = notify.notified() => {
-                if send_current(svc, id, session, tx, &mut last_sent).await.is_err() {
-                    return false;
-                }
-            }
-            msg = inbound.message() => match msg {
-                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Applied(a)) })) => {
-                    if let Ok(mut s) = svc.sessions.lock() {
-                        if let Some(st) = s.state(session) {
-                            st.applied_hash = a.policy_hash;
-                            st.applied_version = a.policy_version;
-                        }
-                    }
-                }
-                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Heartbeat(_)) })) => {}
-                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Goodbye(_)) })) => return true,
-                Ok(Some(VenMessage { kind: Some(ven_message::Kind::Hello(_)) })) | Ok(Some(VenMessage { kind: None })) => {
-                    let _ = tx.send(Err(Status::invalid_argument("expected applied, heartbeat or goodbye"))).await;
-                    return false;
-                }
-                Ok(None) | Err(_) => return false,
-            }
-        }
-    }
+    inbound: Streaming<VenMessage>,
+    /// Pinged by the cache when this workload's policy may have changed.
+    notify: Arc<Notify>,
+    /// The hash of the policy the VEN has or was last sent; `None` until hello.
+    last_sent: Option<String>,
+    stopping: watch::Receiver<bool>,
+    fenced: watch::Receiver<bool>,
+    /// The last message (an error or an unpair) has been handed out.
+    ended: bool,
+    /// The VEN said goodbye: offline at once, without waiting for it to return.
+    goodbye: bool,
 }
 
-/// Sends this workload's current policy if it differs from what was last sent.
-async fn send_current(
-    svc: &Svc,
-    id: &str,
-    session: u64,
-    tx: &mpsc::Sender<Result<PceMessage, Status>>,
-    last: &mut String,
-) -> Result<(), ()> {
-    let Some(p) = svc.cache.policy_of(id) else {
-        // No policy for a streaming VEN: its workload was unpaired (deleted).
-        let gone = svc
-            .db
-            .rev(&keys::obj(Space::Live, Kind::Workload, id))
-            .await
-            .map(|r| r.is_none())
-            .unwrap_or(false);
-        if gone {
-            let msg = PceMessage {
+/// What woke a session.
+enum Wake {
+    Stopping,
+    Fenced,
+    Notified,
+    Inbound(Result<Option<VenMessage>, Status>),
+}
+
+impl Session {
+    /// The next message for the VEN; `None` ends the stream.
+    async fn next(&mut self) -> Option<Result<PceMessage, Status>> {
+        if self.ended {
+            return None;
+        }
+        if self.last_sent.is_none() {
+            if let Err(last) = self.hello().await {
+                self.ended = true;
+                return last;
+            }
+            if let Some(msg) = self.current().await {
+                return Some(msg);
+            }
+        }
+        loop {
+            let wake = tokio::select! {
+                _ = self.stopping.changed() => Wake::Stopping,
+                Ok(()) = self.fenced.changed() => Wake::Fenced,
+                _ = self.notify.notified() => Wake::Notified,
+                msg = self.inbound.message() => Wake::Inbound(msg),
+            };
+            match wake {
+                Wake::Stopping => {
+                    self.ended = true;
+                    return Some(Err(Status::unavailable(
+                        "this member is shutting down; connect to another",
+                    )));
+                }
+                Wake::Fenced => {
+                    if *self.fenced.borrow() {
+                        self.ended = true;
+                        return Some(Err(Status::unavailable(
+                            "this member is fenced for a drill; connect to another",
+                        )));
+                    }
+                }
+                Wake::Notified => {
+                    if let Some(msg) = self.current().await {
+                        return Some(msg);
+                    }
+                }
+                Wake::Inbound(Ok(Some(VenMessage {
+                    kind: Some(ven_message::Kind::Applied(a)),
+                }))) => self.record(a.policy_hash, a.policy_version),
+                Wake::Inbound(Ok(Some(VenMessage {
+                    kind: Some(ven_message::Kind::Heartbeat(_)),
+                }))) => {}
+                Wake::Inbound(Ok(Some(VenMessage {
+                    kind: Some(ven_message::Kind::Goodbye(_)),
+                }))) => {
+                    self.goodbye = true;
+                    return None;
+                }
+                Wake::Inbound(Ok(Some(VenMessage {
+                    kind: Some(ven_message::Kind::Hello(_)) | None,
+                }))) => {
+                    self.ended = true;
+                    return Some(Err(Status::invalid_argument(
+                        "expected applied, heartbeat or goodbye",
+                    )));
+                }
+                Wake::Inbound(Ok(None) | Err(_)) => return None,
+            }
+        }
+    }
+
+    /// Waits for the VEN's hello. `Err` holds the stream's last item.
+    async fn hello(&mut self) -> Result<(), Option<Result<PceMessage, Status>>> {
+        let timeout = self.svc.opts.hello_timeout;
+        match tokio::time::timeout(timeout, self.inbound.message()).await {
+            Ok(Ok(Some(VenMessage {
+                kind: Some(ven_message::Kind::Hello(h)),
+            }))) => {
+                // What the VEN enforces now, until it acknowledges something newer.
+                self.record(h.policy_hash.clone(), h.policy_version);
+                self.last_sent = Some(h.policy_hash);
+                Ok(())
+            }
+            Ok(Ok(Some(_))) => Err(Some(Err(Status::invalid_argument(
+                "the first message must be hello",
+            )))),
+            Ok(Err(e)) => {
+                tracing::debug!(workload = %self.id, error = %e, "stream broke before hello");
+                Err(None)
+            }
+            Ok(Ok(None)) | Err(_) => Err(None),
+        }
+    }
+
+    /// Notes the policy the VEN says it enforces.
+    fn record(&self, hash: String, version: u64) {
+        if let Ok(mut s) = self.svc.sessions.lock() {
+            if let Some(st) = s.state(self.session) {
+                st.applied_hash = hash;
+                st.applied_version = version;
+            }
+        }
+    }
+
+    /// This workload's current policy if it differs from what was last sent;
+    /// an unpair action (and the end) if the workload is gone.
+    async fn current(&mut self) -> Option<Result<PceMessage, Status>> {
+        let Some(p) = self.svc.cache.policy_of(&self.id) else {
+            // No policy for a streaming VEN: its workload was unpaired (deleted).
+            let gone = self
+                .svc
+                .db
+                .rev(&keys::obj(Space::Live, Kind::Workload, &self.id))
+                .await
+                .map(|r| r.is_none())
+                .unwrap_or(false);
+            if !gone {
+                return None;
+            }
+            self.ended = true;
+            return Some(Ok(PceMessage {
                 kind: Some(pce_message::Kind::Action(Action {
                     kind: action::Kind::Unpair as i32,
                 })),
-            };
-            let _ = tx.send(Ok(msg)).await;
-            return Err(());
+            }));
+        };
+        if self.last_sent.as_deref() == Some(p.hash.as_str()) {
+            return None;
         }
-        return Ok(());
-    };
-    if &p.hash == last {
-        return Ok(());
-    }
-    let msg = PceMessage {
-        kind: Some(pce_message::Kind::Policy(Policy {
-            version: p.version,
-            hash: p.hash.clone(),
-            compiled_json: p.json.clone(),
-        })),
-    };
-    *last = p.hash.clone();
-    tx.send(Ok(msg)).await.map_err(|_| ())?;
-    if let Ok(mut s) = svc.sessions.lock() {
-        if let Some(st) = s.state(session) {
-            st.sent += 1;
+        self.last_sent = Some(p.hash.clone());
+        if let Ok(mut s) = self.svc.sessions.lock() {
+            if let Some(st) = s.state(self.session) {
+                st.sent += 1;
+            }
         }
+        Some(Ok(PceMessage {
+            kind: Some(pce_message::Kind::Policy(Policy {
+                version: p.version,
+                hash: p.hash.clone(),
+                compiled_json: p.json.clone(),
+            })),
+        }))
     }
-    let _ = id;
-    Ok(())
+}
+
+impl Drop for Session {
+    /// The stream is over (ended here, or dropped when its connection went):
+    /// forget it, and take the workload offline unless the VEN comes back (here
+    /// or to another member) in time.
+    fn drop(&mut self) {
+        let svc = &self.svc;
+        svc.cache.unwatch(&self.id, &self.notify);
+        let another = svc
+            .sessions
+            .lock()
+            .map(|mut s| s.close(self.session))
+            .unwrap_or(false);
+        if another {
+            // Another stream of the same VEN is still open here.
+            return;
+        }
+        if self.goodbye {
+            svc.presence.set(&self.id, false);
+            return;
+        }
+        // Dropped outside the runtime means the process is ending: nothing to do.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (svc, id) = (svc.clone(), self.id.clone());
+        rt.spawn(async move {
+            // A member that is stopping leaves that to the others.
+            let mut stopping = svc.stopping.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(svc.opts.offline_after) => {}
+                _ = stopping.changed() => return,
+            }
+            let back = svc
+                .sessions
+                .lock()
+                .map(|s| s.open.contains_key(&id))
+                .unwrap_or(false);
+            if !back {
+                svc.presence.set(&id, false);
+            }
+        });
+    }
 }
 
 impl VenServer {

@@ -6,7 +6,6 @@
 //! provision's answer (the commit) to the VEN's acknowledgement of the new
 //! policy. Also the server process's memory per connected VEN.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use sc_leader::client::ApiClient;
 use sc_ven::identity::{pair, HostFacts};
-use sc_ven::{Agent, AgentEvent, Enforcer};
+use sc_ven::{Agent, AgentEvent, Enforcer, FleetEvent};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
@@ -147,27 +146,40 @@ where
     Ok(out)
 }
 
-/// The latest event of up to ten VENs of `ids` with fewer than `k` policies
+/// What the fleet's events say of each VEN (indexed by agent number), kept by
+/// the one task that reads them.
+#[derive(Default)]
+struct Record {
+    /// When each VEN applied each of its policies.
+    applied: Vec<Vec<Instant>>,
+    /// Each VEN's latest event, to say where the stragglers are if a phase does
+    /// not finish (formatting is left to that failure path).
+    last: Vec<Option<AgentEvent>>,
+}
+
+/// The latest event of up to ten VENs of `agents` with fewer than `k` policies
 /// applied, and how many such VENs there are.
 fn stragglers(
-    ids: &[String],
-    applied: &Mutex<HashMap<String, Vec<Instant>>>,
-    last: &Mutex<HashMap<String, AgentEvent>>,
+    agents: impl Iterator<Item = usize>,
+    names: &[String],
+    rec: &Mutex<Record>,
     k: usize,
 ) -> String {
-    let (Ok(applied), Ok(last)) = (applied.lock(), last.lock()) else {
+    let Ok(rec) = rec.lock() else {
         return "unknown (a lock was poisoned)".into();
     };
-    let late: Vec<&String> = ids
-        .iter()
-        .filter(|w| applied.get(*w).map_or(0, Vec::len) < k)
+    let late: Vec<usize> = agents
+        .filter(|&i| rec.applied.get(i).map_or(0, Vec::len) < k)
         .collect();
     let shown: Vec<String> = late
         .iter()
         .take(10)
-        .map(|w| match last.get(*w) {
-            Some(e) => format!("{w}: {e:?}"),
-            None => format!("{w}: no event at all"),
+        .map(|&i| {
+            let name = names.get(i).map_or("?", String::as_str);
+            match rec.last.get(i).and_then(Option::as_ref) {
+                Some(e) => format!("{name}: {e:?}"),
+                None => format!("{name}: no event at all"),
+            }
         })
         .collect();
     format!("{} late; {}", late.len(), shown.join("; "))
@@ -268,60 +280,62 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         .await?;
         let pair_s = t0.elapsed().as_secs_f64();
 
-        // Run them; record when each applies each policy.
-        let applied: Arc<Mutex<HashMap<String, Vec<Instant>>>> =
-            Arc::new(Mutex::new(HashMap::new()));
-        // Each VEN's latest event, to say where the stragglers are if a phase
-        // does not finish.
-        // Kept as the event itself: formatting it is left to the failure path.
-        let last_event: Arc<Mutex<HashMap<String, AgentEvent>>> =
-            Arc::new(Mutex::new(HashMap::new()));
-        let mut everyone = Vec::with_capacity(n);
+        // Run them; record when each applies each policy. One task reads the
+        // whole fleet's events, in batches: a task per VEN would add 10,000
+        // wake-ups per round to the cores the VENs and the PCE share.
+        let rec: Arc<Mutex<Record>> = Arc::new(Mutex::new(Record {
+            applied: vec![Vec::new(); n],
+            last: vec![None; n],
+        }));
         // VENs with at least k policies applied, [all, measured] per k: counted
         // as events arrive, so waiting for a round does not scan 10k entries
-        // every 10 ms on the cores the VENs and the PCE share.
+        // every 10 ms.
         let reached: Arc<Vec<[AtomicUsize; 2]>> = Arc::new(
             (0..args.rounds + 3)
                 .map(|_| [AtomicUsize::new(0), AtomicUsize::new(0)])
                 .collect(),
         );
-        let mut watched = std::collections::HashSet::new();
-        let (stop_tx, stop) = watch::channel(false);
-        let t1 = Instant::now();
-        for (region, mut id, is_measured) in ids {
-            if is_measured {
-                watched.insert(id.workload_id.clone());
-            }
-            everyone.push(id.workload_id.clone());
-            id.members.retain(|m| m.region == region);
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            let name = id.workload_id.clone();
-            let rec = applied.clone();
-            let last = last_event.clone();
-            let reached = reached.clone();
+        let is_measured: Arc<Vec<bool>> = Arc::new(ids.iter().map(|(_, _, m)| *m).collect());
+        let names: Vec<String> = ids
+            .iter()
+            .map(|(_, id, _)| id.workload_id.clone())
+            .collect();
+        let (events, mut fleet) = mpsc::unbounded_channel::<FleetEvent>();
+        {
+            let (rec, reached, is_measured) = (rec.clone(), reached.clone(), is_measured.clone());
             tokio::spawn(async move {
-                while let Some(e) = rx.recv().await {
-                    if matches!(e, AgentEvent::Applied { .. }) {
-                        if let Ok(mut r) = rec.lock() {
-                            let times = r.entry(name.clone()).or_default();
-                            times.push(Instant::now());
-                            if let Some(c) = reached.get(times.len()) {
-                                c[0].fetch_add(1, Ordering::Relaxed);
-                                if is_measured {
-                                    c[1].fetch_add(1, Ordering::Relaxed);
+                let mut batch = Vec::with_capacity(1024);
+                while fleet.recv_many(&mut batch, 1024).await > 0 {
+                    let Ok(mut r) = rec.lock() else { return };
+                    for e in batch.drain(..) {
+                        if matches!(e.event, AgentEvent::Applied { .. }) {
+                            if let Some(times) = r.applied.get_mut(e.agent) {
+                                times.push(e.at);
+                                if let Some(c) = reached.get(times.len()) {
+                                    c[0].fetch_add(1, Ordering::Relaxed);
+                                    if is_measured.get(e.agent) == Some(&true) {
+                                        c[1].fetch_add(1, Ordering::Relaxed);
+                                    }
                                 }
                             }
                         }
-                    }
-                    if let Ok(mut l) = last.lock() {
-                        l.insert(name.clone(), e);
+                        if let Some(l) = r.last.get_mut(e.agent) {
+                            *l = Some(e.event);
+                        }
                     }
                 }
             });
-            let mut agent = Agent::new(id, None, Enforcer::Simulated)?.with_events(tx);
+        }
+        let (stop_tx, stop) = watch::channel(false);
+        let t1 = Instant::now();
+        for (i, (region, mut id, _)) in ids.into_iter().enumerate() {
+            id.members.retain(|m| m.region == region);
+            let mut agent =
+                Agent::new(id, None, Enforcer::Simulated)?.with_fleet_events(events.clone(), i);
             agent.heartbeat = Duration::from_secs(30);
             tokio::spawn(agent.run(stop.clone()));
         }
+        let measured_agents = || (0..n).filter(|&i| is_measured[i]);
         // VENs with at least k policies applied: all of them, or the measured.
         let count_of = |k: usize, only_measured: bool| {
             reached
@@ -334,7 +348,7 @@ pub async fn vens(args: VensArgs) -> Result<()> {
                 bail!(
                     "only {} of {n} VENs got a first policy in 10 minutes; the others' last events: {}",
                     count_of(1, false),
-                    stragglers(&everyone, &applied, &last_event, 1)
+                    stragglers(0..n, &names, &rec, 1)
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -369,15 +383,10 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             let deadline = committed + Duration::from_secs(120);
             while count(round + 2) < affected {
                 if Instant::now() > deadline {
-                    let late: Vec<String> = everyone
-                        .iter()
-                        .filter(|w| watched.contains(*w))
-                        .cloned()
-                        .collect();
                     bail!(
                         "round {round}: only {} of {affected} VENs acknowledged; the others' last events: {}",
                         count(round + 2) - already,
-                        stragglers(&late, &applied, &last_event, round + 2)
+                        stragglers(measured_agents(), &names, &rec, round + 2)
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -388,12 +397,9 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             if let (Some(a), Some(b)) = (cpu0.1, cpu_ms(None)) {
                 sim_cpu += b - a;
             }
-            let r = applied.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-            for (w, times) in r.iter() {
-                if !watched.contains(w) {
-                    continue;
-                }
-                if let Some(t) = times.get(round + 1) {
+            let r = rec.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+            for i in measured_agents() {
+                if let Some(t) = r.applied[i].get(round + 1) {
                     let _ = hist.record(t.saturating_duration_since(committed).as_micros() as u64);
                 }
             }
@@ -403,12 +409,12 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             _ => "n/a".into(),
         };
         // Pushes to VENs whose policy did not change (must be 0).
-        let stray = applied
+        let stray = rec
             .lock()
             .map(|r| {
-                r.iter()
-                    .filter(|(w, _)| !watched.contains(*w))
-                    .map(|(_, v)| v.len().saturating_sub(1))
+                (0..n)
+                    .filter(|&i| !is_measured[i])
+                    .map(|i| r.applied[i].len().saturating_sub(1))
                     .sum::<usize>()
             })
             .unwrap_or(0);

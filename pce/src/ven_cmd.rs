@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sc_ven::identity::{pair, HostFacts};
-use sc_ven::{Agent, AgentEvent, Enforcer, Identity};
+use sc_ven::{Agent, AgentEvent, Enforcer, FleetEvent, Identity};
 use tokio::sync::{mpsc, watch};
 
 use crate::ops::wait_for_stop_signal;
@@ -236,27 +236,40 @@ pub async fn sim(args: SimArgs) -> Result<()> {
     let vens: Arc<Mutex<HashMap<String, SimVen>>> = Arc::new(Mutex::new(HashMap::new()));
     let (stop_tx, stop) = watch::channel(false);
     let t1 = Instant::now();
-    for mut id in identities {
+    // One task reads every VEN's events, in batches (a task per VEN would wake
+    // once per VEN per push).
+    let (events, mut fleet) = mpsc::unbounded_channel::<FleetEvent>();
+    let mut names = Vec::with_capacity(identities.len());
+    let mut agents = Vec::with_capacity(identities.len());
+    for (i, mut id) in identities.into_iter().enumerate() {
         if let Some(r) = &args.region {
             id.members.retain(|m| &m.region == r);
             if id.members.is_empty() {
                 bail!("no member in region {r}");
             }
         }
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let name = id.workload_id.clone();
-        let states = vens.clone();
-        if let Ok(mut v) = states.lock() {
+        names.push(id.workload_id.clone());
+        agents
+            .push(Agent::new(id, None, Enforcer::Simulated)?.with_fleet_events(events.clone(), i));
+    }
+    if let Ok(mut v) = vens.lock() {
+        for name in &names {
             v.insert(name.clone(), SimVen::default());
         }
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                if let Ok(mut v) = states.lock() {
-                    track(v.entry(name.clone()).or_default(), e);
+    }
+    let states = vens.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(1024);
+        while fleet.recv_many(&mut batch, 1024).await > 0 {
+            let Ok(mut v) = states.lock() else { return };
+            for e in batch.drain(..) {
+                if let Some(state) = names.get(e.agent).and_then(|n| v.get_mut(n)) {
+                    track(state, e.event);
                 }
             }
-        });
-        let agent = Agent::new(id, None, Enforcer::Simulated)?.with_events(tx);
+        }
+    });
+    for agent in agents {
         tokio::spawn(agent.run(stop.clone()));
     }
     let deadline = args

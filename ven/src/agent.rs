@@ -35,13 +35,32 @@ pub enum AgentEvent {
     Unpaired,
 }
 
+/// An event of one agent of many reporting into one channel (the simulator):
+/// one consumer for the fleet instead of a task per VEN, and the time taken
+/// where it happened, not where the consumer got to it.
+#[derive(Debug, Clone)]
+pub struct FleetEvent {
+    /// The agent, as numbered by whoever started it.
+    pub agent: usize,
+    /// When it happened.
+    pub at: Instant,
+    /// What happened.
+    pub event: AgentEvent,
+}
+
+/// Where an agent reports what it does.
+enum Events {
+    One(mpsc::UnboundedSender<AgentEvent>),
+    Fleet(mpsc::UnboundedSender<FleetEvent>, usize),
+}
+
 /// One VEN.
 pub struct Agent {
     dir: Option<PathBuf>,
     identity: Identity,
     enforcer: Enforcer,
     current: Option<StoredPolicy>,
-    events: Option<mpsc::UnboundedSender<AgentEvent>>,
+    events: Option<Events>,
     /// Time between heartbeats.
     pub heartbeat: Duration,
     /// Whether to adopt the member list members report (default); off pins the
@@ -79,7 +98,17 @@ impl Agent {
 
     /// Reports what happens on `tx`.
     pub fn with_events(mut self, tx: mpsc::UnboundedSender<AgentEvent>) -> Self {
-        self.events = Some(tx);
+        self.events = Some(Events::One(tx));
+        self
+    }
+
+    /// Reports what happens on a channel shared by a fleet, as agent `agent`.
+    pub fn with_fleet_events(
+        mut self,
+        tx: mpsc::UnboundedSender<FleetEvent>,
+        agent: usize,
+    ) -> Self {
+        self.events = Some(Events::Fleet(tx, agent));
         self
     }
 
@@ -88,9 +117,19 @@ impl Agent {
         &self.identity.workload_id
     }
 
-    fn emit(&self, e: AgentEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(e);
+    fn emit(&self, event: AgentEvent) {
+        match &self.events {
+            Some(Events::One(tx)) => {
+                let _ = tx.send(event);
+            }
+            Some(Events::Fleet(tx, agent)) => {
+                let _ = tx.send(FleetEvent {
+                    agent: *agent,
+                    at: Instant::now(),
+                    event,
+                });
+            }
+            None => {}
         }
     }
 

@@ -10,6 +10,6 @@ pub mod agent;
 pub mod enforce;
 pub mod identity;
 
-pub use agent::{Agent, AgentEvent};
+pub use agent::{Agent, AgentEvent, FleetEvent};
 pub use enforce::Enforcer;
 pub use identity::{Identity, StoredPolicy, VenError};
