@@ -69,7 +69,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// CPU time (user + system) a process has used, in milliseconds; `None` for
 /// this process reads `/proc/self`. Lets the bench say how a round's work splits
 /// between the PCE and the simulator sharing its cores.
-fn cpu_ms(pid: Option<u32>) -> Option<f64> {
+pub(crate) fn cpu_ms(pid: Option<u32>) -> Option<f64> {
     let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
     let s = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start at state (3).
@@ -185,7 +185,7 @@ fn stragglers(
     format!("{} late; {}", late.len(), shown.join("; "))
 }
 
-fn pct(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 

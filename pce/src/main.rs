@@ -7,6 +7,7 @@
 mod bench;
 mod bench_api;
 mod bench_failover;
+mod bench_floor;
 mod bench_vens;
 mod chaos;
 mod config;
@@ -198,6 +199,9 @@ enum BenchCommand {
     Resync(bench_vens::ResyncArgs),
     /// Leader killed with SIGKILL: time until writes resume, Supercluster and etcd.
     Failover(bench_failover::FailoverArgs),
+    /// The transport alone: one push to N TLS streams and their acknowledgements,
+    /// with no PCE behind it (the floor under `bench vens`).
+    Floor(bench_floor::FloorArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -293,6 +297,7 @@ async fn run(cli: Cli) -> Result<()> {
             BenchCommand::Vens(args) => bench_vens::vens(args).await,
             BenchCommand::Resync(args) => bench_vens::resync(args).await,
             BenchCommand::Failover(args) => bench_failover::failover(args).await,
+            BenchCommand::Floor(args) => bench_floor::floor(args).await,
         },
     }
 }
