@@ -52,6 +52,12 @@ pub struct VensArgs {
     /// carry a label no measured rule names).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=100))]
     affected: u8,
+    /// After the rounds, restart the member process given by --server-pid (a
+    /// `pce serve` of --region: stopped with SIGINT, started again with the same
+    /// command in the same directory) and measure how long its VENs take to
+    /// stream from it again.
+    #[arg(long, requires_all = ["region", "server_pid"])]
+    restart_member: bool,
 }
 
 const ORG: &str = "/api/v2/orgs/1";
@@ -155,6 +161,8 @@ struct Record {
     /// Each VEN's latest event, to say where the stragglers are if a phase does
     /// not finish (formatting is left to that failure path).
     last: Vec<Option<AgentEvent>>,
+    /// When each VEN's stream was last accepted by a member.
+    connected: Vec<Option<Instant>>,
 }
 
 /// The latest event of up to ten VENs of `agents` with fewer than `k` policies
@@ -187,6 +195,93 @@ fn stragglers(
 
 pub(crate) fn pct(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Stops the member process `pid` (SIGINT, then SIGKILL after a minute),
+/// starts it again with the same executable, arguments and directory, and
+/// reports how long until all `n` VENs stream from it again and how many
+/// policies were pushed meanwhile (none: their hashes were current).
+async fn restart_member(pid: u32, n: usize, rec: &Mutex<Record>) -> Result<()> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).context("the member's executable")?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).context("the member's directory")?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).context("the member's command")?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .skip(1)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).to_string())
+        .collect();
+    let pushes = |rec: &Mutex<Record>| {
+        rec.lock()
+            .map(|r| r.applied.iter().map(Vec::len).sum::<usize>())
+            .unwrap_or(0)
+    };
+    let before = pushes(rec);
+    let t0 = Instant::now();
+    // SAFETY: kill only sends a signal to the process the caller named.
+    if unsafe { libc::kill(pid as i32, libc::SIGINT) } != 0 {
+        bail!(
+            "stopping the member {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    while alive() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_s = t0.elapsed().as_secs_f64();
+    let log = std::fs::File::create(cwd.join("restart.log")).context("restart.log")?;
+    let started = Instant::now();
+    std::process::Command::new(&exe)
+        .args(&args)
+        .current_dir(&cwd)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} again", exe.display()))?;
+    let back = |rec: &Mutex<Record>| {
+        rec.lock().map_or(Vec::new(), |r| {
+            r.connected
+                .iter()
+                .filter_map(|c| c.filter(|at| *at > started))
+                .collect::<Vec<_>>()
+        })
+    };
+    loop {
+        let times = back(rec);
+        if times.len() >= n {
+            let mut h = Histogram::<u64>::new(3)?;
+            for t in &times {
+                let _ = h.record(t.duration_since(started).as_micros() as u64);
+            }
+            println!(
+                "member restarted: stopped in {stopped_s:.2} s; all {n} VENs streaming from it again {:.2} s after the restart (p50 {:.2} s); policies pushed meanwhile: {}",
+                h.max() as f64 / 1e6,
+                h.value_at_quantile(0.5) as f64 / 1e6,
+                pushes(rec) - before
+            );
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            let late: Vec<String> = rec.lock().map_or(Vec::new(), |r| {
+                (0..n)
+                    .filter(|&i| r.connected[i].is_none_or(|at| at <= started))
+                    .take(10)
+                    .map(|i| format!("VEN {i}: {:?}", r.last[i]))
+                    .collect()
+            });
+            bail!(
+                "{} of {n} VENs came back in 5 minutes after the member restarted; of the others: {}",
+                times.len(),
+                late.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `pce bench vens`.
@@ -286,6 +381,7 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         let rec: Arc<Mutex<Record>> = Arc::new(Mutex::new(Record {
             applied: vec![Vec::new(); n],
             last: vec![None; n],
+            connected: vec![None; n],
         }));
         // VENs with at least k policies applied, [all, measured] per k: counted
         // as events arrive, so waiting for a round does not scan 10k entries
@@ -319,6 +415,11 @@ pub async fn vens(args: VensArgs) -> Result<()> {
                                 }
                             }
                         }
+                        if matches!(e.event, AgentEvent::Connected(_)) {
+                            if let Some(c) = r.connected.get_mut(e.agent) {
+                                *c = Some(e.at);
+                            }
+                        }
                         if let Some(l) = r.last.get_mut(e.agent) {
                             *l = Some(e.event);
                         }
@@ -333,6 +434,9 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             let mut agent =
                 Agent::new(id, None, Enforcer::Simulated)?.with_fleet_events(events.clone(), i);
             agent.heartbeat = Duration::from_secs(30);
+            // Pinned to its region's member: a VEN that learned the others would
+            // fail over to them when that member restarts, and stay there.
+            agent.learn_members = false;
             tokio::spawn(agent.run(stop.clone()));
         }
         let measured_agents = || (0..n).filter(|&i| is_measured[i]);
@@ -426,6 +530,11 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             pce_cpu / args.rounds.max(1) as f64,
             sim_cpu / args.rounds.max(1) as f64,
         );
+        if args.restart_member {
+            if let Some(pid) = server {
+                restart_member(pid, n, &rec).await?;
+            }
+        }
         let _ = stop_tx.send(true);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
