@@ -154,7 +154,6 @@ where
 
 /// What the fleet's events say of each VEN (indexed by agent number), kept by
 /// the one task that reads them.
-#[derive(Default)]
 struct Record {
     /// When each VEN applied each of its policies.
     applied: Vec<Vec<Instant>>,
