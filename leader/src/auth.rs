@@ -12,10 +12,10 @@ use std::time::Instant;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::db::Db;
 use crate::error::ApiError;
-use crate::keys::{self, Id};
 use crate::rbac::{Permission, Principal};
+use sc_store::db::Db;
+use sc_store::keys::{self, Id};
 
 /// A user and their roles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,27 +49,8 @@ pub struct ApiKeyDoc {
     pub created_at: u64,
 }
 
-/// Lower-case hex. Written by hand because it runs for every policy a member
-/// pushes (its hash): a `format!` per byte was 3 % of a member's CPU in a
-/// 10k-VEN round.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    out
-}
-
-/// SHA-256 of `parts`, hex.
-pub fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for p in parts {
-        ctx.update(p);
-    }
-    hex(ctx.finish().as_ref())
-}
+use sc_store::hash::hex;
+pub use sc_store::hash::sha256_hex;
 
 /// A fresh random token of `bytes` bytes, hex.
 pub fn random_hex(bytes: usize) -> String {

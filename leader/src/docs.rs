@@ -1,56 +1,23 @@
-//! The stored form of every object (what the KV holds), the JSON the API reads
-//! and writes for it (Illumio's shapes), and the policy model it feeds.
+//! The JSON the API reads and writes for every stored object (Illumio's
+//! shapes). The stored form itself is `sc_store::objects`.
 //!
-//! Stored docs hold ids, never hrefs; hrefs are made on the way out and resolved
-//! on the way in, where a bad one becomes an error naming its field.
+//! Stored objects hold ids, never hrefs; hrefs are made on the way out and
+//! resolved on the way in, where a bad one becomes an error naming its field.
 
-use std::net::IpAddr;
+use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use sc_policy::model::{self as m, Actor, EnforcementMode, PortRange, Proto, ServiceRef};
+use sc_policy::model::{Actor, EnforcementMode, PortRange, Proto, ServiceRef};
+use sc_store::db::{Db, Txn};
+use sc_store::keys::{self, href, Id, Kind, Space};
+use sc_store::objects::*;
+use sc_store::record::{decode_doc, Object};
+use sc_store::world::World;
 
 use crate::error::ApiError;
-use crate::keys::{self, href, Id, Kind, Space};
-
-/// Who made and last changed an object, and when: Illumio's metadata fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Meta {
-    /// Creation time (ms).
-    pub created_at: u64,
-    /// Last change (ms).
-    pub updated_at: u64,
-    /// User href.
-    pub created_by: String,
-    /// User href.
-    pub updated_by: String,
-}
-
-/// The record format version; bump when a stored shape changes incompatibly.
-pub const RECORD_V: u8 = 1;
-
-/// One stored object: format version, metadata, the doc.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record<T> {
-    /// Format version ([`RECORD_V`]).
-    pub v: u8,
-    /// Metadata.
-    pub meta: Meta,
-    /// The object.
-    pub doc: T,
-}
-
-/// Decodes a stored record, refusing other format versions.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("stored record: {e}")))
-}
-
-/// Encodes a value for the store.
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(value).map_err(ApiError::internal)
-}
 
 /// References met while parsing input: each must exist when the write commits.
 #[derive(Debug, Default)]
@@ -96,20 +63,14 @@ impl Refs {
     }
 }
 
-/// A stored object kind: its doc, its input JSON, and conversions.
-pub trait Doc: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
-    /// The kind.
-    const KIND: Kind;
+/// A stored object kind as the API sees it: its input JSON and its output JSON.
+pub trait Doc: Object {
     /// The request body shape (strict: unknown fields are refused).
     type Input: DeserializeOwned;
     /// Parses a request into a doc, collecting references.
     fn from_input(input: Self::Input, refs: &mut Refs) -> Result<Self, ApiError>;
     /// The doc in input shape (GET returns this plus metadata; PUT merges into it).
     fn to_json(&self) -> Map<String, Value>;
-    /// A name that must be unique within the kind, if the kind has one.
-    fn unique_name(&self) -> Option<String>;
-    /// Every object this one refers to.
-    fn refs(&self) -> Vec<(Kind, Id)>;
 }
 
 fn opt_str(m: &mut Map<String, Value>, k: &str, v: &Option<String>) {
@@ -124,23 +85,6 @@ fn href_list(space: Space, kind: Kind, ids: &[Id]) -> Value {
             .map(|id| json!({ "href": href(space, kind, id) }))
             .collect(),
     )
-}
-
-// ---------------------------------------------------------------- labels
-
-/// A label.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LabelDoc {
-    /// `role`, `app`, `env`, `loc` or custom.
-    pub key: String,
-    /// The value.
-    pub value: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Illumio's external-reference pair, kept for tools that sync from a CMDB.
-    pub external_data_set: Option<String>,
-    /// See above.
-    pub external_data_reference: Option<String>,
 }
 
 /// Request body of a label.
@@ -168,7 +112,6 @@ fn check_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
 }
 
 impl Doc for LabelDoc {
-    const KIND: Kind = Kind::Label;
     type Input = LabelIn;
     fn from_input(i: LabelIn, _: &mut Refs) -> Result<Self, ApiError> {
         check_text("key", &i.key, 64)?;
@@ -194,29 +137,6 @@ impl Doc for LabelDoc {
         );
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        Some(format!("{}={}", self.key, self.value))
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        vec![]
-    }
-}
-
-// ---------------------------------------------------------------- label groups
-
-/// A label group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LabelGroupDoc {
-    /// Name.
-    pub name: String,
-    /// The key of every member.
-    pub key: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Member labels.
-    pub labels: Vec<Id>,
-    /// Member groups.
-    pub sub_groups: Vec<Id>,
 }
 
 /// Request body of a label group.
@@ -234,7 +154,6 @@ pub struct LabelGroupIn {
 }
 
 impl Doc for LabelGroupDoc {
-    const KIND: Kind = Kind::LabelGroup;
     type Input = LabelGroupIn;
     fn from_input(i: LabelGroupIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
@@ -273,33 +192,6 @@ impl Doc for LabelGroupDoc {
             href_list(Space::Draft, Kind::LabelGroup, &self.sub_groups),
         );
         m
-    }
-    fn unique_name(&self) -> Option<String> {
-        Some(self.name.clone())
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        self.labels
-            .iter()
-            .map(|l| (Kind::Label, l.clone()))
-            .chain(
-                self.sub_groups
-                    .iter()
-                    .map(|g| (Kind::LabelGroup, g.clone())),
-            )
-            .collect()
-    }
-}
-
-impl LabelGroupDoc {
-    /// The policy model's form.
-    pub fn model(&self, id: &str) -> m::LabelGroup {
-        m::LabelGroup {
-            id: id.to_string(),
-            name: self.name.clone(),
-            key: self.key.clone(),
-            labels: self.labels.clone(),
-            sub_groups: self.sub_groups.clone(),
-        }
     }
 }
 
@@ -366,17 +258,6 @@ impl PortJson {
     }
 }
 
-/// A service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceDoc {
-    /// Name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Ports.
-    pub ports: Vec<PortRange>,
-}
-
 /// Request body of a service.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -389,7 +270,6 @@ pub struct ServiceIn {
 }
 
 impl Doc for ServiceDoc {
-    const KIND: Kind = Kind::Service;
     type Input = ServiceIn;
     fn from_input(i: ServiceIn, _: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
@@ -413,47 +293,6 @@ impl Doc for ServiceDoc {
         m.insert("service_ports".into(), json!(ports));
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        Some(self.name.clone())
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        vec![]
-    }
-}
-
-/// The built-in "All Services" service: a rule naming it opens every port.
-pub const ALL_SERVICES_ID: &str = "all-services";
-/// The built-in "Any (0.0.0.0/0 and ::/0)" IP list.
-pub const ANY_IP_LIST_ID: &str = "any";
-
-// ---------------------------------------------------------------- IP lists
-
-/// One range as Illumio writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IpRangeJson {
-    /// An address or a CIDR.
-    pub from_ip: String,
-    /// The last address of a range.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_ip: Option<String>,
-    /// Excluded rather than included.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub exclusion: bool,
-    /// Free text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-}
-
-/// An IP list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpListDoc {
-    /// Name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Ranges, as given.
-    pub ip_ranges: Vec<IpRangeJson>,
 }
 
 /// Request body of an IP list.
@@ -467,17 +306,7 @@ pub struct IpListIn {
     ip_ranges: Vec<IpRangeJson>,
 }
 
-impl IpRangeJson {
-    fn text(&self) -> String {
-        match &self.to_ip {
-            Some(to) => format!("{}-{to}", self.from_ip),
-            None => self.from_ip.clone(),
-        }
-    }
-}
-
 impl Doc for IpListDoc {
-    const KIND: Kind = Kind::IpList;
     type Input = IpListIn;
     fn from_input(i: IpListIn, _: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
@@ -497,25 +326,6 @@ impl Doc for IpListDoc {
         opt_str(&mut m, "description", &self.description);
         m.insert("ip_ranges".into(), json!(self.ip_ranges));
         m
-    }
-    fn unique_name(&self) -> Option<String> {
-        Some(self.name.clone())
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        vec![]
-    }
-}
-
-impl IpListDoc {
-    /// The policy model's form.
-    pub fn model(&self, id: &str) -> m::IpList {
-        let (ex, inc): (Vec<_>, Vec<_>) = self.ip_ranges.iter().partition(|r| r.exclusion);
-        m::IpList {
-            id: id.to_string(),
-            name: self.name.clone(),
-            ranges: inc.iter().map(|r| r.text()).collect(),
-            exclusions: ex.iter().map(|r| r.text()).collect(),
-        }
     }
 }
 
@@ -582,16 +392,6 @@ fn actor_json(a: &Actor) -> Value {
         }
         Actor::Workload(id) => json!({"workload": {"href": href(Space::Live, Kind::Workload, id)}}),
         Actor::IpList(id) => json!({"ip_list": {"href": href(Space::Draft, Kind::IpList, id)}}),
-    }
-}
-
-fn actor_ref(a: &Actor) -> Option<(Kind, Id)> {
-    match a {
-        Actor::AllWorkloads => None,
-        Actor::Label(id) => Some((Kind::Label, id.clone())),
-        Actor::LabelGroup(id) => Some((Kind::LabelGroup, id.clone())),
-        Actor::Workload(id) => Some((Kind::Workload, id.clone())),
-        Actor::IpList(id) => Some((Kind::IpList, id.clone())),
     }
 }
 
@@ -694,42 +494,6 @@ fn sides_json(
     );
 }
 
-/// What a rule-like object refers to.
-fn sides_refs(
-    providers: &[Actor],
-    consumers: &[Actor],
-    services: &[ServiceRef],
-) -> Vec<(Kind, Id)> {
-    providers
-        .iter()
-        .chain(consumers)
-        .filter_map(actor_ref)
-        .chain(service_refs(services))
-        .collect()
-}
-
-fn service_refs(list: &[ServiceRef]) -> impl Iterator<Item = (Kind, Id)> + '_ {
-    list.iter().filter_map(|s| match s {
-        ServiceRef::Service(id) => Some((Kind::Service, id.clone())),
-        _ => None,
-    })
-}
-
-// ---------------------------------------------------------------- rulesets
-
-/// A ruleset's own fields (its rules are separate objects).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleSetDoc {
-    /// Name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Disabled rulesets are not enforced.
-    pub enabled: bool,
-    /// The scope: labels and label groups, all of which apply.
-    pub scope: Vec<Actor>,
-}
-
 /// Request body of a ruleset (`rules` only on create).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -751,7 +515,6 @@ fn yes() -> bool {
 }
 
 impl Doc for RuleSetDoc {
-    const KIND: Kind = Kind::RuleSet;
     type Input = RuleSetIn;
     fn from_input(i: RuleSetIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
@@ -790,31 +553,6 @@ impl Doc for RuleSetDoc {
         m.insert("scopes".into(), json!([scope]));
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        Some(self.name.clone())
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        self.scope.iter().filter_map(actor_ref).collect()
-    }
-}
-
-/// An allow rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleDoc {
-    /// Disabled rules are kept, not enforced.
-    pub enabled: bool,
-    /// Free text.
-    pub description: Option<String>,
-    /// Receivers.
-    pub providers: Vec<Actor>,
-    /// Openers.
-    pub consumers: Vec<Actor>,
-    /// Ports.
-    pub services: Vec<ServiceRef>,
-    /// Extra-scope.
-    pub unscoped_consumers: bool,
-    /// The caller confirmed a rule that opens everything.
-    pub deliberately_broad: bool,
 }
 
 /// How labels resolve (only "workloads" is supported here).
@@ -862,7 +600,6 @@ fn check_resolve(r: &Option<ResolveJson>) -> Result<(), ApiError> {
 }
 
 impl Doc for RuleDoc {
-    const KIND: Kind = Kind::SecRule;
     type Input = RuleIn;
     fn from_input(i: RuleIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_resolve(&i.resolve_labels_as)?;
@@ -891,46 +628,6 @@ impl Doc for RuleDoc {
         }
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        None
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        sides_refs(&self.providers, &self.consumers, &self.services)
-    }
-}
-
-impl RuleDoc {
-    /// The policy model's form.
-    pub fn model(&self, id: &str) -> m::Rule {
-        m::Rule {
-            id: id.to_string(),
-            enabled: self.enabled,
-            providers: self.providers.clone(),
-            consumers: self.consumers.clone(),
-            services: self.services.clone(),
-            unscoped_consumers: self.unscoped_consumers,
-            deliberately_broad: self.deliberately_broad,
-        }
-    }
-}
-
-/// A deny (or override-deny) rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DenyRuleDoc {
-    /// Disabled rules are kept, not enforced.
-    pub enabled: bool,
-    /// Free text.
-    pub description: Option<String>,
-    /// Whose inbound traffic is denied.
-    pub providers: Vec<Actor>,
-    /// From whom.
-    pub consumers: Vec<Actor>,
-    /// Ports.
-    pub services: Vec<ServiceRef>,
-    /// Consumers anywhere.
-    pub unscoped_consumers: bool,
-    /// Beats allow rules.
-    pub override_deny: bool,
 }
 
 /// Request body of a deny rule.
@@ -951,7 +648,6 @@ pub struct DenyRuleIn {
 }
 
 impl Doc for DenyRuleDoc {
-    const KIND: Kind = Kind::DenyRule;
     type Input = DenyRuleIn;
     fn from_input(i: DenyRuleIn, refs: &mut Refs) -> Result<Self, ApiError> {
         Ok(DenyRuleDoc {
@@ -973,44 +669,6 @@ impl Doc for DenyRuleDoc {
         m.insert("override".into(), json!(self.override_deny));
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        None
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        sides_refs(&self.providers, &self.consumers, &self.services)
-    }
-}
-
-impl DenyRuleDoc {
-    /// The policy model's form.
-    pub fn model(&self, id: &str) -> m::DenyRule {
-        m::DenyRule {
-            id: id.to_string(),
-            enabled: self.enabled,
-            providers: self.providers.clone(),
-            consumers: self.consumers.clone(),
-            services: self.services.clone(),
-            unscoped_consumers: self.unscoped_consumers,
-            override_deny: self.override_deny,
-        }
-    }
-}
-
-// ---------------------------------------------------------------- boundaries
-
-/// An enforcement boundary (org-wide deny).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BoundaryDoc {
-    /// Name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Whose inbound traffic is denied.
-    pub providers: Vec<Actor>,
-    /// From whom.
-    pub consumers: Vec<Actor>,
-    /// Ports.
-    pub services: Vec<ServiceRef>,
 }
 
 /// Request body of an enforcement boundary.
@@ -1026,7 +684,6 @@ pub struct BoundaryIn {
 }
 
 impl Doc for BoundaryDoc {
-    const KIND: Kind = Kind::Boundary;
     type Input = BoundaryIn;
     fn from_input(i: BoundaryIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
@@ -1045,67 +702,6 @@ impl Doc for BoundaryDoc {
         sides_json(&mut m, &self.providers, &self.consumers, &self.services);
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        Some(self.name.clone())
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        sides_refs(&self.providers, &self.consumers, &self.services)
-    }
-}
-
-// ---------------------------------------------------------------- workloads
-
-/// A network interface as Illumio writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InterfaceJson {
-    /// Interface name, e.g. `eth0`.
-    pub name: String,
-    /// Its address.
-    pub address: IpAddr,
-    /// Prefix length.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cidr_block: Option<u8>,
-    /// `up`, `down`, `unknown`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link_state: Option<String>,
-}
-
-/// A workload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkloadDoc {
-    /// Display name.
-    pub name: String,
-    /// Host name.
-    pub hostname: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Interfaces.
-    pub interfaces: Vec<InterfaceJson>,
-    /// Labels.
-    pub labels: Vec<Id>,
-    /// Enforcement mode.
-    pub enforcement_mode: EnforcementMode,
-    /// Online (VEN heartbeating; always true for unmanaged).
-    pub online: bool,
-    /// Runs a VEN (set only by pairing).
-    pub managed: bool,
-    /// Public address, informational.
-    pub public_ip: Option<String>,
-    /// The region whose member the VEN paired with (managed workloads).
-    #[serde(default)]
-    pub region: Option<String>,
-    /// Isolated: all traffic denied but the VEN's own channel (an action, not policy).
-    #[serde(default)]
-    pub quarantined: bool,
-    /// Suspended: the VEN enforces nothing until resumed (an action, not policy).
-    #[serde(default)]
-    pub suspended: bool,
-    /// The member whose stream made the workload online. Only that member may
-    /// mark it offline: a member that lost its VEN (fenced, partitioned) must not
-    /// overwrite the state another member has since claimed.
-    #[serde(default)]
-    pub served_by: Option<String>,
 }
 
 /// Request body of a workload (unmanaged, created by the API).
@@ -1135,7 +731,6 @@ fn default_mode() -> EnforcementMode {
 }
 
 impl Doc for WorkloadDoc {
-    const KIND: Kind = Kind::Workload;
     type Input = WorkloadIn;
     fn from_input(i: WorkloadIn, refs: &mut Refs) -> Result<Self, ApiError> {
         let hostname = i.hostname.unwrap_or_default();
@@ -1181,52 +776,6 @@ impl Doc for WorkloadDoc {
         opt_str(&mut m, "public_ip", &self.public_ip);
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        None
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        self.labels
-            .iter()
-            .map(|l| (Kind::Label, l.clone()))
-            .collect()
-    }
-}
-
-impl WorkloadDoc {
-    /// The policy model's form.
-    pub fn model(&self, id: &str) -> m::Workload {
-        m::Workload {
-            id: id.to_string(),
-            name: self.name.clone(),
-            hostname: self.hostname.clone(),
-            interfaces: self.interfaces.iter().map(|i| i.address).collect(),
-            labels: self.labels.clone(),
-            managed: self.managed,
-            mode: self.enforcement_mode,
-            online: self.online,
-        }
-    }
-}
-
-// ---------------------------------------------------------------- pairing profiles
-
-/// A pairing profile: what a VEN pairing with one of its keys becomes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairingProfileDoc {
-    /// Name.
-    pub name: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Disabled profiles issue no keys and pair nothing.
-    pub enabled: bool,
-    /// Labels given to paired workloads.
-    pub labels: Vec<Id>,
-    /// Their enforcement mode.
-    pub enforcement_mode: EnforcementMode,
-    /// Uses per key (None: unlimited).
-    pub allowed_uses_per_key: Option<u64>,
-    /// Key lifetime in seconds (None: unlimited).
-    pub key_lifespan: Option<u64>,
 }
 
 /// `"unlimited"` or a number.
@@ -1275,7 +824,6 @@ pub struct PairingProfileIn {
 }
 
 impl Doc for PairingProfileDoc {
-    const KIND: Kind = Kind::PairingProfile;
     type Input = PairingProfileIn;
     fn from_input(i: PairingProfileIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
@@ -1313,26 +861,50 @@ impl Doc for PairingProfileDoc {
         m.insert("key_lifespan".into(), lim(self.key_lifespan));
         m
     }
-    fn unique_name(&self) -> Option<String> {
-        Some(self.name.clone())
-    }
-    fn refs(&self) -> Vec<(Kind, Id)> {
-        self.labels
-            .iter()
-            .map(|l| (Kind::Label, l.clone()))
-            .collect()
-    }
 }
 
-/// A pairing key as stored (the activation code itself is never stored, only its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PairingKeyDoc {
-    /// The profile it pairs into.
-    pub profile: Id,
-    /// When it was made (ms).
-    pub created_at: u64,
-    /// When it stops working (ms), if ever.
-    pub expires_at: Option<u64>,
-    /// Uses left, if limited.
-    pub uses_left: Option<u64>,
+/// Fetches every referenced object: each must exist (else `invalid_reference`
+/// naming the field), each becomes a precondition of `txn`, and each joins `world`.
+/// Label groups bring their sub-groups along, so cycles are visible.
+pub async fn resolve(
+    db: &Db,
+    refs: &[(String, Kind, Id)],
+    txn: &mut Txn,
+    world: &mut World,
+) -> Result<(), ApiError> {
+    let mut seen = BTreeSet::new();
+    let mut queue: Vec<(String, Kind, Id)> = refs.to_vec();
+    while let Some((field, kind, id)) = queue.pop() {
+        if !seen.insert((kind, id.clone())) {
+            continue;
+        }
+        if kind == Kind::Service && id == ALL_SERVICES_ID {
+            continue;
+        }
+        let key = keys::obj(Space::of(kind), kind, &id);
+        let entry = db.raw(&key).await?;
+        let Some((bytes, rev)) = entry else {
+            return Err(ApiError::reference(
+                &field,
+                format!(
+                    "{} {id} does not exist{}",
+                    kind.segment(),
+                    if kind.provisioned() {
+                        " in the draft"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        };
+        txn.expect(key, Some(rev));
+        world.add(kind, &id, &bytes)?;
+        if kind == Kind::LabelGroup {
+            let g: LabelGroupDoc = decode_doc(&bytes)?;
+            for sub in g.sub_groups {
+                queue.push((field.clone(), Kind::LabelGroup, sub));
+            }
+        }
+    }
+    Ok(())
 }

@@ -196,6 +196,31 @@ impl From<sc_raft::Error> for ApiError {
     }
 }
 
+impl From<sc_store::StoreError> for ApiError {
+    fn from(e: sc_store::StoreError) -> Self {
+        use sc_store::StoreError as S;
+        match e {
+            S::NoLeader(m) => ApiError::unavailable(m),
+            S::Raft(r) => r.into(),
+            S::TooLarge(reason) => ApiError::invalid(
+                "request_too_large",
+                format!("the change cannot be stored: {reason}"),
+            ),
+            S::Invalid(errors) => ApiError::validation(&errors),
+            S::KeptChanging(_) => ApiError::conflict("concurrent_modification", e.to_string()),
+            S::Corrupt(_) | S::Encode(_) | S::Internal(_) => ApiError::internal(e),
+        }
+    }
+}
+
+/// A plan refused as 404 (not found) or 406 (a reference or a value) may only
+/// reflect a replica that has not yet applied an object made in another region.
+impl sc_store::PlanError for ApiError {
+    fn may_be_stale(&self) -> bool {
+        matches!(self.status.as_u16(), 404 | 406)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.errors).unwrap_or_else(|_| b"[]".to_vec());

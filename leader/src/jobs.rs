@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::keys;
+use sc_store::keys;
 
 /// How long a finished job's result is kept.
 const KEEP: Duration = Duration::from_secs(600);

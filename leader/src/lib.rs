@@ -7,32 +7,42 @@
 //! inter-region mutual-TLS channel) as one command guarded by the revisions read,
 //! so a stale plan is refused by every replica alike and planned again.
 //!
-//! - [`keys`]: where things live in the store; [`docs`]: stored shapes and
-//!   Illumio's JSON; [`world`]: stored docs → the policy model;
-//! - [`db`]: typed reads and optimistic transactions; [`auth`], [`rbac`]: who
-//!   may do what; [`api`]: the routes; [`server`]: HTTPS; [`jobs`]: async reads.
+//! The store itself (keys, stored records, transactions, the policy world) is
+//! `sc_store`, shared with the VEN service; this crate holds what is HTTP:
+//!
+//! - [`docs`]: Illumio's JSON for each stored object, and input parsing;
+//! - [`auth`], [`rbac`]: who may do what; [`api`]: the routes; [`server`]:
+//!   HTTPS; [`jobs`]: async reads; [`error`]: the API's error answers.
 
 pub mod api;
 pub mod auth;
 pub mod client;
-pub mod db;
 pub mod docs;
 pub mod error;
 pub mod jobs;
-pub mod keys;
 pub mod rbac;
 pub mod server;
-pub mod time;
-pub mod world;
 
 pub use error::{ApiError, ServeError};
 pub use server::{serve, ApiOptions, ApiServer};
 
+use sc_store::db::{Db, Txn};
+use sc_store::keys::{self, Kind, Space};
+use sc_store::objects::{builtin_ip_list, builtin_service, ALL_SERVICES_ID, ANY_IP_LIST_ID};
+use sc_store::record::{Meta, Record, RECORD_V};
+use sc_store::time;
+
 use crate::auth::{new_api_key, UserDoc};
-use crate::db::{Db, Txn};
-use crate::docs::{Meta, Record, ALL_SERVICES_ID, ANY_IP_LIST_ID, RECORD_V};
-use crate::keys::{Kind, Space};
 use crate::rbac::{Permission, Role};
+
+/// Plans and commits a write with the API's error type: `sc_store::transact!`
+/// with [`ApiError`] (whose 404/406 refusals may only reflect a lagging replica).
+#[macro_export]
+macro_rules! transact {
+    ($db:expr, $plan:expr) => {
+        sc_store::transact!($db, $crate::ApiError, $plan)
+    };
+}
 
 /// The bootstrap owner's user id.
 pub const OWNER_ID: &str = "owner";
@@ -70,7 +80,7 @@ pub async fn bootstrap(node: &sc_raft::Node) -> Result<Option<Credentials>, Serv
         };
         txn.expect(keys::user(OWNER_ID), None);
         txn.put(keys::user(OWNER_ID), &user)?;
-        txn.put(b"un/owner".to_vec(), &OWNER_ID)?;
+        txn.put(keys::username("owner"), &OWNER_ID)?;
         txn.put(keys::api_key(&auth_username), &key)?;
         let meta = Meta {
             created_at: now,
@@ -81,12 +91,12 @@ pub async fn bootstrap(node: &sc_raft::Node) -> Result<Option<Credentials>, Serv
         let svc = Record {
             v: RECORD_V,
             meta: meta.clone(),
-            doc: world::builtin_service(),
+            doc: builtin_service(),
         };
         let ipl = Record {
             v: RECORD_V,
             meta,
-            doc: world::builtin_ip_list(),
+            doc: builtin_ip_list(),
         };
         for space in [Space::Draft, Space::Active] {
             txn.put(keys::obj(space, Kind::Service, ALL_SERVICES_ID), &svc)?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sc_policy::guard::rule_set_within_scope;
 use sc_policy::model::{self as m, Actor};
 
-use crate::keys::Id;
+use sc_store::keys::Id;
 
 /// The roles, named as Illumio names them in role hrefs (`/orgs/1/roles/{name}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -16,9 +16,9 @@ use tower::ServiceExt;
 
 use crate::api::{router, AppState};
 use crate::auth::RateLimiter;
-use crate::db::Db;
 use crate::error::ServeError;
 use crate::jobs::Jobs;
+use sc_store::db::Db;
 
 /// How the API is served.
 #[derive(Debug, Clone)]

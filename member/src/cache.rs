@@ -6,14 +6,15 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use sc_leader::auth::sha256_hex;
-use sc_leader::db::Db;
-use sc_leader::docs::{Record, WorkloadDoc};
-use sc_leader::keys::{self, Id, Kind, Space};
-use sc_leader::world::{load_raw, world_of, World, MAX_OBJECTS, POLICY_KINDS};
 use sc_policy::compute::CompiledPolicy;
 use sc_policy::model::EnforcementMode;
 use sc_policy::{Change, Engine};
+use sc_proto::contract::policy_hash;
+use sc_store::db::Db;
+use sc_store::keys::{self, Id, Kind, Space};
+use sc_store::objects::WorkloadDoc;
+use sc_store::record::Record;
+use sc_store::world::{load_raw, world_of, World, MAX_OBJECTS, POLICY_KINDS};
 use tokio::sync::Notify;
 
 use crate::error::MemberError;
@@ -109,7 +110,7 @@ fn render(texts: &RuleTexts, version: u64, c: &Arc<CompiledPolicy>, hold: Hold) 
     let json = texts.json(&compiled);
     Arc::new(Rendered {
         version,
-        hash: sha256_hex(&[json.as_bytes()]),
+        hash: policy_hash(json.as_bytes()),
         json,
         compiled,
     })
@@ -117,23 +118,24 @@ fn render(texts: &RuleTexts, version: u64, c: &Arc<CompiledPolicy>, hold: Hold) 
 
 /// Parses a changed key into the engine change it means.
 fn change_of(key: &[u8]) -> Option<Change> {
-    let k = std::str::from_utf8(key).ok()?;
-    if let Some(rest) = k.strip_prefix("o/live/") {
-        let (kind, id) = keys::split_kind_id(rest)?;
-        return match kind {
-            Kind::Label => Some(Change::Label(id)),
-            Kind::Workload => Some(Change::Workload(id)),
-            _ => None,
-        };
+    let (space, kind, id) = keys::parse(key)?;
+    match space {
+        Space::Live => {
+            return match kind {
+                Kind::Label => Some(Change::Label(id)),
+                Kind::Workload => Some(Change::Workload(id)),
+                _ => None,
+            }
+        }
+        Space::Draft => return None,
+        Space::Active => {}
     }
-    let rest = k.strip_prefix("o/active/")?;
-    let (kind, id) = keys::split_kind_id(rest)?;
     Some(match kind {
         Kind::LabelGroup => Change::LabelGroup(id),
         Kind::Service => Change::Service(id),
         Kind::IpList => Change::IpList(id),
         Kind::RuleSet => Change::RuleSet(id),
-        Kind::SecRule | Kind::DenyRule => Change::RuleSet(id.split('/').next()?.to_string()),
+        Kind::SecRule | Kind::DenyRule => Change::RuleSet(keys::split_rule_id(&id).0.to_string()),
         Kind::Boundary => Change::Boundary(id),
         _ => return None,
     })
@@ -172,7 +174,7 @@ impl PolicyCache {
         let mut quarantined = HashMap::new();
         for ((kind, id), bytes) in &live {
             if *kind == Kind::Workload {
-                let rec: Record<WorkloadDoc> = sc_leader::docs::decode(bytes)?;
+                let rec: Record<WorkloadDoc> = sc_store::record::decode(bytes)?;
                 Self::localize(&mut world, id, &rec.doc, region, adopted);
                 let h = hold_of(&rec.doc);
                 if h != Hold::None {
@@ -298,7 +300,7 @@ impl PolicyCache {
                         .await?
                     {
                         fresh.add(Kind::Workload, id, &bytes)?;
-                        let rec: Record<WorkloadDoc> = sc_leader::docs::decode(&bytes)?;
+                        let rec: Record<WorkloadDoc> = sc_store::record::decode(&bytes)?;
                         quarantine.insert(id.clone(), hold_of(&rec.doc));
                         regions.insert(id.clone(), rec.doc);
                     }

@@ -1,13 +1,13 @@
 //! The member's errors, and how they become gRPC statuses.
 
-use sc_leader::ApiError;
+use sc_store::StoreError;
 
 /// Why a member operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MemberError {
-    /// A store read or write failed (message from the API layer).
-    #[error("{}", .0.errors.iter().map(|e| format!("{}: {}", e.token, e.message)).collect::<Vec<_>>().join("; "))]
-    Store(ApiError),
+    /// A store read or write failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     /// The flow store.
     #[error("flow store: {0}")]
     Flows(#[from] sled::Error),
@@ -19,20 +19,11 @@ pub enum MemberError {
     Start(String),
 }
 
-impl From<ApiError> for MemberError {
-    fn from(e: ApiError) -> Self {
-        MemberError::Store(e)
-    }
-}
-
-/// The gRPC status for a member error.
+/// The gRPC status for a member error: a store without a leader is
+/// `UNAVAILABLE` (the VEN retries or fails over); the rest is ours, `INTERNAL`.
 pub fn to_status(e: MemberError) -> tonic::Status {
-    {
-        match &e {
-            MemberError::Store(a) if a.status.as_u16() == 503 => {
-                tonic::Status::unavailable(e.to_string())
-            }
-            _ => tonic::Status::internal(e.to_string()),
-        }
+    match &e {
+        MemberError::Store(s) if s.is_unavailable() => tonic::Status::unavailable(e.to_string()),
+        _ => tonic::Status::internal(e.to_string()),
     }
 }

@@ -3,16 +3,14 @@
 
 use std::net::IpAddr;
 
-use sc_leader::auth::sha256_hex;
-use sc_leader::db::{Db, Txn};
-use sc_leader::docs::{
-    InterfaceJson, Meta, PairingKeyDoc, PairingProfileDoc, Record, WorkloadDoc, RECORD_V,
-};
-use sc_leader::keys::{self, Kind, Space};
-use sc_leader::transact;
-use sc_leader::ApiError;
 use sc_proto::ven::PairRequest;
 use sc_raft::pki::VenSigner;
+use sc_store::audit::AuditEvent;
+use sc_store::db::{Db, Txn};
+use sc_store::keys::{self, Kind, Space};
+use sc_store::objects::{InterfaceJson, PairingKeyDoc, PairingProfileDoc, WorkloadDoc};
+use sc_store::record::{Meta, Record, RECORD_V};
+use sc_store::{transact, PlanError, StoreError};
 use tonic::Status;
 
 /// The most addresses a VEN may report.
@@ -26,21 +24,46 @@ pub struct Paired {
     pub cert_pem: String,
 }
 
-fn refused(e: ApiError) -> Status {
-    let msg = e
-        .errors
-        .iter()
-        .map(|x| x.message.clone())
-        .collect::<Vec<_>>()
-        .join("; ");
-    match e.token() {
-        "unknown_pairing_key" => Status::not_found(msg),
-        "pairing_key_expired" | "pairing_key_exhausted" | "pairing_profile_disabled" => {
+/// Why a pairing was refused.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// No pairing key has this activation code (here, yet).
+    #[error("unknown pairing key")]
+    UnknownKey,
+    /// The key's lifetime is over.
+    #[error("the pairing key has expired")]
+    Expired,
+    /// The key's uses are spent.
+    #[error("the pairing key has no uses left")]
+    Exhausted,
+    /// The key's profile is gone or disabled.
+    #[error("the pairing profile {0}")]
+    ProfileDisabled(&'static str),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A key or profile just made in another region may not be applied here yet:
+/// such refusals are planned once more after catching up.
+impl PlanError for Refusal {
+    fn may_be_stale(&self) -> bool {
+        !matches!(self, Refusal::Store(_))
+    }
+}
+
+fn refused(e: Refusal) -> Status {
+    let msg = e.to_string();
+    match e {
+        Refusal::UnknownKey => Status::not_found(msg),
+        Refusal::Expired | Refusal::Exhausted | Refusal::ProfileDisabled(_) => {
             Status::permission_denied(msg)
         }
-        "no_leader" => Status::unavailable(msg),
-        _ if e.status.as_u16() < 500 => Status::failed_precondition(msg),
-        _ => Status::internal(msg),
+        Refusal::Store(s) if s.is_unavailable() => Status::unavailable(msg),
+        Refusal::Store(StoreError::TooLarge(_) | StoreError::KeptChanging(_)) => {
+            Status::failed_precondition(msg)
+        }
+        Refusal::Store(_) => Status::internal(msg),
     }
 }
 
@@ -88,39 +111,25 @@ pub async fn pair(
     let cert_pem = signer
         .sign(&req.csr_pem, &workload_id)
         .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-    let key = keys::pairing_key(&sha256_hex(&[req.activation_code.as_bytes()]));
-    let result = transact!(db, async {
+    let key = keys::pairing_key_of_code(&req.activation_code);
+    let result = transact!(db, Refusal, async {
         let pk = db
             .get::<PairingKeyDoc>(&key)
             .await?
-            .ok_or_else(|| ApiError::invalid("unknown_pairing_key", "unknown pairing key"))?;
+            .ok_or(Refusal::UnknownKey)?;
         if pk.value.expires_at.is_some_and(|t| t <= now_ms) {
-            return Err(ApiError::invalid(
-                "pairing_key_expired",
-                "the pairing key has expired",
-            ));
+            return Err(Refusal::Expired);
         }
         if pk.value.uses_left == Some(0) {
-            return Err(ApiError::invalid(
-                "pairing_key_exhausted",
-                "the pairing key has no uses left",
-            ));
+            return Err(Refusal::Exhausted);
         }
         let pkey = keys::obj(Space::Live, Kind::PairingProfile, &pk.value.profile);
         let prof = db
             .get::<Record<PairingProfileDoc>>(&pkey)
             .await?
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "pairing_profile_disabled",
-                    "the pairing profile no longer exists",
-                )
-            })?;
+            .ok_or(Refusal::ProfileDisabled("no longer exists"))?;
         if !prof.value.doc.enabled {
-            return Err(ApiError::invalid(
-                "pairing_profile_disabled",
-                "the pairing profile is disabled",
-            ));
+            return Err(Refusal::ProfileDisabled("is disabled"));
         }
         let mut txn = Txn::default();
         txn.expect(key.clone(), Some(pk.rev));
@@ -160,7 +169,7 @@ pub async fn pair(
         let wkey = keys::obj(Space::Live, Kind::Workload, &workload_id);
         txn.expect(wkey.clone(), None);
         txn.put(wkey, &rec)?;
-        let ev = sc_leader::api::AuditEvent {
+        let ev = AuditEvent {
             time_ms: now_ms,
             event_type: "ven.pair".into(),
             status: "success".into(),

@@ -18,10 +18,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sc_leader::db::{Db, Txn};
-use sc_leader::docs::{Record, WorkloadDoc};
-use sc_leader::keys::{self, Id, Kind, Space};
-use sc_leader::{transact, ApiError};
+use sc_store::db::{Db, Txn};
+use sc_store::keys::{self, Id, Kind, Space};
+use sc_store::objects::WorkloadDoc;
+use sc_store::record::Record;
+use sc_store::{transact, PlanError, StoreError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -105,7 +106,7 @@ async fn run(db: Db, member: String, mut rx: mpsc::UnboundedReceiver<(Id, bool)>
             Err(e) => {
                 tracing::warn!(
                     workloads = batch.len(),
-                    error = ?e.errors,
+                    error = %e,
                     "could not record online states; retrying"
                 );
                 tokio::time::sleep(RETRY).await;
@@ -120,8 +121,8 @@ async fn run(db: Db, member: String, mut rx: mpsc::UnboundedReceiver<(Id, bool)>
 
 /// Commits one batch; workloads already in the wanted state, gone, or claimed
 /// by another member since, are skipped.
-async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), ApiError> {
-    let r = transact!(db, async {
+async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), StoreError> {
+    let r = transact!(db, BatchError, async {
         let mut txn = Txn::default();
         let (mut up, mut down) = (0usize, 0usize);
         for (id, online) in batch {
@@ -144,7 +145,7 @@ async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), 
             let mut rec = cur.value.clone();
             rec.doc.online = *online;
             rec.doc.served_by = online.then(|| member.to_string());
-            rec.meta.updated_at = sc_leader::time::now_ms();
+            rec.meta.updated_at = sc_store::time::now_ms();
             txn.expect(key.clone(), Some(cur.rev));
             txn.put(key, &rec)?;
             if *online {
@@ -154,7 +155,7 @@ async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), 
             }
         }
         if up + down == 0 {
-            return Err(ApiError::conflict("unchanged", "already so"));
+            return Err(BatchError::Unchanged);
         }
         Ok((txn, (up, down)))
     });
@@ -163,7 +164,29 @@ async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), 
             tracing::info!(online = up, offline = down, rev, "workload states changed");
             Ok(())
         }
-        Err(e) if e.token() == "unchanged" => Ok(()),
-        Err(e) => Err(e),
+        Err(BatchError::Unchanged) => Ok(()),
+        Err(BatchError::Store(e)) => Err(e),
+    }
+}
+
+/// Why a batch was not written.
+enum BatchError {
+    /// Every workload of the batch is already in the wanted state: nothing to write.
+    Unchanged,
+    /// The store refused or failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for BatchError {
+    fn from(e: StoreError) -> Self {
+        BatchError::Store(e)
+    }
+}
+
+/// A batch reads only workloads it then skips if gone: nothing it refuses can
+/// be a lagging replica's doing.
+impl PlanError for BatchError {
+    fn may_be_stale(&self) -> bool {
+        false
     }
 }

@@ -7,9 +7,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sc_leader::db::{Db, Txn};
-use sc_leader::docs::{Record, WorkloadDoc};
-use sc_leader::keys::{self, Kind, Space};
 use sc_proto::ven::ven_server::{Ven, VenServer as VenGrpc};
 use sc_proto::ven::{
     action, pce_message, ven_message, Action, FlowAck, FlowBatch, Member, PairRequest,
@@ -17,6 +14,10 @@ use sc_proto::ven::{
 };
 use sc_raft::pki::{common_name, VenSigner};
 use sc_raft::{Node, TlsMaterial};
+use sc_store::db::{Db, Txn};
+use sc_store::keys::{self, Kind, Space};
+use sc_store::objects::WorkloadDoc;
+use sc_store::record::Record;
 use serde::{Deserialize, Serialize};
 use std::pin::Pin;
 
@@ -165,12 +166,8 @@ pub struct VenServer {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn members_key(name: &str) -> Vec<u8> {
-    format!("vm/{name}").into_bytes()
-}
-
 async fn members(db: &Db) -> Vec<Member> {
-    match db.scan::<MemberDoc>(b"vm/", 10_000).await {
+    match db.scan::<MemberDoc>(keys::VEN_MEMBERS, 10_000).await {
         Ok((list, _)) => list
             .into_iter()
             .map(|m| Member {
@@ -262,7 +259,7 @@ impl Ven for Handle {
             &info.region,
             &info.name,
             &r,
-            sc_leader::time::now_ms(),
+            sc_store::time::now_ms(),
         )
         .await?;
         tracing::info!(workload = %paired.workload_id, host = %r.hostname, "VEN paired");
@@ -364,7 +361,7 @@ impl Ven for Handle {
         }
         let stored = self
             .flows
-            .store(sc_leader::time::now_ms(), &records)
+            .store(sc_store::time::now_ms(), &records)
             .map_err(Status::from)?;
         Ok(Response::new(FlowAck {
             stored: stored as u32,
@@ -651,7 +648,7 @@ impl VenServer {
         tasks.push(tokio::spawn(async move {
             loop {
                 if node2.has_leader() {
-                    let key = members_key(&announce.name);
+                    let key = keys::ven_member(&announce.name);
                     let same = db2
                         .get::<MemberDoc>(&key)
                         .await

@@ -329,7 +329,7 @@ async fn a_provision_pushes_to_exactly_the_vens_whose_rules_changed() {
     // Everyone leaves at once: the members record the offline states in a few
     // batched commands, not a thousand writes (which would crowd out operators'
     // writes and the leader's heartbeats).
-    let db = sc_leader::db::Db::new(env.cluster.node(env.cluster.leader().await).clone());
+    let db = sc_store::db::Db::new(env.cluster.node(env.cluster.leader().await).clone());
     let rev0 = db.revision().await.expect("revision");
     let _ = stop_tx.send(true);
     let t0 = Instant::now();
@@ -353,15 +353,16 @@ async fn a_provision_pushes_to_exactly_the_vens_whose_rules_changed() {
 }
 
 /// How many workloads the store says are online.
-async fn online_workloads(db: &sc_leader::db::Db) -> usize {
-    use sc_leader::docs::{Record, WorkloadDoc};
-    use sc_leader::keys::{Kind, Space};
-    let raw = sc_leader::world::load_raw(db, Space::Live, &[Kind::Workload])
+async fn online_workloads(db: &sc_store::db::Db) -> usize {
+    use sc_store::keys::{Kind, Space};
+    use sc_store::objects::WorkloadDoc;
+    use sc_store::record::Record;
+    let raw = sc_store::world::load_raw(db, Space::Live, &[Kind::Workload])
         .await
         .expect("scan");
     raw.values()
         .filter(|bytes| {
-            sc_leader::docs::decode::<Record<WorkloadDoc>>(bytes)
+            sc_store::record::decode::<Record<WorkloadDoc>>(bytes)
                 .map(|r| r.doc.online)
                 .unwrap_or(false)
         })

@@ -7,7 +7,8 @@
 //!    workloads and commit, repeated.
 //!
 //! Managed workloads appear when VENs pair; until then the bench seeds them the
-//! way pairing will, as records written through the Raft client (not audited).
+//! way pairing will, as store transactions sent through the Raft client (not
+//! audited).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,10 +18,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use sc_leader::client::ApiClient;
-use sc_leader::docs::{InterfaceJson, Meta, Record, WorkloadDoc, RECORD_V};
-use sc_leader::keys::{self, Kind, Space};
 use sc_policy::model::EnforcementMode;
-use sc_raft::{ClientId, Command, Mutation, Outcome};
+use sc_raft::{ClientId, Outcome};
+use sc_store::db::Txn;
+use sc_store::keys::{self, Kind, Space};
+use sc_store::objects::{InterfaceJson, WorkloadDoc};
+use sc_store::record::{Meta, Record, RECORD_V};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -144,15 +147,15 @@ async fn seed_workloads(
 ) -> Result<()> {
     let client = crate::ops::client_for(&args.dir.join("us-east/node.toml"))?;
     let meta = Meta {
-        created_at: sc_leader::time::now_ms(),
-        updated_at: sc_leader::time::now_ms(),
+        created_at: sc_store::time::now_ms(),
+        updated_at: sc_store::time::now_ms(),
         created_by: "/users/owner".into(),
         updated_by: "/users/owner".into(),
     };
     let id_of = |h: &str| h.rsplit('/').next().unwrap_or_default().to_string();
     let session = ClientId::random();
     for (serial, chunk) in (0..n).collect::<Vec<_>>().chunks(1000).enumerate() {
-        let mut ops = Vec::new();
+        let mut txn = Txn::default();
         for &i in chunk {
             let doc = WorkloadDoc {
                 name: format!("bench-{i}"),
@@ -183,22 +186,12 @@ async fn seed_workloads(
                 meta: meta.clone(),
                 doc,
             };
-            ops.push(Mutation::Put {
-                key: keys::obj(Space::Live, Kind::Workload, &format!("bench-{i:06}")),
-                value: serde_json::to_vec(&rec)?,
-            });
+            txn.put(
+                keys::obj(Space::Live, Kind::Workload, &format!("bench-{i:06}")),
+                &rec,
+            )?;
         }
-        ops.push(Mutation::Put {
-            key: keys::EPOCH.to_vec(),
-            value: vec![],
-        });
-        let cmd = Command {
-            client: session,
-            serial: serial as u64 + 1,
-            expect_revision: None,
-            compare: vec![],
-            ops,
-        };
+        let cmd = txn.into_command(session, serial as u64 + 1);
         let r = client.write(&cmd).await?;
         if r.outcome != Outcome::Applied {
             bail!("seeding workloads: {:?}", r.outcome);
@@ -277,7 +270,7 @@ pub async fn api(args: ApiArgs) -> Result<()> {
     let leader = leader.context("no region answers as leader")?;
     let member = *addrs.iter().find(|a| **a != leader).context("no member")?;
     let mut c = t.client(leader)?;
-    let tag = sc_leader::time::now_ms();
+    let tag = sc_store::time::now_ms();
     let mk_label = |k: &str, v: String| json!({"key": k, "value": v});
 
     // Rule edits.

@@ -180,7 +180,7 @@ impl Pce {
             dir: data,
             procs: vec![None, None, None],
             apis,
-            tag: sc_leader::time::now_ms(),
+            tag: sc_store::time::now_ms(),
             seq: 0,
         };
         for i in 0..3 {
@@ -456,7 +456,7 @@ async fn round<S: System>(s: &mut S) -> Result<(Duration, u64)> {
     }
     s.kill(leader)?;
     let killed = Instant::now();
-    let killed_ms = sc_leader::time::now_ms();
+    let killed_ms = sc_store::time::now_ms();
     let rto = loop {
         n += 1;
         match tokio::time::timeout(ATTEMPT, s.write(via, n)).await {

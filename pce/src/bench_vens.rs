@@ -323,7 +323,7 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         "sim CPU ms/round"
     );
     for &n in &args.counts {
-        let tag = sc_leader::time::now_ms();
+        let tag = sc_store::time::now_ms();
         let label = href(
             &post(
                 &mut api,

@@ -669,7 +669,7 @@ async fn check_replicas(c: &Cluster, apis: &[SocketAddr]) -> Result<Vec<String>>
                 bail!("backup from {api}: {}", a.status);
             }
             let rev = a.header("x-revision").unwrap_or_default();
-            let digest = sc_leader::auth::sha256_hex(&[&a.body]);
+            let digest = sc_store::hash::sha256_hex(&[&a.body]);
             seen.insert(*api, (rev, digest));
         }
         let revs: BTreeSet<_> = seen.values().map(|(r, _)| r.clone()).collect();

@@ -522,7 +522,7 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             println!(
                 "backup of revision {revision}: {keys} keys, {} bytes, sha256 {} -> {}",
                 a.body.len(),
-                sc_leader::auth::sha256_hex(&[&a.body]),
+                sc_store::hash::sha256_hex(&[&a.body]),
                 out.display()
             );
             Ok(())
@@ -712,7 +712,7 @@ async fn drill(args: DrillArgs) -> Result<()> {
         t0: Instant::now(),
         phases: vec![],
     };
-    let started_unix_ms = sc_leader::time::now_ms();
+    let started_unix_ms = sc_store::time::now_ms();
     p.phase(format!("preflight: asking {}", c.entry));
     let nodes = c.status(&[]).await?;
     let issues = problems(&nodes);

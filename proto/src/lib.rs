@@ -1,9 +1,11 @@
 //! Wire types of Supercluster, generated from `proto/*.proto` by tonic/prost.
 //!
-//! Only wire types live here, so every other crate (nodes, VENs, tools) can speak
-//! the protocol without pulling in server code.
+//! Only wire types and the contracts both ends compute ([`contract`]) live here,
+//! so every other crate (nodes, VENs, tools) can speak the protocol without
+//! pulling in server code.
 
 pub mod codec;
+pub mod contract;
 
 /// The inter-region Raft transport (openraft messages as opaque payloads).
 pub mod raft {

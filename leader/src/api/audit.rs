@@ -6,101 +6,63 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use sc_store::audit::AuditEvent;
+use sc_store::db::Txn;
+use sc_store::keys;
+use sc_store::time::iso8601;
 use serde_json::{json, Value};
 
 use super::{collection, AppState, Ctx, CtxExt, Shared};
-use crate::db::Txn;
 use crate::error::{ApiError, ErrorEntry};
-use crate::keys;
 use crate::rbac::Action;
-use crate::time::iso8601;
 
-/// One audited write.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    /// When (ms).
-    pub time_ms: u64,
-    /// `{resource}.{create|update|delete}`.
-    pub event_type: String,
-    /// `success` or `failure`.
-    pub status: String,
-    /// The user's href.
-    pub actor: String,
-    /// The user's name.
-    pub username: String,
-    /// HTTP method and path.
-    pub api_method: String,
-    /// Request path.
-    pub api_endpoint: String,
-    /// The answer's status code.
-    pub http_status: u16,
-    /// Caller address.
-    pub src_ip: String,
-    /// The node that took the request.
-    pub node: String,
-    /// Its region.
-    pub region: String,
-    /// The object written, when known.
-    pub resource: String,
-    /// Why it was refused.
-    pub errors: Vec<(String, String)>,
+/// An event for `ctx`'s request.
+pub fn event_of(
+    ctx: &Ctx,
+    state: &AppState,
+    resource: &str,
+    status: &str,
+    http_status: u16,
+    errors: Vec<(String, String)>,
+) -> AuditEvent {
+    let info = state.db.node().info();
+    AuditEvent {
+        time_ms: ctx.now,
+        event_type: ctx.event_type.clone(),
+        status: status.to_string(),
+        actor: ctx.who.href(),
+        username: ctx.who.username.clone(),
+        api_method: ctx.method.to_string(),
+        api_endpoint: ctx.path.clone(),
+        http_status,
+        src_ip: ctx.src.clone(),
+        node: info.name.clone(),
+        region: info.region.clone(),
+        resource: resource.to_string(),
+        errors,
+    }
 }
 
-impl AuditEvent {
-    /// An event for `ctx`'s request.
-    pub fn of(
-        ctx: &Ctx,
-        state: &AppState,
-        resource: &str,
-        status: &str,
-        http_status: u16,
-        errors: Vec<(String, String)>,
-    ) -> AuditEvent {
-        let info = state.db.node().info();
-        AuditEvent {
-            time_ms: ctx.now,
-            event_type: ctx.event_type.clone(),
-            status: status.to_string(),
-            actor: ctx.who.href(),
-            username: ctx.who.username.clone(),
-            api_method: ctx.method.to_string(),
-            api_endpoint: ctx.path.clone(),
-            http_status,
-            src_ip: ctx.src.clone(),
-            node: info.name.clone(),
-            region: info.region.clone(),
-            resource: resource.to_string(),
-            errors,
-        }
-    }
-
-    /// Adds the event to a transaction.
-    pub fn add_to(&self, txn: &mut Txn) -> Result<(), ApiError> {
-        txn.put(keys::audit(self.time_ms, rand::random()), self)?;
-        Ok(())
-    }
-
-    fn json(&self, key: &str) -> Value {
-        json!({
-            "href": format!("/orgs/{}/events/{key}", keys::ORG),
-            "timestamp": iso8601(self.time_ms),
-            "event_type": self.event_type,
-            "status": self.status,
-            "severity": if self.status == "success" { "info" } else { "warning" },
-            "created_by": {"user": {"href": self.actor, "username": self.username}},
-            "action": {
-                "api_method": self.api_method,
-                "api_endpoint": self.api_endpoint,
-                "http_status_code": self.http_status,
-                "src_ip": self.src_ip,
-            },
-            "pce_fqdn": self.node,
-            "region": self.region,
-            "resource": self.resource,
-            "errors": self.errors.iter().map(|(t, m)| json!({"token": t, "message": m})).collect::<Vec<_>>(),
-        })
-    }
+/// An event as Illumio's events API shows it.
+fn event_json(ev: &AuditEvent, key: &str) -> Value {
+    json!({
+        "href": format!("/orgs/{}/events/{key}", keys::ORG),
+        "timestamp": iso8601(ev.time_ms),
+        "event_type": ev.event_type,
+        "status": ev.status,
+        "severity": if ev.status == "success" { "info" } else { "warning" },
+        "created_by": {"user": {"href": ev.actor, "username": ev.username}},
+        "action": {
+            "api_method": ev.api_method,
+            "api_endpoint": ev.api_endpoint,
+            "http_status_code": ev.http_status,
+            "src_ip": ev.src_ip,
+        },
+        "pce_fqdn": ev.node,
+        "region": ev.region,
+        "resource": ev.resource,
+        "errors": ev.errors.iter().map(|(t, m)| json!({"token": t, "message": m})).collect::<Vec<_>>(),
+    })
 }
 
 /// Records a refused write (its own small command), then gives the answer back.
@@ -112,7 +74,7 @@ pub async fn record_refusal(state: &AppState, ctx: &Ctx, resp: Response) -> Resp
     let errors: Vec<(String, String)> = serde_json::from_slice::<Vec<ErrorEntry>>(&bytes)
         .map(|v| v.into_iter().map(|e| (e.token, e.message)).collect())
         .unwrap_or_default();
-    let ev = AuditEvent::of(ctx, state, &ctx.path, "failure", status.as_u16(), errors);
+    let ev = event_of(ctx, state, &ctx.path, "failure", status.as_u16(), errors);
     let mut txn = Txn::default();
     let written = match ev.add_to(&mut txn) {
         Ok(()) => state.db.commit(txn).await.is_ok(),
@@ -142,7 +104,7 @@ async fn list(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError
         .filter(|e| q.get("event_type").is_none_or(|t| &e.value.event_type == t))
         .filter(|e| q.get("status").is_none_or(|t| &e.value.status == t))
         .filter(|e| q.get("username").is_none_or(|t| &e.value.username == t))
-        .map(|e| e.value.json(&keys::id_of(&e.key, keys::AUDIT)))
+        .map(|e| event_json(&e.value, &keys::id_of(&e.key, keys::AUDIT)))
         .collect();
     collection(&ctx, &s, items, rev)
 }

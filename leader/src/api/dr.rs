@@ -176,10 +176,6 @@ impl Drop for TempFile {
 /// Largest backup `restore` accepts (the body is held in memory once).
 pub const MAX_BACKUP_BYTES: usize = 512 * 1024 * 1024;
 
-/// Keys that belong to one cluster's running members, not to its policy: a
-/// restore into another cluster must not bring them along.
-const LOCAL_PREFIXES: [&[u8]; 1] = [b"vm/"];
-
 /// The whole store at one point of history, in the checksummed snapshot format
 /// (magic, records, CRC-32). The revision it reflects is in `X-Revision`.
 async fn backup(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError> {
@@ -238,20 +234,26 @@ async fn restore(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiEr
     let existing = s.db.raw_scan(b"o/", 16).await?;
     let builtin = |k: &[u8]| {
         [
-            (crate::keys::Kind::Service, crate::docs::ALL_SERVICES_ID),
-            (crate::keys::Kind::IpList, crate::docs::ANY_IP_LIST_ID),
+            (
+                sc_store::keys::Kind::Service,
+                sc_store::objects::ALL_SERVICES_ID,
+            ),
+            (
+                sc_store::keys::Kind::IpList,
+                sc_store::objects::ANY_IP_LIST_ID,
+            ),
         ]
         .iter()
         .any(|(kind, id)| {
-            [crate::keys::Space::Draft, crate::keys::Space::Active]
+            [sc_store::keys::Space::Draft, sc_store::keys::Space::Active]
                 .iter()
-                .any(|sp| crate::keys::obj(*sp, *kind, id) == k)
+                .any(|sp| sc_store::keys::obj(*sp, *kind, id) == k)
         })
     };
     let found = match existing.iter().find(|(k, _)| !builtin(k)) {
         Some((k, _)) => Some(String::from_utf8_lossy(k).to_string()),
         None => {
-            s.db.raw(crate::keys::VERSION)
+            s.db.raw(sc_store::keys::VERSION)
                 .await?
                 .map(|_| "a provisioned policy version".to_string())
         }
@@ -264,10 +266,10 @@ async fn restore(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiEr
     }
     let kv: Vec<(Vec<u8>, Vec<u8>)> = kv
         .into_iter()
-        .filter(|(k, _)| !LOCAL_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .filter(|(k, _)| !sc_store::keys::NODE_LOCAL.iter().any(|p| k.starts_with(p)))
         .collect();
     // Batches well inside the command limits.
-    let mut txn = crate::db::Txn::default();
+    let mut txn = sc_store::db::Txn::default();
     let mut bytes = 0usize;
     let mut commands = 0usize;
     for (k, v) in &kv {
@@ -306,11 +308,11 @@ async fn restore(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiEr
     ))
 }
 
-async fn commit_batch(s: &Shared, txn: crate::db::Txn) -> Result<(), ApiError> {
+async fn commit_batch(s: &Shared, txn: sc_store::db::Txn) -> Result<(), ApiError> {
     match s.db.commit(txn).await {
         Ok(_) => Ok(()),
-        Err(crate::db::CommitError::Api(e)) => Err(e),
-        Err(crate::db::CommitError::Conflict(c)) => Err(ApiError::conflict(
+        Err(sc_store::db::CommitError::Store(e)) => Err(e.into()),
+        Err(sc_store::db::CommitError::Conflict(c)) => Err(ApiError::conflict(
             "concurrent_modification",
             format!(
                 "restore interrupted by a concurrent write ({c}); start again on a new cluster"

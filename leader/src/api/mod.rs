@@ -14,7 +14,7 @@ mod rules;
 mod system;
 mod users;
 
-pub use audit::AuditEvent;
+pub use sc_store::audit::AuditEvent;
 pub use system::ROUTES;
 
 use std::collections::HashMap;
@@ -31,11 +31,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::auth::{authenticate, RateLimiter};
-use crate::db::{Db, Txn};
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::jobs::Jobs;
 use crate::rbac::Principal;
-use crate::time::now_ms;
+use sc_store::db::{Db, Txn};
+use sc_store::time::now_ms;
 
 /// Everything a handler may need, shared by all requests of one node.
 pub struct AppState {
@@ -116,8 +116,8 @@ impl Ctx {
 
     /// Adds this request's success event to `txn`.
     pub fn audit(&self, txn: &mut Txn, state: &AppState, resource: &str) -> Result<(), ApiError> {
-        let ev = AuditEvent::of(self, state, resource, "success", 200, vec![]);
-        ev.add_to(txn)
+        let ev = audit::event_of(self, state, resource, "success", 200, vec![]);
+        Ok(ev.add_to(txn)?)
     }
 }
 
@@ -344,7 +344,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 async fn linearize_if_asked(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get("x-consistency").map(|v| v.to_str()) {
         None => Ok(()),
-        Some(Ok("linearizable")) => state.db.linearize().await,
+        Some(Ok("linearizable")) => state.db.linearize().await.map_err(ApiError::from),
         Some(Ok("local")) => Ok(()),
         Some(_) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -13,13 +13,15 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 
 use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
-use crate::db::Txn;
 use crate::docs::*;
 use crate::error::ApiError;
-use crate::keys::{self, Id, Kind, Space};
 use crate::rbac::{Action, Principal};
-use crate::time::iso8601;
-use crate::world::{first_referrer, resolve, World, MAX_OBJECTS};
+use sc_store::db::Txn;
+use sc_store::keys::{self, Id, Kind, Space};
+use sc_store::objects::*;
+use sc_store::record::{encode, Meta, Record, RECORD_V};
+use sc_store::time::iso8601;
+use sc_store::world::{first_referrer, World, MAX_OBJECTS};
 
 /// Path parameters, by name.
 pub type Params = Path<HashMap<String, String>>;
@@ -562,10 +564,7 @@ async fn pairing_key(
         };
         let mut txn = Txn::default();
         txn.expect(key, Some(prof.rev));
-        txn.put(
-            keys::pairing_key(&crate::auth::sha256_hex(&[code.as_bytes()])),
-            &doc,
-        )?;
+        txn.put(keys::pairing_key_of_code(&code), &doc)?;
         ctx.audit(
             &mut txn,
             &s,

@@ -18,13 +18,14 @@ use serde_json::{json, Value};
 
 use super::objects::{space_of, Params};
 use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
-use crate::db::Txn;
-use crate::docs::{decode, HrefJson, Record};
+use crate::docs::HrefJson;
 use crate::error::ApiError;
-use crate::keys::{self, Id, Kind, Space};
 use crate::rbac::Action;
-use crate::time::iso8601;
-use crate::world::{load_raw, world_of, Raw, MAX_OBJECTS, POLICY_KINDS};
+use sc_store::db::Txn;
+use sc_store::keys::{self, Id, Kind, Space};
+use sc_store::record::{decode, Record};
+use sc_store::time::iso8601;
+use sc_store::world::{load_raw, world_of, Raw, MAX_OBJECTS, POLICY_KINDS};
 
 /// A provisioned version's metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -608,8 +609,8 @@ async fn policy_at(s: &Shared, k: u64) -> Result<Raw, ApiError> {
     }
     // Built-in objects exist in every version.
     for (kind, id) in [
-        (Kind::Service, crate::docs::ALL_SERVICES_ID),
-        (Kind::IpList, crate::docs::ANY_IP_LIST_ID),
+        (Kind::Service, sc_store::objects::ALL_SERVICES_ID),
+        (Kind::IpList, sc_store::objects::ANY_IP_LIST_ID),
     ] {
         if let Some((bytes, _)) = s.db.raw(&keys::obj(Space::Active, kind, id)).await? {
             raw.entry((kind, id.to_string())).or_insert(bytes);

@@ -12,11 +12,13 @@ use serde_json::{json, Value};
 
 use super::objects::{id_param, may_write, merge_input, object_json, space_of, update, Params};
 use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
-use crate::db::{Stored, Txn};
 use crate::docs::*;
 use crate::error::ApiError;
-use crate::keys::{self, Id, Kind, Space};
-use crate::world::{resolve, World, MAX_OBJECTS};
+use sc_store::db::{Stored, Txn};
+use sc_store::keys::{self, Id, Kind, Space};
+use sc_store::objects::*;
+use sc_store::record::{encode, Meta, Object, Record, RECORD_V};
+use sc_store::world::{World, MAX_OBJECTS};
 
 fn model(id: &str, doc: &RuleSetDoc) -> sc_policy::model::RuleSet {
     sc_policy::model::RuleSet {

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::{answer, CtxExt, Shared};
 use crate::error::ApiError;
-use crate::keys;
 use crate::rbac::Role;
+use sc_store::keys;
 
 /// Every endpoint: method, path, what it does. The OpenAPI document is generated
 /// from this table, and a test checks that each entry is routed.

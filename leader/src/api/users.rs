@@ -13,13 +13,13 @@ use serde_json::{json, Value};
 
 use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
 use crate::auth::{new_api_key, ApiKeyDoc, UserDoc};
-use crate::db::Txn;
-use crate::docs::{HrefJson, Refs};
+use crate::docs::{resolve, HrefJson, Refs};
 use crate::error::ApiError;
-use crate::keys::{self, Id, Kind};
 use crate::rbac::{Action, Permission, Role};
-use crate::time::iso8601;
-use crate::world::{resolve, World, MAX_OBJECTS};
+use sc_store::db::Txn;
+use sc_store::keys::{self, Id, Kind};
+use sc_store::time::iso8601;
+use sc_store::world::{World, MAX_OBJECTS};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,10 +118,6 @@ fn user_json(id: &str, u: &UserDoc) -> Value {
     })
 }
 
-fn username_key(name: &str) -> Vec<u8> {
-    format!("un/{name}").into_bytes()
-}
-
 fn owner_only(ctx: &Ctx) -> Result<(), ApiError> {
     if ctx.who.may(Action::ManageUsers) {
         Ok(())
@@ -167,14 +163,14 @@ async fn create(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
     let (doc, rev) = transact!(&s.db, async {
         let mut txn = Txn::default();
         resolve(&s.db, &refs.list, &mut txn, &mut World::default()).await?;
-        if s.db.rev(&username_key(&input.username)).await?.is_some() {
+        if s.db.rev(&keys::username(&input.username)).await?.is_some() {
             return Err(ApiError::invalid(
                 "name_in_use",
                 format!("username: {:?} is taken", input.username),
             ));
         }
-        txn.expect(username_key(&input.username), None);
-        txn.put(username_key(&input.username), &id)?;
+        txn.expect(keys::username(&input.username), None);
+        txn.put(keys::username(&input.username), &id)?;
         let doc = UserDoc {
             username: input.username.clone(),
             full_name: input.full_name.clone(),
@@ -277,7 +273,7 @@ async fn remove(
         let mut txn = Txn::default();
         txn.expect(keys::user(&id), Some(cur.rev));
         txn.delete(keys::user(&id));
-        txn.delete(username_key(&cur.value.username));
+        txn.delete(keys::username(&cur.value.username));
         let (ks, _) = s.db.scan::<ApiKeyDoc>(keys::API_KEYS, MAX_OBJECTS).await?;
         for k in ks.iter().filter(|k| k.value.user_id == id) {
             txn.delete(k.key.clone());

@@ -1,15 +1,17 @@
-//! Turning stored docs into the policy model: a small world around one object
-//! (to validate a single write) or a whole space (to provision).
+//! Turning stored objects into the policy model: a small world around one
+//! object (to validate a single write), a whole space (to provision), or the
+//! active policy a member compiles for its VENs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use sc_policy::model::{self as m, Estate, PolicySet};
 use sc_policy::validate::validate;
 
-use crate::db::{Db, Txn};
-use crate::docs::*;
-use crate::error::ApiError;
+use crate::db::Db;
+use crate::error::StoreError;
 use crate::keys::{self, Id, Kind, Space};
+use crate::objects::*;
+use crate::record::{decode_doc, Object};
 
 /// The largest number of objects one kind may hold (a bound on full scans).
 pub const MAX_OBJECTS: usize = 1_000_000;
@@ -23,51 +25,13 @@ pub struct World {
     pub policy: PolicySet,
 }
 
-/// The built-in objects every org has (Illumio's defaults), as docs.
-pub fn builtin_service() -> ServiceDoc {
-    use sc_policy::model::{PortRange, Proto};
-    ServiceDoc {
-        name: "All Services".into(),
-        description: Some("every protocol and port".into()),
-        ports: [Proto::Tcp, Proto::Udp, Proto::Icmp]
-            .into_iter()
-            .map(|proto| PortRange {
-                proto,
-                port: None,
-                to_port: None,
-            })
-            .collect(),
-    }
-}
-
-/// See [`builtin_service`].
-pub fn builtin_ip_list() -> IpListDoc {
-    IpListDoc {
-        name: "Any (0.0.0.0/0 and ::/0)".into(),
-        description: Some("every address".into()),
-        ip_ranges: ["0.0.0.0/0", "::/0"]
-            .into_iter()
-            .map(|r| IpRangeJson {
-                from_ip: r.into(),
-                to_ip: None,
-                exclusion: false,
-                description: None,
-            })
-            .collect(),
-    }
-}
-
-fn rec<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    Ok(decode::<Record<T>>(bytes)?.doc)
-}
-
 impl World {
     /// Adds one stored object (raw record bytes) of `kind` with `id`.
-    pub fn add(&mut self, kind: Kind, id: &str, bytes: &[u8]) -> Result<(), ApiError> {
+    pub fn add(&mut self, kind: Kind, id: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let id = id.to_string();
         match kind {
             Kind::Label => {
-                let d: LabelDoc = rec(bytes)?;
+                let d: LabelDoc = decode_doc(bytes)?;
                 self.estate.labels.insert(
                     id.clone(),
                     m::Label {
@@ -78,15 +42,15 @@ impl World {
                 );
             }
             Kind::Workload => {
-                let d: WorkloadDoc = rec(bytes)?;
+                let d: WorkloadDoc = decode_doc(bytes)?;
                 self.estate.workloads.insert(id.clone(), d.model(&id));
             }
             Kind::LabelGroup => {
-                let d: LabelGroupDoc = rec(bytes)?;
+                let d: LabelGroupDoc = decode_doc(bytes)?;
                 self.policy.label_groups.insert(id.clone(), d.model(&id));
             }
             Kind::Service => {
-                let d: ServiceDoc = rec(bytes)?;
+                let d: ServiceDoc = decode_doc(bytes)?;
                 self.policy.services.insert(
                     id.clone(),
                     m::Service {
@@ -97,11 +61,11 @@ impl World {
                 );
             }
             Kind::IpList => {
-                let d: IpListDoc = rec(bytes)?;
+                let d: IpListDoc = decode_doc(bytes)?;
                 self.policy.ip_lists.insert(id.clone(), d.model(&id));
             }
             Kind::Boundary => {
-                let d: BoundaryDoc = rec(bytes)?;
+                let d: BoundaryDoc = decode_doc(bytes)?;
                 self.policy.boundaries.insert(
                     id.clone(),
                     m::EnforcementBoundary {
@@ -115,21 +79,21 @@ impl World {
                 );
             }
             Kind::RuleSet => {
-                let d: RuleSetDoc = rec(bytes)?;
+                let d: RuleSetDoc = decode_doc(bytes)?;
                 let rs = self.rule_set(&id);
                 rs.name = d.name;
                 rs.enabled = d.enabled;
                 rs.scope = d.scope;
             }
             Kind::SecRule => {
-                let (rs, rule) = id.split_once('/').unwrap_or((&id, ""));
-                let d: RuleDoc = rec(bytes)?;
+                let (rs, rule) = keys::split_rule_id(&id);
+                let d: RuleDoc = decode_doc(bytes)?;
                 let model = d.model(rule);
                 self.rule_set(rs).rules.push(model);
             }
             Kind::DenyRule => {
-                let (rs, rule) = id.split_once('/').unwrap_or((&id, ""));
-                let d: DenyRuleDoc = rec(bytes)?;
+                let (rs, rule) = keys::split_rule_id(&id);
+                let d: DenyRuleDoc = decode_doc(bytes)?;
                 let model = d.model(rule);
                 self.rule_set(rs).deny_rules.push(model);
             }
@@ -155,7 +119,7 @@ impl World {
     /// Validates with the policy engine and keeps only the errors about `object`
     /// (`{segment}/{id}`): the other objects in a small world were checked when they
     /// were written, and may legitimately miss their own references here.
-    pub fn check(&self, object: &str) -> Result<(), ApiError> {
+    pub fn check(&self, object: &str) -> Result<(), StoreError> {
         match validate(&self.estate, &self.policy) {
             Ok(()) => Ok(()),
             Err(errors) => {
@@ -163,64 +127,18 @@ impl World {
                 if mine.is_empty() {
                     Ok(())
                 } else {
-                    Err(ApiError::validation(&mine))
+                    Err(StoreError::Invalid(mine))
                 }
             }
         }
     }
 }
 
-/// Fetches every referenced object: each must exist (else `invalid_reference`
-/// naming the field), each becomes a precondition of `txn`, and each joins `world`.
-/// Label groups bring their sub-groups along, so cycles are visible.
-pub async fn resolve(
-    db: &Db,
-    refs: &[(String, Kind, Id)],
-    txn: &mut Txn,
-    world: &mut World,
-) -> Result<(), ApiError> {
-    let mut seen = BTreeSet::new();
-    let mut queue: Vec<(String, Kind, Id)> = refs.to_vec();
-    while let Some((field, kind, id)) = queue.pop() {
-        if !seen.insert((kind, id.clone())) {
-            continue;
-        }
-        if kind == Kind::Service && id == ALL_SERVICES_ID {
-            continue;
-        }
-        let key = keys::obj(Space::of(kind), kind, &id);
-        let entry = db.raw(&key).await?;
-        let Some((bytes, rev)) = entry else {
-            return Err(ApiError::reference(
-                &field,
-                format!(
-                    "{} {id} does not exist{}",
-                    kind.segment(),
-                    if kind.provisioned() {
-                        " in the draft"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        };
-        txn.expect(key, Some(rev));
-        world.add(kind, &id, &bytes)?;
-        if kind == Kind::LabelGroup {
-            let g: LabelGroupDoc = rec(&bytes)?;
-            for sub in g.sub_groups {
-                queue.push((field.clone(), Kind::LabelGroup, sub));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Every object of one space, as raw records by (kind, id), for diffs and worlds.
 pub type Raw = BTreeMap<(Kind, Id), Vec<u8>>;
 
 /// Loads every object of the given kinds in `space`.
-pub async fn load_raw(db: &Db, space: Space, kinds: &[Kind]) -> Result<Raw, ApiError> {
+pub async fn load_raw(db: &Db, space: Space, kinds: &[Kind]) -> Result<Raw, StoreError> {
     let mut out = Raw::new();
     for &kind in kinds {
         let prefix = keys::obj_prefix(space, kind);
@@ -245,7 +163,7 @@ pub const POLICY_KINDS: [Kind; 7] = [
 /// Builds a world from raw objects.
 pub fn world_of<'a>(
     objects: impl IntoIterator<Item = (&'a (Kind, Id), &'a Vec<u8>)>,
-) -> Result<World, ApiError> {
+) -> Result<World, StoreError> {
     let mut w = World::default();
     for ((kind, id), bytes) in objects {
         w.add(*kind, id, bytes)?;
@@ -254,25 +172,25 @@ pub fn world_of<'a>(
 }
 
 /// The references of a stored object of any kind, from its raw record.
-pub fn refs_of(kind: Kind, bytes: &[u8]) -> Result<Vec<(Kind, Id)>, ApiError> {
+pub fn refs_of(kind: Kind, bytes: &[u8]) -> Result<Vec<(Kind, Id)>, StoreError> {
     Ok(match kind {
         Kind::Label => vec![],
-        Kind::LabelGroup => rec::<LabelGroupDoc>(bytes)?.refs(),
+        Kind::LabelGroup => decode_doc::<LabelGroupDoc>(bytes)?.refs(),
         Kind::Service => vec![],
         Kind::IpList => vec![],
-        Kind::RuleSet => rec::<RuleSetDoc>(bytes)?.refs(),
-        Kind::SecRule => rec::<RuleDoc>(bytes)?.refs(),
-        Kind::DenyRule => rec::<DenyRuleDoc>(bytes)?.refs(),
-        Kind::Boundary => rec::<BoundaryDoc>(bytes)?.refs(),
-        Kind::Workload => rec::<WorkloadDoc>(bytes)?.refs(),
-        Kind::PairingProfile => rec::<PairingProfileDoc>(bytes)?.refs(),
+        Kind::RuleSet => decode_doc::<RuleSetDoc>(bytes)?.refs(),
+        Kind::SecRule => decode_doc::<RuleDoc>(bytes)?.refs(),
+        Kind::DenyRule => decode_doc::<DenyRuleDoc>(bytes)?.refs(),
+        Kind::Boundary => decode_doc::<BoundaryDoc>(bytes)?.refs(),
+        Kind::Workload => decode_doc::<WorkloadDoc>(bytes)?.refs(),
+        Kind::PairingProfile => decode_doc::<PairingProfileDoc>(bytes)?.refs(),
     })
 }
 
 /// The first object (href) that refers to `(kind, id)`, if any: an object in use
 /// cannot be deleted. Live targets are checked against draft and active policy
 /// too; draft targets against the draft.
-pub async fn first_referrer(db: &Db, kind: Kind, id: &str) -> Result<Option<String>, ApiError> {
+pub async fn first_referrer(db: &Db, kind: Kind, id: &str) -> Result<Option<String>, StoreError> {
     let spaces: &[Space] = if kind.provisioned() {
         &[Space::Draft]
     } else {

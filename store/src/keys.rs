@@ -1,5 +1,6 @@
-//! Where the admin API keeps things in the replicated key/value store, and how
-//! object hrefs map to keys.
+//! Where everything lives in the replicated key/value store, how a key parses
+//! back into what it names, and how object hrefs map to keys. The one place that
+//! knows the layout: the admin API, the VEN service and the DR tools all ask here.
 //!
 //! Every object is one key, so a write is a handful of puts guarded by the
 //! `mod_revision` of what it read (optimistic concurrency, checked by every
@@ -14,7 +15,8 @@
 //! | `m/epoch` | bumped by every write; deletes and provisions compare it |
 //! | `m/version` | the active version number |
 //! | `n/{kind}/{name}` | name index (unique names) |
-//! | `u/{id}`, `k/{auth_username}` | users, API keys |
+//! | `u/{id}`, `un/{username}`, `k/{auth_username}` | users, user names, API keys |
+//! | `vm/{member}` | the VEN service address of each member (node-local facts) |
 //! | `pk/{hash}` | pairing keys |
 //! | `a/{time}-{rand}` | audit events |
 
@@ -143,6 +145,25 @@ pub fn rules_prefix(space: Space, kind: Kind, rule_set: &str) -> Vec<u8> {
     format!("o/{}/{}/{rule_set}/", space.segment(), kind.segment()).into_bytes()
 }
 
+/// Parses an object key (`o/{space}/{kind}/{id}`) back into what it names;
+/// `None` for any other key. Rule ids keep their `{ruleset}/{rule}` form.
+pub fn parse(key: &[u8]) -> Option<(Space, Kind, Id)> {
+    let k = std::str::from_utf8(key).ok()?;
+    let rest = k.strip_prefix("o/")?;
+    let (space, rest) = rest.split_once('/')?;
+    let space = [Space::Live, Space::Draft, Space::Active]
+        .into_iter()
+        .find(|s| s.segment() == space)?;
+    let (kind, id) = split_kind_id(rest)?;
+    Some((space, kind, id))
+}
+
+/// The ruleset and the rule of a rule id (`{ruleset}/{rule}`): rules are stored
+/// under their ruleset, and everything that maps a rule to its ruleset asks here.
+pub fn split_rule_id(id: &str) -> (&str, &str) {
+    id.split_once('/').unwrap_or((id, ""))
+}
+
 /// The id part of an object key (after the kind prefix).
 pub fn id_of(key: &[u8], prefix: &[u8]) -> String {
     String::from_utf8_lossy(&key[prefix.len().min(key.len())..]).into_owned()
@@ -197,6 +218,23 @@ pub fn user(id: &str) -> Vec<u8> {
     format!("u/{id}").into_bytes()
 }
 
+/// The user-name index entry (user names are unique).
+pub fn username(name: &str) -> Vec<u8> {
+    format!("un/{name}").into_bytes()
+}
+
+/// The VEN service address a member announces (written by the member itself).
+pub fn ven_member(name: &str) -> Vec<u8> {
+    format!("vm/{name}").into_bytes()
+}
+
+/// The prefix of every member's VEN service address.
+pub const VEN_MEMBERS: &[u8] = b"vm/";
+
+/// Prefixes that hold facts about the nodes themselves, not the org's data: a
+/// backup restored into another cluster leaves them out.
+pub const NODE_LOCAL: [&[u8]; 1] = [VEN_MEMBERS];
+
 /// The prefix of all users.
 pub const USERS: &[u8] = b"u/";
 
@@ -211,6 +249,12 @@ pub const API_KEYS: &[u8] = b"k/";
 /// A pairing key, by the hash of its activation code.
 pub fn pairing_key(hash_hex: &str) -> Vec<u8> {
     format!("pk/{hash_hex}").into_bytes()
+}
+
+/// The key of the pairing key whose activation code is `code`: only the code's
+/// hash is stored, so a leaked store does not hand out pairing keys.
+pub fn pairing_key_of_code(code: &str) -> Vec<u8> {
+    pairing_key(&crate::hash::sha256_hex(&[code.as_bytes()]))
 }
 
 /// An audit event; keys sort by time.
@@ -251,7 +295,7 @@ pub fn valid_id(id: &str) -> bool {
 pub fn href(space: Space, kind: Kind, id: &str) -> String {
     match kind {
         Kind::SecRule | Kind::DenyRule => {
-            let (rs, rule) = id.split_once('/').unwrap_or((id, ""));
+            let (rs, rule) = split_rule_id(id);
             format!(
                 "/orgs/{ORG}/sec_policy/{}/rule_sets/{rs}/{}/{rule}",
                 if space == Space::Active {
@@ -321,5 +365,24 @@ mod tests {
         assert_eq!(parse_href("/orgs/1/sec_policy/draft/labels/x"), None);
         assert_eq!(parse_href("/orgs/2/labels/x"), None);
         assert_eq!(parse_href("/orgs/1/labels/../x"), None);
+    }
+
+    #[test]
+    fn object_keys_parse_back() {
+        let rule = format!("{}/{}", new_id(), new_id());
+        let key = obj(Space::Active, Kind::SecRule, &rule);
+        assert_eq!(
+            parse(&key),
+            Some((Space::Active, Kind::SecRule, rule.clone()))
+        );
+        assert_eq!(split_rule_id(&rule).0, &rule[..rule.find('/').unwrap()]);
+        let id = new_id();
+        assert_eq!(
+            parse(&obj(Space::Live, Kind::Workload, &id)),
+            Some((Space::Live, Kind::Workload, id))
+        );
+        assert_eq!(parse(EPOCH), None);
+        assert_eq!(parse(b"o/nowhere/labels/x"), None);
+        assert_eq!(parse(b"o/live/nothing/x"), None);
     }
 }

@@ -1,5 +1,6 @@
-//! The API's view of the replicated store: typed reads off the local replica and
-//! optimistic transactions sent through the leader.
+//! Typed access to the replicated store: reads off the local replica and
+//! optimistic transactions sent through the leader, for the admin API and the
+//! VEN service alike.
 //!
 //! A write reads what it needs (each value comes with its `mod_revision`), builds
 //! one [`Txn`] whose preconditions are exactly those revisions, and commits it.
@@ -12,9 +13,9 @@ use sc_raft::{ClientId, Command, Compare, Consistency, Mutation, Node, Outcome};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::docs::{decode, encode};
-use crate::error::ApiError;
+use crate::error::StoreError;
 use crate::keys;
+use crate::record::{decode, encode};
 
 /// How many times a write is planned again after a precondition failed.
 pub const MAX_ATTEMPTS: usize = 8;
@@ -52,7 +53,7 @@ impl Txn {
     }
 
     /// Writes `value` as JSON at `key`.
-    pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<&mut Self, ApiError> {
+    pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<&mut Self, StoreError> {
         self.ops.push(Mutation::Put {
             key,
             value: encode(value)?,
@@ -81,14 +82,29 @@ impl Txn {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// The Raft command for this transaction from writer session `client`:
+    /// every write bumps the epoch ([`keys::EPOCH`]), which deletes and
+    /// provisions compare, so a writer that bypasses [`Db`] (a bulk loader
+    /// talking to a node's Raft client) still keeps the store's contract.
+    pub fn into_command(mut self, client: ClientId, serial: u64) -> Command {
+        self.put_raw(keys::EPOCH.to_vec(), Vec::new());
+        Command {
+            client,
+            serial,
+            expect_revision: None,
+            compare: self.compare,
+            ops: self.ops,
+        }
+    }
 }
 
 /// Why a commit did not happen.
 pub enum CommitError {
     /// A precondition failed: plan again.
     Conflict(String),
-    /// Anything else, already an API answer.
-    Api(ApiError),
+    /// Anything else: the write did not happen and planning again will not help.
+    Store(StoreError),
 }
 
 /// One stored value with its revision.
@@ -139,18 +155,17 @@ impl Db {
     }
 
     /// Waits until the local replica reflects every write acknowledged before now.
-    pub async fn linearize(&self) -> Result<(), ApiError> {
-        self.node.linearize().await.map_err(ApiError::from)
+    pub async fn linearize(&self) -> Result<(), StoreError> {
+        Ok(self.node.linearize().await?)
     }
 
     /// The local replica's revision.
-    pub async fn revision(&self) -> Result<u64, ApiError> {
+    pub async fn revision(&self) -> Result<u64, StoreError> {
         self.catch_up().await;
         Ok(self
             .node
             .get(keys::EPOCH, Consistency::Local)
-            .await
-            .map_err(ApiError::from)?
+            .await?
             .revision)
     }
 
@@ -158,13 +173,9 @@ impl Db {
     pub async fn get<T: DeserializeOwned>(
         &self,
         key: &[u8],
-    ) -> Result<Option<Stored<T>>, ApiError> {
+    ) -> Result<Option<Stored<T>>, StoreError> {
         self.catch_up().await;
-        let r = self
-            .node
-            .get(key, Consistency::Local)
-            .await
-            .map_err(ApiError::from)?;
+        let r = self.node.get(key, Consistency::Local).await?;
         match r.value {
             None => Ok(None),
             Some(e) => Ok(Some(Stored {
@@ -176,13 +187,9 @@ impl Db {
     }
 
     /// One value's raw bytes with its revision.
-    pub async fn raw(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, ApiError> {
+    pub async fn raw(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
         self.catch_up().await;
-        let r = self
-            .node
-            .get(key, Consistency::Local)
-            .await
-            .map_err(ApiError::from)?;
+        let r = self.node.get(key, Consistency::Local).await?;
         Ok(r.value.map(|e| (e.value, e.mod_revision)))
     }
 
@@ -191,24 +198,16 @@ impl Db {
         &self,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ApiError> {
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.catch_up().await;
-        let r = self
-            .node
-            .scan(prefix, limit, Consistency::Local)
-            .await
-            .map_err(ApiError::from)?;
+        let r = self.node.scan(prefix, limit, Consistency::Local).await?;
         Ok(r.value.into_iter().map(|(k, e)| (k, e.value)).collect())
     }
 
     /// The `mod_revision` of a key (`None`: absent).
-    pub async fn rev(&self, key: &[u8]) -> Result<Option<u64>, ApiError> {
+    pub async fn rev(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
         self.catch_up().await;
-        let r = self
-            .node
-            .get(key, Consistency::Local)
-            .await
-            .map_err(ApiError::from)?;
+        let r = self.node.get(key, Consistency::Local).await?;
         Ok(r.value.map(|e| e.mod_revision))
     }
 
@@ -217,13 +216,9 @@ impl Db {
         &self,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<(Vec<Stored<T>>, u64), ApiError> {
+    ) -> Result<(Vec<Stored<T>>, u64), StoreError> {
         self.catch_up().await;
-        let r = self
-            .node
-            .scan(prefix, limit, Consistency::Local)
-            .await
-            .map_err(ApiError::from)?;
+        let r = self.node.scan(prefix, limit, Consistency::Local).await?;
         let mut out = Vec::with_capacity(r.value.len());
         for (key, e) in r.value {
             out.push(Stored {
@@ -236,24 +231,20 @@ impl Db {
     }
 
     /// Commits `txn` through the leader; returns the new store revision.
-    pub async fn commit(&self, mut txn: Txn) -> Result<u64, CommitError> {
+    pub async fn commit(&self, txn: Txn) -> Result<u64, CommitError> {
         if txn.ops.is_empty() {
-            return Err(CommitError::Api(ApiError::internal("empty transaction")));
-        }
-        if !self.node.has_leader() {
-            return Err(CommitError::Api(ApiError::unavailable(
-                "no leader is known right now (election in progress or this region is cut off)",
+            return Err(CommitError::Store(StoreError::Internal(
+                "empty transaction".into(),
             )));
         }
-        txn.put_raw(keys::EPOCH.to_vec(), Vec::new());
+        if !self.node.has_leader() {
+            return Err(CommitError::Store(StoreError::NoLeader(
+                "no leader is known right now (election in progress or this region is cut off)"
+                    .into(),
+            )));
+        }
         let (client, serial) = self.take_session();
-        let cmd = Command {
-            client,
-            serial,
-            expect_revision: None,
-            compare: txn.compare,
-            ops: txn.ops,
-        };
+        let cmd = txn.into_command(client, serial);
         let result = self.node.write(cmd).await;
         self.give_back(client, serial);
         match result {
@@ -264,15 +255,14 @@ impl Db {
                     Ok(r.revision)
                 }
                 Outcome::Conflict { reason } => Err(CommitError::Conflict(reason)),
-                Outcome::Invalid { reason } => Err(CommitError::Api(ApiError::invalid(
-                    "request_too_large",
-                    format!("the change cannot be stored: {reason}"),
-                ))),
-                Outcome::Internal => Err(CommitError::Api(ApiError::internal(
-                    "unexpected internal outcome",
+                Outcome::Invalid { reason } => {
+                    Err(CommitError::Store(StoreError::TooLarge(reason)))
+                }
+                Outcome::Internal => Err(CommitError::Store(StoreError::Internal(
+                    "unexpected internal outcome".into(),
                 ))),
             },
-            Err(e) => Err(CommitError::Api(e.into())),
+            Err(e) => Err(CommitError::Store(e.into())),
         }
     }
 
@@ -291,29 +281,38 @@ impl Db {
     }
 }
 
+/// What a plan's error type must offer [`transact!`]: it takes store errors,
+/// and it says whether a refusal may only reflect a lagging replica (an object
+/// just made in another region not yet applied here), so the plan is worth one
+/// more try after catching up. The admin API and the VEN service each implement
+/// it for their own error type.
+pub trait PlanError: From<StoreError> {
+    /// A refusal that catching up (ReadIndex) might turn into a success.
+    fn may_be_stale(&self) -> bool;
+}
+
 /// Plans and commits a write, planning again (after catching up) while its
-/// preconditions fail: `transact!(db, async { ...; Ok((txn, answer)) })` gives
-/// `Result<(answer, revision), ApiError>`. The plan reads, checks, and returns the
-/// transaction. A plan refused as 404/406 may only reflect a lagging replica (an
-/// object just made in another region), so it is planned once more after catching
-/// up (ReadIndex) before the refusal is returned; then the refusal stands. A macro
-/// rather than a function taking a closure, so the plan may borrow the handler's
-/// locals across awaits and the handler future stays `Send`.
+/// preconditions fail: `transact!(db, E, async { ...; Ok((txn, answer)) })` gives
+/// `Result<(answer, revision), E>` for any `E: PlanError`. The plan reads, checks,
+/// and returns the transaction. A plan refused with a possibly stale refusal is
+/// planned once more after catching up (ReadIndex); then the refusal stands.
+/// A macro rather than a function taking a closure, so the plan may borrow the
+/// caller's locals across awaits and the caller's future stays `Send`.
 #[macro_export]
 macro_rules! transact {
-    ($db:expr, $plan:expr) => {{
+    ($db:expr, $err:ty, $plan:expr) => {{
         let db: &$crate::db::Db = $db;
         let mut last = String::new();
-        let mut done = None;
+        let mut done: Option<Result<_, $err>> = None;
         let mut caught_up = false;
         for _ in 0..$crate::db::MAX_ATTEMPTS {
-            let planned: Result<_, $crate::ApiError> = $plan.await;
+            let planned: Result<_, $err> = $plan.await;
             let (txn, out) = match planned {
                 Ok(x) => x,
-                Err(e) if !caught_up && matches!(e.status.as_u16(), 404 | 406) => {
+                Err(e) if !caught_up && $crate::db::PlanError::may_be_stale(&e) => {
                     caught_up = true;
                     if let Err(e) = db.linearize().await {
-                        done = Some(Err(e));
+                        done = Some(Err(<$err>::from(e)));
                         break;
                     }
                     continue;
@@ -328,25 +327,20 @@ macro_rules! transact {
                     done = Some(Ok((out, rev)));
                     break;
                 }
-                Err($crate::db::CommitError::Api(e)) => {
-                    done = Some(Err(e));
+                Err($crate::db::CommitError::Store(e)) => {
+                    done = Some(Err(<$err>::from(e)));
                     break;
                 }
                 Err($crate::db::CommitError::Conflict(reason)) => {
                     last = reason;
                     caught_up = true;
                     if let Err(e) = db.linearize().await {
-                        done = Some(Err(e));
+                        done = Some(Err(<$err>::from(e)));
                         break;
                     }
                 }
             }
         }
-        done.unwrap_or_else(|| {
-            Err($crate::ApiError::conflict(
-                "concurrent_modification",
-                format!("the objects this request depends on kept changing; try again ({last})"),
-            ))
-        })
+        done.unwrap_or_else(|| Err(<$err>::from($crate::StoreError::KeptChanging(last))))
     }};
 }
