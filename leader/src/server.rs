@@ -10,8 +10,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sc_raft::{Node, TlsMaterial};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::api::{router, AppState};
@@ -33,19 +33,28 @@ pub struct ApiOptions {
     pub burst: u32,
 }
 
-/// A running API server; dropping it does not stop it, [`ApiServer::stop`] does.
+/// How long open connections may take to finish their requests once the
+/// server stops; past it they are cut (everything acknowledged is on disk).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A running API server. It stops when its shutdown token is cancelled (by
+/// [`ApiServer::stop`] or by whoever owns the token, such as a whole region);
+/// dropping it does not stop it.
 pub struct ApiServer {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    shutdown: CancellationToken,
+    /// The accept loop; it owns every connection task and returns only when
+    /// they have all finished (or were cut after [`DRAIN`]).
     task: JoinHandle<()>,
 }
 
 impl ApiServer {
-    /// Stops accepting and ends open connections.
+    /// Stops accepting, lets open connections finish the requests they are
+    /// serving (HTTP/1 keep-alive and HTTP/2 are shut down gracefully), and
+    /// returns when every connection task has ended.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        self.task.abort();
+        self.shutdown.cancel();
         let _ = self.task.await;
     }
 }
@@ -68,8 +77,13 @@ fn tls_config(tls: &TlsMaterial) -> Result<rustls::ServerConfig, ServeError> {
     Ok(cfg)
 }
 
-/// Starts the API for `node`. Returns once the socket is bound.
-pub async fn serve(node: Node, opts: ApiOptions) -> Result<ApiServer, ServeError> {
+/// Starts the API for `node`. Returns once the socket is bound; serves until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    node: Node,
+    opts: ApiOptions,
+    shutdown: CancellationToken,
+) -> Result<ApiServer, ServeError> {
     let listener = TcpListener::bind(opts.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -92,50 +106,122 @@ pub async fn serve(node: Node, opts: ApiOptions) -> Result<ApiServer, ServeError
         jobs: Jobs::default(),
     });
     let app = router(state);
-    let (stop, mut stopped) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
+    let task = tokio::spawn(accept_loop(listener, app, acceptor, shutdown.clone()));
+    tracing::info!(%addr, https = opts.tls.is_some(), "admin API listening");
+    Ok(ApiServer {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Accepts connections until `shutdown`, then waits for the open ones.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            // Reap finished connections so the set stays as small as the open ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = shutdown.cancelled() => break,
+        };
+        // Answers are small and a client waits on each one: without
+        // TCP_NODELAY a reply can sit behind a delayed ACK for ~40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "TCP_NODELAY");
+        }
+        conns.spawn(connection(
+            tcp,
+            peer,
+            app.clone(),
+            acceptor.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    let drained =
+        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = conns.len(),
+            "admin API connections still open after {DRAIN:?}; cutting them"
+        );
+        conns.shutdown().await;
+    }
+}
+
+/// Serves one connection; on `shutdown` it finishes the request in flight and
+/// closes (graceful shutdown of HTTP/1 keep-alive and HTTP/2).
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: axum::Router,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req)
+    });
+    let builder = Builder::new(TokioExecutor::new());
+    let result = match acceptor {
+        Some(acc) => {
+            let tls = tokio::select! {
+                r = acc.accept(tcp) => match r {
+                    Ok(tls) => tls,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
                     }
                 },
-                _ = stopped.changed() => break,
+                _ = shutdown.cancelled() => return,
             };
-            // Answers are small and a client waits on each one: without
-            // TCP_NODELAY a reply can sit behind a delayed ACK for ~40 ms.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "TCP_NODELAY");
-            }
-            let app = app.clone();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo(peer));
-                        app.clone().oneshot(req)
-                    },
-                );
-                let builder = Builder::new(TokioExecutor::new());
-                let result = match acceptor {
-                    Some(acc) => match acc.accept(tcp).await {
-                        Ok(tls) => builder.serve_connection(TokioIo::new(tls), svc).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                    },
-                    None => builder.serve_connection(TokioIo::new(tcp), svc).await,
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            drive(conn, &shutdown).await
         }
-    });
-    tracing::info!(%addr, https = opts.tls.is_some(), "admin API listening");
-    Ok(ApiServer { addr, stop, task })
+        None => {
+            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            drive(conn, &shutdown).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Runs a hyper connection to its end, asking it to wind down gracefully when
+/// `shutdown` is cancelled.
+async fn drive<I, S, B>(
+    conn: hyper_util::server::conn::auto::Connection<'_, I, S, TokioExecutor>,
+    shutdown: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<B>,
+    >,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
 }

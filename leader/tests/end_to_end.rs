@@ -412,7 +412,7 @@ async fn plain_http_only_when_asked_and_collections_are_capped() {
         rate: 0,
         burst: 0,
     };
-    let insecure = sc_leader::serve(cl.cluster.node(1).clone(), opts)
+    let insecure = sc_leader::serve(cl.cluster.node(1).clone(), opts, Default::default())
         .await
         .expect("serve");
     let mut h = sc_leader::client::ApiClient::new(insecure.addr, None)

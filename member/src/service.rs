@@ -24,6 +24,7 @@ use std::pin::Pin;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -162,7 +163,9 @@ pub struct VenServer {
     /// Bound address.
     pub addr: SocketAddr,
     svc: Arc<Svc>,
-    stop: watch::Sender<bool>,
+    /// Cancelled to stop: by [`VenServer::stop`] or by the region that owns it.
+    shutdown: CancellationToken,
+    /// The gRPC server first (it drains), then the tasks beside it.
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -582,8 +585,13 @@ impl Drop for Session {
 }
 
 impl VenServer {
-    /// Starts the VEN service beside `node` and the policy cache behind it.
-    pub async fn start(node: Node, opts: VenOptions) -> Result<VenServer, MemberError> {
+    /// Starts the VEN service beside `node` and the policy cache behind it;
+    /// it serves until `shutdown` is cancelled (or [`VenServer::stop`]).
+    pub async fn start(
+        node: Node,
+        opts: VenOptions,
+        shutdown: CancellationToken,
+    ) -> Result<VenServer, MemberError> {
         let signer = VenSigner::load(&opts.ven_ca.0, &opts.ven_ca.1)
             .map_err(|e| MemberError::Start(e.to_string()))?;
         let db = Db::new(node.clone());
@@ -599,7 +607,7 @@ impl VenServer {
             .identity(Identity::from_pem(&opts.tls.cert_pem, &opts.tls.key_pem))
             .client_ca_root(Certificate::from_pem(&signer.ca_pem))
             .client_auth_optional(true);
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let (fenced_tx, fenced) = watch::channel(node.fence().serving_blocked().is_some());
         let (presence, presence_task) = Presence::start(Db::new(node.clone()), &node.info().name);
         let svc = Arc::new(Svc {
@@ -625,15 +633,20 @@ impl VenServer {
             .serve_with_incoming_shutdown(
                 // Policy pushes are small: send them now, not after a delayed ACK.
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.changed().await;
-                },
+                shutdown.clone().cancelled_owned(),
             );
         let mut tasks = vec![tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "VEN service stopped");
             }
         })];
+        // Streams watch `stopping`: raise it when the shutdown token fires,
+        // whoever cancels it, so they end and their VENs fail over.
+        let cancelled = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            cancelled.cancelled().await;
+            let _ = stop.send(true);
+        }));
         tasks.push(tokio::spawn(cache.clone().follow(node.subscribe())));
         tasks.push(presence_task);
         tasks.push(tokio::spawn(report(svc.clone(), fenced_tx)));
@@ -670,7 +683,7 @@ impl VenServer {
         Ok(VenServer {
             addr,
             svc,
-            stop,
+            shutdown,
             tasks,
         })
     }
@@ -701,7 +714,7 @@ impl VenServer {
 
     /// Stops the service: open streams end with UNAVAILABLE so VENs fail over.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.shutdown.cancel();
         let mut tasks = self.tasks.into_iter();
         // The server drains: streams end (see `stopping`), VENs disconnect, and its
         // connection tasks finish, releasing the node (a restart can reopen it).

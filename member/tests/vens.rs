@@ -49,6 +49,7 @@ impl Env {
                     rate: 0,
                     burst: 0,
                 },
+                Default::default(),
             )
             .await
             .expect("api");
@@ -87,7 +88,7 @@ impl Env {
         );
         opts.offline_after = Duration::from_millis(500);
         opts.max_flow_batch = 100;
-        let s = VenServer::start(self.cluster.node(id).clone(), opts)
+        let s = VenServer::start(self.cluster.node(id).clone(), opts, Default::default())
             .await
             .expect("ven service");
         self.vens.insert(id, s);

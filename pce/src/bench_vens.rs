@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use sc_leader::client::ApiClient;
+use sc_region::Region;
 use sc_ven::identity::{pair, HostFacts};
 use sc_ven::{Agent, AgentEvent, Enforcer, FleetEvent};
 use serde_json::{json, Value};
@@ -574,7 +575,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         }
         let t = Instant::now();
         let owner = loop {
-            if let Some(r) = regions.iter().find(|r| r.node.is_leader()) {
+            if let Some(r) = regions.iter().find(|r: &&Region| r.node.is_leader()) {
                 if let Some(c) = sc_leader::bootstrap(&r.node).await? {
                     break c;
                 }
@@ -585,7 +586,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let ca = std::fs::read_to_string(dir.join("certs/ca.pem"))?;
-        let api_addr = regions[0].api.as_ref().context("api")?.addr;
+        let api_addr = regions[0].api().context("api")?.addr;
         let mut api =
             ApiClient::new(api_addr, Some(&ca))?.with_key(&owner.auth_username, &owner.secret);
         let label = href(
@@ -609,7 +610,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let eu = regions[1].ven.as_ref().context("ven")?.addr.to_string();
+        let eu = regions[1].ven().context("ven")?.addr.to_string();
         let ids = pair_all(n, |i| {
             let (addr, ca, code) = (eu.clone(), ca.clone(), code.clone());
             async move { pair(&addr, &ca, &code, &sim_facts(i)).await }
@@ -628,8 +629,8 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
             agent.learn_members = false;
             tokio::spawn(agent.run(stop.clone()));
         }
-        let synced = |r: &crate::up::Region| -> usize {
-            let Some(v) = &r.ven else { return 0 };
+        let synced = |r: &Region| -> usize {
+            let Some(v) = r.ven() else { return 0 };
             v.sessions()
                 .iter()
                 .filter(|(id, st)| {
@@ -641,7 +642,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         };
         while synced(&regions[1]) < n {
             if t1.elapsed() > Duration::from_secs(120) {
-                let v = regions[1].ven.as_ref().context("ven")?;
+                let v = regions[1].ven().context("ven")?;
                 bail!(
                     "first sync incomplete: {} of {n} synced, {} sessions",
                     synced(&regions[1]),
@@ -652,20 +653,8 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         }
         let first = t1.elapsed().as_secs_f64();
         // Restart eu-west.
-        let crate::up::Region {
-            node,
-            api: old_api,
-            ven,
-        } = regions.remove(1);
         let t2 = Instant::now();
-        if let Some(v) = ven {
-            v.stop().await;
-        }
-        if let Some(a) = old_api {
-            a.stop().await;
-        }
-        node.shutdown().await;
-        drop(node);
+        regions.remove(1).stop().await?;
         let (_, again) = crate::up::start_region(&dir, REGIONS[1], ports, false).await?;
         let restart = t2.elapsed().as_secs_f64();
         regions.insert(1, again);
@@ -683,13 +672,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         let _ = stop_tx.send(true);
         tokio::time::sleep(Duration::from_millis(300)).await;
         for r in regions {
-            if let Some(v) = r.ven {
-                v.stop().await;
-            }
-            if let Some(a) = r.api {
-                a.stop().await;
-            }
-            r.node.shutdown().await;
+            r.stop().await?;
         }
     }
     Ok(())

@@ -274,6 +274,21 @@ pub enum LogFormat {
 }
 
 impl NodeConfig {
+    /// Everything the region node this file describes runs: the node, and the
+    /// admin API and VEN service when their sections are present.
+    pub fn region_options(&self, insecure_http: bool) -> Result<sc_region::RegionOptions> {
+        let node = self.to_options()?;
+        let api = match &self.api {
+            Some(a) => Some(a.to_options(&node.tls, insecure_http)?),
+            None => None,
+        };
+        let ven = match &self.ven {
+            Some(v) => Some(v.to_options(&node.tls, &node.data_dir)?),
+            None => None,
+        };
+        Ok(sc_region::RegionOptions { node, api, ven })
+    }
+
     /// Reads and parses `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)

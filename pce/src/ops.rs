@@ -1,82 +1,37 @@
 //! Commands that run a node or operate a running cluster.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sc_raft::{Client, ClientId, Command, MembershipOp, Mutation, Node, NodeStatus, Outcome};
+use sc_region::Region;
 
 use crate::config::NodeConfig;
 
 /// `pce serve`: runs one node (and its admin API, if configured) until SIGINT or
 /// SIGTERM. The first node to serve the API creates the owner API key and prints it.
 pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
-    let opts = cfg.to_options()?;
-    let api_opts = match &cfg.api {
-        Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
-        None => None,
-    };
-    let ven_opts = match &cfg.ven {
-        Some(v) => Some(v.to_options(&opts.tls, &opts.data_dir)?),
-        None => None,
-    };
-    let node = Node::start(opts).await?;
+    let region = Region::start(cfg.region_options(insecure_http)?).await?;
+    let node = region.node.clone();
     tracing::info!(id = node.id(), node = %node.info(), "serving; stop with Ctrl-C or SIGTERM");
-    let api = match api_opts {
-        Some(o) => Some(sc_leader::serve(node.clone(), o).await?),
-        None => None,
-    };
-    let ven = match ven_opts {
-        Some(o) => Some(sc_member::VenServer::start(node.clone(), o).await?),
-        None => None,
-    };
     // The first node serving the API creates the owner key (compare-and-set in
     // the store, so exactly one node of the cluster does, once).
     if cfg.api.is_some() {
         let key_file = cfg.data_dir.join("owner-api-key.json");
         tokio::select! {
             r = bootstrap_owner(&node, &key_file) => r?,
-            r = wait_for_stop_signal() => { r?; return stop(node, api, ven).await; }
+            r = wait_for_stop_signal() => { r?; return Ok(region.stop().await?); }
         }
     }
     tokio::select! {
         r = wait_for_stop_signal() => r?,
         reason = node.failed() => {
             tracing::error!(%reason, "the Raft core stopped; exiting so this node is restarted from its data");
-            stop(node, api, ven).await?;
+            region.stop().await?;
             bail!("the Raft core stopped ({reason}); restart the node once the cause (see the log above) is fixed");
         }
     }
-    stop(node, api, ven).await
-}
-
-/// How long a stopping node may take. Everything acknowledged is already on
-/// disk, so giving up is as safe as the kill -9 the crash tests prove safe; an
-/// operator's Ctrl-C must not hang.
-const STOP_GRACE: Duration = Duration::from_secs(15);
-
-async fn stop(
-    node: Node,
-    api: Option<sc_leader::ApiServer>,
-    ven: Option<sc_member::VenServer>,
-) -> Result<()> {
-    let stopping = async {
-        if let Some(v) = ven {
-            v.stop().await;
-            tracing::info!("VEN service stopped");
-        }
-        if let Some(a) = api {
-            a.stop().await;
-            tracing::info!("admin API stopped");
-        }
-        node.shutdown().await;
-    };
-    if tokio::time::timeout(STOP_GRACE, stopping).await.is_err() {
-        bail!(
-            "stopping did not finish in {STOP_GRACE:?}; exiting anyway (everything acknowledged is on disk)"
-        );
-    }
-    Ok(())
+    Ok(region.stop().await?)
 }
 
 /// Creates the bootstrap owner key once the cluster has a leader; prints it and

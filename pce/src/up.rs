@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sc_raft::{pki, Node};
+use sc_region::Region;
 
 use crate::config::NodeConfig;
 use crate::ops::{table, wait_for_stop_signal};
@@ -50,16 +51,6 @@ fn write_config(
     Ok(path)
 }
 
-/// One running region of `pce up`: its node and the services beside it.
-pub struct Region {
-    /// The Raft node.
-    pub node: Node,
-    /// Its admin API.
-    pub api: Option<sc_leader::ApiServer>,
-    /// Its VEN service.
-    pub ven: Option<sc_member::VenServer>,
-}
-
 /// Starts (or restarts, from its data) one region under `dir`, writing its config
 /// the first time; the certificates must exist (see [`run`]).
 pub async fn start_region(
@@ -74,27 +65,10 @@ pub async fn start_region(
     }
     let path = write_config(dir, region, name, id, ip, ports)?;
     let cfg = NodeConfig::load(&path)?;
-    let opts = cfg.to_options()?;
-    let api_opts = match &cfg.api {
-        Some(a) => Some(a.to_options(&opts.tls, insecure_http)?),
-        None => None,
-    };
-    let ven_opts = match &cfg.ven {
-        Some(v) => Some(v.to_options(&opts.tls, &opts.data_dir)?),
-        None => None,
-    };
-    let node = Node::start(opts)
+    let region = Region::start(cfg.region_options(insecure_http)?)
         .await
         .with_context(|| format!("starting {name}"))?;
-    let api = match api_opts {
-        Some(o) => Some(sc_leader::serve(node.clone(), o).await?),
-        None => None,
-    };
-    let ven = match ven_opts {
-        Some(o) => Some(sc_member::VenServer::start(node.clone(), o).await?),
-        None => None,
-    };
-    Ok((path, Region { node, api, ven }))
+    Ok((path, region))
 }
 
 /// Runs the three regions until Ctrl-C.
@@ -115,18 +89,15 @@ pub async fn run(
     }
     // Directories from before the VEN service existed get their VEN CA now.
     pki::init_ven_ca(&certs, "pce-up")?;
-    let mut nodes = Vec::new();
-    let mut apis = Vec::new();
-    let mut vens = Vec::new();
+    let mut regions = Vec::new();
     let mut configs = Vec::new();
     for region in REGIONS {
         let (path, r) =
             start_region(&dir, region, (port, api_port, ven_port), insecure_http).await?;
-        apis.extend(r.api);
-        vens.extend(r.ven);
-        nodes.push(r.node);
+        regions.push(r);
         configs.push(path);
     }
+    let nodes: Vec<Node> = regions.iter().map(|r| r.node.clone()).collect();
 
     // Ready means: one leader that all three regions follow, and every region has
     // applied everything the leader has.
@@ -153,7 +124,7 @@ pub async fn run(
     };
     let statuses = tokio::select! {
         s = tokio::time::timeout(Duration::from_secs(60), ready) => s.context("the regions did not form a cluster within 60 s; see the log above")?,
-        r = wait_for_stop_signal() => { r?; for n in &nodes { n.shutdown().await; } return Ok(()); }
+        r = wait_for_stop_signal() => { r?; return stop_all(regions).await; }
     };
 
     println!(
@@ -202,14 +173,14 @@ pub async fn run(
 
     wait_for_stop_signal().await?;
     println!("stopping...");
-    for v in vens {
-        v.stop().await;
-    }
-    for a in apis {
-        a.stop().await;
-    }
-    for n in &nodes {
-        n.shutdown().await;
+    stop_all(regions).await
+}
+
+/// Stops every region, each on its own shutdown token, all at once.
+async fn stop_all(regions: Vec<Region>) -> Result<()> {
+    let stops = regions.into_iter().map(|r| tokio::spawn(r.stop()));
+    for s in stops.collect::<Vec<_>>() {
+        s.await??;
     }
     Ok(())
 }

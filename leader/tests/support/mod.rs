@@ -34,7 +34,12 @@ impl ApiCluster {
                 rate,
                 burst: rate.max(1),
             };
-            apis.push((id, sc_leader::serve(node, opts).await.expect("api serves")));
+            apis.push((
+                id,
+                sc_leader::serve(node, opts, Default::default())
+                    .await
+                    .expect("api serves"),
+            ));
         }
         let ca = std::fs::read_to_string(cluster.certs_dir().join("ca.pem")).expect("ca");
         let leader = cluster.leader().await;

@@ -1,0 +1,137 @@
+//! One region node as operators run it: the Raft node, the admin API beside it
+//! and the VEN service beside it, wired in one place. `pce serve` runs one,
+//! `pce up` three, and benchmarks and tests as many as they need in one process.
+//!
+//! Every server of a region obeys one shutdown token (as mini-redis does with
+//! its broadcast): cancelling it, from a signal handler or from
+//! [`Region::stop`], makes the VEN service end its streams (so VENs fail over)
+//! and the admin API finish the requests in flight; `stop` then waits for their
+//! connection tasks before the node itself shuts down, so a restarted region can
+//! reopen the same data directory at once.
+
+use std::time::Duration;
+
+use sc_leader::{ApiOptions, ApiServer, ServeError};
+use sc_member::{MemberError, VenOptions, VenServer};
+use sc_raft::{Node, NodeOptions};
+use tokio_util::sync::CancellationToken;
+
+/// How long a stopping region may take. Everything acknowledged is already on
+/// disk, so giving up is as safe as the kill -9 the crash tests prove safe; an
+/// operator's Ctrl-C must not hang.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// What one region node runs: the node always; the admin API and the VEN
+/// service when configured (a learner in a read-only region may serve neither).
+#[derive(Debug, Clone)]
+pub struct RegionOptions {
+    /// The Raft node.
+    pub node: NodeOptions,
+    /// The admin REST API, if this node serves it.
+    pub api: Option<ApiOptions>,
+    /// The VEN service, if this node serves VENs.
+    pub ven: Option<VenOptions>,
+}
+
+/// Why a region did not start or stop cleanly; each names the part.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// The Raft node did not start.
+    #[error("starting the node: {0}")]
+    Node(#[from] sc_raft::Error),
+    /// The admin API did not start.
+    #[error("starting the admin API: {0}")]
+    Api(#[from] ServeError),
+    /// The VEN service did not start.
+    #[error("starting the VEN service: {0}")]
+    Ven(#[from] MemberError),
+    /// Stopping took longer than [`STOP_GRACE`].
+    #[error("stopping did not finish in {0:?} (everything acknowledged is on disk)")]
+    StopTimeout(Duration),
+}
+
+/// A running region node. Dropping it does not stop it: [`Region::stop`] does,
+/// or cancelling its [`Region::shutdown`] token and then calling `stop`.
+pub struct Region {
+    /// The Raft node (status, leadership, writes).
+    pub node: Node,
+    api: Option<ApiServer>,
+    ven: Option<VenServer>,
+    /// The one signal every server of the region obeys.
+    shutdown: CancellationToken,
+}
+
+impl Region {
+    /// Starts the node, then the admin API and the VEN service beside it. If a
+    /// service fails to start, what already started is stopped again, so a
+    /// failed start leaves nothing running and the data directory free.
+    pub async fn start(opts: RegionOptions) -> Result<Region, RegionError> {
+        let shutdown = CancellationToken::new();
+        let node = Node::start(opts.node).await?;
+        let mut region = Region {
+            node,
+            api: None,
+            ven: None,
+            shutdown,
+        };
+        if let Some(o) = opts.api {
+            match sc_leader::serve(region.node.clone(), o, region.shutdown.child_token()).await {
+                Ok(api) => region.api = Some(api),
+                Err(e) => {
+                    let _ = region.stop().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Some(o) = opts.ven {
+            let started =
+                VenServer::start(region.node.clone(), o, region.shutdown.child_token()).await;
+            match started {
+                Ok(ven) => region.ven = Some(ven),
+                Err(e) => {
+                    let _ = region.stop().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(region)
+    }
+
+    /// The admin API, when this node serves it.
+    pub fn api(&self) -> Option<&ApiServer> {
+        self.api.as_ref()
+    }
+
+    /// The VEN service, when this node serves it.
+    pub fn ven(&self) -> Option<&VenServer> {
+        self.ven.as_ref()
+    }
+
+    /// The region's shutdown token: cancel it to make every server wind down
+    /// (a signal handler does); [`Region::stop`] then waits for them.
+    pub fn shutdown(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Cancels the shutdown token, waits for the VEN service and the admin API
+    /// to finish their connections, then shuts the node down; at most
+    /// [`STOP_GRACE`].
+    pub async fn stop(self) -> Result<(), RegionError> {
+        self.shutdown.cancel();
+        let Region { node, api, ven, .. } = self;
+        let stopping = async {
+            if let Some(v) = ven {
+                v.stop().await;
+                tracing::info!("VEN service stopped");
+            }
+            if let Some(a) = api {
+                a.stop().await;
+                tracing::info!("admin API stopped");
+            }
+            node.shutdown().await;
+        };
+        tokio::time::timeout(STOP_GRACE, stopping)
+            .await
+            .map_err(|_| RegionError::StopTimeout(STOP_GRACE))
+    }
+}
