@@ -37,7 +37,7 @@ use sc_raft::pki;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::bench_api::{href, post};
+use crate::bench::api::{href, post};
 use crate::dr::{converge, ok, Cluster, NodeView};
 use crate::ven_cmd::SimVen;
 

@@ -5,10 +5,6 @@
 //! running cluster over the same mutual-TLS channel the regions use.
 
 mod bench;
-mod bench_api;
-mod bench_failover;
-mod bench_floor;
-mod bench_vens;
 mod chaos;
 mod config;
 mod dr;
@@ -190,18 +186,18 @@ enum KvCommand {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Committed writes per second and latency at several client counts.
-    Write(bench::WriteArgs),
+    Write(bench::write::WriteArgs),
     /// Rule edits and provisioning through the admin API of a `pce up` cluster.
-    Api(bench_api::ApiArgs),
+    Api(bench::api::ApiArgs),
     /// Provision-to-acknowledgement latency and memory per VEN with simulated VENs.
-    Vens(bench_vens::VensArgs),
+    Vens(bench::vens::VensArgs),
     /// Time for the VENs of a restarted member to resync (a cluster in this process).
-    Resync(bench_vens::ResyncArgs),
+    Resync(bench::vens::ResyncArgs),
     /// Leader killed with SIGKILL: time until writes resume, Supercluster and etcd.
-    Failover(bench_failover::FailoverArgs),
+    Failover(bench::failover::FailoverArgs),
     /// The transport alone: one push to N TLS streams and their acknowledgements,
     /// with no PCE behind it (the floor under `bench vens`).
-    Floor(bench_floor::FloorArgs),
+    Floor(bench::floor::FloorArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -292,12 +288,12 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Dr { command } => dr::run(command).await,
         Command::Bench { command } => match command {
-            BenchCommand::Write(args) => bench::write(args).await,
-            BenchCommand::Api(args) => bench_api::api(args).await,
-            BenchCommand::Vens(args) => bench_vens::vens(args).await,
-            BenchCommand::Resync(args) => bench_vens::resync(args).await,
-            BenchCommand::Failover(args) => bench_failover::failover(args).await,
-            BenchCommand::Floor(args) => bench_floor::floor(args).await,
+            BenchCommand::Write(args) => bench::write::write(args).await,
+            BenchCommand::Api(args) => bench::api::api(args).await,
+            BenchCommand::Vens(args) => bench::vens::vens(args).await,
+            BenchCommand::Resync(args) => bench::vens::resync(args).await,
+            BenchCommand::Failover(args) => bench::failover::failover(args).await,
+            BenchCommand::Floor(args) => bench::floor::floor(args).await,
         },
     }
 }

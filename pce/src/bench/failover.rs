@@ -22,6 +22,8 @@ use sc_leader::client::ApiClient;
 use sc_raft::{Profile, Timeouts};
 use serde_json::{json, Value};
 
+use super::free_port;
+
 /// Options of `pce bench failover`.
 #[derive(clap::Args)]
 pub struct FailoverArgs {
@@ -111,12 +113,6 @@ fn log_to(path: &Path) -> Result<(Stdio, Stdio)> {
         .with_context(|| format!("opening {}", path.display()))?;
     let err = file.try_clone()?;
     Ok((Stdio::from(file), Stdio::from(err)))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Supercluster: `pce up` makes the data, then three `pce serve` processes.

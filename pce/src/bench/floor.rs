@@ -28,7 +28,7 @@ use tokio_stream::Stream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::bench_vens::{cpu_ms, pct};
+use super::{cpu_ms, pct};
 
 /// Options of `pce bench floor`.
 #[derive(clap::Args)]

@@ -21,7 +21,8 @@ use sc_ven::{Agent, AgentEvent, Enforcer, FleetEvent};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::bench_api::{href, post};
+use super::api::{href, post};
+use super::{cpu_ms, free_port, pct};
 use crate::up::REGIONS;
 
 /// Options of `pce bench vens`.
@@ -71,21 +72,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-/// CPU time (user + system) a process has used, in milliseconds; `None` for
-/// this process reads `/proc/self`. Lets the bench say how a round's work splits
-/// between the PCE and the simulator sharing its cores.
-pub(crate) fn cpu_ms(pid: Option<u32>) -> Option<f64> {
-    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
-    let s = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name (which may hold spaces) start at state (3).
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a constant of the running system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks as f64 * 1000.0 / hz as f64)
 }
 
 /// The `pce up` process whose `--dir` is `dir` (paths compared canonically,
@@ -191,10 +177,6 @@ fn stragglers(
         })
         .collect();
     format!("{} late; {}", late.len(), shown.join("; "))
-}
-
-pub(crate) fn pct(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Stops the member process `pid` (SIGINT, then SIGKILL after a minute),
@@ -549,12 +531,6 @@ pub struct ResyncArgs {
     counts: Vec<usize>,
 }
 
-fn port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// `pce bench resync`: a 3-region cluster in this process; N simulated VENs that
 /// know only the eu-west member; that member restarts (node, API and VEN service
 /// stop, then start from their data) and the time until every VEN is connected
@@ -568,7 +544,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
         sc_raft::pki::init_ca(&dir.join("certs"), "bench")?;
-        let ports = (port()?, port()?, port()?);
+        let ports = (free_port()?, free_port()?, free_port()?);
         let mut regions = Vec::new();
         for r in REGIONS {
             regions.push(crate::up::start_region(&dir, r, ports, false).await?.1);

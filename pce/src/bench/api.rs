@@ -27,6 +27,7 @@ use sc_store::record::{Meta, Record, RECORD_V};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
+use super::pct;
 use crate::up::REGIONS;
 
 /// Options of `pce bench api`.
@@ -87,10 +88,6 @@ pub(crate) async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<V
 /// The `href` of an API object (empty if absent).
 pub(crate) fn href(v: &Value) -> String {
     v["href"].as_str().unwrap_or_default().to_string()
-}
-
-fn pct(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Runs `clients` editors of their own rule against `addr` for `secs`.
