@@ -8,13 +8,16 @@ use tonic::transport::Channel;
 
 use crate::codec;
 use crate::config::Timeouts;
+use crate::convert::{
+    membership_request, membership_view, read_result_from_proto, status_from_proto,
+};
 use crate::error::Error;
-use crate::network::federation::{membership_request, membership_view, status_from_proto};
 use crate::network::peers::{connect_lazy, MAX_MESSAGE};
 use crate::network::TlsMaterial;
-use crate::node::{MembershipOp, MembershipView};
 use crate::status::NodeStatus;
-use crate::types::{Command, CommandResponse, KvEntry, NodeId, NodeInfo};
+use crate::types::{
+    Command, CommandResponse, KvEntry, MembershipOp, MembershipView, NodeId, NodeInfo,
+};
 
 /// A connection to one node.
 #[derive(Clone)]
@@ -158,13 +161,8 @@ impl Client {
             .await
             .map_err(|s| remote(&self.target, s))?
             .into_inner();
-        let entry = r.found.then_some(KvEntry {
-            value: r.value,
-            create_revision: r.create_revision,
-            mod_revision: r.mod_revision,
-            version: r.version,
-        });
-        Ok((entry, r.revision))
+        let r = read_result_from_proto(r);
+        Ok((r.value, r.revision))
     }
 
     /// Promotes, demotes or removes node `id` (routed to the leader).

@@ -6,6 +6,10 @@
 //! - [`network`]: the tonic transport (Raft RPCs, federation RPCs, TLS, faults);
 //! - [`node`]: the application side, the single path for writes, reads,
 //!   membership changes and status;
+//! - `start`: wires storage, the network servers and a [`Node`] together (the
+//!   node imports no server; the servers import the node);
+//! - [`convert`]: every federation message ↔ domain type conversion;
+//! - [`types`]: the domain types everything else builds on;
 //! - `runtime`: the threads a node's Raft work runs on, apart from the VEN
 //!   service and the admin API.
 //!
@@ -15,12 +19,14 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod convert;
 mod election;
 pub mod error;
 pub mod network;
 pub mod node;
 pub mod pki;
 mod runtime;
+mod start;
 pub mod status;
 pub mod storage;
 pub mod types;

@@ -1,5 +1,8 @@
-//! A PCE node's consensus half: storage, the Raft instance, the gRPC server, and
-//! the one path every write and read takes.
+//! A PCE node's consensus half, once running: the Raft instance over its
+//! storage, and the one path every write, read and membership change takes.
+//! Starting it (storage, servers, background tasks) is the `start` module's job,
+//! so this module imports no server: the servers call the node, never the
+//! reverse.
 //!
 //! - A write goes to [`Node::write`] on any node: if this node leads, it is
 //!   proposed here; otherwise it is forwarded to the leader over the mutual-TLS
@@ -9,7 +12,7 @@
 //!   a linearizable read first obtains a read index from the leader (ReadIndex)
 //!   and waits until the local replica has applied it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,26 +20,25 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
-use sc_proto::federation::federation_server::FederationServer;
 use sc_proto::federation::{ReadIndexRequest, WriteRequest};
-use sc_proto::raft::raft_service_server::RaftServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::codec;
-use crate::config::{raft_config, Timeouts, Tuning};
+use crate::config::{Timeouts, Tuning};
+use crate::convert::{is_not_leader, membership_request, membership_view, status_from_proto};
 use crate::error::Error;
-use crate::network::federation::{membership_request, membership_view, FederationGrpc};
-use crate::network::peers::MAX_MESSAGE;
-use crate::network::raft_client::NetworkFactory;
-use crate::network::raft_server::RaftGrpc;
 use crate::network::{NetFaults, Peers, TlsMaterial};
 use crate::runtime::ConsensusRuntime;
 use crate::status::{NodeStatus, PeerStatus};
 use crate::storage::engine::DiskFaults;
 use crate::storage::state_machine::{ChangeNotice, KvList, ReadResult};
-use crate::storage::{LogStore, ReadView, SledEngine, StateMachine};
+use crate::storage::{LogStore, ReadView, SledEngine};
 use crate::types::{Command, CommandResponse, KvEntry, NodeId, NodeInfo, TypeConfig};
+
+/// Defined with the crate's other domain types (so the wire conversions can use
+/// them without importing the node); named here as part of the node's API.
+pub use crate::types::{Consistency, MembershipOp, MembershipView};
 
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]
@@ -69,37 +71,6 @@ pub struct NodeOptions {
     pub disk_faults: DiskFaults,
 }
 
-/// How fresh a read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
-    /// Whatever the local replica has applied (may lag the leader).
-    Local,
-    /// Reflects every write acknowledged before the read began (ReadIndex).
-    Linearizable,
-}
-
-/// What a membership change does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MembershipOp {
-    /// Add as a learner and wait until it has caught up.
-    AddLearner,
-    /// Learner → voter.
-    Promote,
-    /// Voter → learner.
-    Demote,
-    /// Out of the cluster.
-    Remove,
-}
-
-/// The voters and learners after a membership change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MembershipView {
-    /// Voting members.
-    pub voters: BTreeSet<NodeId>,
-    /// Learners (replicas with no vote).
-    pub learners: BTreeSet<NodeId>,
-}
-
 /// Why one attempt of a routed request did not finish.
 pub(crate) enum Attempt {
     /// Leadership is moving or the leader is unreachable: try again.
@@ -125,180 +96,59 @@ struct Core {
     runtime: Arc<ConsensusRuntime>,
 }
 
+/// What [`crate::start`] builds a node from; the node adds its own bookkeeping.
+pub(crate) struct NodeParts {
+    pub(crate) id: NodeId,
+    pub(crate) info: NodeInfo,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) view: ReadView,
+    pub(crate) log: LogStore<SledEngine>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) runtime: Arc<ConsensusRuntime>,
+}
+
 /// A running node. Cheap to clone; [`Node::shutdown`] stops it.
 #[derive(Clone)]
 pub struct Node {
     core: Arc<Core>,
 }
 
-fn storage_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Storage {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 impl Node {
-    /// Opens storage, starts Raft and the gRPC server, then bootstraps or joins
-    /// as the options say. Returns once the server listens; leadership and joining
-    /// proceed in the background (see [`Node::wait_until`]).
-    ///
-    /// Everything Raft does runs on the node's own consensus runtime (see
-    /// [`crate::runtime`]); the caller's runtime only receives the handle.
-    pub async fn start(opts: NodeOptions) -> Result<Node, Error> {
-        opts.timeouts.validate().map_err(Error::Options)?;
-        if !crate::pki::valid_node_name(&opts.info.name) {
-            return Err(Error::Options(format!(
-                "node name {:?} is not a DNS label",
-                opts.info.name
-            )));
-        }
-        let runtime = Arc::new(ConsensusRuntime::start(&opts.info.name).map_err(Error::Threads)?);
-        // On an error `runtime` is dropped here, on the caller's side, which
-        // stops the threads.
-        runtime
-            .handle()
-            .spawn(Node::start_on(opts, runtime.clone()))
-            .await
-            .map_err(|e| Error::Stopped(format!("node start: {e}")))?
-    }
-
-    /// [`Node::start`]'s body, running on the consensus runtime so that the
-    /// listener, the Raft core and the server's connection tasks belong to it.
-    async fn start_on(opts: NodeOptions, runtime: Arc<ConsensusRuntime>) -> Result<Node, Error> {
-        // Bind and set up TLS first: a taken address or unusable certificate must
-        // fail before storage and Raft start.
-        let mut server = tonic::transport::Server::builder()
-            .tls_config(opts.tls.server_config())
-            .map_err(|e| Error::Options(format!("TLS server config: {e}")))?;
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: opts.listen.to_string(),
-                source,
-            })?;
-        let store_dir = opts.data_dir.join("store");
-        std::fs::create_dir_all(&store_dir).map_err(storage_err(&opts.data_dir))?;
-        let snapshot_dir = opts.data_dir.join("snapshots");
-        let db = crate::storage::open_db(&store_dir).map_err(storage_err(&store_dir))?;
-        let engine = SledEngine::open(db.clone(), &store_dir, opts.disk_faults.clone())
-            .map_err(storage_err(&store_dir))?;
-        let log = LogStore::new(engine).map_err(storage_err(&store_dir))?;
-        let sm =
-            StateMachine::open(db, &store_dir, &snapshot_dir).map_err(storage_err(&store_dir))?;
-        let view = sm.read_view();
-
-        let config = raft_config(&opts.cluster_name, &opts.timeouts, &opts.tuning)
-            .map_err(Error::Options)?;
-        let peers = Arc::new(Peers::new(
-            opts.id,
-            opts.tls.clone(),
-            opts.net_faults.clone(),
-            opts.timeouts.clone(),
-            runtime.handle().clone(),
-        ));
-        let raft = Raft::new(
-            opts.id,
-            Arc::new(config),
-            NetworkFactory::new(peers.clone()),
-            log.clone(),
-            sm,
-        )
-        .await
-        .map_err(|e| Error::Stopped(e.to_string()))?;
-
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let node = Node {
+    /// A node over started parts, with no background task yet. Only
+    /// [`Node::start`] (in the `start` module) calls it.
+    pub(crate) fn assemble(parts: NodeParts) -> Node {
+        let NodeParts {
+            id,
+            info,
+            raft,
+            view,
+            log,
+            peers,
+            timeouts,
+            shutdown,
+            runtime,
+        } = parts;
+        Node {
             core: Arc::new(Core {
-                id: opts.id,
-                info: opts.info.clone(),
-                raft: raft.clone(),
+                id,
+                info,
+                raft,
                 view,
                 log,
                 peers,
-                timeouts: opts.timeouts.clone(),
+                timeouts,
                 shutdown,
                 services: Mutex::new(crate::status::Services::default()),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
             }),
-        };
-
-        let server = server
-            .add_service(
-                RaftServiceServer::new(RaftGrpc::new(
-                    raft.clone(),
-                    snapshot_dir,
-                    node.core.peers.fence().clone(),
-                ))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            )
-            .add_service(
-                FederationServer::new(FederationGrpc::new(node.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE),
-            );
-        // Raft messages are small and latency-bound: without TCP_NODELAY a vote
-        // granted in microseconds reached its candidate tens of milliseconds
-        // later (Nagle's algorithm waiting on a delayed ACK).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut stop = shutdown_rx.clone();
-        let serve = tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, stopped).await {
-                tracing::error!(error = %e, "gRPC server failed");
-            }
-        });
-        node.push_task(serve);
-        node.push_task(tokio::spawn(crate::watchdog::watch_core(
-            raft.clone(),
-            opts.id,
-            opts.timeouts.election_max,
-            shutdown_rx.clone(),
-        )));
-        node.push_task(tokio::spawn(crate::election::run(
-            raft.clone(),
-            node.core.peers.clone(),
-            opts.id,
-            opts.timeouts.heartbeat,
-            opts.timeouts.election_min,
-            opts.timeouts.election_max,
-            shutdown_rx.clone(),
-        )));
-        tracing::info!(id = opts.id, node = %opts.info, "node listening");
-
-        if opts.bootstrap
-            && !raft
-                .is_initialized()
-                .await
-                .map_err(|e| Error::Stopped(e.to_string()))?
-        {
-            let members = BTreeMap::from([(opts.id, opts.info.clone())]);
-            match raft.initialize(members).await {
-                Ok(()) => tracing::info!(id = opts.id, "bootstrapped a new cluster"),
-                Err(e) => tracing::info!(error = %e, "not bootstrapping"),
-            }
         }
-        if !opts.join.is_empty() {
-            let joiner = node.clone();
-            let seeds = opts.join.clone();
-            let voter = opts.voter;
-            let mut stop = shutdown_rx;
-            let task = tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => {}
-                    _ = joiner.join_cluster(seeds, voter) => {}
-                }
-            });
-            node.push_task(task);
-        }
-        Ok(node)
     }
 
-    fn push_task(&self, task: JoinHandle<()>) {
+    /// Adds a background task, awaited (or aborted) on shutdown.
+    pub(crate) fn push_task(&self, task: JoinHandle<()>) {
         if let Ok(mut tasks) = self.core.tasks.lock() {
             tasks.push(task);
         }
@@ -740,7 +590,7 @@ impl Node {
     }
 
     /// Keeps asking `seeds` to admit this node until it is a member in the wanted role.
-    async fn join_cluster(&self, seeds: Vec<NodeInfo>, voter: bool) {
+    pub(crate) async fn join_cluster(&self, seeds: Vec<NodeInfo>, voter: bool) {
         let mut pause = Duration::from_millis(200);
         loop {
             let view = self.membership_view();
@@ -934,9 +784,7 @@ impl Node {
                 .await
                 .map_err(|_| "timed out".to_string())?
                 .map_err(|s| s.message().to_string())?;
-                Ok(crate::network::federation::status_from_proto(
-                    reply.into_inner(),
-                ))
+                Ok(status_from_proto(reply.into_inner()))
             }
             .await;
             out.push((id, r));
@@ -959,13 +807,7 @@ fn retry_or_fail(peer: &NodeInfo, status: tonic::Status) -> Attempt {
         | tonic::Code::DeadlineExceeded
         | tonic::Code::Aborted
         | tonic::Code::Unknown => Attempt::Retry(format!("{peer}: {}", status.message())),
-        tonic::Code::FailedPrecondition
-            if status
-                .message()
-                .starts_with(crate::network::federation::NOT_LEADER) =>
-        {
-            Attempt::Retry(format!("{peer}: {}", status.message()))
-        }
+        _ if is_not_leader(&status) => Attempt::Retry(format!("{peer}: {}", status.message())),
         tonic::Code::FailedPrecondition => {
             Attempt::Fail(Error::Membership(status.message().to_string()))
         }

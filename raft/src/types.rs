@@ -1,9 +1,16 @@
-//! The openraft type configuration and the commands the replicated store accepts.
+//! The openraft type configuration and the domain types the Raft group is made
+//! of: nodes and membership, the commands the replicated store accepts and their
+//! answers, the snapshot data, and how fresh a read must be.
 //!
 //! openraft's types stay inside this crate: other crates see [`Command`],
 //! [`CommandResponse`], [`NodeInfo`] and the [`crate::Node`] facade.
+//!
+//! This module sits below everything else in the crate (storage, network, node):
+//! it imports none of them, so each can use these types without a circle.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,9 +45,52 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::storage::snapshot::SnapshotFile,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
+
+/// A snapshot held as a file on disk, so a large state is never held in memory
+/// whole, neither when built nor when streamed.
+///
+/// It is openraft's snapshot data, named by [`TypeConfig`], so it lives here;
+/// the file's format (written and read by [`crate::storage::snapshot`]) builds
+/// on the types of this module, not the other way round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// Where the snapshot file is.
+    pub path: PathBuf,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Whatever the local replica has applied (may lag the leader).
+    Local,
+    /// Reflects every write acknowledged before the read began (ReadIndex).
+    Linearizable,
+}
+
+/// What a membership change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipOp {
+    /// Add as a learner and wait until it has caught up.
+    AddLearner,
+    /// Learner → voter.
+    Promote,
+    /// Voter → learner.
+    Demote,
+    /// Out of the cluster.
+    Remove,
+}
+
+/// The voters and learners after a membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipView {
+    /// Voting members.
+    pub voters: BTreeSet<NodeId>,
+    /// Learners (replicas with no vote).
+    pub learners: BTreeSet<NodeId>,
+}
 
 /// The largest key accepted by the store: keys are ids and paths, not data.
 pub const MAX_KEY_LEN: usize = 1024;

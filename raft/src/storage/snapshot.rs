@@ -17,18 +17,13 @@ use super::codec_io;
 use crate::codec;
 use crate::types::{ClientId, CommandResponse, KvEntry, NodeId, NodeInfo};
 
+/// The handle of a finished snapshot file (defined with openraft's types).
+pub use crate::types::SnapshotFile;
+
 const MAGIC: &[u8; 8] = b"PCESNAP1";
 /// Records bigger than this are refused as corrupt: keys and values are bounded
 /// far below it.
 const MAX_RECORD: u32 = 16 * 1024 * 1024;
-
-/// A snapshot held as a file on disk, so a large state is never held in memory
-/// whole, neither when built nor when streamed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotFile {
-    /// Where the snapshot file is.
-    pub path: PathBuf,
-}
 
 /// One record of a snapshot file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

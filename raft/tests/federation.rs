@@ -1,0 +1,122 @@
+//! The federation path end to end on one machine: a second node joins through
+//! the first, a write sent to the follower is forwarded to the leader, a
+//! linearizable read on the follower sees it, and the operator client reads,
+//! writes and asks for status over the same wire. (Partitions, failover and
+//! the rest of the cluster behaviour are proved in `chaos/tests`.)
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use sc_raft::storage::engine::DiskFaults;
+use sc_raft::{
+    pki, Client, ClientId, Command, Consistency, Mutation, NetFaults, Node, NodeId, NodeInfo,
+    NodeOptions, Outcome, Profile, Timeouts, TlsMaterial, Tuning,
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn tls(certs: &Path, name: &str) -> TlsMaterial {
+    let issued = pki::issue(certs, name, "test", &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+        .expect("issue a node certificate");
+    TlsMaterial::load(&certs.join(pki::CA_CERT), &issued.cert, &issued.key).expect("load TLS")
+}
+
+fn options(dir: &Path, id: NodeId, join: Vec<NodeInfo>) -> NodeOptions {
+    let name = format!("node-{id}");
+    let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+    NodeOptions {
+        id,
+        info: NodeInfo {
+            name: name.clone(),
+            region: "test".into(),
+            addr: listen.to_string(),
+        },
+        listen,
+        data_dir: dir.join(&name),
+        tls: tls(&dir.join("certs"), &name),
+        timeouts: Timeouts::profile(Profile::Lan),
+        tuning: Tuning::default(),
+        cluster_name: "test".into(),
+        bootstrap: join.is_empty(),
+        join,
+        voter: true,
+        net_faults: NetFaults::default(),
+        disk_faults: DiskFaults::default(),
+    }
+}
+
+fn put(serial: u64, key: &[u8], value: &[u8]) -> Command {
+    Command {
+        client: ClientId(7),
+        serial,
+        expect_revision: None,
+        compare: vec![],
+        ops: vec![Mutation::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_writes_and_serves_linearizable_reads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
+    let wait = Duration::from_secs(20);
+
+    let first = Node::start(options(dir.path(), 1, vec![]))
+        .await
+        .expect("start node 1");
+    first
+        .wait_until(wait, "node 1 leads", |s| s.leader == Some(1))
+        .await
+        .expect("node 1 leads");
+    let second = Node::start(options(dir.path(), 2, vec![first.info().clone()]))
+        .await
+        .expect("start node 2");
+    second
+        .wait_until(wait, "node 2 is a voter that knows the leader", |s| {
+            s.leader == Some(1) && s.peers.iter().any(|p| p.id == 2 && p.voter)
+        })
+        .await
+        .expect("node 2 joins as a voter");
+
+    let answer = second
+        .write(put(1, b"k", b"v1"))
+        .await
+        .expect("forwarded write");
+    assert_eq!(answer.outcome, Outcome::Applied);
+    let read = second
+        .get(b"k", Consistency::Linearizable)
+        .await
+        .expect("linearizable read on the follower");
+    assert_eq!(read.value.map(|e| e.value), Some(b"v1".to_vec()));
+
+    let client = Client::new(
+        tls(&dir.path().join("certs"), "operator"),
+        second.info().clone(),
+        Timeouts::profile(Profile::Lan),
+    )
+    .expect("client");
+    let status = client.status().await.expect("status over the wire");
+    assert_eq!((status.id, status.leader), (2, Some(1)));
+    let answer = client
+        .write(&put(2, b"k", b"v2"))
+        .await
+        .expect("client write");
+    assert_eq!(answer.outcome, Outcome::Applied);
+    let (entry, revision) = client.read(b"k", true).await.expect("client read");
+    assert_eq!(entry.map(|e| e.value), Some(b"v2".to_vec()));
+    assert_eq!(revision, answer.revision);
+    let statuses = second.cluster_status().await;
+    assert!(statuses.iter().all(|(_, s)| s.is_ok()), "{statuses:?}");
+
+    second.shutdown().await;
+    first.shutdown().await;
+}
