@@ -14,6 +14,7 @@ use sc_proto::ven::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::applier::Applier;
 use crate::enforce::Enforcer;
 use crate::identity::{channel, Identity, MemberAddr, StoredPolicy, VenError};
 
@@ -58,7 +59,9 @@ enum Events {
 pub struct Agent {
     dir: Option<PathBuf>,
     identity: Identity,
-    enforcer: Enforcer,
+    /// Programs the firewall and writes the policy cache, off the async
+    /// threads and in order (see [`crate::applier`]).
+    applier: Applier,
     current: Option<StoredPolicy>,
     events: Option<Events>,
     /// Time between heartbeats.
@@ -85,10 +88,12 @@ impl Agent {
             Some(d) => StoredPolicy::load(d)?,
             None => None,
         };
+        // A simulated VEN with no directory never touches the host.
+        let inline = matches!(enforcer, Enforcer::Simulated) && dir.is_none();
         Ok(Agent {
             dir,
             identity,
-            enforcer,
+            applier: Applier::new(enforcer, inline),
             current,
             events: None,
             heartbeat: Duration::from_secs(10),
@@ -143,13 +148,17 @@ impl Agent {
 
     /// Re-applies the policy kept on disk (before any PCE is reachable).
     /// Returns whether there was one.
+    ///
+    /// It runs `nft` on the calling thread and returns when it is done: call
+    /// it once at startup, before [`Agent::run`] (which applies every later
+    /// policy off the async threads).
     pub fn reapply_cached(&self) -> Result<bool, VenError> {
         let Some(p) = &self.current else {
             return Ok(false);
         };
         let compiled: CompiledPolicy = serde_json::from_str(&p.compiled_json)
             .map_err(|e| VenError::Other(format!("cached policy: {e}")))?;
-        self.enforcer.apply(&compiled, &self.control())?;
+        self.applier.enforcer().apply(&compiled, &self.control())?;
         Ok(true)
     }
 
@@ -211,7 +220,7 @@ impl Agent {
                 match self.session(&m, &mut stop).await {
                     End::Stopped => return Ok(()),
                     End::Unpaired => {
-                        self.forget()?;
+                        self.forget().await?;
                         self.emit(AgentEvent::Unpaired);
                         return Ok(());
                     }
@@ -274,7 +283,9 @@ impl Agent {
                                 tracing::info!(?have, offered = p.version, member = %m.name, "kept the newer policy over an older one from a lagging member");
                                 continue;
                             }
-                            if let Err(e) = self.apply(p.version, &p.hash, &p.compiled_json) {
+                            // Awaited here, so pushes are applied one at a time in
+                            // the order they came; the stream waits meanwhile.
+                            if let Err(e) = self.apply(p.version, p.hash.clone(), p.compiled_json).await {
                                 // Keep enforcing the previous policy; say nothing applied.
                                 tracing::error!(error = %e, "could not apply the new policy");
                                 continue;
@@ -314,7 +325,7 @@ impl Agent {
     }
 
     /// Unpaired: stop enforcing (remove the table) and forget identity and policy.
-    fn forget(&mut self) -> Result<(), VenError> {
+    async fn forget(&mut self) -> Result<(), VenError> {
         let idle = CompiledPolicy {
             workload: self.identity.workload_id.clone(),
             mode: sc_policy::model::EnforcementMode::Idle,
@@ -322,42 +333,59 @@ impl Agent {
             inbound: vec![],
             outbound: vec![],
         };
-        self.enforcer.apply(&idle, &[])?;
-        if let Some(d) = &self.dir {
-            for f in [Identity::path(d), StoredPolicy::path(d)] {
-                if let Err(e) = std::fs::remove_file(&f) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(VenError::Io { path: f, source: e });
+        let dir = self.dir.clone();
+        self.applier
+            .run(move |enforcer| {
+                enforcer.apply(&idle, &[])?;
+                if let Some(d) = &dir {
+                    for f in [Identity::path(d), StoredPolicy::path(d)] {
+                        if let Err(e) = std::fs::remove_file(&f) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                return Err(VenError::Io { path: f, source: e });
+                            }
+                        }
                     }
                 }
-            }
-        }
+                Ok(())
+            })
+            .await?;
         self.current = None;
         Ok(())
     }
 
-    fn apply(&mut self, version: u64, hash: &str, json: &str) -> Result<(), VenError> {
-        let got = crate::identity::sha256_hex(json.as_bytes());
+    /// Checks a pushed policy, enforces it and keeps it on disk. On an error
+    /// the previous policy stays enforced and current.
+    async fn apply(&mut self, version: u64, hash: String, json: String) -> Result<(), VenError> {
+        let got = sc_proto::contract::policy_hash(json.as_bytes());
         if got != hash {
             return Err(VenError::Other(format!(
                 "policy hash mismatch: got {got}, told {hash}"
             )));
         }
-        // A simulated VEN checks what it received and acknowledges it; parsing
-        // and rendering are a real host's own work (see `Enforcer::Simulated`).
-        if !matches!(self.enforcer, Enforcer::Simulated) {
-            let compiled: CompiledPolicy = serde_json::from_str(json)
-                .map_err(|e| VenError::Other(format!("policy from the PCE: {e}")))?;
-            self.enforcer.apply(&compiled, &self.control())?;
-        }
         let stored = StoredPolicy {
             version,
-            hash: hash.to_string(),
-            compiled_json: json.to_string(),
+            hash,
+            compiled_json: json,
         };
-        if let Some(d) = &self.dir {
-            stored.save(d)?;
-        }
+        let control = self.control();
+        let dir = self.dir.clone();
+        let stored = self
+            .applier
+            .run(move |enforcer| {
+                // A simulated VEN checks what it received and acknowledges it;
+                // parsing and rendering are a real host's own work (see
+                // `Enforcer::Simulated`).
+                if !matches!(enforcer, Enforcer::Simulated) {
+                    let compiled: CompiledPolicy = serde_json::from_str(&stored.compiled_json)
+                        .map_err(|e| VenError::Other(format!("policy from the PCE: {e}")))?;
+                    enforcer.apply(&compiled, &control)?;
+                }
+                if let Some(d) = &dir {
+                    stored.save(d)?;
+                }
+                Ok(stored)
+            })
+            .await?;
         self.current = Some(stored);
         Ok(())
     }

@@ -30,6 +30,10 @@ pub enum Enforcer {
 
 impl Enforcer {
     /// Renders `compiled` (keeping `control` reachable) and applies it.
+    ///
+    /// Blocks the calling thread while it renders and `nft` runs: async code
+    /// (the agent's loop) calls it from the blocking pool, in order, through
+    /// the agent's applier.
     pub fn apply(
         &self,
         compiled: &CompiledPolicy,

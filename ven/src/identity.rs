@@ -263,29 +263,3 @@ pub async fn pair(
         members,
     })
 }
-
-/// SHA-256 of `bytes`, hex (the policy hash). Written into one buffer: a
-/// simulator checks thousands of these per provision, and a `format!` per byte
-/// allocated 32 strings each time.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest.as_ref() {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_policy_hash_is_lower_case_hex_sha256() {
-        // FIPS 180-2's "abc"; the member hashes the same bytes the same way.
-        assert_eq!(
-            super::sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-}

@@ -4,9 +4,11 @@
 //! It speaks only `sc_proto` (and renders with `sc_policy`), never server crates:
 //! - [`identity`]: pairing, and the identity and policy kept on disk;
 //! - [`agent`]: the connection loop (nearest member, stream, acks, failover);
-//! - [`enforce`]: applying a policy (nftables, dry run, or in memory).
+//! - [`enforce`]: applying a policy (nftables, dry run, or in memory);
+//! - `applier`: running that host work off the async threads, in order.
 
 pub mod agent;
+mod applier;
 pub mod enforce;
 pub mod identity;
 
