@@ -9,8 +9,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sc_chaos::checker::check;
 use sc_chaos::history::{History, RecordingClient};
-use sc_chaos::TestCluster;
 use sc_raft::{Consistency, Node, NodeId};
+use sc_testkit::TestCluster;
 
 const KEYS: [&[u8]; 4] = [b"k0", b"k1", b"k2", b"k3"];
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use sc_chaos::harness::read;
-use sc_chaos::{TestCluster, Writer};
 use sc_raft::{Consistency, Outcome, Tuning};
+use sc_testkit::read;
+use sc_testkit::{TestCluster, Writer};
 
 const T: Duration = Duration::from_secs(30);
 

@@ -4,12 +4,12 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use sc_chaos::harness::{free_port, test_timeouts};
-use sc_chaos::TestCluster;
 use sc_proto::federation::federation_client::FederationClient;
 use sc_proto::federation::StatusRequest;
 use sc_raft::network::peers::connect_lazy;
 use sc_raft::{pki, DiskFaults, NetFaults, Node, NodeInfo, NodeOptions, TlsMaterial, Tuning};
+use sc_testkit::TestCluster;
+use sc_testkit::{free_port, test_timeouts};
 
 fn foreign_tls(dir: &std::path::Path, name: &str) -> TlsMaterial {
     pki::init_ca(dir, "impostor").unwrap();

@@ -1,13 +1,11 @@
 //! Every class of bad input gets its own token and a message naming the field,
 //! and changes nothing; the audit trail holds accepted and refused writes alike.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use hyper::Method;
+use sc_testkit::api::*;
 use serde_json::{json, Value};
-use support::*;
 
 async fn snapshot(c: &mut sc_leader::client::ApiClient) -> Vec<Value> {
     let mut out = Vec::new();

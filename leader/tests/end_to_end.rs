@@ -1,11 +1,9 @@
 //! The ops team's main flow over HTTPS on a 3-region cluster: build policy in a
 //! member region, provision it there, read it everywhere, revert, roll back.
 
-mod support;
-
 use hyper::Method;
+use sc_testkit::api::*;
 use serde_json::{json, Value};
-use support::*;
 
 async fn lin_get(c: &mut sc_leader::client::ApiClient, path: &str) -> Value {
     let a = c

@@ -1,11 +1,9 @@
 //! The role matrix: each role against each class of endpoint, allowed and
 //! denied, including scoped users reaching outside their scope. Roles stack.
 
-mod support;
-
 use hyper::Method;
+use sc_testkit::api::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// Roles under test; scoped ones get the scope `app=crm`.
 const ROLES: [&str; 8] = [

@@ -116,6 +116,13 @@ fn render(texts: &RuleTexts, version: u64, c: &Arc<CompiledPolicy>, hold: Hold) 
     })
 }
 
+/// What a change notice's objects are now (see [`PolicyCache::read_changes`]).
+struct Fresh {
+    world: World,
+    quarantine: HashMap<Id, Hold>,
+    regions: HashMap<Id, WorkloadDoc>,
+}
+
 /// Parses a changed key into the engine change it means.
 fn change_of(key: &[u8]) -> Option<Change> {
     let (space, kind, id) = keys::parse(key)?;
@@ -288,65 +295,11 @@ impl PolicyCache {
             return Ok(BTreeSet::new());
         }
         // Read the new state of every changed object before taking the lock.
-        let mut fresh = World::default();
-        let mut quarantine: HashMap<Id, Hold> = HashMap::new();
-        let mut regions: HashMap<Id, WorkloadDoc> = HashMap::new();
-        for c in &changes {
-            match c {
-                Change::Workload(id) => {
-                    if let Some((bytes, _)) = self
-                        .db
-                        .raw(&keys::obj(Space::Live, Kind::Workload, id))
-                        .await?
-                    {
-                        fresh.add(Kind::Workload, id, &bytes)?;
-                        let rec: Record<WorkloadDoc> = sc_store::record::decode(&bytes)?;
-                        quarantine.insert(id.clone(), hold_of(&rec.doc));
-                        regions.insert(id.clone(), rec.doc);
-                    }
-                }
-                Change::Label(id) => self.fetch(&mut fresh, Space::Live, Kind::Label, id).await?,
-                Change::LabelGroup(id) => {
-                    self.fetch(&mut fresh, Space::Active, Kind::LabelGroup, id)
-                        .await?
-                }
-                Change::Service(id) => {
-                    self.fetch(&mut fresh, Space::Active, Kind::Service, id)
-                        .await?
-                }
-                Change::IpList(id) => {
-                    self.fetch(&mut fresh, Space::Active, Kind::IpList, id)
-                        .await?
-                }
-                Change::Boundary(id) => {
-                    self.fetch(&mut fresh, Space::Active, Kind::Boundary, id)
-                        .await?
-                }
-                Change::RuleSet(id) => {
-                    self.fetch(&mut fresh, Space::Active, Kind::RuleSet, id)
-                        .await?;
-                    for kind in [Kind::SecRule, Kind::DenyRule] {
-                        let prefix = keys::rules_prefix(Space::Active, kind, id);
-                        for (k, bytes) in self.db.raw_scan(&prefix, MAX_OBJECTS).await? {
-                            fresh.add(
-                                kind,
-                                &format!("{id}/{}", keys::id_of(&k, &prefix)),
-                                &bytes,
-                            )?;
-                        }
-                    }
-                    // Rules without a header (header deleted) must not resurrect it.
-                    if self
-                        .db
-                        .rev(&keys::obj(Space::Active, Kind::RuleSet, id))
-                        .await?
-                        .is_none()
-                    {
-                        fresh.policy.rule_sets.remove(id);
-                    }
-                }
-            }
-        }
+        let Fresh {
+            world: mut fresh,
+            quarantine,
+            regions,
+        } = self.read_changes(&changes).await?;
         let version = if version_changed {
             self.db
                 .get::<u64>(keys::VERSION)
@@ -407,6 +360,75 @@ impl PolicyCache {
         self.texts.prune();
         self.notify(&changed);
         Ok(changed)
+    }
+
+    /// The new state of every changed object, read from the replica: the
+    /// objects as a small world, and each changed workload's hold and record.
+    async fn read_changes(&self, changes: &[Change]) -> Result<Fresh, MemberError> {
+        let mut fresh = World::default();
+        let mut quarantine: HashMap<Id, Hold> = HashMap::new();
+        let mut regions: HashMap<Id, WorkloadDoc> = HashMap::new();
+        for c in changes {
+            match c {
+                Change::Workload(id) => {
+                    if let Some((bytes, _)) = self
+                        .db
+                        .raw(&keys::obj(Space::Live, Kind::Workload, id))
+                        .await?
+                    {
+                        fresh.add(Kind::Workload, id, &bytes)?;
+                        let rec: Record<WorkloadDoc> = sc_store::record::decode(&bytes)?;
+                        quarantine.insert(id.clone(), hold_of(&rec.doc));
+                        regions.insert(id.clone(), rec.doc);
+                    }
+                }
+                Change::Label(id) => self.fetch(&mut fresh, Space::Live, Kind::Label, id).await?,
+                Change::LabelGroup(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::LabelGroup, id)
+                        .await?
+                }
+                Change::Service(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::Service, id)
+                        .await?
+                }
+                Change::IpList(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::IpList, id)
+                        .await?
+                }
+                Change::Boundary(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::Boundary, id)
+                        .await?
+                }
+                Change::RuleSet(id) => {
+                    self.fetch(&mut fresh, Space::Active, Kind::RuleSet, id)
+                        .await?;
+                    for kind in [Kind::SecRule, Kind::DenyRule] {
+                        let prefix = keys::rules_prefix(Space::Active, kind, id);
+                        for (k, bytes) in self.db.raw_scan(&prefix, MAX_OBJECTS).await? {
+                            fresh.add(
+                                kind,
+                                &format!("{id}/{}", keys::id_of(&k, &prefix)),
+                                &bytes,
+                            )?;
+                        }
+                    }
+                    // Rules without a header (header deleted) must not resurrect it.
+                    if self
+                        .db
+                        .rev(&keys::obj(Space::Active, Kind::RuleSet, id))
+                        .await?
+                        .is_none()
+                    {
+                        fresh.policy.rule_sets.remove(id);
+                    }
+                }
+            }
+        }
+        Ok(Fresh {
+            world: fresh,
+            quarantine,
+            regions,
+        })
     }
 
     async fn fetch(

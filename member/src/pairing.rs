@@ -67,15 +67,9 @@ fn refused(e: Refusal) -> Status {
     }
 }
 
-/// Checks the request, consumes one use of the key, registers the workload.
-pub async fn pair(
-    db: &Db,
-    signer: &VenSigner,
-    region: &str,
-    node: &str,
-    req: &PairRequest,
-    now_ms: u64,
-) -> Result<Paired, Status> {
+/// Refuses a malformed pairing request before anything is read or written;
+/// returns the host's interfaces.
+fn check_request(req: &PairRequest) -> Result<Vec<InterfaceJson>, Status> {
     if req.activation_code.is_empty() || req.activation_code.len() > 256 {
         return Err(Status::invalid_argument(
             "activation_code: give the pairing key (1-256 characters)",
@@ -106,6 +100,19 @@ pub async fn pair(
             link_state: None,
         });
     }
+    Ok(interfaces)
+}
+
+/// Checks the request, consumes one use of the key, registers the workload.
+pub async fn pair(
+    db: &Db,
+    signer: &VenSigner,
+    region: &str,
+    node: &str,
+    req: &PairRequest,
+    now_ms: u64,
+) -> Result<Paired, Status> {
+    let interfaces = check_request(req)?;
     let workload_id = keys::new_id();
     // Sign first: a bad CSR must not consume a use of the key.
     let cert_pem = signer

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use sc_chaos::harness::TestCluster;
 use sc_member::presence::Presence;
 use sc_store::db::{Db, Txn};
 use sc_store::keys::{self, Kind, Space};
 use sc_store::objects::WorkloadDoc;
 use sc_store::record::{Meta, Record, RECORD_V};
+use sc_testkit::TestCluster;
 
 async fn doc(db: &Db, key: &[u8]) -> WorkloadDoc {
     db.get::<Record<WorkloadDoc>>(key)

@@ -7,12 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sc_chaos::harness::TestCluster;
 use sc_leader::client::ApiClient;
 use sc_member::{VenOptions, VenServer};
 use sc_proto::ven::ven_client::VenClient;
 use sc_proto::ven::{ven_message, Flow, FlowBatch, Heartbeat, VenMessage};
 use sc_raft::pki;
+use sc_testkit::{ApiCluster, TestCluster};
 use sc_ven::identity::{pair, HostFacts};
 use sc_ven::{Agent, AgentEvent, Enforcer, Identity};
 use serde_json::{json, Value};
@@ -22,6 +22,8 @@ const ORG: &str = "/api/v2/orgs/1";
 
 struct Env {
     cluster: TestCluster,
+    /// Kept so the API servers live as long as the test.
+    _apis: Vec<(u64, sc_leader::ApiServer)>,
     api: ApiClient,
     api_addrs: HashMap<u64, SocketAddr>,
     key: (String, String),
@@ -32,43 +34,20 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        let cluster = TestCluster::start(3).await;
-        let leader = cluster.leader().await;
-        let owner = sc_leader::bootstrap(cluster.node(leader))
-            .await
-            .expect("bootstrap")
-            .expect("owner");
-        let mut api_addrs = HashMap::new();
-        for id in 1..=3u64 {
-            let tls = cluster.node_options(id).expect("opts").tls.clone();
-            let server = sc_leader::serve(
-                cluster.node(id).clone(),
-                sc_leader::ApiOptions {
-                    listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-                    tls: Some(tls),
-                    rate: 0,
-                    burst: 0,
-                },
-                Default::default(),
-            )
-            .await
-            .expect("api");
-            api_addrs.insert(id, server.addr);
-            std::mem::forget(server);
-        }
-        let ca = std::fs::read_to_string(cluster.certs_dir().join(pki::CA_CERT)).expect("ca");
-        let key = (owner.auth_username.clone(), owner.secret.clone());
-        let api = ApiClient::new(api_addrs[&leader], Some(&ca))
-            .expect("client")
-            .with_key(&key.0, &key.1);
+        let ac = ApiCluster::start(3, 0).await;
+        let leader = ac.leader().await;
+        let api_addrs = (1..=3u64).map(|id| (id, ac.addr(id))).collect();
+        let key = (ac.owner.auth_username.clone(), ac.owner.secret.clone());
+        let api = ac.client(leader);
         let flows = tempfile::tempdir().expect("dir");
         let mut env = Env {
-            cluster,
+            cluster: ac.cluster,
+            _apis: ac.apis,
             api,
             api_addrs,
             key,
             vens: HashMap::new(),
-            ca,
+            ca: ac.ca,
             _flows: flows,
         };
         for id in 1..=3 {

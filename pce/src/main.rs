@@ -4,9 +4,6 @@
 //! three-region cluster on this machine, and the other commands operate a
 //! running cluster over the same mutual-TLS channel the regions use.
 
-mod bench;
-mod chaos;
-mod config;
 mod dr;
 mod ops;
 mod up;
@@ -19,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{LogFormat, NodeConfig};
+use sc_region::config::{LogFormat, NodeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -64,7 +61,7 @@ enum Command {
     VenSim(ven_cmd::SimArgs),
     /// The fault suite: 3 regions as processes in network namespaces, faults from
     /// a seed, then linearizability, replica and VEN checks (root, nft, ip).
-    Chaos(chaos::ChaosArgs),
+    Chaos(sc_chaos::runner::ChaosArgs),
     /// Run one node.
     Serve {
         /// The node's TOML configuration.
@@ -186,18 +183,18 @@ enum KvCommand {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Committed writes per second and latency at several client counts.
-    Write(bench::write::WriteArgs),
+    Write(sc_bench::write::WriteArgs),
     /// Rule edits and provisioning through the admin API of a `pce up` cluster.
-    Api(bench::api::ApiArgs),
+    Api(sc_bench::api::ApiArgs),
     /// Provision-to-acknowledgement latency and memory per VEN with simulated VENs.
-    Vens(bench::vens::VensArgs),
+    Vens(sc_bench::vens::VensArgs),
     /// Time for the VENs of a restarted member to resync (a cluster in this process).
-    Resync(bench::vens::ResyncArgs),
+    Resync(sc_bench::vens::ResyncArgs),
     /// Leader killed with SIGKILL: time until writes resume, Supercluster and etcd.
-    Failover(bench::failover::FailoverArgs),
+    Failover(sc_bench::failover::FailoverArgs),
     /// The transport alone: one push to N TLS streams and their acknowledgements,
     /// with no PCE behind it (the floor under `bench vens`).
-    Floor(bench::floor::FloorArgs),
+    Floor(sc_bench::floor::FloorArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -235,7 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         // No logging set up: the suite prints its own progress, and the nodes
         // it starts log to files in the run directory.
-        Command::Chaos(args) => chaos::run(args).await,
+        Command::Chaos(args) => sc_chaos::runner::run(args).await,
         Command::Serve {
             config,
             insecure_http,
@@ -288,12 +285,12 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Dr { command } => dr::run(command).await,
         Command::Bench { command } => match command {
-            BenchCommand::Write(args) => bench::write::write(args).await,
-            BenchCommand::Api(args) => bench::api::api(args).await,
-            BenchCommand::Vens(args) => bench::vens::vens(args).await,
-            BenchCommand::Resync(args) => bench::vens::resync(args).await,
-            BenchCommand::Failover(args) => bench::failover::failover(args).await,
-            BenchCommand::Floor(args) => bench::floor::floor(args).await,
+            BenchCommand::Write(args) => sc_bench::write::write(args).await,
+            BenchCommand::Api(args) => sc_bench::api::api(args).await,
+            BenchCommand::Vens(args) => sc_bench::vens::vens(args).await,
+            BenchCommand::Resync(args) => sc_bench::vens::resync(args).await,
+            BenchCommand::Failover(args) => sc_bench::failover::failover(args).await,
+            BenchCommand::Floor(args) => sc_bench::floor::floor(args).await,
         },
     }
 }

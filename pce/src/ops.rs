@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use sc_raft::{Client, ClientId, Command, MembershipOp, Mutation, Node, NodeStatus, Outcome};
 use sc_region::Region;
 
-use crate::config::NodeConfig;
+use sc_region::config::NodeConfig;
 
 /// `pce serve`: runs one node (and its admin API, if configured) until SIGINT or
 /// SIGTERM. The first node to serve the API creates the owner API key and prints it.
@@ -94,9 +94,7 @@ pub async fn wait_for_stop_signal() -> Result<()> {
 
 /// A client for the node a config file describes, using its certificates.
 pub fn client_for(config: &Path) -> Result<Client> {
-    let cfg = NodeConfig::load(config)?;
-    let opts = cfg.to_options()?;
-    Ok(Client::new(opts.tls, opts.info, opts.timeouts)?)
+    Ok(NodeConfig::load(config)?.client()?)
 }
 
 /// `pce status`.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sc_ven::identity::{pair, HostFacts};
-use sc_ven::{Agent, AgentEvent, Enforcer, FleetEvent, Identity};
+use sc_ven::sim::SimVen;
+use sc_ven::{Agent, Enforcer, FleetEvent, Identity};
 use tokio::sync::{mpsc, watch};
 
 use crate::ops::wait_for_stop_signal;
@@ -155,39 +156,6 @@ pub struct SimArgs {
     state_file: Option<PathBuf>,
 }
 
-/// What one simulated VEN has been through; the `--state-file` record.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SimVen {
-    /// The policy version it enforces (meaningful once `applied` > 0).
-    pub version: u64,
-    /// Policies applied so far (0: it enforces none yet).
-    pub applied: usize,
-    /// Times a policy older than the one it had arrived, or the PCE unpaired it:
-    /// a VEN must never fall back to less than it enforced.
-    pub regressions: usize,
-    /// Connected to a member now.
-    pub connected: bool,
-}
-
-fn track(state: &mut SimVen, e: AgentEvent) {
-    match e {
-        AgentEvent::Applied { version, .. } => {
-            if version < state.version {
-                state.regressions += 1;
-            }
-            state.version = version;
-            state.applied += 1;
-        }
-        AgentEvent::Connected(_) => state.connected = true,
-        AgentEvent::Disconnected(..) => state.connected = false,
-        AgentEvent::Unpaired => {
-            state.regressions += 1;
-            state.version = 0;
-            state.connected = false;
-        }
-    }
-}
-
 fn write_state(path: &std::path::Path, vens: &HashMap<String, SimVen>) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(vens)?)
@@ -264,7 +232,7 @@ pub async fn sim(args: SimArgs) -> Result<()> {
             let Ok(mut v) = states.lock() else { return };
             for e in batch.drain(..) {
                 if let Some(state) = names.get(e.agent).and_then(|n| v.get_mut(n)) {
-                    track(state, e.event);
+                    state.track(e.event);
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
 use crate::addr::IpRange;
-use crate::model::{Actor, Estate, PolicySet, PortRange, Proto, ServiceRef};
+use crate::model::{Actor, Estate, PolicySet, PortRange, Proto, RuleSet, ServiceRef};
 
 /// One problem with one field of one object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
@@ -69,104 +69,10 @@ pub fn validate(estate: &Estate, policy: &PolicySet) -> Result<(), Vec<Validatio
     check_labels(estate, &mut e);
     check_workloads(estate, &mut e);
     check_groups(estate, policy, &mut e);
-    for s in policy.services.values() {
-        let obj = format!("services/{}", s.id);
-        if s.ports.is_empty() {
-            e.push(
-                obj.clone(),
-                "ports",
-                "a service needs at least one port or protocol",
-            );
-        }
-        for (i, p) in s.ports.iter().enumerate() {
-            check_port(p, &obj, &format!("ports[{i}]"), &mut e);
-        }
-    }
-    for l in policy.ip_lists.values() {
-        let obj = format!("ip_lists/{}", l.id);
-        if l.ranges.is_empty() {
-            e.push(
-                obj.clone(),
-                "ranges",
-                "an IP list needs at least one address, CIDR or range",
-            );
-        }
-        for (field, list) in [("ranges", &l.ranges), ("exclusions", &l.exclusions)] {
-            for (i, r) in list.iter().enumerate() {
-                if let Err(err) = IpRange::parse(r) {
-                    e.push(obj.clone(), format!("{field}[{i}]"), err.to_string());
-                }
-            }
-        }
-    }
+    check_services(policy, &mut e);
+    check_ip_lists(policy, &mut e);
     for rs in policy.rule_sets.values() {
-        let obj = format!("rule_sets/{}", rs.id);
-        let mut scope_keys = BTreeSet::new();
-        for (i, a) in rs.scope.iter().enumerate() {
-            let field = format!("scope[{i}]");
-            match a {
-                Actor::Label(_) | Actor::LabelGroup(_) => {
-                    check_actor(a, estate, policy, &obj, &field, &mut e);
-                    if let Some(key) = actor_key(a, estate, policy) {
-                        if !scope_keys.insert(key.clone()) {
-                            e.push(
-                                obj.clone(),
-                                field,
-                                format!("a scope holds one label per key; {key:?} appears twice"),
-                            );
-                        }
-                    }
-                }
-                _ => e.push(
-                    obj.clone(),
-                    field,
-                    "a scope holds only labels and label groups",
-                ),
-            }
-        }
-        for (i, r) in rs.rules.iter().enumerate() {
-            let field = format!("rules[{i}]");
-            check_sides(
-                &r.providers,
-                &r.consumers,
-                &r.services,
-                estate,
-                policy,
-                &obj,
-                &field,
-                &mut e,
-            );
-            if crate::guard::opens_everything(r) && !r.deliberately_broad {
-                e.push(obj.clone(), field, crate::guard::BROAD_MESSAGE);
-            }
-        }
-        for (i, r) in rs.deny_rules.iter().enumerate() {
-            check_sides(
-                &r.providers,
-                &r.consumers,
-                &r.services,
-                estate,
-                policy,
-                &obj,
-                &format!("deny_rules[{i}]"),
-                &mut e,
-            );
-        }
-        let mut ids = HashSet::new();
-        for id in rs
-            .rules
-            .iter()
-            .map(|r| &r.id)
-            .chain(rs.deny_rules.iter().map(|r| &r.id))
-        {
-            if !ids.insert(id) {
-                e.push(
-                    obj.clone(),
-                    "rules",
-                    format!("rule id {id:?} is used twice in this ruleset"),
-                );
-            }
-        }
+        check_rule_set(rs, estate, policy, &mut e);
     }
     for b in policy.boundaries.values() {
         let obj = format!("enforcement_boundaries/{}", b.id);
@@ -187,6 +93,115 @@ pub fn validate(estate: &Estate, policy: &PolicySet) -> Result<(), Vec<Validatio
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+fn check_services(policy: &PolicySet, e: &mut Errors) {
+    for s in policy.services.values() {
+        let obj = format!("services/{}", s.id);
+        if s.ports.is_empty() {
+            e.push(
+                obj.clone(),
+                "ports",
+                "a service needs at least one port or protocol",
+            );
+        }
+        for (i, p) in s.ports.iter().enumerate() {
+            check_port(p, &obj, &format!("ports[{i}]"), e);
+        }
+    }
+}
+
+fn check_ip_lists(policy: &PolicySet, e: &mut Errors) {
+    for l in policy.ip_lists.values() {
+        let obj = format!("ip_lists/{}", l.id);
+        if l.ranges.is_empty() {
+            e.push(
+                obj.clone(),
+                "ranges",
+                "an IP list needs at least one address, CIDR or range",
+            );
+        }
+        for (field, list) in [("ranges", &l.ranges), ("exclusions", &l.exclusions)] {
+            for (i, r) in list.iter().enumerate() {
+                if let Err(err) = IpRange::parse(r) {
+                    e.push(obj.clone(), format!("{field}[{i}]"), err.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// A ruleset's scope (labels and label groups, one per key), its rules and
+/// deny rules (every side resolvable; nothing opens everything by accident),
+/// and rule ids unique within it.
+fn check_rule_set(rs: &RuleSet, estate: &Estate, policy: &PolicySet, e: &mut Errors) {
+    let obj = format!("rule_sets/{}", rs.id);
+    let mut scope_keys = BTreeSet::new();
+    for (i, a) in rs.scope.iter().enumerate() {
+        let field = format!("scope[{i}]");
+        match a {
+            Actor::Label(_) | Actor::LabelGroup(_) => {
+                check_actor(a, estate, policy, &obj, &field, e);
+                if let Some(key) = actor_key(a, estate, policy) {
+                    if !scope_keys.insert(key.clone()) {
+                        e.push(
+                            obj.clone(),
+                            field,
+                            format!("a scope holds one label per key; {key:?} appears twice"),
+                        );
+                    }
+                }
+            }
+            _ => e.push(
+                obj.clone(),
+                field,
+                "a scope holds only labels and label groups",
+            ),
+        }
+    }
+    for (i, r) in rs.rules.iter().enumerate() {
+        let field = format!("rules[{i}]");
+        check_sides(
+            &r.providers,
+            &r.consumers,
+            &r.services,
+            estate,
+            policy,
+            &obj,
+            &field,
+            e,
+        );
+        if crate::guard::opens_everything(r) && !r.deliberately_broad {
+            e.push(obj.clone(), field, crate::guard::BROAD_MESSAGE);
+        }
+    }
+    for (i, r) in rs.deny_rules.iter().enumerate() {
+        check_sides(
+            &r.providers,
+            &r.consumers,
+            &r.services,
+            estate,
+            policy,
+            &obj,
+            &format!("deny_rules[{i}]"),
+            e,
+        );
+    }
+    let mut ids = HashSet::new();
+    for id in rs
+        .rules
+        .iter()
+        .map(|r| &r.id)
+        .chain(rs.deny_rules.iter().map(|r| &r.id))
+    {
+        if !ids.insert(id) {
+            e.push(
+                obj.clone(),
+                "rules",
+                format!("rule id {id:?} is used twice in this ruleset"),
+            );
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! One region node as operators run it: the Raft node, the admin API beside it
-//! and the VEN service beside it, wired in one place. `pce serve` runs one,
+//! and the VEN service beside it, wired in one place; its configuration file
+//! ([`config`]); and the local three-region layout `pce up` makes ([`local`]). `pce serve` runs one,
 //! `pce up` three, and benchmarks and tests as many as they need in one process.
 //!
 //! Every server of a region obeys one shutdown token (as mini-redis does with
@@ -9,6 +10,10 @@
 //! connection tasks before the node itself shuts down, so a restarted region can
 //! reopen the same data directory at once.
 
+pub mod config;
+pub mod local;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sc_leader::{ApiOptions, ApiServer, ServeError};
@@ -45,6 +50,20 @@ pub enum RegionError {
     /// The VEN service did not start.
     #[error("starting the VEN service: {0}")]
     Ven(#[from] MemberError),
+    /// The configuration file is wrong.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Files of a local cluster (its configuration, its directories).
+    #[error("{path}: {source}")]
+    Files {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Issuing a node certificate for a local cluster.
+    #[error("certificates: {0}")]
+    Certificates(String),
     /// Stopping took longer than [`STOP_GRACE`].
     #[error("stopping did not finish in {0:?} (everything acknowledged is on disk)")]
     StopTimeout(Duration),

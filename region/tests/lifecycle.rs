@@ -4,9 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use sc_chaos::harness::TestCluster;
 use sc_leader::ApiOptions;
 use sc_region::{Region, RegionOptions};
+use sc_testkit::TestCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn api_on_any_port() -> ApiOptions {

@@ -113,7 +113,7 @@ pub async fn write(args: WriteArgs) -> Result<()> {
     if args.clients.is_empty() || args.clients.contains(&0) {
         bail!("--clients: give positive client counts, e.g. 1,16,64,256");
     }
-    let node = crate::ops::client_for(&args.config)?;
+    let node = sc_region::config::NodeConfig::load(&args.config)?.client()?;
     let target = if args.via_member {
         node
     } else {

@@ -1,4 +1,4 @@
-//! `pce chaos`: the fault suite against real processes.
+//! The fault suite against real processes (`pce chaos` runs it).
 //!
 //! Three regions, each a `pce serve` process in its own network namespace with
 //! its own address and its data on its own small tmpfs, plus a VEN simulator per
@@ -23,23 +23,23 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::checker::{check, Op, OpKind};
+use crate::history::History;
+use crate::netns::Net;
+use crate::proxy::DelayProxy;
+use crate::schedule::{schedule, Fault, Step};
 use anyhow::{anyhow, bail, Context, Result};
 use hyper::Method;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sc_chaos::checker::{check, Op, OpKind};
-use sc_chaos::history::History;
-use sc_chaos::netns::Net;
-use sc_chaos::proxy::DelayProxy;
-use sc_chaos::schedule::{schedule, Fault, Step};
 use sc_leader::client::ApiClient;
 use sc_raft::pki;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::bench::api::{href, post};
-use crate::dr::{converge, ok, Cluster, NodeView};
-use crate::ven_cmd::SimVen;
+use sc_leader::client::cluster::{converge, ok, Cluster, NodeView};
+use sc_leader::client::cluster::{href, post};
+use sc_ven::sim::SimVen;
 
 const ORG: &str = "/api/v2/orgs/1";
 /// Ports are the same in every namespace: each region has its own address.
@@ -287,7 +287,7 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         for m in &self.mounts {
-            let _ = sc_chaos::netns::run(&["umount", "-l", &m.to_string_lossy()]);
+            let _ = crate::netns::run(&["umount", "-l", &m.to_string_lossy()]);
         }
     }
 }
@@ -302,7 +302,7 @@ fn prepare(lab: &mut Lab) -> Result<()> {
         pki::issue(&certs, &name, &region, &[ip.into()])?;
         let data = lab.data(id);
         std::fs::create_dir_all(&data)?;
-        sc_chaos::netns::run(&[
+        crate::netns::run(&[
             "mount",
             "-t",
             "tmpfs",
@@ -417,7 +417,7 @@ async fn client(
     let mut conns = apis
         .iter()
         .map(|a| c.client(*a))
-        .collect::<Result<Vec<ApiClient>>>()?;
+        .collect::<Result<Vec<ApiClient>, _>>()?;
     let mut serial = 0u64;
     while !*stop.borrow() {
         let conn = &mut conns[rng.random_range(0..apis.len())];
@@ -606,7 +606,7 @@ async fn inject(lab: &mut Lab, c: &Cluster, step: &Step) -> Result<()> {
 
 /// Every node's status once every node answers and agrees (or an error).
 async fn settled(c: &Cluster, apis: &[SocketAddr]) -> Result<Vec<NodeView>> {
-    converge(c, apis, Duration::from_secs(90)).await
+    Ok(converge(c, apis, Duration::from_secs(90)).await?)
 }
 
 /// After healing: every VEN connected, acknowledged its current policy, never
@@ -716,7 +716,83 @@ pub async fn run(args: ChaosArgs) -> Result<()> {
     }
 }
 
+/// One seeded run: start the lab, load it and inject the schedule, heal, and
+/// check everything a run must prove.
 async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
+    let mut lab = launch().await?;
+    let c = Arc::new(owner_cluster(&lab).await?);
+    let apis: Vec<SocketAddr> = (1..=REGIONS).map(|i| lab.api(i)).collect();
+    settled(&c, &apis)
+        .await
+        .context("the cluster did not form")?;
+    lab.say("3 regions up, one leader");
+    let s = setup(&c, apis[0], args.keys).await?;
+    let want = start_vens(&mut lab, &c, &apis, &s, args.vens).await?;
+
+    let history = History::new();
+    let registers = Arc::new(s.registers);
+    let (provisions, failed_provisions, kinds) = load_and_inject(
+        &mut lab, &c, &apis, args, seed, steps, &registers, &history, &s.rule,
+    )
+    .await?;
+    lab.say("faults healed, load stopped; waiting for every region to converge");
+
+    let mut violations = Vec::new();
+    if let Err(e) = settled(&c, &apis).await {
+        violations.push(format!("after healing: {e:#}"));
+        violations.push(lab.dump_stacks());
+    }
+    final_reads(&c, &apis, &registers, &history).await?;
+    let ops = history.ops();
+    let acked = ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Write(_)) && o.complete.is_some())
+        .count();
+    let unknown = ops.iter().filter(|o| o.complete.is_none()).count();
+    let reads = ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Read(_)))
+        .count();
+    lab.say(&format!(
+        "history: {} operations ({acked} writes acknowledged, {unknown} of unknown outcome, {reads} reads); {provisions} provisions ({failed_provisions} failed during faults)",
+        ops.len()
+    ));
+    if args.keep {
+        let text: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
+        std::fs::write(lab.dir.join("history.txt"), text.join("\n"))?;
+    }
+    let t = Instant::now();
+    violations.extend(history_violations(&ops));
+    lab.say(&format!(
+        "linearizability checked in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    match check_replicas(&c, &apis).await {
+        Ok(v) => violations.extend(v),
+        Err(e) => violations.push(format!("comparing replicas: {e:#}")),
+    }
+    violations.extend(check_vens(&c, &apis, &lab, want).await);
+    for kind in Fault::KINDS {
+        if !kinds.contains(kind) {
+            violations.push(format!("fault kind {kind} was never injected"));
+        }
+    }
+    if violations.is_empty() {
+        lab.say("every acknowledged write in every region, history linearizable, replicas identical, every VEN current and never behind");
+        if !args.keep {
+            let dir = lab.dir.clone();
+            drop(lab); // stops the processes and unmounts the disks first
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    } else {
+        violations.push(format!("node logs, VEN states: {}", lab.dir.display()));
+        Err(anyhow!("{}", violations.join("\n")))
+    }
+}
+
+/// The hosts (network namespaces), the run directory and the three nodes.
+async fn launch() -> Result<Lab> {
     let pid = std::process::id();
     let tag = format!("{}", pid % 10_000);
     let hosts: Vec<(String, u8)> = (1..=REGIONS).map(|i| (host(i), 10 + i as u8)).collect();
@@ -742,9 +818,14 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
     for id in 1..=REGIONS {
         lab.start_node(id)?;
     }
-    // Every node that serves the API races to create the owner key (a
-    // compare-and-set in the store: exactly one wins) and the winner writes it
-    // to its own data directory. Which one wins depends on timing.
+    Ok(lab)
+}
+
+/// The cluster through the first API, with the owner key. Every node that
+/// serves the API races to create the owner key (a compare-and-set in the
+/// store: exactly one wins) and the winner writes it to its own data
+/// directory. Which one wins depends on timing.
+async fn owner_cluster(lab: &Lab) -> Result<Cluster> {
     let t = Instant::now();
     let key_file = loop {
         if let Some(f) = (1..=REGIONS)
@@ -775,18 +856,23 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
             .ok_or_else(|| anyhow!("owner key has no {f}"))
     };
     let ca = std::fs::read_to_string(lab.dir.join("certs/ca.pem"))?;
-    let apis: Vec<SocketAddr> = (1..=REGIONS).map(|i| lab.api(i)).collect();
-    let c = Arc::new(Cluster::new(
+    Ok(Cluster::new(
         ca,
         field("auth_username")?,
         field("secret")?,
-        apis[0],
-    ));
-    settled(&c, &apis)
-        .await
-        .context("the cluster did not form")?;
-    lab.say("3 regions up, one leader");
-    let s = setup(&c, apis[0], args.keys).await?;
+        lab.api(1),
+    ))
+}
+
+/// A VEN simulator per region, `per_region` VENs each; returns once all
+/// enforce their policy, with how many there are.
+async fn start_vens(
+    lab: &mut Lab,
+    c: &Cluster,
+    apis: &[SocketAddr],
+    s: &Setup,
+    per_region: usize,
+) -> Result<usize> {
     for id in 1..=REGIONS {
         let state = lab.dir.join(format!("vens-{}.json", host(id)));
         let ca = lab.dir.join("certs/ca.pem");
@@ -801,7 +887,7 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
                 "--activation-code",
                 &s.activation_code,
                 "--count",
-                &args.vens.to_string(),
+                &per_region.to_string(),
                 "--state-file",
                 &state.to_string_lossy(),
             ],
@@ -809,17 +895,32 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
         )?;
         lab.vens.push(child);
     }
-    let want = args.vens * REGIONS as usize;
-    let problems = check_vens(&c, &apis, &lab, want).await;
+    let want = per_region * REGIONS as usize;
+    let problems = check_vens(c, apis, lab, want).await;
     if !problems.is_empty() {
         bail!("VENs did not start: {}", problems.join("; "));
     }
     lab.say(&format!(
         "{want} VENs paired and enforcing; load and faults start"
     ));
+    Ok(want)
+}
 
-    let history = History::new();
-    let registers = Arc::new(s.registers);
+/// Runs the clients and the policy churn while the schedule's faults are
+/// injected one at a time, then heals and stops the load. Returns the
+/// provisions made and failed, and the fault kinds injected.
+#[allow(clippy::too_many_arguments)]
+async fn load_and_inject(
+    lab: &mut Lab,
+    c: &Arc<Cluster>,
+    apis: &[SocketAddr],
+    args: &ChaosArgs,
+    seed: u64,
+    steps: &[Step],
+    registers: &Arc<Vec<String>>,
+    history: &Arc<History>,
+    rule: &str,
+) -> Result<(u64, u64, BTreeSet<&'static str>)> {
     let consistency = match args.plant {
         Some(Plant::StaleReads) => "local",
         None => "linearizable",
@@ -831,19 +932,24 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
             n,
             seed,
             c.clone(),
-            apis.clone(),
+            apis.to_vec(),
             registers.clone(),
             history.clone(),
             consistency,
             stop.clone(),
         )));
     }
-    let churn_task = tokio::spawn(churn(c.clone(), apis.clone(), s.rule.clone(), stop.clone()));
+    let churn_task = tokio::spawn(churn(
+        c.clone(),
+        apis.to_vec(),
+        rule.to_string(),
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut kinds = BTreeSet::new();
     for (i, step) in steps.iter().enumerate() {
         lab.say(&format!("step {}/{}: {}", i + 1, steps.len(), step.fault));
-        inject(&mut lab, &c, step)
+        inject(lab, c, step)
             .await
             .with_context(|| format!("injecting {}", step.fault))?;
         kinds.insert(step.fault.kind());
@@ -855,18 +961,20 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
         t.await??;
     }
     let (provisions, failed_provisions) = churn_task.await?;
-    lab.say("faults healed, load stopped; waiting for every region to converge");
+    Ok((provisions, failed_provisions, kinds))
+}
 
-    let mut violations = Vec::new();
-    if let Err(e) = settled(&c, &apis).await {
-        violations.push(format!("after healing: {e:#}"));
-        violations.push(lab.dump_stacks());
-    }
-    // Final reads from every region's own replica: with the history, these show
-    // every acknowledged write present everywhere.
+/// Final reads from every region's own replica: with the history, these show
+/// every acknowledged write present everywhere.
+async fn final_reads(
+    c: &Cluster,
+    apis: &[SocketAddr],
+    registers: &[String],
+    history: &History,
+) -> Result<()> {
     for (i, api) in apis.iter().enumerate() {
         let mut cl = c.client(*api)?;
-        for path in registers.iter() {
+        for path in registers {
             let invoke = history.now();
             let a = cl
                 .send(Method::GET, path, None, &[("x-consistency", "local")])
@@ -881,70 +989,34 @@ async fn run_seed(args: &ChaosArgs, seed: u64, steps: &[Step]) -> Result<()> {
             });
         }
     }
-    let ops = history.ops();
-    let acked = ops
-        .iter()
-        .filter(|o| matches!(o.kind, OpKind::Write(_)) && o.complete.is_some())
-        .count();
-    let unknown = ops.iter().filter(|o| o.complete.is_none()).count();
-    let reads = ops
-        .iter()
-        .filter(|o| matches!(o.kind, OpKind::Read(_)))
-        .count();
-    lab.say(&format!(
-        "history: {} operations ({acked} writes acknowledged, {unknown} of unknown outcome, {reads} reads); {provisions} provisions ({failed_provisions} failed during faults)",
-        ops.len()
-    ));
-    if args.keep {
-        let text: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
-        std::fs::write(lab.dir.join("history.txt"), text.join("\n"))?;
+    Ok(())
+}
+
+/// The registers whose history is not linearizable, each shown with (at most
+/// 40 of) its operations.
+fn history_violations(ops: &[Op]) -> Vec<String> {
+    let Err(vs) = check(ops) else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for v in vs.iter().take(3) {
+        let text = v.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push(format!(
+            "{}{}",
+            lines
+                .iter()
+                .take(40)
+                .copied()
+                .collect::<Vec<_>>()
+                .join("\n"),
+            if lines.len() > 40 {
+                format!("\n  ... {} more operations", lines.len() - 40)
+            } else {
+                String::new()
+            }
+        ));
     }
-    let t = Instant::now();
-    if let Err(vs) = check(&ops) {
-        for v in vs.iter().take(3) {
-            let text = v.to_string();
-            let lines: Vec<&str> = text.lines().collect();
-            violations.push(format!(
-                "{}{}",
-                lines
-                    .iter()
-                    .take(40)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                if lines.len() > 40 {
-                    format!("\n  ... {} more operations", lines.len() - 40)
-                } else {
-                    String::new()
-                }
-            ));
-        }
-        violations.push(format!("{} register(s) not linearizable", vs.len()));
-    }
-    lab.say(&format!(
-        "linearizability checked in {:.1} s",
-        t.elapsed().as_secs_f64()
-    ));
-    match check_replicas(&c, &apis).await {
-        Ok(v) => violations.extend(v),
-        Err(e) => violations.push(format!("comparing replicas: {e:#}")),
-    }
-    violations.extend(check_vens(&c, &apis, &lab, want).await);
-    for kind in Fault::KINDS {
-        if !kinds.contains(kind) {
-            violations.push(format!("fault kind {kind} was never injected"));
-        }
-    }
-    if violations.is_empty() {
-        lab.say("every acknowledged write in every region, history linearizable, replicas identical, every VEN current and never behind");
-        if !args.keep {
-            let dir = lab.dir.clone();
-            drop(lab); // stops the processes and unmounts the disks first
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        Ok(())
-    } else {
-        violations.push(format!("node logs, VEN states: {}", lab.dir.display()));
-        Err(anyhow!("{}", violations.join("\n")))
-    }
+    out.push(format!("{} register(s) not linearizable", vs.len()));
+    out
 }

@@ -1,5 +1,5 @@
-//! The node configuration file (`pce serve --config FILE`), parsed once and
-//! validated with messages that say what to fix.
+//! The region node's configuration file (`pce serve --config FILE`), parsed
+//! once and validated with messages that say what to fix.
 //!
 //! Relative paths in the file are relative to the file's own directory, so a
 //! configuration directory can be moved as a whole.
@@ -7,11 +7,51 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use sc_raft::{
     pki, DiskFaults, NetFaults, NodeInfo, NodeOptions, Profile, Timeouts, TlsMaterial, Tuning,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::RegionOptions;
+
+/// What is wrong with a configuration file: each message names the field (or
+/// the file) and what would be right.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of this shape.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column, field).
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("{0}")]
+    Invalid(String),
+    /// The TLS files named by the configuration are unusable.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A client for the node cannot be built.
+    #[error("client: {0}")]
+    Client(#[from] sc_raft::Error),
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        return Err(ConfigError::Invalid(format!($($arg)*)))
+    };
+}
 
 /// The whole file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,14 +153,14 @@ impl VenConfig {
         }
         for (field, p) in [("ven.ca", &self.ca), ("ven.ca_key", &self.ca_key)] {
             if !p.exists() {
-                bail!(
+                invalid!(
                     "{field}: {} does not exist (pce certs init makes the VEN CA)",
                     p.display()
                 );
             }
         }
         if self.offline_after_secs == 0 || self.max_flow_batch == 0 {
-            bail!("ven.offline_after_secs and ven.max_flow_batch must be positive");
+            invalid!("ven.offline_after_secs and ven.max_flow_batch must be positive");
         }
         let mut o = sc_member::VenOptions::new(
             listen,
@@ -276,7 +316,7 @@ pub enum LogFormat {
 impl NodeConfig {
     /// Everything the region node this file describes runs: the node, and the
     /// admin API and VEN service when their sections are present.
-    pub fn region_options(&self, insecure_http: bool) -> Result<sc_region::RegionOptions> {
+    pub fn region_options(&self, insecure_http: bool) -> Result<RegionOptions> {
         let node = self.to_options()?;
         let api = match &self.api {
             Some(a) => Some(a.to_options(&node.tls, insecure_http)?),
@@ -286,15 +326,26 @@ impl NodeConfig {
             Some(v) => Some(v.to_options(&node.tls, &node.data_dir)?),
             None => None,
         };
-        Ok(sc_region::RegionOptions { node, api, ven })
+        Ok(RegionOptions { node, api, ven })
+    }
+
+    /// An operator's client for the node this file describes, with its
+    /// certificates (status, membership, key/value commands, benchmarks).
+    pub fn client(&self) -> Result<sc_raft::Client> {
+        let opts = self.to_options()?;
+        Ok(sc_raft::Client::new(opts.tls, opts.info, opts.timeouts)?)
     }
 
     /// Reads and parses `path`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut cfg: NodeConfig = toml::from_str(&text)
-            .with_context(|| format!("config file {} is invalid", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut paths = vec![
             &mut cfg.data_dir,
@@ -317,16 +368,16 @@ impl NodeConfig {
     /// Checks everything and builds the node's options (loading the certificates).
     pub fn to_options(&self) -> Result<NodeOptions> {
         if self.id == 0 {
-            bail!("id: must be a positive integer, unique in the cluster");
+            invalid!("id: must be a positive integer, unique in the cluster");
         }
         if !pki::valid_node_name(&self.name) {
-            bail!(
+            invalid!(
                 "name: {:?} must be 1-63 characters of [a-z0-9-] (it is the TLS server name)",
                 self.name
             );
         }
         if self.region.trim().is_empty() {
-            bail!("region: must not be empty");
+            invalid!("region: must not be empty");
         }
         let listen: SocketAddr = parse_addr("listen", &self.listen)?;
         let advertise = match &self.advertise {
@@ -337,12 +388,12 @@ impl NodeConfig {
             None => listen.to_string(),
         };
         if !self.bootstrap && self.peers.is_empty() {
-            bail!("peers: a node that does not bootstrap needs at least one peer to join through (or set bootstrap = true on the first region)");
+            invalid!("peers: a node that does not bootstrap needs at least one peer to join through (or set bootstrap = true on the first region)");
         }
         for (i, p) in self.peers.iter().enumerate() {
             parse_addr(&format!("peers[{i}].addr"), &p.addr)?;
             if !pki::valid_node_name(&p.name) {
-                bail!("peers[{i}].name: {:?} is not a node name", p.name);
+                invalid!("peers[{i}].name: {:?} is not a node name", p.name);
             }
         }
         let mut timeouts = Timeouts::profile(self.profile);
@@ -360,12 +411,13 @@ impl NodeConfig {
             timeouts.write = ms(v);
         }
         if let Err(e) = timeouts.validate() {
-            bail!("timeouts: {e}");
+            invalid!("timeouts: {e}");
         }
         if self.snapshots.every == 0 {
-            bail!("snapshots.every: must be above 0");
+            invalid!("snapshots.every: must be above 0");
         }
-        let tls = TlsMaterial::load(&self.tls.ca, &self.tls.cert, &self.tls.key).context("tls")?;
+        let tls = TlsMaterial::load(&self.tls.ca, &self.tls.cert, &self.tls.key)
+            .map_err(|e| ConfigError::Tls(e.to_string()))?;
         Ok(NodeOptions {
             id: self.id,
             info: NodeInfo {
@@ -400,9 +452,11 @@ impl NodeConfig {
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr> {
-    value
-        .parse()
-        .with_context(|| format!("{field}: {value:?} is not an address like 127.0.0.1:7400"))
+    value.parse().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{field}: {value:?} is not an address like 127.0.0.1:7400"
+        ))
+    })
 }
 
 #[cfg(test)]

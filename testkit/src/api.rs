@@ -1,22 +1,27 @@
 //! A 3-region cluster in-process (real Raft, TLS, sled on disk) with the admin
 //! API served by every node over HTTPS, and an owner key.
 
-#![allow(dead_code)]
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use sc_chaos::harness::TestCluster;
+use crate::cluster::TestCluster;
 use sc_leader::client::{Answer, ApiClient};
 use sc_leader::{ApiOptions, ApiServer, Credentials};
 use serde_json::{json, Value};
 
+/// The org prefix of Illumio-style paths.
 pub const ORG: &str = "/api/v2/orgs/1";
 
+/// A cluster with the admin API served by every node over HTTPS, and the
+/// owner's key.
 pub struct ApiCluster {
+    /// The nodes.
     pub cluster: TestCluster,
+    /// Each node's API server, by node id.
     pub apis: Vec<(u64, ApiServer)>,
+    /// The cluster CA (PEM), to verify the APIs.
     pub ca: String,
+    /// The bootstrap owner's key.
     pub owner: Credentials,
 }
 
@@ -64,6 +69,7 @@ impl ApiCluster {
         }
     }
 
+    /// The API address of node `id`.
     pub fn addr(&self, id: u64) -> SocketAddr {
         self.apis
             .iter()
@@ -87,6 +93,7 @@ impl ApiCluster {
             .with_key(&key.0, &key.1)
     }
 
+    /// The leader's id.
     pub async fn leader(&self) -> u64 {
         self.cluster.leader().await
     }
@@ -129,6 +136,7 @@ pub fn api(href: &str) -> String {
     format!("/api/v2{href}")
 }
 
+/// An actor naming a label.
 pub fn label_ref(href: &str) -> Value {
     json!({"label": {"href": href}})
 }

@@ -15,12 +15,20 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
+pub mod cluster;
+
 /// Why a request did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Connecting, TLS, or the HTTP exchange failed.
     #[error("{0}")]
     Transport(String),
+    /// The API answered with a refusal; the message quotes it.
+    #[error("{0}")]
+    Refused(String),
+    /// The cluster did not settle in time; the message says what is wrong.
+    #[error("{0}")]
+    NotConverged(String),
 }
 
 /// An answer.

@@ -21,9 +21,9 @@ use sc_ven::{Agent, AgentEvent, Enforcer, FleetEvent};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::api::{href, post};
 use super::{cpu_ms, free_port, pct};
-use crate::up::REGIONS;
+use sc_leader::client::cluster::{href, post};
+use sc_region::local::{start_region, REGIONS};
 
 /// Options of `pce bench vens`.
 #[derive(clap::Args)]
@@ -268,16 +268,7 @@ async fn restart_member(pid: u32, n: usize, rec: &Mutex<Record>) -> Result<()> {
 
 /// `pce bench vens`.
 pub async fn vens(args: VensArgs) -> Result<()> {
-    let ca = std::fs::read_to_string(args.dir.join("certs/ca.pem"))
-        .context("reading the CA (is `pce up` running in --dir?)")?;
-    let key: Value = serde_json::from_str(
-        &std::fs::read_to_string(args.dir.join("owner-api-key.json")).context("owner key")?,
-    )?;
-    let leader = SocketAddr::new(IpAddr::V4(REGIONS[0].3), args.api_port);
-    let mut api = ApiClient::new(leader, Some(&ca))?.with_key(
-        key["auth_username"].as_str().unwrap_or_default(),
-        key["secret"].as_str().unwrap_or_default(),
-    );
+    let (ca, mut api) = owner_client(&args)?;
     let server = args.server_pid.or_else(|| find_server(&args.dir));
     let ven_addrs: Vec<(String, String)> = REGIONS
         .iter()
@@ -287,7 +278,7 @@ pub async fn vens(args: VensArgs) -> Result<()> {
     if ven_addrs.is_empty() {
         bail!(
             "--region {}: not a region of `pce up` (one of: {})",
-            args.region.unwrap_or_default(),
+            args.region.clone().unwrap_or_default(),
             REGIONS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
         );
     }
@@ -306,70 +297,111 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         "sim CPU ms/round"
     );
     for &n in &args.counts {
-        let tag = sc_store::time::now_ms();
-        let label = href(
-            &post(
-                &mut api,
-                &format!("{ORG}/labels"),
-                json!({"key": "role", "value": format!("sim-{tag}")}),
-            )
-            .await?,
-        );
-        let ipl = href(&post(&mut api, &format!("{ORG}/sec_policy/draft/ip_lists"), json!({"name": format!("sim-{tag}"), "ip_ranges": [{"from_ip": "198.51.100.0/24"}]})).await?);
-        let other = href(
-            &post(
-                &mut api,
-                &format!("{ORG}/labels"),
-                json!({"key": "role", "value": format!("sim-{tag}-bystander")}),
-            )
-            .await?,
-        );
-        // One pairing key for the measured VENs, one for the bystanders.
-        let mut codes = Vec::new();
-        for (name, l) in [("measured", &label), ("bystander", &other)] {
-            let prof = href(&post(&mut api, &format!("{ORG}/pairing_profiles"), json!({"name": format!("sim-{tag}-{name}"), "labels": [{"href": l}], "enforcement_mode": "full"})).await?);
-            codes.push(
-                post(&mut api, &format!("/api/v2{prof}/pairing_key"), json!({})).await?
-                    ["activation_code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
-        }
-        let share = usize::from(args.affected);
-        // Spread evenly, so small counts get the share too (exact per 100).
-        let measured = move |i: usize| (i * share) % 100 < share;
-        let affected = (0..n).filter(|&i| measured(i)).count();
-        let rss_before = server.and_then(rss_kib);
+        one_count(&args, n, &ca, &mut api, server, &ven_addrs).await?;
+    }
+    Ok(())
+}
 
-        // Pair, 64 at a time, a third through each region.
-        let t0 = Instant::now();
-        let ids = pair_all(n, |i| {
-            let (region, addr) = ven_addrs[i % ven_addrs.len()].clone();
-            let code = codes[usize::from(!measured(i))].clone();
-            let ca = ca.clone();
-            async move {
-                pair(&addr, &ca, &code, &sim_facts(i))
-                    .await
-                    .map(|id| (region, id, measured(i)))
-            }
-        })
-        .await?;
-        let pair_s = t0.elapsed().as_secs_f64();
+/// The cluster CA and an owner client of the first region's API, from the
+/// files `pce up` writes in its directory.
+fn owner_client(args: &VensArgs) -> Result<(String, ApiClient)> {
+    let ca = std::fs::read_to_string(args.dir.join("certs/ca.pem"))
+        .context("reading the CA (is `pce up` running in --dir?)")?;
+    let key: Value = serde_json::from_str(
+        &std::fs::read_to_string(args.dir.join("owner-api-key.json")).context("owner key")?,
+    )?;
+    let leader = SocketAddr::new(IpAddr::V4(REGIONS[0].3), args.api_port);
+    let api = ApiClient::new(leader, Some(&ca))?.with_key(
+        key["auth_username"].as_str().unwrap_or_default(),
+        key["secret"].as_str().unwrap_or_default(),
+    );
+    Ok((ca, api))
+}
 
-        // Run them; record when each applies each policy. One task reads the
-        // whole fleet's events, in batches: a task per VEN would add 10,000
-        // wake-ups per round to the cores the VENs and the PCE share.
+/// The policy objects one VEN count is measured with: the measured VENs'
+/// label, the IP list their rules name, and the pairing codes of the measured
+/// VENs and of the bystanders (whose policy no round changes).
+struct Objects {
+    label: String,
+    ip_list: String,
+    codes: [String; 2],
+}
+
+async fn objects(api: &mut ApiClient, tag: u64) -> Result<Objects> {
+    let label = href(
+        &post(
+            api,
+            &format!("{ORG}/labels"),
+            json!({"key": "role", "value": format!("sim-{tag}")}),
+        )
+        .await?,
+    );
+    let ip_list = href(
+        &post(
+            api,
+            &format!("{ORG}/sec_policy/draft/ip_lists"),
+            json!({"name": format!("sim-{tag}"), "ip_ranges": [{"from_ip": "198.51.100.0/24"}]}),
+        )
+        .await?,
+    );
+    let other = href(
+        &post(
+            api,
+            &format!("{ORG}/labels"),
+            json!({"key": "role", "value": format!("sim-{tag}-bystander")}),
+        )
+        .await?,
+    );
+    // One pairing key for the measured VENs, one for the bystanders.
+    let mut codes = Vec::new();
+    for (name, l) in [("measured", &label), ("bystander", &other)] {
+        let prof = href(&post(api, &format!("{ORG}/pairing_profiles"), json!({"name": format!("sim-{tag}-{name}"), "labels": [{"href": l}], "enforcement_mode": "full"})).await?);
+        codes.push(
+            post(api, &format!("/api/v2{prof}/pairing_key"), json!({})).await?["activation_code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    let [measured, bystander]: [String; 2] = codes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two pairing codes"))?;
+    Ok(Objects {
+        label,
+        ip_list,
+        codes: [measured, bystander],
+    })
+}
+
+/// What the fleet's events say, kept current by one task that reads them all.
+struct Fleet {
+    rec: Arc<Mutex<Record>>,
+    /// VENs with at least k policies applied, [all, measured] per k: counted
+    /// as events arrive, so waiting for a round does not scan 10k entries
+    /// every 10 ms.
+    reached: Arc<Vec<[AtomicUsize; 2]>>,
+    is_measured: Arc<Vec<bool>>,
+    names: Vec<String>,
+}
+
+impl Fleet {
+    /// Starts the agents of `ids` (pinned to their region's member) and the
+    /// task that reads their events. One task reads the whole fleet's events,
+    /// in batches: a task per VEN would add 10,000 wake-ups per round to the
+    /// cores the VENs and the PCE share.
+    fn start(
+        ids: Vec<(String, sc_ven::Identity, bool)>,
+        rounds: usize,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Fleet> {
+        let n = ids.len();
         let rec: Arc<Mutex<Record>> = Arc::new(Mutex::new(Record {
             applied: vec![Vec::new(); n],
             last: vec![None; n],
             connected: vec![None; n],
         }));
-        // VENs with at least k policies applied, [all, measured] per k: counted
-        // as events arrive, so waiting for a round does not scan 10k entries
-        // every 10 ms.
         let reached: Arc<Vec<[AtomicUsize; 2]>> = Arc::new(
-            (0..args.rounds + 3)
+            (0..rounds + 3)
                 .map(|_| [AtomicUsize::new(0), AtomicUsize::new(0)])
                 .collect(),
         );
@@ -378,39 +410,13 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             .iter()
             .map(|(_, id, _)| id.workload_id.clone())
             .collect();
-        let (events, mut fleet) = mpsc::unbounded_channel::<FleetEvent>();
-        {
-            let (rec, reached, is_measured) = (rec.clone(), reached.clone(), is_measured.clone());
-            tokio::spawn(async move {
-                let mut batch = Vec::with_capacity(1024);
-                while fleet.recv_many(&mut batch, 1024).await > 0 {
-                    let Ok(mut r) = rec.lock() else { return };
-                    for e in batch.drain(..) {
-                        if matches!(e.event, AgentEvent::Applied { .. }) {
-                            if let Some(times) = r.applied.get_mut(e.agent) {
-                                times.push(e.at);
-                                if let Some(c) = reached.get(times.len()) {
-                                    c[0].fetch_add(1, Ordering::Relaxed);
-                                    if is_measured.get(e.agent) == Some(&true) {
-                                        c[1].fetch_add(1, Ordering::Relaxed);
-                                    }
-                                }
-                            }
-                        }
-                        if matches!(e.event, AgentEvent::Connected(_)) {
-                            if let Some(c) = r.connected.get_mut(e.agent) {
-                                *c = Some(e.at);
-                            }
-                        }
-                        if let Some(l) = r.last.get_mut(e.agent) {
-                            *l = Some(e.event);
-                        }
-                    }
-                }
-            });
-        }
-        let (stop_tx, stop) = watch::channel(false);
-        let t1 = Instant::now();
+        let (events, fleet) = mpsc::unbounded_channel::<FleetEvent>();
+        tokio::spawn(record_events(
+            fleet,
+            rec.clone(),
+            reached.clone(),
+            is_measured.clone(),
+        ));
         for (i, (region, mut id, _)) in ids.into_iter().enumerate() {
             id.members.retain(|m| m.region == region);
             let mut agent =
@@ -421,106 +427,203 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             agent.learn_members = false;
             tokio::spawn(agent.run(stop.clone()));
         }
-        let measured_agents = || (0..n).filter(|&i| is_measured[i]);
-        // VENs with at least k policies applied: all of them, or the measured.
-        let count_of = |k: usize, only_measured: bool| {
-            reached
-                .get(k)
-                .map_or(0, |c| c[usize::from(only_measured)].load(Ordering::Relaxed))
-        };
-        let count = |k: usize| count_of(k, true);
-        while count_of(1, false) < n {
-            if t1.elapsed() > Duration::from_secs(600) {
+        Ok(Fleet {
+            rec,
+            reached,
+            is_measured,
+            names,
+        })
+    }
+
+    /// VENs with at least `k` policies applied: all of them, or the measured.
+    fn count_of(&self, k: usize, only_measured: bool) -> usize {
+        self.reached
+            .get(k)
+            .map_or(0, |c| c[usize::from(only_measured)].load(Ordering::Relaxed))
+    }
+
+    fn measured(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.is_measured.len()).filter(|&i| self.is_measured[i])
+    }
+}
+
+/// The fleet's event reader (see [`Fleet::start`]).
+async fn record_events(
+    mut fleet: mpsc::UnboundedReceiver<FleetEvent>,
+    rec: Arc<Mutex<Record>>,
+    reached: Arc<Vec<[AtomicUsize; 2]>>,
+    is_measured: Arc<Vec<bool>>,
+) {
+    let mut batch = Vec::with_capacity(1024);
+    while fleet.recv_many(&mut batch, 1024).await > 0 {
+        let Ok(mut r) = rec.lock() else { return };
+        for e in batch.drain(..) {
+            if matches!(e.event, AgentEvent::Applied { .. }) {
+                if let Some(times) = r.applied.get_mut(e.agent) {
+                    times.push(e.at);
+                    if let Some(c) = reached.get(times.len()) {
+                        c[0].fetch_add(1, Ordering::Relaxed);
+                        if is_measured.get(e.agent) == Some(&true) {
+                            c[1].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            if matches!(e.event, AgentEvent::Connected(_)) {
+                if let Some(c) = r.connected.get_mut(e.agent) {
+                    *c = Some(e.at);
+                }
+            }
+            if let Some(l) = r.last.get_mut(e.agent) {
+                *l = Some(e.event);
+            }
+        }
+    }
+}
+
+/// One VEN count: pair, first sync, the measured rounds, one line of figures.
+async fn one_count(
+    args: &VensArgs,
+    n: usize,
+    ca: &str,
+    api: &mut ApiClient,
+    server: Option<u32>,
+    ven_addrs: &[(String, String)],
+) -> Result<()> {
+    let tag = sc_store::time::now_ms();
+    let o = objects(api, tag).await?;
+    let share = usize::from(args.affected);
+    // Spread evenly, so small counts get the share too (exact per 100).
+    let measured = move |i: usize| (i * share) % 100 < share;
+    let affected = (0..n).filter(|&i| measured(i)).count();
+    let rss_before = server.and_then(rss_kib);
+
+    // Pair, 64 at a time, a third through each region.
+    let t0 = Instant::now();
+    let ids = pair_all(n, |i| {
+        let (region, addr) = ven_addrs[i % ven_addrs.len()].clone();
+        let code = o.codes[usize::from(!measured(i))].clone();
+        let ca = ca.to_string();
+        async move {
+            pair(&addr, &ca, &code, &sim_facts(i))
+                .await
+                .map(|id| (region, id, measured(i)))
+        }
+    })
+    .await?;
+    let pair_s = t0.elapsed().as_secs_f64();
+
+    let (stop_tx, stop) = watch::channel(false);
+    let t1 = Instant::now();
+    let fleet = Fleet::start(ids, args.rounds, &stop)?;
+    while fleet.count_of(1, false) < n {
+        if t1.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {} of {n} VENs got a first policy in 10 minutes; the others' last events: {}",
+                fleet.count_of(1, false),
+                stragglers(0..n, &fleet.names, &fleet.rec, 1)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sync_s = t1.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = server.and_then(rss_kib);
+
+    let (hist, pce_cpu, sim_cpu) = rounds(args, api, &o, tag, &fleet, affected, server).await?;
+    let per_ven = match (rss_before, rss_after) {
+        (Some(a), Some(b)) => format!("{:.1}", b.saturating_sub(a) as f64 / n as f64),
+        _ => "n/a".into(),
+    };
+    // Pushes to VENs whose policy did not change (must be 0).
+    let stray = fleet
+        .rec
+        .lock()
+        .map(|r| {
+            (0..n)
+                .filter(|&i| !fleet.is_measured[i])
+                .map(|i| r.applied[i].len().saturating_sub(1))
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    println!(
+        "{n:>7} {affected:>9} {pair_s:>8.1} {sync_s:>8.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>9} {stray:>10} {:>10.0} {:>10.0}",
+        pct(&hist, 0.5),
+        pct(&hist, 0.99),
+        hist.max() as f64 / 1000.0,
+        pce_cpu / args.rounds.max(1) as f64,
+        sim_cpu / args.rounds.max(1) as f64,
+    );
+    if args.restart_member {
+        if let Some(pid) = server {
+            restart_member(pid, n, &fleet.rec).await?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+/// The measured rounds: each a rule change that alters every measured VEN's
+/// policy, provisioned; the time from the provision's answer to each measured
+/// VEN's acknowledgement goes into the histogram (µs). Also the CPU the PCE
+/// and this process used from each provision until its last acknowledgement.
+async fn rounds(
+    args: &VensArgs,
+    api: &mut ApiClient,
+    o: &Objects,
+    tag: u64,
+    fleet: &Fleet,
+    affected: usize,
+    server: Option<u32>,
+) -> Result<(Histogram<u64>, f64, f64)> {
+    let rs = href(
+        &post(
+            api,
+            &format!("{ORG}/sec_policy/draft/rule_sets"),
+            json!({"name": format!("sim-{tag}")}),
+        )
+        .await?,
+    );
+    let count = |k: usize| fleet.count_of(k, true);
+    let mut hist = Histogram::<u64>::new(3)?;
+    let (mut pce_cpu, mut sim_cpu) = (0.0, 0.0);
+    for round in 0..args.rounds {
+        let cpu0 = (server.and_then(|p| cpu_ms(Some(p))), cpu_ms(None));
+        let already = count(round + 2);
+        post(api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": o.label}}], "consumers": [{"ip_list": {"href": o.ip_list}}], "ingress_services": [{"proto": 6, "port": 1000 + round}], "unscoped_consumers": true})).await?;
+        post(
+            api,
+            &format!("{ORG}/sec_policy"),
+            json!({"update_description": format!("sim round {round}")}),
+        )
+        .await?;
+        let committed = Instant::now();
+        let deadline = committed + Duration::from_secs(120);
+        while count(round + 2) < affected {
+            if Instant::now() > deadline {
                 bail!(
-                    "only {} of {n} VENs got a first policy in 10 minutes; the others' last events: {}",
-                    count_of(1, false),
-                    stragglers(0..n, &names, &rec, 1)
+                    "round {round}: only {} of {affected} VENs acknowledged; the others' last events: {}",
+                    count(round + 2) - already,
+                    stragglers(fleet.measured(), &fleet.names, &fleet.rec, round + 2)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let sync_s = t1.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss_after = server.and_then(rss_kib);
-
-        // Rounds: a rule change that alters every simulated VEN's policy.
-        let rs = href(
-            &post(
-                &mut api,
-                &format!("{ORG}/sec_policy/draft/rule_sets"),
-                json!({"name": format!("sim-{tag}")}),
-            )
-            .await?,
-        );
-        let mut hist = Histogram::<u64>::new(3)?;
-        // CPU used from each provision until its last acknowledgement.
-        let (mut pce_cpu, mut sim_cpu) = (0.0, 0.0);
-        for round in 0..args.rounds {
-            let cpu0 = (server.and_then(|p| cpu_ms(Some(p))), cpu_ms(None));
-            let already = count(round + 2);
-            post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": label}}], "consumers": [{"ip_list": {"href": ipl}}], "ingress_services": [{"proto": 6, "port": 1000 + round}], "unscoped_consumers": true})).await?;
-            post(
-                &mut api,
-                &format!("{ORG}/sec_policy"),
-                json!({"update_description": format!("sim round {round}")}),
-            )
-            .await?;
-            let committed = Instant::now();
-            let deadline = committed + Duration::from_secs(120);
-            while count(round + 2) < affected {
-                if Instant::now() > deadline {
-                    bail!(
-                        "round {round}: only {} of {affected} VENs acknowledged; the others' last events: {}",
-                        count(round + 2) - already,
-                        stragglers(measured_agents(), &names, &rec, round + 2)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            if let (Some(a), Some(b)) = (cpu0.0, server.and_then(|p| cpu_ms(Some(p)))) {
-                pce_cpu += b - a;
-            }
-            if let (Some(a), Some(b)) = (cpu0.1, cpu_ms(None)) {
-                sim_cpu += b - a;
-            }
-            let r = rec.lock().map_err(|_| anyhow::anyhow!("lock"))?;
-            for i in measured_agents() {
-                if let Some(t) = r.applied[i].get(round + 1) {
-                    let _ = hist.record(t.saturating_duration_since(committed).as_micros() as u64);
-                }
+        if let (Some(a), Some(b)) = (cpu0.0, server.and_then(|p| cpu_ms(Some(p)))) {
+            pce_cpu += b - a;
+        }
+        if let (Some(a), Some(b)) = (cpu0.1, cpu_ms(None)) {
+            sim_cpu += b - a;
+        }
+        let r = fleet.rec.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+        for i in fleet.measured() {
+            if let Some(t) = r.applied[i].get(round + 1) {
+                let _ = hist.record(t.saturating_duration_since(committed).as_micros() as u64);
             }
         }
-        let per_ven = match (rss_before, rss_after) {
-            (Some(a), Some(b)) => format!("{:.1}", b.saturating_sub(a) as f64 / n as f64),
-            _ => "n/a".into(),
-        };
-        // Pushes to VENs whose policy did not change (must be 0).
-        let stray = rec
-            .lock()
-            .map(|r| {
-                (0..n)
-                    .filter(|&i| !is_measured[i])
-                    .map(|i| r.applied[i].len().saturating_sub(1))
-                    .sum::<usize>()
-            })
-            .unwrap_or(0);
-        println!(
-            "{n:>7} {affected:>9} {pair_s:>8.1} {sync_s:>8.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>9} {stray:>10} {:>10.0} {:>10.0}",
-            pct(&hist, 0.5),
-            pct(&hist, 0.99),
-            hist.max() as f64 / 1000.0,
-            pce_cpu / args.rounds.max(1) as f64,
-            sim_cpu / args.rounds.max(1) as f64,
-        );
-        if args.restart_member {
-            if let Some(pid) = server {
-                restart_member(pid, n, &rec).await?;
-            }
-        }
-        let _ = stop_tx.send(true);
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    Ok(())
+    Ok((hist, pce_cpu, sim_cpu))
 }
 
 /// Options of `pce bench resync`.
@@ -547,7 +650,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         let ports = (free_port()?, free_port()?, free_port()?);
         let mut regions = Vec::new();
         for r in REGIONS {
-            regions.push(crate::up::start_region(&dir, r, ports, false).await?.1);
+            regions.push(start_region(&dir, r, ports, false).await?.1);
         }
         let t = Instant::now();
         let owner = loop {
@@ -631,7 +734,7 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         // Restart eu-west.
         let t2 = Instant::now();
         regions.remove(1).stop().await?;
-        let (_, again) = crate::up::start_region(&dir, REGIONS[1], ports, false).await?;
+        let (_, again) = start_region(&dir, REGIONS[1], ports, false).await?;
         let restart = t2.elapsed().as_secs_f64();
         regions.insert(1, again);
         let t3 = Instant::now();

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
+use sc_leader::client::cluster::{href, post};
 use sc_leader::client::ApiClient;
 use sc_policy::model::EnforcementMode;
 use sc_raft::{ClientId, Outcome};
@@ -28,7 +29,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::pct;
-use crate::up::REGIONS;
+use sc_region::local::REGIONS;
 
 /// Options of `pce bench api`.
 #[derive(clap::Args)]
@@ -71,24 +72,6 @@ impl Target {
 }
 
 const ORG: &str = "/api/v2/orgs/1";
-
-/// POSTs JSON; an error quoting the answer unless it is 2xx.
-pub(crate) async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
-    let a = c.post(path, &body).await?;
-    if a.status.as_u16() / 100 != 2 {
-        bail!(
-            "POST {path}: {} {}",
-            a.status,
-            String::from_utf8_lossy(&a.body)
-        );
-    }
-    Ok(a.json())
-}
-
-/// The `href` of an API object (empty if absent).
-pub(crate) fn href(v: &Value) -> String {
-    v["href"].as_str().unwrap_or_default().to_string()
-}
 
 /// Runs `clients` editors of their own rule against `addr` for `secs`.
 async fn edits(
@@ -142,7 +125,8 @@ async fn seed_workloads(
     apps: &[String],
     env: &str,
 ) -> Result<()> {
-    let client = crate::ops::client_for(&args.dir.join("us-east/node.toml"))?;
+    let client =
+        sc_region::config::NodeConfig::load(&args.dir.join("us-east/node.toml"))?.client()?;
     let meta = Meta {
         created_at: sc_store::time::now_ms(),
         updated_at: sc_store::time::now_ms(),
@@ -236,22 +220,39 @@ async fn touch_rules(
 
 /// `pce bench api`.
 pub async fn api(args: ApiArgs) -> Result<()> {
+    let t = target(&args)?;
+    let (leader, member) = leader_and_member(&t, args.api_port).await?;
+    let mut c = t.client(leader)?;
+    let tag = sc_store::time::now_ms();
+    rule_edits(&args, &t, &mut c, tag, leader, member).await?;
+    if args.edits_only {
+        return Ok(());
+    }
+    provisions(&args, &t, &mut c, tag, leader).await
+}
+
+/// The CA and the owner key of the `pce up` in `--dir`.
+fn target(args: &ApiArgs) -> Result<Target> {
     let ca = std::fs::read_to_string(args.dir.join("certs/ca.pem"))
         .context("reading the CA (is `pce up` running in --dir?)")?;
     let key: Value = serde_json::from_str(
         &std::fs::read_to_string(args.dir.join("owner-api-key.json"))
             .context("reading the owner key")?,
     )?;
-    let t = Target {
+    Ok(Target {
         ca,
         key: (
             key["auth_username"].as_str().unwrap_or_default().into(),
             key["secret"].as_str().unwrap_or_default().into(),
         ),
-    };
+    })
+}
+
+/// The leader's API and a member's.
+async fn leader_and_member(t: &Target, api_port: u16) -> Result<(SocketAddr, SocketAddr)> {
     let addrs: Vec<SocketAddr> = REGIONS
         .iter()
-        .map(|r| SocketAddr::new(IpAddr::V4(r.3), args.api_port))
+        .map(|r| SocketAddr::new(IpAddr::V4(r.3), api_port))
         .collect();
     let mut leader = None;
     for a in &addrs {
@@ -266,30 +267,35 @@ pub async fn api(args: ApiArgs) -> Result<()> {
     }
     let leader = leader.context("no region answers as leader")?;
     let member = *addrs.iter().find(|a| **a != leader).context("no member")?;
-    let mut c = t.client(leader)?;
-    let tag = sc_store::time::now_ms();
-    let mk_label = |k: &str, v: String| json!({"key": k, "value": v});
+    Ok((leader, member))
+}
 
-    // Rule edits.
-    let role_a = href(
+/// Creates a label and returns its href.
+async fn label(c: &mut ApiClient, key: &str, value: String) -> Result<String> {
+    Ok(href(
         &post(
-            &mut c,
+            c,
             &format!("{ORG}/labels"),
-            mk_label("role", format!("edit-a-{tag}")),
+            json!({"key": key, "value": value}),
         )
         .await?,
-    );
-    let role_b = href(
-        &post(
-            &mut c,
-            &format!("{ORG}/labels"),
-            mk_label("role", format!("edit-b-{tag}")),
-        )
-        .await?,
-    );
+    ))
+}
+
+/// Part 1: rule edits per second and latency, to the leader and to a member.
+async fn rule_edits(
+    args: &ApiArgs,
+    t: &Target,
+    c: &mut ApiClient,
+    tag: u64,
+    leader: SocketAddr,
+    member: SocketAddr,
+) -> Result<()> {
+    let role_a = label(c, "role", format!("edit-a-{tag}")).await?;
+    let role_b = label(c, "role", format!("edit-b-{tag}")).await?;
     let rs = href(
         &post(
-            &mut c,
+            c,
             &format!("{ORG}/sec_policy/draft/rule_sets"),
             json!({"name": format!("bench-edit-{tag}")}),
         )
@@ -301,7 +307,7 @@ pub async fn api(args: ApiArgs) -> Result<()> {
             (format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": role_a}}], "consumers": [{"label": {"href": role_b}}], "ingress_services": [{"proto": 6, "port": 1000 + i}]}))
         })
         .collect();
-    let rules = touch_rules(&t, leader, &plan, true).await?;
+    let rules = touch_rules(t, leader, &plan, true).await?;
     println!(
         "rule edits through the API (HTTPS, owner key, {} s per row)",
         args.seconds
@@ -312,83 +318,41 @@ pub async fn api(args: ApiArgs) -> Result<()> {
     );
     for (name, addr) in [("leader", leader), ("member", member)] {
         for &n in &args.clients {
-            let (rate, p50, p99, errors) = edits(&t, addr, &rules, n, args.seconds).await?;
+            let (rate, p50, p99, errors) = edits(t, addr, &rules, n, args.seconds).await?;
             println!("{name:8} {n:>8} {rate:>10.0} {p50:>8.2} {p99:>8.2} {errors:>7}");
         }
     }
-    if args.edits_only {
-        return Ok(());
-    }
+    Ok(())
+}
 
-    // Provisioning over a managed estate.
-    let roles: Vec<String> = {
-        let mut v = Vec::new();
-        for i in 0..10 {
-            v.push(href(
-                &post(
-                    &mut c,
-                    &format!("{ORG}/labels"),
-                    mk_label("role", format!("r{i}-{tag}")),
-                )
-                .await?,
-            ));
-        }
-        v
-    };
-    let apps: Vec<String> = {
-        let mut v = Vec::new();
-        for i in 0..20 {
-            v.push(href(
-                &post(
-                    &mut c,
-                    &format!("{ORG}/labels"),
-                    mk_label("app", format!("a{i}-{tag}")),
-                )
-                .await?,
-            ));
-        }
-        v
-    };
-    let env = href(
-        &post(
-            &mut c,
-            &format!("{ORG}/labels"),
-            mk_label("env", format!("prod-{tag}")),
-        )
-        .await?,
-    );
+/// Part 2: provisioning a draft of `--rules` changed rules over an estate of
+/// `--workloads` managed workloads, `--provisions` times.
+async fn provisions(
+    args: &ApiArgs,
+    t: &Target,
+    c: &mut ApiClient,
+    tag: u64,
+    leader: SocketAddr,
+) -> Result<()> {
+    let mut roles = Vec::new();
+    for i in 0..10 {
+        roles.push(label(c, "role", format!("r{i}-{tag}")).await?);
+    }
+    let mut apps = Vec::new();
+    for i in 0..20 {
+        apps.push(label(c, "app", format!("a{i}-{tag}")).await?);
+    }
+    let env = label(c, "env", format!("prod-{tag}")).await?;
     let t0 = Instant::now();
-    seed_workloads(&args, args.workloads, &roles, &apps, &env).await?;
+    seed_workloads(args, args.workloads, &roles, &apps, &env).await?;
     println!(
         "\nseeded {} managed workloads in {:.1} s",
         args.workloads,
         t0.elapsed().as_secs_f64()
     );
-    let mut plan = Vec::new();
-    let per_set = args.rules.div_ceil(apps.len()).max(1);
-    for (k, app) in apps.iter().enumerate() {
-        let scope = json!([[{"label": {"href": app}}, {"label": {"href": env}}]]);
-        let rs = href(
-            &post(
-                &mut c,
-                &format!("{ORG}/sec_policy/draft/rule_sets"),
-                json!({"name": format!("bench-prov-{k}-{tag}"), "scopes": scope}),
-            )
-            .await?,
-        );
-        for j in 0..per_set {
-            if plan.len() == args.rules {
-                break;
-            }
-            let (p, q) = (
-                roles[j % roles.len()].clone(),
-                roles[(j / roles.len() + j + 1) % roles.len()].clone(),
-            );
-            plan.push((format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": p}}], "consumers": [{"label": {"href": q}}], "ingress_services": [{"proto": 6, "port": 2000 + j}]})));
-        }
-    }
+    let plan = draft_rules(args, c, tag, &roles, &apps, &env).await?;
     let t0 = Instant::now();
-    let rule_hrefs = touch_rules(&t, leader, &plan, true).await?;
+    let rule_hrefs = touch_rules(t, leader, &plan, true).await?;
     println!(
         "created {} draft rules in {:.1} s",
         rule_hrefs.len(),
@@ -411,11 +375,11 @@ pub async fn api(args: ApiArgs) -> Result<()> {
                     )
                 })
                 .collect();
-            touch_rules(&t, leader, &edits, false).await?;
+            touch_rules(t, leader, &edits, false).await?;
         }
         let t0 = Instant::now();
         let v = post(
-            &mut c,
+            c,
             &format!("{ORG}/sec_policy"),
             json!({"update_description": format!("bench round {round}")}),
         )
@@ -431,12 +395,48 @@ pub async fn api(args: ApiArgs) -> Result<()> {
         );
     }
     times.sort_by(f64::total_cmp);
-    println!(
-        "provision of {} changed rules over {} workloads: median {:.2} s, max {:.2} s",
-        rule_hrefs.len(),
-        args.workloads,
-        times[times.len() / 2],
-        times[times.len() - 1]
-    );
+    if let (Some(median), Some(max)) = (times.get(times.len() / 2), times.last()) {
+        println!(
+            "provision of {} changed rules over {} workloads: median {median:.2} s, max {max:.2} s",
+            rule_hrefs.len(),
+            args.workloads,
+        );
+    }
     Ok(())
+}
+
+/// One ruleset per app (scoped to app and env) with role-to-role rules, up
+/// to `--rules` in all; returns (path, body) of each rule to create.
+async fn draft_rules(
+    args: &ApiArgs,
+    c: &mut ApiClient,
+    tag: u64,
+    roles: &[String],
+    apps: &[String],
+    env: &str,
+) -> Result<Vec<(String, Value)>> {
+    let mut plan = Vec::new();
+    let per_set = args.rules.div_ceil(apps.len()).max(1);
+    for (k, app) in apps.iter().enumerate() {
+        let scope = json!([[{"label": {"href": app}}, {"label": {"href": env}}]]);
+        let rs = href(
+            &post(
+                c,
+                &format!("{ORG}/sec_policy/draft/rule_sets"),
+                json!({"name": format!("bench-prov-{k}-{tag}"), "scopes": scope}),
+            )
+            .await?,
+        );
+        for j in 0..per_set {
+            if plan.len() == args.rules {
+                break;
+            }
+            let (p, q) = (
+                roles[j % roles.len()].clone(),
+                roles[(j / roles.len() + j + 1) % roles.len()].clone(),
+            );
+            plan.push((format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": p}}], "consumers": [{"label": {"href": q}}], "ingress_services": [{"proto": 6, "port": 2000 + j}]})));
+        }
+    }
+    Ok(plan)
 }

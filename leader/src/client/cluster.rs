@@ -1,0 +1,212 @@
+//! The whole supercluster seen through its admin API: every node's status
+//! from any region's API (falling back to the others), what is wrong with it,
+//! and waiting for it to settle. The DR runbook, drills and the chaos runner
+//! use it; all it needs is the CA and an owner key.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sc_raft::NodeStatus;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Answer, ApiClient, ClientError};
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// The `href` of an API object (empty if absent).
+pub fn href(v: &Value) -> String {
+    v["href"].as_str().unwrap_or_default().to_string()
+}
+
+/// POSTs `body` and returns the answer's JSON, or the refusal as an error.
+pub async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
+    let a = c.post(path, &body).await?;
+    ok(a, &format!("POST {path}"))
+}
+
+/// One node as the status endpoint reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// Raft id.
+    pub id: u64,
+    /// Its status, when it answered.
+    pub status: Option<NodeStatus>,
+    /// Why it did not, when it did not.
+    pub error: Option<String>,
+}
+
+/// The connection, with every region's API once known.
+pub struct Cluster {
+    ca: String,
+    user: String,
+    secret: String,
+    entry: SocketAddr,
+}
+
+impl Cluster {
+    /// A connection through the API at `entry` with the cluster CA and an
+    /// owner's key (the DR runbook reads them from files; harnesses that made
+    /// the cluster have them in hand).
+    pub fn new(ca: String, user: String, secret: String, entry: SocketAddr) -> Cluster {
+        Cluster {
+            ca,
+            user,
+            secret,
+            entry,
+        }
+    }
+
+    /// The API this connection entered through.
+    pub fn entry(&self) -> SocketAddr {
+        self.entry
+    }
+
+    /// A client of the API at `addr` with the owner's credentials.
+    pub fn client(&self, addr: SocketAddr) -> Result<ApiClient> {
+        Ok(ApiClient::new(addr, Some(&self.ca))?.with_key(&self.user, &self.secret))
+    }
+
+    /// Every node's status, asked of `addr`.
+    async fn status_via(&self, addr: SocketAddr) -> Result<Vec<NodeView>> {
+        let a = self
+            .client(addr)?
+            .get("/api/v2/supercluster/status")
+            .await
+            .map_err(|e| ClientError::Transport(format!("asking {addr}: {e}")))?;
+        let v = ok(a, &format!("status from {addr}"))?;
+        let mut out = Vec::new();
+        for n in v["nodes"].as_array().cloned().unwrap_or_default() {
+            out.push(NodeView {
+                id: n["id"].as_u64().unwrap_or_default(),
+                status: serde_json::from_value(n["status"].clone()).ok(),
+                error: n["error"].as_str().map(str::to_string),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every node's status, from the entry API or, if it cannot answer, from
+    /// any other region's API it has told us about.
+    pub async fn status(&self, known: &[SocketAddr]) -> Result<Vec<NodeView>> {
+        let mut last = None;
+        for addr in std::iter::once(self.entry).chain(known.iter().copied()) {
+            match self.status_via(addr).await {
+                Ok(v) if v.iter().all(|n| n.status.is_some()) => return Ok(v),
+                Ok(v) => last = Some(Ok(v)),
+                Err(e) => {
+                    if last.is_none() {
+                        last = Some(Err(e));
+                    }
+                }
+            }
+        }
+        last.unwrap_or_else(|| Err(ClientError::Transport("no API answered".into())))
+    }
+}
+
+/// The body of a 2xx answer, or an error quoting the API's own message.
+pub fn ok(a: Answer, what: &str) -> Result<Value> {
+    if a.status.is_success() {
+        return Ok(a.json());
+    }
+    let msg = a.json()[0]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&a.body).to_string());
+    if a.status.as_u16() == 401 {
+        return Err(ClientError::Refused(format!(
+            "{what}: the API key was refused ({msg}); give an owner's key with --key-file"
+        )));
+    }
+    Err(ClientError::Refused(format!("{what}: {} {msg}", a.status)))
+}
+
+/// The admin API address a node announces.
+pub fn api_of(n: &NodeView) -> Option<SocketAddr> {
+    n.status.as_ref()?.services.api.as_ref()?.parse().ok()
+}
+
+/// The region a node serves, when it answered.
+pub fn region_of(n: &NodeView) -> Option<&str> {
+    n.status.as_ref().map(|s| s.region.as_str())
+}
+
+/// What is wrong with the cluster (empty: healthy).
+pub fn problems(nodes: &[NodeView]) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in nodes {
+        match &n.status {
+            None => out.push(format!(
+                "node {} is unreachable: {}",
+                n.id,
+                n.error.as_deref().unwrap_or("no answer")
+            )),
+            Some(s) => {
+                if let Some(ms) = s.fenced_for_ms {
+                    out.push(format!(
+                        "{} ({}) is fenced for another {} s",
+                        s.name,
+                        s.region,
+                        ms / 1000 + 1
+                    ));
+                }
+                if s.leader.is_none() {
+                    out.push(format!("{} knows no leader", s.name));
+                }
+            }
+        }
+    }
+    let leaders: std::collections::BTreeSet<u64> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.leader)
+        .collect();
+    if leaders.len() > 1 {
+        out.push(format!("nodes disagree on the leader: {leaders:?}"));
+    }
+    if let Some(l) = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader")
+    {
+        for p in &l.peers {
+            if p.lag.unwrap_or(0) > 1000 {
+                out.push(format!(
+                    "{} is {} entries behind",
+                    p.name,
+                    p.lag.unwrap_or(0)
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until every node is reachable, agrees on one leader, and has applied
+/// the same index; returns the final status.
+pub async fn converge(
+    c: &Cluster,
+    apis: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<NodeView>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(nodes) = c.status(apis).await {
+            let applied: std::collections::BTreeSet<u64> = nodes
+                .iter()
+                .filter_map(|n| n.status.as_ref().and_then(|s| s.last_applied))
+                .collect();
+            if problems(&nodes).is_empty() && applied.len() == 1 {
+                return Ok(nodes);
+            }
+        }
+        if Instant::now() > deadline {
+            let nodes = c.status(apis).await.unwrap_or_default();
+            return Err(ClientError::NotConverged(format!(
+                "the cluster did not converge in {timeout:?}: {}",
+                problems(&nodes).join("; ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

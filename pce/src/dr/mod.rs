@@ -1,0 +1,494 @@
+//! `pce dr`: the DR operator's runbook against a live supercluster, over the
+//! admin API (HTTPS, an owner API key): status with a health verdict, fencing,
+//! planned leadership moves, and failover drills that measure RTO and RPO.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sc_leader::client::cluster::{api_of, ok, problems, region_of, Cluster, NodeView};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// How `pce dr` reaches the cluster.
+#[derive(clap::Args, Clone)]
+pub struct Conn {
+    /// Admin API of any region (`host:port`); others are found from its status.
+    #[arg(long, default_value = "127.0.0.11:8443")]
+    api: SocketAddr,
+    /// The cluster CA certificate (verifies the API's TLS certificate).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// JSON file with `auth_username` and `secret` of an owner's API key.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// A `pce up` directory: `--ca DIR/certs/ca.pem --key-file DIR/owner-api-key.json`.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `pce dr` commands.
+#[derive(clap::Subcommand)]
+pub enum DrCommand {
+    /// Regions, nodes, roles, terms, indexes, lag, fences, VENs, and a verdict.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned move of leadership to a region (verified from another region).
+    TransferLeader {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region that should lead.
+        #[arg(long)]
+        to: String,
+    },
+    /// Fence a region by hand (it lifts itself after `--seconds`).
+    Fence {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region to fence.
+        #[arg(long)]
+        region: String,
+        /// How long before the fence lifts itself.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Cut it off from its peers only; it keeps serving from its replica.
+        #[arg(long)]
+        keep_serving: bool,
+    },
+    /// Lift a region's fence.
+    Unfence {
+        #[command(flatten)]
+        conn: Conn,
+        /// The fenced region.
+        #[arg(long)]
+        region: String,
+    },
+    /// Rehearse a failure: fence, write and read through it, measure, heal, report.
+    Drill(DrillArgs),
+    /// Admit a running node of a new region as a learner (it catches up first).
+    AddRegion {
+        #[command(flatten)]
+        conn: Conn,
+        /// The new node's Raft id (unique, never reused).
+        #[arg(long)]
+        id: u64,
+        /// Its name (the name in its certificate).
+        #[arg(long)]
+        name: String,
+        /// Its region.
+        #[arg(long)]
+        region: String,
+        /// Its Raft address, `host:port`.
+        #[arg(long)]
+        addr: String,
+        /// Promote it to voter once it has caught up.
+        #[arg(long)]
+        voter: bool,
+    },
+    /// Take a region out of the cluster (stop its node afterwards).
+    RemoveRegion {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
+    /// Learner → voter.
+    Promote {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
+    /// Voter → learner.
+    Demote {
+        #[command(flatten)]
+        conn: Conn,
+        /// The region.
+        #[arg(long)]
+        region: String,
+    },
+    /// Save the whole policy store, at one point of history, to a checksummed file.
+    Backup {
+        #[command(flatten)]
+        conn: Conn,
+        /// Where to write it (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load a backup into a new cluster (refused if it holds policy), then verify.
+    Restore {
+        #[command(flatten)]
+        conn: Conn,
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
+/// The drills `pce dr drill` knows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// The leader's region goes dark; a new leader must be elected.
+    LeaderRegionLoss,
+    /// A member region goes dark; writes must not notice.
+    MemberRegionLoss,
+    /// The leader is cut off from the majority but keeps answering clients.
+    PartitionLeaderMinority,
+    /// Every region goes dark in turn, one at a time.
+    RollingRestart,
+}
+
+/// Options of `pce dr drill`.
+#[derive(clap::Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// What to rehearse.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// For member-region-loss: which member region (default: the first).
+    #[arg(long)]
+    region: Option<String>,
+    /// How long a region stays fenced (per region for rolling-restart).
+    #[arg(long, default_value_t = 8)]
+    hold: u64,
+    /// Where the JSON and Markdown reports go.
+    #[arg(long, default_value = "drill-reports")]
+    report_dir: PathBuf,
+}
+
+mod drill;
+
+const ORG: &str = "/api/v2/orgs/1";
+
+/// The cluster `c` names: the CA and the owner key read from their files.
+fn open_cluster(c: &Conn) -> Result<Cluster> {
+    let ca_path =
+        c.ca.clone()
+            .or_else(|| c.dir.as_ref().map(|d| d.join("certs/ca.pem")))
+            .ok_or_else(|| anyhow!("give --ca (the cluster CA) or --dir (a `pce up` directory)"))?;
+    let key_path = c
+        .key_file
+        .clone()
+        .or_else(|| c.dir.as_ref().map(|d| d.join("owner-api-key.json")))
+        .ok_or_else(|| anyhow!("give --key-file (an owner API key) or --dir"))?;
+    let ca = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading the CA {}", ca_path.display()))?;
+    let key: Value = serde_json::from_str(
+        &std::fs::read_to_string(&key_path)
+            .with_context(|| format!("reading the API key {}", key_path.display()))?,
+    )
+    .with_context(|| format!("{}: not JSON", key_path.display()))?;
+    let field = |f: &str| -> Result<String> {
+        key[f].as_str().map(str::to_string).ok_or_else(|| {
+            anyhow!(
+                "{}: missing \"{f}\" (expected the JSON `pce up` writes for the owner key)",
+                key_path.display()
+            )
+        })
+    };
+    Ok(Cluster::new(
+        ca,
+        field("auth_username")?,
+        field("secret")?,
+        c.api,
+    ))
+}
+
+fn print_table(nodes: &[NodeView]) {
+    let leader = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader");
+    println!(
+        "{:<10} {:<12} {:<9} {:<6} {:>5} {:>8} {:>5} {:>7} {:>11} {:<21}",
+        "REGION", "NODE", "ROLE", "VOTER", "TERM", "APPLIED", "LAG", "FENCED", "VENS ok/all", "API"
+    );
+    for n in nodes {
+        let Some(s) = &n.status else {
+            println!(
+                "{:<10} {:<12} unreachable: {}",
+                "?",
+                n.id,
+                n.error.as_deref().unwrap_or("")
+            );
+            continue;
+        };
+        let peer = leader.and_then(|l| l.peers.iter().find(|p| p.id == s.id));
+        let voter = peer
+            .map(|p| if p.voter { "yes" } else { "no" })
+            .unwrap_or("?");
+        let lag = peer
+            .and_then(|p| p.lag)
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".into());
+        let vens = match (s.services.vens_current, s.services.vens_connected) {
+            (Some(c), Some(a)) => format!("{c}/{a}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<10} {:<12} {:<9} {:<6} {:>5} {:>8} {:>5} {:>7} {:>11} {:<21}",
+            s.region,
+            s.name,
+            s.role,
+            voter,
+            s.term,
+            s.last_applied.unwrap_or(0),
+            lag,
+            s.fenced_for_ms
+                .map(|ms| format!("{}s", ms / 1000 + 1))
+                .unwrap_or_else(|| "-".into()),
+            vens,
+            s.services.api.as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+/// `pce dr ...`.
+pub async fn run(cmd: DrCommand) -> Result<()> {
+    match cmd {
+        DrCommand::Status { conn, json } => status(&conn, json).await,
+        DrCommand::TransferLeader { conn, to } => transfer_leader(&conn, &to).await,
+        DrCommand::Fence {
+            conn,
+            region,
+            seconds,
+            keep_serving,
+        } => {
+            let c = open_cluster(&conn)?;
+            let nodes = c.status(&[]).await?;
+            let addr = api_of(find_region(&nodes, &region)?)
+                .ok_or_else(|| anyhow!("{region} runs no admin API"))?;
+            fence(&c, addr, seconds, keep_serving).await?;
+            println!("{region} fenced; it lifts itself in {seconds} s (`pce dr unfence --region {region}` sooner)");
+            Ok(())
+        }
+        DrCommand::Unfence { conn, region } => {
+            let c = open_cluster(&conn)?;
+            let nodes = c.status(&[]).await?;
+            let addr = api_of(find_region(&nodes, &region)?)
+                .ok_or_else(|| anyhow!("{region} runs no admin API"))?;
+            unfence(&c, addr).await?;
+            println!("{region} unfenced");
+            Ok(())
+        }
+        DrCommand::Drill(args) => drill::run(args).await,
+        DrCommand::AddRegion {
+            conn,
+            id,
+            name,
+            region,
+            addr,
+            voter,
+        } => {
+            let c = open_cluster(&conn)?;
+            let body = json!({"action": "add_learner", "node_id": id, "name": name, "region": region, "addr": addr});
+            let v = membership(&c, &body).await?;
+            println!("{name} ({region}) is a learner and has caught up: {v}");
+            if voter {
+                let v = membership(&c, &json!({"action": "promote", "node_id": id})).await?;
+                println!("{name} promoted to voter: {v}");
+            }
+            Ok(())
+        }
+        DrCommand::RemoveRegion { conn, region } => change_region(&conn, &region, "remove").await,
+        DrCommand::Promote { conn, region } => change_region(&conn, &region, "promote").await,
+        DrCommand::Demote { conn, region } => change_region(&conn, &region, "demote").await,
+        DrCommand::Backup { conn, out } => backup(&conn, &out).await,
+        DrCommand::Restore { conn, file } => restore(&conn, &file).await,
+    }
+}
+
+/// `pce dr status`: every node, and a verdict (an unhealthy cluster fails the
+/// command, so scripts can gate on it).
+async fn status(conn: &Conn, json: bool) -> Result<()> {
+    let c = open_cluster(conn)?;
+    let nodes = c.status(&[]).await?;
+    let issues = problems(&nodes);
+    if json {
+        let v = json!({"nodes": nodes, "healthy": issues.is_empty(), "problems": issues});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_table(&nodes);
+        if issues.is_empty() {
+            println!("verdict: healthy");
+        } else {
+            println!("verdict: UNHEALTHY");
+            for p in &issues {
+                println!("  - {p}");
+            }
+        }
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        bail!("the cluster is not healthy")
+    }
+}
+
+/// `pce dr transfer-leader`: the target campaigns; verified from every node.
+async fn transfer_leader(conn: &Conn, to: &str) -> Result<()> {
+    let c = open_cluster(conn)?;
+    let nodes = c.status(&[]).await?;
+    let target = find_region(&nodes, to)?;
+    let addr = api_of(target).ok_or_else(|| anyhow!("{to} runs no admin API"))?;
+    let t0 = Instant::now();
+    let v = ok(
+        c.client(addr)?
+            .post("/api/v2/supercluster/campaign", &json!({}))
+            .await?,
+        &format!("moving leadership to {to}"),
+    )?;
+    // Verify from the others: they must follow the new leader.
+    let name = v["leader"].as_str().unwrap_or_default().to_string();
+    let id = target.id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = c.status(&[addr]).await?;
+        if nodes
+            .iter()
+            .all(|n| n.status.as_ref().is_some_and(|s| s.leader == Some(id)))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{name} campaigned, but not every node follows it after 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "leader is now {name} ({to}), term {}, verified on every node in {:.2} s",
+        v["term"],
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `pce dr backup`: the store at one revision, checked, written atomically.
+async fn backup(conn: &Conn, out: &Path) -> Result<()> {
+    let c = open_cluster(conn)?;
+    let a = c
+        .client(c.entry())?
+        .get("/api/v2/supercluster/backup")
+        .await?;
+    let revision = a.header("x-revision").unwrap_or_default();
+    if !a.status.is_success() {
+        ok(a, "taking the backup")?;
+        bail!("taking the backup failed");
+    }
+    let tmp = out.with_extension("partial");
+    std::fs::write(&tmp, &a.body).with_context(|| format!("writing {}", tmp.display()))?;
+    let keys = verify_backup(&tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "backup of revision {revision}: {keys} keys, {} bytes, sha256 {} -> {}",
+        a.body.len(),
+        sc_store::hash::sha256_hex(&[&a.body]),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `pce dr restore`: a checked backup into the cluster, read back and verified.
+async fn restore(conn: &Conn, file: &Path) -> Result<()> {
+    let keys = verify_backup(file)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let c = open_cluster(conn)?;
+    let a = c
+        .client(c.entry())?
+        .post_bytes("/api/v2/supercluster/restore", bytes)
+        .await?;
+    let v = ok(a, "restoring")?;
+    if v["verified"] != true || v["keys"].as_u64().is_none() {
+        bail!("the cluster did not confirm the restore: {v}");
+    }
+    println!(
+        "restored {} keys ({keys} in the file, cluster-local ones skipped) in {} commands; every key read back and verified",
+        v["keys"], v["commands"]
+    );
+    Ok(())
+}
+
+async fn membership(c: &Cluster, body: &Value) -> Result<Value> {
+    Ok(ok(
+        c.client(c.entry())?
+            .post("/api/v2/supercluster/membership", body)
+            .await?,
+        "membership change",
+    )?)
+}
+
+/// Promotes, demotes or removes the node of `region`.
+async fn change_region(conn: &Conn, region: &str, action: &str) -> Result<()> {
+    let c = open_cluster(conn)?;
+    let nodes = c.status(&[]).await?;
+    let node = find_region(&nodes, region)?;
+    let v = membership(&c, &json!({"action": action, "node_id": node.id})).await?;
+    println!(
+        "{action} {region} (node {}): voters {}, learners {}",
+        node.id, v["voters"], v["learners"]
+    );
+    Ok(())
+}
+
+/// Checks a backup file (magic, CRC-32, structure) before anything uses it;
+/// returns how many keys it holds.
+fn verify_backup(path: &Path) -> Result<usize> {
+    let mut keys = 0usize;
+    sc_raft::storage::snapshot::read_snapshot(path, |r| {
+        if matches!(r, sc_raft::storage::snapshot::SnapRecord::Kv { .. }) {
+            keys += 1;
+        }
+        Ok(())
+    })
+    .map_err(|e| {
+        anyhow!(
+            "{} is not a usable backup ({e}); it is truncated, altered or not a backup, and nothing was changed",
+            path.display()
+        )
+    })?;
+    Ok(keys)
+}
+
+fn find_region<'a>(nodes: &'a [NodeView], region: &str) -> Result<&'a NodeView> {
+    nodes
+        .iter()
+        .find(|n| region_of(n) == Some(region))
+        .ok_or_else(|| {
+            let known: Vec<&str> = nodes.iter().filter_map(region_of).collect();
+            anyhow!(
+                "unknown region {region:?}; the regions are: {}",
+                known.join(", ")
+            )
+        })
+}
+
+async fn fence(c: &Cluster, addr: SocketAddr, seconds: u64, keep_serving: bool) -> Result<()> {
+    ok(
+        c.client(addr)?
+            .put(
+                "/api/v2/supercluster/fence",
+                &json!({"seconds": seconds, "keep_serving": keep_serving}),
+            )
+            .await?,
+        &format!("fencing {addr}"),
+    )?;
+    Ok(())
+}
+
+async fn unfence(c: &Cluster, addr: SocketAddr) -> Result<()> {
+    ok(
+        c.client(addr)?.delete("/api/v2/supercluster/fence").await?,
+        &format!("unfencing {addr}"),
+    )?;
+    Ok(())
+}

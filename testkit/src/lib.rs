@@ -1,0 +1,14 @@
+//! What tests share, in one dev-only crate (never a dependency of shipped code):
+//!
+//! - [`cluster`]: [`TestCluster`] starts real nodes in this process (real sled
+//!   data directories, certificates from a fresh cluster CA, mutual-TLS gRPC on
+//!   loopback, one network fault seam for all of them), with a [`Writer`] and
+//!   reads that tests use to prove what was committed;
+//! - [`api`]: [`ApiCluster`], the same cluster with the admin API served by
+//!   every node and the owner's key, and the request helpers API tests use.
+
+pub mod api;
+pub mod cluster;
+
+pub use api::ApiCluster;
+pub use cluster::{free_port, init_tracing, read, test_timeouts, TestCluster, Writer};
