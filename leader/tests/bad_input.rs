@@ -103,6 +103,8 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
         (Method::GET, "/labels?colour=red".into(), vec![], 400, "invalid_query_parameter", "colour"),
         (Method::GET, "/labels/does-not-exist".into(), vec![], 404, "not_found", "does-not-exist"),
         (Method::GET, "/widgets".into(), vec![], 404, "no_such_endpoint", "openapi"),
+        (Method::PATCH, "/labels".into(), br#"{"key": "role"}"#.to_vec(), 405, "method_not_allowed", "PATCH"),
+        (Method::POST, web.trim_start_matches("/orgs/1").to_string(), br#"{"key": "role"}"#.to_vec(), 405, "method_not_allowed", "Allow"),
     ];
     for (method, path, body, status, token, names) in cases {
         let body = (!body.is_empty()).then_some(body);
@@ -117,6 +119,13 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
             String::from_utf8_lossy(&a.body)
         );
         assert_eq!(a.token(), token, "{method} {path}");
+        if status == 405 && token == "method_not_allowed" {
+            assert!(
+                a.header("allow").is_some_and(|h| h.contains("GET")),
+                "{method} {path}: a 405 names the methods the path takes: {:?}",
+                a.header("allow")
+            );
+        }
         assert_eq!(
             a.header("content-type").as_deref(),
             Some("application/json")

@@ -400,6 +400,20 @@ async fn fallback() -> ApiError {
     )
 }
 
+/// A path that is served, with a method it does not take: 405 in the API's
+/// error format (axum adds the `Allow` header listing the methods it takes),
+/// so a client can tell a wrong method from a wrong path.
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}; the Allow header lists the methods it does (see /api/v2/openapi.json)",
+            uri.path()
+        ),
+    )
+}
+
 /// The whole API as one router.
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
@@ -414,7 +428,7 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             middleware,
         ))
-        .method_not_allowed_fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback);
     api.with_state(state)
 }
