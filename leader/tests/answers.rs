@@ -92,14 +92,29 @@ async fn every_answer_shape_matches_the_golden_file() {
     };
 
     // One object of every kind, ids numbered in creation order.
-    let web = create(&mut c, "/labels", json!({"key": "role", "value": "web", "description": "front end"})).await;
+    let web = create(
+        &mut c,
+        "/labels",
+        json!({"key": "role", "value": "web", "description": "front end"}),
+    )
+    .await;
     let db = create(&mut c, "/labels", json!({"key": "role", "value": "db"})).await;
     let app = create(&mut c, "/labels", json!({"key": "app", "value": "crm"})).await;
     let env = create(&mut c, "/labels", json!({"key": "env", "value": "prod"})).await;
-    let group = create(&mut c, "/sec_policy/draft/label_groups", json!({"name": "tiers", "key": "role", "labels": [{"href": web}, {"href": db}]})).await;
+    let group = create(
+        &mut c,
+        "/sec_policy/draft/label_groups",
+        json!({"name": "tiers", "key": "role", "labels": [{"href": web}, {"href": db}]}),
+    )
+    .await;
     let svc = create(&mut c, "/sec_policy/draft/services", json!({"name": "postgres", "description": "db", "service_ports": [{"proto": 6, "port": 5432}, {"proto": 17, "port": 1000, "to_port": 1010}]})).await;
     let ipl = create(&mut c, "/sec_policy/draft/ip_lists", json!({"name": "office", "ip_ranges": [{"from_ip": "192.0.2.0/24"}, {"from_ip": "192.0.2.7", "exclusion": true}]})).await;
-    let rs = create(&mut c, "/sec_policy/draft/rule_sets", json!({"name": "crm", "scopes": [[label_ref(&app), label_ref(&env)]]})).await;
+    let rs = create(
+        &mut c,
+        "/sec_policy/draft/rule_sets",
+        json!({"name": "crm", "scopes": [[label_ref(&app), label_ref(&env)]]}),
+    )
+    .await;
     let rule = expect(
         c.post(&format!("{}/sec_rules", api(&rs)), &json!({"providers": [label_ref(&db)], "consumers": [{"label_group": {"href": group}}], "ingress_services": [{"href": svc}, {"proto": 6, "port": 8080}]}))
             .await
@@ -125,9 +140,17 @@ async fn every_answer_shape_matches_the_golden_file() {
     let boundary = create(&mut c, "/sec_policy/draft/enforcement_boundaries", json!({"name": "no-ssh", "providers": [{"actors": "ams"}], "consumers": [{"ip_list": {"href": ipl}}], "ingress_services": [{"proto": 6, "port": 22}]})).await;
     let wl = create(&mut c, "/workloads", json!({"name": "db1", "hostname": "db1.example", "labels": [{"href": db}, {"href": app}, {"href": env}], "interfaces": [{"name": "eth0", "address": "10.0.0.5", "cidr_block": 24}], "enforcement_mode": "full"})).await;
     let limited = create(&mut c, "/pairing_profiles", json!({"name": "limited", "labels": [{"href": web}], "enforcement_mode": "visibility_only", "allowed_uses_per_key": 5, "key_lifespan": 3600})).await;
-    let unlimited = create(&mut c, "/pairing_profiles", json!({"name": "unlimited", "enabled": false})).await;
+    let unlimited = create(
+        &mut c,
+        "/pairing_profiles",
+        json!({"name": "unlimited", "enabled": false}),
+    )
+    .await;
     let reader = user_with(&mut c, "reader", "read_only", &[]).await;
-    for href in [&web, &db, &app, &env, &group, &svc, &ipl, &rs, &rule, &deny, &boundary, &wl, &limited, &unlimited] {
+    for href in [
+        &web, &db, &app, &env, &group, &svc, &ipl, &rs, &rule, &deny, &boundary, &wl, &limited,
+        &unlimited,
+    ] {
         norm.text(href);
     }
 
@@ -140,10 +163,18 @@ async fn every_answer_shape_matches_the_golden_file() {
         format!("{ORG}/settings/workloads"),
         "/api/v2/users".into(),
     ];
-    for kind in ["label_groups", "services", "ip_lists", "rule_sets", "enforcement_boundaries"] {
+    for kind in [
+        "label_groups",
+        "services",
+        "ip_lists",
+        "rule_sets",
+        "enforcement_boundaries",
+    ] {
         reads.push(format!("{ORG}/sec_policy/draft/{kind}"));
     }
-    for href in [&web, &group, &svc, &ipl, &rs, &rule, &deny, &boundary, &wl, &limited, &unlimited] {
+    for href in [
+        &web, &group, &svc, &ipl, &rs, &rule, &deny, &boundary, &wl, &limited, &unlimited,
+    ] {
         reads.push(api(href));
     }
     reads.push(format!("{}/sec_rules", api(&rs)));
@@ -157,14 +188,35 @@ async fn every_answer_shape_matches_the_golden_file() {
         );
     }
     // Writes whose answers are not objects.
-    let impact = c.post(&format!("{ORG}/sec_policy/impact"), &json!({})).await.expect("impact");
-    answers.insert("POST /sec_policy/impact".into(), json!({"status": impact.status.as_u16(), "body": norm.value(&impact.json())}));
-    let prov = c.post(&format!("{ORG}/sec_policy"), &json!({"update_description": "golden"})).await.expect("provision");
-    answers.insert("POST /sec_policy".into(), json!({"status": prov.status.as_u16(), "body": norm.value(&prov.json())}));
-    let key = c.post(&format!("{}/pairing_key", api(&limited)), &json!({})).await.expect("pairing key");
+    let impact = c
+        .post(&format!("{ORG}/sec_policy/impact"), &json!({}))
+        .await
+        .expect("impact");
+    answers.insert(
+        "POST /sec_policy/impact".into(),
+        json!({"status": impact.status.as_u16(), "body": norm.value(&impact.json())}),
+    );
+    let prov = c
+        .post(
+            &format!("{ORG}/sec_policy"),
+            &json!({"update_description": "golden"}),
+        )
+        .await
+        .expect("provision");
+    answers.insert(
+        "POST /sec_policy".into(),
+        json!({"status": prov.status.as_u16(), "body": norm.value(&prov.json())}),
+    );
+    let key = c
+        .post(&format!("{}/pairing_key", api(&limited)), &json!({}))
+        .await
+        .expect("pairing key");
     let mut key_body = key.json();
     key_body["activation_code"] = json!("<code>");
-    answers.insert("POST /pairing_profiles/{id}/pairing_key".into(), json!({"status": key.status.as_u16(), "body": norm.value(&key_body)}));
+    answers.insert(
+        "POST /pairing_profiles/{id}/pairing_key".into(),
+        json!({"status": key.status.as_u16(), "body": norm.value(&key_body)}),
+    );
     // After provisioning: versions, the active copy, one version.
     for path in [
         format!("{ORG}/sec_policy"),
@@ -180,8 +232,14 @@ async fn every_answer_shape_matches_the_golden_file() {
     }
     // A scoped reader sees the same shapes.
     let mut r = cl.client_as(cl.leader().await, &reader);
-    let a = r.send(Method::GET, &format!("{ORG}/labels"), None, &[]).await.expect("get");
-    answers.insert("GET /labels (read_only)".into(), json!({"status": a.status.as_u16(), "body": norm.value(&a.json())}));
+    let a = r
+        .send(Method::GET, &format!("{ORG}/labels"), None, &[])
+        .await
+        .expect("get");
+    answers.insert(
+        "GET /labels (read_only)".into(),
+        json!({"status": a.status.as_u16(), "body": norm.value(&a.json())}),
+    );
 
     let got = serde_json::to_string_pretty(&Value::Object(answers)).expect("json") + "\n";
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/answers.json");
@@ -204,7 +262,11 @@ fn first_difference(want: &str, got: &str) -> String {
     let from = i.saturating_sub(3);
     format!(
         "want:\n{}\ngot:\n{}",
-        w.get(from..(i + 3).min(w.len())).unwrap_or_default().join("\n"),
-        g.get(from..(i + 3).min(g.len())).unwrap_or_default().join("\n")
+        w.get(from..(i + 3).min(w.len()))
+            .unwrap_or_default()
+            .join("\n"),
+        g.get(from..(i + 3).min(g.len()))
+            .unwrap_or_default()
+            .join("\n")
     )
 }
