@@ -97,7 +97,7 @@ impl RaftService for RaftGrpc {
         let path = self
             .incoming_dir
             .join(format!("incoming-{:016x}.snap", rand::random::<u64>()));
-        let _cleanup = RemoveOnDrop(path.clone());
+        let cleanup = RemoveOnDrop(path.clone());
         let io = |e: std::io::Error| Status::internal(format!("writing incoming snapshot: {e}"));
         let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
         while let Some(chunk) = stream.message().await? {
@@ -122,6 +122,21 @@ impl RaftService for RaftGrpc {
             meta,
             snapshot: Box::new(SnapshotFile { path: path.clone() }),
         };
-        reply(&self.raft.install_full_snapshot(vote, snapshot).await)
+        // From here the file belongs to the install, not to this request: the
+        // install runs in a task of its own that removes the file only once
+        // the state machine is done with it. If the sender gives up (its
+        // request times out on a loaded machine, cancelling this handler), the
+        // install still finishes. Removing the file with the handler made the
+        // state machine find it gone half-way and stopped the Raft core for
+        // good (a storage error is fatal): a follower that looked up but took
+        // no part in Raft until restarted.
+        let raft = self.raft.clone();
+        let installed = tokio::spawn(async move {
+            let _cleanup = cleanup;
+            raft.install_full_snapshot(vote, snapshot).await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("installing the snapshot: {e}")))?;
+        reply(&installed)
     }
 }
