@@ -54,6 +54,7 @@ pub async fn run(
                 .all(|x| x.peers.iter().filter(|p| p.voter).count() == REGIONS.len());
             if leader.is_some()
                 && all_voters
+                && s.iter().all(|x| !x.membership_changing)
                 && s.iter()
                     .all(|x| x.leader == leader && x.last_applied == leader_log)
             {

@@ -206,6 +206,7 @@ pub fn status_from_proto(r: StatusReply) -> NodeStatus {
         revision: r.revision,
         millis_since_quorum_ack: r.millis_since_quorum_ack,
         fenced_for_ms: r.fenced_for_ms,
+        membership_changing: r.membership_changing,
         services: Services {
             api: r.api_addr,
             vens_connected: r.vens_connected,
@@ -250,6 +251,7 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
         revision: s.revision,
         millis_since_quorum_ack: s.millis_since_quorum_ack,
         fenced_for_ms: s.fenced_for_ms,
+        membership_changing: s.membership_changing,
         api_addr: s.services.api.clone(),
         vens_connected: s.services.vens_connected,
         vens_current: s.services.vens_current,

@@ -598,13 +598,7 @@ impl Node {
     pub fn membership_settled(&self) -> bool {
         let m = self.core.raft.metrics();
         let m = m.borrow();
-        let joint = m.membership_config.membership().get_joint_config().len() > 1;
-        let applied = match (m.membership_config.log_id(), &m.last_applied) {
-            (None, _) => true,
-            (Some(at), Some(applied)) => at.index <= applied.index,
-            (Some(_), None) => false,
-        };
-        !joint && applied
+        membership_settled(&m)
     }
 
     /// Keeps asking `seeds` to admit this node until it is a member in the wanted role.
@@ -706,6 +700,7 @@ impl Node {
             millis_since_quorum_ack: m.millis_since_quorum_ack,
             peers,
             fenced_for_ms: self.fence().remaining().map(|d| d.as_millis() as u64),
+            membership_changing: !membership_settled(&m),
             services: self
                 .core
                 .services
@@ -834,4 +829,15 @@ fn retry_or_fail(peer: &NodeInfo, status: tonic::Status) -> Attempt {
             message: status.message().to_string(),
         }),
     }
+}
+
+/// See [`Node::membership_settled`]: one configuration, applied here.
+fn membership_settled(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> bool {
+    let joint = m.membership_config.membership().get_joint_config().len() > 1;
+    let applied = match (m.membership_config.log_id(), &m.last_applied) {
+        (None, _) => true,
+        (Some(at), Some(applied)) => at.index <= applied.index,
+        (Some(_), None) => false,
+    };
+    !joint && applied
 }

@@ -43,6 +43,11 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     /// While fenced for a drill: milliseconds until the fence lifts itself.
     pub fenced_for_ms: Option<u64>,
+    /// A membership change is in flight here (joint configuration, or not yet
+    /// applied): while it is, losing a region can leave the others unable to
+    /// elect, so drills and `pce up` wait for it to end.
+    #[serde(default)]
+    pub membership_changing: bool,
     /// What the node serves beside Raft (filled by the program that runs it).
     pub services: Services,
 }

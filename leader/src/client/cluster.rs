@@ -154,6 +154,12 @@ pub fn problems(nodes: &[NodeView]) -> Vec<String> {
                 if s.leader.is_none() {
                     out.push(format!("{} knows no leader", s.name));
                 }
+                if s.membership_changing {
+                    out.push(format!(
+                        "{} ({}) is in the middle of a membership change: losing a region now could leave the others unable to elect; wait for it to finish",
+                        s.name, s.region
+                    ));
+                }
             }
         }
     }
@@ -208,5 +214,39 @@ pub async fn converge(
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A healthy node's status as the status endpoint reports it.
+    fn view(id: u64, leader: u64, membership_changing: bool) -> NodeView {
+        let status = serde_json::json!({
+            "id": id, "name": format!("node-{id}"), "region": format!("r{id}"),
+            "addr": "127.0.0.1:1", "role": if id == leader { "leader" } else { "follower" },
+            "leader": leader, "term": 3, "revision": 9, "peers": [],
+            "services": {}, "membership_changing": membership_changing,
+        });
+        NodeView {
+            id,
+            status: Some(serde_json::from_value(status).expect("a status")),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_membership_change_in_flight_is_reported_as_a_problem() {
+        let calm: Vec<NodeView> = (1..=3).map(|id| view(id, 1, false)).collect();
+        assert!(problems(&calm).is_empty(), "{:?}", problems(&calm));
+        let mut changing = calm;
+        changing[1] = view(2, 1, true);
+        let found = problems(&changing);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("node-2") && found[0].contains("membership change"),
+            "{found:?}"
+        );
     }
 }
