@@ -96,6 +96,21 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Create up to 1,000 unmanaged workloads.",
     ),
     (
+        "put",
+        "/api/v2/orgs/{org}/workloads/{id}/quarantine",
+        "Isolate a workload, or lift it: all its traffic is denied but its VEN's channel to the PCE.",
+    ),
+    (
+        "put",
+        "/api/v2/orgs/{org}/workloads/{id}/suspend",
+        "Suspend a workload's VEN (it enforces nothing), or resume it.",
+    ),
+    (
+        "put",
+        "/api/v2/orgs/{org}/workloads/{id}/unpair",
+        "Unpair a workload: it is deleted and its VEN removes its table and forgets its identity.",
+    ),
+    (
         "get",
         "/api/v2/orgs/{org}/workloads/{id}",
         "Read a workload.",
