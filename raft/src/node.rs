@@ -589,18 +589,6 @@ impl Node {
         }
     }
 
-    /// Whether the membership this node sees is settled: one configuration (no
-    /// joint change in progress), and one this node has applied (so it is
-    /// committed). While a joint configuration is in effect an election needs a
-    /// majority of the old voters too, so losing a region then can leave the
-    /// others unable to elect until it returns: whoever is about to fault a
-    /// region (tests, drills) waits for this first.
-    pub fn membership_settled(&self) -> bool {
-        let m = self.core.raft.metrics();
-        let m = m.borrow();
-        membership_settled(&m)
-    }
-
     /// Keeps asking `seeds` to admit this node until it is a member in the wanted role.
     pub(crate) async fn join_cluster(&self, seeds: Vec<NodeInfo>, voter: bool) {
         let mut pause = Duration::from_millis(200);
@@ -831,7 +819,12 @@ fn retry_or_fail(peer: &NodeInfo, status: tonic::Status) -> Attempt {
     }
 }
 
-/// See [`Node::membership_settled`]: one configuration, applied here.
+/// Whether the membership this node sees is settled: one configuration (no
+/// joint change in progress), and one this node has applied (so it is
+/// committed). While a joint configuration is in effect an election needs a
+/// majority of the old voters too, so losing a region then can leave the
+/// others unable to elect until it returns: `NodeStatus::membership_changing`
+/// is its negation, and whoever is about to fault a region waits on it.
 fn membership_settled(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> bool {
     let joint = m.membership_config.membership().get_joint_config().len() > 1;
     let applied = match (m.membership_config.log_id(), &m.last_applied) {

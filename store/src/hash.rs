@@ -25,7 +25,11 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn sha256_matches_the_test_vector() {
+    fn hex_matches_the_formatter_and_sha256_its_test_vector() {
+        let all: Vec<u8> = (0..=255).collect();
+        let want: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::hex(&all), want);
+        // FIPS 180-2's "abc"; split across parts, as callers salt their input.
         assert_eq!(
             super::sha256_hex(&[b"a", b"bc"]),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -156,7 +156,7 @@ impl TestCluster {
             node.wait_until(timeout, "membership formed", |s| {
                 s.leader.is_some()
                     && s.peers.iter().filter(|p| p.voter).count() == n
-                    && node.membership_settled()
+                    && !s.membership_changing
             })
             .await
             .expect("cluster formed");
