@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use sc_policy::model::{Actor, EnforcementMode, PortRange, Proto, ServiceRef};
 use sc_store::db::{Db, Txn};
@@ -29,7 +30,7 @@ pub struct Refs {
 /// `{"href": "..."}`. Other fields are ignored: clients (Illumio's Python client
 /// among them) embed whole objects where a reference is expected, and only the
 /// href identifies it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HrefJson {
     /// The href.
     pub href: String,
@@ -63,41 +64,47 @@ impl Refs {
     }
 }
 
-/// A stored object kind as the API sees it: its input JSON and its output JSON.
+/// A stored object kind as the API sees it: one type is both its request body
+/// and the fields of its answer, so what GET shows is what PUT merges into and
+/// the document's schema for it is derived, not written.
 pub trait Doc: Object {
     /// The request body shape (strict: unknown fields are refused).
-    type Input: DeserializeOwned;
+    type Input: DeserializeOwned + Serialize + ToSchema;
+    /// The answer's schema name in the OpenAPI document.
+    const SCHEMA: &'static str;
     /// Parses a request into a doc, collecting references.
     fn from_input(input: Self::Input, refs: &mut Refs) -> Result<Self, ApiError>;
     /// The doc in input shape (GET returns this plus metadata; PUT merges into it).
-    fn to_json(&self) -> Map<String, Value>;
-}
-
-fn opt_str(m: &mut Map<String, Value>, k: &str, v: &Option<String>) {
-    if let Some(v) = v {
-        m.insert(k.into(), Value::String(v.clone()));
+    fn to_input(&self) -> Self::Input;
+    /// [`Doc::to_input`] as a JSON object.
+    fn to_json(&self) -> Map<String, Value> {
+        match serde_json::to_value(self.to_input()) {
+            Ok(Value::Object(m)) => m,
+            // Every input type is a struct of JSON-representable fields.
+            _ => Map::new(),
+        }
     }
 }
 
-fn href_list(space: Space, kind: Kind, ids: &[Id]) -> Value {
-    Value::Array(
-        ids.iter()
-            .map(|id| json!({ "href": href(space, kind, id) }))
-            .collect(),
-    )
+fn href_list(space: Space, kind: Kind, ids: &[Id]) -> Vec<HrefJson> {
+    ids.iter()
+        .map(|id| HrefJson {
+            href: href(space, kind, id),
+        })
+        .collect()
 }
 
 /// Request body of a label.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelIn {
     key: String,
     value: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     external_data_set: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     external_data_reference: Option<String>,
 }
 
@@ -113,6 +120,7 @@ fn check_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
 
 impl Doc for LabelDoc {
     type Input = LabelIn;
+    const SCHEMA: &'static str = "Label";
     fn from_input(i: LabelIn, _: &mut Refs) -> Result<Self, ApiError> {
         check_text("key", &i.key, 64)?;
         check_text("value", &i.value, 255)?;
@@ -124,28 +132,24 @@ impl Doc for LabelDoc {
             external_data_reference: i.external_data_reference,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("key".into(), json!(self.key));
-        m.insert("value".into(), json!(self.value));
-        opt_str(&mut m, "description", &self.description);
-        opt_str(&mut m, "external_data_set", &self.external_data_set);
-        opt_str(
-            &mut m,
-            "external_data_reference",
-            &self.external_data_reference,
-        );
-        m
+    fn to_input(&self) -> LabelIn {
+        LabelIn {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            description: self.description.clone(),
+            external_data_set: self.external_data_set.clone(),
+            external_data_reference: self.external_data_reference.clone(),
+        }
     }
 }
 
 /// Request body of a label group.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelGroupIn {
     name: String,
     key: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     #[serde(default)]
     labels: Vec<HrefJson>,
@@ -155,6 +159,7 @@ pub struct LabelGroupIn {
 
 impl Doc for LabelGroupDoc {
     type Input = LabelGroupIn;
+    const SCHEMA: &'static str = "LabelGroup";
     fn from_input(i: LabelGroupIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
         check_text("key", &i.key, 64)?;
@@ -178,27 +183,21 @@ impl Doc for LabelGroupDoc {
             sub_groups,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("name".into(), json!(self.name));
-        m.insert("key".into(), json!(self.key));
-        opt_str(&mut m, "description", &self.description);
-        m.insert(
-            "labels".into(),
-            href_list(Space::Live, Kind::Label, &self.labels),
-        );
-        m.insert(
-            "sub_groups".into(),
-            href_list(Space::Draft, Kind::LabelGroup, &self.sub_groups),
-        );
-        m
+    fn to_input(&self) -> LabelGroupIn {
+        LabelGroupIn {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            description: self.description.clone(),
+            labels: href_list(Space::Live, Kind::Label, &self.labels),
+            sub_groups: href_list(Space::Draft, Kind::LabelGroup, &self.sub_groups),
+        }
     }
 }
 
 // ---------------------------------------------------------------- services
 
 /// One port entry as Illumio writes it (`proto` is the IANA number).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortJson {
     /// IANA protocol: 6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6.
@@ -259,11 +258,11 @@ impl PortJson {
 }
 
 /// Request body of a service.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceIn {
     name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     #[serde(default)]
     service_ports: Vec<PortJson>,
@@ -271,6 +270,7 @@ pub struct ServiceIn {
 
 impl Doc for ServiceDoc {
     type Input = ServiceIn;
+    const SCHEMA: &'static str = "Service";
     fn from_input(i: ServiceIn, _: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
         let ports = i
@@ -285,22 +285,21 @@ impl Doc for ServiceDoc {
             ports,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("name".into(), json!(self.name));
-        opt_str(&mut m, "description", &self.description);
-        let ports: Vec<PortJson> = self.ports.iter().map(PortJson::from_model).collect();
-        m.insert("service_ports".into(), json!(ports));
-        m
+    fn to_input(&self) -> ServiceIn {
+        ServiceIn {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            service_ports: self.ports.iter().map(PortJson::from_model).collect(),
+        }
     }
 }
 
 /// Request body of an IP list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpListIn {
     name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     #[serde(default)]
     ip_ranges: Vec<IpRangeJson>,
@@ -308,6 +307,7 @@ pub struct IpListIn {
 
 impl Doc for IpListDoc {
     type Input = IpListIn;
+    const SCHEMA: &'static str = "IpList";
     fn from_input(i: IpListIn, _: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
         for (n, r) in i.ip_ranges.iter().enumerate() {
@@ -320,30 +320,30 @@ impl Doc for IpListDoc {
             ip_ranges: i.ip_ranges,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("name".into(), json!(self.name));
-        opt_str(&mut m, "description", &self.description);
-        m.insert("ip_ranges".into(), json!(self.ip_ranges));
-        m
+    fn to_input(&self) -> IpListIn {
+        IpListIn {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            ip_ranges: self.ip_ranges.clone(),
+        }
     }
 }
 
 // ---------------------------------------------------------------- actors and services of rules
 
 /// A rule side as Illumio writes it: exactly one of the fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActorJson {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     actors: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     label: Option<HrefJson>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     label_group: Option<HrefJson>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     workload: Option<HrefJson>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ip_list: Option<HrefJson>,
 }
 
@@ -383,15 +383,35 @@ fn actors_in(list: &[ActorJson], field: &str, refs: &mut Refs) -> Result<Vec<Act
         .collect()
 }
 
-fn actor_json(a: &Actor) -> Value {
-    match a {
-        Actor::AllWorkloads => json!({"actors": "ams"}),
-        Actor::Label(id) => json!({"label": {"href": href(Space::Live, Kind::Label, id)}}),
-        Actor::LabelGroup(id) => {
-            json!({"label_group": {"href": href(Space::Draft, Kind::LabelGroup, id)}})
+impl ActorJson {
+    fn from_model(a: &Actor) -> ActorJson {
+        let h = |space, kind, id| {
+            Some(HrefJson {
+                href: href(space, kind, id),
+            })
+        };
+        match a {
+            Actor::AllWorkloads => ActorJson {
+                actors: Some("ams".into()),
+                ..ActorJson::default()
+            },
+            Actor::Label(id) => ActorJson {
+                label: h(Space::Live, Kind::Label, id),
+                ..ActorJson::default()
+            },
+            Actor::LabelGroup(id) => ActorJson {
+                label_group: h(Space::Draft, Kind::LabelGroup, id),
+                ..ActorJson::default()
+            },
+            Actor::Workload(id) => ActorJson {
+                workload: h(Space::Live, Kind::Workload, id),
+                ..ActorJson::default()
+            },
+            Actor::IpList(id) => ActorJson {
+                ip_list: h(Space::Draft, Kind::IpList, id),
+                ..ActorJson::default()
+            },
         }
-        Actor::Workload(id) => json!({"workload": {"href": href(Space::Live, Kind::Workload, id)}}),
-        Actor::IpList(id) => json!({"ip_list": {"href": href(Space::Draft, Kind::IpList, id)}}),
     }
 }
 
@@ -430,6 +450,66 @@ impl<'de> Deserialize<'de> for ServiceRefJson {
     }
 }
 
+impl ServiceRefJson {
+    fn from_model(s: &ServiceRef) -> ServiceRefJson {
+        let by_href = |id: &str| ServiceRefJson {
+            href: Some(href(Space::Draft, Kind::Service, id)),
+            proto: None,
+            port: None,
+            to_port: None,
+        };
+        match s {
+            ServiceRef::All => by_href(ALL_SERVICES_ID),
+            ServiceRef::Service(id) => by_href(id),
+            ServiceRef::Port(p) => {
+                let p = PortJson::from_model(p);
+                ServiceRefJson {
+                    href: None,
+                    proto: Some(p.proto),
+                    port: p.port,
+                    to_port: p.to_port,
+                }
+            }
+        }
+    }
+}
+
+impl Serialize for ServiceRefJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (&self.href, self.proto) {
+            (Some(h), _) => HrefJson { href: h.clone() }.serialize(s),
+            (None, proto) => PortJson {
+                proto: proto.unwrap_or_default(),
+                port: self.port,
+                to_port: self.to_port,
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl utoipa::PartialSchema for ServiceRefJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name(HrefJson::name()))
+            .item(utoipa::openapi::Ref::from_schema_name(PortJson::name()))
+            .into()
+    }
+}
+
+impl ToSchema for ServiceRefJson {
+    fn schemas(
+        out: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        out.push((HrefJson::name().into_owned(), HrefJson::schema()));
+        out.push((PortJson::name().into_owned(), PortJson::schema()));
+    }
+}
+
 fn services_in(
     list: &[ServiceRefJson],
     field: &str,
@@ -465,48 +545,19 @@ fn services_in(
         .collect()
 }
 
-fn service_json(s: &ServiceRef) -> Value {
-    match s {
-        ServiceRef::All => json!({"href": href(Space::Draft, Kind::Service, ALL_SERVICES_ID)}),
-        ServiceRef::Service(id) => json!({"href": href(Space::Draft, Kind::Service, id)}),
-        ServiceRef::Port(p) => json!(PortJson::from_model(p)),
-    }
-}
-
-/// The three sides every rule-like object has, as Illumio writes them.
-fn sides_json(
-    m: &mut Map<String, Value>,
-    providers: &[Actor],
-    consumers: &[Actor],
-    services: &[ServiceRef],
-) {
-    m.insert(
-        "providers".into(),
-        providers.iter().map(actor_json).collect(),
-    );
-    m.insert(
-        "consumers".into(),
-        consumers.iter().map(actor_json).collect(),
-    );
-    m.insert(
-        "ingress_services".into(),
-        services.iter().map(service_json).collect(),
-    );
-}
-
 /// Request body of a ruleset (`rules` only on create).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSetIn {
     name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
     #[serde(default)]
     scopes: Vec<Vec<ActorJson>>,
     /// Rules given inline when creating.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<Vec<RuleIn>>,
 }
 
@@ -516,6 +567,7 @@ fn yes() -> bool {
 
 impl Doc for RuleSetDoc {
     type Input = RuleSetIn;
+    const SCHEMA: &'static str = "RuleSet";
     fn from_input(i: RuleSetIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
         if i.rules.is_some() {
@@ -544,19 +596,19 @@ impl Doc for RuleSetDoc {
             scope,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("name".into(), json!(self.name));
-        opt_str(&mut m, "description", &self.description);
-        m.insert("enabled".into(), json!(self.enabled));
-        let scope: Vec<Value> = self.scope.iter().map(actor_json).collect();
-        m.insert("scopes".into(), json!([scope]));
-        m
+    fn to_input(&self) -> RuleSetIn {
+        RuleSetIn {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            enabled: self.enabled,
+            scopes: vec![self.scope.iter().map(ActorJson::from_model).collect()],
+            rules: None,
+        }
     }
 }
 
 /// How labels resolve (only "workloads" is supported here).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolveJson {
     #[serde(default)]
@@ -566,22 +618,22 @@ pub struct ResolveJson {
 }
 
 /// Request body of an allow rule.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleIn {
     #[serde(default = "yes")]
     enabled: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     providers: Vec<ActorJson>,
     consumers: Vec<ActorJson>,
     ingress_services: Vec<ServiceRefJson>,
     #[serde(default)]
     unscoped_consumers: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     resolve_labels_as: Option<ResolveJson>,
     /// Supercluster's guard rail: set to confirm a rule that opens everything.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     deliberately_broad: bool,
 }
 
@@ -601,6 +653,7 @@ fn check_resolve(r: &Option<ResolveJson>) -> Result<(), ApiError> {
 
 impl Doc for RuleDoc {
     type Input = RuleIn;
+    const SCHEMA: &'static str = "Rule";
     fn from_input(i: RuleIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_resolve(&i.resolve_labels_as)?;
         Ok(RuleDoc {
@@ -613,30 +666,34 @@ impl Doc for RuleDoc {
             deliberately_broad: i.deliberately_broad,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("enabled".into(), json!(self.enabled));
-        opt_str(&mut m, "description", &self.description);
-        sides_json(&mut m, &self.providers, &self.consumers, &self.services);
-        m.insert("unscoped_consumers".into(), json!(self.unscoped_consumers));
-        m.insert(
-            "resolve_labels_as".into(),
-            json!({"providers": ["workloads"], "consumers": ["workloads"]}),
-        );
-        if self.deliberately_broad {
-            m.insert("deliberately_broad".into(), json!(true));
+    fn to_input(&self) -> RuleIn {
+        RuleIn {
+            enabled: self.enabled,
+            description: self.description.clone(),
+            providers: self.providers.iter().map(ActorJson::from_model).collect(),
+            consumers: self.consumers.iter().map(ActorJson::from_model).collect(),
+            ingress_services: self
+                .services
+                .iter()
+                .map(ServiceRefJson::from_model)
+                .collect(),
+            unscoped_consumers: self.unscoped_consumers,
+            resolve_labels_as: Some(ResolveJson {
+                providers: vec!["workloads".into()],
+                consumers: vec!["workloads".into()],
+            }),
+            deliberately_broad: self.deliberately_broad,
         }
-        m
     }
 }
 
 /// Request body of a deny rule.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DenyRuleIn {
     #[serde(default = "yes")]
     enabled: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     providers: Vec<ActorJson>,
     consumers: Vec<ActorJson>,
@@ -649,6 +706,7 @@ pub struct DenyRuleIn {
 
 impl Doc for DenyRuleDoc {
     type Input = DenyRuleIn;
+    const SCHEMA: &'static str = "DenyRule";
     fn from_input(i: DenyRuleIn, refs: &mut Refs) -> Result<Self, ApiError> {
         Ok(DenyRuleDoc {
             enabled: i.enabled,
@@ -660,23 +718,29 @@ impl Doc for DenyRuleDoc {
             override_deny: i.override_deny,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("enabled".into(), json!(self.enabled));
-        opt_str(&mut m, "description", &self.description);
-        sides_json(&mut m, &self.providers, &self.consumers, &self.services);
-        m.insert("unscoped_consumers".into(), json!(self.unscoped_consumers));
-        m.insert("override".into(), json!(self.override_deny));
-        m
+    fn to_input(&self) -> DenyRuleIn {
+        DenyRuleIn {
+            enabled: self.enabled,
+            description: self.description.clone(),
+            providers: self.providers.iter().map(ActorJson::from_model).collect(),
+            consumers: self.consumers.iter().map(ActorJson::from_model).collect(),
+            ingress_services: self
+                .services
+                .iter()
+                .map(ServiceRefJson::from_model)
+                .collect(),
+            unscoped_consumers: self.unscoped_consumers,
+            override_deny: self.override_deny,
+        }
     }
 }
 
 /// Request body of an enforcement boundary.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BoundaryIn {
     name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     providers: Vec<ActorJson>,
     consumers: Vec<ActorJson>,
@@ -685,6 +749,7 @@ pub struct BoundaryIn {
 
 impl Doc for BoundaryDoc {
     type Input = BoundaryIn;
+    const SCHEMA: &'static str = "EnforcementBoundary";
     fn from_input(i: BoundaryIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
         Ok(BoundaryDoc {
@@ -695,24 +760,30 @@ impl Doc for BoundaryDoc {
             services: services_in(&i.ingress_services, "ingress_services", refs)?,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("name".into(), json!(self.name));
-        opt_str(&mut m, "description", &self.description);
-        sides_json(&mut m, &self.providers, &self.consumers, &self.services);
-        m
+    fn to_input(&self) -> BoundaryIn {
+        BoundaryIn {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            providers: self.providers.iter().map(ActorJson::from_model).collect(),
+            consumers: self.consumers.iter().map(ActorJson::from_model).collect(),
+            ingress_services: self
+                .services
+                .iter()
+                .map(ServiceRefJson::from_model)
+                .collect(),
+        }
     }
 }
 
 /// Request body of a workload (unmanaged, created by the API).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadIn {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     #[serde(default)]
     interfaces: Vec<InterfaceJson>,
@@ -722,7 +793,7 @@ pub struct WorkloadIn {
     enforcement_mode: EnforcementMode,
     #[serde(default = "yes")]
     online: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     public_ip: Option<String>,
 }
 
@@ -732,6 +803,7 @@ fn default_mode() -> EnforcementMode {
 
 impl Doc for WorkloadDoc {
     type Input = WorkloadIn;
+    const SCHEMA: &'static str = "Workload";
     fn from_input(i: WorkloadIn, refs: &mut Refs) -> Result<Self, ApiError> {
         let hostname = i.hostname.unwrap_or_default();
         let name = i.name.unwrap_or_else(|| hostname.clone());
@@ -761,25 +833,22 @@ impl Doc for WorkloadDoc {
             served_by: None,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("name".into(), json!(self.name));
-        m.insert("hostname".into(), json!(self.hostname));
-        opt_str(&mut m, "description", &self.description);
-        m.insert("interfaces".into(), json!(self.interfaces));
-        m.insert(
-            "labels".into(),
-            href_list(Space::Live, Kind::Label, &self.labels),
-        );
-        m.insert("enforcement_mode".into(), json!(self.enforcement_mode));
-        m.insert("online".into(), json!(self.online));
-        opt_str(&mut m, "public_ip", &self.public_ip);
-        m
+    fn to_input(&self) -> WorkloadIn {
+        WorkloadIn {
+            name: Some(self.name.clone()),
+            hostname: Some(self.hostname.clone()),
+            description: self.description.clone(),
+            interfaces: self.interfaces.clone(),
+            labels: href_list(Space::Live, Kind::Label, &self.labels),
+            enforcement_mode: self.enforcement_mode,
+            online: self.online,
+            public_ip: self.public_ip.clone(),
+        }
     }
 }
 
 /// `"unlimited"` or a number.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Limit {
     /// A number.
@@ -805,11 +874,11 @@ fn limit(field: &str, l: &Option<Limit>) -> Result<Option<u64>, ApiError> {
 }
 
 /// Request body of a pairing profile.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairingProfileIn {
     name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
@@ -817,14 +886,15 @@ pub struct PairingProfileIn {
     labels: Vec<HrefJson>,
     #[serde(default = "default_mode")]
     enforcement_mode: EnforcementMode,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     allowed_uses_per_key: Option<Limit>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     key_lifespan: Option<Limit>,
 }
 
 impl Doc for PairingProfileDoc {
     type Input = PairingProfileIn;
+    const SCHEMA: &'static str = "PairingProfile";
     fn from_input(i: PairingProfileIn, refs: &mut Refs) -> Result<Self, ApiError> {
         check_text("name", &i.name, 255)?;
         let labels = i
@@ -843,23 +913,17 @@ impl Doc for PairingProfileDoc {
             key_lifespan: limit("key_lifespan", &i.key_lifespan)?,
         })
     }
-    fn to_json(&self) -> Map<String, Value> {
-        let lim = |v: Option<u64>| v.map(|n| json!(n)).unwrap_or(json!("unlimited"));
-        let mut m = Map::new();
-        m.insert("name".into(), json!(self.name));
-        opt_str(&mut m, "description", &self.description);
-        m.insert("enabled".into(), json!(self.enabled));
-        m.insert(
-            "labels".into(),
-            href_list(Space::Live, Kind::Label, &self.labels),
-        );
-        m.insert("enforcement_mode".into(), json!(self.enforcement_mode));
-        m.insert(
-            "allowed_uses_per_key".into(),
-            lim(self.allowed_uses_per_key),
-        );
-        m.insert("key_lifespan".into(), lim(self.key_lifespan));
-        m
+    fn to_input(&self) -> PairingProfileIn {
+        let lim = |v: Option<u64>| Some(v.map_or(Limit::Word("unlimited".into()), Limit::N));
+        PairingProfileIn {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            enabled: self.enabled,
+            labels: href_list(Space::Live, Kind::Label, &self.labels),
+            enforcement_mode: self.enforcement_mode,
+            allowed_uses_per_key: lim(self.allowed_uses_per_key),
+            key_lifespan: lim(self.key_lifespan),
+        }
     }
 }
 

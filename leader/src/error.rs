@@ -8,7 +8,7 @@ use sc_policy::validate::ValidationError;
 use serde::{Deserialize, Serialize};
 
 /// One entry of an error body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorEntry {
     /// Stable, machine-readable name of the problem.
     pub token: String,

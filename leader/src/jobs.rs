@@ -8,9 +8,24 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
+use crate::docs::HrefJson;
 use sc_store::keys;
+
+/// A job's status document (Illumio's shape; jobs here finish at once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Job {
+    href: String,
+    /// `GET {path}` of the collection asked for.
+    job_type: String,
+    /// Always `done`.
+    status: &'static str,
+    /// Where the result is (`datafiles/{id}`).
+    result: HrefJson,
+}
 
 /// How long a finished job's result is kept.
 const KEEP: Duration = Duration::from_secs(600);
@@ -39,15 +54,17 @@ impl Jobs {
     }
 
     /// A job's status document.
-    pub fn status(&self, id: &str) -> Option<Value> {
+    pub fn status(&self, id: &str) -> Option<Job> {
         let d = self.done.lock().ok()?;
         let (_, path, _, _) = d.iter().find(|(i, ..)| i == id)?;
-        Some(json!({
-            "href": format!("/orgs/{}/jobs/{id}", keys::ORG),
-            "job_type": format!("GET {path}"),
-            "status": "done",
-            "result": {"href": format!("/orgs/{}/datafiles/{id}", keys::ORG)},
-        }))
+        Some(Job {
+            href: format!("/orgs/{}/jobs/{id}", keys::ORG),
+            job_type: format!("GET {path}"),
+            status: "done",
+            result: HrefJson {
+                href: format!("/orgs/{}/datafiles/{id}", keys::ORG),
+            },
+        })
     }
 
     /// A job's result.

@@ -4,6 +4,11 @@
 //! of the API's code that is meant to change no output (typed answers, the
 //! OpenAPI builder of decision 0012) is held to that; a change meant to alter
 //! an answer updates the file with `UPDATE_GOLDEN=1` and shows in the diff.
+//!
+//! Every answer is also validated against the schema the OpenAPI document
+//! gives for its route and status, so the document's schemas describe what
+//! the API really sends (they are derived from the answer types; this proves
+//! the types are the ones the handlers use).
 
 use std::collections::HashMap;
 
@@ -83,10 +88,60 @@ fn is_time(s: &str) -> bool {
         && b[..4].iter().all(u8::is_ascii_digit)
 }
 
+/// The documented path template a concrete path falls under: the one whose
+/// segments match, literal segments preferred over `{parameters}`.
+fn template<'a>(doc: &'a Value, method: &Method, path: &str) -> Option<(&'a str, &'a Value)> {
+    let segs: Vec<&str> = path.split('/').collect();
+    let m = method.as_str().to_lowercase();
+    let mut best: Option<(usize, &str, &Value)> = None;
+    for (t, item) in doc["paths"].as_object()? {
+        let tsegs: Vec<&str> = t.split('/').collect();
+        if tsegs.len() != segs.len() || item.get(&m).is_none() {
+            continue;
+        }
+        let fits = tsegs
+            .iter()
+            .zip(&segs)
+            .all(|(a, b)| a.starts_with('{') || a == b);
+        let literal = tsegs.iter().filter(|a| !a.starts_with('{')).count();
+        if fits && best.is_none_or(|(l, ..)| literal > l) {
+            best = Some((literal, t.as_str(), &item[&m]));
+        }
+    }
+    best.map(|(_, t, op)| (t, op))
+}
+
+/// Fails unless `body`, answered with `status` to `method path`, is what the
+/// document says that operation answers.
+fn conforms(doc: &Value, method: &Method, path: &str, status: u16, body: &Value) {
+    let path = path.split('?').next().unwrap_or(path);
+    let (t, op) = template(doc, method, path)
+        .unwrap_or_else(|| panic!("{method} {path}: no documented route"));
+    let content = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
+    assert!(
+        !content.is_null(),
+        "{method} {t}: answered {status} with a body, but the document has no JSON schema for {status}"
+    );
+    let mut schema = content.clone();
+    schema["components"] = doc["components"].clone();
+    let v = jsonschema::validator_for(&schema)
+        .unwrap_or_else(|e| panic!("{method} {t}: the documented schema does not compile: {e}"));
+    let errors: Vec<String> = v
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {t} ({status}): the answer does not match its documented schema:\n{}\nanswer: {body}",
+        errors.join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_answer_shape_matches_the_golden_file() {
     let cl = ApiCluster::start(1, 0).await;
     let mut c = cl.client(cl.leader().await);
+    let doc = sc_leader::api::openapi();
     let mut norm = Normaliser {
         ids: HashMap::new(),
     };
@@ -182,6 +237,7 @@ async fn every_answer_shape_matches_the_golden_file() {
     let mut answers = serde_json::Map::new();
     for path in &reads {
         let a = c.send(Method::GET, path, None, &[]).await.expect("get");
+        conforms(doc, &Method::GET, path, a.status.as_u16(), &a.json());
         answers.insert(
             format!("GET {}", norm.text(path)),
             json!({"status": a.status.as_u16(), "body": norm.value(&a.json())}),
@@ -192,6 +248,13 @@ async fn every_answer_shape_matches_the_golden_file() {
         .post(&format!("{ORG}/sec_policy/impact"), &json!({}))
         .await
         .expect("impact");
+    conforms(
+        doc,
+        &Method::POST,
+        &format!("{ORG}/sec_policy/impact"),
+        impact.status.as_u16(),
+        &impact.json(),
+    );
     answers.insert(
         "POST /sec_policy/impact".into(),
         json!({"status": impact.status.as_u16(), "body": norm.value(&impact.json())}),
@@ -203,6 +266,13 @@ async fn every_answer_shape_matches_the_golden_file() {
         )
         .await
         .expect("provision");
+    conforms(
+        doc,
+        &Method::POST,
+        &format!("{ORG}/sec_policy"),
+        prov.status.as_u16(),
+        &prov.json(),
+    );
     answers.insert(
         "POST /sec_policy".into(),
         json!({"status": prov.status.as_u16(), "body": norm.value(&prov.json())}),
@@ -212,6 +282,13 @@ async fn every_answer_shape_matches_the_golden_file() {
         .await
         .expect("pairing key");
     let mut key_body = key.json();
+    conforms(
+        doc,
+        &Method::POST,
+        &format!("{}/pairing_key", api(&limited)),
+        key.status.as_u16(),
+        &key_body,
+    );
     key_body["activation_code"] = json!("<code>");
     answers.insert(
         "POST /pairing_profiles/{id}/pairing_key".into(),
@@ -225,6 +302,7 @@ async fn every_answer_shape_matches_the_golden_file() {
         format!("{ORG}/sec_policy/active/services"),
     ] {
         let a = c.send(Method::GET, &path, None, &[]).await.expect("get");
+        conforms(doc, &Method::GET, &path, a.status.as_u16(), &a.json());
         answers.insert(
             format!("GET {} (provisioned)", norm.text(&path)),
             json!({"status": a.status.as_u16(), "body": norm.value(&a.json())}),
@@ -236,10 +314,19 @@ async fn every_answer_shape_matches_the_golden_file() {
         .send(Method::GET, &format!("{ORG}/labels"), None, &[])
         .await
         .expect("get");
+    conforms(
+        doc,
+        &Method::GET,
+        &format!("{ORG}/labels"),
+        a.status.as_u16(),
+        &a.json(),
+    );
     answers.insert(
         "GET /labels (read_only)".into(),
         json!({"status": a.status.as_u16(), "body": norm.value(&a.json())}),
     );
+
+    other_answers_conform(&mut c, doc, &wl).await;
 
     let got = serde_json::to_string_pretty(&Value::Object(answers)).expect("json") + "\n";
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/answers.json");
@@ -269,4 +356,86 @@ fn first_difference(want: &str, got: &str) -> String {
             .unwrap_or_default()
             .join("\n")
     )
+}
+
+/// Sends a request that must succeed and checks its answer against the document.
+async fn call(
+    c: &mut sc_leader::client::ApiClient,
+    doc: &Value,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> sc_leader::client::Answer {
+    let a = c
+        .send(
+            method.clone(),
+            path,
+            body.map(|b| b.to_string().into_bytes()),
+            &[],
+        )
+        .await
+        .expect("send");
+    assert!(a.status.is_success(), "{method} {path}: {}", a.status);
+    if a.status.as_u16() != 204 {
+        conforms(doc, &method, path, a.status.as_u16(), &a.json());
+    }
+    a
+}
+
+/// Answers not pinned in the golden file (they hold node names, terms and
+/// secrets) still match their documented schemas.
+async fn other_answers_conform(c: &mut sc_leader::client::ApiClient, doc: &Value, workload: &str) {
+    for path in [
+        "/api/v2/health".to_string(),
+        "/api/v2/supercluster/leader".into(),
+        "/api/v2/supercluster/status".into(),
+        format!("{ORG}/events"),
+        format!("{ORG}/sec_policy/1"),
+        "/api/v2/users/owner".into(),
+        "/api/v2/users/owner/api_keys".into(),
+        api(workload),
+    ] {
+        call(c, doc, Method::GET, &path, None).await;
+    }
+    call(c, doc, Method::POST, "/api/v2/supercluster/campaign", None).await;
+    let fence = json!({"seconds": 30, "keep_serving": true});
+    call(
+        c,
+        doc,
+        Method::PUT,
+        "/api/v2/supercluster/fence",
+        Some(fence),
+    )
+    .await;
+    call(c, doc, Method::DELETE, "/api/v2/supercluster/fence", None).await;
+    let key = json!({"name": "golden"});
+    call(
+        c,
+        doc,
+        Method::POST,
+        "/api/v2/users/owner/api_keys",
+        Some(key),
+    )
+    .await;
+    let bulk = json!([{"name": "bulk1"}]);
+    let path = format!("{ORG}/workloads/bulk_create");
+    call(c, doc, Method::PUT, &path, Some(bulk)).await;
+    // An async collection job and its result.
+    let a = c
+        .send(
+            Method::GET,
+            &format!("{ORG}/labels"),
+            None,
+            &[("prefer", "respond-async")],
+        )
+        .await
+        .expect("async");
+    assert_eq!(a.status.as_u16(), 202, "async collection");
+    let job = a.header("location").unwrap_or_default();
+    let j = call(c, doc, Method::GET, &format!("/api/v2{job}"), None).await;
+    let result = j.json()["result"]["href"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    call(c, doc, Method::GET, &format!("/api/v2{result}"), None).await;
 }

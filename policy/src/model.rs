@@ -57,6 +57,7 @@ pub struct LabelGroup {
 
 /// How much of its policy a workload's firewall enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EnforcementMode {
     /// Nothing is programmed.

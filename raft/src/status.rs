@@ -9,8 +9,10 @@ use crate::types::NodeId;
 
 /// One node's view of itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatus {
     /// Raft id.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub id: NodeId,
     /// Node name.
     pub name: String,
@@ -21,6 +23,7 @@ pub struct NodeStatus {
     /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
     pub role: String,
     /// The leader this node follows, if it knows one.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub leader: Option<NodeId>,
     /// Current term.
     pub term: u64,
@@ -54,6 +57,7 @@ pub struct NodeStatus {
 
 /// The services a node runs on top of Raft, as the DR runbook needs to see them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Services {
     /// Admin API address (`host:port`), if it serves one.
     pub api: Option<String>,
@@ -65,8 +69,10 @@ pub struct Services {
 
 /// One member as seen from the reporting node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PeerStatus {
     /// Raft id.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub id: NodeId,
     /// Node name.
     pub name: String,

@@ -114,6 +114,7 @@ pub const ANY_IP_LIST_ID: &str = "any";
 
 /// One range as Illumio writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IpRangeJson {
     /// An address or a CIDR.
@@ -350,11 +351,13 @@ impl Object for BoundaryDoc {
 
 /// A network interface as Illumio writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InterfaceJson {
     /// Interface name, e.g. `eth0`.
     pub name: String,
     /// Its address.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ip"))]
     pub address: IpAddr,
     /// Prefix length.
     #[serde(default, skip_serializing_if = "Option::is_none")]

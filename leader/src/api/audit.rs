@@ -3,16 +3,17 @@
 
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
+use axum::http::Method;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use sc_store::audit::AuditEvent;
 use sc_store::db::Txn;
 use sc_store::keys;
 use sc_store::time::iso8601;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::{collection, AppState, Ctx, CtxExt, Shared};
+use super::spec::{many, Api, Op};
+use super::{collection, values, AppState, Ctx, CtxExt, Shared};
 use crate::error::{ApiError, ErrorEntry};
 use crate::rbac::Action;
 
@@ -44,25 +45,84 @@ pub fn event_of(
 }
 
 /// An event as Illumio's events API shows it.
-fn event_json(ev: &AuditEvent, key: &str) -> Value {
-    json!({
-        "href": format!("/orgs/{}/events/{key}", keys::ORG),
-        "timestamp": iso8601(ev.time_ms),
-        "event_type": ev.event_type,
-        "status": ev.status,
-        "severity": if ev.status == "success" { "info" } else { "warning" },
-        "created_by": {"user": {"href": ev.actor, "username": ev.username}},
-        "action": {
-            "api_method": ev.api_method,
-            "api_endpoint": ev.api_endpoint,
-            "http_status_code": ev.http_status,
-            "src_ip": ev.src_ip,
+#[derive(Serialize, ToSchema)]
+struct Event {
+    href: String,
+    /// ISO 8601.
+    timestamp: String,
+    /// `{resource}.{create|update|delete}`.
+    event_type: String,
+    /// `success` or `failure`.
+    status: String,
+    /// `info` for a success, `warning` for a refusal.
+    severity: &'static str,
+    created_by: EventActor,
+    action: EventAction,
+    /// The node that took the request.
+    pce_fqdn: String,
+    region: String,
+    resource: String,
+    /// Why a refused write was refused.
+    errors: Vec<ErrorEntry>,
+}
+
+/// Who made the request.
+#[derive(Serialize, ToSchema)]
+struct EventActor {
+    user: EventUser,
+}
+
+/// The user behind an event.
+#[derive(Serialize, ToSchema)]
+struct EventUser {
+    href: String,
+    username: String,
+}
+
+/// The request behind an event.
+#[derive(Serialize, ToSchema)]
+struct EventAction {
+    api_method: String,
+    api_endpoint: String,
+    http_status_code: u16,
+    src_ip: String,
+}
+
+fn event_json(ev: &AuditEvent, key: &str) -> Event {
+    Event {
+        href: format!("/orgs/{}/events/{key}", keys::ORG),
+        timestamp: iso8601(ev.time_ms),
+        event_type: ev.event_type.clone(),
+        status: ev.status.clone(),
+        severity: if ev.status == "success" {
+            "info"
+        } else {
+            "warning"
         },
-        "pce_fqdn": ev.node,
-        "region": ev.region,
-        "resource": ev.resource,
-        "errors": ev.errors.iter().map(|(t, m)| json!({"token": t, "message": m})).collect::<Vec<_>>(),
-    })
+        created_by: EventActor {
+            user: EventUser {
+                href: ev.actor.clone(),
+                username: ev.username.clone(),
+            },
+        },
+        action: EventAction {
+            api_method: ev.api_method.clone(),
+            api_endpoint: ev.api_endpoint.clone(),
+            http_status_code: ev.http_status,
+            src_ip: ev.src_ip.clone(),
+        },
+        pce_fqdn: ev.node.clone(),
+        region: ev.region.clone(),
+        resource: ev.resource.clone(),
+        errors: ev
+            .errors
+            .iter()
+            .map(|(t, m)| ErrorEntry {
+                token: t.clone(),
+                message: m.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// Records a refused write (its own small command), then gives the answer back.
@@ -93,22 +153,25 @@ async fn list(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError
             "reading audit events needs owner, admin or read_only",
         ));
     }
-    ctx.allow_query(&["max_results", "event_type", "status", "username"])?;
+    ctx.allow_query(EVENTS.accepts())?;
     let (events, rev) =
         s.db.scan::<AuditEvent>(keys::AUDIT, super::MAX_ASYNC_RESULTS)
             .await?;
     let q = &ctx.query;
-    let items: Vec<Value> = events
+    let items = events
         .iter()
         .rev()
         .filter(|e| q.get("event_type").is_none_or(|t| &e.value.event_type == t))
         .filter(|e| q.get("status").is_none_or(|t| &e.value.status == t))
         .filter(|e| q.get("username").is_none_or(|t| &e.value.username == t))
-        .map(|e| event_json(&e.value, &keys::id_of(&e.key, keys::AUDIT)))
-        .collect();
-    collection(&ctx, &s, items, rev)
+        .map(|e| event_json(&e.value, &keys::id_of(&e.key, keys::AUDIT)));
+    collection(&ctx, &s, values(items)?, rev)
 }
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new().route("/api/v2/orgs/{org}/events", get(list))
+const EVENTS: Op = Op::new("Audit events, newest first (filters: event_type, status, username).")
+    .answer(200, many::<Event>())
+    .query(&["max_results", "event_type", "status", "username"]);
+
+pub(super) fn api() -> Api {
+    Api::default().at(Method::GET, "/api/v2/orgs/{org}/events", EVENTS, list)
 }

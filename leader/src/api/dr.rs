@@ -5,14 +5,15 @@
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post, put};
-use axum::Router;
-use serde::Deserialize;
-use serde_json::json;
+use sc_raft::NodeStatus;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{answer, CtxExt, Shared};
+use super::spec::{one, Api, Body, Op};
+use super::{answer_of, CtxExt, Shared};
 use crate::error::ApiError;
 use crate::rbac::Action;
 
@@ -34,24 +35,83 @@ async fn status(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
     let node = s.db.node();
     let mut nodes = Vec::new();
     for (id, r) in node.cluster_status().await {
-        nodes.push(match r {
-            Ok(st) => json!({"id": id, "reachable": true, "status": st}),
-            Err(e) => json!({"id": id, "reachable": false, "error": e}),
+        let (status, error) = match r {
+            Ok(st) => (Some(st), None),
+            Err(e) => (None, Some(e)),
+        };
+        nodes.push(NodeReport {
+            id,
+            reachable: status.is_some(),
+            status,
+            error,
         });
     }
-    let v = json!({
-        "asked": node.info().name,
-        "leader": node.leader_info().map(|l| l.name),
-        "nodes": nodes,
-    });
-    Ok(answer(
-        StatusCode::OK,
-        &v,
-        s.db.revision().await.unwrap_or(0),
-    ))
+    let v = ClusterStatus {
+        asked: node.info().name.clone(),
+        leader: node.leader_info().map(|l| l.name),
+        nodes,
+    };
+    answer_of(StatusCode::OK, &v, s.db.revision().await.unwrap_or(0))
 }
 
-#[derive(Deserialize)]
+/// The supercluster as one node sees it.
+#[derive(Serialize, ToSchema)]
+struct ClusterStatus {
+    /// The node that answered.
+    asked: String,
+    /// The leader's name, if the answering node knows one.
+    leader: Option<String>,
+    nodes: Vec<NodeReport>,
+}
+
+/// One node's own status, or why it could not be asked.
+#[derive(Serialize, ToSchema)]
+struct NodeReport {
+    id: u64,
+    reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<NodeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// A node's drill fence after a change.
+#[derive(Serialize, ToSchema)]
+struct FenceState {
+    node: String,
+    /// How long the fence stands (none: lifted).
+    fenced_for_ms: Option<u64>,
+}
+
+/// Who leads after a planned transfer.
+#[derive(Serialize, ToSchema)]
+struct Campaign {
+    leader: String,
+    term: u64,
+    /// False when this node already led.
+    moved: bool,
+}
+
+/// What a restore loaded and verified.
+#[derive(Serialize, ToSchema)]
+struct Restored {
+    keys: usize,
+    /// Raft commands it took.
+    commands: usize,
+    /// The revision the backup was taken at.
+    source_revision: u64,
+    /// Every key was read back and compared.
+    verified: bool,
+}
+
+/// The members after a membership change (node ids).
+#[derive(Serialize, ToSchema)]
+struct Membership {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FenceBody {
     /// How long the fence stands before it lifts itself.
@@ -84,11 +144,11 @@ async fn fence(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErro
         by = %ctx.who.username,
         "node fenced for a drill"
     );
-    Ok(answer(
-        StatusCode::OK,
-        &json!({"node": node.info().name, "fenced_for_ms": body.seconds * 1000}),
-        0,
-    ))
+    let v = FenceState {
+        node: node.info().name.clone(),
+        fenced_for_ms: Some(body.seconds * 1000),
+    };
+    answer_of(StatusCode::OK, &v, 0)
 }
 
 /// Lifts this node's fence.
@@ -97,11 +157,11 @@ async fn unfence(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiEr
     let node = s.db.node();
     node.fence().lift();
     tracing::warn!(by = %ctx.who.username, "drill fence lifted");
-    Ok(answer(
-        StatusCode::OK,
-        &json!({"node": node.info().name, "fenced_for_ms": null}),
-        0,
-    ))
+    let v = FenceState {
+        node: node.info().name.clone(),
+        fenced_for_ms: None,
+    };
+    answer_of(StatusCode::OK, &v, 0)
 }
 
 /// Makes this node the leader: a planned transfer. It first catches up with
@@ -111,11 +171,12 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     owner_only(&ctx)?;
     let node = s.db.node();
     if node.is_leader() {
-        return Ok(answer(
-            StatusCode::OK,
-            &json!({"leader": node.info().name, "term": node.status().term, "moved": false}),
-            0,
-        ));
+        let v = Campaign {
+            leader: node.info().name.clone(),
+            term: node.status().term,
+            moved: false,
+        };
+        return answer_of(StatusCode::OK, &v, 0);
     }
     let st = node.status();
     let voter = st.peers.iter().any(|p| p.id == st.id && p.voter);
@@ -134,11 +195,12 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     let deadline = tokio::time::Instant::now() + t.election_max * 4 + t.rpc;
     while tokio::time::Instant::now() < deadline {
         if node.is_leader() {
-            return Ok(answer(
-                StatusCode::OK,
-                &json!({"leader": node.info().name, "term": node.status().term, "moved": true}),
-                0,
-            ));
+            let v = Campaign {
+                leader: node.info().name.clone(),
+                term: node.status().term,
+                moved: true,
+            };
+            return answer_of(StatusCode::OK, &v, 0);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -301,11 +363,13 @@ async fn restore(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiEr
         )));
     }
     tracing::warn!(keys = kv.len(), commands, source_revision, by = %ctx.who.username, "backup restored");
-    Ok(answer(
-        StatusCode::OK,
-        &json!({"keys": kv.len(), "commands": commands, "source_revision": source_revision, "verified": true}),
-        s.db.revision().await.unwrap_or(0),
-    ))
+    let v = Restored {
+        keys: kv.len(),
+        commands,
+        source_revision,
+        verified: true,
+    };
+    answer_of(StatusCode::OK, &v, s.db.revision().await.unwrap_or(0))
 }
 
 async fn commit_batch(s: &Shared, txn: sc_store::db::Txn) -> Result<(), ApiError> {
@@ -321,7 +385,7 @@ async fn commit_batch(s: &Shared, txn: sc_store::db::Txn) -> Result<(), ApiError
     }
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy, ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum MembershipAction {
     AddLearner,
@@ -330,7 +394,7 @@ enum MembershipAction {
     Remove,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembershipBody {
     action: MembershipAction,
@@ -380,19 +444,65 @@ async fn membership(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, Ap
             .change_membership(op, body.node_id, info)
             .await?;
     tracing::warn!(node = body.node_id, by = %ctx.who.username, "membership changed");
-    Ok(answer(
-        StatusCode::OK,
-        &json!({"voters": view.voters, "learners": view.learners}),
-        0,
-    ))
+    let v = Membership {
+        voters: view.voters.into_iter().collect(),
+        learners: view.learners.into_iter().collect(),
+    };
+    answer_of(StatusCode::OK, &v, 0)
 }
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/api/v2/supercluster/membership", post(membership))
-        .route("/api/v2/supercluster/backup", get(backup))
-        .route("/api/v2/supercluster/restore", post(restore))
-        .route("/api/v2/supercluster/status", get(status))
-        .route("/api/v2/supercluster/fence", put(fence).delete(unfence))
-        .route("/api/v2/supercluster/campaign", post(campaign))
+pub(super) fn api() -> Api {
+    let sc = "/api/v2/supercluster";
+    Api::default()
+        .at(
+            Method::POST,
+            &format!("{sc}/membership"),
+            Op::new("Add a node as learner, promote, demote or remove one (owner).")
+                .body(one::<MembershipBody>())
+                .answer(200, one::<Membership>()),
+            membership,
+        )
+        .at(
+            Method::GET,
+            &format!("{sc}/backup"),
+            Op::new("The whole store at one point of history, checksummed (owner).")
+                .answer(200, Body::Binary),
+            backup,
+        )
+        .at(
+            Method::POST,
+            &format!("{sc}/restore"),
+            Op::new("Load a backup into a new cluster, then read every key back (owner).")
+                .body(Body::Binary)
+                .answer(200, one::<Restored>()),
+            restore,
+        )
+        .at(
+            Method::GET,
+            &format!("{sc}/status"),
+            Op::new("Every node's role, term, indexes, lag, fence and VENs (owner).")
+                .answer(200, one::<ClusterStatus>()),
+            status,
+        )
+        .at(
+            Method::PUT,
+            &format!("{sc}/fence"),
+            Op::new("Fence this node for a drill; it lifts itself after `seconds` (owner).")
+                .body(one::<FenceBody>())
+                .answer(200, one::<FenceState>()),
+            fence,
+        )
+        .at(
+            Method::DELETE,
+            &format!("{sc}/fence"),
+            Op::new("Lift this node's drill fence (owner).").answer(200, one::<FenceState>()),
+            unfence,
+        )
+        .at(
+            Method::POST,
+            &format!("{sc}/campaign"),
+            Op::new("Move leadership to this node (planned transfer; owner).")
+                .answer(200, one::<Campaign>()),
+            campaign,
+        )
 }

@@ -11,11 +11,12 @@ mod dr;
 mod objects;
 mod policy;
 mod rules;
+mod spec;
 mod system;
 mod users;
 
 pub use sc_store::audit::AuditEvent;
-pub use system::ROUTES;
+pub use spec::document as openapi;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -131,6 +132,27 @@ pub fn answer(status: StatusCode, value: &Value, revision: u64) -> Response {
     );
     h.insert("x-revision", HeaderValue::from(revision));
     resp
+}
+
+/// A typed answer stamped with the revision: the type is what the OpenAPI
+/// document describes, so the bytes and the schema come from one definition.
+pub fn answer_of<T: serde::Serialize>(
+    status: StatusCode,
+    value: &T,
+    revision: u64,
+) -> Result<Response, ApiError> {
+    let value = serde_json::to_value(value).map_err(ApiError::internal)?;
+    Ok(answer(status, &value, revision))
+}
+
+/// Typed items as the JSON values a [`collection`] filters and caps.
+pub fn values<T: serde::Serialize>(
+    items: impl IntoIterator<Item = T>,
+) -> Result<Vec<Value>, ApiError> {
+    items
+        .into_iter()
+        .map(|i| serde_json::to_value(i).map_err(ApiError::internal))
+        .collect()
 }
 
 /// 204 stamped with the revision.
@@ -414,17 +436,22 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
+/// Every endpoint with its documentation, the one place both the router and
+/// the OpenAPI document come from.
+fn api() -> spec::Api {
+    system::api()
+        .merge(dr::api())
+        .merge(objects::api())
+        .merge(rules::api())
+        .merge(policy::api())
+        .merge(users::api())
+        .merge(audit::api())
+}
+
 /// Every served route, before the middleware and the state: what tests hold
 /// against the OpenAPI document.
 pub fn routes() -> Router<Shared> {
-    Router::new()
-        .merge(system::routes())
-        .merge(dr::routes())
-        .merge(objects::routes())
-        .merge(rules::routes())
-        .merge(policy::routes())
-        .merge(users::routes())
-        .merge(audit::routes())
+    api().split().0
 }
 
 /// The whole API as one router.

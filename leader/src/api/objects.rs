@@ -6,13 +6,15 @@ use crate::transact;
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post, put};
-use axum::Router;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::{PartialSchema, ToSchema};
 
-use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
+use super::spec::{many, one, refer, register, Api, Body, Op, Schemas};
+use super::{answer, answer_of, collection, no_content, Ctx, CtxExt, Shared};
 use crate::docs::*;
 use crate::error::ApiError;
 use crate::rbac::{Action, Principal};
@@ -63,6 +65,74 @@ pub fn id_param(params: &HashMap<String, String>, name: &str) -> Result<Id, ApiE
         return Err(ApiError::not_found(format!("object {id:?}")));
     }
     Ok(id)
+}
+
+/// What every object's answer carries besides its fields.
+#[derive(Serialize, ToSchema)]
+struct ObjectMeta {
+    href: String,
+    /// ISO 8601.
+    created_at: String,
+    /// ISO 8601.
+    updated_at: String,
+    created_by: HrefJson,
+    updated_by: HrefJson,
+}
+
+/// What a workload's answer adds: state the API does not take as input.
+#[derive(Serialize, ToSchema)]
+struct WorkloadState {
+    /// Paired with a VEN.
+    managed: bool,
+    quarantined: bool,
+    suspended: bool,
+    /// The region whose members serve its VEN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+}
+
+/// The schema of [`object_json`]'s answer for `D`: the fields of its input
+/// type (which answers may extend, so without `additionalProperties: false`),
+/// the metadata, and what the kind adds (a workload's state, a ruleset's rules).
+pub fn object_schema<D: Doc>(out: &mut Schemas) -> Value {
+    refer::<D::Input>(out);
+    let mut fields = serde_json::to_value(D::Input::schema()).unwrap_or_default();
+    if let Some(o) = fields.as_object_mut() {
+        o.remove("additionalProperties");
+    }
+    let mut all = vec![fields, refer::<ObjectMeta>(out)];
+    match D::KIND {
+        Kind::Workload => all.push(refer::<WorkloadState>(out)),
+        Kind::RuleSet => {
+            // The input's inline `rules` (create only) are answered as objects.
+            if let Some(p) = all[0]["properties"].as_object_mut() {
+                p.remove("rules");
+            }
+            let rules = object_schema::<RuleDoc>(out);
+            let deny = object_schema::<DenyRuleDoc>(out);
+            all.push(json!({
+                "type": "object",
+                "required": ["rules", "deny_rules"],
+                "properties": {
+                    "rules": {"type": "array", "items": rules},
+                    "deny_rules": {"type": "array", "items": deny},
+                },
+            }));
+        }
+        _ => {}
+    }
+    register(out, D::SCHEMA, json!({ "allOf": all }))
+}
+
+/// The schema of a PUT body for `D`: the input's fields, none required (the
+/// fields given replace the object's, the others stay).
+pub fn changes_schema<D: Doc>(out: &mut Schemas) -> Value {
+    refer::<D::Input>(out);
+    let mut fields = serde_json::to_value(D::Input::schema()).unwrap_or_default();
+    if let Some(o) = fields.as_object_mut() {
+        o.remove("required");
+    }
+    register(out, &format!("{}Changes", D::SCHEMA), fields)
 }
 
 /// An object as the API shows it: its fields, href and metadata.
@@ -521,7 +591,11 @@ async fn bulk_create(
             let key = keys::obj(Space::Live, Kind::Workload, id);
             txn.expect(key.clone(), None);
             txn.put(key, &rec)?;
-            out.push(json!({"href": keys::href(Space::Live, Kind::Workload, id), "status": "created", "errors": []}));
+            out.push(BulkResult {
+                href: keys::href(Space::Live, Kind::Workload, id),
+                status: "created",
+                errors: vec![],
+            });
         }
         for (id, _) in &docs {
             world.check(&format!("workloads/{id}"))?;
@@ -529,7 +603,21 @@ async fn bulk_create(
         ctx.audit(&mut txn, &s, &format!("{} workloads", docs.len()))?;
         Ok((txn, out))
     })?;
-    Ok(answer(StatusCode::OK, &Value::Array(out), rev))
+    answer_of(StatusCode::OK, &out, rev)
+}
+
+/// One workload of a bulk request (Illumio's shape; all are created or none).
+#[derive(Serialize, ToSchema)]
+struct BulkResult {
+    href: String,
+    status: &'static str,
+    errors: Vec<String>,
+}
+
+/// A pairing key, shown once.
+#[derive(Serialize, ToSchema)]
+struct PairingKey {
+    activation_code: String,
 }
 
 async fn pairing_key(
@@ -572,20 +660,22 @@ async fn pairing_key(
         )?;
         Ok((txn, ()))
     })?;
-    Ok(answer(
+    answer_of(
         StatusCode::CREATED,
-        &json!({"activation_code": code}),
+        &PairingKey {
+            activation_code: code,
+        },
         rev,
-    ))
+    )
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct QuarantineIn {
     quarantined: bool,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SuspendIn {
     suspended: bool,
@@ -670,36 +760,159 @@ async fn unpair(
     Ok(no_content(rev))
 }
 
-fn crud<D: Doc>(router: Router<Shared>, collection_path: &str) -> Router<Shared> {
-    router
-        .route(collection_path, get(list::<D>).post(create::<D>))
-        .route(
-            &format!("{collection_path}/{{id}}"),
-            get(read::<D>).put(update::<D>).delete(remove::<D>),
-        )
+/// How the summaries of a kind's endpoints name it.
+struct Nouns {
+    /// "a label"
+    one: &'static str,
+    /// "labels"
+    many: &'static str,
 }
 
-pub(super) fn routes() -> Router<Shared> {
-    let mut r = Router::new();
-    r = crud::<LabelDoc>(r, "/api/v2/orgs/{org}/labels");
-    r = crud::<WorkloadDoc>(r, "/api/v2/orgs/{org}/workloads");
-    r = crud::<PairingProfileDoc>(r, "/api/v2/orgs/{org}/pairing_profiles");
-    r = crud::<LabelGroupDoc>(r, "/api/v2/orgs/{org}/sec_policy/{pversion}/label_groups");
-    r = crud::<ServiceDoc>(r, "/api/v2/orgs/{org}/sec_policy/{pversion}/services");
-    r = crud::<IpListDoc>(r, "/api/v2/orgs/{org}/sec_policy/{pversion}/ip_lists");
-    r = crud::<BoundaryDoc>(
-        r,
-        "/api/v2/orgs/{org}/sec_policy/{pversion}/enforcement_boundaries",
+fn crud<D: Doc>(api: Api, collection_path: &str, n: Nouns) -> Api {
+    let item = format!("{collection_path}/{{id}}");
+    let draft = if D::KIND.provisioned() {
+        " (draft)"
+    } else {
+        ""
+    };
+    let filters = filters(D::KIND);
+    let by: Vec<&str> = filters
+        .iter()
+        .copied()
+        .filter(|f| *f != "max_results")
+        .collect();
+    api.at(
+        Method::GET,
+        collection_path,
+        Op::described(format!("List {} (filters: {}).", n.many, by.join(", ")))
+            .answer(200, Body::List(object_schema::<D>))
+            .query(filters),
+        list::<D>,
+    )
+    .at(
+        Method::POST,
+        collection_path,
+        Op::described(format!("Create {}{draft}.", n.one))
+            .body(one::<D::Input>())
+            .answer(201, Body::One(object_schema::<D>)),
+        create::<D>,
+    )
+    .at(
+        Method::GET,
+        &item,
+        Op::described(format!("Read {}.", n.one)).answer(200, Body::One(object_schema::<D>)),
+        read::<D>,
+    )
+    .at(
+        Method::PUT,
+        &item,
+        Op::described(format!(
+            "Change {}{draft}: the fields given replace the object's.",
+            n.one
+        ))
+        .body(Body::One(changes_schema::<D>)),
+        update::<D>,
+    )
+    .at(
+        Method::DELETE,
+        &item,
+        Op::described(format!("Delete {}{draft}.", n.one)),
+        remove::<D>,
+    )
+}
+
+pub(super) fn api() -> Api {
+    let org = "/api/v2/orgs/{org}";
+    let policy = "/api/v2/orgs/{org}/sec_policy/{pversion}";
+    let mut a = Api::default();
+    a = crud::<LabelDoc>(
+        a,
+        &format!("{org}/labels"),
+        Nouns {
+            one: "a label",
+            many: "labels",
+        },
     );
-    r.route("/api/v2/orgs/{org}/workloads/bulk_create", put(bulk_create))
-        .route(
-            "/api/v2/orgs/{org}/workloads/{id}/quarantine",
-            put(quarantine),
-        )
-        .route("/api/v2/orgs/{org}/workloads/{id}/suspend", put(suspend))
-        .route("/api/v2/orgs/{org}/workloads/{id}/unpair", put(unpair))
-        .route(
-            "/api/v2/orgs/{org}/pairing_profiles/{id}/pairing_key",
-            post(pairing_key),
-        )
+    a = crud::<WorkloadDoc>(
+        a,
+        &format!("{org}/workloads"),
+        Nouns {
+            one: "an unmanaged workload",
+            many: "workloads",
+        },
+    );
+    a = crud::<PairingProfileDoc>(
+        a,
+        &format!("{org}/pairing_profiles"),
+        Nouns {
+            one: "a pairing profile",
+            many: "pairing profiles",
+        },
+    );
+    a = crud::<LabelGroupDoc>(
+        a,
+        &format!("{policy}/label_groups"),
+        Nouns {
+            one: "a label group",
+            many: "label groups (draft or active)",
+        },
+    );
+    a = crud::<ServiceDoc>(
+        a,
+        &format!("{policy}/services"),
+        Nouns {
+            one: "a service",
+            many: "services (draft or active)",
+        },
+    );
+    a = crud::<IpListDoc>(
+        a,
+        &format!("{policy}/ip_lists"),
+        Nouns {
+            one: "an IP list",
+            many: "IP lists (draft or active)",
+        },
+    );
+    a = crud::<BoundaryDoc>(
+        a,
+        &format!("{policy}/enforcement_boundaries"),
+        Nouns {
+            one: "an enforcement boundary",
+            many: "enforcement boundaries (draft or active)",
+        },
+    );
+    a.at(
+        Method::PUT,
+        &format!("{org}/workloads/bulk_create"),
+        Op::new("Create up to 1,000 unmanaged workloads, all or none.")
+            .body(many::<WorkloadIn>())
+            .answer(200, many::<BulkResult>()),
+        bulk_create,
+    )
+    .at(
+        Method::PUT,
+        &format!("{org}/workloads/{{id}}/quarantine"),
+        Op::new("Isolate a workload, or lift it: all its traffic is denied but its VEN's channel to the PCE.")
+            .body(one::<QuarantineIn>()),
+        quarantine,
+    )
+    .at(
+        Method::PUT,
+        &format!("{org}/workloads/{{id}}/suspend"),
+        Op::new("Suspend a workload's VEN (it enforces nothing), or resume it.")
+            .body(one::<SuspendIn>()),
+        suspend,
+    )
+    .at(
+        Method::PUT,
+        &format!("{org}/workloads/{{id}}/unpair"),
+        Op::new("Unpair a workload: it is deleted and its VEN removes its table and forgets its identity."),
+        unpair,
+    )
+    .at(
+        Method::POST,
+        &format!("{org}/pairing_profiles/{{id}}/pairing_key"),
+        Op::new("Issue a pairing key (shown once).").answer(201, one::<PairingKey>()),
+        pairing_key,
+    )
 }

@@ -9,15 +9,16 @@ use crate::transact;
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post, put};
-use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::objects::{space_of, Params};
-use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
+use super::spec::{many, one, Api, Op};
+use super::{answer_of, collection, no_content, values, Ctx, CtxExt, Shared};
 use crate::docs::HrefJson;
 use crate::error::ApiError;
 use crate::rbac::Action;
@@ -134,7 +135,7 @@ async fn snapshot(s: &Shared) -> Result<Snapshot, ApiError> {
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangeSubset {
     #[serde(default)]
@@ -179,7 +180,7 @@ impl ChangeSubset {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProvisionIn {
     update_description: String,
@@ -187,7 +188,7 @@ struct ProvisionIn {
     change_subset: Option<ChangeSubset>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubsetIn {
     #[serde(default)]
@@ -332,17 +333,75 @@ fn write_version(
     Ok(doc)
 }
 
-fn version_json(v: &VersionDoc) -> Value {
-    json!({
-        "href": format!("/orgs/{}/sec_policy/{}", keys::ORG, v.number),
-        "version": v.number,
-        "commit_message": v.note,
-        "workloads_affected": v.workloads_affected,
-        "object_counts": v.object_counts,
-        "created_at": iso8601(v.time_ms),
-        "created_by": {"href": v.author},
-        "restored_from": v.restored_from,
-    })
+/// A provisioned version as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Version {
+    href: String,
+    version: u64,
+    /// The provision's `update_description`.
+    commit_message: String,
+    /// How many workloads' rules changed.
+    workloads_affected: u64,
+    /// Changed objects per kind.
+    object_counts: BTreeMap<String, u64>,
+    created_at: String,
+    created_by: HrefJson,
+    /// The version a rollback restored.
+    restored_from: Option<u64>,
+}
+
+impl Version {
+    fn of(v: &VersionDoc) -> Version {
+        Version {
+            href: format!("/orgs/{}/sec_policy/{}", keys::ORG, v.number),
+            version: v.number,
+            commit_message: v.note.clone(),
+            workloads_affected: v.workloads_affected,
+            object_counts: v.object_counts.clone(),
+            created_at: iso8601(v.time_ms),
+            created_by: HrefJson {
+                href: v.author.clone(),
+            },
+            restored_from: v.restored_from,
+        }
+    }
+}
+
+/// One version with the objects it changed and the workloads it affected.
+#[derive(Debug, Serialize, ToSchema)]
+struct VersionDetail {
+    #[serde(flatten)]
+    version: Version,
+    changes: Vec<VersionChange>,
+    affected_workloads: Vec<HrefJson>,
+}
+
+/// An object a version changed (`deleted`: removed from the active policy).
+#[derive(Debug, Serialize, ToSchema)]
+struct VersionChange {
+    href: String,
+    deleted: bool,
+}
+
+/// A pending change of the draft.
+#[derive(Debug, Serialize, ToSchema)]
+struct PendingChange {
+    href: String,
+    /// `create`, `update` or `delete`.
+    update_type: &'static str,
+}
+
+/// Pending changes by object kind (`rule_sets`, `services`, ...); kinds
+/// without changes are left out.
+#[derive(Debug, Serialize, ToSchema)]
+struct Pending(BTreeMap<&'static str, Vec<PendingChange>>);
+
+/// What a provision would change.
+#[derive(Debug, Serialize, ToSchema)]
+struct Impact {
+    workloads_affected: usize,
+    /// Their hrefs.
+    workloads: Vec<String>,
 }
 
 async fn provision(
@@ -390,7 +449,7 @@ async fn provision(
         ctx.audit(&mut txn, &s, &format!("/orgs/{}/sec_policy/{n}", keys::ORG))?;
         Ok((txn, doc))
     })?;
-    Ok(answer(StatusCode::CREATED, &version_json(&doc), rev))
+    answer_of(StatusCode::CREATED, &Version::of(&doc), rev)
 }
 
 async fn pending(
@@ -406,14 +465,16 @@ async fn pending(
     }
     let rev = s.db.revision().await?;
     let snap = snapshot(&s).await?;
-    let mut out = serde_json::Map::new();
+    let mut out = BTreeMap::new();
     for ((kind, id), how) in diff(&snap.active, &snap.draft) {
-        let entry = out.entry(kind.segment()).or_insert_with(|| json!([]));
-        if let Value::Array(a) = entry {
-            a.push(json!({"href": keys::href(Space::Draft, kind, &id), "update_type": how}));
-        }
+        out.entry(kind.segment())
+            .or_insert_with(Vec::new)
+            .push(PendingChange {
+                href: keys::href(Space::Draft, kind, &id),
+                update_type: how,
+            });
     }
-    Ok(answer(StatusCode::OK, &Value::Object(out), rev))
+    answer_of(StatusCode::OK, &Pending(out), rev)
 }
 
 async fn impact(
@@ -439,11 +500,14 @@ async fn impact(
         .iter()
         .map(|id| keys::href(Space::Live, Kind::Workload, id))
         .collect();
-    Ok(answer(
+    answer_of(
         StatusCode::OK,
-        &json!({"workloads_affected": hrefs.len(), "workloads": hrefs}),
+        &Impact {
+            workloads_affected: hrefs.len(),
+            workloads: hrefs,
+        },
         rev,
-    ))
+    )
 }
 
 /// Sets the draft of the given units to their content in `to` (revert, restore),
@@ -538,9 +602,9 @@ async fn versions(
 ) -> Result<Response, ApiError> {
     let ctx = ctx.0;
     space_of(Kind::Label, &p, false)?;
-    ctx.allow_query(&["max_results"])?;
+    ctx.allow_query(VERSIONS.accepts())?;
     let (vs, rev) = s.db.scan::<VersionDoc>(keys::VERSIONS, MAX_OBJECTS).await?;
-    let items = vs.iter().rev().map(|v| version_json(&v.value)).collect();
+    let items = values(vs.iter().rev().map(|v| Version::of(&v.value)))?;
     collection(&ctx, &s, items, rev)
 }
 
@@ -566,30 +630,32 @@ async fn version(
         s.db.get::<VersionDoc>(&keys::version(n))
             .await?
             .ok_or_else(|| ApiError::not_found(format!("policy version {n}")))?;
-    let mut out = version_json(&v.value);
     let prefix = keys::version_objs(n);
     let mut changes = Vec::new();
     for (key, bytes) in s.db.raw_scan(&prefix, MAX_OBJECTS).await? {
         if let Some((kind, id)) = keys::split_kind_id(&keys::id_of(&key, &prefix)) {
-            changes.push(
-                json!({"href": keys::href(Space::Active, kind, &id), "deleted": bytes == b"null"}),
-            );
+            changes.push(VersionChange {
+                href: keys::href(Space::Active, kind, &id),
+                deleted: bytes == b"null",
+            });
         }
     }
-    let mut affected: Vec<Value> = Vec::new();
+    let mut affected = Vec::new();
     for (_, bytes) in
         s.db.raw_scan(&keys::version_affected_prefix(n), MAX_OBJECTS)
             .await?
     {
         let ids: Vec<Id> = decode(&bytes)?;
-        affected.extend(
-            ids.iter()
-                .map(|id| json!({"href": keys::href(Space::Live, Kind::Workload, id)})),
-        );
+        affected.extend(ids.iter().map(|id| HrefJson {
+            href: keys::href(Space::Live, Kind::Workload, id),
+        }));
     }
-    out["changes"] = json!(changes);
-    out["affected_workloads"] = json!(affected);
-    Ok(answer(StatusCode::OK, &out, rev))
+    let detail = VersionDetail {
+        version: Version::of(&v.value),
+        changes,
+        affected_workloads: affected,
+    };
+    answer_of(StatusCode::OK, &detail, rev)
 }
 
 /// The active policy as of version `k`, rebuilt from each version's changes.
@@ -619,7 +685,7 @@ async fn policy_at(s: &Shared, k: u64) -> Result<Raw, ApiError> {
     Ok(raw)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RestoreIn {
     #[serde(default)]
@@ -683,16 +749,66 @@ async fn restore(
         ctx.audit(&mut txn, &s, &format!("/orgs/{}/sec_policy/{n}", keys::ORG))?;
         Ok((txn, doc))
     })?;
-    Ok(answer(StatusCode::CREATED, &version_json(&doc), rev))
+    answer_of(StatusCode::CREATED, &Version::of(&doc), rev)
 }
 
-pub(super) fn routes() -> Router<Shared> {
+const VERSIONS: Op = Op::new("List provisioned versions, newest first.")
+    .answer(200, many::<Version>())
+    .query(&["max_results"]);
+
+pub(super) fn api() -> Api {
     let b = "/api/v2/orgs/{org}/sec_policy";
-    Router::new()
-        .route(b, get(versions).post(provision))
-        .route(&format!("{b}/pending"), get(pending).delete(revert_all))
-        .route(&format!("{b}/delete"), put(revert_some))
-        .route(&format!("{b}/impact"), post(impact))
-        .route(&format!("{b}/{{pversion}}"), get(version))
-        .route(&format!("{b}/{{pversion}}/restore"), post(restore))
+    Api::default()
+        .at(Method::GET, b, VERSIONS, versions)
+        .at(
+            Method::POST,
+            b,
+            Op::new("Provision the draft (all, or change_subset) as the next version.")
+                .body(one::<ProvisionIn>())
+                .answer(201, one::<Version>()),
+            provision,
+        )
+        .at(
+            Method::GET,
+            &format!("{b}/pending"),
+            Op::new("Pending changes of the draft.").answer(200, one::<Pending>()),
+            pending,
+        )
+        .at(
+            Method::DELETE,
+            &format!("{b}/pending"),
+            Op::new("Revert every pending change."),
+            revert_all,
+        )
+        .at(
+            Method::PUT,
+            &format!("{b}/delete"),
+            Op::new("Revert the pending changes in change_subset.").body(one::<SubsetIn>()),
+            revert_some,
+        )
+        .at(
+            Method::POST,
+            &format!("{b}/impact"),
+            Op::new(
+                "Workloads a provision (all, or change_subset) would change; the body is optional.",
+            )
+            .body(one::<SubsetIn>())
+            .answer(200, one::<Impact>()),
+            impact,
+        )
+        .at(
+            Method::GET,
+            &format!("{b}/{{pversion}}"),
+            Op::new("One version, its changes and affected workloads.")
+                .answer(200, one::<VersionDetail>()),
+            version,
+        )
+        .at(
+            Method::POST,
+            &format!("{b}/{{pversion}}/restore"),
+            Op::new("Roll back: a new version equal to this one; the body is optional.")
+                .body(one::<RestoreIn>())
+                .answer(201, one::<Version>()),
+            restore,
+        )
 }

@@ -4,13 +4,16 @@
 
 use crate::transact;
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use serde_json::{json, Value};
 
-use super::objects::{id_param, may_write, merge_input, object_json, space_of, update, Params};
+use super::objects::{
+    changes_schema, id_param, may_write, merge_input, object_json, object_schema, space_of, update,
+    Params,
+};
+use super::spec::{one, Api, Body, Op};
 use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
 use crate::docs::*;
 use crate::error::ApiError;
@@ -444,25 +447,90 @@ async fn rule_delete<R: Doc>(
     Ok(no_content(rev))
 }
 
-fn rule_routes<R: Doc>(r: Router<Shared>) -> Router<Shared> {
+fn rule_api<R: Doc>(api: Api, noun: &str) -> Api {
     let base = format!(
         "/api/v2/orgs/{{org}}/sec_policy/{{pversion}}/rule_sets/{{id}}/{}",
         R::KIND.segment()
     );
-    r.route(&base, get(rule_list::<R>).post(rule_create::<R>))
-        .route(
-            &format!("{base}/{{rule}}"),
-            get(rule_read::<R>)
-                .put(rule_update::<R>)
-                .delete(rule_delete::<R>),
-        )
+    let item = format!("{base}/{{rule}}");
+    api.at(
+        Method::GET,
+        &base,
+        Op::described(format!("List a ruleset's {noun}s."))
+            .answer(200, Body::List(object_schema::<R>))
+            .query(&["max_results"]),
+        rule_list::<R>,
+    )
+    .at(
+        Method::POST,
+        &base,
+        Op::described(format!("Add {noun} (draft)."))
+            .body(one::<R::Input>())
+            .answer(201, Body::One(object_schema::<R>)),
+        rule_create::<R>,
+    )
+    .at(
+        Method::GET,
+        &item,
+        Op::described(format!("Read {noun}.")).answer(200, Body::One(object_schema::<R>)),
+        rule_read::<R>,
+    )
+    .at(
+        Method::PUT,
+        &item,
+        Op::described(format!(
+            "Change {noun} (draft): the fields given replace the rule's."
+        ))
+        .body(Body::One(changes_schema::<R>)),
+        rule_update::<R>,
+    )
+    .at(
+        Method::DELETE,
+        &item,
+        Op::described(format!("Delete {noun} (draft).")),
+        rule_delete::<R>,
+    )
 }
 
-pub(super) fn routes() -> Router<Shared> {
+pub(super) fn api() -> Api {
     let base = "/api/v2/orgs/{org}/sec_policy/{pversion}/rule_sets";
-    let r = Router::new().route(base, get(list).post(create)).route(
-        &format!("{base}/{{id}}"),
-        get(read).put(update::<RuleSetDoc>).delete(remove),
-    );
-    rule_routes::<DenyRuleDoc>(rule_routes::<RuleDoc>(r))
+    let item = format!("{base}/{{id}}");
+    let api = Api::default()
+        .at(
+            Method::GET,
+            base,
+            Op::new("List rulesets with their rules (in your scope; filter: name).")
+                .answer(200, Body::List(object_schema::<RuleSetDoc>))
+                .query(&["name", "max_results"]),
+            list,
+        )
+        .at(
+            Method::POST,
+            base,
+            Op::new("Create a ruleset, optionally with allow rules (draft).")
+                .body(one::<RuleSetIn>())
+                .answer(201, Body::One(object_schema::<RuleSetDoc>)),
+            create,
+        )
+        .at(
+            Method::GET,
+            &item,
+            Op::new("Read a ruleset with its rules.")
+                .answer(200, Body::One(object_schema::<RuleSetDoc>)),
+            read,
+        )
+        .at(
+            Method::PUT,
+            &item,
+            Op::new("Change a ruleset's name, description, scope or enabled (draft); rules are edited through sec_rules and deny_rules.")
+                .body(Body::One(changes_schema::<RuleSetDoc>)),
+            update::<RuleSetDoc>,
+        )
+        .at(
+            Method::DELETE,
+            &item,
+            Op::new("Delete a ruleset and its rules (draft)."),
+            remove,
+        );
+    rule_api::<DenyRuleDoc>(rule_api::<RuleDoc>(api, "an allow rule"), "a deny rule")
 }

@@ -4,14 +4,14 @@ use crate::transact;
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{delete, get};
-use axum::Router;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::{answer, collection, no_content, Ctx, CtxExt, Shared};
+use super::spec::{many, one, Api, Op};
+use super::{answer_of, collection, no_content, values, Ctx, CtxExt, Shared};
 use crate::auth::{new_api_key, ApiKeyDoc, UserDoc};
 use crate::docs::{resolve, HrefJson, Refs};
 use crate::error::ApiError;
@@ -21,7 +21,7 @@ use sc_store::keys::{self, Id, Kind};
 use sc_store::time::iso8601;
 use sc_store::world::{World, MAX_OBJECTS};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PermissionIn {
     role: HrefJson,
@@ -29,13 +29,13 @@ struct PermissionIn {
     scope: Vec<ScopeLabel>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScopeLabel {
     label: HrefJson,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserIn {
     username: String,
@@ -45,7 +45,7 @@ struct UserIn {
     permissions: Vec<PermissionIn>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserUpdate {
     #[serde(default)]
@@ -54,7 +54,7 @@ struct UserUpdate {
     permissions: Option<Vec<PermissionIn>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeyIn {
     #[serde(default)]
@@ -104,18 +104,61 @@ fn permissions(list: &[PermissionIn], refs: &mut Refs) -> Result<Vec<Permission>
         .collect()
 }
 
-fn user_json(id: &str, u: &UserDoc) -> Value {
-    json!({
-        "href": format!("/users/{id}"),
-        "username": u.username,
-        "full_name": u.full_name,
-        "permissions": u.permissions.iter().map(|p| json!({
-            "role": {"href": format!("/orgs/{}/roles/{}", keys::ORG, p.role.name())},
-            "scope": p.scope.iter().map(|l| json!({"label": {"href": keys::href(keys::Space::Live, Kind::Label, l)}})).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "created_at": iso8601(u.created_at),
-        "created_by": {"href": u.created_by},
-    })
+/// A user as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+struct User {
+    href: String,
+    username: String,
+    full_name: Option<String>,
+    /// A role in a scope (an empty scope: everywhere).
+    permissions: Vec<PermissionIn>,
+    created_at: String,
+    created_by: HrefJson,
+}
+
+fn user_json(id: &str, u: &UserDoc) -> User {
+    let href = |h: String| HrefJson { href: h };
+    User {
+        href: format!("/users/{id}"),
+        username: u.username.clone(),
+        full_name: u.full_name.clone(),
+        permissions: u
+            .permissions
+            .iter()
+            .map(|p| PermissionIn {
+                role: href(format!("/orgs/{}/roles/{}", keys::ORG, p.role.name())),
+                scope: p
+                    .scope
+                    .iter()
+                    .map(|l| ScopeLabel {
+                        label: href(keys::href(keys::Space::Live, Kind::Label, l)),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        created_at: iso8601(u.created_at),
+        created_by: href(u.created_by.clone()),
+    }
+}
+
+/// An API key as listed (its secret is never shown again).
+#[derive(Debug, Serialize, ToSchema)]
+struct ApiKey {
+    href: String,
+    key_id: String,
+    /// The HTTP Basic user name of this key.
+    auth_username: String,
+    name: String,
+    created_at: String,
+}
+
+/// A new API key with its secret, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+struct NewApiKey {
+    #[serde(flatten)]
+    key: ApiKey,
+    /// The HTTP Basic password of this key.
+    secret: String,
 }
 
 fn owner_only(ctx: &Ctx) -> Result<(), ApiError> {
@@ -142,8 +185,8 @@ async fn list(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError
     let (users, rev) = s.db.scan::<UserDoc>(keys::USERS, MAX_OBJECTS).await?;
     let items = users
         .iter()
-        .map(|u| user_json(&keys::id_of(&u.key, keys::USERS), &u.value))
-        .collect();
+        .map(|u| user_json(&keys::id_of(&u.key, keys::USERS), &u.value));
+    let items = values(items)?;
     collection(&ctx, &s, items, rev)
 }
 
@@ -183,7 +226,7 @@ async fn create(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
         ctx.audit(&mut txn, &s, &format!("/users/{id}"))?;
         Ok((txn, doc))
     })?;
-    Ok(answer(StatusCode::CREATED, &user_json(&id, &doc), rev))
+    answer_of(StatusCode::CREATED, &user_json(&id, &doc), rev)
 }
 
 async fn read(
@@ -201,7 +244,7 @@ async fn read(
         s.db.get::<UserDoc>(&keys::user(&id))
             .await?
             .ok_or_else(|| ApiError::not_found(format!("/users/{id}")))?;
-    Ok(answer(StatusCode::OK, &user_json(&id, &u.value), rev))
+    answer_of(StatusCode::OK, &user_json(&id, &u.value), rev)
 }
 
 async fn update(
@@ -323,15 +366,17 @@ async fn create_key(
         )?;
         Ok((txn, ()))
     })?;
-    let v = json!({
-        "href": format!("/users/{id}/api_keys/{}", doc.key_id),
-        "key_id": doc.key_id,
-        "auth_username": auth_username,
-        "secret": secret,
-        "name": name,
-        "created_at": iso8601(doc.created_at),
-    });
-    Ok(answer(StatusCode::CREATED, &v, rev))
+    let v = NewApiKey {
+        key: ApiKey {
+            href: format!("/users/{id}/api_keys/{}", doc.key_id),
+            key_id: doc.key_id.clone(),
+            auth_username,
+            name,
+            created_at: iso8601(doc.created_at),
+        },
+        secret,
+    };
+    answer_of(StatusCode::CREATED, &v, rev)
 }
 
 async fn list_keys(
@@ -343,19 +388,14 @@ async fn list_keys(
     let id = user_id(&p)?;
     self_or_owner(&ctx, &id)?;
     let (ks, rev) = s.db.scan::<ApiKeyDoc>(keys::API_KEYS, MAX_OBJECTS).await?;
-    let items = ks
-        .iter()
-        .filter(|k| k.value.user_id == id)
-        .map(|k| {
-            json!({
-                "href": format!("/users/{id}/api_keys/{}", k.value.key_id),
-                "key_id": k.value.key_id,
-                "auth_username": keys::id_of(&k.key, keys::API_KEYS),
-                "name": k.value.name,
-                "created_at": iso8601(k.value.created_at),
-            })
-        })
-        .collect();
+    let items = ks.iter().filter(|k| k.value.user_id == id).map(|k| ApiKey {
+        href: format!("/users/{id}/api_keys/{}", k.value.key_id),
+        key_id: k.value.key_id.clone(),
+        auth_username: keys::id_of(&k.key, keys::API_KEYS),
+        name: k.value.name.clone(),
+        created_at: iso8601(k.value.created_at),
+    });
+    let items = values(items)?;
     collection(&ctx, &s, items, rev)
 }
 
@@ -383,13 +423,62 @@ async fn delete_key(
     Ok(no_content(rev))
 }
 
-pub(super) fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/api/v2/users", get(list).post(create))
-        .route("/api/v2/users/{id}", get(read).put(update).delete(remove))
-        .route(
-            "/api/v2/users/{id}/api_keys",
-            get(list_keys).post(create_key),
+pub(super) fn api() -> Api {
+    Api::default()
+        .at(
+            Method::GET,
+            "/api/v2/users",
+            Op::new("List users (owner).")
+                .answer(200, many::<User>())
+                .query(&["max_results"]),
+            list,
         )
-        .route("/api/v2/users/{id}/api_keys/{key}", delete(delete_key))
+        .at(
+            Method::POST,
+            "/api/v2/users",
+            Op::new("Create a user with roles (owner).")
+                .body(one::<UserIn>())
+                .answer(201, one::<User>()),
+            create,
+        )
+        .at(
+            Method::GET,
+            "/api/v2/users/{id}",
+            Op::new("Read a user (owner, or the user).").answer(200, one::<User>()),
+            read,
+        )
+        .at(
+            Method::PUT,
+            "/api/v2/users/{id}",
+            Op::new("Change a user's full name or roles (owner).").body(one::<UserUpdate>()),
+            update,
+        )
+        .at(
+            Method::DELETE,
+            "/api/v2/users/{id}",
+            Op::new("Delete a user and their keys (owner)."),
+            remove,
+        )
+        .at(
+            Method::GET,
+            "/api/v2/users/{id}/api_keys",
+            Op::new("List a user's API keys.")
+                .answer(200, many::<ApiKey>())
+                .query(&["max_results"]),
+            list_keys,
+        )
+        .at(
+            Method::POST,
+            "/api/v2/users/{id}/api_keys",
+            Op::new("Create an API key (its secret is shown once); the body is optional.")
+                .body(one::<KeyIn>())
+                .answer(201, one::<NewApiKey>()),
+            create_key,
+        )
+        .at(
+            Method::DELETE,
+            "/api/v2/users/{id}/api_keys/{key}",
+            Op::new("Delete an API key."),
+            delete_key,
+        )
 }
