@@ -7,6 +7,7 @@
 //! - [`version`]: the draft, pending changes, provisioning, impact, diff, rollback;
 //! - [`compute`]: per-workload compiled rules, kept current incrementally;
 //! - [`render`]: nftables rulesets and flow explanations;
+//! - [`flowlog`]: how rendered rules tell the VEN's flow collector what they decided;
 //! - [`reference`]: the naive evaluator the engine is checked against;
 //! - [`guard`]: broad-rule and scope checks for the API layer;
 //! - [`addr`]: address sets and minimal CIDRs;
@@ -16,6 +17,7 @@
 
 pub mod addr;
 pub mod compute;
+pub mod flowlog;
 pub mod guard;
 pub mod key;
 pub mod model;

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use crate::addr::{AddrSet, Family};
 use crate::compute::{Action, CompiledPolicy, CompiledRule, Ports, Verdict};
+use crate::flowlog::{Decision, Direction, Logged, NFLOG_GROUP};
 use crate::model::{EnforcementMode, PortRange, Proto};
 
 /// The nftables table every VEN owns.
@@ -79,10 +80,34 @@ fn distinct_sets(rules: &[CompiledRule]) -> Vec<&AddrSet> {
     sets
 }
 
-fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &str) {
+/// The NFLOG statement that reports a decision to the VEN's flow collector.
+fn log(decision: Decision, direction: Direction, rule: Option<&crate::model::RuleRef>) -> String {
+    let l = Logged {
+        decision,
+        direction,
+        rule: rule.cloned(),
+    };
+    format!("log prefix \"{l}\" group {NFLOG_GROUP}")
+}
+
+/// Renders one direction's rules. Each logs its decision (see
+/// [`crate::flowlog`]); when the mode does not enforce (`enforce` false:
+/// visibility only), a deny rule accepts and logs `potentially_blocked`.
+fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &str, enforce: bool) {
+    let direction = if dir == "in" {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
     let sets = distinct_sets(rules);
     for r in rules {
         let i = sets.iter().position(|s| *s == &*r.peers).unwrap_or(0);
+        let (decision, verdict) = match (r.action, enforce) {
+            (Action::Allow, _) => (Decision::Allowed, "accept"),
+            (_, true) => (Decision::Blocked, verdict(r.action)),
+            (_, false) => (Decision::PotentiallyBlocked, "accept"),
+        };
+        let verdict = format!("{} {verdict}", log(decision, direction, Some(&r.source)));
         let comment = format!("comment \"{}\"", r.source.to_string().replace('"', "'"));
         let ports = port_matches(&r.ports);
         for (family, kw) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
@@ -92,11 +117,11 @@ fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &s
             let peer = format!("{kw} {addr_kw} @{}", set_name(dir, i, family));
             match &ports {
                 None => {
-                    let _ = writeln!(out, "    {peer} {} {comment}", verdict(r.action));
+                    let _ = writeln!(out, "    {peer} {verdict} {comment}");
                 }
                 Some(list) => {
                     for m in list {
-                        let _ = writeln!(out, "    {peer} {m} {} {comment}", verdict(r.action));
+                        let _ = writeln!(out, "    {peer} {m} {verdict} {comment}");
                     }
                 }
             }
@@ -143,11 +168,9 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
     }
     let enforce = matches!(c.mode, EnforcementMode::Selective | EnforcementMode::Full);
     let _ = writeln!(out, "table inet {TABLE} {{");
-    if enforce {
-        render_sets(&mut out, &c.inbound, "in");
-        if c.mode == EnforcementMode::Full {
-            render_sets(&mut out, &c.outbound, "out");
-        }
+    render_sets(&mut out, &c.inbound, "in");
+    if c.mode == EnforcementMode::Full {
+        render_sets(&mut out, &c.outbound, "out");
     }
     let input_policy = if c.mode == EnforcementMode::Full {
         "drop"
@@ -161,12 +184,20 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
     );
     let _ = writeln!(out, "    ct state established,related accept");
     let _ = writeln!(out, "    iif \"lo\" accept");
-    if enforce {
-        render_rules(&mut out, &c.inbound, "in", "saddr");
+    render_rules(&mut out, &c.inbound, "in", "saddr", enforce);
+    // What no rule decided: the mode's default. Full mode drops it (the
+    // chain's policy); the others let it pass, which enforcing would not.
+    let default = if c.mode == EnforcementMode::Full {
+        Decision::Blocked
     } else {
-        // Visibility only: count, never block.
-        let _ = writeln!(out, "    counter accept");
-    }
+        Decision::PotentiallyBlocked
+    };
+    let _ = writeln!(
+        out,
+        "    {}{}",
+        log(default, Direction::Inbound, None),
+        if enforce { "" } else { " accept" }
+    );
     let _ = writeln!(out, "  }}");
     if c.mode == EnforcementMode::Full {
         let _ = writeln!(out, "  chain output {{");
@@ -182,7 +213,12 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
                 ep.port()
             );
         }
-        render_rules(&mut out, &c.outbound, "out", "daddr");
+        render_rules(&mut out, &c.outbound, "out", "daddr", true);
+        let _ = writeln!(
+            out,
+            "    {}",
+            log(Decision::Blocked, Direction::Outbound, None)
+        );
         let _ = writeln!(out, "  }}");
     }
     let _ = writeln!(out, "}}");

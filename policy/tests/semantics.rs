@@ -293,7 +293,8 @@ fn ip_lists_with_exclusions_and_ipv6() {
     let text = nftables(&e.compiled("db6").unwrap());
     assert!(
         text.contains("type ipv6_addr")
-            && text.contains("ip6 saddr @in0_v6 tcp dport { 5432 } accept"),
+            && text.contains("ip6 saddr @in0_v6 tcp dport { 5432 } log prefix \"sc:a:in:r:")
+            && text.contains("group 7 accept comment"),
         "{text}"
     );
 }
@@ -413,7 +414,10 @@ fn compute_is_deterministic_to_the_byte() {
             || db.contains("10.0.1.5/32"),
         "{db}"
     );
-    assert!(db.contains("tcp dport { 5432, 5433 } accept"), "{db}");
+    assert!(
+        db.contains("tcp dport { 5432, 5433 } log prefix \"sc:a:in:r:"),
+        "{db}"
+    );
     assert!(
         db.contains("policy drop")
             && db.contains("ct state established,related accept")

@@ -5,12 +5,14 @@
 //! - [`identity`]: pairing, and the identity and policy kept on disk;
 //! - [`agent`]: the connection loop (nearest member, stream, acks, failover);
 //! - [`enforce`]: applying a policy (nftables, dry run, or in memory);
+//! - [`flows`]: what the kernel decided about each new connection (NFLOG), summarised;
 //! - `applier`: running that host work off the async threads, in order;
 //! - [`sim`]: what the simulator records of each simulated VEN.
 
 pub mod agent;
 mod applier;
 pub mod enforce;
+pub mod flows;
 pub mod identity;
 pub mod sim;
 

@@ -1,0 +1,184 @@
+//! The NFLOG socket: the kernel sends every packet a rendered rule logs to
+//! group [`sc_policy::flowlog::NFLOG_GROUP`] here, with the rule's prefix
+//! (decision 0013 says why netlink-packet-netfilter).
+//!
+//! A reader is blocking and bound to the network namespace of the thread that
+//! opens it; the agent runs it on its own thread and passes what it reads to
+//! the async side over a channel, like the nft applier.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::constants::{AF_INET, AF_INET6};
+use netlink_packet_netfilter::nflog::nlas::config::{ConfigCmd, ConfigMode, Timeout};
+use netlink_packet_netfilter::nflog::nlas::packet::PacketNla;
+use netlink_packet_netfilter::nflog::{config_request, NfLogMessage};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+use netlink_sys::constants::NETLINK_NETFILTER;
+use netlink_sys::Socket;
+use sc_policy::flowlog::{self, Logged};
+
+use super::packet;
+
+/// One logged packet: what the rule decided, and the connection it opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The decision and rule, from the prefix.
+    pub logged: Logged,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IANA protocol.
+    pub proto: u8,
+    /// Destination port (0 for protocols without ports).
+    pub dst_port: u16,
+}
+
+/// A bound NFLOG socket.
+pub struct NflogReader {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+/// Bytes of each packet the kernel copies: enough for the IP and transport
+/// headers, never the payload.
+const COPY_BYTES: u32 = 96;
+
+impl NflogReader {
+    /// Binds `group` in the calling thread's network namespace. `poll` bounds
+    /// how long [`NflogReader::read`] blocks, so the owner can notice shutdown.
+    pub fn open(group: u16, poll: Duration) -> io::Result<NflogReader> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        set_recv_timeout(&socket, poll)?;
+        // Large bursts (a scan) must not overflow the default buffer at once;
+        // what overflows is counted by the kernel (ENOBUFS) and skipped here.
+        socket.set_rx_buf_sz(4 << 20)?;
+        let mut r = NflogReader {
+            socket,
+            buf: vec![0; 1 << 16],
+        };
+        for family in [AF_INET, AF_INET6] {
+            r.configure(config_request(family, 0, vec![ConfigCmd::PfBind.into()]))?;
+        }
+        let flush: Timeout = Duration::from_millis(100).into();
+        r.configure(config_request(
+            AF_INET,
+            group,
+            vec![
+                ConfigCmd::Bind.into(),
+                ConfigMode::new_packet(COPY_BYTES).into(),
+                flush.into(),
+            ],
+        ))?;
+        Ok(r)
+    }
+
+    fn configure(&mut self, msg: NetlinkMessage<NetfilterMessage>) -> io::Result<()> {
+        let mut out = vec![0; msg.header.length as usize];
+        msg.serialize(&mut out[..]);
+        self.socket.send(&out, 0)?;
+        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        match NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[..n]) {
+            Ok(NetlinkMessage {
+                payload: NetlinkPayload::Error(e),
+                ..
+            }) => match e.code {
+                None => Ok(()),
+                Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+            },
+            Ok(_) => Ok(()),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+    }
+
+    /// The packets logged since the last call; empty when `poll` passed with
+    /// none. Messages that are not ours (another prefix) are skipped.
+    pub fn read(&mut self) -> io::Result<Vec<Observed>> {
+        let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(vec![])
+            }
+            // The kernel dropped messages we were too slow for; go on.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset < n {
+            let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[offset..n])
+            else {
+                break;
+            };
+            let len = msg.header.length as usize;
+            if let Some(o) = observed(&msg) {
+                out.push(o);
+            }
+            if len == 0 {
+                break;
+            }
+            offset += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+}
+
+fn observed(msg: &NetlinkMessage<NetfilterMessage>) -> Option<Observed> {
+    let NetlinkPayload::InnerMessage(NetfilterMessage {
+        inner: NetfilterMessageInner::NfLog(NfLogMessage::Packet(nlas)),
+        ..
+    }) = &msg.payload
+    else {
+        return None;
+    };
+    let mut prefix = None;
+    let mut payload = None;
+    for nla in nlas {
+        match nla {
+            PacketNla::Prefix(p) => prefix = p.to_str().ok(),
+            PacketNla::Payload(p) => payload = Some(p.as_slice()),
+            _ => {}
+        }
+    }
+    let logged = flowlog::parse(prefix?)?;
+    let h = packet::parse(payload?)?;
+    Some(Observed {
+        logged,
+        src: h.src,
+        dst: h.dst,
+        proto: h.proto,
+        dst_port: h.dst_port,
+    })
+}
+
+fn set_recv_timeout(socket: &Socket, d: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket descriptor and a timeval that lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
