@@ -104,6 +104,7 @@ pub async fn serve(
         db: Db::new(node),
         limiter: RateLimiter::new(opts.rate, opts.burst),
         jobs: Jobs::default(),
+        traffic: Default::default(),
     });
     let app = router(state);
     let task = tokio::spawn(accept_loop(listener, app, acceptor, shutdown.clone()));

@@ -7,16 +7,17 @@
 //!   change notices, which says exactly which served workloads changed;
 //!   [`render`]: the JSON a VEN receives, each distinct rule serialised once;
 //! - [`pairing`]: a pairing key and host facts become a managed workload and a
-//!   VEN identity; [`flows`]: the region-local flow store;
+//!   VEN identity; [`traffic`]: the region's traffic store and its side of
+//!   global flow queries;
 //! - [`presence`]: workloads' online/offline state, written in batches.
 
 pub mod cache;
 pub mod error;
-pub mod flows;
 pub mod pairing;
 pub mod presence;
 pub mod render;
 pub mod service;
+pub mod traffic;
 
 pub use error::MemberError;
 pub use service::{VenOptions, VenServer};

@@ -30,9 +30,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::PolicyCache;
 use crate::error::MemberError;
-use crate::flows::{FlowRecord, FlowStore};
 use crate::pairing;
 use crate::presence::Presence;
+use crate::traffic::{Resolver, SledTraffic, TrafficStore};
+use sc_proto::federation::{FlowEnd, FlowQuery, FlowQueryReply, TrafficFlow};
 
 /// How the VEN service runs.
 #[derive(Debug, Clone)]
@@ -53,6 +54,9 @@ pub struct VenOptions {
     pub offline_after: Duration,
     /// The most flows one report may carry.
     pub max_flow_batch: usize,
+    /// The most flow summaries one VEN may have stored per minute: a flooding
+    /// VEN is refused beyond it while the others are served.
+    pub flow_quota_per_minute: u64,
     /// How long a new stream may take to say hello.
     pub hello_timeout: Duration,
 }
@@ -74,6 +78,7 @@ impl VenOptions {
             flow_retention: Duration::from_secs(7 * 24 * 3600),
             offline_after: Duration::from_secs(60),
             max_flow_batch: 1000,
+            flow_quota_per_minute: 20_000,
             hello_timeout: Duration::from_secs(10),
         }
     }
@@ -145,7 +150,12 @@ struct Svc {
     signer: VenSigner,
     server_ca: String,
     opts: VenOptions,
-    flows: FlowStore,
+    traffic: Arc<SledTraffic>,
+    resolver: Resolver,
+    /// Per VEN: (minute, flows stored in it), for the quota.
+    flow_quota: Mutex<HashMap<String, (u64, u64)>>,
+    /// When old traffic was last expired (ms).
+    expired_at: std::sync::atomic::AtomicU64,
     /// Open streams.
     sessions: Mutex<Sessions>,
     /// Online/offline changes, committed in batches.
@@ -336,39 +346,144 @@ impl Ven for Handle {
                 self.opts.max_flow_batch
             )));
         }
+        if !self.resolver.exists(&id).await.map_err(Status::from)? {
+            return Err(Status::permission_denied(format!(
+                "workload {id} is not paired (unpaired or deleted); its flows are refused"
+            )));
+        }
+        let now = sc_store::time::now_ms();
+        self.charge_quota(&id, now, batch.flows.len() as u64)?;
         let mut records = Vec::with_capacity(batch.flows.len());
         for (i, f) in batch.flows.iter().enumerate() {
-            let bad = |what: &str| Status::invalid_argument(format!("flows[{i}].{what}"));
-            f.src
-                .parse::<IpAddr>()
-                .map_err(|_| bad("src: not an IP address"))?;
-            f.dst
-                .parse::<IpAddr>()
-                .map_err(|_| bad("dst: not an IP address"))?;
-            let port = u16::try_from(f.port).map_err(|_| bad("port: above 65535"))?;
-            let proto = u8::try_from(f.proto).map_err(|_| bad("proto: above 255"))?;
-            if f.first_seen_ms > f.last_seen_ms {
-                return Err(bad("first_seen_ms: after last_seen_ms"));
-            }
-            records.push(FlowRecord {
-                workload: id.clone(),
-                src: f.src.clone(),
-                dst: f.dst.clone(),
-                port,
-                proto,
-                allowed: f.allowed,
-                count: f.count,
-                first_seen_ms: f.first_seen_ms,
-                last_seen_ms: f.last_seen_ms,
-            });
+            records.push(self.resolve_flow(&id, i, f, now).await?);
         }
-        let stored = self
-            .flows
-            .store(sc_store::time::now_ms(), &records)
+        if batch.dropped > 0 {
+            tracing::warn!(workload = %id, dropped = batch.dropped, "a VEN dropped flow summaries it could not keep");
+        }
+        let store = self.traffic.clone();
+        let stored = tokio::task::spawn_blocking(move || store.ingest(&records))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::from)?;
+        self.expire_now_and_then(now).await;
         Ok(Response::new(FlowAck {
             stored: stored as u32,
         }))
+    }
+}
+
+impl Svc {
+    /// Counts `n` flows against `id`'s quota of this minute, or refuses them.
+    fn charge_quota(&self, id: &str, now: u64, n: u64) -> Result<(), Status> {
+        let minute = now / 60_000;
+        let mut q = self
+            .flow_quota
+            .lock()
+            .map_err(|_| Status::internal("quota lock"))?;
+        if q.len() > 100_000 {
+            q.retain(|_, (m, _)| *m == minute);
+        }
+        let e = q.entry(id.to_string()).or_insert((minute, 0));
+        if e.0 != minute {
+            *e = (minute, 0);
+        }
+        if e.1 + n > self.opts.flow_quota_per_minute {
+            return Err(Status::resource_exhausted(format!(
+                "workload {id} reported more than {} flows this minute; retry in the next",
+                self.opts.flow_quota_per_minute
+            )));
+        }
+        e.1 += n;
+        Ok(())
+    }
+
+    /// Checks one reported flow and resolves both ends to workloads.
+    async fn resolve_flow(
+        &self,
+        reporter: &str,
+        i: usize,
+        f: &sc_proto::ven::Flow,
+        now: u64,
+    ) -> Result<TrafficFlow, Status> {
+        let bad = |what: &str| Status::invalid_argument(format!("flows[{i}].{what}"));
+        let src: IpAddr = f.src.parse().map_err(|_| bad("src: not an IP address"))?;
+        let dst: IpAddr = f.dst.parse().map_err(|_| bad("dst: not an IP address"))?;
+        let port = u16::try_from(f.port).map_err(|_| bad("port: above 65535"))?;
+        let proto = u8::try_from(f.proto).map_err(|_| bad("proto: above 255"))?;
+        if f.first_seen_ms > f.last_seen_ms {
+            return Err(bad("first_seen_ms: after last_seen_ms"));
+        }
+        // A VEN's clock may run ahead: no flow is stored as from the future.
+        if f.last_seen_ms > now + 60_000 {
+            return Err(bad(
+                "last_seen_ms: more than a minute ahead of the member's clock",
+            ));
+        }
+        let decision = match f.decision.as_str() {
+            "" if f.allowed => "allowed",
+            "" => "blocked",
+            d @ ("allowed" | "potentially_blocked" | "blocked") => d,
+            _ => return Err(bad("decision: allowed, potentially_blocked or blocked")),
+        };
+        let direction = match f.direction.as_str() {
+            "" | "inbound" => "inbound",
+            "outbound" => "outbound",
+            _ => return Err(bad("direction: inbound or outbound")),
+        };
+        if f.rule.len() > 160 {
+            return Err(bad("rule: longer than a rule reference"));
+        }
+        let end = |ip: IpAddr| async move {
+            Ok::<_, Status>(FlowEnd {
+                ip: ip.to_string(),
+                workload: self.resolver.workload_at(ip).await.map_err(Status::from)?,
+            })
+        };
+        Ok(TrafficFlow {
+            src: Some(end(src).await?),
+            dst: Some(end(dst).await?),
+            port: u32::from(port),
+            proto: u32::from(proto),
+            direction: direction.into(),
+            decision: decision.into(),
+            rule: f.rule.clone(),
+            num_connections: f.count,
+            first_ms: f.first_seen_ms,
+            last_ms: f.last_seen_ms,
+            reporter: reporter.to_string(),
+            region: self.region(),
+        })
+    }
+
+    /// Expires old traffic at most once a minute, off the async threads.
+    async fn expire_now_and_then(&self, now: u64) {
+        use std::sync::atomic::Ordering;
+        let last = self.expired_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 60_000 {
+            return;
+        }
+        self.expired_at.store(now, Ordering::Relaxed);
+        let store = self.traffic.clone();
+        match tokio::task::spawn_blocking(move || store.expire(now)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(flows = n, "expired old traffic"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not expire old traffic"),
+            _ => {}
+        }
+    }
+}
+
+/// The region's side of a global flow query: the node's federation service
+/// hands queries here.
+struct RegionFlows(Arc<SledTraffic>);
+
+#[tonic::async_trait]
+impl sc_raft::FlowQueries for RegionFlows {
+    async fn query(&self, q: FlowQuery) -> Result<FlowQueryReply, String> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || store.query(&q))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -596,7 +711,8 @@ impl VenServer {
             .map_err(|e| MemberError::Start(e.to_string()))?;
         let db = Db::new(node.clone());
         let cache = Arc::new(PolicyCache::load(Db::new(node.clone()), &node.info().region).await?);
-        let flows = FlowStore::open(&opts.flow_dir, opts.flow_retention)?;
+        let traffic = Arc::new(SledTraffic::open(&opts.flow_dir, opts.flow_retention)?);
+        node.serve_flow_queries(Arc::new(RegionFlows(traffic.clone())));
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|e| MemberError::Start(format!("cannot listen on {}: {e}", opts.listen)))?;
@@ -619,7 +735,10 @@ impl VenServer {
             signer,
             server_ca: opts.tls.ca_pem.clone(),
             opts: opts.clone(),
-            flows,
+            traffic,
+            resolver: Resolver::new(Db::new(node.clone())),
+            flow_quota: Mutex::new(HashMap::new()),
+            expired_at: std::sync::atomic::AtomicU64::new(0),
             sessions: Mutex::new(Sessions::default()),
             presence,
             next_session: std::sync::atomic::AtomicU64::new(1),
@@ -707,9 +826,10 @@ impl VenServer {
             .unwrap_or_default()
     }
 
-    /// Stored flows (tests and tools).
-    pub fn flows(&self, limit: usize) -> Result<Vec<FlowRecord>, MemberError> {
-        self.svc.flows.list(limit)
+    /// This region's flows matching `q` (tests and tools; global queries go
+    /// through the node's federation service).
+    pub fn query_flows(&self, q: &FlowQuery) -> Result<FlowQueryReply, MemberError> {
+        self.svc.traffic.query(q)
     }
 
     /// Stops the service: open streams end with UNAVAILABLE so VENs fail over.

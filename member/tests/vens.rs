@@ -609,6 +609,11 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
     assert!(st.message().contains("hello"));
 
     // A flood of flow reports beyond the batch limit; a good batch is stored.
+    // (Flows older than the retention are expired at once: report them as now.)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
     let flow = Flow {
         src: "10.0.0.1".into(),
         dst: "10.0.0.2".into(),
@@ -616,13 +621,15 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
         proto: 6,
         allowed: true,
         count: 3,
-        first_seen_ms: 1,
-        last_seen_ms: 2,
+        first_seen_ms: now - 1000,
+        last_seen_ms: now,
+        ..Flow::default()
     };
     let mut client = VenClient::new(ch);
     let st = client
         .report_flows(FlowBatch {
             flows: vec![flow.clone(); 101],
+            dropped: 0,
         })
         .await
         .expect_err("flood");
@@ -633,14 +640,18 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
         ..flow.clone()
     };
     let st = client
-        .report_flows(FlowBatch { flows: vec![bad] })
+        .report_flows(FlowBatch {
+            flows: vec![bad],
+            dropped: 0,
+        })
         .await
         .expect_err("bad flow");
     assert_eq!(st.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         client
             .report_flows(FlowBatch {
-                flows: vec![flow; 10]
+                flows: vec![flow; 10],
+                dropped: 0,
             })
             .await
             .expect("stored")
@@ -648,7 +659,16 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
             .stored,
         10
     );
-    assert_eq!(env.vens[&2].flows(100).expect("flows").len(), 10);
+    // The ten reports of one flow are one stored flow of 30 connections.
+    let stored = env.vens[&2]
+        .query_flows(&sc_proto::federation::FlowQuery {
+            max_results: 100,
+            ..Default::default()
+        })
+        .expect("flows");
+    assert_eq!(stored.matches, 1);
+    assert_eq!(stored.flows[0].num_connections, 30);
+    assert_eq!(stored.flows[0].decision, "allowed");
 
     // The good VEN kept being served throughout: a policy change still reaches it.
     let before = applied(&events, &good.workload_id);

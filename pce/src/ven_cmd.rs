@@ -46,6 +46,12 @@ pub enum VenCommand {
         /// Print each ruleset instead of applying it (no root needed).
         #[arg(long)]
         dry_run: bool,
+        /// Seconds between flow reports to the member.
+        #[arg(long, default_value_t = 10)]
+        flow_report_interval: u64,
+        /// Collect and report no flows.
+        #[arg(long)]
+        no_flows: bool,
     },
 }
 
@@ -94,7 +100,15 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             );
             Ok(())
         }
-        VenCommand::Run { dir, dry_run } => {
+        VenCommand::Run {
+            dir,
+            dry_run,
+            flow_report_interval,
+            no_flows,
+        } => {
+            if flow_report_interval == 0 {
+                bail!("--flow-report-interval must be at least 1 second");
+            }
             let identity = Identity::load(&dir)?.with_context(|| {
                 format!(
                     "{} holds no identity: run `pce ven pair` first",
@@ -106,7 +120,15 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             } else {
                 Enforcer::Nft
             };
-            let agent = Agent::new(identity, Some(dir.clone()), enforcer)?;
+            let mut agent = Agent::new(identity, Some(dir.clone()), enforcer)?;
+            agent.flow_report_interval = std::time::Duration::from_secs(flow_report_interval);
+            // Flows come from the rules this VEN loads, so a dry run has none.
+            if !dry_run && !no_flows {
+                match sc_ven::flows::Collector::start() {
+                    Ok(c) => agent = agent.with_flows(c),
+                    Err(e) => tracing::error!(error = %e, "flow collection is off"),
+                }
+            }
             match agent.reapply_cached() {
                 Ok(true) => tracing::info!("re-applied the cached policy"),
                 Ok(false) => tracing::info!("no cached policy yet"),

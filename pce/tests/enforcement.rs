@@ -126,7 +126,18 @@ impl Lab {
     fn start_ven(&mut self, host: &'static str) {
         let dir = self.dir.path().join(format!("ven-{host}"));
         let child = self
-            .exec(host, &[PCE, "ven", "run", "--dir", dir.to_str().unwrap()])
+            .exec(
+                host,
+                &[
+                    PCE,
+                    "ven",
+                    "run",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                    "--flow-report-interval",
+                    "1",
+                ],
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -347,6 +358,85 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     });
     check(&lab, false, "after provisioning");
 
+    // Visibility: the kernel's decisions reach the members as flows, and one
+    // Explorer query at region 2 answers for every region (web reports to
+    // r2, app to r3, db to r1).
+    let window = |q: Value| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let iso = |s: u64| {
+            let v = sc_store::time::iso8601(s * 1000);
+            format!("{}Z", &v[..19])
+        };
+        let mut q = q;
+        q["start_date"] = json!(iso(now - 3600));
+        q["end_date"] = json!(iso(now + 3600));
+        q
+    };
+    let flows_to = |api: &mut ApiClient, port: u16| -> Vec<Value> {
+        rt.block_on(async {
+            let q = window(json!({"destinations": {"include": [[{"label": {"href": labels["app"]}}]]}, "services": {"include": [{"proto": 6, "port": port}]}}));
+            let a = api
+                .post(&format!("{ORG}/traffic_flows/traffic_analysis_queries"), &q)
+                .await
+                .unwrap();
+            assert_eq!(a.status.as_u16(), 200, "explorer: {}", a.json());
+            a.json().as_array().cloned().unwrap_or_default()
+        })
+    };
+    let has =
+        |flows: &[Value], decision: &str| flows.iter().any(|f| f["policy_decision"] == decision);
+    wait_until(
+        "web -> app:8080 as an allowed flow",
+        Duration::from_secs(30),
+        || {
+            lab.reach("web", &app, 8080);
+            has(&flows_to(&mut api, 8080), "allowed")
+        },
+    );
+    let allowed = flows_to(&mut api, 8080);
+    let seen_at_app = allowed
+        .iter()
+        .find(|f| f["policy_decision"] == "allowed" && f["flow_direction"] == "inbound")
+        .expect("app reports the inbound connection");
+    assert_eq!(seen_at_app["src"]["ip"], json!(web), "{seen_at_app}");
+    assert_eq!(
+        seen_at_app["dst"]["workload"]["hostname"],
+        json!("app"),
+        "{seen_at_app}"
+    );
+    // Asked again at a region that does not store it: the same flow.
+    let stored_in = seen_at_app["region"].as_str().unwrap().to_string();
+    let other = (1..=3u8).find(|n| format!("r{n}") != stored_in).unwrap();
+    let other_addr: SocketAddr = format!("{}:{api_port}", lab.ip(other)).parse().unwrap();
+    let mut other_api = ApiClient::new(other_addr, Some(&ca)).unwrap().with_key(
+        key["auth_username"].as_str().unwrap(),
+        key["secret"].as_str().unwrap(),
+    );
+    let again = flows_to(&mut other_api, 8080);
+    assert!(
+        again.iter().any(|f| f["region"] == json!(stored_in)
+            && f["flow_direction"] == "inbound"
+            && f["policy_decision"] == "allowed"),
+        "a flow stored in {stored_in} answered by r{other}: {again:?}"
+    );
+    assert!(
+        seen_at_app["rule"]
+            .as_str()
+            .is_some_and(|r| r.starts_with(rs.rsplit('/').next().unwrap())),
+        "the allowing rule: {seen_at_app}"
+    );
+    wait_until(
+        "web -> app:22 as a blocked flow",
+        Duration::from_secs(30),
+        || {
+            lab.reach("web", &app, 22);
+            has(&flows_to(&mut api, 22), "blocked")
+        },
+    );
+
     // Change the policy: web may reach db too.
     rt.block_on(async {
         post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": labels["db"]}}], "consumers": [{"label": {"href": labels["web"]}}], "ingress_services": [{"proto": 6, "port": 5432}]})).await;
@@ -356,6 +446,64 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         lab.reach("web", &db, 5432)
     });
     check(&lab, true, "after the change");
+
+    // One region stops: an async Explorer job still completes and names it.
+    if let Some(mut c) = lab.nodes.remove(&3) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    rt.block_on(async {
+        let q = window(
+            json!({"query_name": "region-loss", "policy_decisions": ["allowed", "blocked"]}),
+        );
+        let a = api
+            .send(
+                "POST".parse().unwrap(),
+                &format!("{ORG}/traffic_flows/async_queries"),
+                Some(q.to_string().into_bytes()),
+                &[("prefer", "respond-async")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status.as_u16(), 202, "{}", a.json());
+        let job = format!("/api/v2{}", a.json()["href"].as_str().unwrap());
+        let t0 = std::time::Instant::now();
+        let done = loop {
+            let j = api.get(&job).await.unwrap().json();
+            if j["status"] == "completed" {
+                break j;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(40),
+                "the job never completed: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let regions = done["regions"].as_array().cloned().unwrap_or_default();
+        assert_eq!(regions.len(), 3, "every region is listed: {done}");
+        let r3 = regions
+            .iter()
+            .find(|r| r["region"] == "r3")
+            .expect("r3 listed");
+        assert_eq!(r3["responded"], json!(false), "{done}");
+        assert!(
+            regions
+                .iter()
+                .filter(|r| r["responded"] == json!(true))
+                .count()
+                == 2,
+            "{done}"
+        );
+        let flows = api
+            .get(&format!("/api/v2{}", done["result"].as_str().unwrap()))
+            .await
+            .unwrap()
+            .json();
+        assert!(
+            flows.as_array().is_some_and(|f| !f.is_empty()),
+            "r1 and r2 still answer: {flows}"
+        );
+    });
 
     // Every PCE node dies: enforcement does not change.
     for (_, mut c) in lab.nodes.drain() {

@@ -36,7 +36,7 @@ pub use client::Client;
 pub use config::{Profile, Timeouts, Tuning};
 pub use error::Error;
 pub use network::{NetFaults, TlsMaterial};
-pub use node::{Consistency, MembershipOp, MembershipView, Node, NodeOptions};
+pub use node::{Consistency, FlowQueries, MembershipOp, MembershipView, Node, NodeOptions};
 pub use status::{NodeStatus, PeerStatus};
 pub use storage::engine::DiskFaults;
 pub use storage::state_machine::{ChangeNotice, ReadResult};

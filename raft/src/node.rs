@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
-use sc_proto::federation::{ReadIndexRequest, WriteRequest};
+use sc_proto::federation::{FlowQuery, FlowQueryReply, ReadIndexRequest, WriteRequest};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -90,6 +90,9 @@ struct Core {
     shutdown: watch::Sender<bool>,
     /// What runs on top of this node, for its status.
     services: Mutex<crate::status::Services>,
+    /// Answers flow queries for this region, once the member's traffic store
+    /// is up (it starts after the node; see [`Node::serve_flow_queries`]).
+    flow_queries: Mutex<Option<Arc<dyn FlowQueries>>>,
     /// Background tasks (server, joiner), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The threads all of the above runs on; stopped last.
@@ -141,6 +144,7 @@ impl Node {
                 timeouts,
                 shutdown,
                 services: Mutex::new(crate::status::Services::default()),
+                flow_queries: Mutex::new(None),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
             }),
@@ -698,6 +702,67 @@ impl Node {
         }
     }
 
+    /// Registers what answers flow queries sent to this node (the member's
+    /// traffic store): the federation service hands them over as they come.
+    pub fn serve_flow_queries(&self, handler: Arc<dyn FlowQueries>) {
+        if let Ok(mut h) = self.core.flow_queries.lock() {
+            *h = Some(handler);
+        }
+    }
+
+    /// This node's own answer to a flow query.
+    pub async fn local_flows(&self, q: FlowQuery) -> Result<FlowQueryReply, String> {
+        let handler = self.core.flow_queries.lock().ok().and_then(|h| h.clone());
+        match handler {
+            Some(h) => h.query(q).await,
+            None => Err(format!("{} keeps no traffic store", self.core.info.name)),
+        }
+    }
+
+    /// Asks every node of the cluster (this one directly) for its flows that
+    /// match `q`; a node that does not answer within `timeout` is listed with
+    /// why, never left out.
+    pub async fn fan_out_flows(
+        &self,
+        q: &FlowQuery,
+        timeout: Duration,
+    ) -> Vec<(NodeInfo, Result<FlowQueryReply, String>)> {
+        let members: Vec<(NodeId, NodeInfo)> = {
+            let m = self.core.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect()
+        };
+        let asks = members.into_iter().map(|(id, info)| {
+            let q = q.clone();
+            async move {
+                let r = if id == self.core.id {
+                    self.local_flows(q).await
+                } else {
+                    async {
+                        let mut c = self
+                            .core
+                            .peers
+                            .federation_client(id, &info)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let reply = tokio::time::timeout(timeout, c.query_flows(q))
+                            .await
+                            .map_err(|_| "timed out".to_string())?
+                            .map_err(|s| s.message().to_string())?;
+                        Ok(reply.into_inner())
+                    }
+                    .await
+                };
+                (info, r)
+            }
+        });
+        futures_util::future::join_all(asks).await
+    }
+
     /// Updates what this node reports about the services on top of it.
     pub fn set_services(&self, f: impl FnOnce(&mut crate::status::Services)) {
         if let Ok(mut s) = self.core.services.lock() {
@@ -833,4 +898,12 @@ fn membership_settled(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> bool {
         (Some(_), None) => false,
     };
     !joint && applied
+}
+
+/// What answers this region's part of a global flow query (the member's
+/// traffic store); the node only carries queries to it.
+#[tonic::async_trait]
+pub trait FlowQueries: Send + Sync {
+    /// The matching flows this region holds.
+    async fn query(&self, q: FlowQuery) -> Result<FlowQueryReply, String>;
 }

@@ -9,14 +9,43 @@ use std::time::{Duration, Instant};
 use sc_policy::compute::CompiledPolicy;
 use sc_proto::ven::ven_client::VenClient;
 use sc_proto::ven::{
-    pce_message, ven_message, Applied, Goodbye, Heartbeat, Hello, PingRequest, VenMessage,
+    pce_message, ven_message, Applied, Flow, FlowBatch, Goodbye, Heartbeat, Hello, PingRequest,
+    VenMessage,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::applier::Applier;
 use crate::enforce::Enforcer;
+use crate::flows::Collector;
 use crate::identity::{channel, Identity, MemberAddr, StoredPolicy, VenError};
+
+/// Flows sent per `ReportFlows` call (members accept 1,000 by default).
+const FLOWS_PER_BATCH: usize = 1000;
+/// Flow summaries kept while no member accepts them; beyond, the oldest are
+/// dropped and counted.
+const MAX_PENDING_FLOWS: usize = 50_000;
+
+/// Flow summaries waiting for a member, bounded.
+#[derive(Default)]
+struct Pending {
+    flows: std::collections::VecDeque<Flow>,
+    dropped: u64,
+}
+
+impl Pending {
+    fn add(&mut self, flows: Vec<Flow>, dropped: u64) {
+        self.dropped += dropped;
+        for f in flows {
+            if self.flows.len() >= MAX_PENDING_FLOWS {
+                if let Some(old) = self.flows.pop_front() {
+                    self.dropped += old.count;
+                }
+            }
+            self.flows.push_back(f);
+        }
+    }
+}
 
 /// What the agent did, for logs, tests and the simulator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +98,11 @@ pub struct Agent {
     /// Whether to adopt the member list members report (default); off pins the
     /// VEN to the members it was given (tests, benchmarks).
     pub learn_members: bool,
+    /// Where flow summaries come from (none: this VEN reports no flows).
+    flows: Option<Collector>,
+    /// How often flow summaries are sent.
+    pub flow_report_interval: Duration,
+    pending: Pending,
 }
 
 enum End {
@@ -98,7 +132,45 @@ impl Agent {
             events: None,
             heartbeat: Duration::from_secs(10),
             learn_members: true,
+            flows: None,
+            flow_report_interval: Duration::from_secs(10),
+            pending: Pending::default(),
         })
+    }
+
+    /// Reports the flows `collector` sees, every `flow_report_interval`.
+    pub fn with_flows(mut self, collector: Collector) -> Self {
+        self.flows = Some(collector);
+        self
+    }
+
+    /// Sends what the collector summarised, and what earlier reports could not
+    /// deliver. On failure the summaries stay pending (bounded) for the next
+    /// member; `Err` only says the report did not go through.
+    async fn report_flows(&mut self, ch: &tonic::transport::Channel) -> Result<(), String> {
+        if let Some(c) = &self.flows {
+            let (flows, dropped) = c.take();
+            self.pending.add(flows, dropped);
+        }
+        let mut client = VenClient::new(ch.clone());
+        while !self.pending.flows.is_empty() || self.pending.dropped > 0 {
+            let n = self.pending.flows.len().min(FLOWS_PER_BATCH);
+            let batch = FlowBatch {
+                flows: self.pending.flows.iter().take(n).cloned().collect(),
+                dropped: self.pending.dropped,
+            };
+            let sent =
+                tokio::time::timeout(Duration::from_secs(5), client.report_flows(batch)).await;
+            match sent {
+                Ok(Ok(_)) => {
+                    self.pending.flows.drain(..n);
+                    self.pending.dropped = 0;
+                }
+                Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+                Err(_) => return Err("timed out".into()),
+            }
+        }
+        Ok(())
     }
 
     /// Reports what happens on `tx`.
@@ -263,7 +335,7 @@ impl Agent {
         if tx.send(hello).await.is_err() {
             return End::Broken("stream closed".into());
         }
-        let mut inbound = match VenClient::new(ch)
+        let mut inbound = match VenClient::new(ch.clone())
             .policy_stream(ReceiverStream::new(rx))
             .await
         {
@@ -273,6 +345,8 @@ impl Agent {
         self.emit(AgentEvent::Connected(m.name.clone()));
         let mut beat = tokio::time::interval(self.heartbeat);
         beat.tick().await;
+        let mut report = tokio::time::interval(self.flow_report_interval);
+        report.tick().await;
         loop {
             tokio::select! {
                 msg = inbound.message() => match msg {
@@ -307,6 +381,11 @@ impl Agent {
                     Ok(None) => return End::Broken("the member closed the stream".into()),
                     Err(s) => return End::Broken(format!("{:?}: {}", s.code(), s.message())),
                 },
+                _ = report.tick(), if self.flows.is_some() => {
+                    if let Err(e) = self.report_flows(&ch).await {
+                        tracing::warn!(error = %e, pending = self.pending.flows.len(), "flow report not accepted; kept for the next one");
+                    }
+                }
                 _ = beat.tick() => {
                     let hb = VenMessage { kind: Some(ven_message::Kind::Heartbeat(Heartbeat {})) };
                     if tx.send(hb).await.is_err() {

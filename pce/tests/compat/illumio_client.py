@@ -98,6 +98,21 @@ def main():
     check(len(active) == 1 and len(active[0].rules) == 2, "active ruleset visible in another region")
     check(len(member.rules.get(parent=active[0].href)) == 2, "active rules via the draft-converted parent href")
 
+    # Explorer: an async traffic query from a member region, answered by every
+    # region (this cluster has no VENs, so the answer is an empty list of flows).
+    from illumio.explorer import TrafficQuery
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    query = TrafficQuery.build(
+        start_date=(now - datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        end_date=(now + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        include_destinations=[db.href],
+        include_services=[{"port": 5432, "proto": 6}],
+        policy_decisions=["allowed", "potentially_blocked", "blocked"],
+    )
+    flows = member.get_traffic_flows_async(query_name="compat-" + suffix, traffic_query=query)
+    check(isinstance(flows, list), f"get_traffic_flows_async -> {len(flows)} flows")
+
     member.workloads.delete(wl.href)
     check(all(w.href != wl.href for w in member.workloads.get()), "workloads.delete")
     try:

@@ -11,8 +11,8 @@
 
 use sc_proto::federation::federation_server::Federation;
 use sc_proto::federation::{
-    MembershipReply, MembershipRequest, ReadIndexReply, ReadIndexRequest, ReadReply, ReadRequest,
-    StatusReply, StatusRequest, WriteReply, WriteRequest,
+    FlowQuery, FlowQueryReply, MembershipReply, MembershipRequest, ReadIndexReply,
+    ReadIndexRequest, ReadReply, ReadRequest, StatusReply, StatusRequest, WriteReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -116,5 +116,18 @@ impl Federation for FederationGrpc {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(convert::status_to_proto(&self.node.status())))
+    }
+
+    async fn query_flows(
+        &self,
+        request: Request<FlowQuery>,
+    ) -> Result<Response<FlowQueryReply>, Status> {
+        // A fenced region is down for the drill: it answers no query either.
+        self.node.fence().check()?;
+        self.node
+            .local_flows(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::unavailable)
     }
 }

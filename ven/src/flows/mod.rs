@@ -5,11 +5,22 @@
 //!
 //! - `packet`: the addresses and ports of a logged packet's IP header;
 //! - [`nflog`]: the netlink socket the kernel sends logged packets to;
-//! - [`summary`]: the bounded per-interval summaries.
+//! - [`summary`]: the bounded per-interval summaries;
+//! - [`collector`]: the thread that feeds them, for the agent to report.
 
+pub mod collector;
 pub mod nflog;
 mod packet;
 pub mod summary;
 
+pub use collector::Collector;
 pub use nflog::{NflogReader, Observed};
 pub use summary::{FlowKey, Summaries, Summary};
+
+/// Milliseconds since the epoch (the time a connection was seen).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -117,6 +117,27 @@ impl Summaries {
     }
 }
 
+/// A summary as the `ReportFlows` RPC carries it.
+pub fn to_wire(k: &FlowKey, s: &Summary) -> sc_proto::ven::Flow {
+    sc_proto::ven::Flow {
+        src: k.src.to_string(),
+        dst: k.dst.to_string(),
+        port: u32::from(k.dst_port),
+        proto: u32::from(k.proto),
+        allowed: k.decision == Decision::Allowed,
+        count: s.num_connections,
+        first_seen_ms: s.first_ms,
+        last_seen_ms: s.last_ms,
+        direction: match k.direction {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+        .into(),
+        decision: k.decision.as_str().into(),
+        rule: k.rule.clone().unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
