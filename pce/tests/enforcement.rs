@@ -447,6 +447,54 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     });
     check(&lab, true, "after the change");
 
+    // Visibility only: web and app stop enforcing; the refused attempt now
+    // passes, and shows as potentially_blocked. Then back to full.
+    let set_mode = |api: &mut ApiClient, mode: &str| {
+        rt.block_on(async {
+            for host in ["web", "app"] {
+                let list = api
+                    .get(&format!("{ORG}/workloads?hostname={host}"))
+                    .await
+                    .unwrap()
+                    .json();
+                let w = list
+                    .as_array()
+                    .and_then(|l| l.iter().find(|w| w["hostname"] == host))
+                    .unwrap_or_else(|| panic!("{host}'s workload: {list}"))
+                    .clone();
+                let a = api
+                    .put(
+                        &format!("/api/v2{}", w["href"].as_str().unwrap()),
+                        &json!({"enforcement_mode": mode}),
+                    )
+                    .await
+                    .unwrap();
+                assert!(a.status.is_success(), "{host} -> {mode}: {}", a.json());
+            }
+        })
+    };
+    set_mode(&mut api, "visibility_only");
+    wait_until(
+        "web -> app:22 passing in visibility_only",
+        Duration::from_secs(30),
+        || lab.reach("web", &app, 22),
+    );
+    wait_until(
+        "web -> app:22 as potentially_blocked",
+        Duration::from_secs(30),
+        || {
+            lab.reach("web", &app, 22);
+            has(&flows_to(&mut api, 22), "potentially_blocked")
+        },
+    );
+    set_mode(&mut api, "full");
+    wait_until(
+        "web -> app:22 dropped again",
+        Duration::from_secs(30),
+        || !lab.reach("web", &app, 22),
+    );
+    check(&lab, true, "back in full enforcement");
+
     // One region stops: an async Explorer job still completes and names it.
     if let Some(mut c) = lab.nodes.remove(&3) {
         let _ = c.kill();
