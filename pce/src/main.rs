@@ -5,6 +5,7 @@
 //! running cluster over the same mutual-TLS channel the regions use.
 
 mod dr;
+mod flows;
 mod ops;
 mod up;
 mod ven_cmd;
@@ -99,6 +100,11 @@ enum Command {
     Dr {
         #[command(subcommand)]
         command: dr::DrCommand,
+    },
+    /// Explorer: the flows every region holds (`query`), or new ones as they come (`tail`).
+    Flows {
+        #[command(subcommand)]
+        command: flows::FlowsCommand,
     },
     /// Benchmarks against a running cluster.
     Bench {
@@ -284,6 +290,7 @@ async fn run(cli: Cli) -> Result<()> {
             } => ops::get(&config, &key, linearizable).await,
         },
         Command::Dr { command } => dr::run(command).await,
+        Command::Flows { command } => flows::run(command).await,
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => sc_bench::write::write(args).await,
             BenchCommand::Api(args) => sc_bench::api::api(args).await,

@@ -428,6 +428,40 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
             .is_some_and(|r| r.starts_with(rs.rsplit('/').next().unwrap())),
         "the allowing rule: {seen_at_app}"
     );
+    // The same from the command line (`pce flows query`), through region 2.
+    let (ca_file, key_path) = (certs.join("ca.pem"), key_file(&base).unwrap());
+    let cli_args = [
+        "flows",
+        "query",
+        "--api",
+        &format!("{}:{api_port}", lab.ip(2)),
+        "--ca",
+        ca_file.to_str().unwrap(),
+        "--key-file",
+        key_path.to_str().unwrap(),
+        "--dst-label",
+        "role=app",
+        "--port",
+        "8080",
+        "--decision",
+        "allowed",
+        "--json",
+    ];
+    let o = Command::new(PCE).args(cli_args).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "pce flows query: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let cli: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("pce flows query --json: {e}: {out}"));
+    assert!(
+        cli.as_array().is_some_and(|l| !l.is_empty()
+            && l.iter()
+                .all(|f| f["policy_decision"] == "allowed" && f["service"]["port"] == 8080)),
+        "pce flows query: {out}"
+    );
     wait_until(
         "web -> app:22 as a blocked flow",
         Duration::from_secs(30),

@@ -170,7 +170,7 @@ mod drill;
 const ORG: &str = "/api/v2/orgs/1";
 
 /// The cluster `c` names: the CA and the owner key read from their files.
-fn open_cluster(c: &Conn) -> Result<Cluster> {
+pub(crate) fn open_cluster(c: &Conn) -> Result<Cluster> {
     let ca_path =
         c.ca.clone()
             .or_else(|| c.dir.as_ref().map(|d| d.join("certs/ca.pem")))
