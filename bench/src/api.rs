@@ -161,6 +161,7 @@ async fn seed_workloads(
                 quarantined: false,
                 suspended: false,
                 served_by: None,
+                visibility_level: Default::default(),
             };
             let rec = Record {
                 v: RECORD_V,

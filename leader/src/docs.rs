@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use sc_policy::flowlog::VisibilityLevel;
 use sc_policy::model::{Actor, EnforcementMode, PortRange, Proto, ServiceRef};
 use sc_store::db::{Db, Txn};
 use sc_store::keys::{self, href, Id, Kind, Space};
@@ -795,6 +796,10 @@ pub struct WorkloadIn {
     online: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     public_ip: Option<String>,
+    /// What its VEN reports: `flow_summary` (default), `flow_full_detail`,
+    /// `flow_drops`, `flow_off` or `enhanced_data_collection`.
+    #[serde(default)]
+    visibility_level: VisibilityLevel,
 }
 
 fn default_mode() -> EnforcementMode {
@@ -831,6 +836,7 @@ impl Doc for WorkloadDoc {
             quarantined: false,
             suspended: false,
             served_by: None,
+            visibility_level: i.visibility_level,
         })
     }
     fn to_input(&self) -> WorkloadIn {
@@ -843,6 +849,7 @@ impl Doc for WorkloadDoc {
             enforcement_mode: self.enforcement_mode,
             online: self.online,
             public_ip: self.public_ip.clone(),
+            visibility_level: self.visibility_level,
         }
     }
 }
@@ -890,6 +897,25 @@ pub struct PairingProfileIn {
     allowed_uses_per_key: Option<Limit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_lifespan: Option<Limit>,
+    /// The visibility level of workloads it pairs (default `flow_summary`).
+    #[serde(default)]
+    visibility_level: VisibilityLevel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enforcement_mode_lock: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    visibility_level_lock: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role_label_lock: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    app_label_lock: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    env_label_lock: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loc_label_lock: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_traffic: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent_software_release: Option<String>,
 }
 
 impl Doc for PairingProfileDoc {
@@ -911,6 +937,17 @@ impl Doc for PairingProfileDoc {
             enforcement_mode: i.enforcement_mode,
             allowed_uses_per_key: limit("allowed_uses_per_key", &i.allowed_uses_per_key)?,
             key_lifespan: limit("key_lifespan", &i.key_lifespan)?,
+            visibility_level: i.visibility_level,
+            locks: ProfileLocks {
+                enforcement_mode_lock: i.enforcement_mode_lock,
+                visibility_level_lock: i.visibility_level_lock,
+                role_label_lock: i.role_label_lock,
+                app_label_lock: i.app_label_lock,
+                env_label_lock: i.env_label_lock,
+                loc_label_lock: i.loc_label_lock,
+                log_traffic: i.log_traffic,
+                agent_software_release: i.agent_software_release,
+            },
         })
     }
     fn to_input(&self) -> PairingProfileIn {
@@ -923,6 +960,15 @@ impl Doc for PairingProfileDoc {
             enforcement_mode: self.enforcement_mode,
             allowed_uses_per_key: lim(self.allowed_uses_per_key),
             key_lifespan: lim(self.key_lifespan),
+            visibility_level: self.visibility_level,
+            enforcement_mode_lock: self.locks.enforcement_mode_lock,
+            visibility_level_lock: self.locks.visibility_level_lock,
+            role_label_lock: self.locks.role_label_lock,
+            app_label_lock: self.locks.app_label_lock,
+            env_label_lock: self.locks.env_label_lock,
+            loc_label_lock: self.locks.loc_label_lock,
+            log_traffic: self.locks.log_traffic,
+            agent_software_release: self.locks.agent_software_release.clone(),
         }
     }
 }

@@ -98,6 +98,7 @@ fn render(texts: &RuleTexts, version: u64, c: &Arc<CompiledPolicy>, hold: Hold) 
             addresses: c.addresses.clone(),
             inbound: vec![],
             outbound: vec![],
+            visibility: c.visibility,
         })
     };
     let compiled = match hold {

@@ -171,6 +171,7 @@ pub async fn pair(
                 quarantined: false,
                 suspended: false,
                 served_by: None,
+                visibility_level: prof.value.doc.visibility_level,
             },
         };
         let wkey = keys::obj(Space::Live, Kind::Workload, &workload_id);

@@ -80,6 +80,9 @@ impl RuleTexts {
             }
             out.push(']');
         }
+        // The fields after the lists, in declaration order, as serde writes them.
+        out.push_str(",\"visibility\":");
+        out.push_str(&serde_json::to_string(&c.visibility).unwrap_or_default());
         out.push('}');
         out
     }
@@ -146,6 +149,7 @@ mod tests {
             addresses: vec!["10.0.0.9".parse().unwrap()],
             outbound: inbound[..rules / 2].to_vec(),
             inbound,
+            visibility: Default::default(),
         }
     }
 

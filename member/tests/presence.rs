@@ -60,6 +60,7 @@ async fn only_the_member_serving_a_ven_marks_it_offline() {
             quarantined: false,
             suspended: false,
             served_by: None,
+            visibility_level: Default::default(),
         },
     };
     let mut txn = Txn::default();

@@ -95,6 +95,7 @@ fn synth(n: usize, rules: usize) -> (Estate, PolicySet) {
                 managed: rng.below(10) != 0,
                 mode,
                 online: rng.below(50) != 0,
+                visibility: Default::default(),
             },
         );
     }

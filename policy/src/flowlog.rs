@@ -48,6 +48,37 @@ impl Decision {
     }
 }
 
+/// How much a workload's VEN reports (Illumio's `visibility_level`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VisibilityLevel {
+    /// Every connection, allowed or not.
+    FlowFullDetail,
+    /// Every connection, summarised (the default).
+    #[default]
+    FlowSummary,
+    /// Only what was (or would be) blocked.
+    FlowDrops,
+    /// Nothing.
+    FlowOff,
+    /// Everything, with byte counts where collected.
+    EnhancedDataCollection,
+}
+
+impl VisibilityLevel {
+    /// Whether a decision of this kind is logged for the VEN to report.
+    pub fn logs(self, d: Decision) -> bool {
+        match self {
+            VisibilityLevel::FlowOff => false,
+            VisibilityLevel::FlowDrops => d != Decision::Allowed,
+            _ => true,
+        }
+    }
+}
+
 /// Which way the connection goes, seen from the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -95,6 +95,9 @@ pub struct Workload {
     /// Offline workloads drop out of their peers' rules.
     #[serde(default = "yes")]
     pub online: bool,
+    /// What its VEN reports of the traffic its firewall decides.
+    #[serde(default)]
+    pub visibility: crate::flowlog::VisibilityLevel,
 }
 
 fn yes() -> bool {

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::addr::{AddrSet, Family};
 use crate::compute::{Action, CompiledPolicy, CompiledRule, Ports, Verdict};
-use crate::flowlog::{Decision, Direction, Logged, NFLOG_GROUP};
+use crate::flowlog::{Decision, Direction, Logged, VisibilityLevel, NFLOG_GROUP};
 use crate::model::{EnforcementMode, PortRange, Proto};
 
 /// The nftables table every VEN owns.
@@ -80,20 +80,37 @@ fn distinct_sets(rules: &[CompiledRule]) -> Vec<&AddrSet> {
     sets
 }
 
-/// The NFLOG statement that reports a decision to the VEN's flow collector.
-fn log(decision: Decision, direction: Direction, rule: Option<&crate::model::RuleRef>) -> String {
+/// The NFLOG statement (with a trailing space) that reports a decision to the
+/// VEN's flow collector, or nothing when the workload's visibility level does
+/// not report that kind of decision.
+fn log(
+    vis: VisibilityLevel,
+    decision: Decision,
+    direction: Direction,
+    rule: Option<&crate::model::RuleRef>,
+) -> String {
+    if !vis.logs(decision) {
+        return String::new();
+    }
     let l = Logged {
         decision,
         direction,
         rule: rule.cloned(),
     };
-    format!("log prefix \"{l}\" group {NFLOG_GROUP}")
+    format!("log prefix \"{l}\" group {NFLOG_GROUP} ")
 }
 
 /// Renders one direction's rules. Each logs its decision (see
 /// [`crate::flowlog`]); when the mode does not enforce (`enforce` false:
 /// visibility only), a deny rule accepts and logs `potentially_blocked`.
-fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &str, enforce: bool) {
+fn render_rules(
+    out: &mut String,
+    rules: &[CompiledRule],
+    dir: &str,
+    addr_kw: &str,
+    enforce: bool,
+    vis: VisibilityLevel,
+) {
     let direction = if dir == "in" {
         Direction::Inbound
     } else {
@@ -107,7 +124,10 @@ fn render_rules(out: &mut String, rules: &[CompiledRule], dir: &str, addr_kw: &s
             (_, true) => (Decision::Blocked, verdict(r.action)),
             (_, false) => (Decision::PotentiallyBlocked, "accept"),
         };
-        let verdict = format!("{} {verdict}", log(decision, direction, Some(&r.source)));
+        let verdict = format!(
+            "{}{verdict}",
+            log(vis, decision, direction, Some(&r.source))
+        );
         let comment = format!("comment \"{}\"", r.source.to_string().replace('"', "'"));
         let ports = port_matches(&r.ports);
         for (family, kw) in [(Family::V4, "ip"), (Family::V6, "ip6")] {
@@ -184,7 +204,7 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
     );
     let _ = writeln!(out, "    ct state established,related accept");
     let _ = writeln!(out, "    iif \"lo\" accept");
-    render_rules(&mut out, &c.inbound, "in", "saddr", enforce);
+    render_rules(&mut out, &c.inbound, "in", "saddr", enforce, c.visibility);
     // What no rule decided: the mode's default. Full mode drops it (the
     // chain's policy); the others let it pass, which enforcing would not.
     let default = if c.mode == EnforcementMode::Full {
@@ -192,12 +212,16 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
     } else {
         Decision::PotentiallyBlocked
     };
-    let _ = writeln!(
-        out,
-        "    {}{}",
-        log(default, Direction::Inbound, None),
-        if enforce { "" } else { " accept" }
-    );
+    let default = log(c.visibility, default, Direction::Inbound, None);
+    let default = match (default.is_empty(), enforce) {
+        (false, true) => Some(default.trim_end().to_string()),
+        (false, false) => Some(format!("{default}accept")),
+        (true, true) => None,
+        (true, false) => Some("accept".to_string()),
+    };
+    if let Some(line) = default {
+        let _ = writeln!(out, "    {line}");
+    }
     let _ = writeln!(out, "  }}");
     if c.mode == EnforcementMode::Full {
         let _ = writeln!(out, "  chain output {{");
@@ -213,12 +237,11 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
                 ep.port()
             );
         }
-        render_rules(&mut out, &c.outbound, "out", "daddr", true);
-        let _ = writeln!(
-            out,
-            "    {}",
-            log(Decision::Blocked, Direction::Outbound, None)
-        );
+        render_rules(&mut out, &c.outbound, "out", "daddr", true, c.visibility);
+        let default = log(c.visibility, Decision::Blocked, Direction::Outbound, None);
+        if !default.is_empty() {
+            let _ = writeln!(out, "    {}", default.trim_end());
+        }
         let _ = writeln!(out, "  }}");
     }
     let _ = writeln!(out, "}}");

@@ -7,6 +7,7 @@
 
 mod support;
 
+use sc_policy::flowlog::VisibilityLevel;
 use std::io::Write;
 use std::process::Command;
 
@@ -188,9 +189,16 @@ fn rendered_rulesets_are_accepted_by_the_real_nft() {
     };
     let engine = world().engine();
     for (id, c) in engine.all_compiled() {
-        let text = nftables(&c);
-        let (ok, msg) = ns.nft(&["-c", "-f"], &text);
-        assert!(ok, "nft refused the ruleset of {id}: {msg}\n{text}");
+        for vis in LEVELS {
+            let mut c = (*c).clone();
+            c.visibility = vis;
+            let text = nftables(&c);
+            let (ok, msg) = ns.nft(&["-c", "-f"], &text);
+            assert!(
+                ok,
+                "nft refused the ruleset of {id} ({vis:?}): {msg}\n{text}"
+            );
+        }
     }
     // Load the full-mode one for real (inside the namespace), twice: the second
     // load must replace the first atomically.
@@ -212,4 +220,43 @@ fn rendered_rulesets_are_accepted_by_the_real_nft() {
             && listed.contains("10.0.1.5"),
         "{listed}"
     );
+}
+
+const LEVELS: [VisibilityLevel; 5] = [
+    VisibilityLevel::FlowFullDetail,
+    VisibilityLevel::FlowSummary,
+    VisibilityLevel::FlowDrops,
+    VisibilityLevel::FlowOff,
+    VisibilityLevel::EnhancedDataCollection,
+];
+
+#[test]
+fn the_visibility_level_decides_which_decisions_are_logged() {
+    let engine = world().engine();
+    for (id, c) in engine.all_compiled() {
+        if c.mode == EnforcementMode::Idle {
+            continue;
+        }
+        for vis in LEVELS {
+            let mut c = (*c).clone();
+            c.visibility = vis;
+            let text = nftables(&c);
+            let allowed = text.contains("\"sc:a:");
+            let refused = text.contains("\"sc:b:") || text.contains("\"sc:p:");
+            match vis {
+                VisibilityLevel::FlowOff => assert!(
+                    !text.contains("log prefix"),
+                    "{id}: flow_off logs nothing\n{text}"
+                ),
+                VisibilityLevel::FlowDrops => assert!(
+                    !allowed && refused,
+                    "{id}: flow_drops logs only what is refused\n{text}"
+                ),
+                _ => assert!(
+                    allowed && refused,
+                    "{id} {vis:?} logs every decision\n{text}"
+                ),
+            }
+        }
+    }
 }

@@ -95,6 +95,7 @@ fn build_workload(i: usize, s: &WlSpec) -> Workload {
         managed: s.2,
         mode: s.4,
         online: s.3,
+        visibility: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use sc_policy::flowlog::VisibilityLevel;
 use sc_policy::model::{self as m, Actor, EnforcementMode, PortRange, ServiceRef};
 
 use crate::keys::{Id, Kind};
@@ -397,6 +398,9 @@ pub struct WorkloadDoc {
     /// Suspended: the VEN enforces nothing until resumed (an action, not policy).
     #[serde(default)]
     pub suspended: bool,
+    /// What its VEN reports of the traffic its firewall decides.
+    #[serde(default)]
+    pub visibility_level: VisibilityLevel,
     /// The member whose stream made the workload online. Only that member may
     /// mark it offline: a member that lost its VEN (fenced, partitioned) must not
     /// overwrite the state another member has since claimed.
@@ -429,6 +433,7 @@ impl WorkloadDoc {
             managed: self.managed,
             mode: self.enforcement_mode,
             online: self.online,
+            visibility: self.visibility_level,
         }
     }
 }
@@ -452,6 +457,44 @@ pub struct PairingProfileDoc {
     pub allowed_uses_per_key: Option<u64>,
     /// Key lifetime in seconds (None: unlimited).
     pub key_lifespan: Option<u64>,
+    /// The visibility level of workloads it pairs.
+    #[serde(default)]
+    pub visibility_level: VisibilityLevel,
+    /// Illumio's locks and settings, kept as given (they guard changes made
+    /// on the workload's host, which this PCE does not take).
+    #[serde(default)]
+    pub locks: ProfileLocks,
+}
+
+/// The pairing-profile fields Illumio's clients send that only record a choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProfileLocks {
+    /// The enforcement mode may not be changed on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement_mode_lock: Option<bool>,
+    /// The visibility level may not be changed on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_level_lock: Option<bool>,
+    /// The role label may not be changed on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_label_lock: Option<bool>,
+    /// The app label may not be changed on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_label_lock: Option<bool>,
+    /// The env label may not be changed on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_label_lock: Option<bool>,
+    /// The loc label may not be changed on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loc_label_lock: Option<bool>,
+    /// Log traffic (Illumio's older name for visibility).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_traffic: Option<bool>,
+    /// The VEN release to install (recorded only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_software_release: Option<String>,
 }
 
 impl Object for PairingProfileDoc {

@@ -411,6 +411,7 @@ impl Agent {
             addresses: vec![],
             inbound: vec![],
             outbound: vec![],
+            visibility: Default::default(),
         };
         let dir = self.dir.clone();
         self.applier

@@ -98,6 +98,16 @@ def main():
     check(len(active) == 1 and len(active[0].rules) == 2, "active ruleset visible in another region")
     check(len(member.rules.get(parent=active[0].href)) == 2, "active rules via the draft-converted parent href")
 
+    # Pairing profiles carry the visibility level and Illumio's locks.
+    from illumio.workloads import PairingProfile
+    prof = member.pairing_profiles.create(PairingProfile(
+        name="PP-db-" + suffix, enabled=True, enforcement_mode="visibility_only",
+        visibility_level="flow_drops", visibility_level_lock=True, role_label_lock=False,
+        labels=[db]))
+    got = leader.pairing_profiles.get_by_reference(prof.href)
+    check(got.visibility_level == "flow_drops" and got.visibility_level_lock is True,
+          "pairing profile with visibility_level and locks")
+
     # Explorer: an async traffic query from a member region, answered by every
     # region (this cluster has no VENs, so the answer is an empty list of flows).
     from illumio.explorer import TrafficQuery

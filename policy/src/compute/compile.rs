@@ -67,6 +67,7 @@ impl Engine {
             addresses,
             inbound,
             outbound,
+            visibility: wl.visibility,
         })
     }
 

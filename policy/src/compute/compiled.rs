@@ -66,6 +66,9 @@ pub struct CompiledPolicy {
     pub inbound: Vec<CompiledRule>,
     /// Outbound allow rules (full mode only; everything else is dropped).
     pub outbound: Vec<CompiledRule>,
+    /// Which decisions its firewall logs for flow reports.
+    #[serde(default)]
+    pub visibility: crate::flowlog::VisibilityLevel,
 }
 
 /// A flow's verdict.

@@ -59,6 +59,7 @@ impl World {
             managed: true,
             mode,
             online: true,
+            visibility: Default::default(),
         };
         self.estate.workloads.insert(id.into(), w);
         self.estate.workloads.get_mut(id).unwrap()
