@@ -10,6 +10,7 @@
 pub mod api;
 pub mod failover;
 pub mod floor;
+pub mod flows;
 pub mod vens;
 pub mod write;
 

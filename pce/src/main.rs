@@ -201,6 +201,9 @@ enum BenchCommand {
     /// The transport alone: one push to N TLS streams and their acknowledgements,
     /// with no PCE behind it (the floor under `bench vens`).
     Floor(sc_bench::floor::FloorArgs),
+    /// A region's traffic store: ingest rate, CPU and bytes per flow summary,
+    /// selective and broad Explorer queries, at growing sizes.
+    Flows(sc_bench::flows::FlowsArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -298,6 +301,7 @@ async fn run(cli: Cli) -> Result<()> {
             BenchCommand::Resync(args) => sc_bench::vens::resync(args).await,
             BenchCommand::Failover(args) => sc_bench::failover::failover(args).await,
             BenchCommand::Floor(args) => sc_bench::floor::floor(args).await,
+            BenchCommand::Flows(args) => sc_bench::flows::flows(args).await,
         },
     }
 }

@@ -3,6 +3,12 @@
 //! src, dst, port, proto, direction, decision, rule) merges the reports of one
 //! minute. Values are a format byte and the protobuf `TrafficFlow` (tagged
 //! fields: a newer node can read an older record).
+//!
+//! A second tree indexes flows by the labels of their ends
+//! (`s|d`, label, bucket, identity), so a query that names labels on a side
+//! (the selective Explorer query: one app's traffic) reads only the flows that
+//! carry them instead of every flow of the time range (`pce bench flows`
+//! measured the scan at 2 s for a million flows, the index at a fraction).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,7 +40,51 @@ pub trait TrafficStore: Send + Sync {
 #[derive(Clone)]
 pub struct SledTraffic {
     tree: sled::Tree,
+    /// (side, label, bucket, identity) → the flow's key in `tree`.
+    by_label: sled::Tree,
     retention: Duration,
+}
+
+/// Index keys of a flow stored under `key`: one per label of each end.
+fn label_keys(f: &TrafficFlow, key: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (side, end) in [(b's', &f.src), (b'd', &f.dst)] {
+        let Some(w) = end.as_ref().and_then(|e| e.workload.as_ref()) else {
+            continue;
+        };
+        for l in &w.labels {
+            out.push(label_key(side, &l.id, key));
+        }
+    }
+    out
+}
+
+fn label_key(side: u8, label: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + label.len() + rest.len());
+    k.push(side);
+    k.extend_from_slice(label.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// The labels one side of `q` must have one of, when every AND set of its
+/// include names at least one label: the first label of each set.
+fn required_labels(side: Option<&sc_proto::federation::FlowSide>) -> Option<Vec<String>> {
+    use sc_proto::federation::flow_actor::Kind;
+    let side = side?;
+    if side.include.is_empty() {
+        return None;
+    }
+    side.include
+        .iter()
+        .map(|set| {
+            set.all.iter().find_map(|a| match &a.kind {
+                Some(Kind::Label(id)) => Some(id.clone()),
+                _ => None,
+            })
+        })
+        .collect()
 }
 
 /// The identity of a flow within a bucket (and, without the bucket, across them).
@@ -95,8 +145,19 @@ impl SledTraffic {
         let db = sled::Config::new().path(dir).open()?;
         Ok(SledTraffic {
             tree: db.open_tree("traffic")?,
+            by_label: db.open_tree("traffic_by_label")?,
             retention,
         })
+    }
+}
+
+impl SledTraffic {
+    /// Writes what sled holds in memory to its files (benchmarks measure the
+    /// bytes on disk after it).
+    pub fn flush(&self) -> Result<(), MemberError> {
+        self.tree.flush()?;
+        self.by_label.flush()?;
+        Ok(())
     }
 }
 
@@ -105,7 +166,7 @@ impl TrafficStore for SledTraffic {
         for f in flows {
             let mut key = bucket(f.last_ms).to_be_bytes().to_vec();
             key.extend_from_slice(&identity(f));
-            self.tree.fetch_and_update(&key, |old| {
+            let before = self.tree.fetch_and_update(&key, |old| {
                 let mut acc = match old.and_then(decode) {
                     Some(mut acc) => {
                         merge(&mut acc, f);
@@ -116,6 +177,11 @@ impl TrafficStore for SledTraffic {
                 acc.region = f.region.clone();
                 Some(encode(&acc))
             })?;
+            if before.is_none() {
+                for k in label_keys(f, &key) {
+                    self.by_label.insert(k, &[])?;
+                }
+            }
         }
         Ok(flows.len())
     }
@@ -129,16 +195,45 @@ impl TrafficStore for SledTraffic {
         }
         .to_be_bytes();
         let mut merged: BTreeMap<Vec<u8>, TrafficFlow> = BTreeMap::new();
-        for item in self.tree.range(from..to) {
-            let (_, v) = item?;
-            let Some(f) = decode(&v) else { continue };
+        let mut add = |v: &[u8]| {
+            let Some(f) = decode(v) else { return };
             if !filter::matches(q, &f) {
-                continue;
+                return;
             }
             match merged.get_mut(&identity(&f)) {
                 Some(acc) => merge(acc, &f),
                 None => {
                     merged.insert(identity(&f), f);
+                }
+            }
+        };
+        // Through the label index when a side names labels (either side may
+        // match when the sides are ORed, so then both must name them).
+        let dst = required_labels(q.destinations.as_ref()).map(|l| (b'd', l));
+        let src = required_labels(q.sources.as_ref()).map(|l| (b's', l));
+        let indexed = if q.either_side { None } else { dst.or(src) };
+        match indexed {
+            Some((side, labels)) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for l in labels {
+                    let lo = label_key(side, &l, &from);
+                    let hi = label_key(side, &l, &to);
+                    for item in self.by_label.range(lo.clone()..hi) {
+                        let (k, _) = item?;
+                        let primary = k[lo.len() - from.len()..].to_vec();
+                        if !seen.insert(primary.clone()) {
+                            continue;
+                        }
+                        if let Some(v) = self.tree.get(&primary)? {
+                            add(&v);
+                        }
+                    }
+                }
+            }
+            None => {
+                for item in self.tree.range(from..to) {
+                    let (_, v) = item?;
+                    add(&v);
                 }
             }
         }
@@ -154,7 +249,12 @@ impl TrafficStore for SledTraffic {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for item in self.tree.range(..cutoff.to_be_bytes().to_vec()) {
-            let (k, _) = item?;
+            let (k, v) = item?;
+            if let Some(f) = decode(&v) {
+                for ik in label_keys(&f, &k) {
+                    self.by_label.remove(ik)?;
+                }
+            }
             batch.remove(k);
             n += 1;
         }
@@ -239,5 +339,55 @@ mod tests {
             })
             .unwrap();
         assert_eq!(r.matches, 1);
+    }
+
+    #[test]
+    fn a_query_naming_labels_reads_the_index_and_finds_what_the_scan_finds() {
+        use sc_proto::federation::flow_actor::Kind;
+        use sc_proto::federation::{ActorSet, FlowActor, FlowLabel, FlowSide, FlowWorkload};
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledTraffic::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let labelled = |ip: &str, app: &str| FlowEnd {
+            ip: ip.into(),
+            workload: Some(FlowWorkload {
+                id: format!("w-{ip}"),
+                labels: vec![FlowLabel {
+                    id: app.into(),
+                    ..FlowLabel::default()
+                }],
+                ..FlowWorkload::default()
+            }),
+        };
+        let mut flows = Vec::new();
+        for i in 0..40u64 {
+            let mut f = flow(&format!("10.0.1.{i}"), 60_000 + i * 30_000, 1);
+            f.dst = Some(labelled("10.0.0.9", if i % 4 == 0 { "crm" } else { "erp" }));
+            flows.push(f);
+        }
+        s.ingest(&flows).unwrap();
+        let side = |app: &str| FlowSide {
+            include: vec![ActorSet {
+                all: vec![FlowActor {
+                    kind: Some(Kind::Label(app.into())),
+                }],
+            }],
+            exclude: vec![],
+        };
+        let q = |app: &str, either: bool| FlowQuery {
+            max_results: 100,
+            destinations: Some(side(app)),
+            either_side: either,
+            ..FlowQuery::default()
+        };
+        // The index (AND) and the scan (OR with an empty source side) agree.
+        for app in ["crm", "erp", "none"] {
+            let indexed = s.query(&q(app, false)).unwrap();
+            let scanned = s.query(&q(app, true)).unwrap();
+            assert_eq!(indexed, scanned, "{app}");
+        }
+        assert_eq!(s.query(&q("crm", false)).unwrap().matches, 10);
+        // Expiry takes the index entries with the flows.
+        s.expire(60_000 + 40 * 30_000 + 3_600_000).unwrap();
+        assert_eq!(s.by_label.len(), 0);
     }
 }
