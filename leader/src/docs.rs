@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use sc_policy::flowlog::VisibilityLevel;
+use sc_policy::model::VisibilityLevel;
 use sc_policy::model::{Actor, EnforcementMode, PortRange, Proto, ServiceRef};
 use sc_store::db::{Db, Txn};
 use sc_store::keys::{self, href, Id, Kind, Space};

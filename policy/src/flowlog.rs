@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::RuleRef;
+use crate::model::{RuleRef, VisibilityLevel};
 
 /// The NFLOG group the rendered rules log to and the VEN listens on.
 pub const NFLOG_GROUP: u16 = 7;
@@ -48,34 +48,13 @@ impl Decision {
     }
 }
 
-/// How much a workload's VEN reports (Illumio's `visibility_level`).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum VisibilityLevel {
-    /// Every connection, allowed or not.
-    FlowFullDetail,
-    /// Every connection, summarised (the default).
-    #[default]
-    FlowSummary,
-    /// Only what was (or would be) blocked.
-    FlowDrops,
-    /// Nothing.
-    FlowOff,
-    /// Everything, with byte counts where collected.
-    EnhancedDataCollection,
-}
-
-impl VisibilityLevel {
-    /// Whether a decision of this kind is logged for the VEN to report.
-    pub fn logs(self, d: Decision) -> bool {
-        match self {
-            VisibilityLevel::FlowOff => false,
-            VisibilityLevel::FlowDrops => d != Decision::Allowed,
-            _ => true,
-        }
+/// Whether a workload at visibility level `v` has its firewall log a
+/// decision of this kind for its VEN to report.
+pub fn logs(v: VisibilityLevel, d: Decision) -> bool {
+    match v {
+        VisibilityLevel::FlowOff => false,
+        VisibilityLevel::FlowDrops => d != Decision::Allowed,
+        _ => true,
     }
 }
 

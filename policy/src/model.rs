@@ -70,6 +70,26 @@ pub enum EnforcementMode {
     Full,
 }
 
+/// How much a workload's VEN reports (Illumio's `visibility_level`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VisibilityLevel {
+    /// Every connection, allowed or not.
+    FlowFullDetail,
+    /// Every connection, summarised (the default).
+    #[default]
+    FlowSummary,
+    /// Only what was (or would be) blocked.
+    FlowDrops,
+    /// Nothing.
+    FlowOff,
+    /// Everything, with byte counts where collected.
+    EnhancedDataCollection,
+}
+
 /// A host or VM (managed when it runs a VEN).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +117,7 @@ pub struct Workload {
     pub online: bool,
     /// What its VEN reports of the traffic its firewall decides.
     #[serde(default)]
-    pub visibility: crate::flowlog::VisibilityLevel,
+    pub visibility: VisibilityLevel,
 }
 
 fn yes() -> bool {

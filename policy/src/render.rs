@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use crate::addr::{AddrSet, Family};
 use crate::compute::{Action, CompiledPolicy, CompiledRule, Ports, Verdict};
-use crate::flowlog::{Decision, Direction, Logged, VisibilityLevel, NFLOG_GROUP};
-use crate::model::{EnforcementMode, PortRange, Proto};
+use crate::flowlog::{Decision, Direction, Logged, NFLOG_GROUP};
+use crate::model::{EnforcementMode, PortRange, Proto, VisibilityLevel};
 
 /// The nftables table every VEN owns.
 pub const TABLE: &str = "pce";
@@ -89,7 +89,7 @@ fn log(
     direction: Direction,
     rule: Option<&crate::model::RuleRef>,
 ) -> String {
-    if !vis.logs(decision) {
+    if !crate::flowlog::logs(vis, decision) {
         return String::new();
     }
     let l = Logged {

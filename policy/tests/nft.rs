@@ -7,7 +7,7 @@
 
 mod support;
 
-use sc_policy::flowlog::VisibilityLevel;
+use sc_policy::model::VisibilityLevel;
 use std::io::Write;
 use std::process::Command;
 

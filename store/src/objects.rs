@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use sc_policy::flowlog::VisibilityLevel;
+use sc_policy::model::VisibilityLevel;
 use sc_policy::model::{self as m, Actor, EnforcementMode, PortRange, ServiceRef};
 
 use crate::keys::{Id, Kind};

@@ -68,7 +68,7 @@ pub struct CompiledPolicy {
     pub outbound: Vec<CompiledRule>,
     /// Which decisions its firewall logs for flow reports.
     #[serde(default)]
-    pub visibility: crate::flowlog::VisibilityLevel,
+    pub visibility: crate::model::VisibilityLevel,
 }
 
 /// A flow's verdict.
