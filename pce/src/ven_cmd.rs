@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use sc_ven::flows::synthetic::Synthetic;
 use sc_ven::identity::{pair, HostFacts};
 use sc_ven::sim::SimVen;
 use sc_ven::{Agent, Enforcer, FleetEvent, Identity};
@@ -176,6 +177,13 @@ pub struct SimArgs {
     /// harnesses that check what the VENs enforce.
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Synthetic flow summaries per second, over the whole fleet (0: none):
+    /// each VEN reports made-up connections from its fleet peers.
+    #[arg(long, default_value_t = 0)]
+    flows_per_second: u64,
+    /// Seconds between each VEN's flow reports.
+    #[arg(long, default_value_t = 10)]
+    flow_report_interval: u64,
 }
 
 fn write_state(path: &std::path::Path, vens: &HashMap<String, SimVen>) -> Result<()> {
@@ -184,6 +192,16 @@ fn write_state(path: &std::path::Path, vens: &HashMap<String, SimVen>) -> Result
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
+}
+
+/// The address simulated VEN `i` reports (10.128.0.0/10, unique per VEN).
+fn sim_address(i: usize) -> String {
+    format!(
+        "10.{}.{}.{}",
+        128 + ((i >> 16) & 63),
+        (i >> 8) & 255,
+        i & 255
+    )
 }
 
 /// Pairs and runs `count` in-memory VENs; prints progress as they apply policy.
@@ -202,12 +220,7 @@ pub async fn sim(args: SimArgs) -> Result<()> {
         batch.push(tokio::spawn(async move {
             let facts = HostFacts {
                 hostname: format!("sim-{i}"),
-                addresses: vec![format!(
-                    "10.{}.{}.{}",
-                    128 + ((i >> 16) & 63),
-                    (i >> 8) & 255,
-                    i & 255
-                )],
+                addresses: vec![sim_address(i)],
                 os: "sim".into(),
             };
             pair(&server, &ca, &code, &facts).await
@@ -223,6 +236,13 @@ pub async fn sim(args: SimArgs) -> Result<()> {
         identities.len(),
         t0.elapsed().as_secs_f64()
     );
+    if args.flow_report_interval == 0 {
+        bail!("--flow-report-interval must be at least 1 second");
+    }
+    // Each VEN's share of the fleet's rate, per report (at least one).
+    let per_report = ((args.flows_per_second * args.flow_report_interval) as usize)
+        .div_ceil(args.count.max(1))
+        .max(1);
     let vens: Arc<Mutex<HashMap<String, SimVen>>> = Arc::new(Mutex::new(HashMap::new()));
     let (stop_tx, stop) = watch::channel(false);
     let t1 = Instant::now();
@@ -239,8 +259,21 @@ pub async fn sim(args: SimArgs) -> Result<()> {
             }
         }
         names.push(id.workload_id.clone());
-        agents
-            .push(Agent::new(id, None, Enforcer::Simulated)?.with_fleet_events(events.clone(), i));
+        let mut agent =
+            Agent::new(id, None, Enforcer::Simulated)?.with_fleet_events(events.clone(), i);
+        if args.flows_per_second > 0 {
+            agent.flow_report_interval = Duration::from_secs(args.flow_report_interval);
+            agent = agent.with_flows(Synthetic::new(
+                sim_address(i),
+                (0..args.count.min(64))
+                    .filter(|p| *p != i)
+                    .map(sim_address)
+                    .collect(),
+                per_report,
+                i as u64,
+            ));
+        }
+        agents.push(agent);
     }
     if let Ok(mut v) = vens.lock() {
         for name in &names {

@@ -652,6 +652,10 @@ fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many()
             "eu-west",
             "--seconds",
             "8",
+            "--flows-per-second",
+            "100",
+            "--flow-report-interval",
+            "1",
         ])
         .output()
         .unwrap();
@@ -663,6 +667,51 @@ fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many()
     );
     assert!(printed.contains("paired 20 VENs"), "{printed}");
     assert!(printed.contains("20/20 VENs enforce a policy"), "{printed}");
+    // Their synthetic flows reached eu-west's traffic store, and an Explorer
+    // query through us-east (`pce flows query`) finds them.
+    let q = Command::new(PCE)
+        .args([
+            "flows",
+            "query",
+            "--dir",
+            data.to_str().unwrap(),
+            "--api",
+            &format!("127.0.0.11:{api_port}"),
+            "--minutes",
+            "10",
+            "--max",
+            "1000",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&q.stdout);
+    assert!(
+        q.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&q.stderr)
+    );
+    let flows: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let sim_flows = flows
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|f| {
+                    f["dst"]["ip"]
+                        .as_str()
+                        .is_some_and(|ip| ip.starts_with("10.128."))
+                        && f["dst"]["workload"]["hostname"]
+                            .as_str()
+                            .is_some_and(|h| h.starts_with("sim-"))
+                        && f["region"] == "eu-west"
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(
+        sim_flows > 0,
+        "synthetic flows of the simulator, resolved to its workloads: {out}"
+    );
     ctrl_c(up);
 }
 

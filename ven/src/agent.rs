@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::applier::Applier;
 use crate::enforce::Enforcer;
-use crate::flows::Collector;
+use crate::flows::FlowSource;
 use crate::identity::{channel, Identity, MemberAddr, StoredPolicy, VenError};
 
 /// Flows sent per `ReportFlows` call (members accept 1,000 by default).
@@ -99,7 +99,7 @@ pub struct Agent {
     /// VEN to the members it was given (tests, benchmarks).
     pub learn_members: bool,
     /// Where flow summaries come from (none: this VEN reports no flows).
-    flows: Option<Collector>,
+    flows: Option<Box<dyn FlowSource>>,
     /// How often flow summaries are sent.
     pub flow_report_interval: Duration,
     pending: Pending,
@@ -138,9 +138,9 @@ impl Agent {
         })
     }
 
-    /// Reports the flows `collector` sees, every `flow_report_interval`.
-    pub fn with_flows(mut self, collector: Collector) -> Self {
-        self.flows = Some(collector);
+    /// Reports the flows `source` gives, every `flow_report_interval`.
+    pub fn with_flows(mut self, source: impl FlowSource + 'static) -> Self {
+        self.flows = Some(Box::new(source));
         self
     }
 

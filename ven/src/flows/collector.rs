@@ -11,7 +11,7 @@ use std::time::Duration;
 use sc_policy::flowlog::NFLOG_GROUP;
 use sc_proto::ven::Flow;
 
-use super::{NflogReader, Summaries};
+use super::{FlowSource, NflogReader, Summaries};
 use crate::identity::VenError;
 
 /// Distinct summaries kept per interval before new keys are dropped (and counted).
@@ -62,10 +62,10 @@ impl Collector {
             thread: Some(thread),
         })
     }
+}
 
-    /// The summaries since the last call, as the wire's flows, and how many
-    /// connections did not fit.
-    pub fn take(&self) -> (Vec<Flow>, u64) {
+impl FlowSource for Collector {
+    fn take(&self) -> (Vec<Flow>, u64) {
         let (list, dropped) = match self.summaries.lock() {
             Ok(mut s) => s.take(),
             Err(_) => return (vec![], 0),

@@ -6,16 +6,26 @@
 //! - `packet`: the addresses and ports of a logged packet's IP header;
 //! - [`nflog`]: the netlink socket the kernel sends logged packets to;
 //! - [`summary`]: the bounded per-interval summaries;
-//! - [`collector`]: the thread that feeds them, for the agent to report.
+//! - [`collector`]: the thread that feeds them, for the agent to report;
+//! - [`synthetic`]: made-up flows for the simulator.
 
 pub mod collector;
 pub mod nflog;
 mod packet;
 pub mod summary;
+pub mod synthetic;
 
 pub use collector::Collector;
 pub use nflog::{NflogReader, Observed};
 pub use summary::{FlowKey, Summaries, Summary};
+
+/// Where an agent's flow summaries come from: the kernel (a [`Collector`]) or,
+/// in the simulator, [`synthetic::Synthetic`].
+pub trait FlowSource: Send + Sync {
+    /// The summaries since the last call, as the wire's flows, and how many
+    /// connections did not fit.
+    fn take(&self) -> (Vec<sc_proto::ven::Flow>, u64);
+}
 
 /// Milliseconds since the epoch (the time a connection was seen).
 pub fn now_ms() -> u64 {
