@@ -511,6 +511,14 @@ impl ToSchema for ServiceRefJson {
     }
 }
 
+fn actors_out(list: &[Actor]) -> Vec<ActorJson> {
+    list.iter().map(ActorJson::from_model).collect()
+}
+
+fn services_out(list: &[ServiceRef]) -> Vec<ServiceRefJson> {
+    list.iter().map(ServiceRefJson::from_model).collect()
+}
+
 fn services_in(
     list: &[ServiceRefJson],
     field: &str,
@@ -602,7 +610,7 @@ impl Doc for RuleSetDoc {
             name: self.name.clone(),
             description: self.description.clone(),
             enabled: self.enabled,
-            scopes: vec![self.scope.iter().map(ActorJson::from_model).collect()],
+            scopes: vec![actors_out(&self.scope)],
             rules: None,
         }
     }
@@ -671,13 +679,9 @@ impl Doc for RuleDoc {
         RuleIn {
             enabled: self.enabled,
             description: self.description.clone(),
-            providers: self.providers.iter().map(ActorJson::from_model).collect(),
-            consumers: self.consumers.iter().map(ActorJson::from_model).collect(),
-            ingress_services: self
-                .services
-                .iter()
-                .map(ServiceRefJson::from_model)
-                .collect(),
+            providers: actors_out(&self.providers),
+            consumers: actors_out(&self.consumers),
+            ingress_services: services_out(&self.services),
             unscoped_consumers: self.unscoped_consumers,
             resolve_labels_as: Some(ResolveJson {
                 providers: vec!["workloads".into()],
@@ -723,13 +727,9 @@ impl Doc for DenyRuleDoc {
         DenyRuleIn {
             enabled: self.enabled,
             description: self.description.clone(),
-            providers: self.providers.iter().map(ActorJson::from_model).collect(),
-            consumers: self.consumers.iter().map(ActorJson::from_model).collect(),
-            ingress_services: self
-                .services
-                .iter()
-                .map(ServiceRefJson::from_model)
-                .collect(),
+            providers: actors_out(&self.providers),
+            consumers: actors_out(&self.consumers),
+            ingress_services: services_out(&self.services),
             unscoped_consumers: self.unscoped_consumers,
             override_deny: self.override_deny,
         }
@@ -765,13 +765,9 @@ impl Doc for BoundaryDoc {
         BoundaryIn {
             name: self.name.clone(),
             description: self.description.clone(),
-            providers: self.providers.iter().map(ActorJson::from_model).collect(),
-            consumers: self.consumers.iter().map(ActorJson::from_model).collect(),
-            ingress_services: self
-                .services
-                .iter()
-                .map(ServiceRefJson::from_model)
-                .collect(),
+            providers: actors_out(&self.providers),
+            consumers: actors_out(&self.consumers),
+            ingress_services: services_out(&self.services),
         }
     }
 }

@@ -727,15 +727,7 @@ impl Node {
         q: &FlowQuery,
         timeout: Duration,
     ) -> Vec<(NodeInfo, Result<FlowQueryReply, String>)> {
-        let members: Vec<(NodeId, NodeInfo)> = {
-            let m = self.core.raft.metrics();
-            let m = m.borrow();
-            m.membership_config
-                .membership()
-                .nodes()
-                .map(|(id, n)| (*id, n.clone()))
-                .collect()
-        };
+        let members = self.members();
         let asks = members.into_iter().map(|(id, info)| {
             let q = q.clone();
             async move {
@@ -818,18 +810,21 @@ impl Node {
             .map_err(|e| Error::Stopped(e.to_string()))
     }
 
+    /// Every node of the current membership (voters and learners).
+    fn members(&self) -> Vec<(NodeId, NodeInfo)> {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
     /// Status of every member, asked over the federation channel (this node's
     /// own entry is local). A member that cannot be reached is reported as an error.
     pub async fn cluster_status(&self) -> Vec<(NodeId, Result<NodeStatus, String>)> {
-        let members: Vec<(NodeId, NodeInfo)> = {
-            let m = self.core.raft.metrics();
-            let m = m.borrow();
-            m.membership_config
-                .membership()
-                .nodes()
-                .map(|(id, n)| (*id, n.clone()))
-                .collect()
-        };
+        let members = self.members();
         let mut out = Vec::new();
         for (id, info) in members {
             if id == self.core.id {

@@ -255,10 +255,6 @@ pub struct TrafficJobs {
     jobs: Mutex<Vec<(String, Job)>>,
 }
 
-fn query_err(field: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::field(field, message)
-}
-
 /// The labels of a label group, its sub-groups' included.
 async fn group_labels(s: &Shared, field: &str, id: &Id) -> Result<BTreeSet<Id>, ApiError> {
     let mut out = BTreeSet::new();
@@ -335,7 +331,7 @@ async fn alternatives(s: &Shared, field: &str, f: &FilterIn) -> Result<Vec<FlowA
     .filter(|x| **x)
     .count();
     if given != 1 {
-        return Err(query_err(
+        return Err(ApiError::field(
             field,
             "give exactly one of label, label_group, workload, ip_list, ip_address, actors",
         ));
@@ -379,19 +375,19 @@ async fn alternatives(s: &Shared, field: &str, f: &FilterIn) -> Result<Vec<FlowA
             IpAddressIn::Text(t) | IpAddressIn::Value { value: t } => t.trim().to_string(),
         };
         IpRange::parse(&text)
-            .map_err(|e| query_err(&format!("{field}.ip_address"), e.to_string()))?;
+            .map_err(|e| ApiError::field(&format!("{field}.ip_address"), e.to_string()))?;
         return Ok(vec![actor(ActorKind::Cidr(text))]);
     }
     if let Some(a) = &f.actors {
         if a != "ams" {
-            return Err(query_err(
+            return Err(ApiError::field(
                 &format!("{field}.actors"),
                 format!("{a:?}: the only value is \"ams\" (all workloads)"),
             ));
         }
         return Ok(vec![actor(ActorKind::AllWorkloads(true))]);
     }
-    Err(query_err(
+    Err(ApiError::field(
         field,
         "fqdn and transmission filters are not supported: flows carry no DNS names and are all unicast",
     ))
@@ -422,7 +418,7 @@ async fn side(s: &Shared, name: &str, b: &FilterBlock) -> Result<FlowSide, ApiEr
                 })
                 .collect();
             if sets.len() > MAX_SETS {
-                return Err(query_err(
+                return Err(ApiError::field(
                     &format!("{name}.include[{i}]"),
                     "too many combinations of groups and lists in one AND; split the query",
                 ));
@@ -455,21 +451,21 @@ fn services(list: &[ServicePortIn], field: &str) -> Result<Vec<ServiceMatch>, Ap
         .map(|(i, p)| {
             let f = format!("{field}[{i}]");
             if p.process_name.is_some() || p.windows_service_name.is_some() {
-                return Err(query_err(
+                return Err(ApiError::field(
                     &f,
                     "process and Windows service names are not collected; filter by port and proto",
                 ));
             }
             if let (Some(a), Some(b)) = (p.port, p.to_port) {
                 if b < a {
-                    return Err(query_err(
+                    return Err(ApiError::field(
                         &format!("{f}.to_port"),
                         format!("{b} is below port {a}"),
                     ));
                 }
             }
             if p.to_port.is_some() && p.port.is_none() {
-                return Err(query_err(&format!("{f}.to_port"), "needs port"));
+                return Err(ApiError::field(&format!("{f}.to_port"), "needs port"));
             }
             Ok(ServiceMatch {
                 proto: u32::from(p.proto.unwrap_or(0)),
@@ -483,23 +479,23 @@ fn services(list: &[ServicePortIn], field: &str) -> Result<Vec<ServiceMatch>, Ap
 /// The query as every region answers it, checked field by field.
 async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery, ApiError> {
     let start = parse_iso8601(&q.start_date).ok_or_else(|| {
-        query_err(
+        ApiError::field(
             "start_date",
             "not an ISO 8601 UTC time such as 2026-12-01T00:00:00Z",
         )
     })?;
     let end = parse_iso8601(&q.end_date).ok_or_else(|| {
-        query_err(
+        ApiError::field(
             "end_date",
             "not an ISO 8601 UTC time such as 2026-12-02T00:00:00Z",
         )
     })?;
     if end < start {
-        return Err(query_err("end_date", "is before start_date"));
+        return Err(ApiError::field("end_date", "is before start_date"));
     }
     let max = q.max_results.unwrap_or(100_000);
     if !(1..=MAX_RESULTS).contains(&max) {
-        return Err(query_err(
+        return Err(ApiError::field(
             "max_results",
             format!("{max}: must be 1 to {MAX_RESULTS}"),
         ));
@@ -509,7 +505,7 @@ async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery, ApiError> 
             d.as_str(),
             "allowed" | "potentially_blocked" | "blocked" | "unknown"
         ) {
-            return Err(query_err(
+            return Err(ApiError::field(
                 &format!("policy_decisions[{i}]"),
                 format!("{d:?}: allowed, potentially_blocked, blocked or unknown"),
             ));
@@ -519,7 +515,7 @@ async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery, ApiError> 
         None | Some("and") => false,
         Some("or") => true,
         Some(o) => {
-            return Err(query_err(
+            return Err(ApiError::field(
                 "sources_destinations_query_op",
                 format!("{o:?}: and or or"),
             ))
