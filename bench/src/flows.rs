@@ -114,6 +114,17 @@ fn flow(r: &mut Lcg, wls: &[FlowWorkload], now: u64) -> TrafficFlow {
         last_ms: last,
         reporter: wls[d].id.clone(),
         region: "bench".into(),
+        dst_bi: if decision == "blocked" {
+            0
+        } else {
+            500 + r.next() % 50_000
+        },
+        dst_bo: if decision == "blocked" {
+            0
+        } else {
+            500 + r.next() % 500_000
+        },
+        state: if decision == "blocked" { "" } else { "C" }.into(),
     }
 }
 

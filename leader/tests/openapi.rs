@@ -114,6 +114,10 @@ fn every_operation_documents_its_answer_and_its_body() {
             "/api/v2/orgs/{org}/pairing_profiles/{id}/pairing_key",
         ),
         ("put", "/api/v2/orgs/{org}/workloads/{id}/unpair"),
+        (
+            "put",
+            "/api/v2/orgs/{org}/traffic_flows/async_queries/{id}/update_rules",
+        ),
     ];
     let doc = sc_leader::api::openapi();
     assert!(

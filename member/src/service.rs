@@ -33,6 +33,9 @@ use crate::error::MemberError;
 use crate::pairing;
 use crate::presence::Presence;
 use crate::traffic::{Resolver, SledTraffic, TrafficStore};
+use sc_policy::compute::CompiledPolicy;
+use sc_policy::flowlog::{self, Decision, Direction};
+use sc_policy::model::VisibilityLevel;
 use sc_proto::federation::{FlowEnd, FlowQuery, FlowQueryReply, TrafficFlow};
 
 /// How the VEN service runs.
@@ -353,9 +356,10 @@ impl Ven for Handle {
         }
         let now = sc_store::time::now_ms();
         self.charge_quota(&id, now, batch.flows.len() as u64)?;
+        let policy = self.cache.policy_of(&id).map(|r| r.compiled.clone());
         let mut records = Vec::with_capacity(batch.flows.len());
         for (i, f) in batch.flows.iter().enumerate() {
-            records.push(self.resolve_flow(&id, i, f, now).await?);
+            records.extend(self.resolve_flow(&id, policy.as_deref(), i, f, now).await?);
         }
         if batch.dropped > 0 {
             tracing::warn!(workload = %id, dropped = batch.dropped, "a VEN dropped flow summaries it could not keep");
@@ -397,14 +401,19 @@ impl Svc {
         Ok(())
     }
 
-    /// Checks one reported flow and resolves both ends to workloads.
+    /// Checks one reported flow and resolves both ends to workloads. A flow
+    /// reported without a decision (only conntrack saw it) is decided here
+    /// from the reporter's policy, as its firewall would have; flows its
+    /// visibility level does not keep are left out (`None`), and bytes are
+    /// kept only at `enhanced_data_collection`.
     async fn resolve_flow(
         &self,
         reporter: &str,
+        policy: Option<&CompiledPolicy>,
         i: usize,
         f: &sc_proto::ven::Flow,
         now: u64,
-    ) -> Result<TrafficFlow, Status> {
+    ) -> Result<Option<TrafficFlow>, Status> {
         let bad = |what: &str| Status::invalid_argument(format!("flows[{i}].{what}"));
         let src: IpAddr = f.src.parse().map_err(|_| bad("src: not an IP address"))?;
         let dst: IpAddr = f.dst.parse().map_err(|_| bad("dst: not an IP address"))?;
@@ -419,40 +428,73 @@ impl Svc {
                 "last_seen_ms: more than a minute ahead of the member's clock",
             ));
         }
-        let decision = match f.decision.as_str() {
-            "" if f.allowed => "allowed",
-            "" => "blocked",
-            d @ ("allowed" | "potentially_blocked" | "blocked") => d,
-            _ => return Err(bad("decision: allowed, potentially_blocked or blocked")),
-        };
         let direction = match f.direction.as_str() {
-            "" | "inbound" => "inbound",
-            "outbound" => "outbound",
+            "" | "inbound" => Direction::Inbound,
+            "outbound" => Direction::Outbound,
             _ => return Err(bad("direction: inbound or outbound")),
         };
         if f.rule.len() > 160 {
             return Err(bad("rule: longer than a rule reference"));
         }
+        if !matches!(f.state.as_str(), "" | "N" | "A" | "C" | "T") {
+            return Err(bad("state: N, A, C, T or empty"));
+        }
+        let (decision, rule) = match f.decision.as_str() {
+            "" if f.allowed => ("allowed", f.rule.clone()),
+            "" => ("blocked", f.rule.clone()),
+            d @ ("allowed" | "potentially_blocked" | "blocked") => (d, f.rule.clone()),
+            "unknown" => {
+                let peer = if direction == Direction::Inbound {
+                    src
+                } else {
+                    dst
+                };
+                match policy.and_then(|c| flowlog::decide(c, direction, peer, proto, port)) {
+                    Some((d, r)) => (
+                        d.as_str(),
+                        r.as_ref().map(flowlog::rule_name).unwrap_or_default(),
+                    ),
+                    None => ("unknown", String::new()),
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "decision: allowed, potentially_blocked, blocked or unknown",
+                ))
+            }
+        };
+        let level = policy.map(|c| c.visibility).unwrap_or_default();
+        if let Some(d) = Decision::parse(decision) {
+            if !flowlog::logs(level, d) {
+                return Ok(None);
+            }
+        } else if level == VisibilityLevel::FlowOff {
+            return Ok(None);
+        }
+        let bytes = level == VisibilityLevel::EnhancedDataCollection;
         let end = |ip: IpAddr| async move {
             Ok::<_, Status>(FlowEnd {
                 ip: ip.to_string(),
                 workload: self.resolver.workload_at(ip).await.map_err(Status::from)?,
             })
         };
-        Ok(TrafficFlow {
+        Ok(Some(TrafficFlow {
             src: Some(end(src).await?),
             dst: Some(end(dst).await?),
             port: u32::from(port),
             proto: u32::from(proto),
-            direction: direction.into(),
+            direction: direction.as_str().into(),
             decision: decision.into(),
-            rule: f.rule.clone(),
+            rule,
+            dst_bi: if bytes { f.bytes_in } else { 0 },
+            dst_bo: if bytes { f.bytes_out } else { 0 },
+            state: f.state.clone(),
             num_connections: f.count,
             first_ms: f.first_seen_ms,
             last_ms: f.last_seen_ms,
             reporter: reporter.to_string(),
             region: self.region(),
-        })
+        }))
     }
 
     /// Expires old traffic at most once a minute, off the async threads.

@@ -617,6 +617,7 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
     let flow = Flow {
         src: "10.0.0.1".into(),
         dst: "10.0.0.2".into(),
+        direction: "inbound".into(),
         port: 443,
         proto: 6,
         allowed: true,
@@ -650,7 +651,7 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
     assert_eq!(
         client
             .report_flows(FlowBatch {
-                flows: vec![flow; 10],
+                flows: vec![flow.clone(); 10],
                 dropped: 0,
             })
             .await
@@ -669,6 +670,54 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
     assert_eq!(stored.matches, 1);
     assert_eq!(stored.flows[0].num_connections, 30);
     assert_eq!(stored.flows[0].decision, "allowed");
+
+    // A connection only conntrack saw comes without a decision: the member
+    // decides it from the workload's policy (full mode, no rule: blocked).
+    // Bytes are kept only at enhanced_data_collection (this one is at the
+    // default flow_summary).
+    let unknown = Flow {
+        src: "10.0.0.9".into(),
+        port: 22,
+        allowed: false,
+        decision: "unknown".into(),
+        direction: "inbound".into(),
+        bytes_in: 500,
+        bytes_out: 7000,
+        state: "A".into(),
+        ..flow.clone()
+    };
+    let st = client
+        .report_flows(FlowBatch {
+            flows: vec![Flow {
+                state: "open".into(),
+                ..unknown.clone()
+            }],
+            dropped: 0,
+        })
+        .await
+        .expect_err("bad state");
+    assert_eq!(st.code(), tonic::Code::InvalidArgument);
+    assert!(st.message().contains("state"), "{st:?}");
+    client
+        .report_flows(FlowBatch {
+            flows: vec![unknown],
+            dropped: 0,
+        })
+        .await
+        .expect("stored");
+    let decided = env.vens[&2]
+        .query_flows(&sc_proto::federation::FlowQuery {
+            max_results: 100,
+            ..Default::default()
+        })
+        .expect("flows");
+    let ssh = decided
+        .flows
+        .iter()
+        .find(|f| f.port == 22)
+        .expect("the conntrack-only flow is stored");
+    assert_eq!((ssh.decision.as_str(), ssh.rule.as_str()), ("blocked", ""));
+    assert_eq!((ssh.dst_bi, ssh.dst_bo, ssh.state.as_str()), (0, 0, "A"));
 
     // The good VEN kept being served throughout: a policy change still reaches it.
     let before = applied(&events, &good.workload_id);

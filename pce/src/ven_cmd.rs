@@ -125,7 +125,7 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             agent.flow_report_interval = std::time::Duration::from_secs(flow_report_interval);
             // Flows come from the rules this VEN loads, so a dry run has none.
             if !dry_run && !no_flows {
-                match sc_ven::flows::Collector::start() {
+                match sc_ven::flows::Collector::start(agent.flow_report_interval) {
                     Ok(c) => agent = agent.with_flows(c),
                     Err(e) => tracing::error!(error = %e, "flow collection is off"),
                 }

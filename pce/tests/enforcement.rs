@@ -194,6 +194,23 @@ async fn post(c: &mut ApiClient, path: &str, body: Value) -> Value {
     a.json()
 }
 
+/// Polls an Explorer job until its `field` (`status`, or `rules` after
+/// update_rules) is `completed`.
+async fn poll_job(api: &mut ApiClient, job: &str, field: &str) -> Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let j = api.get(job).await.unwrap().json();
+        if j[field] == "completed" {
+            return j;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "{field} never completed: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 fn href(v: &Value) -> String {
     v["href"].as_str().expect("href").to_string()
 }
@@ -388,6 +405,44 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     };
     let has =
         |flows: &[Value], decision: &str| flows.iter().any(|f| f["policy_decision"] == decision);
+    let update_workload = |api: &mut ApiClient, host: &str, body: Value| {
+        rt.block_on(async {
+            let list = api
+                .get(&format!("{ORG}/workloads?hostname={host}"))
+                .await
+                .unwrap()
+                .json();
+            let w = list
+                .as_array()
+                .and_then(|l| l.iter().find(|w| w["hostname"] == host))
+                .unwrap_or_else(|| panic!("{host}'s workload: {list}"))
+                .clone();
+            let a = api
+                .put(&format!("/api/v2{}", w["href"].as_str().unwrap()), &body)
+                .await
+                .unwrap();
+            assert!(a.status.is_success(), "{host} <- {body}: {}", a.json());
+        })
+    };
+    // app collects bytes (conntrack's counters, joined to the logged decision).
+    update_workload(
+        &mut api,
+        "app",
+        json!({"visibility_level": "enhanced_data_collection"}),
+    );
+    wait_until(
+        "web -> app:8080 as an allowed flow with bytes",
+        Duration::from_secs(30),
+        || {
+            lab.reach("web", &app, 8080);
+            flows_to(&mut api, 8080).iter().any(|f| {
+                f["policy_decision"] == "allowed"
+                    && f["flow_direction"] == "inbound"
+                    && f["dst_bi"].as_u64().is_some_and(|b| b > 0)
+                    && f["dst_bo"].as_u64().is_some_and(|b| b > 0)
+            })
+        },
+    );
     wait_until(
         "web -> app:8080 as an allowed flow",
         Duration::from_secs(30),
@@ -401,6 +456,10 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         .iter()
         .find(|f| f["policy_decision"] == "allowed" && f["flow_direction"] == "inbound")
         .expect("app reports the inbound connection");
+    assert!(
+        ["N", "A", "C", "T"].contains(&seen_at_app["state"].as_str().unwrap_or("")),
+        "a state: {seen_at_app}"
+    );
     assert_eq!(seen_at_app["src"]["ip"], json!(web), "{seen_at_app}");
     assert_eq!(
         seen_at_app["dst"]["workload"]["hostname"],
@@ -471,6 +530,44 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         },
     );
 
+    // The draft's verdict on observed traffic (Illumio's update_rules): a
+    // draft rule that would let web reach app:22, never provisioned; the
+    // blocked flow's draft_policy_decision says allowed. Then it is deleted.
+    rt.block_on(async {
+        let rule = post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": labels["app"]}}], "consumers": [{"label": {"href": labels["web"]}}], "ingress_services": [{"proto": 6, "port": 22}]})).await;
+        let q = window(json!({"query_name": "draft", "services": {"include": [{"proto": 6, "port": 22}]}, "policy_decisions": ["blocked"]}));
+        let a = api
+            .post(&format!("{ORG}/traffic_flows/async_queries"), &q)
+            .await
+            .unwrap();
+        assert_eq!(a.status.as_u16(), 202, "{}", a.json());
+        let job = format!("/api/v2{}", a.json()["href"].as_str().unwrap());
+        poll_job(&mut api, &job, "status").await;
+        let u = api
+            .put(&format!("{job}/update_rules"), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(u.status.as_u16(), 202, "update_rules: {}", u.json());
+        let done = poll_job(&mut api, &job, "rules").await;
+        let flows = api
+            .get(&format!("/api/v2{}", done["result"].as_str().unwrap()))
+            .await
+            .unwrap()
+            .json();
+        let list = flows.as_array().cloned().unwrap_or_default();
+        assert!(
+            list.iter().any(|f| f["policy_decision"] == "blocked"
+                && f["draft_policy_decision"] == "allowed"
+                && f["service"]["port"] == 22),
+            "the draft would allow web -> app:22: {flows}"
+        );
+        let d = api
+            .delete(&format!("/api/v2{}", rule["href"].as_str().unwrap()))
+            .await
+            .unwrap();
+        assert!(d.status.is_success(), "delete the draft rule: {}", d.json());
+    });
+
     // Change the policy: web may reach db too.
     rt.block_on(async {
         post(&mut api, &format!("/api/v2{rs}/sec_rules"), json!({"providers": [{"label": {"href": labels["db"]}}], "consumers": [{"label": {"href": labels["web"]}}], "ingress_services": [{"proto": 6, "port": 5432}]})).await;
@@ -484,28 +581,9 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     // Visibility only: web and app stop enforcing; the refused attempt now
     // passes, and shows as potentially_blocked. Then back to full.
     let set_mode = |api: &mut ApiClient, mode: &str| {
-        rt.block_on(async {
-            for host in ["web", "app"] {
-                let list = api
-                    .get(&format!("{ORG}/workloads?hostname={host}"))
-                    .await
-                    .unwrap()
-                    .json();
-                let w = list
-                    .as_array()
-                    .and_then(|l| l.iter().find(|w| w["hostname"] == host))
-                    .unwrap_or_else(|| panic!("{host}'s workload: {list}"))
-                    .clone();
-                let a = api
-                    .put(
-                        &format!("/api/v2{}", w["href"].as_str().unwrap()),
-                        &json!({"enforcement_mode": mode}),
-                    )
-                    .await
-                    .unwrap();
-                assert!(a.status.is_success(), "{host} -> {mode}: {}", a.json());
-            }
-        })
+        for host in ["web", "app"] {
+            update_workload(api, host, json!({"enforcement_mode": mode}));
+        }
     };
     set_mode(&mut api, "visibility_only");
     wait_until(
@@ -549,18 +627,7 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
             .unwrap();
         assert_eq!(a.status.as_u16(), 202, "{}", a.json());
         let job = format!("/api/v2{}", a.json()["href"].as_str().unwrap());
-        let t0 = std::time::Instant::now();
-        let done = loop {
-            let j = api.get(&job).await.unwrap().json();
-            if j["status"] == "completed" {
-                break j;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(40),
-                "the job never completed: {j}"
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        };
+        let done = poll_job(&mut api, &job, "status").await;
         let regions = done["regions"].as_array().cloned().unwrap_or_default();
         assert_eq!(regions.len(), 3, "every region is listed: {done}");
         let r3 = regions

@@ -8,10 +8,12 @@
 //! format is written once.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{RuleRef, VisibilityLevel};
+use crate::compute::{Action, CompiledPolicy};
+use crate::model::{EnforcementMode, Proto, RuleRef, VisibilityLevel};
 
 /// The NFLOG group the rendered rules log to and the VEN listens on.
 pub const NFLOG_GROUP: u16 = 7;
@@ -46,6 +48,28 @@ impl Decision {
             Decision::Blocked => "blocked",
         }
     }
+
+    /// Reads [`Decision::as_str`] back (`None` for anything else, such as
+    /// `unknown`).
+    pub fn parse(s: &str) -> Option<Decision> {
+        [
+            Decision::Allowed,
+            Decision::PotentiallyBlocked,
+            Decision::Blocked,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+}
+
+/// A rule as flows name it: `<ruleset>/<rule>`, or the boundary's id.
+pub fn rule_name(r: &RuleRef) -> String {
+    match r {
+        RuleRef::Allow { rule_set, rule } | RuleRef::Deny { rule_set, rule } => {
+            format!("{rule_set}/{rule}")
+        }
+        RuleRef::Boundary { boundary } => boundary.clone(),
+    }
 }
 
 /// Whether a workload at visibility level `v` has its firewall log a
@@ -56,6 +80,61 @@ pub fn logs(v: VisibilityLevel, d: Decision) -> bool {
         VisibilityLevel::FlowDrops => d != Decision::Allowed,
         _ => true,
     }
+}
+
+/// The protocol a flow's IANA number names, when policy can name it.
+pub fn proto_of(number: u8) -> Option<Proto> {
+    match number {
+        6 => Some(Proto::Tcp),
+        17 => Some(Proto::Udp),
+        1 | 58 => Some(Proto::Icmp),
+        _ => None,
+    }
+}
+
+/// What `c`'s rendered firewall decides, and logs, about a new connection
+/// with `peer` (the source inbound, the destination outbound): the same
+/// choice the renderer writes into the rules (`crate::render`), for flows the
+/// VEN could not see decided (conntrack only) and for the draft's verdict on
+/// observed traffic. `None` where the firewall decides nothing: an idle
+/// workload, outbound outside full mode, a protocol policy cannot name.
+pub fn decide(
+    c: &CompiledPolicy,
+    direction: Direction,
+    peer: IpAddr,
+    proto: u8,
+    port: u16,
+) -> Option<(Decision, Option<RuleRef>)> {
+    let proto = proto_of(proto)?;
+    let enforce = match c.mode {
+        EnforcementMode::Idle => return None,
+        EnforcementMode::VisibilityOnly => false,
+        EnforcementMode::Selective | EnforcementMode::Full => true,
+    };
+    let full = c.mode == EnforcementMode::Full;
+    let rules = match direction {
+        Direction::Inbound => &c.inbound,
+        Direction::Outbound if full => &c.outbound,
+        Direction::Outbound => return None,
+    };
+    // Rules are in precedence order: the first match decides.
+    if let Some(r) = rules
+        .iter()
+        .find(|r| r.peers.contains(peer) && r.ports.matches(proto, port))
+    {
+        let d = match (r.action, enforce) {
+            (Action::Allow, _) => Decision::Allowed,
+            (_, true) => Decision::Blocked,
+            (_, false) => Decision::PotentiallyBlocked,
+        };
+        return Some((d, Some((*r.source).clone())));
+    }
+    let d = if full {
+        Decision::Blocked
+    } else {
+        Decision::PotentiallyBlocked
+    };
+    Some((d, None))
 }
 
 /// Which way the connection goes, seen from the workload.
@@ -69,6 +148,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+
     fn code(self) -> &'static str {
         match self {
             Direction::Inbound => "in",

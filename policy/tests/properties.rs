@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 use sc_policy::compute::Verdict;
+use sc_policy::flowlog::{self, Decision, Direction};
 use sc_policy::model::*;
 use sc_policy::reference::{inbound_allowed, outbound_allowed, Flow};
 use sc_policy::{Change, Engine};
@@ -299,6 +300,11 @@ fn check_engine_matches_reference(
                 let fast = c.decide_inbound(src, Proto::Tcp, port).0 == Verdict::Allowed;
                 let slow = inbound_allowed(estate, policy, w, &flow);
                 prop_assert_eq!(fast, slow, "inbound {} <- {} :{}", w.id, src, port);
+                // The decision a flow is reported with says blocked exactly
+                // when the firewall blocks it.
+                if let Some((d, _)) = flowlog::decide(&c, Direction::Inbound, src, 6, port) {
+                    prop_assert_eq!(d == Decision::Blocked, !slow, "logged inbound {}", w.id);
+                }
                 // Outbound from this workload to the same address set.
                 let out = Flow {
                     src: dst,
@@ -309,6 +315,9 @@ fn check_engine_matches_reference(
                 let fast = c.decide_outbound(src, Proto::Tcp, port).0 == Verdict::Allowed;
                 let slow = outbound_allowed(estate, policy, w, &out);
                 prop_assert_eq!(fast, slow, "outbound {} -> {} :{}", w.id, src, port);
+                if let Some((d, _)) = flowlog::decide(&c, Direction::Outbound, src, 6, port) {
+                    prop_assert_eq!(d == Decision::Blocked, !slow, "logged outbound {}", w.id);
+                }
             }
         }
     }

@@ -149,7 +149,16 @@ impl Agent {
     /// member; `Err` only says the report did not go through.
     async fn report_flows(&mut self, ch: &tonic::transport::Channel) -> Result<(), String> {
         if let Some(c) = &self.flows {
-            let (flows, dropped) = c.take();
+            let (mut flows, dropped) = c.take();
+            // The agent's own channel to its members (accepted before any
+            // policy rule, seen only by conntrack) is not the workload's
+            // traffic.
+            let control = self.control();
+            flows.retain(|f| {
+                !control
+                    .iter()
+                    .any(|a| a.ip().to_string() == f.dst && u32::from(a.port()) == f.port)
+            });
             self.pending.add(flows, dropped);
         }
         let mut client = VenClient::new(ch.clone());

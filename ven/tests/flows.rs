@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sc_policy::flowlog::{Decision, Direction, Logged, NFLOG_GROUP};
 use sc_policy::model::RuleRef;
-use sc_ven::flows::{NflogReader, Observed};
+use sc_ven::flows::{Collector, FlowSource, NflogReader, Observed, Seen};
 
 fn run(args: &[&str], stdin: Option<&str>) {
     use std::io::Write;
@@ -37,7 +37,10 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
-        let id = std::process::id() % 100_000;
+        // Tests run in parallel: each pair gets its own names (and subnet).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n;
         let p = Pair {
             a: format!("scfa{id}"),
             b: format!("scfb{id}"),
@@ -112,14 +115,15 @@ fn allowed_and_blocked_connections_are_read_from_nflog_with_their_rule() {
     let workload = std::thread::spawn(move || {
         enter(&a);
         let mut reader =
-            NflogReader::open(NFLOG_GROUP, Duration::from_millis(100)).expect("bind nflog");
+            NflogReader::open(NFLOG_GROUP, Duration::from_millis(100), false).expect("bind nflog");
         let listener = TcpListener::bind("10.213.7.1:8080").expect("listen");
         listener.set_nonblocking(true).expect("nonblocking");
         ready_tx.send(()).expect("ready");
         let until = Instant::now() + Duration::from_secs(15);
         while Instant::now() < until && !stopped.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = listener.accept();
-            for o in reader.read().expect("read nflog") {
+            for seen in reader.read().expect("read nflog") {
+                let Seen::Logged(o) = seen else { continue };
                 if tx.send(o).is_err() {
                     return;
                 }
@@ -182,4 +186,123 @@ fn allowed_and_blocked_connections_are_read_from_nflog_with_their_rule() {
         .find(|o| o.dst_port == 22)
         .unwrap_or_else(|| panic!("no flow to 22 read from NFLOG: {seen:?}"));
     assert_eq!(blocked.logged, default);
+}
+
+/// The agent's collector, as `pce ven run` starts it: the logged decision of
+/// an allowed connection joins conntrack's byte counts, a connection that
+/// stays open reports the bytes it carries in each interval (the periodic
+/// dump), and its close is reported with the state.
+#[test]
+fn the_collector_reports_bytes_and_state_of_long_lived_connections() {
+    use std::io::{Read, Write};
+    let pair = Pair::new();
+    let allow = Logged {
+        decision: Decision::Allowed,
+        direction: Direction::Inbound,
+        rule: Some(RuleRef::Allow {
+            rule_set: "rs-db".into(),
+            rule: "r-5432".into(),
+        }),
+    };
+    let rules = format!(
+        "table inet pce {{\n  chain input {{\n    type filter hook input priority 0; policy drop;\n    ct state established,related accept\n    iif \"lo\" accept\n    ip saddr 10.213.7.2 tcp dport 5432 log prefix \"{allow}\" group {NFLOG_GROUP} accept\n  }}\n}}\n"
+    );
+    run(
+        &["ip", "netns", "exec", &pair.a, "nft", "-f", "-"],
+        Some(&rules),
+    );
+
+    // The workload: the collector (dumping conntrack every 300 ms) and a
+    // server that answers each 1,000-byte request with 10,000 bytes.
+    let (col_tx, col_rx) = std::sync::mpsc::channel::<Collector>();
+    let a = pair.a.clone();
+    std::thread::spawn(move || {
+        enter(&a);
+        let collector = Collector::start(Duration::from_millis(300)).expect("collector");
+        let listener = TcpListener::bind("10.213.7.1:5432").expect("listen");
+        col_tx.send(collector).expect("send");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut req = [0u8; 1000];
+        while conn.read_exact(&mut req).is_ok() {
+            if conn.write_all(&[7u8; 10_000]).is_err() {
+                break;
+            }
+        }
+    });
+    let collector = col_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("collector started");
+
+    let b = pair.b.clone();
+    let (step_tx, step_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        enter(&b);
+        let to: SocketAddr = "10.213.7.1:5432".parse().expect("addr");
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect");
+        let mut answer = [0u8; 10_000];
+        // Two rounds, one per interval the test takes; then close.
+        for _ in 0..2 {
+            step_rx.recv().expect("step");
+            s.write_all(&[1u8; 1000]).expect("write");
+            s.read_exact(&mut answer).expect("read");
+            done_tx.send(()).expect("done");
+        }
+        step_rx.recv().expect("close");
+    });
+
+    // Waits until the collector reports a flow to 5432 that satisfies `ok`,
+    // summing what earlier takes held for the same key.
+    let take_until = |what: &str, ok: &dyn Fn(&sc_proto::ven::Flow) -> bool| {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+            let (flows, _) = collector.take();
+            seen.extend(flows.into_iter().filter(|f| f.port == 5432));
+            if let Some(f) = seen.iter().find(|f| ok(f)) {
+                return (f.clone(), seen);
+            }
+        }
+        panic!("{what}: no such flow in {seen:?}");
+    };
+
+    step_tx.send(()).expect("step");
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("round 1");
+    let (first, so_far) = take_until("round 1 bytes", &|f| f.bytes_out >= 10_000);
+    assert_eq!(first.decision, "allowed");
+    assert_eq!(first.rule, "rs-db/r-5432");
+    assert_eq!(first.direction, "inbound");
+    assert!(
+        so_far.iter().all(|f| f.decision == "allowed"),
+        "every report of the connection carries its logged decision: {so_far:?}"
+    );
+    assert_eq!(
+        so_far.iter().map(|f| f.count).sum::<u64>(),
+        1,
+        "one connection, counted once: {so_far:?}"
+    );
+    assert_eq!(first.state, "A", "open at the dump");
+    assert!(first.bytes_in >= 1000 && first.bytes_in < 3000, "{first:?}");
+
+    // The second round lands in a later interval, under the same decision
+    // and not as a new connection, with only its own bytes.
+    step_tx.send(()).expect("step");
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("round 2");
+    let (second, _) = take_until("round 2 bytes", &|f| f.bytes_out >= 10_000);
+    assert_eq!((second.decision.as_str(), second.count), ("allowed", 0));
+    assert_eq!(second.state, "A");
+    assert!(
+        second.bytes_out < 12_000,
+        "only this interval's bytes: {second:?}"
+    );
+
+    step_tx.send(()).expect("close");
+    client.join().expect("client");
+    let (closed, _) = take_until("close", &|f| f.state == "C");
+    assert_eq!(closed.rule, "rs-db/r-5432");
 }

@@ -19,12 +19,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use sc_policy::addr::{AddrSet, Family, IpRange};
+use sc_policy::flowlog::{self, Direction};
 use sc_proto::federation::flow_actor::Kind as ActorKind;
 use sc_proto::federation::{ActorSet, FlowActor, FlowQuery, FlowSide, ServiceMatch, TrafficFlow};
 use sc_store::keys::{self, Id, Kind, Space};
 use sc_store::objects::{IpListDoc, LabelGroupDoc};
 use sc_store::record::Record;
 use sc_store::time::{iso8601, now_ms, parse_iso8601};
+use sc_store::world::{load_raw, world_of, POLICY_KINDS};
 
 use super::spec::{many, one, Api, Op};
 use super::{answer_of, no_content, Ctx, CtxExt, Shared};
@@ -191,11 +193,23 @@ struct TrafficFlowOut {
     dst: FlowNodeOut,
     service: FlowServiceOut,
     num_connections: u64,
-    /// `closed`: a summary of connections seen, not a live one.
-    state: &'static str,
+    /// The last connection's state: `A` active, `C` closed, `T` timed out,
+    /// `N` new (logged, not yet tracked); absent when not collected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
     timestamp_range: TimestampRange,
-    /// `allowed`, `potentially_blocked` or `blocked`.
+    /// `allowed`, `potentially_blocked`, `blocked`, or `unknown` where
+    /// neither the VEN nor its member's policy could decide.
     policy_decision: String,
+    /// What the current draft would decide (after `PUT {job}/update_rules`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draft_policy_decision: Option<String>,
+    /// Bytes into the destination, at `enhanced_data_collection`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_bi: Option<u64>,
+    /// Bytes out of the destination, at `enhanced_data_collection`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_bo: Option<u64>,
     /// `inbound` or `outbound`, seen from the reporting workload.
     flow_direction: String,
     transmission: &'static str,
@@ -241,12 +255,18 @@ struct AsyncQuery {
     matches_count: u64,
     /// Every region asked, and whether it answered.
     regions: Vec<RegionResult>,
+    /// The draft decisions asked for with `update_rules`: `working` or
+    /// `completed` (absent: not asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rules: Option<&'static str>,
 }
 
 struct Job {
     owner: Id,
     info: AsyncQuery,
     flows: Vec<TrafficFlowOut>,
+    /// The flows as the regions answered, for the draft's decisions.
+    raw: Vec<TrafficFlow>,
 }
 
 /// This node's Explorer jobs.
@@ -571,12 +591,15 @@ fn flow_out(f: &TrafficFlow) -> TrafficFlowOut {
             proto: f.proto as u8,
         },
         num_connections: f.num_connections,
-        state: "closed",
+        state: (!f.state.is_empty()).then(|| f.state.clone()),
         timestamp_range: TimestampRange {
             first_detected: iso8601(f.first_ms),
             last_detected: iso8601(f.last_ms),
         },
         policy_decision: f.decision.clone(),
+        draft_policy_decision: None,
+        dst_bi: (f.dst_bi > 0 || f.dst_bo > 0).then_some(f.dst_bi),
+        dst_bo: (f.dst_bi > 0 || f.dst_bo > 0).then_some(f.dst_bo),
         flow_direction: f.direction.clone(),
         transmission: "unicast",
         rule: (!f.rule.is_empty()).then(|| f.rule.clone()),
@@ -603,7 +626,7 @@ async fn run_query(
     s: &Shared,
     who: &Principal,
     q: &FlowQuery,
-) -> (Vec<TrafficFlowOut>, Vec<RegionResult>, u64) {
+) -> (Vec<TrafficFlow>, Vec<RegionResult>, u64) {
     let answers = s.db.node().fan_out_flows(q, REGION_TIMEOUT).await;
     let mut flows: Vec<TrafficFlow> = Vec::new();
     let mut regions = Vec::new();
@@ -635,7 +658,7 @@ async fn run_query(
     flows.sort_by_key(|f| std::cmp::Reverse(f.last_ms));
     flows.truncate(q.max_results as usize);
     regions.sort_by(|a, b| a.region.cmp(&b.region).then(a.pce_fqdn.cmp(&b.pce_fqdn)));
-    (flows.iter().map(flow_out).collect(), regions, matches)
+    (flows, regions, matches)
 }
 
 fn may_query(ctx: &Ctx) -> Result<(), ApiError> {
@@ -652,6 +675,7 @@ async fn analysis(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     let q: TrafficQueryIn = ctx.parse()?;
     let fq = resolve(&s, &q).await?;
     let (flows, _, _) = run_query(&s, &ctx.who, &fq).await;
+    let flows: Vec<TrafficFlowOut> = flows.iter().map(flow_out).collect();
     answer_of(StatusCode::OK, &flows, 0)
 }
 
@@ -678,6 +702,7 @@ async fn submit(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
         flows_count: 0,
         matches_count: 0,
         regions: vec![],
+        rules: None,
     };
     {
         let mut jobs = s
@@ -694,6 +719,7 @@ async fn submit(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
                 owner: ctx.who.user_id.clone(),
                 info: info.clone(),
                 flows: vec![],
+                raw: vec![],
             },
         ));
     }
@@ -709,7 +735,8 @@ async fn submit(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
                 j.info.flows_count = flows.len() as u64;
                 j.info.matches_count = matches;
                 j.info.regions = regions;
-                j.flows = flows;
+                j.flows = flows.iter().map(flow_out).collect();
+                j.raw = flows;
             }
         }
     });
@@ -791,6 +818,80 @@ async fn download(
     answer_of(StatusCode::OK, &flows, 0)
 }
 
+/// Illumio's `update_rules`: works out what the current draft would decide
+/// about each flow of a completed job (`draft_policy_decision`), from the
+/// replica's draft, with the engine the members compute policy with. Answers
+/// 202; the job's `rules` turns `completed`.
+async fn update_rules(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Path<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    let (status, raw) = with_job(&s, &ctx, &p, |jobs, i| {
+        (jobs[i].1.info.status, jobs[i].1.raw.clone())
+    })?;
+    if status != "completed" {
+        return Err(ApiError::conflict(
+            "job_not_completed",
+            "the query is still running; update its rules once status is completed",
+        ));
+    }
+    let info = with_job(&s, &ctx, &p, |jobs, i| {
+        jobs[i].1.info.rules = Some("working");
+        jobs[i].1.info.clone()
+    })?;
+    let draft = load_raw(&s.db, Space::Draft, &POLICY_KINDS).await?;
+    let estate = load_raw(&s.db, Space::Live, &[Kind::Label, Kind::Workload]).await?;
+    let world = world_of(estate.iter().chain(draft.iter()))?;
+    let (state, id) = (s.clone(), p.get("id").cloned().unwrap_or_default());
+    tokio::spawn(async move {
+        let decided = tokio::task::spawn_blocking(move || draft_decisions(world, &raw)).await;
+        let Ok(mut jobs) = state.traffic.jobs.lock() else {
+            return;
+        };
+        let Some((_, j)) = jobs.iter_mut().find(|(i, _)| *i == id) else {
+            return;
+        };
+        if let Ok(decided) = decided {
+            for (f, d) in j.flows.iter_mut().zip(decided) {
+                f.draft_policy_decision = Some(d.to_string());
+            }
+        }
+        j.info.rules = Some("completed");
+        j.info.updated_at = Some(iso8601(now_ms()));
+    });
+    answer_of(StatusCode::ACCEPTED, &info, 0)
+}
+
+/// What the draft's compiled policy of each flow's reporting workload decides
+/// about it (`unknown` where the firewall would decide nothing).
+fn draft_decisions(world: sc_store::world::World, flows: &[TrafficFlow]) -> Vec<&'static str> {
+    let engine = sc_policy::compute::Engine::new(world.estate, world.policy);
+    flows
+        .iter()
+        .map(|f| {
+            let direction = if f.direction == "outbound" {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            };
+            let peer = match direction {
+                Direction::Inbound => f.src.as_ref(),
+                Direction::Outbound => f.dst.as_ref(),
+            }
+            .and_then(|e| e.ip.parse().ok());
+            let decided = engine
+                .compiled(&f.reporter)
+                .zip(peer)
+                .and_then(|(c, peer)| {
+                    flowlog::decide(&c, direction, peer, f.proto as u8, f.port as u16)
+                });
+            decided.map_or("unknown", |(d, _)| d.as_str())
+        })
+        .collect()
+}
+
 async fn remove(
     State(s): State<Shared>,
     ctx: CtxExt,
@@ -842,6 +943,13 @@ pub(super) fn api() -> Api {
             &format!("{job}/download"),
             Op::new("A completed job's flows.").answer(200, many::<TrafficFlowOut>()),
             download,
+        )
+        .at(
+            Method::PUT,
+            &format!("{job}/update_rules"),
+            Op::new("Work out what the current draft would decide about each flow of a completed job (`draft_policy_decision` in its download); answers 202, and the job's `rules` turns `completed`.")
+                .answer(202, one::<AsyncQuery>()),
+            update_rules,
         )
         .at(
             Method::DELETE,

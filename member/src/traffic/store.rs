@@ -104,15 +104,20 @@ fn decode(v: &[u8]) -> Option<TrafficFlow> {
     }
 }
 
-/// Adds `new` into `acc` (same identity): counts add, the time range widens,
-/// the ends keep the latest resolution.
+/// Adds `new` into `acc` (same identity): counts and bytes add, the time
+/// range widens, the ends and the state are the latest.
 fn merge(acc: &mut TrafficFlow, new: &TrafficFlow) {
     acc.num_connections += new.num_connections;
+    acc.dst_bi += new.dst_bi;
+    acc.dst_bo += new.dst_bo;
     acc.first_ms = acc.first_ms.min(new.first_ms);
     if new.last_ms >= acc.last_ms {
         acc.last_ms = new.last_ms;
         acc.src = new.src.clone();
         acc.dst = new.dst.clone();
+        if !new.state.is_empty() {
+            acc.state = new.state.clone();
+        }
     }
 }
 

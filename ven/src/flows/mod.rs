@@ -4,20 +4,24 @@
 //! member.
 //!
 //! - `packet`: the addresses and ports of a logged packet's IP header;
-//! - [`nflog`]: the netlink socket the kernel sends logged packets to;
+//! - [`nflog`]: the netlink socket the kernel sends logged packets (and
+//!   conntrack events) to;
+//! - [`conntrack`]: conntrack's messages and table dump (bytes, state,
+//!   long-lived connections);
 //! - [`summary`]: the bounded per-interval summaries;
 //! - [`collector`]: the thread that feeds them, for the agent to report;
 //! - [`synthetic`]: made-up flows for the simulator.
 
 pub mod collector;
+pub mod conntrack;
 pub mod nflog;
 mod packet;
 pub mod summary;
 pub mod synthetic;
 
 pub use collector::Collector;
-pub use nflog::{NflogReader, Observed};
-pub use summary::{FlowKey, Summaries, Summary};
+pub use nflog::{NflogReader, Observed, Seen};
+pub use summary::{FlowKey, State, Summaries, Summary};
 
 /// Where an agent's flow summaries come from: the kernel (a [`Collector`]) or,
 /// in the simulator, [`synthetic::Synthetic`].

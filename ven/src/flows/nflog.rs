@@ -2,9 +2,13 @@
 //! group [`sc_policy::flowlog::NFLOG_GROUP`] here, with the rule's prefix
 //! (decision 0013 says why netlink-packet-netfilter).
 //!
+//! The same socket joins conntrack's NEW and DESTROY groups (see
+//! [`super::conntrack`]): one reader, and the kernel's order between a
+//! connection's logged decision (in the filter hook) and its conntrack NEW
+//! (at confirmation, after the filter) is kept.
+//!
 //! A reader is blocking and bound to the network namespace of the thread that
-//! opens it; the agent runs it on its own thread and passes what it reads to
-//! the async side over a channel, like the nft applier.
+//! opens it; the agent runs it on its own thread, like the nft applier.
 
 use std::io;
 use std::net::IpAddr;
@@ -12,15 +16,15 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_netfilter::constants::{AF_INET, AF_INET6};
-use netlink_packet_netfilter::nflog::nlas::config::{ConfigCmd, ConfigMode, Timeout};
-use netlink_packet_netfilter::nflog::nlas::packet::PacketNla;
-use netlink_packet_netfilter::nflog::{config_request, NfLogMessage};
-use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+use netlink_packet_netfilter::nflog::{
+    config_request, ConfigCmd, ConfigMode, PacketNla, Timeout, ULogMessage,
+};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::constants::NETLINK_NETFILTER;
 use netlink_sys::Socket;
 use sc_policy::flowlog::{self, Logged};
 
+use super::conntrack::{self, Conn};
 use super::packet;
 
 /// One logged packet: what the rule decided, and the connection it opened.
@@ -34,8 +38,19 @@ pub struct Observed {
     pub dst: IpAddr,
     /// IANA protocol.
     pub proto: u8,
+    /// Source port (0 for protocols without ports).
+    pub src_port: u16,
     /// Destination port (0 for protocols without ports).
     pub dst_port: u16,
+}
+
+/// What the kernel sent: a logged decision or a conntrack event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A rendered rule logged a new connection.
+    Logged(Observed),
+    /// Conntrack confirmed or ended a connection.
+    Conn(Conn),
 }
 
 /// A bound NFLOG socket.
@@ -49,11 +64,16 @@ pub struct NflogReader {
 const COPY_BYTES: u32 = 96;
 
 impl NflogReader {
-    /// Binds `group` in the calling thread's network namespace. `poll` bounds
-    /// how long [`NflogReader::read`] blocks, so the owner can notice shutdown.
-    pub fn open(group: u16, poll: Duration) -> io::Result<NflogReader> {
+    /// Binds `group` in the calling thread's network namespace, and with
+    /// `conntrack` joins conntrack's event groups. `poll` bounds how long
+    /// [`NflogReader::read`] blocks, so the owner can notice shutdown.
+    pub fn open(group: u16, poll: Duration, conntrack: bool) -> io::Result<NflogReader> {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
+        if conntrack {
+            socket.add_membership(conntrack::GROUP_NEW)?;
+            socket.add_membership(conntrack::GROUP_DESTROY)?;
+        }
         set_recv_timeout(&socket, poll)?;
         // Large bursts (a scan) must not overflow the default buffer at once;
         // what overflows is counted by the kernel (ENOBUFS) and skipped here.
@@ -62,12 +82,12 @@ impl NflogReader {
             socket,
             buf: vec![0; 1 << 16],
         };
-        for family in [AF_INET, AF_INET6] {
+        for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
             r.configure(config_request(family, 0, vec![ConfigCmd::PfBind.into()]))?;
         }
         let flush: Timeout = Duration::from_millis(100).into();
         r.configure(config_request(
-            AF_INET,
+            NetfilterProtoFamily::IPv4,
             group,
             vec![
                 ConfigCmd::Bind.into(),
@@ -96,9 +116,10 @@ impl NflogReader {
         }
     }
 
-    /// The packets logged since the last call; empty when `poll` passed with
-    /// none. Messages that are not ours (another prefix) are skipped.
-    pub fn read(&mut self) -> io::Result<Vec<Observed>> {
+    /// The packets logged and connections tracked since the last call; empty
+    /// when `poll` passed with none. Messages that are not ours (another
+    /// prefix) are skipped.
+    pub fn read(&mut self) -> io::Result<Vec<Seen>> {
         let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
             Ok(n) => n,
             Err(e)
@@ -122,7 +143,9 @@ impl NflogReader {
             };
             let len = msg.header.length as usize;
             if let Some(o) = observed(&msg) {
-                out.push(o);
+                out.push(Seen::Logged(o));
+            } else if let Some(c) = conntrack::parse(&msg, false) {
+                out.push(Seen::Conn(c));
             }
             if len == 0 {
                 break;
@@ -135,7 +158,7 @@ impl NflogReader {
 
 fn observed(msg: &NetlinkMessage<NetfilterMessage>) -> Option<Observed> {
     let NetlinkPayload::InnerMessage(NetfilterMessage {
-        inner: NetfilterMessageInner::NfLog(NfLogMessage::Packet(nlas)),
+        inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
         ..
     }) = &msg.payload
     else {
@@ -157,11 +180,13 @@ fn observed(msg: &NetlinkMessage<NetfilterMessage>) -> Option<Observed> {
         src: h.src,
         dst: h.dst,
         proto: h.proto,
+        src_port: h.src_port,
         dst_port: h.dst_port,
     })
 }
 
-fn set_recv_timeout(socket: &Socket, d: Duration) -> io::Result<()> {
+/// Bounds how long a read on `socket` blocks.
+pub(super) fn set_recv_timeout(socket: &Socket, d: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,

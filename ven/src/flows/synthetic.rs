@@ -53,6 +53,7 @@ impl FlowSource for Synthetic {
                     1 | 2 => "potentially_blocked",
                     _ => "allowed",
                 };
+                let passed = decision != "blocked";
                 Flow {
                     src: peer,
                     dst: self.own.clone(),
@@ -65,6 +66,9 @@ impl FlowSource for Synthetic {
                     direction: "inbound".into(),
                     decision: decision.into(),
                     rule: String::new(),
+                    bytes_in: if passed { 200 + next() % 20_000 } else { 0 },
+                    bytes_out: if passed { 200 + next() % 200_000 } else { 0 },
+                    state: if passed { "C" } else { "" }.into(),
                 }
             })
             .collect();
