@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use sc_member::traffic::{SledTraffic, TrafficStore};
+use sc_member::traffic::{Limits, SledTraffic, TrafficStore};
 use sc_proto::federation::flow_actor::Kind as ActorKind;
 use sc_proto::federation::{
     ActorSet, FlowActor, FlowEnd, FlowLabel, FlowQuery, FlowSide, FlowWorkload, TrafficFlow,
@@ -190,7 +190,8 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
     for (n, size) in args.sizes.iter().enumerate() {
         let dir = base.join(format!("store-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = SledTraffic::open(&dir, Duration::from_secs(7 * 86_400))?;
+        let store =
+            SledTraffic::open(&dir, Limits::new(Duration::from_secs(7 * 86_400), u64::MAX))?;
         let mut r = Lcg(42);
         let cpu0 = cpu_ms(None).unwrap_or(0.0);
         let t0 = Instant::now();

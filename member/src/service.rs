@@ -53,6 +53,8 @@ pub struct VenOptions {
     pub flow_dir: PathBuf,
     /// How long flows are kept.
     pub flow_retention: Duration,
+    /// The most bytes of flow summaries kept (the oldest go first past it).
+    pub flow_disk_budget: u64,
     /// How long a VEN may be disconnected before its workload goes offline.
     pub offline_after: Duration,
     /// The most flows one report may carry.
@@ -79,6 +81,7 @@ impl VenOptions {
             ven_ca,
             flow_dir,
             flow_retention: Duration::from_secs(7 * 24 * 3600),
+            flow_disk_budget: 10 << 30,
             offline_after: Duration::from_secs(60),
             max_flow_batch: 1000,
             flow_quota_per_minute: 20_000,
@@ -497,7 +500,8 @@ impl Svc {
         }))
     }
 
-    /// Expires old traffic at most once a minute, off the async threads.
+    /// Rolls up and expires old traffic at most once a minute, off the async
+    /// threads.
     async fn expire_now_and_then(&self, now: u64) {
         use std::sync::atomic::Ordering;
         let last = self.expired_at.load(Ordering::Relaxed);
@@ -506,9 +510,17 @@ impl Svc {
         }
         self.expired_at.store(now, Ordering::Relaxed);
         let store = self.traffic.clone();
-        match tokio::task::spawn_blocking(move || store.expire(now)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(flows = n, "expired old traffic"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not expire old traffic"),
+        match tokio::task::spawn_blocking(move || store.maintain(now)).await {
+            Ok(Ok(m)) if m.expired + m.over_budget > 0 => tracing::info!(
+                expired = m.expired,
+                over_budget = m.over_budget,
+                rolled_up = m.rolled_up,
+                "dropped old traffic"
+            ),
+            Ok(Ok(m)) if m.rolled_up > 0 => {
+                tracing::debug!(rolled_up = m.rolled_up, "rolled up old traffic")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not maintain the traffic store"),
             _ => {}
         }
     }
@@ -753,7 +765,10 @@ impl VenServer {
             .map_err(|e| MemberError::Start(e.to_string()))?;
         let db = Db::new(node.clone());
         let cache = Arc::new(PolicyCache::load(Db::new(node.clone()), &node.info().region).await?);
-        let traffic = Arc::new(SledTraffic::open(&opts.flow_dir, opts.flow_retention)?);
+        let traffic = Arc::new(SledTraffic::open(
+            &opts.flow_dir,
+            crate::traffic::Limits::new(opts.flow_retention, opts.flow_disk_budget),
+        )?);
         node.serve_flow_queries(Arc::new(RegionFlows(traffic.clone())));
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await

@@ -123,6 +123,9 @@ pub struct VenConfig {
     /// Hours flow summaries are kept.
     #[serde(default = "default_retention")]
     pub flow_retention_hours: u64,
+    /// MiB of flow summaries kept at most; past it the oldest go first.
+    #[serde(default = "default_flow_budget")]
+    pub flow_disk_budget_mb: u64,
     /// The most flows in one report.
     #[serde(default = "default_batch")]
     pub max_flow_batch: usize,
@@ -134,6 +137,10 @@ fn default_offline() -> u64 {
 
 fn default_retention() -> u64 {
     168
+}
+
+fn default_flow_budget() -> u64 {
+    10 * 1024
 }
 
 fn default_batch() -> usize {
@@ -171,6 +178,7 @@ impl VenConfig {
         o.advertise = self.advertise.clone();
         o.offline_after = std::time::Duration::from_secs(self.offline_after_secs);
         o.flow_retention = std::time::Duration::from_secs(self.flow_retention_hours * 3600);
+        o.flow_disk_budget = self.flow_disk_budget_mb.saturating_mul(1 << 20);
         o.max_flow_batch = self.max_flow_batch;
         Ok(o)
     }

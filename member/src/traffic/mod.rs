@@ -9,11 +9,11 @@
 //!
 //! - [`resolve`]: an address → the workload (and labels) it is, from the replica;
 //! - [`filter`]: whether a stored flow matches an Explorer query;
-//! - [`store`]: the sled store, its keys, merge and retention.
+//! - [`store`]: the sled store, its keys, merge, roll-ups and retention.
 
 pub mod filter;
 pub mod resolve;
 pub mod store;
 
 pub use resolve::Resolver;
-pub use store::{SledTraffic, TrafficStore};
+pub use store::{Limits, Maintained, SledTraffic, TrafficStore};
