@@ -12,6 +12,7 @@ pub mod failover;
 pub mod floor;
 pub mod flows;
 pub mod vens;
+pub mod visibility;
 pub mod write;
 
 use anyhow::Result;

@@ -204,6 +204,10 @@ enum BenchCommand {
     /// A region's traffic store: ingest rate, CPU and bytes per flow summary,
     /// selective and broad Explorer queries, at growing sizes.
     Flows(sc_bench::flows::FlowsArgs),
+    /// Global visibility on a real three-region cluster with real VENs in
+    /// network namespaces: how fresh a flow is at another region, and global
+    /// Explorer queries over a million summaries per region (needs root).
+    Visibility(sc_bench::visibility::VisibilityArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -302,6 +306,7 @@ async fn run(cli: Cli) -> Result<()> {
             BenchCommand::Failover(args) => sc_bench::failover::failover(args).await,
             BenchCommand::Floor(args) => sc_bench::floor::floor(args).await,
             BenchCommand::Flows(args) => sc_bench::flows::flows(args).await,
+            BenchCommand::Visibility(args) => sc_bench::visibility::visibility(args).await,
         },
     }
 }

@@ -9,10 +9,12 @@
 //!
 //! - [`resolve`]: an address → the workload (and labels) it is, from the replica;
 //! - [`filter`]: whether a stored flow matches an Explorer query;
+//! - `snapshots`: the workload descriptions flows refer to, stored once;
 //! - [`store`]: the sled store, its keys, merge, roll-ups and retention.
 
 pub mod filter;
 pub mod resolve;
+mod snapshots;
 pub mod store;
 
 pub use resolve::Resolver;

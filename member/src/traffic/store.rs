@@ -1,8 +1,10 @@
 //! The sled traffic store. Keys sort by bucket, so a time range is a key
 //! range and retention is a range delete; one key per (bucket, reporter, src,
 //! dst, port, proto, direction, decision, rule) merges the reports of one
-//! bucket. Values are a format byte and the protobuf `TrafficFlow` (tagged
-//! fields: a newer node can read an older record).
+//! bucket. Values are a format byte, the ids of the ends' workload snapshots
+//! (see [`super::snapshots`]) and the protobuf `TrafficFlow` without them
+//! (tagged fields: a newer node can read an older record; records of the
+//! first format, snapshots inline, are rewritten when the store opens).
 //!
 //! Three tiers, one tree each: minute buckets for the last hour, then rolled
 //! up into hour buckets, after a day into day buckets (the same flow's
@@ -13,12 +15,12 @@
 //! disk budget, the oldest buckets first.
 //!
 //! A query that names labels on a side (the selective Explorer query: one
-//! app's traffic) skips, before decoding, every stored flow whose bytes do not
-//! hold one of those label ids (the protobuf keeps strings verbatim). `pce bench
-//! flows` measured the alternatives at a million flows: decoding every flow of
-//! the day took 2 s; a label index tree made the query 0.35 s but cut ingest
-//! from 67,000 to 7,000 flows/s and tripled the bytes per flow; the byte
-//! prefilter keeps ingest and size and is measured in docs/benchmarks.md.
+//! app's traffic) first finds the snapshots holding them, then skips every
+//! stored flow whose end is not one of those by reading its 17-byte head,
+//! before decoding. `pce bench flows` measured the alternatives at a million
+//! flows (docs/benchmarks.md): decoding every flow took 2 s; a label index
+//! tree 0.35 s, but cut ingest from 67,000 to 7,000 flows/s and tripled the
+//! bytes per flow; a byte search for the label ids in whole records 0.95 s.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,13 +28,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message;
-use sc_proto::federation::{FlowQuery, FlowQueryReply, TrafficFlow};
+use sc_proto::federation::{FlowEnd, FlowQuery, FlowQueryReply, TrafficFlow};
 
 use super::filter;
+use super::snapshots::Snapshots;
 use crate::error::MemberError;
 
-/// The format byte of a stored flow.
-const RECORD_V: u8 = 1;
+/// The first format: the whole flow, ends' workloads inline.
+const RECORD_V1: u8 = 1;
+/// The format byte of a stored flow: ends' workloads as snapshot ids.
+const RECORD_V: u8 = 2;
+/// Format byte and the two snapshot ids.
+const HEAD: usize = 17;
 /// Width of a merge bucket where flows arrive.
 pub const BUCKET_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -95,6 +102,15 @@ pub struct SledTraffic {
     limits: Limits,
     /// Bytes of keys and values held, for the budget.
     bytes: std::sync::Arc<AtomicU64>,
+    snapshots: std::sync::Arc<Snapshots>,
+}
+
+/// A flow as stored: its ends' snapshot ids, and the rest.
+struct Stored {
+    src_w: u64,
+    dst_w: u64,
+    /// The flow with its ends' workloads left out.
+    flow: TrafficFlow,
 }
 
 /// The labels one side of `q` must have one of, when every AND set of its
@@ -142,38 +158,76 @@ fn bucket(ms: u64) -> u64 {
     ms - ms % BUCKET_MS
 }
 
+/// A stored flow's key: its bucket, its destination's snapshot (so a query
+/// naming destination labels reads only their keys), its identity.
+fn key_of(bucket: u64, s: &Stored) -> Vec<u8> {
+    let mut key = bucket.to_be_bytes().to_vec();
+    key.extend_from_slice(&s.dst_w.to_be_bytes());
+    key.extend_from_slice(&identity(&s.flow));
+    key
+}
+
+/// The buckets of the first and last keys of `tree`.
+fn span(tree: &sled::Tree) -> Result<Option<(u64, u64)>, MemberError> {
+    let at = |k: &[u8]| {
+        k.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+    };
+    Ok(match (tree.first()?, tree.last()?) {
+        (Some((a, _)), Some((b, _))) => Some((at(&a), at(&b))),
+        _ => None,
+    })
+}
+
 /// Merges `f` into `tree` at `key`; returns the growth in bytes.
-fn merge_into(tree: &sled::Tree, key: &[u8], f: &TrafficFlow) -> Result<i64, MemberError> {
+fn merge_into(tree: &sled::Tree, key: &[u8], f: &Stored) -> Result<i64, MemberError> {
     let mut grew = 0i64;
     tree.fetch_and_update(key, |old| {
         let before = old.map_or(0, |v| (key.len() + v.len()) as i64);
-        let mut acc = match old.and_then(decode) {
+        let v = match old.and_then(decode_stored) {
             Some(mut acc) => {
-                merge(&mut acc, f);
-                acc
+                if f.flow.last_ms >= acc.flow.last_ms {
+                    (acc.src_w, acc.dst_w) = (f.src_w, f.dst_w);
+                }
+                merge(&mut acc.flow, &f.flow);
+                acc.flow.region = f.flow.region.clone();
+                encode(&acc)
             }
-            None => f.clone(),
+            None => encode(f),
         };
-        acc.region = f.region.clone();
-        let v = encode(&acc);
         grew = (key.len() + v.len()) as i64 - before;
         Some(v)
     })?;
     Ok(grew)
 }
 
-fn encode(f: &TrafficFlow) -> Vec<u8> {
-    let mut v = Vec::with_capacity(f.encoded_len() + 1);
+fn encode(s: &Stored) -> Vec<u8> {
+    let mut v = Vec::with_capacity(s.flow.encoded_len() + HEAD);
     v.push(RECORD_V);
-    f.encode(&mut v).unwrap_or_default();
+    v.extend_from_slice(&s.src_w.to_be_bytes());
+    v.extend_from_slice(&s.dst_w.to_be_bytes());
+    s.flow.encode(&mut v).unwrap_or_default();
     v
 }
 
-fn decode(v: &[u8]) -> Option<TrafficFlow> {
-    match v.split_first() {
-        Some((&RECORD_V, rest)) => TrafficFlow::decode(rest).ok(),
-        _ => None,
+/// The snapshot ids of a stored flow, read from its head alone.
+fn ends(v: &[u8]) -> Option<(u64, u64)> {
+    if v.first() != Some(&RECORD_V) || v.len() < HEAD {
+        return None;
     }
+    let id = |r: std::ops::Range<usize>| v.get(r)?.try_into().ok().map(u64::from_be_bytes);
+    Some((id(1..9)?, id(9..17)?))
+}
+
+fn decode_stored(v: &[u8]) -> Option<Stored> {
+    let (src_w, dst_w) = ends(v)?;
+    Some(Stored {
+        src_w,
+        dst_w,
+        flow: TrafficFlow::decode(&v[HEAD..]).ok()?,
+    })
 }
 
 /// Adds `new` into `acc` (same identity): counts and bytes add, the time
@@ -198,23 +252,74 @@ impl SledTraffic {
     /// every key once (about a second per million flows).
     pub fn open(dir: &Path, limits: Limits) -> Result<SledTraffic, MemberError> {
         let db = sled::Config::new().path(dir).open()?;
+        let snapshots = std::sync::Arc::new(Snapshots::open(&db)?);
         let tiers = [
             (db.open_tree("traffic")?, BUCKET_MS),
             (db.open_tree("traffic.hour")?, HOUR_MS),
             (db.open_tree("traffic.day")?, DAY_MS),
         ];
-        let mut bytes = 0u64;
-        for (t, _) in &tiers {
-            for item in t.iter() {
-                let (k, v) = item?;
-                bytes += (k.len() + v.len()) as u64;
-            }
-        }
-        Ok(SledTraffic {
+        let store = SledTraffic {
             tiers,
             limits,
-            bytes: std::sync::Arc::new(AtomicU64::new(bytes)),
+            bytes: std::sync::Arc::new(AtomicU64::new(0)),
+            snapshots,
+        };
+        let mut bytes = 0u64;
+        for (t, _) in &store.tiers {
+            let mut upgrade = sled::Batch::default();
+            for item in t.iter() {
+                let (mut k, mut v) = item?;
+                if v.first() == Some(&RECORD_V1) {
+                    if let (Some(f), Some(b)) = (
+                        v.get(1..).and_then(|b| TrafficFlow::decode(b).ok()),
+                        k.get(..8).and_then(|b| b.try_into().ok()),
+                    ) {
+                        let stored = store.split(&f)?;
+                        let new = encode(&stored);
+                        upgrade.remove(k.clone());
+                        k = key_of(u64::from_be_bytes(b), &stored).into();
+                        upgrade.insert(k.clone(), new.clone());
+                        v = new.into();
+                    }
+                }
+                bytes += (k.len() + v.len()) as u64;
+            }
+            t.apply_batch(upgrade)?;
+        }
+        store.bytes.store(bytes, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// A flow as stored, its ends' workloads interned.
+    fn split(&self, f: &TrafficFlow) -> Result<Stored, MemberError> {
+        let src_w = (self.snapshots).intern(f.src.as_ref().and_then(|e| e.workload.as_ref()))?;
+        let dst_w = (self.snapshots).intern(f.dst.as_ref().and_then(|e| e.workload.as_ref()))?;
+        let strip = |e: &Option<FlowEnd>| {
+            e.as_ref().map(|e| FlowEnd {
+                ip: e.ip.clone(),
+                workload: None,
+            })
+        };
+        Ok(Stored {
+            src_w,
+            dst_w,
+            flow: TrafficFlow {
+                src: strip(&f.src),
+                dst: strip(&f.dst),
+                ..f.clone()
+            },
         })
+    }
+
+    /// A stored flow with its ends' workloads back.
+    fn decode(&self, v: &[u8]) -> Option<TrafficFlow> {
+        let mut s = decode_stored(v)?;
+        for (end, id) in [(&mut s.flow.src, s.src_w), (&mut s.flow.dst, s.dst_w)] {
+            if let Some(e) = end.as_mut() {
+                e.workload = self.snapshots.get(id).map(|w| (*w).clone());
+            }
+        }
+        Some(s.flow)
     }
 
     /// Writes what sled holds in memory to its files (benchmarks measure the
@@ -250,7 +355,7 @@ impl SledTraffic {
         let mut freed = 0i64;
         for item in src.range(..cutoff.to_be_bytes().to_vec()) {
             let (k, v) = item?;
-            if let (Some(f), Some(b)) = (decode(&v), k.get(..8)) {
+            if let (Some(f), Some(b)) = (decode_stored(&v), k.get(..8)) {
                 let at = u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
                 let mut key = (at - at % width).to_be_bytes().to_vec();
                 key.extend_from_slice(&k[8..]);
@@ -305,9 +410,12 @@ impl TrafficStore for SledTraffic {
     fn ingest(&self, flows: &[TrafficFlow]) -> Result<usize, MemberError> {
         let mut grew = 0;
         for f in flows {
-            let mut key = bucket(f.last_ms).to_be_bytes().to_vec();
-            key.extend_from_slice(&identity(f));
-            grew += merge_into(&self.tiers[0].0, &key, f)?;
+            let stored = self.split(f)?;
+            grew += merge_into(
+                &self.tiers[0].0,
+                &key_of(bucket(f.last_ms), &stored),
+                &stored,
+            )?;
         }
         self.grew(grew);
         Ok(flows.len())
@@ -316,7 +424,7 @@ impl TrafficStore for SledTraffic {
     fn query(&self, q: &FlowQuery) -> Result<FlowQueryReply, MemberError> {
         let mut merged: BTreeMap<Vec<u8>, TrafficFlow> = BTreeMap::new();
         let mut add = |v: &[u8]| {
-            let Some(f) = decode(v) else { return };
+            let Some(f) = self.decode(v) else { return };
             if !filter::matches(q, &f) {
                 return;
             }
@@ -327,32 +435,58 @@ impl TrafficStore for SledTraffic {
                 }
             }
         };
-        // A flow can match only if it holds one of the labels a side requires
-        // (either side may match when the sides are ORed: then no prefilter).
-        let required = if q.either_side {
+        // A flow can match only if the end of a side that requires labels is
+        // a snapshot holding one of them (either side may match when the
+        // sides are ORed: then no prefilter).
+        let prefilter = if q.either_side {
             None
+        } else if let Some(l) = required_labels(q.destinations.as_ref()) {
+            Some((false, self.snapshots.holding(&l)))
         } else {
-            required_labels(q.destinations.as_ref()).or(required_labels(q.sources.as_ref()))
+            required_labels(q.sources.as_ref()).map(|l| (true, self.snapshots.holding(&l)))
         };
-        let finders: Vec<memchr::memmem::Finder> = required
-            .iter()
-            .flatten()
-            .map(|l| memchr::memmem::Finder::new(l.as_bytes()).into_owned())
-            .collect();
+        let may_match = |v: &[u8]| match (&prefilter, ends(v)) {
+            (None, _) => true,
+            (Some((true, ok)), Some((src, _))) => ok.contains(&src),
+            (Some((false, ok)), Some((_, dst))) => ok.contains(&dst),
+            (Some(_), None) => false,
+        };
         for (tree, width) in &self.tiers {
-            let from = (q.start_ms - q.start_ms % width).to_be_bytes();
+            let from = q.start_ms - q.start_ms % width;
             let to = if q.end_ms == 0 {
                 u64::MAX
             } else {
                 (q.end_ms - q.end_ms % width).saturating_add(*width)
-            }
-            .to_be_bytes();
-            for item in tree.range(from..to) {
-                let (_, v) = item?;
-                if !finders.is_empty() && !finders.iter().any(|f| f.find(&v).is_some()) {
-                    continue;
+            };
+            match &prefilter {
+                // Destinations named: read only those snapshots' keys in
+                // each bucket (keys sort by bucket, then destination).
+                Some((false, wanted)) => {
+                    let mut wanted: Vec<u64> = wanted.iter().copied().collect();
+                    wanted.sort_unstable();
+                    let Some((first, last)) = span(tree)? else {
+                        continue;
+                    };
+                    let mut b = from.max(first);
+                    while b < to && b <= last {
+                        for w in &wanted {
+                            let lo = [b.to_be_bytes(), w.to_be_bytes()].concat();
+                            let hi = [b.to_be_bytes(), (w + 1).to_be_bytes()].concat();
+                            for item in tree.range(lo..hi) {
+                                add(&item?.1);
+                            }
+                        }
+                        b += width;
+                    }
                 }
-                add(&v);
+                _ => {
+                    for item in tree.range(from.to_be_bytes()..to.to_be_bytes()) {
+                        let (_, v) = item?;
+                        if may_match(&v) {
+                            add(&v);
+                        }
+                    }
+                }
             }
         }
         let matches = merged.len() as u64;
@@ -464,7 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn a_query_naming_labels_skips_by_bytes_and_finds_what_the_full_decode_finds() {
+    fn a_query_naming_labels_skips_by_snapshot_and_finds_what_the_full_decode_finds() {
         use sc_proto::federation::flow_actor::Kind;
         use sc_proto::federation::{ActorSet, FlowActor, FlowLabel, FlowSide, FlowWorkload};
         let dir = tempfile::tempdir().unwrap();
@@ -620,5 +754,50 @@ mod tests {
             now - (left.matches) * BUCKET_MS,
             "the newest are kept"
         );
+    }
+
+    #[test]
+    fn first_format_records_are_rewritten_with_snapshots_when_the_store_opens() {
+        use sc_proto::federation::{FlowLabel, FlowWorkload};
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = flow("10.0.0.1", 61_000, 4);
+        f.dst.as_mut().unwrap().workload = Some(FlowWorkload {
+            id: "w1".into(),
+            labels: vec![FlowLabel {
+                id: "app-crm".into(),
+                ..FlowLabel::default()
+            }],
+            ..FlowWorkload::default()
+        });
+        {
+            // A store written by the first format: the whole flow inline.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let mut v = vec![RECORD_V1];
+            f.encode(&mut v).unwrap();
+            let mut key = bucket(f.last_ms).to_be_bytes().to_vec();
+            key.extend_from_slice(&identity(&f));
+            db.open_tree("traffic").unwrap().insert(key, v).unwrap();
+            db.flush().unwrap();
+        }
+        let s = SledTraffic::open(dir.path(), Limits::new(Duration::from_secs(3600), u64::MAX))
+            .unwrap();
+        let (_, v) = s.tiers[0].0.first().unwrap().unwrap();
+        assert_eq!(v[0], RECORD_V, "rewritten");
+        let r = s
+            .query(&FlowQuery {
+                max_results: 10,
+                ..FlowQuery::default()
+            })
+            .unwrap();
+        assert_eq!(r.flows, vec![f.clone()], "read back whole");
+        // And merged with what comes next as one flow.
+        s.ingest(&[f.clone()]).unwrap();
+        let r = s
+            .query(&FlowQuery {
+                max_results: 10,
+                ..FlowQuery::default()
+            })
+            .unwrap();
+        assert_eq!((r.matches, r.flows[0].num_connections), (1, 8));
     }
 }
