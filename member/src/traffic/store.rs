@@ -94,15 +94,65 @@ pub trait TrafficStore: Send + Sync {
     fn maintain(&self, now_ms: u64) -> Result<Maintained, MemberError>;
 }
 
-/// The embedded store (one sled tree per tier in the member's flow directory).
+/// The embedded store: the member's flow directory holds one sled tree per
+/// time partition (see [`Part`]), so rolling a partition up or expiring it
+/// drops a whole tree instead of deleting its keys one by one (sled keeps the
+/// emptied nodes of a tree whose keys are deleted, and `pce bench flows`
+/// measured queries three times slower over such a tree).
 #[derive(Clone)]
 pub struct SledTraffic {
-    /// Minute, hour and day buckets, finest first.
-    tiers: [(sled::Tree, u64); 3],
+    db: sled::Db,
+    parts: std::sync::Arc<std::sync::RwLock<BTreeMap<Part, sled::Tree>>>,
     limits: Limits,
     /// Bytes of keys and values held, for the budget.
     bytes: std::sync::Arc<AtomicU64>,
     snapshots: std::sync::Arc<Snapshots>,
+}
+
+/// A time partition: a tier (0 minute buckets, an hour per partition; 1 hour
+/// buckets, a day per partition; 2 day buckets, a day per partition) and the
+/// partition's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Part {
+    tier: u8,
+    start: u64,
+}
+
+/// Bucket width and partition span of each tier.
+const TIERS: [(u64, u64); 3] = [(BUCKET_MS, HOUR_MS), (HOUR_MS, DAY_MS), (DAY_MS, DAY_MS)];
+
+impl Part {
+    /// The partition of tier `tier` holding the bucket that starts at `at`.
+    fn of(tier: u8, at: u64) -> Part {
+        let span = TIERS[tier as usize].1;
+        Part {
+            tier,
+            start: at - at % span,
+        }
+    }
+
+    fn width(self) -> u64 {
+        TIERS[self.tier as usize].0
+    }
+
+    fn end(self) -> u64 {
+        self.start + TIERS[self.tier as usize].1
+    }
+
+    fn name(self) -> String {
+        format!("traffic.{}.{:016x}", self.tier, self.start)
+    }
+
+    fn parse(name: &[u8]) -> Option<Part> {
+        let s = std::str::from_utf8(name).ok()?.strip_prefix("traffic.")?;
+        let (tier, start) = s.split_once('.')?;
+        let tier: u8 = tier.parse().ok()?;
+        ((tier as usize) < TIERS.len()).then_some(())?;
+        Some(Part {
+            tier,
+            start: u64::from_str_radix(start, 16).ok()?,
+        })
+    }
 }
 
 /// A flow as stored: its ends' snapshot ids, and the rest.
@@ -249,45 +299,117 @@ fn merge(acc: &mut TrafficFlow, new: &TrafficFlow) {
 
 impl SledTraffic {
     /// Opens (or creates) the store in `dir`. Counting the bytes held reads
-    /// every key once (about a second per million flows).
+    /// every key once (about a second per million flows); a store of the
+    /// first layout (one `traffic` tree, workloads inline) is moved into
+    /// partitions.
     pub fn open(dir: &Path, limits: Limits) -> Result<SledTraffic, MemberError> {
         let db = sled::Config::new().path(dir).open()?;
         let snapshots = std::sync::Arc::new(Snapshots::open(&db)?);
-        let tiers = [
-            (db.open_tree("traffic")?, BUCKET_MS),
-            (db.open_tree("traffic.hour")?, HOUR_MS),
-            (db.open_tree("traffic.day")?, DAY_MS),
-        ];
+        let mut parts = BTreeMap::new();
+        for name in db.tree_names() {
+            if let Some(p) = Part::parse(&name) {
+                parts.insert(p, db.open_tree(&name)?);
+            }
+        }
         let store = SledTraffic {
-            tiers,
+            db,
+            parts: std::sync::Arc::new(std::sync::RwLock::new(parts)),
             limits,
             bytes: std::sync::Arc::new(AtomicU64::new(0)),
             snapshots,
         };
+        store.upgrade()?;
         let mut bytes = 0u64;
-        for (t, _) in &store.tiers {
-            let mut upgrade = sled::Batch::default();
-            for item in t.iter() {
-                let (mut k, mut v) = item?;
-                if v.first() == Some(&RECORD_V1) {
-                    if let (Some(f), Some(b)) = (
-                        v.get(1..).and_then(|b| TrafficFlow::decode(b).ok()),
-                        k.get(..8).and_then(|b| b.try_into().ok()),
-                    ) {
-                        let stored = store.split(&f)?;
-                        let new = encode(&stored);
-                        upgrade.remove(k.clone());
-                        k = key_of(u64::from_be_bytes(b), &stored).into();
-                        upgrade.insert(k.clone(), new.clone());
-                        v = new.into();
-                    }
-                }
+        for tree in store.trees()?.values() {
+            for item in tree.iter() {
+                let (k, v) = item?;
                 bytes += (k.len() + v.len()) as u64;
             }
-            t.apply_batch(upgrade)?;
         }
         store.bytes.store(bytes, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Moves the first layout's `traffic` tree (records with their ends'
+    /// workloads inline, or already split) into minute partitions.
+    fn upgrade(&self) -> Result<(), MemberError> {
+        if !self.db.tree_names().iter().any(|n| &n[..] == b"traffic") {
+            return Ok(());
+        }
+        let old = self.db.open_tree("traffic")?;
+        for item in old.iter() {
+            let (k, v) = item?;
+            let Some(at) = k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let stored = match v.first() {
+                Some(&RECORD_V1) => match v.get(1..).and_then(|b| TrafficFlow::decode(b).ok()) {
+                    Some(f) => self.split(&f)?,
+                    None => continue,
+                },
+                _ => match decode_stored(&v) {
+                    Some(s) => s,
+                    None => continue,
+                },
+            };
+            let tree = self.part(Part::of(0, at))?;
+            merge_into(&tree, &key_of(at, &stored), &stored)?;
+        }
+        self.db.drop_tree("traffic")?;
+        Ok(())
+    }
+
+    /// A snapshot of the partitions held.
+    fn trees(&self) -> Result<BTreeMap<Part, sled::Tree>, MemberError> {
+        Ok(self
+            .parts
+            .read()
+            .map_err(|_| MemberError::Poisoned)?
+            .clone())
+    }
+
+    /// Partition `p`'s tree, made if new.
+    fn part(&self, p: Part) -> Result<sled::Tree, MemberError> {
+        if let Some(t) = self
+            .parts
+            .read()
+            .map_err(|_| MemberError::Poisoned)?
+            .get(&p)
+        {
+            return Ok(t.clone());
+        }
+        let mut parts = self.parts.write().map_err(|_| MemberError::Poisoned)?;
+        if let Some(t) = parts.get(&p) {
+            return Ok(t.clone());
+        }
+        let t = self.db.open_tree(p.name())?;
+        parts.insert(p, t.clone());
+        Ok(t)
+    }
+
+    /// Drops partition `p` whole; returns the flows it held.
+    fn drop_part(&self, p: Part) -> Result<usize, MemberError> {
+        let Some(tree) = self
+            .parts
+            .write()
+            .map_err(|_| MemberError::Poisoned)?
+            .remove(&p)
+        else {
+            return Ok(0);
+        };
+        let (mut n, mut freed) = (0, 0i64);
+        for item in tree.iter() {
+            let (k, v) = item?;
+            freed += (k.len() + v.len()) as i64;
+            n += 1;
+        }
+        self.db.drop_tree(p.name())?;
+        self.grew(-freed);
+        Ok(n)
     }
 
     /// A flow as stored, its ends' workloads interned.
@@ -325,7 +447,7 @@ impl SledTraffic {
     /// Writes what sled holds in memory to its files (benchmarks measure the
     /// bytes on disk after it).
     pub fn flush(&self) -> Result<(), MemberError> {
-        self.tiers[0].0.flush()?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -346,34 +468,8 @@ impl SledTraffic {
         }
     }
 
-    /// Moves tier `from`'s buckets older than `cutoff` into tier `from + 1`.
-    fn roll_up(&self, from: usize, cutoff: u64) -> Result<usize, MemberError> {
-        let (src, _) = &self.tiers[from];
-        let (dst, width) = &self.tiers[from + 1];
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        let mut freed = 0i64;
-        for item in src.range(..cutoff.to_be_bytes().to_vec()) {
-            let (k, v) = item?;
-            if let (Some(f), Some(b)) = (decode_stored(&v), k.get(..8)) {
-                let at = u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-                let mut key = (at - at % width).to_be_bytes().to_vec();
-                key.extend_from_slice(&k[8..]);
-                let grew = merge_into(dst, &key, &f)?;
-                self.grew(grew);
-            }
-            freed += (k.len() + v.len()) as i64;
-            batch.remove(k);
-            n += 1;
-        }
-        src.apply_batch(batch)?;
-        self.grew(-freed);
-        Ok(n)
-    }
-
-    /// Removes the buckets of tier `t` that begin before `cutoff`.
-    fn drop_before(&self, t: usize, cutoff: u64) -> Result<usize, MemberError> {
-        let tree = &self.tiers[t].0;
+    /// Deletes the buckets of `tree` that begin before `cutoff`.
+    fn drop_before(&self, tree: &sled::Tree, cutoff: u64) -> Result<usize, MemberError> {
         let mut batch = sled::Batch::default();
         let (mut n, mut freed) = (0, 0i64);
         for item in tree.range(..cutoff.to_be_bytes().to_vec()) {
@@ -387,22 +483,30 @@ impl SledTraffic {
         Ok(n)
     }
 
-    /// The start of the oldest bucket held and its tier.
-    fn oldest(&self) -> Result<Option<(usize, u64)>, MemberError> {
-        let mut best: Option<(usize, u64)> = None;
-        for (t, (tree, _)) in self.tiers.iter().enumerate() {
-            if let Some((k, _)) = tree.first()? {
-                let at = k
-                    .get(..8)
+    /// Merges partition `p` into the next tier's partitions, then drops it.
+    fn roll_up(&self, p: Part, tree: &sled::Tree) -> Result<usize, MemberError> {
+        let up = p.tier + 1;
+        let width = TIERS[up as usize].0;
+        let mut n = 0;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            if let (Some(s), Some(at)) = (
+                decode_stored(&v),
+                k.get(..8)
                     .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                if best.is_none_or(|(_, b)| at < b) {
-                    best = Some((t, at));
-                }
+                    .map(u64::from_be_bytes),
+            ) {
+                let at = at - at % width;
+                let dst = self.part(Part::of(up, at))?;
+                let mut key = at.to_be_bytes().to_vec();
+                key.extend_from_slice(&k[8..]);
+                let grew = merge_into(&dst, &key, &s)?;
+                self.grew(grew);
             }
+            n += 1;
         }
-        Ok(best)
+        self.drop_part(p)?;
+        Ok(n)
     }
 }
 
@@ -411,11 +515,8 @@ impl TrafficStore for SledTraffic {
         let mut grew = 0;
         for f in flows {
             let stored = self.split(f)?;
-            grew += merge_into(
-                &self.tiers[0].0,
-                &key_of(bucket(f.last_ms), &stored),
-                &stored,
-            )?;
+            let at = bucket(f.last_ms);
+            grew += merge_into(&self.part(Part::of(0, at))?, &key_of(at, &stored), &stored)?;
         }
         self.grew(grew);
         Ok(flows.len())
@@ -451,20 +552,21 @@ impl TrafficStore for SledTraffic {
             (Some((false, ok)), Some((_, dst))) => ok.contains(&dst),
             (Some(_), None) => false,
         };
-        for (tree, width) in &self.tiers {
+        let end = if q.end_ms == 0 { u64::MAX } else { q.end_ms };
+        for (p, tree) in self.trees()? {
+            if p.start > end || p.end() <= q.start_ms {
+                continue;
+            }
+            let width = p.width();
             let from = q.start_ms - q.start_ms % width;
-            let to = if q.end_ms == 0 {
-                u64::MAX
-            } else {
-                (q.end_ms - q.end_ms % width).saturating_add(*width)
-            };
+            let to = (end - end % width).saturating_add(width);
             match &prefilter {
                 // Destinations named: read only those snapshots' keys in
                 // each bucket (keys sort by bucket, then destination).
                 Some((false, wanted)) => {
                     let mut wanted: Vec<u64> = wanted.iter().copied().collect();
                     wanted.sort_unstable();
-                    let Some((first, last)) = span(tree)? else {
+                    let Some((first, last)) = span(&tree)? else {
                         continue;
                     };
                     let mut b = from.max(first);
@@ -499,19 +601,36 @@ impl TrafficStore for SledTraffic {
     fn maintain(&self, now_ms: u64) -> Result<Maintained, MemberError> {
         let ago = |d: Duration| now_ms.saturating_sub(d.as_millis() as u64);
         let mut done = Maintained::default();
-        let minutes_cut = bucket(ago(self.limits.minutes_for));
-        done.rolled_up += self.roll_up(0, minutes_cut)?;
-        let hours_cut = ago(self.limits.hours_for);
-        done.rolled_up += self.roll_up(1, hours_cut - hours_cut % HOUR_MS)?;
-        // A bucket goes once it began before the retention's start: a day
-        // bucket may so take up to a day of flows a little early.
-        let cutoff = ago(self.limits.retention);
-        for t in 0..self.tiers.len() {
-            done.expired += self.drop_before(t, cutoff - cutoff % self.tiers[t].1)?;
+        // Whole partitions, finest first: an hour of minutes once all of it
+        // is older than `minutes_for`, a day of hours after `hours_for`.
+        for (tier, keep) in [(0u8, self.limits.minutes_for), (1, self.limits.hours_for)] {
+            let cut = ago(keep);
+            for (p, tree) in self.trees()? {
+                if p.tier == tier && p.end() <= cut {
+                    done.rolled_up += self.roll_up(p, &tree)?;
+                }
+            }
         }
+        // A partition goes once all of it is older than the retention; in the
+        // one the retention's start falls in, the buckets before it go.
+        let cutoff = ago(self.limits.retention);
+        for (p, tree) in self.trees()? {
+            if p.end() <= cutoff {
+                done.expired += self.drop_part(p)?;
+            } else if p.start < cutoff {
+                done.expired += self.drop_before(&tree, cutoff - cutoff % p.width())?;
+            }
+        }
+        // Past the budget, the oldest partitions go first.
         while self.bytes() > self.limits.max_bytes {
-            let Some((t, at)) = self.oldest()? else { break };
-            done.over_budget += self.drop_before(t, at + 1)?;
+            let trees = self.trees()?;
+            let Some(oldest) = trees
+                .keys()
+                .min_by_key(|p| (p.start, std::cmp::Reverse(p.tier)))
+            else {
+                break;
+            };
+            done.over_budget += self.drop_part(*oldest)?;
         }
         Ok(done)
     }
@@ -674,7 +793,13 @@ mod tests {
             ..FlowQuery::default()
         };
         let before = s.query(&all).unwrap();
-        let keys = |s: &SledTraffic| s.tiers.iter().map(|(t, _)| t.len()).collect::<Vec<_>>();
+        let keys = |s: &SledTraffic| {
+            let mut k = vec![0; 3];
+            for (p, t) in s.trees().unwrap() {
+                k[p.tier as usize] += t.len();
+            }
+            k
+        };
         assert_eq!(keys(&s)[0], reports.len());
         let bytes_before = s.bytes();
         let done = s.maintain(now).unwrap();
@@ -720,23 +845,34 @@ mod tests {
             ..Limits::new(Duration::from_secs(365 * 86_400), u64::MAX)
         };
         let s = SledTraffic::open(dir.path(), limits).unwrap();
-        let now = 1000 * BUCKET_MS;
+        // One flow an hour: a partition each.
+        let now = 1000 * HOUR_MS;
         let flows: Vec<TrafficFlow> = (0..100u64)
-            .map(|i| flow(&format!("10.0.1.{i}"), now - (100 - i) * BUCKET_MS, 1))
+            .map(|i| flow(&format!("10.0.1.{i}"), now - (100 - i) * HOUR_MS, 1))
             .collect();
         s.ingest(&flows).unwrap();
         let total = s.bytes();
         assert!(total > 0);
         // Reopened, the count is the same (read back from the trees).
         drop(s);
-        let s = SledTraffic::open(
-            dir.path(),
-            Limits {
-                max_bytes: total / 4,
-                ..limits
-            },
-        )
-        .unwrap();
+        // sled lets go of its lock file a moment after the last handle.
+        let reopen = || {
+            SledTraffic::open(
+                dir.path(),
+                Limits {
+                    max_bytes: total / 4,
+                    ..limits
+                },
+            )
+        };
+        let t0 = std::time::Instant::now();
+        let s = loop {
+            match reopen() {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() > Duration::from_secs(5) => panic!("reopen: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
         assert_eq!(s.bytes(), total);
         let done = s.maintain(now).unwrap();
         assert!(done.over_budget >= 74 && done.over_budget <= 76, "{done:?}");
@@ -751,7 +887,7 @@ mod tests {
         let oldest_kept = left.flows.iter().map(|f| f.last_ms).min().unwrap();
         assert_eq!(
             oldest_kept,
-            now - (left.matches) * BUCKET_MS,
+            now - left.matches * HOUR_MS,
             "the newest are kept"
         );
     }
@@ -781,8 +917,11 @@ mod tests {
         }
         let s = SledTraffic::open(dir.path(), Limits::new(Duration::from_secs(3600), u64::MAX))
             .unwrap();
-        let (_, v) = s.tiers[0].0.first().unwrap().unwrap();
+        let trees = s.trees().unwrap();
+        assert_eq!(trees.len(), 1, "moved into one partition");
+        let (_, v) = trees.values().next().unwrap().first().unwrap().unwrap();
         assert_eq!(v[0], RECORD_V, "rewritten");
+        assert!(!s.db.tree_names().iter().any(|n| &n[..] == b"traffic"));
         let r = s
             .query(&FlowQuery {
                 max_results: 10,
