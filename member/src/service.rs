@@ -160,8 +160,6 @@ struct Svc {
     resolver: Resolver,
     /// Per VEN: (minute, flows stored in it), for the quota.
     flow_quota: Mutex<HashMap<String, (u64, u64)>>,
-    /// When old traffic was last expired (ms).
-    expired_at: std::sync::atomic::AtomicU64,
     /// Open streams.
     sessions: Mutex<Sessions>,
     /// Online/offline changes, committed in batches.
@@ -372,7 +370,6 @@ impl Ven for Handle {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::from)?;
-        self.expire_now_and_then(now).await;
         Ok(Response::new(FlowAck {
             stored: stored as u32,
         }))
@@ -500,15 +497,8 @@ impl Svc {
         }))
     }
 
-    /// Rolls up and expires old traffic at most once a minute, off the async
-    /// threads.
-    async fn expire_now_and_then(&self, now: u64) {
-        use std::sync::atomic::Ordering;
-        let last = self.expired_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < 60_000 {
-            return;
-        }
-        self.expired_at.store(now, Ordering::Relaxed);
+    /// Rolls up and expires old traffic, off the async threads.
+    async fn maintain_traffic(&self, now: u64) {
         let store = self.traffic.clone();
         match tokio::task::spawn_blocking(move || store.maintain(now)).await {
             Ok(Ok(m)) if m.expired + m.over_budget > 0 => tracing::info!(
@@ -795,7 +785,6 @@ impl VenServer {
             traffic,
             resolver: Resolver::new(Db::new(node.clone())),
             flow_quota: Mutex::new(HashMap::new()),
-            expired_at: std::sync::atomic::AtomicU64::new(0),
             sessions: Mutex::new(Sessions::default()),
             presence,
             next_session: std::sync::atomic::AtomicU64::new(1),
@@ -826,6 +815,20 @@ impl VenServer {
         tasks.push(tokio::spawn(cache.clone().follow(node.subscribe())));
         tasks.push(presence_task);
         tasks.push(tokio::spawn(report(svc.clone(), fenced_tx)));
+        // Traffic maintenance (roll-ups, retention, the disk budget) once a
+        // minute, whether or not VENs report.
+        let maint = svc.clone();
+        let stopped = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = tick.tick() => maint.maintain_traffic(sc_store::time::now_ms()).await,
+                }
+            }
+        }));
         // Announce this member (replicated), so VENs everywhere learn of it.
         let announce = MemberDoc {
             name: node.info().name.clone(),

@@ -142,14 +142,26 @@ fn end(v: &Value) -> String {
 
 fn header() {
     println!(
-        "{:<24} {:<28} {:<28} {:>7} {:<20} {:<8} {:>6} {:<8}",
-        "LAST SEEN", "SOURCE", "DESTINATION", "PORT", "DECISION", "DIR", "CONNS", "REGION"
+        "{:<24} {:<28} {:<28} {:>7} {:<20} {:<8} {:>6} {:<5} {:>9} {:>9} {:<8}",
+        "LAST SEEN",
+        "SOURCE",
+        "DESTINATION",
+        "PORT",
+        "DECISION",
+        "DIR",
+        "CONNS",
+        "STATE",
+        "BYTES IN",
+        "BYTES OUT",
+        "REGION"
     );
 }
 
 fn row(f: &Value) {
+    // Bytes are collected only at enhanced_data_collection.
+    let bytes = |k: &str| f[k].as_u64().map_or("-".to_string(), |b| b.to_string());
     println!(
-        "{:<24} {:<28} {:<28} {:>7} {:<20} {:<8} {:>6} {:<8}",
+        "{:<24} {:<28} {:<28} {:>7} {:<20} {:<8} {:>6} {:<5} {:>9} {:>9} {:<8}",
         f["timestamp_range"]["last_detected"]
             .as_str()
             .unwrap_or_default(),
@@ -168,6 +180,9 @@ fn row(f: &Value) {
         f["policy_decision"].as_str().unwrap_or_default(),
         f["flow_direction"].as_str().unwrap_or_default(),
         f["num_connections"],
+        f["state"].as_str().unwrap_or("-"),
+        bytes("dst_bi"),
+        bytes("dst_bo"),
         f["region"].as_str().unwrap_or_default(),
     );
 }
