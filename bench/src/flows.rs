@@ -73,6 +73,7 @@ fn workload(i: usize, id: &dyn Fn(&str, &str) -> String) -> FlowWorkload {
             label("role", format!("role{}", i / (APPS * ENVS) % ROLES)),
         ],
         enforcement_mode: "full".into(),
+        managed: true,
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod dr;
 mod flows;
+mod map;
 mod ops;
 mod up;
 mod ven_cmd;
@@ -106,6 +107,9 @@ enum Command {
         #[command(subcommand)]
         command: flows::FlowsCommand,
     },
+    /// The app group map from every region: groups, the traffic between them,
+    /// its decisions and rule coverage (a table, DOT or SVG).
+    Map(map::MapArgs),
     /// Benchmarks against a running cluster.
     Bench {
         #[command(subcommand)]
@@ -298,6 +302,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Dr { command } => dr::run(command).await,
         Command::Flows { command } => flows::run(command).await,
+        Command::Map(args) => map::run(args).await,
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => sc_bench::write::write(args).await,
             BenchCommand::Api(args) => sc_bench::api::api(args).await,

@@ -283,9 +283,15 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     let (labels, codes, rs) = rt.block_on(async {
         let mut labels = HashMap::new();
         let mut codes = HashMap::new();
+        // App groups for the map: web and app are the shop, db the store.
+        let mut group = HashMap::new();
+        for (k, v) in [("app", "shop"), ("app", "store"), ("env", "prod")] {
+            group.insert(v, href(&post(&mut api, &format!("{ORG}/labels"), json!({"key": k, "value": v})).await));
+        }
         for (host, _) in HOSTS {
             let l = href(&post(&mut api, &format!("{ORG}/labels"), json!({"key": "role", "value": host})).await);
-            let p = href(&post(&mut api, &format!("{ORG}/pairing_profiles"), json!({"name": host, "labels": [{"href": l}], "enforcement_mode": "full"})).await);
+            let app = if host == "db" { group["store"].clone() } else { group["shop"].clone() };
+            let p = href(&post(&mut api, &format!("{ORG}/pairing_profiles"), json!({"name": host, "labels": [{"href": l}, {"href": app}, {"href": group["prod"]}], "enforcement_mode": "full"})).await);
             let k = post(&mut api, &format!("/api/v2{p}/pairing_key"), json!({})).await;
             codes.insert(host, k["activation_code"].as_str().unwrap().to_string());
             labels.insert(host, l);
@@ -528,6 +534,156 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
             lab.reach("web", &app, 22);
             has(&flows_to(&mut api, 22), "blocked")
         },
+    );
+
+    // The app group map, from region 3: the shop (web, app) and the store
+    // (db); the shop's own traffic (8080 allowed, 22 blocked), the shop
+    // reaching the store's database (app allowed, web refused), and the
+    // store's refused attempts at the shop.
+    wait_until("app -> db:5432 seen", Duration::from_secs(30), || {
+        lab.reach("app", &db, 5432);
+        rt.block_on(async {
+            let q = window(json!({"services": {"include": [{"proto": 6, "port": 5432}]}, "policy_decisions": ["allowed"]}));
+            let a = api.post(&format!("{ORG}/traffic_flows/traffic_analysis_queries"), &q).await.unwrap();
+            a.json().as_array().is_some_and(|l| !l.is_empty())
+        })
+    });
+    let map_addr: SocketAddr = format!("{}:{api_port}", lab.ip(3)).parse().unwrap();
+    let mut map_api = ApiClient::new(map_addr, Some(&ca)).unwrap().with_key(
+        key["auth_username"].as_str().unwrap(),
+        key["secret"].as_str().unwrap(),
+    );
+    let map = rt.block_on(async {
+        let a = map_api
+            .post(&format!("{ORG}/app_group_map"), &window(json!({})))
+            .await
+            .unwrap();
+        assert_eq!(a.status.as_u16(), 200, "map: {}", a.json());
+        a.json()
+    });
+    let node = |name: &str| {
+        map["nodes"]
+            .as_array()
+            .and_then(|l| l.iter().find(|n| n["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no group {name}: {map}"))
+    };
+    let (shop, store) = (node("shop | prod"), node("store | prod"));
+    assert_eq!(
+        (shop["workloads"].as_u64(), store["workloads"].as_u64()),
+        (Some(2), Some(1)),
+        "{map}"
+    );
+    assert_eq!(shop["enforcement_modes"]["full"], json!(2), "{map}");
+    assert_eq!(
+        map["nodes"].as_array().map(|l| l.len()),
+        Some(2),
+        "exactly the two groups: {map}"
+    );
+    let edge = |from: &Value, to: &Value| {
+        map["edges"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|e| e["src"] == from["id"] && e["dst"] == to["id"])
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("no edge {} -> {}: {map}", from["name"], to["name"]))
+    };
+    let inside = edge(&shop, &shop);
+    let port_of = |e: &Value, p: u16| {
+        e["services"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|s| s["port"] == p))
+    };
+    assert!(port_of(&inside, 8080) && port_of(&inside, 22), "{inside}");
+    assert!(
+        inside["policy_decisions"]["allowed"].as_u64() > Some(0),
+        "{inside}"
+    );
+    assert!(
+        inside["policy_decisions"]["blocked"].as_u64() > Some(0),
+        "{inside}"
+    );
+    assert!(
+        inside["rule_coverage"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0 && c < 1.0),
+        "{inside}"
+    );
+    let to_store = edge(&shop, &store);
+    assert!(port_of(&to_store, 5432), "{to_store}");
+    // app -> db:5432 is allowed, web -> db:5432 (checked above) is not yet.
+    let d = &to_store["policy_decisions"];
+    let (ok, no) = (
+        d["allowed"].as_u64().unwrap(),
+        d["blocked"].as_u64().unwrap(),
+    );
+    assert!(ok > 0 && no > 0, "{to_store}");
+    assert_eq!(
+        to_store["rule_coverage"],
+        json!(ok as f64 / (ok + no) as f64),
+        "{to_store}"
+    );
+    // db's attempts at the shop (the reachability checks) are all refused.
+    let from_store = edge(&store, &shop);
+    assert_eq!(from_store["rule_coverage"], json!(0.0), "{from_store}");
+    assert_eq!(
+        from_store["policy_decisions"]["allowed"],
+        json!(0),
+        "{from_store}"
+    );
+    assert!(
+        map["edges"].as_array().is_some_and(|l| l.len() == 3),
+        "exactly the three edges: {map}"
+    );
+    assert!(
+        map["regions"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["responded"] == json!(true))),
+        "{map}"
+    );
+    // Drill-down: the edge's Explorer query lists its flows.
+    rt.block_on(async {
+        let mut q = to_store["flows_query"].clone();
+        q["max_results"] = json!(100);
+        let a = map_api
+            .post(&format!("{ORG}/traffic_flows/traffic_analysis_queries"), &q)
+            .await
+            .unwrap();
+        let flows = a.json();
+        assert!(
+            flows
+                .as_array()
+                .is_some_and(|l| !l.is_empty() && l.iter().all(|f| f["service"]["port"] == 5432)),
+            "the edge's flows: {flows}"
+        );
+    });
+    // The same as Graphviz DOT from the command line.
+    let o = Command::new(PCE)
+        .args([
+            "map",
+            "--api",
+            &format!("{}:{api_port}", lab.ip(3)),
+            "--ca",
+            certs.join("ca.pem").to_str().unwrap(),
+            "--key-file",
+            key_file(&base).unwrap().to_str().unwrap(),
+            "--format",
+            "dot",
+        ])
+        .output()
+        .unwrap();
+    let dot = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "pce map: {dot}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        dot.starts_with("digraph")
+            && dot.matches(" -> ").count() == 3
+            && dot.contains("shop | prod"),
+        "{dot}"
     );
 
     // The draft's verdict on observed traffic (Illumio's update_rules): a

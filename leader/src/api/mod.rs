@@ -8,6 +8,7 @@
 
 mod audit;
 mod dr;
+mod map;
 mod objects;
 mod policy;
 mod rules;
@@ -452,6 +453,7 @@ fn api() -> spec::Api {
         .merge(users::api())
         .merge(audit::api())
         .merge(traffic::api())
+        .merge(map::api())
 }
 
 /// Every served route, before the middleware and the state: what tests hold

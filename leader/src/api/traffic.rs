@@ -37,7 +37,7 @@ use crate::rbac::{Action, Principal};
 /// The most flows one query may ask for (Illumio's limit).
 pub const MAX_RESULTS: u64 = 200_000;
 /// How long a region may take to answer its part.
-const REGION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const REGION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Jobs kept per node; the oldest finished ones go first.
 const MAX_JOBS: usize = 256;
 
@@ -118,11 +118,11 @@ fn yes() -> bool {
 /// An Explorer query (Illumio's `traffic_analysis_queries` body).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TrafficQueryIn {
+pub(super) struct TrafficQueryIn {
     /// ISO 8601, e.g. `2026-12-01T00:00:00Z`.
-    start_date: String,
+    pub(super) start_date: String,
     /// ISO 8601; after `start_date`.
-    end_date: String,
+    pub(super) end_date: String,
     #[serde(default)]
     sources: FilterBlock,
     #[serde(default)]
@@ -223,16 +223,16 @@ struct TrafficFlowOut {
 
 /// What one region answered.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-struct RegionResult {
-    pce_fqdn: String,
-    region: String,
-    responded: bool,
+pub(super) struct RegionResult {
+    pub(super) pce_fqdn: String,
+    pub(super) region: String,
+    pub(super) responded: bool,
     /// Flows that matched there, before the cap.
-    matches_count: u64,
+    pub(super) matches_count: u64,
     /// Flows it returned.
-    flows_count: u64,
+    pub(super) flows_count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 /// An async query job.
@@ -497,7 +497,7 @@ fn services(list: &[ServicePortIn], field: &str) -> Result<Vec<ServiceMatch>, Ap
 }
 
 /// The query as every region answers it, checked field by field.
-async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery, ApiError> {
+pub(super) async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery, ApiError> {
     let start = parse_iso8601(&q.start_date).ok_or_else(|| {
         ApiError::field(
             "start_date",
@@ -552,6 +552,7 @@ async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery, ApiError> 
         services_include: services(&q.services.include, "services.include")?,
         services_exclude: services(&q.services.exclude, "services.exclude")?,
         either_side,
+        group_keys: vec![],
     })
 }
 
@@ -661,7 +662,7 @@ async fn run_query(
     (flows, regions, matches)
 }
 
-fn may_query(ctx: &Ctx) -> Result<(), ApiError> {
+pub(super) fn may_query(ctx: &Ctx) -> Result<(), ApiError> {
     if ctx.who.may(Action::ReadObjects) {
         Ok(())
     } else {

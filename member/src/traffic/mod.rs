@@ -9,9 +9,11 @@
 //!
 //! - [`resolve`]: an address → the workload (and labels) it is, from the replica;
 //! - [`filter`]: whether a stored flow matches an Explorer query;
+//! - [`edges`]: matching flows aggregated between app groups (the map);
 //! - `snapshots`: the workload descriptions flows refer to, stored once;
 //! - [`store`]: the sled store, its keys, merge, roll-ups and retention.
 
+pub mod edges;
 pub mod filter;
 pub mod resolve;
 mod snapshots;

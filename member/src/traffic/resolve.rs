@@ -99,6 +99,7 @@ impl Resolver {
                     })
                     .collect(),
                 enforcement_mode: mode_name(d.enforcement_mode),
+                managed: d.managed,
             });
             for i in &d.interfaces {
                 idx.by_ip.insert(i.address, fw.clone());

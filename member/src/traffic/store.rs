@@ -592,10 +592,21 @@ impl TrafficStore for SledTraffic {
             }
         }
         let matches = merged.len() as u64;
+        if !q.group_keys.is_empty() {
+            return Ok(FlowQueryReply {
+                edges: super::edges::aggregate(merged.values(), &q.group_keys),
+                flows: vec![],
+                matches,
+            });
+        }
         let mut flows: Vec<TrafficFlow> = merged.into_values().collect();
         flows.sort_by_key(|f| std::cmp::Reverse(f.last_ms));
         flows.truncate(q.max_results as usize);
-        Ok(FlowQueryReply { flows, matches })
+        Ok(FlowQueryReply {
+            flows,
+            matches,
+            edges: vec![],
+        })
     }
 
     fn maintain(&self, now_ms: u64) -> Result<Maintained, MemberError> {
