@@ -642,6 +642,36 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
             .is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["responded"] == json!(true))),
         "{map}"
     );
+    // A viewer scoped to the store sees the store and the edges touching it
+    // (the shop as their other end), not the shop's own traffic.
+    let store_app = store["labels"][0]["href"].as_str().unwrap().to_string();
+    let store_env = store["labels"][1]["href"].as_str().unwrap().to_string();
+    let scoped = rt.block_on(async {
+        let body = json!({"username": "store-viewer", "permissions": [{"role": {"href": "/orgs/1/roles/ruleset_viewer"}, "scope": [{"label": {"href": store_app}}, {"label": {"href": store_env}}]}]});
+        let u = post(&mut api, "/api/v2/users", body).await;
+        let k = post(&mut api, &format!("/api/v2{}/api_keys", href(&u)), json!({"name": "map"})).await;
+        let mut c = ApiClient::new(map_addr, Some(&ca)).unwrap().with_key(
+            k["auth_username"].as_str().unwrap(),
+            k["secret"].as_str().unwrap(),
+        );
+        let a = c.post(&format!("{ORG}/app_group_map"), &window(json!({}))).await.unwrap();
+        assert_eq!(a.status.as_u16(), 200, "scoped map: {}", a.json());
+        a.json()
+    });
+    let edges = scoped["edges"].as_array().cloned().unwrap_or_default();
+    assert_eq!(edges.len(), 2, "the store's two edges: {scoped}");
+    assert!(
+        edges
+            .iter()
+            .all(|e| e["src"] == store["id"] || e["dst"] == store["id"]),
+        "{scoped}"
+    );
+    assert_eq!(
+        scoped["nodes"].as_array().map(|n| n.len()),
+        Some(2),
+        "the store, and the shop as an edge's end: {scoped}"
+    );
+
     // Drill-down: the edge's Explorer query lists its flows.
     rt.block_on(async {
         let mut q = to_store["flows_query"].clone();

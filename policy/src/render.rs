@@ -203,7 +203,15 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
         "    type filter hook input priority 0; policy {input_policy};"
     );
     let _ = writeln!(out, "    ct state established,related accept");
+    // Packets of no known connection that open none (late retransmits, stray
+    // replies) are not connection attempts: decided by the mode's default
+    // before any rule logs them as one.
+    let _ = writeln!(out, "    ct state invalid {input_policy}");
     let _ = writeln!(out, "    iif \"lo\" accept");
+    // No inbound exception for the PCE's side of the VEN's channel: a rule
+    // matching its source port would let anything sent from that port
+    // through. Its replies are established once the VEN's next packet is
+    // tracked; the agent leaves the channel out of its flows.
     render_rules(&mut out, &c.inbound, "in", "saddr", enforce, c.visibility);
     // What no rule decided: the mode's default. Full mode drops it (the
     // chain's policy); the others let it pass, which enforcing would not.
@@ -227,6 +235,7 @@ pub fn nftables_with_control(c: &CompiledPolicy, control: &[std::net::SocketAddr
         let _ = writeln!(out, "  chain output {{");
         let _ = writeln!(out, "    type filter hook output priority 0; policy drop;");
         let _ = writeln!(out, "    ct state established,related accept");
+        let _ = writeln!(out, "    ct state invalid drop");
         let _ = writeln!(out, "    oif \"lo\" accept");
         for ep in control {
             let fam = if ep.is_ipv4() { "ip" } else { "ip6" };

@@ -140,6 +140,7 @@ impl Agent {
 
     /// Reports the flows `source` gives, every `flow_report_interval`.
     pub fn with_flows(mut self, source: impl FlowSource + 'static) -> Self {
+        source.ignore(&self.control());
         self.flows = Some(Box::new(source));
         self
     }
@@ -149,16 +150,10 @@ impl Agent {
     /// member; `Err` only says the report did not go through.
     async fn report_flows(&mut self, ch: &tonic::transport::Channel) -> Result<(), String> {
         if let Some(c) = &self.flows {
-            let (mut flows, dropped) = c.take();
-            // The agent's own channel to its members (accepted before any
-            // policy rule, seen only by conntrack) is not the workload's
-            // traffic.
-            let control = self.control();
-            flows.retain(|f| {
-                !control
-                    .iter()
-                    .any(|a| a.ip().to_string() == f.dst && u32::from(a.port()) == f.port)
-            });
+            // The agent's own channel to its members is not the workload's
+            // traffic (its rules accept it before any policy rule).
+            c.ignore(&self.control());
+            let (flows, dropped) = c.take();
             self.pending.add(flows, dropped);
         }
         let mut client = VenClient::new(ch.clone());
@@ -457,6 +452,9 @@ impl Agent {
             compiled_json: json,
         };
         let control = self.control();
+        if let Some(f) = &self.flows {
+            f.ignore(&control);
+        }
         let dir = self.dir.clone();
         let stored = self
             .applier

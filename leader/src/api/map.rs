@@ -112,6 +112,19 @@ struct AppGroupMap {
     regions: Vec<RegionResult>,
 }
 
+/// The label ids of a group id (`unlabelled`: none); `None` for address ends.
+fn members_of(id: &str) -> Option<Vec<Id>> {
+    if id == "unlabelled" {
+        return Some(vec![]);
+    }
+    if id.starts_with("ip:") || id.starts_with("ip_list:") || id == "internet" || id == "private" {
+        return None;
+    }
+    id.split('|')
+        .map(|part| part.split_once('=').map(|(_, l)| l.to_string()))
+        .collect()
+}
+
 /// Names an address end: the IP lists holding it, else internet or private.
 fn address_node(
     ip: &str,
@@ -201,32 +214,35 @@ async fn map(
         key: labels.get(id).map(|d| d.key.clone()).unwrap_or_default(),
         value: labels.get(id).map(|d| d.value.clone()).unwrap_or_default(),
     };
+    let group_node = |id: &str, members: &[Id]| MapNode {
+        id: id.to_string(),
+        kind: if id == "unlabelled" {
+            "unlabelled"
+        } else {
+            "app_group"
+        },
+        name: if members.is_empty() {
+            "unlabelled".into()
+        } else {
+            members
+                .iter()
+                .map(|l| labels.get(l).map(|d| d.value.clone()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        },
+        labels: members.iter().map(label_out).collect(),
+        workloads: 0,
+        enforcement_modes: BTreeMap::new(),
+        regions: vec![],
+    };
     for w in &workloads {
         if !ctx.who.may_read_workload(&w.labels) {
             continue;
         }
         let (id, members) = group_of(&w.labels);
-        let n = nodes.entry(id.clone()).or_insert_with(|| MapNode {
-            id: id.clone(),
-            kind: if id == "unlabelled" {
-                "unlabelled"
-            } else {
-                "app_group"
-            },
-            name: if members.is_empty() {
-                "unlabelled".into()
-            } else {
-                members
-                    .iter()
-                    .map(|l| labels.get(l).map(|d| d.value.clone()).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            },
-            labels: members.iter().map(label_out).collect(),
-            workloads: 0,
-            enforcement_modes: BTreeMap::new(),
-            regions: vec![],
-        });
+        let n = nodes
+            .entry(id.clone())
+            .or_insert_with(|| group_node(&id, &members));
         n.workloads += 1;
         let mode = serde_json::to_value(w.enforcement_mode)
             .ok()
@@ -273,6 +289,17 @@ async fn map(
                         regions: vec![],
                     });
                     *end = id;
+                }
+            }
+            // Groups seen in traffic that have no workloads now (the flows
+            // keep the labels their ends had) are nodes too, if readable.
+            for end in [&e.src, &e.dst] {
+                let Some(members) = members_of(end) else {
+                    continue;
+                };
+                if !node_labels.contains_key(end) && ctx.who.may_read_workload(&members) {
+                    nodes.insert(end.clone(), group_node(end, &members));
+                    node_labels.insert(end.clone(), members);
                 }
             }
             // A scoped caller sees the edges touching its groups.
@@ -337,8 +364,16 @@ async fn map(
             }
         })
         .collect();
-    // Nodes: the groups the caller may see, and the ends of its edges.
+    // Nodes: the groups the caller may see, and the ends of its edges (a
+    // group outside a scoped caller's scope by its labels only, no counts).
     let seen: BTreeSet<&String> = edges.iter().flat_map(|e| [&e.src, &e.dst]).collect();
+    for id in &seen {
+        if !nodes.contains_key(*id) {
+            if let Some(members) = members_of(id) {
+                nodes.insert((*id).clone(), group_node(id, &members));
+            }
+        }
+    }
     let nodes: Vec<MapNode> = nodes
         .into_values()
         .filter(|n| node_labels.contains_key(&n.id) || seen.contains(&n.id))

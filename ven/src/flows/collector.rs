@@ -128,6 +128,12 @@ fn local_addresses() -> HashSet<IpAddr> {
 }
 
 impl FlowSource for Collector {
+    fn ignore(&self, endpoints: &[std::net::SocketAddr]) {
+        if let Ok(mut s) = self.summaries.lock() {
+            s.ignore(endpoints);
+        }
+    }
+
     fn take(&self) -> (Vec<Flow>, u64) {
         let (list, dropped) = match self.summaries.lock() {
             Ok(mut s) => s.take(),

@@ -29,6 +29,11 @@ pub trait FlowSource: Send + Sync {
     /// The summaries since the last call, as the wire's flows, and how many
     /// connections did not fit.
     fn take(&self) -> (Vec<sc_proto::ven::Flow>, u64);
+
+    /// The agent's own channel to its members (the control endpoints its
+    /// rules accept before any policy): connections with these are not the
+    /// workload's traffic and are left out, in either direction.
+    fn ignore(&self, _endpoints: &[std::net::SocketAddr]) {}
 }
 
 /// Milliseconds since the epoch (the time a connection was seen).

@@ -113,6 +113,8 @@ pub const MAX_OPEN: usize = 65_536;
 pub struct Summaries {
     map: BTreeMap<FlowKey, Summary>,
     open: HashMap<FiveTuple, Open>,
+    /// Endpoints whose connections are the agent's own (see [`Summaries::ignore`]).
+    ignored: Vec<std::net::SocketAddr>,
     max_keys: usize,
     dropped: u64,
 }
@@ -123,6 +125,7 @@ impl Summaries {
         Summaries {
             map: BTreeMap::new(),
             open: HashMap::new(),
+            ignored: Vec::new(),
             max_keys,
             dropped: 0,
         }
@@ -142,8 +145,24 @@ impl Summaries {
         Some(s)
     }
 
+    /// Leaves out connections with these endpoints from now on: the agent's
+    /// own channel to its members.
+    pub fn ignore(&mut self, endpoints: &[std::net::SocketAddr]) {
+        self.ignored = endpoints.to_vec();
+    }
+
+    /// Whether either end of a connection is an ignored endpoint.
+    fn ignored(&self, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> bool {
+        self.ignored
+            .iter()
+            .any(|e| (e.ip() == src && e.port() == sport) || (e.ip() == dst && e.port() == dport))
+    }
+
     /// Counts one logged connection seen at `now_ms`.
     pub fn add(&mut self, o: &Observed, now_ms: u64) {
+        if self.ignored(o.src, o.src_port, o.dst, o.dst_port) {
+            return;
+        }
         let key = FlowKey {
             src: o.src,
             dst: o.dst,
@@ -208,6 +227,9 @@ impl Summaries {
     /// only passing through is not the workload's).
     pub fn conn(&mut self, c: &Conn, now_ms: u64, local: impl Fn(IpAddr) -> bool) {
         let t = c.tuple;
+        if self.ignored(t.src, t.src_port, t.dst, t.dst_port) {
+            return;
+        }
         let destroyed = matches!(c.event, ConnEvent::Destroyed { .. });
         let (key, reported, fresh) = match self.open.get(&t) {
             // Closed and reported: nothing more to say until it is destroyed.
@@ -465,6 +487,19 @@ mod tests {
             (wire.decision.as_str(), wire.state.as_str(), wire.count),
             ("unknown", "A", 1)
         );
+    }
+
+    #[test]
+    fn the_agents_own_channel_is_left_out_both_ways() {
+        let mut s = Summaries::new(10);
+        s.ignore(&["10.0.0.1:40080".parse().unwrap()]);
+        // seen(80): 10.0.0.1:40080 -> 10.0.0.2:80, the ignored endpoint as source.
+        s.add(&seen(80, Decision::Blocked), 1);
+        s.conn(&conn(ConnEvent::Active, 80, (1, 1)), 1, |_| true);
+        s.add(&seen(81, Decision::Blocked), 1);
+        let (got, _) = s.take();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0.dst_port, 81);
     }
 
     #[test]
