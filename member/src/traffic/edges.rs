@@ -35,34 +35,27 @@ pub fn group_of(end: Option<&FlowEnd>, keys: &[String]) -> String {
 /// Whether this report is the one an edge counts (see the module comment).
 /// A connection the source blocked never reached the destination: its
 /// outbound report is the only one.
-fn counted(f: &TrafficFlow) -> bool {
-    if f.direction != "outbound" || f.decision == "blocked" {
-        return true;
-    }
-    let dst_reports = f
-        .dst
-        .as_ref()
-        .and_then(|e| e.workload.as_ref())
-        .is_some_and(|w| w.managed);
-    !dst_reports
+fn counted(f: &TrafficFlow, dst_managed: bool) -> bool {
+    f.direction != "outbound" || f.decision == "blocked" || !dst_managed
 }
 
-/// Aggregates `flows` into edges keyed by (source, destination, port, proto).
-pub fn aggregate<'a>(
-    flows: impl IntoIterator<Item = &'a TrafficFlow>,
-    keys: &[String],
-) -> Vec<MapEdge> {
-    let mut out: BTreeMap<(String, String, u32, u32), MapEdge> = BTreeMap::new();
-    for f in flows.into_iter().filter(|f| counted(f)) {
-        let (src, dst) = (
-            group_of(f.src.as_ref(), keys),
-            group_of(f.dst.as_ref(), keys),
-        );
-        let e = out
-            .entry((src.clone(), dst.clone(), f.port, f.proto))
+/// Edges being summed, keyed by (source, destination, port, proto).
+#[derive(Default)]
+pub struct Edges(BTreeMap<(String, String, u32, u32), MapEdge>);
+
+impl Edges {
+    /// Adds one flow whose ends are the groups `src` and `dst` (see
+    /// [`group_of`]); `dst_managed`: the destination has a VEN of its own.
+    pub fn add(&mut self, f: &TrafficFlow, src: &str, dst: &str, dst_managed: bool) {
+        if !counted(f, dst_managed) {
+            return;
+        }
+        let e = self
+            .0
+            .entry((src.to_string(), dst.to_string(), f.port, f.proto))
             .or_insert_with(|| MapEdge {
-                src,
-                dst,
+                src: src.to_string(),
+                dst: dst.to_string(),
                 port: f.port,
                 proto: f.proto,
                 ..MapEdge::default()
@@ -76,7 +69,33 @@ pub fn aggregate<'a>(
         }
         e.last_ms = e.last_ms.max(f.last_ms);
     }
-    out.into_values().collect()
+
+    /// The edges summed.
+    pub fn into_edges(self) -> Vec<MapEdge> {
+        self.0.into_values().collect()
+    }
+}
+
+/// Aggregates whole flows (their ends' workloads attached) into edges.
+pub fn aggregate<'a>(
+    flows: impl IntoIterator<Item = &'a TrafficFlow>,
+    keys: &[String],
+) -> Vec<MapEdge> {
+    let mut out = Edges::default();
+    for f in flows {
+        let managed = f
+            .dst
+            .as_ref()
+            .and_then(|e| e.workload.as_ref())
+            .is_some_and(|w| w.managed);
+        out.add(
+            f,
+            &group_of(f.src.as_ref(), keys),
+            &group_of(f.dst.as_ref(), keys),
+            managed,
+        );
+    }
+    out.into_edges()
 }
 
 #[cfg(test)]
