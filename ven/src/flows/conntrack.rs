@@ -197,7 +197,7 @@ pub fn parse(msg: &NetlinkMessage<NetfilterMessage>, dumped: bool) -> Option<Con
 pub fn dump(poll: Duration) -> io::Result<Vec<Conn>> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
-    super::nflog::set_recv_timeout(&socket, poll)?;
+    super::socket::set_recv_timeout(&socket, poll)?;
     let mut out = Vec::new();
     for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
         let mut hdr = NetlinkHeader::default();

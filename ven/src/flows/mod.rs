@@ -8,6 +8,7 @@
 //!   conntrack events) to;
 //! - [`conntrack`]: conntrack's messages and table dump (bytes, state,
 //!   long-lived connections);
+//! - `socket`: the netlink socket settings both share;
 //! - [`summary`]: the bounded per-interval summaries;
 //! - [`collector`]: the thread that feeds them, for the agent to report;
 //! - [`synthetic`]: made-up flows for the simulator.
@@ -16,6 +17,7 @@ pub mod collector;
 pub mod conntrack;
 pub mod nflog;
 mod packet;
+mod socket;
 pub mod summary;
 pub mod synthetic;
 

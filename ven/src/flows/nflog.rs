@@ -12,7 +12,6 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -74,7 +73,7 @@ impl NflogReader {
             socket.add_membership(conntrack::GROUP_NEW)?;
             socket.add_membership(conntrack::GROUP_DESTROY)?;
         }
-        set_recv_timeout(&socket, poll)?;
+        super::socket::set_recv_timeout(&socket, poll)?;
         // Large bursts (a scan) must not overflow the default buffer at once;
         // what overflows is counted by the kernel (ENOBUFS) and skipped here.
         socket.set_rx_buf_sz(4 << 20)?;
@@ -183,27 +182,4 @@ fn observed(msg: &NetlinkMessage<NetfilterMessage>) -> Option<Observed> {
         src_port: h.src_port,
         dst_port: h.dst_port,
     })
-}
-
-/// Bounds how long a read on `socket` blocks.
-pub(super) fn set_recv_timeout(socket: &Socket, d: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: a valid socket descriptor and a timeval that lives across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
