@@ -221,3 +221,33 @@ pub async fn run(args: MapArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_draws_each_group_and_each_edge_with_a_second_cue_besides_colour() {
+        let map = json!({
+            "nodes": [
+                {"id": "a", "kind": "app_group", "name": "shop | prod", "workloads": 2},
+                {"id": "internet", "kind": "internet", "name": "internet", "workloads": 0}
+            ],
+            "edges": [
+                {"src": "internet", "dst": "a", "services": [{"port": 443, "proto": 6}], "connections": 4,
+                 "policy_decisions": {"allowed": 3, "blocked": 1}, "rule_coverage": 0.75},
+                {"src": "a", "dst": "a", "services": [{"port": 53, "proto": 17}], "connections": 2,
+                 "policy_decisions": {"allowed": 2}, "rule_coverage": 1.0}
+            ]
+        });
+        let d = dot(&map);
+        assert!(d.starts_with("digraph app_group_map {"));
+        assert!(
+            d.contains("\"a\" [label=\"shop | prod\\n2 workloads\", shape=box];"),
+            "{d}"
+        );
+        assert!(d.contains("shape=ellipse"), "{d}");
+        assert!(d.contains("\"internet\" -> \"a\" [label=\"443/tcp\\n4 conns, 75% allowed\", color=\"#d55e00\", style=dashed];"), "{d}");
+        assert!(d.contains("53/udp") && d.contains("style=solid"), "{d}");
+    }
+}
