@@ -42,6 +42,19 @@ fn iso(ms: u64) -> String {
     format!("{}Z", &sc_store::time::iso8601(ms)[..19])
 }
 
+/// An edge's services as `port/proto`.
+fn services(e: &Value) -> Vec<String> {
+    e["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let proto = if s["proto"] == 17 { "udp" } else { "tcp" };
+            format!("{}/{proto}", s["port"])
+        })
+        .collect()
+}
+
 /// Colour and line style by decision mix: a second cue besides colour.
 fn style(e: &Value) -> (&'static str, &'static str) {
     let d = &e["policy_decisions"];
@@ -75,18 +88,7 @@ pub fn dot(map: &Value) -> String {
         ));
     }
     for e in map["edges"].as_array().into_iter().flatten() {
-        let services: Vec<String> = e["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                format!(
-                    "{}/{}",
-                    s["port"],
-                    if s["proto"] == 17 { "udp" } else { "tcp" }
-                )
-            })
-            .collect();
+        let services = services(e);
         let (color, line) = style(e);
         out.push_str(&format!(
             "  \"{}\" -> \"{}\" [label=\"{}\\n{} conns, {:.0}% allowed\", color=\"{color}\", style={line}];\n",
@@ -142,18 +144,7 @@ fn table(map: &Value) {
         "FROM", "TO", "SERVICES", "CONNS", "ALLOWED", "POT.BLK", "BLOCKED", "COVERAGE"
     );
     for e in map["edges"].as_array().into_iter().flatten() {
-        let services: Vec<String> = e["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                format!(
-                    "{}/{}",
-                    s["port"],
-                    if s["proto"] == 17 { "udp" } else { "tcp" }
-                )
-            })
-            .collect();
+        let services = services(e);
         let d = &e["policy_decisions"];
         println!(
             "{:<28} {:<28} {:<24} {:>7} {:>8} {:>8} {:>8} {:>8.0}%",

@@ -264,9 +264,10 @@ struct AsyncQuery {
 struct Job {
     owner: Id,
     info: AsyncQuery,
-    flows: Vec<TrafficFlowOut>,
-    /// The flows as the regions answered, for the draft's decisions.
-    raw: Vec<TrafficFlow>,
+    /// The flows as the regions answered.
+    flows: Vec<TrafficFlow>,
+    /// What the draft decides about each, once `update_rules` has run.
+    draft: Option<Vec<&'static str>>,
 }
 
 /// This node's Explorer jobs.
@@ -720,7 +721,7 @@ async fn submit(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
                 owner: ctx.who.user_id.clone(),
                 info: info.clone(),
                 flows: vec![],
-                raw: vec![],
+                draft: None,
             },
         ));
     }
@@ -736,8 +737,7 @@ async fn submit(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
                 j.info.flows_count = flows.len() as u64;
                 j.info.matches_count = matches;
                 j.info.regions = regions;
-                j.flows = flows.iter().map(flow_out).collect();
-                j.raw = flows;
+                j.flows = flows;
             }
         }
     });
@@ -771,6 +771,27 @@ fn with_job<T>(
         .position(|(j, job)| *j == id && job.owner == ctx.who.user_id)
         .ok_or_else(|| ApiError::not_found(job_href(&id)))?;
     Ok(f(&mut jobs, i))
+}
+
+/// Runs `f` on the caller's job `id` once it has completed; before, a 409
+/// saying to wait before `what`.
+fn completed_job<T>(
+    s: &Shared,
+    ctx: &Ctx,
+    p: &HashMap<String, String>,
+    what: &str,
+    f: impl FnOnce(&mut Job) -> T,
+) -> Result<T, ApiError> {
+    with_job(s, ctx, p, |jobs, i| {
+        let j = &mut jobs[i].1;
+        if j.info.status != "completed" {
+            return Err(ApiError::conflict(
+                "job_not_completed",
+                format!("the query is still running; {what} once its status is completed"),
+            ));
+        }
+        Ok(f(j))
+    })?
 }
 
 async fn list(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError> {
@@ -807,15 +828,17 @@ async fn download(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let ctx = ctx.0;
-    let (status, flows) = with_job(&s, &ctx, &p, |jobs, i| {
-        (jobs[i].1.info.status, jobs[i].1.flows.clone())
+    let flows = completed_job(&s, &ctx, &p, "download it", |j| {
+        let draft = j.draft.iter().flatten().map(|d| Some(d.to_string()));
+        j.flows
+            .iter()
+            .zip(draft.chain(std::iter::repeat(None)))
+            .map(|(f, d)| TrafficFlowOut {
+                draft_policy_decision: d,
+                ..flow_out(f)
+            })
+            .collect::<Vec<_>>()
     })?;
-    if status != "completed" {
-        return Err(ApiError::conflict(
-            "job_not_completed",
-            "the query is still running; poll its href until status is completed",
-        ));
-    }
     answer_of(StatusCode::OK, &flows, 0)
 }
 
@@ -829,18 +852,9 @@ async fn update_rules(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let ctx = ctx.0;
-    let (status, raw) = with_job(&s, &ctx, &p, |jobs, i| {
-        (jobs[i].1.info.status, jobs[i].1.raw.clone())
-    })?;
-    if status != "completed" {
-        return Err(ApiError::conflict(
-            "job_not_completed",
-            "the query is still running; update its rules once status is completed",
-        ));
-    }
-    let info = with_job(&s, &ctx, &p, |jobs, i| {
-        jobs[i].1.info.rules = Some("working");
-        jobs[i].1.info.clone()
+    let (raw, info) = completed_job(&s, &ctx, &p, "update its rules", |j| {
+        j.info.rules = Some("working");
+        (j.flows.clone(), j.info.clone())
     })?;
     let draft = load_raw(&s.db, Space::Draft, &POLICY_KINDS).await?;
     let estate = load_raw(&s.db, Space::Live, &[Kind::Label, Kind::Workload]).await?;
@@ -854,11 +868,7 @@ async fn update_rules(
         let Some((_, j)) = jobs.iter_mut().find(|(i, _)| *i == id) else {
             return;
         };
-        if let Ok(decided) = decided {
-            for (f, d) in j.flows.iter_mut().zip(decided) {
-                f.draft_policy_decision = Some(d.to_string());
-            }
-        }
+        j.draft = decided.ok();
         j.info.rules = Some("completed");
         j.info.updated_at = Some(iso8601(now_ms()));
     });

@@ -468,6 +468,22 @@ impl SledTraffic {
         }
     }
 
+    /// The partitions `q`'s time range meets, each with the bucket range to
+    /// read (`from..to`) and its bucket width.
+    fn ranges(&self, q: &FlowQuery) -> Result<Vec<(sled::Tree, u64, u64, u64)>, MemberError> {
+        let end = if q.end_ms == 0 { u64::MAX } else { q.end_ms };
+        Ok(self
+            .trees()?
+            .into_iter()
+            .filter(|(p, _)| p.start <= end && p.end() > q.start_ms)
+            .map(|(p, tree)| {
+                let width = p.width();
+                let from = q.start_ms - q.start_ms % width;
+                (tree, from, (end - end % width).saturating_add(width), width)
+            })
+            .collect())
+    }
+
     /// A map query naming no labels, workloads or addresses: every flow of
     /// the range summed into edges as it is read, its ends' groups found per
     /// snapshot (thousands) rather than per flow, and no flow decoded whole.
@@ -493,14 +509,7 @@ impl SledTraffic {
         };
         let mut edges = super::edges::Edges::default();
         let mut matches = 0;
-        let end = if q.end_ms == 0 { u64::MAX } else { q.end_ms };
-        for (p, tree) in self.trees()? {
-            if p.start > end || p.end() <= q.start_ms {
-                continue;
-            }
-            let width = p.width();
-            let from = q.start_ms - q.start_ms % width;
-            let to = (end - end % width).saturating_add(width);
+        for (tree, from, to, _) in self.ranges(q)? {
             for item in tree.range(from.to_be_bytes()..to.to_be_bytes()) {
                 let (_, v) = item?;
                 let Some(s) = decode_stored(&v) else { continue };
@@ -612,14 +621,7 @@ impl TrafficStore for SledTraffic {
             (Some((false, ok)), Some((_, dst))) => ok.contains(&dst),
             (Some(_), None) => false,
         };
-        let end = if q.end_ms == 0 { u64::MAX } else { q.end_ms };
-        for (p, tree) in self.trees()? {
-            if p.start > end || p.end() <= q.start_ms {
-                continue;
-            }
-            let width = p.width();
-            let from = q.start_ms - q.start_ms % width;
-            let to = (end - end % width).saturating_add(width);
+        for (tree, from, to, width) in self.ranges(q)? {
             match &prefilter {
                 // Destinations named: read only those snapshots' keys in
                 // each bucket (keys sort by bucket, then destination).
