@@ -43,6 +43,7 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
     let web = create(&mut c, "/labels", json!({"key": "role", "value": "web"})).await;
     let db = create(&mut c, "/labels", json!({"key": "role", "value": "db"})).await;
     let env = create(&mut c, "/labels", json!({"key": "env", "value": "prod"})).await;
+    let app = create(&mut c, "/labels", json!({"key": "app", "value": "shop"})).await;
     let svc = create(
         &mut c,
         "/sec_policy/draft/services",
@@ -93,7 +94,7 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
         (Method::POST, "/sec_policy/draft/ip_lists".into(), json!({"name": "bad", "ip_ranges": [{"from_ip": "10.0.0.0/33"}]}).to_string().into_bytes(), 406, "invalid_value", "ip_ranges[0]"),
         (Method::POST, "/sec_policy/draft/services".into(), json!({"name": "bad", "service_ports": [{"proto": 6, "port": 90, "to_port": 80}]}).to_string().into_bytes(), 406, "invalid_value", "to_port"),
         (Method::POST, "/sec_policy/draft/label_groups".into(), json!({"name": "g", "key": "role", "labels": [{"href": env}]}).to_string().into_bytes(), 406, "label_group_key_mismatch", "labels[0]"),
-        (Method::POST, format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")), json!({"providers": [{"actors": "ams"}], "consumers": [{"actors": "ams"}], "ingress_services": [{"href": all}]}).to_string().into_bytes(), 406, "rule_too_broad", "deliberately_broad"),
+        (Method::POST, format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")), json!({"providers": [{"actors": "ams"}], "consumers": [{"actors": "ams"}], "unscoped_consumers": true, "ingress_services": [{"href": all}]}).to_string().into_bytes(), 406, "rule_too_broad", "deliberately_broad"),
         (Method::POST, format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")), json!({"providers": [{"actors": "everyone"}], "consumers": [], "ingress_services": []}).to_string().into_bytes(), 406, "invalid_value", "providers[0].actors"),
         (Method::PUT, rs.trim_start_matches("/orgs/1").to_string(), br#"{"rules": []}"#.to_vec(), 406, "invalid_value", "sec_rules"),
         // Explorer queries: malformed, unknown filter kinds, bad dates, ranges.
@@ -106,6 +107,14 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
         (Method::POST, "/traffic_flows/traffic_analysis_queries".into(), json!({"start_date": "2026-01-01T00:00:00Z", "end_date": "2026-01-02T00:00:00Z", "destinations": {"include": [[{"label": {"href": "/orgs/1/labels/nope"}}]]}}).to_string().into_bytes(), 406, "invalid_reference", "destinations.include[0][0]"),
         (Method::POST, "/traffic_flows/traffic_analysis_queries".into(), json!({"start_date": "2026-01-01T00:00:00Z", "end_date": "2026-01-02T00:00:00Z", "sources": {"exclude": [{"ip_address": "10.0.0.300"}]}}).to_string().into_bytes(), 406, "invalid_value", "sources.exclude[0].ip_address"),
         (Method::POST, "/traffic_flows/traffic_analysis_queries".into(), json!({"start_date": "2026-01-01T00:00:00Z", "end_date": "2026-01-02T00:00:00Z", "sources": {"include": [[{"fqdn": "example.com"}]]}}).to_string().into_bytes(), 406, "invalid_value", "fqdn"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": []}).to_string().into_bytes(), 406, "invalid_value", "no app label"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": [{"href": web}]}).to_string().into_bytes(), 406, "invalid_value", "a role label"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": [{"href": "/orgs/1/labels/nope"}]}).to_string().into_bytes(), 406, "invalid_reference", "labels[0]"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": [{"href": app}, {"href": env}, {"href": env}]}).to_string().into_bytes(), 406, "invalid_value", "a second env label"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": [{"href": app}, {"href": env}], "start_date": "last week"}).to_string().into_bytes(), 406, "invalid_value", "start_date"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": [{"href": app}, {"href": env}], "start_date": "2026-01-02T00:00:00Z", "end_date": "2026-01-01T00:00:00Z"}).to_string().into_bytes(), 406, "invalid_value", "before start_date"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": [{"href": app}, {"href": env}], "ring_fence": "yes"}).to_string().into_bytes(), 406, "wrong_type", "ring_fence"),
+        (Method::POST, "/policy_generator".into(), json!({"labels": [{"href": app}, {"href": env}], "provision": true}).to_string().into_bytes(), 406, "unknown_field", "provision"),
         (Method::POST, "/sec_policy/active/services".into(), br#"{"name": "x"}"#.to_vec(), 405, "active_is_read_only", "draft"),
         (Method::PUT, web.trim_start_matches("/orgs/1").to_string(), b"[1, 2]".to_vec(), 406, "wrong_type", "object"),
         (Method::DELETE, web.trim_start_matches("/orgs/1").to_string(), vec![], 406, "object_in_use", "workloads"),
@@ -226,7 +235,7 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
     // Each refused write above (GETs are not writes, and the unauthenticated ones
     // have no actor) is one failure event.
     let failures = events.iter().filter(|e| e["status"] == "failure").count();
-    assert_eq!(failures, 19, "one failure event per refused write");
+    assert_eq!(failures, 27, "one failure event per refused write");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,6 +6,7 @@
 
 mod dr;
 mod flows;
+mod generate;
 mod map;
 mod ops;
 mod up;
@@ -110,6 +111,11 @@ enum Command {
     /// The app group map from every region: groups, the traffic between them,
     /// its decisions and rule coverage (a table, DOT or SVG).
     Map(map::MapArgs),
+    /// Policy from traffic: `generate` proposes allow rules for an app group.
+    Policy {
+        #[command(subcommand)]
+        command: generate::PolicyCommand,
+    },
     /// Benchmarks against a running cluster.
     Bench {
         #[command(subcommand)]
@@ -303,6 +309,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Dr { command } => dr::run(command).await,
         Command::Flows { command } => flows::run(command).await,
         Command::Map(args) => map::run(args).await,
+        Command::Policy { command } => generate::run(command).await,
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => sc_bench::write::write(args).await,
             BenchCommand::Api(args) => sc_bench::api::api(args).await,

@@ -133,7 +133,7 @@ fn table(map: &Value) {
             "{:<32} {:<12} {:>9} {:<24} {}",
             n["name"].as_str().unwrap_or_default(),
             n["kind"].as_str().unwrap_or_default(),
-            n["workloads"],
+            n["workloads"].as_u64().unwrap_or(0),
             modes.join(" "),
             regions.join(",")
         );
@@ -151,10 +151,10 @@ fn table(map: &Value) {
             name(&e["src"]),
             name(&e["dst"]),
             services.join(","),
-            e["connections"],
-            d["allowed"],
-            d["potentially_blocked"],
-            d["blocked"],
+            e["connections"].as_u64().unwrap_or(0),
+            d["allowed"].as_u64().unwrap_or(0),
+            d["potentially_blocked"].as_u64().unwrap_or(0),
+            d["blocked"].as_u64().unwrap_or(0),
             e["rule_coverage"].as_f64().unwrap_or(0.0) * 100.0
         );
     }

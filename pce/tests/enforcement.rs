@@ -349,7 +349,10 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         );
     }
     let (web, app, db) = (lab.ip(11), lab.ip(12), lab.ip(13));
-    let check = |lab: &Lab, web_db: bool, when: &str| {
+    // `generated`: the policy generator's rules for the shop are in force,
+    // opening what the refused attempts below asked for; a connection never
+    // attempted before them (db -> web:80) stays dropped.
+    let check = |lab: &Lab, web_db: bool, generated: bool, when: &str| {
         assert!(
             lab.reach("web", &app, 8080),
             "{when}: web -> app:8080 must pass"
@@ -358,28 +361,30 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
             lab.reach("app", &db, 5432),
             "{when}: app -> db:5432 must pass"
         );
-        assert!(
-            !lab.reach("web", &app, 22),
-            "{when}: web -> app:22 must be dropped"
-        );
-        assert!(
-            !lab.reach("app", &web, 80),
-            "{when}: app -> web:80 must be dropped"
-        );
-        assert!(
-            !lab.reach("db", &app, 8080),
-            "{when}: db -> app:8080 must be dropped"
-        );
+        for (from, to, port) in [("web", &app, 22), ("app", &web, 80), ("db", &app, 8080)] {
+            assert_eq!(
+                lab.reach(from, to, port),
+                generated,
+                "{when}: {from} -> {to}:{port} must {}",
+                if generated { "pass" } else { "be dropped" }
+            );
+        }
         assert_eq!(
             lab.reach("web", &db, 5432),
             web_db,
             "{when}: web -> db:5432"
         );
+        if generated {
+            assert!(
+                !lab.reach("db", &web, 80),
+                "{when}: db -> web:80, never observed, must be dropped"
+            );
+        }
     };
     wait_until("the provisioned flows", Duration::from_secs(30), || {
         lab.reach("web", &app, 8080) && lab.reach("app", &db, 5432)
     });
-    check(&lab, false, "after provisioning");
+    check(&lab, false, false, "after provisioning");
 
     // Visibility: the kernel's decisions reach the members as flows, and one
     // Explorer query at region 2 answers for every region (web reports to
@@ -656,8 +661,9 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         );
         let a = c.post(&format!("{ORG}/app_group_map"), &window(json!({}))).await.unwrap();
         assert_eq!(a.status.as_u16(), 200, "scoped map: {}", a.json());
-        a.json()
+        (a.json(), k)
     });
+    let (scoped, store_key) = scoped;
     let edges = scoped["edges"].as_array().cloned().unwrap_or_default();
     assert_eq!(edges.len(), 2, "the store's two edges: {scoped}");
     assert!(
@@ -762,7 +768,7 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     wait_until("the new rule in force", Duration::from_secs(30), || {
         lab.reach("web", &db, 5432)
     });
-    check(&lab, true, "after the change");
+    check(&lab, true, false, "after the change");
 
     // Visibility only: web and app stop enforcing; the refused attempt now
     // passes, and shows as potentially_blocked. Then back to full.
@@ -791,7 +797,170 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         Duration::from_secs(30),
         || !lab.reach("web", &app, 22),
     );
-    check(&lab, true, "back in full enforcement");
+    check(&lab, true, false, "back in full enforcement");
+
+    // The policy generator for the shop. As before moving an app to
+    // enforcement, its workloads run in visibility only while what they do
+    // is observed; everything the shop was seen doing since the test began
+    // counts: web -> app:8080 (allowed), and the attempts the checks made,
+    // web -> app:22, app -> web:80 (inside) and db -> app:8080 (from the
+    // store). What it sends the store is the store's policy.
+    set_mode(&mut api, "visibility_only");
+    wait_until(
+        "the shop in visibility only",
+        Duration::from_secs(30),
+        || lab.reach("web", &app, 22),
+    );
+    for (from, to, port) in [("web", &app, 22), ("app", &web, 80), ("db", &app, 8080)] {
+        assert!(
+            from == "db" || lab.reach(from, to, port),
+            "{from} -> {to}:{port} passes in visibility only"
+        );
+    }
+    let group = |g: &Value| -> Vec<Value> {
+        g["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| json!({"href": l["href"]}))
+            .collect()
+    };
+    let generate = |api: &mut ApiClient, g: &Value, dry_run: bool| -> (u16, Value) {
+        rt.block_on(async {
+            let body = window(json!({"labels": group(g), "dry_run": dry_run}));
+            let a = api
+                .post(&format!("{ORG}/policy_generator"), &body)
+                .await
+                .unwrap();
+            (a.status.as_u16(), a.json())
+        })
+    };
+    let kinds = |r: &Value| -> Vec<String> {
+        let mut k: Vec<String> = r["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let rule = &p["rule"];
+                let port = rule["ingress_services"][0]["port"].as_u64().unwrap_or(0);
+                format!("{} {port}", p["kind"].as_str().unwrap_or("?"))
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    let expected = vec![
+        "extra_scope 8080".to_string(),
+        "intra_scope 22".to_string(),
+        "intra_scope 80".to_string(),
+    ];
+    // A dry run writes nothing and says what coverage it would reach.
+    let mut dry = Value::Null;
+    wait_until(
+        "the generator's three proposals",
+        Duration::from_secs(60),
+        || {
+            let (status, r) = generate(&mut api, &shop, true);
+            assert_eq!(status, 200, "generator: {r}");
+            dry = r;
+            kinds(&dry) == expected
+        },
+    );
+    let before = dry["coverage"]["before"].as_f64().unwrap();
+    assert!(before > 0.0 && before < 1.0, "measured coverage: {dry}");
+    assert_eq!(dry["coverage"]["after"], json!(1.0), "{dry}");
+    assert!(
+        dry["left_out"]["other_app_groups"].as_u64() > Some(0),
+        "the store's: {dry}"
+    );
+    assert_eq!(dry["rule_set"]["new"], json!(true), "{dry}");
+    assert!(dry["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p.get("href").is_none()));
+    let extra = dry["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "extra_scope")
+        .unwrap();
+    assert_eq!(extra["rule"]["unscoped_consumers"], json!(true), "{extra}");
+    assert_eq!(
+        extra["rule"]["consumers"].as_array().map(|c| c.len()),
+        Some(3),
+        "the store's db by role, app and env: {extra}"
+    );
+    // The store's own proposals are nothing: what reaches it is allowed.
+    let (status, for_store) = generate(&mut api, &store, true);
+    assert_eq!(status, 200, "{for_store}");
+    assert_eq!(kinds(&for_store), Vec::<String>::new(), "{for_store}");
+    assert_eq!(for_store["coverage"]["before"], json!(1.0), "{for_store}");
+    // A viewer scoped to the store gets the store's recommendations only,
+    // and may not write them.
+    let mut viewer = ApiClient::new(map_addr, Some(&ca)).unwrap().with_key(
+        store_key["auth_username"].as_str().unwrap(),
+        store_key["secret"].as_str().unwrap(),
+    );
+    let (status, r) = generate(&mut viewer, &store, true);
+    assert_eq!(status, 200, "the store's, dry: {r}");
+    let (status, r) = generate(&mut viewer, &shop, true);
+    assert_eq!(status, 403, "the shop is outside the viewer's scope: {r}");
+    let (status, r) = generate(&mut viewer, &store, false);
+    assert_eq!(status, 403, "a viewer writes no rules: {r}");
+    // From the command line, through region 3: the rules go into the draft.
+    let o = Command::new(PCE)
+        .args([
+            "policy",
+            "generate",
+            "--api",
+            &format!("{}:{api_port}", lab.ip(3)),
+            "--ca",
+            certs.join("ca.pem").to_str().unwrap(),
+            "--key-file",
+            key_file(&base).unwrap().to_str().unwrap(),
+            "--app",
+            "shop",
+            "--env",
+            "prod",
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success()
+            && out.contains("-> 100.0%")
+            && out.contains("extra_scope")
+            && out.contains("role=db + app=store + env=prod"),
+        "pce policy generate: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Run again: nothing new, and the draft now covers all of it.
+    let (_, again) = generate(&mut api, &shop, true);
+    assert_eq!(kinds(&again), Vec::<String>::new(), "{again}");
+    assert_eq!(again["coverage"]["before"], json!(1.0), "{again}");
+    assert_eq!(again["rule_set"]["new"], json!(false), "{again}");
+    // Provision them, switch the shop to full enforcement: the observed
+    // traffic passes, the unobserved is dropped.
+    rt.block_on(async {
+        post(
+            &mut api,
+            &format!("{ORG}/sec_policy"),
+            json!({"update_description": "the shop's generated rules"}),
+        )
+        .await;
+    });
+    set_mode(&mut api, "full");
+    wait_until(
+        "the generated rules in force",
+        Duration::from_secs(30),
+        || {
+            lab.table("web").contains("policy drop")
+                && lab.table("app").contains("policy drop")
+                && lab.reach("db", &app, 8080)
+        },
+    );
+    check(&lab, true, true, "with the generated rules");
 
     // One region stops: an async Explorer job still completes and names it.
     if let Some(mut c) = lab.nodes.remove(&3) {
@@ -846,7 +1015,7 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         let _ = c.wait();
     }
     std::thread::sleep(Duration::from_secs(1));
-    check(&lab, true, "with every PCE node down");
+    check(&lab, true, true, "with every PCE node down");
 
     // A VEN restarts with no PCE reachable (its firewall wiped, as after a reboot):
     // it re-applies the cached policy.
@@ -871,6 +1040,6 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         Duration::from_secs(20),
         || lab.table("web").contains("policy drop"),
     );
-    check(&lab, true, "after the VEN restarted with no PCE");
+    check(&lab, true, true, "after the VEN restarted with no PCE");
     let _ = (&web, &labels);
 }

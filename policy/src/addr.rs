@@ -246,6 +246,15 @@ impl AddrSet {
         }
     }
 
+    /// How many addresses the set holds (saturating): the narrowest of
+    /// several sets holding an address is the least-privilege one to name.
+    pub fn size(&self) -> u128 {
+        self.v4
+            .iter()
+            .chain(&self.v6)
+            .fold(0u128, |n, (a, b)| n.saturating_add(b - a).saturating_add(1))
+    }
+
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()

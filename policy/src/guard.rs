@@ -9,11 +9,16 @@ use crate::model::{Actor, Rule, RuleSet, ServiceRef};
 pub const BROAD_MESSAGE: &str =
     "this rule opens every workload to every consumer on every service; set deliberately_broad (global admins only) if that is really meant";
 
-/// Whether `rule` allows all workloads to be reached by all workloads on all services.
-pub fn opens_everything(rule: &Rule) -> bool {
+/// Whether `rule`, in a ruleset with `scope`, lets every workload reach every
+/// workload on every service. All workloads to all workloads inside a
+/// scope is an app group's ring-fence (everything in the app may talk to
+/// itself), which the policy generator proposes: only an empty scope, or
+/// consumers from anywhere, make it open everything.
+pub fn opens_everything(scope: &[Actor], rule: &Rule) -> bool {
     rule.providers.contains(&Actor::AllWorkloads)
         && rule.consumers.contains(&Actor::AllWorkloads)
         && rule.services.contains(&ServiceRef::All)
+        && (scope.is_empty() || rule.unscoped_consumers)
 }
 
 /// Whether a ruleset lies inside a scoped role's scope: the ruleset's scope must
@@ -66,8 +71,13 @@ mod tests {
             unscoped_consumers: false,
             deliberately_broad: false,
         };
-        assert!(opens_everything(&r));
+        assert!(opens_everything(&[], &r));
+        // A ring-fence: all of one app to all of it.
+        let app = [Actor::Label("app-crm".into())];
+        assert!(!opens_everything(&app, &r));
+        r.unscoped_consumers = true;
+        assert!(opens_everything(&app, &r));
         r.services = vec![ServiceRef::Service("https".into())];
-        assert!(!opens_everything(&r));
+        assert!(!opens_everything(&[], &r));
     }
 }

@@ -8,6 +8,7 @@
 //! - [`compute`]: per-workload compiled rules, kept current incrementally;
 //! - [`render`]: nftables rulesets and flow explanations;
 //! - [`flowlog`]: how rendered rules tell the VEN's flow collector what they decided;
+//! - [`generate`]: allow rules proposed from observed traffic for one app group;
 //! - [`reference`]: the naive evaluator the engine is checked against;
 //! - [`guard`]: broad-rule and scope checks for the API layer;
 //! - [`addr`]: address sets and minimal CIDRs;
@@ -18,6 +19,7 @@
 pub mod addr;
 pub mod compute;
 pub mod flowlog;
+pub mod generate;
 pub mod guard;
 pub mod key;
 pub mod model;

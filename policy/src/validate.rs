@@ -172,7 +172,7 @@ fn check_rule_set(rs: &RuleSet, estate: &Estate, policy: &PolicySet, e: &mut Err
             &field,
             e,
         );
-        if crate::guard::opens_everything(r) && !r.deliberately_broad {
+        if crate::guard::opens_everything(&rs.scope, r) && !r.deliberately_broad {
             e.push(obj.clone(), field, crate::guard::BROAD_MESSAGE);
         }
     }

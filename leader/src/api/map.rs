@@ -263,18 +263,8 @@ async fn map(
     let mut regions = Vec::new();
     let mut merged: BTreeMap<(String, String), (Vec<MapEdge>, DecisionMix)> = BTreeMap::new();
     for (info, r) in answers {
-        let (responded, matches, edges, error) = match r {
-            Ok(reply) => (true, reply.matches, reply.edges, None),
-            Err(e) => (false, 0, vec![], Some(e)),
-        };
-        regions.push(RegionResult {
-            pce_fqdn: info.name,
-            region: info.region,
-            responded,
-            matches_count: matches,
-            flows_count: edges.len() as u64,
-            error,
-        });
+        regions.push(RegionResult::of(info, &r));
+        let edges = r.map(|r| r.edges).unwrap_or_default();
         for mut e in edges {
             for end in [&mut e.src, &mut e.dst] {
                 if let Some(ip) = end.strip_prefix("ip:").map(str::to_string) {
@@ -316,7 +306,7 @@ async fn map(
             slot.0.push(e);
         }
     }
-    regions.sort_by(|a, b| a.region.cmp(&b.region).then(a.pce_fqdn.cmp(&b.pce_fqdn)));
+    RegionResult::sort(&mut regions);
     let side = |id: &str| -> Value {
         match node_labels.get(id) {
             Some(ls) if !ls.is_empty() => {

@@ -8,6 +8,7 @@
 
 mod audit;
 mod dr;
+mod generate;
 mod map;
 mod objects;
 mod policy;
@@ -454,6 +455,7 @@ fn api() -> spec::Api {
         .merge(audit::api())
         .merge(traffic::api())
         .merge(map::api())
+        .merge(generate::api())
 }
 
 /// Every served route, before the middleware and the state: what tests hold

@@ -534,3 +534,128 @@ pub(super) fn api() -> Api {
         );
     rule_api::<DenyRuleDoc>(rule_api::<RuleDoc>(api, "an allow rule"), "a deny rule")
 }
+
+/// What the policy generator wrote.
+pub(super) struct Written {
+    /// The draft ruleset (id).
+    pub(super) rule_set: Id,
+    /// Its name.
+    pub(super) name: String,
+    /// The rules, as `<ruleset>/<rule>` ids, in the order given.
+    pub(super) rules: Vec<Id>,
+    /// The store revision of the write.
+    pub(super) revision: u64,
+}
+
+/// A free ruleset name for a generated ruleset: the app group's own, else
+/// with "(generated)" and a number added.
+async fn free_name(s: &Shared, base: &str) -> Result<String, ApiError> {
+    for n in 0..100 {
+        let name = match n {
+            0 => base.to_string(),
+            1 => format!("{base} (generated)"),
+            n => format!("{base} (generated {n})"),
+        };
+        if s.db
+            .rev(&keys::name(Space::Draft, Kind::RuleSet, &name))
+            .await?
+            .is_none()
+        {
+            return Ok(name);
+        }
+    }
+    Err(ApiError::invalid(
+        "name_in_use",
+        format!("name: every ruleset name made from {base:?} is taken; rename one"),
+    ))
+}
+
+/// Writes the policy generator's rules into the draft: into the ruleset
+/// `target` names, or a new one scoped to the app group, all in one
+/// transaction validated as the ruleset's whole (guard rails included),
+/// with an audit event per object.
+pub(super) async fn add_generated(
+    s: &Shared,
+    ctx: &Ctx,
+    target: &sc_policy::generate::Target,
+    rules: &[RuleDoc],
+) -> Result<Written, ApiError> {
+    use sc_policy::generate::Target;
+    let space = Space::Draft;
+    let (written, rev) = transact!(&s.db, async {
+        let mut txn = Txn::default();
+        let mut world = World::default();
+        let mut refs: Vec<(String, Kind, Id)> = Vec::new();
+        let (id, name) = match target {
+            Target::Existing(id) => {
+                let set = header(s, space, id).await?;
+                if !ctx.who.may_write_rule_set(&model(id, &set.value.doc)) {
+                    return Err(ApiError::forbidden("this ruleset is outside your scope"));
+                }
+                txn.expect(set.key.clone(), Some(set.rev));
+                world.add(Kind::RuleSet, id, &encode(&set.value)?)?;
+                refs.extend(
+                    set.value
+                        .doc
+                        .refs()
+                        .into_iter()
+                        .map(|(k, i)| ("scope".to_string(), k, i)),
+                );
+                (id.clone(), set.value.doc.name.clone())
+            }
+            Target::New { name, scope } => {
+                let id = keys::new_id();
+                let doc = RuleSetDoc {
+                    name: free_name(s, name).await?,
+                    description: Some("Made by the policy generator".into()),
+                    enabled: true,
+                    scope: scope.clone(),
+                };
+                if !ctx.who.may_write_rule_set(&model(&id, &doc)) {
+                    return Err(ApiError::forbidden(
+                        "this ruleset's scope is outside your scope",
+                    ));
+                }
+                refs.extend(
+                    doc.refs()
+                        .into_iter()
+                        .map(|(k, i)| ("scope".to_string(), k, i)),
+                );
+                super::objects::claim_name(s, &mut txn, space, &id, None, &doc).await?;
+                let rec = new_record(ctx, doc.clone());
+                let key = keys::obj(space, Kind::RuleSet, &id);
+                world.add(Kind::RuleSet, &id, &encode(&rec)?)?;
+                txn.expect(key.clone(), None);
+                txn.put(key, &rec)?;
+                ctx.audit(&mut txn, s, &keys::href(space, Kind::RuleSet, &id))?;
+                (id, doc.name)
+            }
+        };
+        for (n, r) in rules.iter().enumerate() {
+            refs.extend(
+                r.refs()
+                    .into_iter()
+                    .map(|(k, i)| (format!("rules[{n}]"), k, i)),
+            );
+        }
+        resolve(&s.db, &refs, &mut txn, &mut world).await?;
+        let mut ids = Vec::new();
+        for r in rules {
+            let full = format!("{id}/{}", keys::new_id());
+            let rec = new_record(ctx, r.clone());
+            world.add(Kind::SecRule, &full, &encode(&rec)?)?;
+            txn.put(keys::obj(space, Kind::SecRule, &full), &rec)?;
+            ctx.audit(&mut txn, s, &keys::href(space, Kind::SecRule, &full))?;
+            ids.push(full);
+        }
+        world.check(&format!("rule_sets/{id}"))?;
+        Ok((txn, (id, name, ids)))
+    })?;
+    let (rule_set, name, rules) = written;
+    Ok(Written {
+        rule_set,
+        name,
+        rules,
+        revision: rev,
+    })
+}

@@ -235,6 +235,38 @@ pub(super) struct RegionResult {
     pub(super) error: Option<String>,
 }
 
+impl RegionResult {
+    /// What `info`'s region answered to a global query (flows or edges).
+    pub(super) fn of(
+        info: sc_raft::NodeInfo,
+        r: &Result<sc_proto::federation::FlowQueryReply, String>,
+    ) -> RegionResult {
+        match r {
+            Ok(reply) => RegionResult {
+                pce_fqdn: info.name,
+                region: info.region,
+                responded: true,
+                matches_count: reply.matches,
+                flows_count: (reply.flows.len() + reply.edges.len()) as u64,
+                error: None,
+            },
+            Err(e) => RegionResult {
+                pce_fqdn: info.name,
+                region: info.region,
+                responded: false,
+                matches_count: 0,
+                flows_count: 0,
+                error: Some(e.clone()),
+            },
+        }
+    }
+
+    /// Regions in a stable order: by region, then node.
+    pub(super) fn sort(list: &mut [RegionResult]) {
+        list.sort_by(|a, b| a.region.cmp(&b.region).then(a.pce_fqdn.cmp(&b.pce_fqdn)));
+    }
+}
+
 /// An async query job.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 struct AsyncQuery {
@@ -554,6 +586,7 @@ pub(super) async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery,
         services_exclude: services(&q.services.exclude, "services.exclude")?,
         either_side,
         group_keys: vec![],
+        by_workload: false,
     })
 }
 
@@ -634,32 +667,15 @@ async fn run_query(
     let mut regions = Vec::new();
     let mut matches = 0;
     for (info, r) in answers {
-        match r {
-            Ok(reply) => {
-                matches += reply.matches;
-                regions.push(RegionResult {
-                    pce_fqdn: info.name,
-                    region: info.region,
-                    responded: true,
-                    matches_count: reply.matches,
-                    flows_count: reply.flows.len() as u64,
-                    error: None,
-                });
-                flows.extend(reply.flows.into_iter().filter(|f| visible(who, f)));
-            }
-            Err(e) => regions.push(RegionResult {
-                pce_fqdn: info.name,
-                region: info.region,
-                responded: false,
-                matches_count: 0,
-                flows_count: 0,
-                error: Some(e),
-            }),
+        regions.push(RegionResult::of(info, &r));
+        if let Ok(reply) = r {
+            matches += reply.matches;
+            flows.extend(reply.flows.into_iter().filter(|f| visible(who, f)));
         }
     }
     flows.sort_by_key(|f| std::cmp::Reverse(f.last_ms));
     flows.truncate(q.max_results as usize);
-    regions.sort_by(|a, b| a.region.cmp(&b.region).then(a.pce_fqdn.cmp(&b.pce_fqdn)));
+    RegionResult::sort(&mut regions);
     (flows, regions, matches)
 }
 

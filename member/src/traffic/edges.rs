@@ -10,17 +10,45 @@
 
 use std::collections::BTreeMap;
 
-use sc_proto::federation::{FlowEnd, MapEdge, TrafficFlow};
+use sc_proto::federation::{FlowEnd, FlowQuery, MapEdge, TrafficFlow};
 
-/// An end's place on the map: its group (`key=labelid` for each of `keys`,
-/// `|`-joined), `unlabelled` when it lacks one of them, `ip:<address>` when
-/// it is no workload.
-pub fn group_of(end: Option<&FlowEnd>, keys: &[String]) -> String {
+/// What the ends of edges are: app groups (the map) or single workloads
+/// (the policy generator, which proposes rules per role and needs to know
+/// each workload's current labels, not the ones its flows recorded).
+#[derive(Debug, Clone, Copy)]
+pub enum Grouping<'a> {
+    /// Groups made of these label keys.
+    Labels(&'a [String]),
+    /// One end per workload.
+    Workloads,
+}
+
+impl Grouping<'_> {
+    /// The grouping a query asks for; `None`: it asks for flows, not edges.
+    pub fn of(q: &FlowQuery) -> Option<Grouping<'_>> {
+        if q.by_workload {
+            Some(Grouping::Workloads)
+        } else if q.group_keys.is_empty() {
+            None
+        } else {
+            Some(Grouping::Labels(&q.group_keys))
+        }
+    }
+}
+
+/// An end's place on the map: its group (`key=labelid` for each label key,
+/// `|`-joined), `unlabelled` when it lacks one of them, `w:<id>` when
+/// grouping by workload, `ip:<address>` when it is no workload.
+pub fn group_of(end: Option<&FlowEnd>, grouping: Grouping) -> String {
     let Some(e) = end else {
         return "ip:".into();
     };
     let Some(w) = &e.workload else {
         return format!("ip:{}", e.ip);
+    };
+    let keys = match grouping {
+        Grouping::Workloads => return format!("w:{}", w.id),
+        Grouping::Labels(keys) => keys,
     };
     let mut parts = Vec::with_capacity(keys.len());
     for k in keys {
@@ -79,7 +107,7 @@ impl Edges {
 /// Aggregates whole flows (their ends' workloads attached) into edges.
 pub fn aggregate<'a>(
     flows: impl IntoIterator<Item = &'a TrafficFlow>,
-    keys: &[String],
+    grouping: Grouping,
 ) -> Vec<MapEdge> {
     let mut out = Edges::default();
     for f in flows {
@@ -90,8 +118,8 @@ pub fn aggregate<'a>(
             .is_some_and(|w| w.managed);
         out.add(
             f,
-            &group_of(f.src.as_ref(), keys),
-            &group_of(f.dst.as_ref(), keys),
+            &group_of(f.src.as_ref(), grouping),
+            &group_of(f.dst.as_ref(), grouping),
             managed,
         );
     }
@@ -170,7 +198,7 @@ mod tests {
                 4,
             ),
         ];
-        let edges = aggregate(&flows, &keys);
+        let edges = aggregate(&flows, Grouping::Labels(&keys));
         assert_eq!(edges.len(), 3, "{edges:?}");
         let to_db = edges.iter().find(|e| e.dst == "app=crm|env=prod").unwrap();
         assert_eq!(to_db.src, "app=shop|env=prod");
@@ -181,5 +209,13 @@ mod tests {
         assert!(edges
             .iter()
             .any(|e| e.dst == "ip:203.0.113.9" && e.unknown == 4));
+        // By workload: the same connections, each end by itself.
+        let edges = aggregate(&flows, Grouping::Workloads);
+        assert!(
+            edges
+                .iter()
+                .any(|e| e.src == "w:w-10.0.0.1" && e.dst == "w:w-10.0.0.2" && e.blocked == 3),
+            "{edges:?}"
+        );
     }
 }

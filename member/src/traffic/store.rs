@@ -487,7 +487,11 @@ impl SledTraffic {
     /// A map query naming no labels, workloads or addresses: every flow of
     /// the range summed into edges as it is read, its ends' groups found per
     /// snapshot (thousands) rather than per flow, and no flow decoded whole.
-    fn map_edges(&self, q: &FlowQuery) -> Result<FlowQueryReply, MemberError> {
+    fn map_edges(
+        &self,
+        q: &FlowQuery,
+        grouping: super::edges::Grouping,
+    ) -> Result<FlowQueryReply, MemberError> {
         let mut groups: HashMap<u64, (String, bool)> = HashMap::new();
         let mut group = |id: u64, ip: &str| -> (String, bool) {
             if id == 0 {
@@ -501,7 +505,7 @@ impl SledTraffic {
                             ip: String::new(),
                             workload: Some((*w).clone()),
                         };
-                        (super::edges::group_of(Some(&end), &q.group_keys), w.managed)
+                        (super::edges::group_of(Some(&end), grouping), w.managed)
                     }
                     None => (format!("ip:{ip}"), false),
                 })
@@ -589,8 +593,9 @@ impl TrafficStore for SledTraffic {
             s.as_ref()
                 .is_none_or(|s| s.include.is_empty() && s.exclude.is_empty())
         };
-        if !q.group_keys.is_empty() && side_free(&q.sources) && side_free(&q.destinations) {
-            return self.map_edges(q);
+        let grouping = super::edges::Grouping::of(q);
+        if let Some(g) = grouping.filter(|_| side_free(&q.sources) && side_free(&q.destinations)) {
+            return self.map_edges(q, g);
         }
         let mut merged: BTreeMap<Vec<u8>, TrafficFlow> = BTreeMap::new();
         let mut add = |v: &[u8]| {
@@ -615,11 +620,24 @@ impl TrafficStore for SledTraffic {
         } else {
             required_labels(q.sources.as_ref()).map(|l| (true, self.snapshots.holding(&l)))
         };
-        let may_match = |v: &[u8]| match (&prefilter, ends(v)) {
-            (None, _) => true,
-            (Some((true, ok)), Some((src, _))) => ok.contains(&src),
-            (Some((false, ok)), Some((_, dst))) => ok.contains(&dst),
-            (Some(_), None) => false,
+        // Sides ORed, both requiring labels (the policy generator's "into
+        // or out of this app group"): either end's snapshot must hold them.
+        let either = match (
+            q.either_side,
+            required_labels(q.sources.as_ref()),
+            required_labels(q.destinations.as_ref()),
+        ) {
+            (true, Some(s), Some(d)) => {
+                Some((self.snapshots.holding(&s), self.snapshots.holding(&d)))
+            }
+            _ => None,
+        };
+        let may_match = |v: &[u8]| match (&prefilter, &either, ends(v)) {
+            (_, Some((s, d)), Some((src, dst))) => s.contains(&src) || d.contains(&dst),
+            (None, None, _) => true,
+            (Some((true, ok)), _, Some((src, _))) => ok.contains(&src),
+            (Some((false, ok)), _, Some((_, dst))) => ok.contains(&dst),
+            (_, _, None) => false,
         };
         for (tree, from, to, width) in self.ranges(q)? {
             match &prefilter {
@@ -654,9 +672,9 @@ impl TrafficStore for SledTraffic {
             }
         }
         let matches = merged.len() as u64;
-        if !q.group_keys.is_empty() {
+        if let Some(g) = grouping {
             return Ok(FlowQueryReply {
-                edges: super::edges::aggregate(merged.values(), &q.group_keys),
+                edges: super::edges::aggregate(merged.values(), g),
                 flows: vec![],
                 matches,
             });
@@ -1067,7 +1085,53 @@ mod tests {
         assert!(!fast.edges.is_empty());
         assert_eq!(
             fast.edges,
-            super::super::edges::aggregate(&all.flows, &keys)
+            super::super::edges::aggregate(
+                &all.flows,
+                super::super::edges::Grouping::Labels(&keys)
+            )
         );
+        // The policy generator's question: into or out of app0, per
+        // workload. Both ends' snapshots prefilter it; the answer is the
+        // aggregate of exactly the flows with an app0 end.
+        use sc_proto::federation::{flow_actor, ActorSet, FlowActor, FlowSide};
+        let side = || {
+            Some(FlowSide {
+                include: vec![ActorSet {
+                    all: vec![FlowActor {
+                        kind: Some(flow_actor::Kind::Label("app0".into())),
+                    }],
+                }],
+                exclude: vec![],
+            })
+        };
+        let touching = s
+            .query(&FlowQuery {
+                sources: side(),
+                destinations: side(),
+                either_side: true,
+                by_workload: true,
+                ..FlowQuery::default()
+            })
+            .unwrap();
+        let app0 = |e: &Option<FlowEnd>| {
+            e.as_ref()
+                .and_then(|e| e.workload.as_ref())
+                .is_some_and(|w| w.labels.iter().any(|l| l.id == "app0"))
+        };
+        let expected: Vec<&TrafficFlow> = all
+            .flows
+            .iter()
+            .filter(|f| app0(&f.src) || app0(&f.dst))
+            .collect();
+        assert!(!expected.is_empty() && expected.len() < all.flows.len());
+        assert_eq!(touching.matches, expected.len() as u64);
+        assert_eq!(
+            touching.edges,
+            super::super::edges::aggregate(expected, super::super::edges::Grouping::Workloads)
+        );
+        assert!(touching
+            .edges
+            .iter()
+            .all(|e| e.src.starts_with("w:") || e.dst.starts_with("w:")));
     }
 }
