@@ -1,10 +1,12 @@
 //! `pce bench flows`: what a region's traffic store costs. Synthetic flow
 //! summaries of a 1,000-workload estate (20 apps × 3 envs × 4 roles, a day of
 //! traffic) are ingested in batches of 1,000 as the VEN service stores them,
-//! then three Explorer queries run repeatedly against the store: a selective
-//! one (one app's and env's labels as destination, the whole day), the same
-//! labels as source, and a broad one (everything blocked in the last hour). Sizes grow so the figures show how
-//! cost grows with the data. A global query asks every region in parallel, so
+//! then the queries a region answers run repeatedly against the store: a
+//! selective Explorer query (one app's and env's labels as destination, the
+//! whole day), the same labels as source, a broad one (everything blocked in
+//! the last hour), the app group map's (the whole day into edges between app
+//! groups) and the policy generator's (one app group's flows in or out, per
+//! workload). Sizes grow so the figures show how cost grows with the data. A global query asks every region in parallel, so
 //! its latency is the slowest region's store query plus one federation round
 //! trip.
 
@@ -57,73 +59,140 @@ impl Lcg {
     }
 }
 
-fn workload(i: usize, id: &dyn Fn(&str, &str) -> String) -> FlowWorkload {
-    let label = |key: &str, value: String| FlowLabel {
-        id: id(key, &value),
-        key: key.into(),
-        value,
-    };
-    FlowWorkload {
-        id: format!("wl-{i}"),
-        name: format!("host-{i}"),
-        hostname: format!("host-{i}.example"),
-        labels: vec![
-            label("app", format!("app{}", i % APPS)),
-            label("env", format!("env{}", i / APPS % ENVS)),
-            label("role", format!("role{}", i / (APPS * ENVS) % ROLES)),
-        ],
-        enforcement_mode: "full".into(),
-        managed: true,
+/// A synthetic estate as flows name it: workloads with their addresses,
+/// and how they talk.
+pub(crate) struct Estate {
+    /// Each workload, as a flow's end carries it.
+    pub(crate) workloads: Vec<FlowWorkload>,
+    /// Each workload's address.
+    pub(crate) ips: Vec<String>,
+    /// 0: any workload talks to any other (the store benchmark's estate).
+    /// Else workload `i` is in app group `i % groups`, and traffic has the
+    /// shape of applications: most of it inside a group, the rest to three
+    /// groups it depends on, and some from internet addresses to port 443.
+    pub(crate) groups: usize,
+}
+
+/// Internet sources of the app-shaped traffic: the first half inside
+/// `PARTNERS` (an IP list the benchmark can create), the rest in no list.
+pub(crate) const INTERNET: [&str; 8] = [
+    "198.51.100.7",
+    "198.51.100.8",
+    "198.51.100.9",
+    "198.51.100.10",
+    "203.0.113.7",
+    "203.0.113.8",
+    "203.0.113.9",
+    "203.0.113.10",
+];
+
+/// The range holding the first half of [`INTERNET`].
+pub(crate) const PARTNERS: &str = "198.51.100.0/24";
+
+impl Estate {
+    /// The store benchmark's estate: 1,000 workloads, 20 apps × 3 envs × 4
+    /// roles, any to any; label ids from `id(key, value)`.
+    pub(crate) fn small(id: &dyn Fn(&str, &str) -> String) -> Estate {
+        let label = |key: &str, value: String| FlowLabel {
+            id: id(key, &value),
+            key: key.into(),
+            value,
+        };
+        let workloads = (0..WORKLOADS)
+            .map(|i| FlowWorkload {
+                id: format!("wl-{i}"),
+                name: format!("host-{i}"),
+                hostname: format!("host-{i}.example"),
+                labels: vec![
+                    label("app", format!("app{}", i % APPS)),
+                    label("env", format!("env{}", i / APPS % ENVS)),
+                    label("role", format!("role{}", i / (APPS * ENVS) % ROLES)),
+                ],
+                enforcement_mode: "full".into(),
+                managed: true,
+            })
+            .collect();
+        Estate {
+            workloads,
+            ips: (0..WORKLOADS).map(ip).collect(),
+            groups: 0,
+        }
+    }
+
+    fn flow(&self, r: &mut Lcg, now: u64) -> TrafficFlow {
+        let n = self.workloads.len();
+        let end = |i: usize| FlowEnd {
+            ip: self.ips[i].clone(),
+            workload: Some(self.workloads[i].clone()),
+        };
+        let (src, d, port) = if self.groups == 0 {
+            let (s, d) = (r.below(n), r.below(n));
+            (
+                end(s),
+                d,
+                [22, 80, 443, 3306, 5432, 6379, 8080, 9090][r.below(8)],
+            )
+        } else {
+            let s = r.below(n);
+            let g = s % self.groups;
+            let roll = r.below(100);
+            let dg = if roll < 70 {
+                g
+            } else {
+                (g + [1, 7, 31][r.below(3)]) % self.groups
+            };
+            let d = (dg + self.groups * r.below(n / self.groups)).min(n - 1);
+            if roll < 5 {
+                let src = FlowEnd {
+                    ip: INTERNET[r.below(INTERNET.len())].into(),
+                    workload: None,
+                };
+                (src, s, 443)
+            } else {
+                (end(s), d, [22, 80, 443, 5432, 6379, 8080][r.below(6)])
+            }
+        };
+        let decision = match r.below(10) {
+            0 => "blocked",
+            1 | 2 => "potentially_blocked",
+            _ => "allowed",
+        };
+        let last = now - r.next() % DAY_MS;
+        TrafficFlow {
+            src: Some(src),
+            dst: Some(end(d)),
+            port,
+            proto: 6,
+            direction: "inbound".into(),
+            decision: decision.into(),
+            rule: if decision == "allowed" {
+                format!("rs-{}/rule-{}", r.below(50), r.below(10))
+            } else {
+                String::new()
+            },
+            num_connections: 1 + r.below(20) as u64,
+            first_ms: last.saturating_sub(r.next() % 60_000),
+            last_ms: last,
+            reporter: self.workloads[d].id.clone(),
+            region: "bench".into(),
+            dst_bi: if decision == "blocked" {
+                0
+            } else {
+                500 + r.next() % 50_000
+            },
+            dst_bo: if decision == "blocked" {
+                0
+            } else {
+                500 + r.next() % 500_000
+            },
+            state: if decision == "blocked" { "" } else { "C" }.into(),
+        }
     }
 }
 
-fn ip(i: usize) -> String {
+/// Workload `i`'s address in the synthetic estates.
+pub(crate) fn ip(i: usize) -> String {
     format!("10.{}.{}.{}", i / 65_536 % 256, i / 256 % 256, i % 256)
-}
-
-fn flow(r: &mut Lcg, wls: &[FlowWorkload], now: u64) -> TrafficFlow {
-    let (s, d) = (r.below(WORKLOADS), r.below(WORKLOADS));
-    let decision = match r.below(10) {
-        0 => "blocked",
-        1 | 2 => "potentially_blocked",
-        _ => "allowed",
-    };
-    let last = now - r.next() % DAY_MS;
-    TrafficFlow {
-        src: Some(FlowEnd {
-            ip: ip(s),
-            workload: Some(wls[s].clone()),
-        }),
-        dst: Some(FlowEnd {
-            ip: ip(d),
-            workload: Some(wls[d].clone()),
-        }),
-        port: [22, 80, 443, 3306, 5432, 6379, 8080, 9090][r.below(8)],
-        proto: 6,
-        direction: "inbound".into(),
-        decision: decision.into(),
-        rule: if decision == "allowed" {
-            format!("rs-{}/rule-{}", r.below(50), r.below(10))
-        } else {
-            String::new()
-        },
-        num_connections: 1 + r.below(20) as u64,
-        first_ms: last.saturating_sub(r.next() % 60_000),
-        last_ms: last,
-        reporter: wls[d].id.clone(),
-        region: "bench".into(),
-        dst_bi: if decision == "blocked" {
-            0
-        } else {
-            500 + r.next() % 50_000
-        },
-        dst_bo: if decision == "blocked" {
-            0
-        } else {
-            500 + r.next() % 500_000
-        },
-        state: if decision == "blocked" { "" } else { "C" }.into(),
-    }
 }
 
 fn labels(ids: &[&str]) -> FlowSide {
@@ -187,34 +256,26 @@ pub(crate) fn queries(now: u64, app: &str, env: &str) -> (FlowQuery, FlowQuery) 
     (selective, broad)
 }
 
-/// Writes `n` synthetic summaries of the last day into `store`, in batches
-/// of 1,000 as the VEN service does; label ids come from `id(key, value)`.
+/// Writes `n` synthetic summaries of the last day between `estate`'s
+/// workloads into `store`, in batches of 1,000 as the VEN service does;
+/// `seed` picks the sequence (regions differ).
 pub(crate) fn fill(
     store: &SledTraffic,
     n: usize,
     now: u64,
-    id: &dyn Fn(&str, &str) -> String,
+    estate: &Estate,
+    seed: u64,
 ) -> Result<()> {
-    let wls: Vec<FlowWorkload> = (0..WORKLOADS).map(|i| workload(i, id)).collect();
-    let mut r = Lcg(42);
+    let mut r = Lcg(seed);
     let mut left = n;
     while left > 0 {
         let batch: Vec<TrafficFlow> = (0..left.min(1000))
-            .map(|_| flow(&mut r, &wls, now))
+            .map(|_| estate.flow(&mut r, now))
             .collect();
         left -= batch.len();
         store.ingest(&batch)?;
     }
     Ok(())
-}
-
-/// The label names the generator uses (`app0`…, `env0`…, `role0`…).
-pub(crate) fn label_names() -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    out.extend((0..APPS).map(|i| ("app", format!("app{i}"))));
-    out.extend((0..ENVS).map(|i| ("env", format!("env{i}"))));
-    out.extend((0..ROLES).map(|i| ("role", format!("role{i}"))));
-    out
 }
 
 /// Runs the benchmark and prints its figures.
@@ -224,7 +285,7 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
     let now = sc_store::time::now_ms();
     let id = |k: &str, v: &str| format!("{k}-{v}");
     println!(
-        "{:>9} {:>11} {:>12} {:>14} {:>12} {:>13} {:>13} {:>9} {:>13} {:>13} {:>13} {:>13} {:>9}",
+        "{:>9} {:>11} {:>12} {:>14} {:>12} {:>13} {:>13} {:>9} {:>13} {:>13} {:>13} {:>13} {:>9} {:>9} {:>9} {:>13} {:>13}",
         "flows",
         "store",
         "ingest/s",
@@ -237,7 +298,11 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
         "by-source p99",
         "broad p50",
         "broad p99",
-        "matches"
+        "matches",
+        "map p50",
+        "map p99",
+        "generator p50",
+        "generator p99"
     );
     let mut rolled = Vec::new();
     for (n, size) in args.sizes.iter().enumerate() {
@@ -247,13 +312,29 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
             SledTraffic::open(&dir, Limits::new(Duration::from_secs(7 * 86_400), u64::MAX))?;
         let cpu0 = cpu_ms(None).unwrap_or(0.0);
         let t0 = Instant::now();
-        fill(&store, *size, now, &id)?;
+        fill(&store, *size, now, &Estate::small(&id), 42)?;
         let secs = t0.elapsed().as_secs_f64();
         let cpu = cpu_ms(None).unwrap_or(0.0) - cpu0;
         let (selective, broad) = queries(now, "app-app7", "env-env1");
         let by_source = FlowQuery {
             sources: selective.destinations.clone(),
             destinations: None,
+            ..selective.clone()
+        };
+        // The app group map's question (every flow of the day into edges
+        // between app groups), and the policy generator's (one app group's
+        // flows, in or out, per workload).
+        let map = FlowQuery {
+            start_ms: now - DAY_MS,
+            end_ms: now,
+            group_keys: vec!["app".into(), "env".into()],
+            ..FlowQuery::default()
+        };
+        let generator = FlowQuery {
+            sources: selective.destinations.clone(),
+            either_side: true,
+            by_workload: true,
+            governed: true,
             ..selective.clone()
         };
         // As ingested (a day in minute buckets), then as a member keeps it
@@ -270,8 +351,10 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
             let (hs, ms) = time_query(&store, &selective, args.queries)?;
             let (hsrc, _) = time_query(&store, &by_source, args.queries)?;
             let (hb, mb) = time_query(&store, &broad, args.queries)?;
+            let (hm, _) = time_query(&store, &map, args.queries)?;
+            let (hg, _) = time_query(&store, &generator, args.queries)?;
             println!(
-                "{:>9} {:>11} {:>12.0} {:>14.1} {:>12.0} {:>11.1}ms {:>11.1}ms {:>9} {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>9}",
+                "{:>9} {:>11} {:>12.0} {:>14.1} {:>12.0} {:>11.1}ms {:>11.1}ms {:>9} {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>9} {:>7.1}ms {:>7.1}ms {:>11.1}ms {:>11.1}ms",
                 size,
                 stage,
                 *size as f64 / secs,
@@ -284,7 +367,11 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
                 pct(&hsrc, 0.99),
                 pct(&hb, 0.5),
                 pct(&hb, 0.99),
-                mb
+                mb,
+                pct(&hm, 0.5),
+                pct(&hm, 0.99),
+                pct(&hg, 0.5),
+                pct(&hg, 0.99)
             );
         }
     }

@@ -8,6 +8,7 @@
 //! - [`floor`]: the transport's own cost under `bench vens`.
 
 pub mod api;
+mod estate;
 pub mod failover;
 pub mod floor;
 pub mod flows;

@@ -8,13 +8,17 @@
 //!    Connections are opened one a second, each to its own port, and every
 //!    query asks for all of them, so each sample's latency is the time from
 //!    its `connect` to the first answer that holds it.
-//! 2. **Global queries**: each region's traffic store is filled with the
-//!    synthetic day of `pce bench flows` (while its node is stopped: the same
-//!    store code the VEN service writes through) and maintained once (older
-//!    hours rolled up, as a member keeps a day), the nodes restart, and
-//!    the selective and broad Explorer queries of `pce bench flows` and the
-//!    app group map of that day are sent to region 3's admin API, which asks
-//!    all three regions over the federation service and merges.
+//! 2. **Global queries**: 10,000 workloads in 200 app groups are paired
+//!    through the three regions (`estate.rs`); each region's traffic store
+//!    is filled with a synthetic day of their traffic, shaped as
+//!    applications talk (`pce bench flows`' generator; written while the
+//!    node is stopped: the same store code the VEN service writes through)
+//!    and maintained once (older hours rolled up, as a member keeps a day);
+//!    the nodes restart, and the selective and broad Explorer queries of
+//!    `pce bench flows`, the app group map of that day, and the policy
+//!    generator for one app group are sent to region 3's admin API (the
+//!    generator also to region 1's), which asks all three regions over the
+//!    federation service and merges. Each node's resident memory follows.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -50,6 +54,9 @@ pub struct VisibilityArgs {
     /// Times each global query runs.
     #[arg(long, default_value_t = 10)]
     queries: usize,
+    /// Managed workloads paired for the query part, in 200 app groups.
+    #[arg(long, default_value_t = 10_000)]
+    workloads: usize,
 }
 
 const ORG: &str = "/api/v2/orgs/1";
@@ -472,24 +479,12 @@ async fn global_queries(
     args: &VisibilityArgs,
 ) -> Result<Vec<(&'static str, Histogram<u64>, Value)>> {
     let mut api = ready(lab).await?;
-    let mut ids = HashMap::new();
-    for (key, value) in super::flows::label_names() {
-        let l = href(
-            &post(
-                &mut api,
-                &format!("{ORG}/labels"),
-                json!({"key": key, "value": value}),
-            )
-            .await?,
-        )?;
-        ids.insert(format!("{key}={value}"), l);
-    }
-    let id_of = |k: &str, v: &str| {
-        ids.get(&format!("{k}={v}"))
-            .and_then(|h| h.rsplit('/').next())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let (_, ven_port) = ports(lab)?;
+    let vens: Vec<String> = (1..=3)
+        .map(|id| format!("{}:{ven_port}", lab.ip(id)))
+        .collect();
+    let ca = std::fs::read_to_string(lab.dir.join("certs/ca.pem"))?;
+    let (estate, ids) = super::estate::build(&mut api, &vens, &ca, args.workloads).await?;
     let now = sc_store::time::now_ms();
     for id in 1..=3 {
         lab.stop_node(id)?;
@@ -503,7 +498,7 @@ async fn global_queries(
             &lab.flow_dir(id),
             Limits::new(Duration::from_secs(7 * 86_400), u64::MAX),
         )?;
-        super::flows::fill(&store, args.flows_per_region, now, &id_of)?;
+        super::flows::fill(&store, args.flows_per_region, now, &estate, 41 + id)?;
         // As a member keeps a day of traffic: older hours rolled up (done
         // here, so the nodes' own minutely maintenance finds nothing to do
         // while the queries are timed).
@@ -568,10 +563,18 @@ async fn global_queries(
         out.push((name, h, done["regions"].clone()));
     }
     // The app group map over the same day (every region aggregates its
-    // flows into edges between the 60 app groups).
+    // flows into edges between the app groups).
     let body = window(json!({}));
     let mut h = Histogram::<u64>::new(3)?;
     let mut last = Value::Null;
+    // The first after the restart may read buckets the members' own
+    // maintenance has not summed yet (it starts with the node).
+    let t = Instant::now();
+    let a = api.post(&format!("{ORG}/app_group_map"), &body).await?;
+    if !a.status.is_success() {
+        bail!("map: {} {}", a.status, a.json());
+    }
+    let first = t.elapsed();
     for _ in 0..args.queries {
         let t = Instant::now();
         let a = api.post(&format!("{ORG}/app_group_map"), &body).await?;
@@ -583,13 +586,62 @@ async fn global_queries(
     }
     let size = |k: &str| last[k].as_array().map_or(0, |l| l.len());
     println!(
-        "app group map, 3 regions x {} summaries, through region 3's API: p50 {:.1} ms, p99 {:.1} ms; {} groups, {} edges",
+        "app group map, {} workloads, 3 regions x {} summaries, through region 3's API: first after the restart {:.1} ms, then p50 {:.1} ms, p99 {:.1} ms; {} nodes, {} edges",
+        args.workloads,
         args.flows_per_region,
+        first.as_secs_f64() * 1000.0,
         pct(&h, 0.5),
         pct(&h, 0.99),
         size("nodes"),
         size("edges")
     );
+    // The policy generator for one app group (a dry run: the same work
+    // without the write), from two regions.
+    let body = window(json!({
+        "labels": [{"href": ids["app=app7"]}, {"href": ids["env=env1"]}],
+        "dry_run": true,
+    }));
+    for region in [3, 1] {
+        let mut c = client(lab, region)?;
+        let mut h = Histogram::<u64>::new(3)?;
+        let mut last = Value::Null;
+        for _ in 0..args.queries {
+            let t = Instant::now();
+            let a = c.post(&format!("{ORG}/policy_generator"), &body).await?;
+            if !a.status.is_success() {
+                bail!("generator: {} {}", a.status, a.json());
+            }
+            h.record(t.elapsed().as_micros() as u64)?;
+            last = a.json();
+        }
+        let cov = &last["coverage"];
+        println!(
+            "policy generator for app7 | env1, through region {region}'s API: p50 {:.1} ms, p99 {:.1} ms; {} rules proposed over {} observed connections (coverage {:.1}% -> {:.1}%), {} addresses in no IP list",
+            pct(&h, 0.5),
+            pct(&h, 0.99),
+            last["rules"].as_array().map_or(0, |l| l.len()),
+            cov["observed_connections"],
+            cov["before"].as_f64().unwrap_or(0.0) * 100.0,
+            cov["after"].as_f64().unwrap_or(0.0) * 100.0,
+            last["left_out"]["unnamed_addresses"].as_array().map_or(0, |l| l.len()),
+        );
+    }
+    for (id, child) in &lab.nodes {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+        let kb = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        println!(
+            "region r{id}: resident {:.0} MiB, peak {:.0} MiB",
+            kb("VmRSS:") as f64 / 1024.0,
+            kb("VmHWM:") as f64 / 1024.0
+        );
+    }
     Ok(out)
 }
 

@@ -191,12 +191,6 @@ fn print(r: &Value, names: &HashMap<String, String>) {
         );
     }
     let left = &r["left_out"];
-    if left["other_app_groups"].as_u64() > Some(0) {
-        println!(
-            "{} connections go to other app groups: generate for those groups",
-            left["other_app_groups"].as_u64().unwrap_or(0)
-        );
-    }
     for a in left["unnamed_addresses"].as_array().into_iter().flatten() {
         println!(
             "{} ({} connections) is in no IP list: add it to one and run again",

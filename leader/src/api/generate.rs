@@ -1,9 +1,10 @@
 //! The policy generator's API: allow rules proposed for one app group from
 //! the traffic every region observed, with the coverage before and after.
 //!
-//! Every region aggregates the flows into or out of the app group per
-//! workload (`FlowQuery.by_workload`), so the generator sees each
-//! workload's current labels, not the ones its flows recorded; this node
+//! Every region aggregates the flows the app group's policy decides (into
+//! it, and out of it to addresses: `FlowQuery.governed`, answered by seeks
+//! in its store) per workload (`FlowQuery.by_workload`), so the generator
+//! sees each workload's current labels, not the ones its flows recorded; this node
 //! runs `sc_policy::generate` on its replica's draft and, unless asked for a
 //! dry run, writes the proposals into the draft in one transaction. They
 //! are never provisioned here: an operator reviews and provisions them.
@@ -111,11 +112,11 @@ struct Unnamed {
     connections: u64,
 }
 
-/// Observed connections no rule is proposed for.
+/// Observed connections no rule is proposed for. (Connections out of the
+/// group into other app groups are those groups' policy: the regions do
+/// not send them.)
 #[derive(Debug, Serialize, ToSchema)]
 struct LeftOut {
-    /// Out of the group into another app group: generate for that group.
-    other_app_groups: u64,
     /// Addresses in no IP list: name them in one and run again.
     unnamed_addresses: Vec<Unnamed>,
     /// Ends gone from the estate, protocols policy cannot name, or no VEN
@@ -248,6 +249,7 @@ async fn generate(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
         destinations: side(),
         either_side: true,
         by_workload: true,
+        governed: true,
         ..Default::default()
     };
     let answers = s.db.node().fan_out_flows(&q, REGION_TIMEOUT).await;
@@ -393,7 +395,6 @@ async fn generate(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
             after: ratio(report.allowed_after),
         },
         left_out: LeftOut {
-            other_app_groups: report.left.other_group,
             unnamed_addresses: report
                 .left
                 .unnamed

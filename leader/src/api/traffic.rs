@@ -587,6 +587,7 @@ pub(super) async fn resolve(s: &Shared, q: &TrafficQueryIn) -> Result<FlowQuery,
         either_side,
         group_keys: vec![],
         by_workload: false,
+        governed: false,
     })
 }
 

@@ -98,6 +98,25 @@ impl Edges {
         e.last_ms = e.last_ms.max(f.last_ms);
     }
 
+    /// Adds an edge summed elsewhere (another bucket's, kept).
+    pub fn merge(&mut self, e: &MapEdge) {
+        let acc = self
+            .0
+            .entry((e.src.clone(), e.dst.clone(), e.port, e.proto))
+            .or_insert_with(|| MapEdge {
+                src: e.src.clone(),
+                dst: e.dst.clone(),
+                port: e.port,
+                proto: e.proto,
+                ..MapEdge::default()
+            });
+        acc.allowed += e.allowed;
+        acc.potentially_blocked += e.potentially_blocked;
+        acc.blocked += e.blocked;
+        acc.unknown += e.unknown;
+        acc.last_ms = acc.last_ms.max(e.last_ms);
+    }
+
     /// The edges summed.
     pub fn into_edges(self) -> Vec<MapEdge> {
         self.0.into_values().collect()

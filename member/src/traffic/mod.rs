@@ -10,9 +10,11 @@
 //! - [`resolve`]: an address → the workload (and labels) it is, from the replica;
 //! - [`filter`]: whether a stored flow matches an Explorer query;
 //! - [`edges`]: matching flows aggregated between app groups (the map);
+//! - `edge_cache`: the map's edges of buckets that have not changed, kept;
 //! - `snapshots`: the workload descriptions flows refer to, stored once;
 //! - [`store`]: the sled store, its keys, merge, roll-ups and retention.
 
+mod edge_cache;
 pub mod edges;
 pub mod filter;
 pub mod resolve;
