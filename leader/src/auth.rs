@@ -120,16 +120,38 @@ pub async fn authenticate(db: &Db, header: Option<&str>) -> Result<Principal, Ap
     if !eq_ct(hash.as_bytes(), key.hash.as_bytes()) {
         return Err(bad());
     }
+    principal_of(db, key).await
+}
+
+/// The principal of a key already proven (a console session's): re-read,
+/// so a deleted key or a changed user counts at once.
+pub async fn principal_for_key(db: &Db, auth_username: &str) -> Result<Principal, ApiError> {
+    let key = db
+        .get::<ApiKeyDoc>(&keys::api_key(auth_username))
+        .await?
+        .ok_or_else(|| {
+            ApiError::unauthorized("the API key of this session is gone; sign in again")
+        })?
+        .value;
+    principal_of(db, key).await
+}
+
+async fn principal_of(db: &Db, key: ApiKeyDoc) -> Result<Principal, ApiError> {
     let user = db
         .get::<UserDoc>(&keys::user(&key.user_id))
         .await?
-        .ok_or_else(bad)?
+        .ok_or_else(|| ApiError::unauthorized("unknown API key or wrong secret"))?
         .value;
     Ok(Principal {
         user_id: key.user_id,
         username: user.username,
         perms: user.permissions,
     })
+}
+
+/// Byte strings equal, in time that does not depend on where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    eq_ct(a.as_bytes(), b.as_bytes())
 }
 
 /// A token bucket per API key: `rate` requests per second, bursts of `burst`.

@@ -17,11 +17,13 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod console;
 pub mod docs;
 pub mod error;
 pub mod jobs;
 pub mod rbac;
 pub mod server;
+pub mod session;
 
 pub use error::{ApiError, ServeError};
 pub use server::{serve, ApiOptions, ApiServer};

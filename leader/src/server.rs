@@ -105,6 +105,7 @@ pub async fn serve(
         limiter: RateLimiter::new(opts.rate, opts.burst),
         jobs: Jobs::default(),
         traffic: Default::default(),
+        sessions: Default::default(),
     });
     let app = router(state);
     let task = tokio::spawn(accept_loop(listener, app, acceptor, shutdown.clone()));

@@ -51,6 +51,8 @@ pub struct AppState {
     pub jobs: Jobs,
     /// Explorer jobs of this node.
     pub traffic: traffic::TrafficJobs,
+    /// Console sessions made at this node.
+    pub sessions: crate::session::Sessions,
 }
 
 /// Shared state handle.
@@ -239,9 +241,15 @@ fn public(path: &str) -> bool {
 }
 
 async fn middleware(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    match guard(state, req, next).await {
+    let console = crate::console::from_console(req.headers());
+    let r = match guard(state, req, next).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if console {
+        crate::console::no_prompt(r)
+    } else {
+        r
     }
 }
 
@@ -276,7 +284,17 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let who = authenticate(&state.db, auth).await.inspect_err(|_| {
+    let cookie = crate::session::token_of(
+        parts
+            .headers
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let who = match (auth, cookie) {
+        (None, Some(token)) => console_caller(&state, &parts.method, &parts.headers, token).await,
+        _ => authenticate(&state.db, auth).await,
+    }
+    .inspect_err(|_| {
         tracing::info!(%path, "refused unauthenticated request");
     })?;
     if let Err(secs) = state.limiter.check(&who.user_id) {
@@ -338,6 +356,32 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
 /// Reads a body of at most `limit` bytes. Up to 16 times the limit of an
 /// oversized body is read (and dropped) before answering 413, so an HTTP/1.1
 /// client that is still sending gets the answer rather than a reset.
+/// The caller behind a console session cookie. Writes must carry the
+/// session's CSRF token: a cookie alone proves only that a browser holds it.
+async fn console_caller(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    token: &str,
+) -> Result<crate::rbac::Principal, ApiError> {
+    let s = state
+        .sessions
+        .get(token)
+        .ok_or_else(|| ApiError::unauthorized("your console session ended; sign in again"))?;
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        let sent = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !crate::auth::same_secret(sent, &s.csrf) {
+            return Err(ApiError::forbidden(
+                "a console write needs the session's X-CSRF-Token header",
+            ));
+        }
+    }
+    crate::auth::principal_for_key(&state.db, &s.key).await
+}
+
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
@@ -471,6 +515,7 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             middleware,
         ))
+        .merge(crate::console::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback);
     api.with_state(state)

@@ -1,0 +1,234 @@
+// The Supercluster console: one page, hash routes, the admin API underneath.
+//
+// Signing in exchanges an API key for this region's session cookie
+// (HttpOnly, Secure, SameSite=Strict): the key is never stored, the cookie
+// is out of the script's reach, and writes carry the session's CSRF token,
+// kept only in this module's memory (a reload asks the session for it again).
+// Every call is the admin API the CLI uses, so the console has the same RBAC.
+
+const ORG = "/api/v2/orgs/1";
+const REFRESH_MS = 2000;
+
+const session = { csrf: null, user: null };
+let timer = null;
+
+/** Text to an element, never HTML: API data is untrusted. */
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+/** The API's error body (`[{token, message}]`) as one sentence. */
+function problem(status, body) {
+  if (Array.isArray(body) && body[0] && body[0].message) return body[0].message;
+  return `the server answered ${status}`;
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function call(method, path, body) {
+  // Marked as the console's, so a 401 comes without a browser password prompt.
+  const headers = { Accept: "application/json", "X-Requested-With": "pce-console" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && session.csrf) headers["X-CSRF-Token"] = session.csrf;
+  const r = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  const text = await r.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!r.ok) throw new ApiError(r.status, problem(r.status, data));
+  return data;
+}
+
+function show(section) {
+  document.getElementById("signin").hidden = section !== "signin";
+  document.getElementById("page").hidden = section !== "page";
+  const signed = section === "page";
+  document.getElementById("nav").hidden = !signed;
+  document.getElementById("signout").hidden = !signed;
+  document.getElementById("who").textContent = signed && session.user ? `signed in as ${session.user}` : "";
+}
+
+function signedOut(message) {
+  session.csrf = null;
+  session.user = null;
+  clearInterval(timer);
+  show("signin");
+  document.getElementById("signin-error").textContent = message || "";
+  document.getElementById("username").focus();
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  const form = ev.target;
+  const out = document.getElementById("signin-error");
+  out.textContent = "";
+  try {
+    const s = await call("POST", "/console/session", {
+      auth_username: form.username.value.trim(),
+      secret: form.secret.value,
+    });
+    form.reset();
+    session.csrf = s.csrf_token;
+    session.user = s.username;
+    if (!location.hash || location.hash === "#/") location.hash = "#/supercluster";
+    route();
+  } catch (e) {
+    out.textContent = `Not signed in: ${e.message}`;
+  }
+}
+
+async function signOut() {
+  try {
+    await call("DELETE", "/console/session");
+  } finally {
+    signedOut("You are signed out.");
+  }
+}
+
+/** A table with a caption and column headers (scope=col). */
+function table(caption, columns, rows) {
+  return el(
+    "table",
+    {},
+    el("caption", {}, caption),
+    el("thead", {}, el("tr", {}, columns.map((c) => el("th", { scope: "col" }, c)))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => el("td", {}, c))))),
+  );
+}
+
+/** A state as a symbol and a word, coloured as a third cue. */
+function state(kind, word) {
+  const symbol = { up: "\u25CF", warn: "\u25B2", down: "\u2716" }[kind];
+  return el("span", { class: `state ${kind}` }, el("span", { "aria-hidden": "true" }, `${symbol} `), word);
+}
+
+const pages = {
+  async supercluster(root) {
+    const s = await call("GET", "/api/v2/supercluster/status");
+    const nodes = s.nodes || [];
+    const leader = nodes.find((n) => n.status && n.status.role === "leader");
+    const committed = leader && leader.status.committed;
+    const regions = new Set(nodes.map((n) => (n.status ? n.status.region : `node ${n.id}`)));
+    const down = nodes.filter((n) => !n.reachable || (n.status && n.status.fenced_for_ms)).length;
+    const summary = el(
+      "ul",
+      { class: "summary", "aria-label": "Summary" },
+      el("li", {}, el("strong", {}, String(regions.size)), "regions"),
+      el("li", { id: "leader" }, el("strong", {}, leader ? `${leader.status.name} (${leader.status.region})` : "none"), "leader"),
+      el("li", {}, el("strong", {}, leader ? String(leader.status.term) : "-"), "term"),
+      el("li", {}, el("strong", {}, String(down)), "regions down"),
+    );
+    const rows = nodes.map((n) => {
+      const st = n.status;
+      if (!st) {
+        return [`node ${n.id}`, "-", state("down", "down"), "-", "-", "-", "-", n.error || "unreachable"];
+      }
+      const fenced = st.fenced_for_ms ? `fenced for ${Math.ceil(st.fenced_for_ms / 1000)} s` : "no";
+      const lag = committed != null && st.last_applied != null ? String(Math.max(0, committed - st.last_applied)) : "-";
+      const health = st.fenced_for_ms ? state("down", "down (fenced)") : state("up", "up");
+      const role = st.role === "leader" ? el("span", {}, el("span", { "aria-hidden": "true" }, "\u2605 "), "leader") : st.role;
+      const vens = st.services && st.services.vens_connected != null ? String(st.services.vens_connected) : "-";
+      return [st.region, st.name, health, role, String(st.term), lag, vens, fenced];
+    });
+    root.replaceChildren(
+      el("h1", {}, "Supercluster"),
+      el("p", { class: "muted" }, `as seen by ${s.asked}; refreshed every ${REFRESH_MS / 1000} s`),
+      summary,
+      table("Regions", ["Region", "Node", "State", "Role", "Term", "Lag (entries)", "VENs connected", "Fenced"], rows),
+    );
+  },
+
+  async workloads(root) {
+    const [workloads, labels] = await Promise.all([
+      call("GET", `${ORG}/workloads?max_results=500`),
+      call("GET", `${ORG}/labels?max_results=500`),
+    ]);
+    const names = new Map(labels.map((l) => [l.href, `${l.key}=${l.value}`]));
+    const rows = workloads.map((w) => [
+      w.name || w.hostname || w.href,
+      (w.labels || []).map((l) => names.get(l.href) || l.href).join(", ") || "none",
+      w.enforcement_mode || "-",
+      w.visibility_level || "-",
+      w.online ? state("up", "online") : state("down", "offline"),
+      w.region || (w.managed === false ? "unmanaged" : "-"),
+    ]);
+    root.replaceChildren(
+      el("h1", {}, "Workloads"),
+      table(`${workloads.length} workloads`, ["Name", "Labels", "Enforcement", "Visibility", "Online", "Region"], rows),
+    );
+  },
+
+  async events(root) {
+    const events = await call("GET", `${ORG}/events?max_results=100`);
+    const rows = events.map((e) => [
+      e.timestamp || e.created_at || "-",
+      e.event_type || "-",
+      e.status === "success" ? state("up", "success") : state("down", e.status || "failure"),
+      (e.created_by && e.created_by.user && e.created_by.user.username) || "-",
+      e.region || e.pce_fqdn || "-",
+    ]);
+    root.replaceChildren(
+      el("h1", {}, "Events"),
+      table("The latest audit events", ["Time", "Event", "Status", "By", "Region"], rows),
+    );
+  },
+};
+
+async function render(name) {
+  const root = document.getElementById("page");
+  try {
+    await pages[name](root);
+  } catch (e) {
+    if (e.status === 401) return signedOut("Your session ended; sign in again.");
+    root.replaceChildren(el("h1", {}, name), el("p", { class: "error", role: "alert" }, e.message));
+  }
+}
+
+function route() {
+  const name = (location.hash.replace(/^#\//, "") || "supercluster").split("?")[0];
+  const page = pages[name] ? name : "supercluster";
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.getAttribute("href") === `#/${page}`) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  show("page");
+  clearInterval(timer);
+  render(page);
+  if (page === "supercluster") timer = setInterval(() => render(page), REFRESH_MS);
+}
+
+async function start() {
+  document.getElementById("signin-form").addEventListener("submit", signIn);
+  document.getElementById("signout").addEventListener("click", signOut);
+  window.addEventListener("hashchange", () => session.csrf && route());
+  try {
+    const s = await call("GET", "/console/session");
+    session.csrf = s.csrf_token;
+    session.user = s.username;
+    route();
+  } catch {
+    signedOut();
+  }
+}
+
+start();
