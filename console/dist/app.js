@@ -122,6 +122,73 @@ function state(kind, word) {
   return el("span", { class: `state ${kind}` }, el("span", { "aria-hidden": "true" }, `${symbol} `), word);
 }
 
+/** A rule side for people: labels by key=value, else the actor kind. */
+function sides(list, names) {
+  return (list || [])
+    .map((a) => {
+      if (a.actors === "ams") return "all workloads";
+      const [kind, ref] = Object.entries(a)[0] || ["?", {}];
+      return names.get(ref && ref.href) || `${kind} ${ref && ref.href ? ref.href.split("/").pop() : "?"}`;
+    })
+    .join(" + ") || "-";
+}
+
+const PROTOS = { 6: "tcp", 17: "udp", 1: "icmp", 58: "icmp" };
+
+function services(list) {
+  return (list || [])
+    .map((s) => (s.href ? "service " + s.href.split("/").pop() : `${s.port != null ? s.port : "all"}${s.to_port ? "-" + s.to_port : ""}/${PROTOS[s.proto] || s.proto}`))
+    .join(", ") || "-";
+}
+
+function sameRule(a, b) {
+  const pick = (r) => JSON.stringify([r.enabled, r.providers, r.consumers, r.ingress_services, r.unscoped_consumers]);
+  return pick(a) === pick(b);
+}
+
+/** Replaces the rule's Edit button with a small form: services and enabled. */
+function editRule(button, rule) {
+  const first = (rule.ingress_services || []).find((s) => !s.href) || { proto: 6, port: "" };
+  const id = rule.href.split("/").pop();
+  const form = el(
+    "form",
+    { class: "edit", "aria-label": "Edit rule" },
+    el("label", { for: `port-${id}` }, "Port"),
+    el("input", { id: `port-${id}`, name: "port", inputmode: "numeric", value: first.port != null ? first.port : "", required: "" }),
+    el("label", { for: `proto-${id}` }, "Protocol"),
+    el("select", { id: `proto-${id}`, name: "proto" }, el("option", { value: "6" }, "tcp"), el("option", { value: "17" }, "udp")),
+    el("label", { for: `enabled-${id}` }, "Enabled"),
+    el("input", { id: `enabled-${id}`, name: "enabled", type: "checkbox" }),
+    el("button", { type: "submit" }, "Save"),
+    el("button", { type: "button", name: "cancel" }, "Cancel"),
+  );
+  form.proto.value = String(first.proto || 6);
+  form.enabled.checked = rule.enabled !== false;
+  form.cancel.addEventListener("click", () => render("policy"));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const port = Number(form.port.value);
+    const status = document.getElementById("policy-status");
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      status.textContent = "The port must be a whole number from 1 to 65535.";
+      form.port.focus();
+      return;
+    }
+    try {
+      await call("PUT", `/api/v2${rule.href}`, {
+        enabled: form.enabled.checked,
+        ingress_services: [{ proto: Number(form.proto.value), port }],
+      });
+      await render("policy");
+      document.getElementById("policy-status").textContent = "Saved in the draft; provision to enforce it.";
+    } catch (e) {
+      status.textContent = `Not saved: ${e.message}`;
+    }
+  });
+  button.replaceWith(form);
+  form.port.focus();
+}
+
 const pages = {
   async supercluster(root) {
     const s = await call("GET", "/api/v2/supercluster/status");
@@ -175,6 +242,80 @@ const pages = {
     root.replaceChildren(
       el("h1", {}, "Workloads"),
       table(`${workloads.length} workloads`, ["Name", "Labels", "Enforcement", "Visibility", "Online", "Region"], rows),
+    );
+  },
+
+  async policy(root) {
+    const [draft, active, pending, versions, labels] = await Promise.all([
+      call("GET", `${ORG}/sec_policy/draft/rule_sets`),
+      call("GET", `${ORG}/sec_policy/active/rule_sets`),
+      call("GET", `${ORG}/sec_policy/pending`),
+      call("GET", `${ORG}/sec_policy?max_results=20`),
+      call("GET", `${ORG}/labels?max_results=500`),
+    ]);
+    const names = new Map(labels.map((l) => [l.href, `${l.key}=${l.value}`]));
+    const activeRules = new Map();
+    for (const rs of active) for (const r of rs.rules || []) activeRules.set(r.href.replace("/active/", "/draft/"), r);
+    const changes = Object.entries(pending || {}).flatMap(([kind, list]) => list.map((c) => [kind, c.update_type, c.href]));
+    const status = el("p", { id: "policy-status", role: "status" });
+
+    const provision = el(
+      "form",
+      { id: "provision-form", "aria-labelledby": "provision-title" },
+      el("label", { for: "provision-note" }, "Note for this version"),
+      el("input", { id: "provision-note", name: "note", required: "", maxlength: "4096" }),
+      el("button", { type: "submit" }, "Provision"),
+    );
+    provision.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      try {
+        const v = await call("POST", `${ORG}/sec_policy`, { update_description: provision.note.value });
+        await render("policy");
+        document.getElementById("policy-status").textContent = `Provisioned version ${v.version}.`;
+      } catch (e) {
+        status.textContent = `Not provisioned: ${e.message}`;
+      }
+    });
+
+    const sets = draft.map((rs) => {
+      const rows = (rs.rules || []).map((r) => {
+        const was = activeRules.get(r.href);
+        const diff = !was ? "new in draft" : sameRule(was, r) ? "unchanged" : `changed (active: ${services(was.ingress_services)}${was.enabled ? "" : ", disabled"})`;
+        const edit = el("button", { type: "button", "aria-label": `Edit the rule ${sides(r.consumers, names)} to ${sides(r.providers, names)}` }, "Edit");
+        edit.addEventListener("click", () => editRule(edit, r));
+        return [sides(r.consumers, names), sides(r.providers, names), services(r.ingress_services), r.enabled ? "yes" : "no", diff, edit];
+      });
+      return table(`Ruleset ${rs.name} (draft)`, ["Consumers", "Providers", "Services", "Enabled", "Draft vs active", "Action"], rows);
+    });
+
+    const history = versions.map((v) => {
+      const back = el("button", { type: "button", "aria-label": `Roll back to version ${v.version}` }, "Roll back");
+      back.addEventListener("click", async () => {
+        if (!window.confirm(`Provision a new version equal to version ${v.version}?`)) return;
+        try {
+          const n = await call("POST", `/api/v2${v.href}/restore`, { update_description: `roll back to version ${v.version}` });
+          await render("policy");
+          document.getElementById("policy-status").textContent = `Version ${n.version} restores version ${v.version}.`;
+        } catch (e) {
+          status.textContent = `Not rolled back: ${e.message}`;
+        }
+      });
+      const counts = Object.entries(v.object_counts || {}).map(([k, n]) => `${n} ${k}`).join(", ") || "-";
+      return [String(v.version), v.commit_message || "-", v.created_at, counts, String(v.workloads_affected), back];
+    });
+
+    root.replaceChildren(
+      el("h1", {}, "Policy"),
+      status,
+      el("h2", { id: "provision-title" }, "Pending changes"),
+      changes.length
+        ? table(`${changes.length} pending changes`, ["Kind", "Change", "Object"], changes)
+        : el("p", {}, "The draft equals the active policy."),
+      provision,
+      el("h2", {}, "Rulesets"),
+      ...(sets.length ? sets : [el("p", {}, "No rulesets.")]),
+      el("h2", {}, "Versions"),
+      table("Provisioned versions, newest first", ["Version", "Note", "Time", "Changed", "Workloads affected", "Action"], history),
     );
   },
 

@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::api::{answer, Shared};
 use crate::auth::{authenticate, principal_for_key, same_secret};
 use crate::error::ApiError;
-use crate::session::{cookie, token_of};
+use crate::session::{cookie, no_prompt, token_of};
 
 /// The page may load only its own files and talk only to its own origin,
 /// and no other site may frame it.
@@ -39,24 +39,6 @@ pub fn routes() -> Router<Shared> {
                 .post(|s, b| async { unprompted(sign_in(s, b).await) })
                 .delete(|s, h| async { unprompted(sign_out(s, h).await) }),
         )
-}
-
-/// Whether a request comes from the console's page (it marks its calls;
-/// a session cookie without Basic credentials is the console's too).
-pub fn from_console(h: &HeaderMap) -> bool {
-    h.get("x-requested-with")
-        .is_some_and(|v| v.as_bytes() == b"pce-console")
-        || (h.contains_key(header::COOKIE) && !h.contains_key(header::AUTHORIZATION))
-}
-
-/// A 401 without `WWW-Authenticate`: the browser would otherwise hold the
-/// page's request open behind its own password prompt. The console signs
-/// in with its form instead.
-pub fn no_prompt(mut r: Response) -> Response {
-    if r.status() == StatusCode::UNAUTHORIZED {
-        r.headers_mut().remove(header::WWW_AUTHENTICATE);
-    }
-    r
 }
 
 fn unprompted(r: Result<Response, ApiError>) -> Response {

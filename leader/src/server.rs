@@ -107,7 +107,9 @@ pub async fn serve(
         traffic: Default::default(),
         sessions: Default::default(),
     });
-    let app = router(state);
+    // The console shares the port but not the API's middleware: its files are
+    // public, and its session endpoints authenticate themselves.
+    let app = router(state.clone()).merge(crate::console::routes().with_state(state));
     let task = tokio::spawn(accept_loop(listener, app, acceptor, shutdown.clone()));
     tracing::info!(%addr, https = opts.tls.is_some(), "admin API listening");
     Ok(ApiServer {

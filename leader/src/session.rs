@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+
 use crate::auth::random_hex;
 use sc_store::hash::sha256_hex;
 
@@ -105,6 +108,24 @@ pub fn cookie(token: &str) -> String {
         LIFETIME.as_secs()
     };
     format!("{COOKIE}={token}; Path=/; Max-Age={age}; HttpOnly; Secure; SameSite=Strict")
+}
+
+/// Whether a request comes from the console's page (it marks its calls;
+/// a session cookie without Basic credentials is the console's too).
+pub fn from_console(h: &HeaderMap) -> bool {
+    h.get("x-requested-with")
+        .is_some_and(|v| v.as_bytes() == b"pce-console")
+        || (h.contains_key(header::COOKIE) && !h.contains_key(header::AUTHORIZATION))
+}
+
+/// A 401 without `WWW-Authenticate`: the browser would otherwise hold the
+/// page's request open behind its own password prompt. The console signs
+/// in with its form instead.
+pub fn no_prompt(mut r: Response) -> Response {
+    if r.status() == StatusCode::UNAUTHORIZED {
+        r.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    r
 }
 
 #[cfg(test)]

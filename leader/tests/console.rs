@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use sc_testkit::api::{expect, ApiCluster};
+use sc_testkit::api::{create, expect, ApiCluster};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -167,6 +167,12 @@ async fn accessible(c: &Client, page: &str) {
         .await
         .expect("axe runs");
     assert_eq!(found, json!([]), "accessibility violations on {page}");
+}
+
+/// The active rules of draft ruleset `rs`, as a region answers.
+async fn active_rules(api: &mut sc_leader::client::ApiClient, rs: &str) -> Value {
+    let path = format!("/api/v2{}/sec_rules", rs.replace("/draft/", "/active/"));
+    api.get(&path).await.expect("active rules").json()
 }
 
 async fn sign_in(c: &Client, user: &str, secret: &str) {
@@ -349,6 +355,160 @@ async fn the_console_signs_in_shows_the_supercluster_and_keeps_writes_csrf_safe(
     screenshot(&c, "events").await;
     accessible(&c, "events").await;
 
+    // Policy: a rule edited and provisioned from the console; the new
+    // version shows in another region.
+    let mut api = cl.client(member);
+    let web = create(&mut api, "/labels", json!({"key": "role", "value": "web"})).await;
+    let db = create(&mut api, "/labels", json!({"key": "role", "value": "db"})).await;
+    let rs = create(
+        &mut api,
+        "/sec_policy/draft/rule_sets",
+        json!({"name": "shop"}),
+    )
+    .await;
+    let rule = json!({"providers": [{"label": {"href": db}}], "consumers": [{"label": {"href": web}}], "ingress_services": [{"proto": 6, "port": 5432}]});
+    expect(
+        api.post(&format!("/api/v2{rs}/sec_rules"), &rule)
+            .await
+            .unwrap(),
+        201,
+        "rule",
+    );
+    expect(
+        api.post(
+            "/api/v2/orgs/1/sec_policy",
+            &json!({"update_description": "base"}),
+        )
+        .await
+        .unwrap(),
+        201,
+        "provision",
+    );
+    c.goto(&format!("{base}/#/policy")).await.expect("policy");
+    until(
+        &c,
+        "the shop ruleset",
+        "[...document.querySelectorAll('#page caption')].some(c => c.innerText.includes('shop'))",
+    )
+    .await;
+    c.find(Locator::Css("button[aria-label^='Edit the rule']"))
+        .await
+        .expect("an Edit button")
+        .click()
+        .await
+        .expect("edit");
+    let port = c
+        .find(Locator::Css("form.edit input[name=port]"))
+        .await
+        .expect("port");
+    port.clear().await.expect("clear");
+    port.send_keys("15432").await.expect("type port");
+    c.find(Locator::Css("form.edit button[type=submit]"))
+        .await
+        .expect("save")
+        .click()
+        .await
+        .expect("save");
+    until(
+        &c,
+        "the rule changed in the draft",
+        "document.getElementById('page').innerText.includes('changed (active: 5432/tcp)')",
+    )
+    .await;
+    let note = c.find(Locator::Id("provision-note")).await.expect("note");
+    note.send_keys("console: db on 15432")
+        .await
+        .expect("type note");
+    c.find(Locator::Css("#provision-form button[type=submit]"))
+        .await
+        .expect("provision")
+        .click()
+        .await
+        .expect("provision");
+    let done = until(&c, "the provision", "document.getElementById('policy-status').innerText.includes('Provisioned version') && document.getElementById('policy-status').innerText").await;
+    screenshot(&c, "policy").await;
+    accessible(&c, "policy").await;
+    let version: u64 = done
+        .as_str()
+        .unwrap()
+        .trim_end_matches('.')
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Another region has it, as the API and its own console show.
+    let other = (1..=3u64).find(|i| *i != member).unwrap();
+    let mut there = cl.client(other);
+    let t0 = Instant::now();
+    loop {
+        let v = there
+            .get("/api/v2/orgs/1/sec_policy?max_results=1")
+            .await
+            .unwrap()
+            .json();
+        if v[0]["version"] == version {
+            assert_eq!(v[0]["commit_message"], "console: db on 15432", "{v}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "version {version} never reached region {other}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let active = active_rules(&mut there, &rs).await;
+    assert_eq!(active[0]["ingress_services"][0]["port"], 15432, "{active}");
+    let other_base = format!("https://{}", cl.addr(other));
+    c.goto(&format!("{other_base}/"))
+        .await
+        .expect("the other region's console");
+    until(
+        &c,
+        "the other region's sign-in",
+        "!document.getElementById('signin').hidden",
+    )
+    .await;
+    sign_in(&c, &cl.owner.auth_username, &cl.owner.secret).await;
+    until(
+        &c,
+        "signed in there",
+        "!document.getElementById('page').hidden",
+    )
+    .await;
+    c.goto(&format!("{other_base}/#/policy"))
+        .await
+        .expect("policy there");
+    until(
+        &c,
+        "the version in the other region's history",
+        &format!("[...document.querySelectorAll('#page tbody tr')].some(r => r.cells[0].innerText === '{version}' && r.innerText.includes('console: db on 15432'))"),
+    )
+    .await;
+
+    // Roll back to the first version from there: a new version equal to it.
+    c.find(Locator::Css(&format!(
+        "button[aria-label='Roll back to version {}']",
+        version - 1
+    )))
+    .await
+    .expect("a Roll back button")
+    .click()
+    .await
+    .expect("roll back");
+    c.accept_alert().await.expect("confirm the rollback");
+    until(
+        &c,
+        "the rollback",
+        "document.getElementById('policy-status').innerText.includes('restores version')",
+    )
+    .await;
+    let active = active_rules(&mut there, &rs).await;
+    assert_eq!(
+        active[0]["ingress_services"][0]["port"], 5432,
+        "rolled back: {active}"
+    );
+
     // The keyboard reaches every action: tab through the page.
     let reached = c
         .execute_async(
@@ -367,7 +527,16 @@ async fn the_console_signs_in_shows_the_supercluster_and_keeps_writes_csrf_safe(
         )
         .await
         .expect("focus walk");
-    for action in ["Supercluster", "Workloads", "Events", "Sign out"] {
+    for action in [
+        "Supercluster",
+        "Workloads",
+        "Policy",
+        "Events",
+        "Sign out",
+        "Provision",
+        "Edit",
+        "Roll back",
+    ] {
         assert!(
             reached
                 .as_array()

@@ -241,13 +241,13 @@ fn public(path: &str) -> bool {
 }
 
 async fn middleware(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let console = crate::console::from_console(req.headers());
+    let console = crate::session::from_console(req.headers());
     let r = match guard(state, req, next).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
     if console {
-        crate::console::no_prompt(r)
+        crate::session::no_prompt(r)
     } else {
         r
     }
@@ -515,7 +515,6 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             middleware,
         ))
-        .merge(crate::console::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(fallback);
     api.with_state(state)
