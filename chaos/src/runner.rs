@@ -661,10 +661,18 @@ async fn check_vens(c: &Cluster, apis: &[SocketAddr], lab: &Lab, want: usize) ->
 
 /// Every node's backup of the same revision must be the same bytes.
 async fn check_replicas(c: &Cluster, apis: &[SocketAddr]) -> Result<Vec<String>> {
-    for _ in 0..20 {
+    'again: for _ in 0..20 {
         let mut seen = BTreeMap::new();
         for api in apis {
             let a = c.client(*api)?.get("/api/v2/supercluster/backup").await?;
+            // A backup starts with a linearizable barrier: while a region
+            // that was just restarted forces an election (it has no
+            // pre-vote, issue 19), there is no leader to confirm it. That
+            // is not a replica difference: ask again once one is elected.
+            if a.status.as_u16() == 503 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue 'again;
+            }
             if !a.status.is_success() {
                 bail!("backup from {api}: {}", a.status);
             }
@@ -686,7 +694,7 @@ async fn check_replicas(c: &Cluster, apis: &[SocketAddr]) -> Result<Vec<String>>
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     Ok(vec![
-        "replicas never reached one revision for three backups in a row".into(),
+        "replicas never reached one revision (or a leader to back up from) in 20 tries".into(),
     ])
 }
 

@@ -189,6 +189,80 @@ function editRule(button, rule) {
   form.port.focus();
 }
 
+const DAY_MS = 24 * 3600 * 1000;
+
+function iso(ms) {
+  return new Date(ms).toISOString().slice(0, 19) + "Z";
+}
+
+/** An edge's worst decision: what its line says. */
+function decisionOf(e) {
+  const d = e.policy_decisions || {};
+  if (d.blocked > 0) return "blocked";
+  if (d.potentially_blocked + d.unknown > 0) return "potentially_blocked";
+  return "allowed";
+}
+
+/** A label filter (`key=value`) as an Explorer side, by the label's href. */
+async function sideOf(text, field) {
+  if (!text.trim()) return { include: [] };
+  const [key, value] = text.split("=").map((x) => x.trim());
+  if (!key || !value) throw new ApiError(400, `${field}: write a label as key=value, e.g. role=web`);
+  const found = await call("GET", `${ORG}/labels?key=${encodeURIComponent(key)}&value=${encodeURIComponent(value)}`);
+  const label = found.find((l) => l.key === key && l.value === value);
+  if (!label) throw new ApiError(404, `${field}: there is no label ${key}=${value}`);
+  return { include: [[{ label: { href: label.href } }]] };
+}
+
+const CSV_COLUMNS = ["time", "source", "destination", "port", "proto", "direction", "decision", "connections", "region"];
+
+async function explore(form, out) {
+  const now = Date.now();
+  try {
+    const body = {
+      start_date: iso(now - DAY_MS),
+      end_date: iso(now + 60000),
+      max_results: 1000,
+      sources: await sideOf(form.src.value, "Source"),
+      destinations: await sideOf(form.dst.value, "Destination"),
+    };
+    if (form.port.value.trim()) {
+      const port = Number(form.port.value);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ApiError(400, "Port: a whole number from 0 to 65535");
+      body.services = { include: [{ port }] };
+    }
+    if (form.decision.value) body.policy_decisions = [form.decision.value];
+    const flows = await call("POST", `${ORG}/traffic_flows/traffic_analysis_queries`, body);
+    const end = (e) => (e && e.workload && (e.workload.hostname || e.workload.name)) || (e && e.ip) || "-";
+    const records = flows.map((f) => [
+      f.timestamp_range ? f.timestamp_range.last_detected : "",
+      end(f.src),
+      end(f.dst),
+      f.service ? String(f.service.port) : "",
+      f.service ? PROTOS[f.service.proto] || String(f.service.proto) : "",
+      f.flow_direction || "",
+      f.policy_decision || "",
+      String(f.num_connections || 0),
+      f.region || "",
+    ]);
+    const csv = el("button", { type: "button", id: "explorer-csv" }, "Export CSV");
+    csv.addEventListener("click", () => download(records));
+    out.replaceChildren(csv, table(`${flows.length} flows`, ["Last seen", "Source", "Destination", "Port", "Proto", "Direction", "Decision", "Connections", "Region"], records));
+  } catch (e) {
+    out.replaceChildren(el("p", { class: "error", role: "alert" }, e.message));
+  }
+}
+
+/** The rows as a CSV file the browser saves. */
+function download(records) {
+  const quote = (v) => (/[",\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
+  const text = [CSV_COLUMNS, ...records].map((r) => r.map((v) => quote(String(v))).join(",")).join("\n") + "\n";
+  const a = el("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: "flows.csv" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
 const pages = {
   async supercluster(root) {
     const s = await call("GET", "/api/v2/supercluster/status");
@@ -317,6 +391,95 @@ const pages = {
       el("h2", {}, "Versions"),
       table("Provisioned versions, newest first", ["Version", "Note", "Time", "Changed", "Workloads affected", "Action"], history),
     );
+  },
+
+  async map(root) {
+    const now = Date.now();
+    const m = await call("POST", `${ORG}/app_group_map`, { start_date: iso(now - DAY_MS), end_date: iso(now + 60000) });
+    const { default: cytoscape } = await import("/console/vendor/cytoscape.esm.min.mjs");
+    const names = new Map(m.nodes.map((n) => [n.id, n.name]));
+    const graph = el("div", {
+      id: "map-graph",
+      role: "img",
+      "aria-label": `App group map of the last day: ${m.nodes.length} groups and ${m.edges.length} edges, listed in the table below`,
+    });
+    const rows = m.edges.map((e) => {
+      const k = decisionOf(e);
+      return [
+        names.get(e.src) || e.src,
+        names.get(e.dst) || e.dst,
+        e.services.map((s) => `${s.port}/${PROTOS[s.proto] || s.proto}`).join(", "),
+        String(e.connections),
+        state(k === "allowed" ? "up" : k === "blocked" ? "down" : "warn", k.replace("_", " ")),
+        `${Math.round(e.rule_coverage * 100)} %`,
+      ];
+    });
+    const silent = (m.regions || []).filter((r) => !r.responded).map((r) => r.region);
+    root.replaceChildren(
+      el("h1", {}, "Map"),
+      el("p", { class: "muted" }, silent.length ? `Regions that did not answer: ${silent.join(", ")}` : `Every region answered (${(m.regions || []).length}); the last 24 hours.`),
+      el(
+        "ul",
+        { class: "legend", "aria-label": "Legend" },
+        el("li", {}, el("span", { class: "swatch allowed", "aria-hidden": "true" }), "allowed: solid blue line"),
+        el("li", {}, el("span", { class: "swatch potentially_blocked", "aria-hidden": "true" }), "potentially blocked or unknown: dotted orange line"),
+        el("li", {}, el("span", { class: "swatch blocked", "aria-hidden": "true" }), "blocked: dashed vermilion line"),
+      ),
+      graph,
+      table("Edges: traffic between app groups", ["From", "To", "Services", "Connections", "Decisions", "Rule coverage"], rows),
+    );
+    cytoscape({
+      container: graph,
+      elements: [
+        ...m.nodes.map((n) => ({
+          data: { id: n.id, label: n.workloads ? `${n.name}\n${n.workloads} workloads` : n.name },
+          classes: n.kind === "app_group" || n.kind === "unlabelled" ? "group" : "address",
+        })),
+        ...m.edges.map((e, i) => ({
+          data: { id: `e${i}`, source: e.src, target: e.dst, label: `${e.services.map((s) => s.port).join(",")} · ${Math.round(e.rule_coverage * 100)}%` },
+          classes: decisionOf(e),
+        })),
+      ],
+      style: [
+        { selector: "node", style: { label: "data(label)", "text-wrap": "wrap", "text-valign": "center", "font-size": 11, "background-color": "#e8f1f8", "border-color": "#1b1b1b", "border-width": 1, width: 110, height: 44 } },
+        { selector: "node.group", style: { shape: "round-rectangle" } },
+        { selector: "node.address", style: { shape: "ellipse", "background-color": "#f0f0f0" } },
+        { selector: "edge", style: { label: "data(label)", "font-size": 10, "curve-style": "bezier", "target-arrow-shape": "triangle", width: 2, "text-background-color": "#fff", "text-background-opacity": 1 } },
+        { selector: "edge.allowed", style: { "line-color": "#0072b2", "target-arrow-color": "#0072b2", "line-style": "solid" } },
+        { selector: "edge.potentially_blocked", style: { "line-color": "#e69f00", "target-arrow-color": "#e69f00", "line-style": "dotted" } },
+        { selector: "edge.blocked", style: { "line-color": "#d55e00", "target-arrow-color": "#d55e00", "line-style": "dashed" } },
+      ],
+      layout: { name: "cose", animate: false, padding: 20 },
+      wheelSensitivity: 0.3,
+    });
+  },
+
+  async explorer(root) {
+    const form = el(
+      "form",
+      { id: "explorer-form", class: "filters", "aria-label": "Explorer filters" },
+      el("label", { for: "f-src" }, "Source label (key=value)"),
+      el("input", { id: "f-src", name: "src", placeholder: "role=web" }),
+      el("label", { for: "f-dst" }, "Destination label (key=value)"),
+      el("input", { id: "f-dst", name: "dst", placeholder: "app=shop" }),
+      el("label", { for: "f-port" }, "Port"),
+      el("input", { id: "f-port", name: "port", inputmode: "numeric" }),
+      el("label", { for: "f-decision" }, "Decision"),
+      el(
+        "select",
+        { id: "f-decision", name: "decision" },
+        el("option", { value: "" }, "any"),
+        ...["allowed", "potentially_blocked", "blocked", "unknown"].map((d) => el("option", { value: d }, d.replace("_", " "))),
+      ),
+      el("button", { type: "submit" }, "Search"),
+    );
+    const out = el("div", { id: "explorer-results" });
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      explore(form, out);
+    });
+    root.replaceChildren(el("h1", {}, "Explorer"), el("p", { class: "muted" }, "Flows of the last 24 hours from every region."), form, out);
+    await explore(form, out);
   },
 
   async events(root) {

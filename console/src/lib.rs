@@ -2,7 +2,8 @@
 //!
 //! The console is plain HTML, CSS and JavaScript modules with no build step
 //! (decision 0016), so a fresh clone serves it with the README's two commands
-//! and nothing from npm. The admin API (`sc-leader`) serves these files on
+//! and no Node toolchain; its one library (cytoscape.js, for the map) is the
+//! file npm ships, committed under `dist/vendor/`. The admin API (`sc-leader`) serves these files on
 //! its HTTPS port and owns everything with a security consequence (sessions,
 //! CSRF, RBAC); this crate only holds the bytes and their media types.
 
@@ -27,6 +28,9 @@ assets! {
     "index.html" => "text/html; charset=utf-8",
     "app.js" => "text/javascript; charset=utf-8",
     "style.css" => "text/css; charset=utf-8",
+    // cytoscape.js as npm ships it (the version console/package-lock.json
+    // pins; .ci/run checks the copy is byte for byte that file).
+    "vendor/cytoscape.esm.min.mjs" => "text/javascript; charset=utf-8",
 }
 
 /// The file at `path` (relative to `/console/`), if the console has it.
@@ -48,7 +52,7 @@ mod tests {
     #[test]
     fn the_page_and_its_files_are_embedded() {
         assert!(index().body.starts_with(b"<!doctype html>"));
-        for f in ["app.js", "style.css"] {
+        for f in ["app.js", "style.css", "vendor/cytoscape.esm.min.mjs"] {
             assert!(!asset(f).expect(f).body.is_empty());
         }
         assert!(asset("../Cargo.toml").is_none());

@@ -4,7 +4,7 @@
 //! comes from the admin API itself, under the same RBAC.
 //!
 //! These routes are not the REST API (no OpenAPI entry, no audit of reads):
-//! `GET /`, `GET /console/{file}`, and `POST|GET|DELETE /console/session`.
+//! `GET /`, `GET /console/{*file}`, and `POST|GET|DELETE /console/session`.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -32,7 +32,7 @@ const MAX_SIGN_IN: usize = 4096;
 pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/", get(index))
-        .route("/console/{file}", get(file))
+        .route("/console/{*file}", get(file))
         .route(
             "/console/session",
             get(|s, h| async { unprompted(whoami(s, h).await) })

@@ -678,6 +678,71 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         "the store, and the shop as an edge's end: {scoped}"
     );
 
+    // The console at region 3: the same map (its groups and three edges,
+    // drawn), and the Explorer's flows, exported as CSV.
+    match sc_testkit::browser::Driver::start() {
+        None => assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the console checks: install chromium and chromium-driver"
+        ),
+        Some(driver) => rt.block_on(async {
+            use sc_testkit::browser::{accessible, screenshot, sign_in, until};
+            let c = driver.browser().await;
+            let base = format!("https://{}:{api_port}", lab.ip(3));
+            c.goto(&format!("{base}/")).await.expect("the console");
+            until(&c, "the sign-in form", "!document.getElementById('signin').hidden").await;
+            sign_in(
+                &c,
+                key["auth_username"].as_str().unwrap(),
+                key["secret"].as_str().unwrap(),
+            )
+            .await;
+            until(&c, "signed in", "!document.getElementById('page').hidden").await;
+            c.goto(&format!("{base}/#/map")).await.expect("map");
+            until(
+                &c,
+                "the map's three edges",
+                "document.querySelectorAll('#page tbody tr').length === 3",
+            )
+            .await;
+            until(&c, "the drawing", "document.querySelectorAll('#map-graph canvas').length > 0").await;
+            let text = until(&c, "the map's text", "document.getElementById('page').innerText").await;
+            let text = text.as_str().unwrap_or_default();
+            assert!(text.contains("shop | prod") && text.contains("store | prod"), "{text}");
+            screenshot(&c, "map").await;
+            accessible(&c, "map").await;
+            c.goto(&format!("{base}/#/explorer")).await.expect("explorer");
+            until(&c, "the explorer form", "document.getElementById('explorer-form')").await;
+            let field = |id: &'static str| c.find(fantoccini::Locator::Id(id));
+            field("f-dst").await.unwrap().send_keys("role=app").await.unwrap();
+            field("f-port").await.unwrap().send_keys("8080").await.unwrap();
+            c.find(fantoccini::Locator::Css("#explorer-form button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            until(
+                &c,
+                "the flows to app:8080",
+                "(() => { const rows = [...document.querySelectorAll('#explorer-results tbody tr')]; return rows.length > 0 && rows.every(r => r.cells[3].innerText === '8080') && document.querySelector('#explorer-results caption').innerText !== '0 flows'; })()",
+            )
+            .await;
+            screenshot(&c, "explorer").await;
+            accessible(&c, "explorer").await;
+            field("explorer-csv").await.unwrap().click().await.unwrap();
+            let csv = driver.downloads().join("flows.csv");
+            let t0 = std::time::Instant::now();
+            while !csv.exists() && t0.elapsed() < Duration::from_secs(20) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let text = std::fs::read_to_string(&csv).expect("the CSV export");
+            assert!(text.starts_with("time,source,destination,port"), "{text}");
+            assert!(text.lines().skip(1).all(|l| l.contains(",8080,")), "{text}");
+            let _ = c.close().await;
+        }),
+    }
+
     // Drill-down: the edge's Explorer query lists its flows.
     rt.block_on(async {
         let mut q = to_store["flows_query"].clone();

@@ -5,9 +5,11 @@
 //!   loopback, one network fault seam for all of them), with a [`Writer`] and
 //!   reads that tests use to prove what was committed;
 //! - [`api`]: [`ApiCluster`], the same cluster with the admin API served by
-//!   every node and the owner's key, and the request helpers API tests use.
+//!   every node and the owner's key, and the request helpers API tests use;
+//! - [`browser`]: headless Chromium over WebDriver for the console's tests.
 
 pub mod api;
+pub mod browser;
 pub mod cluster;
 
 pub use api::ApiCluster;
