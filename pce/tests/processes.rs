@@ -881,15 +881,28 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
         "partition-leader-minority",
         "rolling-restart",
     ] {
+        // Healthy, and every VEN back (those of a region fenced a moment
+        // ago reconnect on their own back-off).
         let t0 = Instant::now();
         loop {
-            let (ok, _) = dr(&data, api_port, &["status"]);
-            if ok {
+            let out = Command::new(PCE)
+                .args(["dr", "status", "--json", "--dir", data.to_str().unwrap()])
+                .args(["--api", &format!("127.0.0.11:{api_port}")])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let connected: u64 = v["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["status"]["services"]["vens_connected"].as_u64())
+                .sum();
+            if out.status.success() && connected == 12 {
                 break;
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "not healthy before {scenario}"
+                "not healthy with 12 VENs before {scenario}: {v}"
             );
             std::thread::sleep(Duration::from_millis(300));
         }
