@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, Locator};
 use sc_testkit::api::{create, expect, ApiCluster};
 use sc_testkit::browser::{accessible, screenshot, sign_in, until, Driver, CHROMEDRIVER, CHROMIUM};
@@ -339,24 +340,27 @@ async fn the_console_signs_in_shows_the_supercluster_and_keeps_writes_csrf_safe(
         "rolled back: {active}"
     );
 
-    // The keyboard reaches every action: tab through the page.
-    let reached = c
-        .execute_async(
-            r#"
-            const done = arguments[0];
-            const seen = [];
-            document.body.focus();
-            // Tab order is what the browser computes; walk the focusable
-            // elements the way Tab does (no positive tabindex is used).
-            const focusable = [...document.querySelectorAll('a[href], button, input, [tabindex]:not([tabindex="-1"])')]
-              .filter(e => !e.closest('[hidden]') && e.offsetParent !== null);
-            for (const e of focusable) { e.focus(); if (document.activeElement === e) seen.push(e.textContent.trim() || e.id); }
-            done(seen);
-            "#,
-            vec![],
-        )
+    // The keyboard reaches every action: press Tab from the first element
+    // (the skip link) and note where the focus goes.
+    c.execute("document.querySelector('a.skip').focus();", vec![])
         .await
-        .expect("focus walk");
+        .expect("focus the skip link");
+    let tab = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: '\u{e004}' })
+        .then(KeyAction::Up { value: '\u{e004}' });
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        c.perform_actions(tab.clone()).await.expect("press Tab");
+        let at = c
+            .execute(
+                "const e = document.activeElement; return e ? (e.textContent.trim() || e.id || e.tagName) : '';",
+                vec![],
+            )
+            .await
+            .expect("the focused element");
+        seen.push(at);
+    }
+    let reached = Value::Array(seen);
     for action in [
         "Supercluster",
         "Map",
