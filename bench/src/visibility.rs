@@ -473,6 +473,27 @@ async fn freshness(lab: &mut Lab, api: &mut ApiClient, args: &VisibilityArgs) ->
     Ok(seen.into_values().collect())
 }
 
+/// Sends `body` to `path` `n` times: the latencies (µs) and the last answer.
+async fn timed(
+    api: &mut ApiClient,
+    path: &str,
+    body: &Value,
+    n: usize,
+) -> Result<(Histogram<u64>, Value)> {
+    let mut h = Histogram::<u64>::new(3)?;
+    let mut last = Value::Null;
+    for _ in 0..n {
+        let t = Instant::now();
+        let a = api.post(path, body).await?;
+        if !a.status.is_success() {
+            bail!("{path}: {} {}", a.status, a.json());
+        }
+        h.record(t.elapsed().as_micros() as u64)?;
+        last = a.json();
+    }
+    Ok((h, last))
+}
+
 /// Global queries over `n` summaries per region: (name, histogram, matches).
 async fn global_queries(
     lab: &mut Lab,
@@ -549,47 +570,25 @@ async fn global_queries(
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        let mut h = Histogram::<u64>::new(3)?;
-        for _ in 0..args.queries {
-            let t = Instant::now();
-            let a = api
-                .post(&format!("{ORG}/traffic_flows/traffic_analysis_queries"), &q)
-                .await?;
-            if !a.status.is_success() {
-                bail!("{name}: {} {}", a.status, a.json());
-            }
-            h.record(t.elapsed().as_micros() as u64)?;
-        }
+        let path = format!("{ORG}/traffic_flows/traffic_analysis_queries");
+        let (h, _) = timed(&mut api, &path, &q, args.queries).await?;
         out.push((name, h, done["regions"].clone()));
     }
     // The app group map over the same day (every region aggregates its
     // flows into edges between the app groups).
     let body = window(json!({}));
-    let mut h = Histogram::<u64>::new(3)?;
-    let mut last = Value::Null;
+    let map = format!("{ORG}/app_group_map");
     // The first after the restart may read buckets the members' own
     // maintenance has not summed yet (it starts with the node).
-    let t = Instant::now();
-    let a = api.post(&format!("{ORG}/app_group_map"), &body).await?;
-    if !a.status.is_success() {
-        bail!("map: {} {}", a.status, a.json());
-    }
-    let first = t.elapsed();
-    for _ in 0..args.queries {
-        let t = Instant::now();
-        let a = api.post(&format!("{ORG}/app_group_map"), &body).await?;
-        if !a.status.is_success() {
-            bail!("map: {} {}", a.status, a.json());
-        }
-        h.record(t.elapsed().as_micros() as u64)?;
-        last = a.json();
-    }
+    let (first, _) = timed(&mut api, &map, &body, 1).await?;
+    let first = first.max();
+    let (h, last) = timed(&mut api, &map, &body, args.queries).await?;
     let size = |k: &str| last[k].as_array().map_or(0, |l| l.len());
     println!(
         "app group map, {} workloads, 3 regions x {} summaries, through region 3's API: first after the restart {:.1} ms, then p50 {:.1} ms, p99 {:.1} ms; {} nodes, {} edges",
         args.workloads,
         args.flows_per_region,
-        first.as_secs_f64() * 1000.0,
+        first as f64 / 1000.0,
         pct(&h, 0.5),
         pct(&h, 0.99),
         size("nodes"),
@@ -603,17 +602,13 @@ async fn global_queries(
     }));
     for region in [3, 1] {
         let mut c = client(lab, region)?;
-        let mut h = Histogram::<u64>::new(3)?;
-        let mut last = Value::Null;
-        for _ in 0..args.queries {
-            let t = Instant::now();
-            let a = c.post(&format!("{ORG}/policy_generator"), &body).await?;
-            if !a.status.is_success() {
-                bail!("generator: {} {}", a.status, a.json());
-            }
-            h.record(t.elapsed().as_micros() as u64)?;
-            last = a.json();
-        }
+        let (h, last) = timed(
+            &mut c,
+            &format!("{ORG}/policy_generator"),
+            &body,
+            args.queries,
+        )
+        .await?;
         let cov = &last["coverage"];
         println!(
             "policy generator for app7 | env1, through region {region}'s API: p50 {:.1} ms, p99 {:.1} ms; {} rules proposed over {} observed connections (coverage {:.1}% -> {:.1}%), {} addresses in no IP list",

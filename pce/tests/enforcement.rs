@@ -500,24 +500,34 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     );
     // The same from the command line (`pce flows query`), through region 2.
     let (ca_file, key_path) = (certs.join("ca.pem"), key_file(&base).unwrap());
-    let cli_args = [
-        "flows",
-        "query",
-        "--api",
-        &format!("{}:{api_port}", lab.ip(2)),
-        "--ca",
-        ca_file.to_str().unwrap(),
-        "--key-file",
-        key_path.to_str().unwrap(),
-        "--dst-label",
-        "role=app",
-        "--port",
-        "8080",
-        "--decision",
-        "allowed",
-        "--json",
-    ];
-    let o = Command::new(PCE).args(cli_args).output().unwrap();
+    let apis: Vec<String> = (1..=3)
+        .map(|n| format!("{}:{api_port}", lab.ip(n)))
+        .collect();
+    // `pce <args>` against region `n`'s API with the owner's key.
+    let pce_at = |n: usize, args: &[&str]| {
+        Command::new(PCE)
+            .args(args)
+            .args(["--api", &apis[n - 1], "--ca"])
+            .arg(&ca_file)
+            .arg("--key-file")
+            .arg(&key_path)
+            .output()
+            .unwrap()
+    };
+    let o = pce_at(
+        2,
+        &[
+            "flows",
+            "query",
+            "--dst-label",
+            "role=app",
+            "--port",
+            "8080",
+            "--decision",
+            "allowed",
+            "--json",
+        ],
+    );
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
         o.status.success(),
@@ -760,20 +770,7 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         );
     });
     // The same as Graphviz DOT from the command line.
-    let o = Command::new(PCE)
-        .args([
-            "map",
-            "--api",
-            &format!("{}:{api_port}", lab.ip(3)),
-            "--ca",
-            certs.join("ca.pem").to_str().unwrap(),
-            "--key-file",
-            key_file(&base).unwrap().to_str().unwrap(),
-            "--format",
-            "dot",
-        ])
-        .output()
-        .unwrap();
+    let o = pce_at(3, &["map", "--format", "dot"]);
     let dot = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
         o.status.success(),
@@ -970,23 +967,7 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
     let (status, r) = generate(&mut viewer, &store, false);
     assert_eq!(status, 403, "a viewer writes no rules: {r}");
     // From the command line, through region 3: the rules go into the draft.
-    let o = Command::new(PCE)
-        .args([
-            "policy",
-            "generate",
-            "--api",
-            &format!("{}:{api_port}", lab.ip(3)),
-            "--ca",
-            certs.join("ca.pem").to_str().unwrap(),
-            "--key-file",
-            key_file(&base).unwrap().to_str().unwrap(),
-            "--app",
-            "shop",
-            "--env",
-            "prod",
-        ])
-        .output()
-        .unwrap();
+    let o = pce_at(3, &["policy", "generate", "--app", "shop", "--env", "prod"]);
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
         o.status.success()

@@ -543,6 +543,22 @@ mod tests {
         ]
     }
 
+    /// Writes `rules` into a new ruleset `rs` where the report said they go.
+    fn adopt(policy: &mut PolicySet, target: &Target, rules: Vec<Rule>) {
+        let Target::New { name, scope } = target.clone() else {
+            panic!("a new ruleset: {target:?}");
+        };
+        let rs = RuleSet {
+            id: "rs".into(),
+            name,
+            enabled: true,
+            scope,
+            rules,
+            deny_rules: vec![],
+        };
+        policy.rule_sets.insert("rs".into(), rs);
+    }
+
     fn group() -> Vec<Id> {
         vec!["shop".into(), "prod".into()]
     }
@@ -613,19 +629,10 @@ mod tests {
     fn a_second_run_over_the_draft_with_the_proposals_proposes_nothing() {
         let (estate, mut policy) = (estate(), draft());
         let first = generate(&estate, &policy, &traffic(), &group(), false);
-        let Target::New { name, scope } = first.target.clone() else {
-            panic!("a new ruleset");
-        };
-        policy.rule_sets.insert(
-            "rs".into(),
-            RuleSet {
-                id: "rs".into(),
-                name,
-                enabled: true,
-                scope,
-                rules: first.proposals.iter().map(|p| p.rule.clone()).collect(),
-                deny_rules: vec![],
-            },
+        adopt(
+            &mut policy,
+            &first.target,
+            first.proposals.iter().map(|p| p.rule.clone()).collect(),
         );
         crate::validate::validate(&estate, &policy).expect("the proposals validate");
         let second = generate(&estate, &policy, &traffic(), &group(), false);
@@ -651,20 +658,7 @@ mod tests {
         assert_eq!(fence.len(), 1);
         assert_eq!(fence[0].rule.services, vec![ServiceRef::All]);
         assert!(r.proposals.iter().all(|p| p.kind != Kind::IntraScope));
-        let Target::New { name, scope } = r.target else {
-            panic!()
-        };
-        policy.rule_sets.insert(
-            "rs".into(),
-            RuleSet {
-                id: "rs".into(),
-                name,
-                enabled: true,
-                scope,
-                rules: vec![fence[0].rule.clone()],
-                deny_rules: vec![],
-            },
-        );
+        adopt(&mut policy, &r.target, vec![fence[0].rule.clone()]);
         crate::validate::validate(&estate, &policy).expect("a ring-fence is no any-to-any");
     }
 

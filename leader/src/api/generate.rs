@@ -277,36 +277,35 @@ async fn generate(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     let draft = load_raw(&s.db, Space::Draft, &POLICY_KINDS).await?;
     let world = world_of(estate.iter().chain(draft.iter()))?;
     let (group_ids, ring_fence) = (ids.clone(), body.ring_fence);
-    let report = tokio::task::spawn_blocking(move || {
-        generate::generate(
+    let (report, name) = tokio::task::spawn_blocking(move || {
+        let report = generate::generate(
             &world.estate,
             &world.policy,
             &observed,
             &group_ids,
             ring_fence,
-        )
+        );
+        // The target's name, from the same draft.
+        let name = match &report.target {
+            Target::Existing(id) => world
+                .policy
+                .rule_sets
+                .get(id)
+                .map(|rs| rs.name.clone())
+                .unwrap_or_default(),
+            Target::New { name, .. } => name.clone(),
+        };
+        (report, name)
     })
     .await
     .map_err(ApiError::internal)?;
-
-    // The target ruleset must be the caller's to write, even in a dry run
-    // (a proposal nobody may write is no proposal).
-    let (target_id, name) = match &report.target {
-        Target::Existing(id) => {
-            let rs =
-                s.db.get::<Record<sc_store::objects::RuleSetDoc>>(&keys::obj(
-                    Space::Draft,
-                    Kind::RuleSet,
-                    id,
-                ))
-                .await?
-                .ok_or_else(|| {
-                    ApiError::conflict("draft_changed", "the draft changed; run again")
-                })?;
-            (Some(id.clone()), rs.value.doc.name)
-        }
-        Target::New { name, .. } => (None, name.clone()),
+    let target_id = match &report.target {
+        Target::Existing(id) => Some(id.clone()),
+        Target::New { .. } => None,
     };
+
+    // The target ruleset must be the caller's to write, even when there is
+    // nothing new to write (the answer says what would be written).
     let scope_model = sc_policy::model::RuleSet {
         id: target_id.clone().unwrap_or_default(),
         name: name.clone(),

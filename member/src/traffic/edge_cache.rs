@@ -59,7 +59,8 @@ pub fn kind_of(q: &FlowQuery, grouping: Grouping) -> String {
 }
 
 impl EdgeCache {
-    /// Records a write to `slot` (its cached edges are stale from now on).
+    /// Records a write to `slot`, made after the write itself (a map that
+    /// read the bucket before it then finds its edges stale).
     pub fn touch(&self, slot: Slot) {
         if let Ok(mut i) = self.inner.lock() {
             *i.writes.entry(slot).or_default() += 1;

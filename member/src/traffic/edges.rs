@@ -78,16 +78,7 @@ impl Edges {
         if !counted(f, dst_managed) {
             return;
         }
-        let e = self
-            .0
-            .entry((src.to_string(), dst.to_string(), f.port, f.proto))
-            .or_insert_with(|| MapEdge {
-                src: src.to_string(),
-                dst: dst.to_string(),
-                port: f.port,
-                proto: f.proto,
-                ..MapEdge::default()
-            });
+        let e = self.slot(src, dst, f.port, f.proto);
         let n = f.num_connections;
         match f.decision.as_str() {
             "allowed" => e.allowed += n,
@@ -100,21 +91,25 @@ impl Edges {
 
     /// Adds an edge summed elsewhere (another bucket's, kept).
     pub fn merge(&mut self, e: &MapEdge) {
-        let acc = self
-            .0
-            .entry((e.src.clone(), e.dst.clone(), e.port, e.proto))
-            .or_insert_with(|| MapEdge {
-                src: e.src.clone(),
-                dst: e.dst.clone(),
-                port: e.port,
-                proto: e.proto,
-                ..MapEdge::default()
-            });
+        let acc = self.slot(&e.src, &e.dst, e.port, e.proto);
         acc.allowed += e.allowed;
         acc.potentially_blocked += e.potentially_blocked;
         acc.blocked += e.blocked;
         acc.unknown += e.unknown;
         acc.last_ms = acc.last_ms.max(e.last_ms);
+    }
+
+    /// The edge (src, dst, port, proto), made empty if new.
+    fn slot(&mut self, src: &str, dst: &str, port: u32, proto: u32) -> &mut MapEdge {
+        self.0
+            .entry((src.to_string(), dst.to_string(), port, proto))
+            .or_insert_with(|| MapEdge {
+                src: src.to_string(),
+                dst: dst.to_string(),
+                port,
+                proto,
+                ..MapEdge::default()
+            })
     }
 
     /// The edges summed.

@@ -694,6 +694,7 @@ impl SledTraffic {
         let up = p.tier + 1;
         let width = TIERS[up as usize].0;
         let mut n = 0;
+        let mut written = std::collections::BTreeSet::new();
         for item in tree.iter() {
             let (k, v) = item?;
             if let (Some(s), Some(at)) = (
@@ -704,15 +705,18 @@ impl SledTraffic {
             ) {
                 let at = at - at % width;
                 let to = Part::of(up, at);
-                self.edge_cache.touch((to.tier, to.start, at));
                 let dst = self.part(to)?;
                 let mut key = at.to_be_bytes().to_vec();
                 key.extend_from_slice(&k[8..]);
                 let grew = merge_into(&dst, &key, &s)?;
                 self.grew(grew);
+                written.insert((to.tier, to.start, at));
             }
             n += 1;
         }
+        written
+            .into_iter()
+            .for_each(|slot| self.edge_cache.touch(slot));
         self.drop_part(p)?;
         Ok(n)
     }
@@ -721,12 +725,18 @@ impl SledTraffic {
 impl TrafficStore for SledTraffic {
     fn ingest(&self, flows: &[TrafficFlow]) -> Result<usize, MemberError> {
         let mut grew = 0;
+        let mut written = std::collections::BTreeSet::new();
         for f in flows {
             let stored = self.split(f)?;
             let at = bucket(f.last_ms);
-            self.edge_cache.touch((0, Part::of(0, at).start, at));
             grew += merge_into(&self.part(Part::of(0, at))?, &key_of(at, &stored), &stored)?;
+            written.insert((0, Part::of(0, at).start, at));
         }
+        // After the writes: a map that read a bucket before it was written
+        // must find its kept edges stale (see edge_cache).
+        written
+            .into_iter()
+            .for_each(|slot| self.edge_cache.touch(slot));
         self.grew(grew);
         Ok(flows.len())
     }
