@@ -116,6 +116,49 @@ function table(caption, columns, rows) {
   );
 }
 
+/** Fields a person compares between two versions of an object (not metadata). */
+const META = new Set(["href", "created_at", "updated_at", "created_by", "updated_by"]);
+
+/** A field's value for a diff row, label hrefs by name. */
+function shown(value, names) {
+  if (value === undefined) return "(none)";
+  return JSON.stringify(value, (k, v) => (k === "href" && names.has(v) ? names.get(v) : v));
+}
+
+/** Version N's changes, field by field, under the versions table. */
+async function showVersion(v, names) {
+  const out = document.getElementById("version-diff");
+  out.replaceChildren(el("p", { role: "status" }, `Loading the changes of version ${v.version}...`));
+  try {
+    const changes = await call("GET", `/api/v2${v.href}/modified_objects`);
+    // Rules have no names: say whose ruleset they belong to.
+    const sets = new Map(changes.filter((c) => c.href.includes("/rule_sets/") && !c.href.includes("_rules/")).map((c) => [c.href, (c.after || c.before).name]));
+    const nameOf = (c) => {
+      const obj = c.after || c.before || {};
+      if (obj.name) return obj.name;
+      const m = c.href.match(/^(.*\/rule_sets\/[^/]+)\/(sec_rules|deny_rules)\/(.+)$/);
+      if (m) return `${m[2] === "sec_rules" ? "rule" : "deny rule"} ${m[3].slice(0, 8)} of ruleset ${sets.get(m[1]) || m[1]}`;
+      return c.href;
+    };
+    const rows = changes.flatMap((c) => {
+      const what = nameOf(c);
+      if (c.update_type === "create") return [[what, "create", "-", "(none)", "created"]];
+      if (c.update_type === "delete") return [[what, "delete", "-", "existed", "(none)"]];
+      const fields = [...new Set([...Object.keys(c.before), ...Object.keys(c.after)])]
+        .filter((f) => !META.has(f) && JSON.stringify(c.before[f]) !== JSON.stringify(c.after[f]));
+      if (!fields.length) return [[what, "update", "-", "(only its timestamps)", "-"]];
+      return fields.map((f) => [what, "update", f, shown(c.before[f], names), shown(c.after[f], names)]);
+    });
+    out.replaceChildren(
+      el("h2", {}, `Changes of version ${v.version}`),
+      table(`Version ${v.version} against version ${v.version - 1}: ${changes.length} objects`, ["Object", "Change", "Field", "Before", "After"], rows),
+    );
+    out.focus();
+  } catch (e) {
+    out.replaceChildren(el("p", { role: "alert" }, `Changes not shown: ${e.message}`));
+  }
+}
+
 /** A state as a symbol and a word, coloured as a third cue. */
 function state(kind, word) {
   const symbol = { up: "\u25CF", warn: "\u25B2", down: "\u2716" }[kind];
@@ -300,22 +343,40 @@ const pages = {
   },
 
   async workloads(root) {
-    const [workloads, labels] = await Promise.all([
+    const [workloads, labels, sync] = await Promise.all([
       call("GET", `${ORG}/workloads?max_results=500`),
       call("GET", `${ORG}/labels?max_results=500`),
+      call("GET", `${ORG}/workloads/policy_sync`),
     ]);
     const names = new Map(labels.map((l) => [l.href, `${l.key}=${l.value}`]));
+    const enforced = new Map(sync.workloads.map((v) => [v.href, v]));
+    const silent = sync.regions.filter((r) => !r.responded).map((r) => r.region);
+    const policy = (w) => {
+      if (w.managed === false) return "no VEN";
+      const v = enforced.get(w.href);
+      if (!v || !v.connected) return state("warn", "not connected");
+      const which = `version ${v.applied_version} (latest ${sync.latest_version})`;
+      return v.current ? state("up", `${which}, current`) : state("warn", `${which}, syncing`);
+    };
     const rows = workloads.map((w) => [
       w.name || w.hostname || w.href,
       (w.labels || []).map((l) => names.get(l.href) || l.href).join(", ") || "none",
       w.enforcement_mode || "-",
       w.visibility_level || "-",
+      policy(w),
       w.online ? state("up", "online") : state("down", "offline"),
       w.region || (w.managed === false ? "unmanaged" : "-"),
     ]);
     root.replaceChildren(
       el("h1", {}, "Workloads"),
-      table(`${workloads.length} workloads`, ["Name", "Labels", "Enforcement", "Visibility", "Online", "Region"], rows),
+      el(
+        "p",
+        { class: "muted" },
+        silent.length
+          ? `Regions that did not answer for their VENs' policy: ${silent.join(", ")}`
+          : `Latest active policy: version ${sync.latest_version}. A VEN whose rules a later version did not change keeps its version and is current.`,
+      ),
+      table(`${workloads.length} workloads`, ["Name", "Labels", "Enforcement", "Visibility", "Policy enforced", "Online", "Region"], rows),
     );
   },
 
@@ -374,8 +435,10 @@ const pages = {
           status.textContent = `Not rolled back: ${e.message}`;
         }
       });
+      const show = el("button", { type: "button", "aria-label": `Show the changes of version ${v.version}`, "aria-controls": "version-diff" }, "Changes");
+      show.addEventListener("click", () => showVersion(v, names));
       const counts = Object.entries(v.object_counts || {}).map(([k, n]) => `${n} ${k}`).join(", ") || "-";
-      return [String(v.version), v.commit_message || "-", v.created_at, counts, String(v.workloads_affected), back];
+      return [String(v.version), v.commit_message || "-", v.created_at, counts, String(v.workloads_affected), el("span", { class: "actions" }, show, back)];
     });
 
     root.replaceChildren(
@@ -389,7 +452,8 @@ const pages = {
       el("h2", {}, "Rulesets"),
       ...(sets.length ? sets : [el("p", {}, "No rulesets.")]),
       el("h2", {}, "Versions"),
-      table("Provisioned versions, newest first", ["Version", "Note", "Time", "Changed", "Workloads affected", "Action"], history),
+      table("Provisioned versions, newest first", ["Version", "Note", "Time", "Changed", "Workloads affected", "Actions"], history),
+      el("section", { id: "version-diff", "aria-live": "polite", tabindex: "-1" }),
     );
   },
 

@@ -174,7 +174,8 @@ async fn the_console_signs_in_shows_the_supercluster_and_keeps_writes_csrf_safe(
         .await
         .expect("workloads");
     until(&c, "the workloads table", "document.querySelector('#page caption') && document.querySelector('#page h1').innerText === 'Workloads'").await;
-    screenshot(&c, "workloads").await;
+    // (Its screenshot, with real VENs and their policy versions, is taken by
+    // pce/tests/enforcement.rs.)
     accessible(&c, "workloads").await;
     c.goto(&format!("{base}/#/events")).await.expect("events");
     until(
@@ -340,6 +341,31 @@ async fn the_console_signs_in_shows_the_supercluster_and_keeps_writes_csrf_safe(
         "rolled back: {active}"
     );
 
+    // The edited version's changes, field by field: the rule's port.
+    c.find(Locator::Css(&format!(
+        "button[aria-label='Show the changes of version {version}']"
+    )))
+    .await
+    .expect("a Changes button")
+    .click()
+    .await
+    .expect("show the changes");
+    let diff = until(
+        &c,
+        "the version's diff",
+        "(() => { const rows = [...document.querySelectorAll('#version-diff tbody tr')]; return rows.length ? rows.map(r => [...r.cells].map(c => c.innerText).join(' | ')) : null; })()",
+    )
+    .await;
+    assert!(
+        diff.as_array().is_some_and(|rows| rows.iter().any(|r| {
+            let r = r.as_str().unwrap_or_default();
+            r.contains("update | ingress_services") && r.contains("5432") && r.contains("15432")
+        })),
+        "the diff names the port change: {diff}"
+    );
+    screenshot(&c, "policy-version-diff").await;
+    accessible(&c, "policy-version-diff").await;
+
     // The keyboard reaches every action: press Tab from the first element
     // (the skip link) and note where the focus goes.
     c.execute("document.querySelector('a.skip').focus();", vec![])
@@ -349,7 +375,7 @@ async fn the_console_signs_in_shows_the_supercluster_and_keeps_writes_csrf_safe(
         .then(KeyAction::Down { value: '\u{e004}' })
         .then(KeyAction::Up { value: '\u{e004}' });
     let mut seen = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..60 {
         c.perform_actions(tab.clone()).await.expect("press Tab");
         let at = c
             .execute(
@@ -371,6 +397,7 @@ async fn the_console_signs_in_shows_the_supercluster_and_keeps_writes_csrf_safe(
         "Sign out",
         "Provision",
         "Edit",
+        "Changes",
         "Roll back",
     ] {
         assert!(

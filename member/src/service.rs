@@ -1,7 +1,7 @@
 //! The VEN service (gRPC over TLS): pairing, the policy stream with its
 //! heartbeats and acknowledgements, flow reports, and the RTT probe.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -36,7 +36,7 @@ use crate::traffic::{Resolver, SledTraffic, TrafficStore};
 use sc_policy::compute::CompiledPolicy;
 use sc_policy::flowlog::{self, Decision, Direction};
 use sc_policy::model::VisibilityLevel;
-use sc_proto::federation::{FlowEnd, FlowQuery, FlowQueryReply, TrafficFlow};
+use sc_proto::federation::{FlowEnd, FlowQuery, FlowQueryReply, TrafficFlow, VenPolicy};
 
 /// How the VEN service runs.
 #[derive(Debug, Clone)]
@@ -928,25 +928,33 @@ async fn report(svc: Arc<Svc>, fenced_tx: watch::Sender<bool>) {
         if !n.is_multiple_of(10) {
             continue;
         }
-        let states: Vec<(String, String)> = match svc.sessions.lock() {
-            Ok(s) => s
-                .by_session
-                .values()
-                .map(|(id, st)| (id.clone(), st.applied_hash.clone()))
-                .collect(),
+        let states: Vec<(String, SessionState)> = match svc.sessions.lock() {
+            Ok(s) => s.by_session.values().cloned().collect(),
             Err(_) => continue,
         };
-        let mut connected = std::collections::HashSet::new();
-        let mut current = 0u64;
-        for (id, hash) in states {
-            if connected.insert(id.clone())
-                && svc.cache.policy_of(&id).is_some_and(|p| p.hash == hash)
-            {
-                current += 1;
+        // A workload with two streams (a VEN reconnecting) counts once, as
+        // current if either stream has the current policy.
+        let mut vens: BTreeMap<String, VenPolicy> = BTreeMap::new();
+        for (id, st) in states {
+            let current = svc
+                .cache
+                .policy_of(&id)
+                .is_some_and(|p| p.hash == st.applied_hash);
+            let v = vens.entry(id.clone()).or_insert(VenPolicy {
+                workload: id,
+                applied_version: st.applied_version,
+                current,
+            });
+            if current && !v.current {
+                v.applied_version = st.applied_version;
+                v.current = true;
             }
         }
+        let connected = vens.len() as u64;
+        let current = vens.values().filter(|v| v.current).count() as u64;
+        svc.node.set_ven_policies(vens.into_values().collect());
         svc.node.set_services(|s| {
-            s.vens_connected = Some(connected.len() as u64);
+            s.vens_connected = Some(connected);
             s.vens_current = Some(current);
         });
     }

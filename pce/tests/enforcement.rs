@@ -688,6 +688,45 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         "the store, and the shop as an edge's end: {scoped}"
     );
 
+    // Every region reports the policy its VENs enforce: each managed workload
+    // is connected and current (its member refreshes this every 2 s).
+    let sync = rt.block_on(async {
+        let t0 = std::time::Instant::now();
+        loop {
+            let a = map_api
+                .get(&format!("{ORG}/workloads/policy_sync"))
+                .await
+                .unwrap();
+            assert_eq!(a.status.as_u16(), 200, "policy sync: {}", a.json());
+            let sync = a.json();
+            let vens = sync["workloads"].as_array().cloned().unwrap_or_default();
+            let settled = !vens.is_empty()
+                && vens
+                    .iter()
+                    .all(|v| v["connected"] == json!(true) && v["current"] == json!(true));
+            if settled || t0.elapsed() > Duration::from_secs(30) {
+                break sync;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let vens = sync["workloads"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !vens.is_empty()
+            && vens.iter().all(|v| v["connected"] == json!(true)
+                && v["current"] == json!(true)
+                && v["applied_version"]
+                    .as_u64()
+                    .is_some_and(|n| n >= 1 && n <= sync["latest_version"].as_u64().unwrap_or(0))),
+        "every VEN enforces its current policy: {sync}"
+    );
+    assert!(
+        sync["regions"]
+            .as_array()
+            .is_some_and(|r| r.len() == 3 && r.iter().all(|r| r["responded"] == json!(true))),
+        "{sync}"
+    );
+
     // The console at region 3: the same map (its groups and three edges,
     // drawn), and the Explorer's flows, exported as CSV.
     match sc_testkit::browser::Driver::start() {
@@ -749,6 +788,16 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
             let text = std::fs::read_to_string(&csv).expect("the CSV export");
             assert!(text.starts_with("time,source,destination,port"), "{text}");
             assert!(text.lines().skip(1).all(|l| l.contains(",8080,")), "{text}");
+            // The Workloads page: every VEN's enforced version, current.
+            c.goto(&format!("{base}/#/workloads")).await.expect("workloads");
+            until(
+                &c,
+                "every VEN current",
+                "(() => { const rows = [...document.querySelectorAll('#page tbody tr')].map(r => r.cells[4].innerText); return rows.some(t => t.includes('current')) && rows.every(t => t.includes('current') || t === 'no VEN'); })()",
+            )
+            .await;
+            screenshot(&c, "workloads").await;
+            accessible(&c, "workloads").await;
             let _ = c.close().await;
         }),
     }

@@ -20,9 +20,13 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
-use sc_proto::federation::{FlowQuery, FlowQueryReply, ReadIndexRequest, WriteRequest};
+use sc_proto::federation::federation_client::FederationClient;
+use sc_proto::federation::{
+    FlowQuery, FlowQueryReply, ReadIndexRequest, VenPoliciesRequest, VenPolicy, WriteRequest,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 
 use crate::codec;
 use crate::config::{Timeouts, Tuning};
@@ -93,6 +97,9 @@ struct Core {
     /// Answers flow queries for this region, once the member's traffic store
     /// is up (it starts after the node; see [`Node::serve_flow_queries`]).
     flow_queries: Mutex<Option<Arc<dyn FlowQueries>>>,
+    /// The policy each VEN connected here enforces, as the member last
+    /// published it (a std Mutex: held only to swap or clone the list).
+    ven_policies: Mutex<Arc<Vec<VenPolicy>>>,
     /// Background tasks (server, joiner), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The threads all of the above runs on; stopped last.
@@ -145,6 +152,7 @@ impl Node {
                 shutdown,
                 services: Mutex::new(crate::status::Services::default()),
                 flow_queries: Mutex::new(None),
+                ven_policies: Mutex::new(Arc::new(Vec::new())),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
             }),
@@ -727,21 +735,78 @@ impl Node {
         q: &FlowQuery,
         timeout: Duration,
     ) -> Vec<(NodeInfo, Result<FlowQueryReply, String>)> {
+        self.fan_out(
+            timeout,
+            || self.local_flows(q.clone()),
+            |mut c| async move { c.query_flows(q.clone()).await },
+        )
+        .await
+    }
+
+    /// Publishes the policy each VEN connected here enforces (the member does,
+    /// every few seconds), for [`Node::fan_out_ven_policies`].
+    pub fn set_ven_policies(&self, vens: Vec<VenPolicy>) {
+        if let Ok(mut v) = self.core.ven_policies.lock() {
+            *v = Arc::new(vens);
+        }
+    }
+
+    /// What [`Node::set_ven_policies`] last published here.
+    pub fn ven_policies(&self) -> Vec<VenPolicy> {
+        self.core
+            .ven_policies
+            .lock()
+            .map(|v| v.as_ref().clone())
+            .unwrap_or_default()
+    }
+
+    /// Asks every node for the policy its connected VENs enforce; a node that
+    /// does not answer within `timeout` is listed with why.
+    pub async fn fan_out_ven_policies(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(NodeInfo, Result<Vec<VenPolicy>, String>)> {
+        self.fan_out(
+            timeout,
+            || async { Ok(self.ven_policies()) },
+            |mut c| async move {
+                c.ven_policies(VenPoliciesRequest {})
+                    .await
+                    .map(|r| tonic::Response::new(r.into_inner().vens))
+            },
+        )
+        .await
+    }
+
+    /// One question to every node of the cluster: this one answers through
+    /// `local`, the others through `remote` on their federation service.
+    async fn fan_out<T, L, LF, R, RF>(
+        &self,
+        timeout: Duration,
+        local: L,
+        remote: R,
+    ) -> Vec<(NodeInfo, Result<T, String>)>
+    where
+        L: Fn() -> LF,
+        LF: std::future::Future<Output = Result<T, String>>,
+        R: Fn(FederationClient<Channel>) -> RF,
+        RF: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let members = self.members();
         let asks = members.into_iter().map(|(id, info)| {
-            let q = q.clone();
+            let (local, remote) = (&local, &remote);
             async move {
                 let r = if id == self.core.id {
-                    self.local_flows(q).await
+                    local().await
                 } else {
                     async {
-                        let mut c = self
+                        let c = self
                             .core
                             .peers
                             .federation_client(id, &info)
                             .await
                             .map_err(|e| e.to_string())?;
-                        let reply = tokio::time::timeout(timeout, c.query_flows(q))
+                        let reply = tokio::time::timeout(timeout, remote(c))
                             .await
                             .map_err(|_| "timed out".to_string())?
                             .map_err(|s| s.message().to_string())?;

@@ -17,6 +17,7 @@ mod spec;
 mod system;
 mod traffic;
 mod users;
+mod vens;
 
 pub use sc_store::audit::AuditEvent;
 pub use spec::document as openapi;
@@ -500,6 +501,7 @@ fn api() -> spec::Api {
         .merge(traffic::api())
         .merge(map::api())
         .merge(generate::api())
+        .merge(vens::api())
 }
 
 /// Every served route, before the middleware and the state: what tests hold

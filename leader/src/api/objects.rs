@@ -187,6 +187,39 @@ fn may_read<D: Doc>(who: &Principal, doc: &D) -> bool {
     }
 }
 
+/// A stored record of any kind as the API shows it, or `None` when `who` may
+/// not read it (for views that mix kinds, such as a version's changes). A
+/// rule is judged by its own fields only; callers check its ruleset.
+pub fn readable_json(
+    who: &Principal,
+    space: Space,
+    kind: Kind,
+    id: &str,
+    bytes: &[u8],
+) -> Result<Option<Value>, ApiError> {
+    fn one<D: Doc>(
+        who: &Principal,
+        space: Space,
+        id: &str,
+        bytes: &[u8],
+    ) -> Result<Option<Value>, ApiError> {
+        let rec: Record<D> = sc_store::record::decode(bytes)?;
+        Ok(may_read(who, &rec.doc).then(|| object_json(space, id, &rec)))
+    }
+    match kind {
+        Kind::Label => one::<LabelDoc>(who, space, id, bytes),
+        Kind::LabelGroup => one::<LabelGroupDoc>(who, space, id, bytes),
+        Kind::Service => one::<ServiceDoc>(who, space, id, bytes),
+        Kind::IpList => one::<IpListDoc>(who, space, id, bytes),
+        Kind::RuleSet => one::<RuleSetDoc>(who, space, id, bytes),
+        Kind::SecRule => one::<RuleDoc>(who, space, id, bytes),
+        Kind::DenyRule => one::<DenyRuleDoc>(who, space, id, bytes),
+        Kind::Boundary => one::<BoundaryDoc>(who, space, id, bytes),
+        Kind::Workload => one::<WorkloadDoc>(who, space, id, bytes),
+        Kind::PairingProfile => one::<PairingProfileDoc>(who, space, id, bytes),
+    }
+}
+
 pub fn may_write<D: Doc>(who: &Principal, doc: &D) -> Result<(), ApiError> {
     let ok = match D::KIND {
         Kind::Workload | Kind::PairingProfile => who.may_write_workload(&labels_of(doc)),

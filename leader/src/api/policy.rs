@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::objects::{space_of, Params};
+use super::objects::{readable_json, space_of, Params};
 use super::spec::{many, one, Api, Op};
 use super::{answer_of, collection, no_content, values, Ctx, CtxExt, Shared};
 use crate::docs::HrefJson;
@@ -658,6 +658,92 @@ async fn version(
     answer_of(StatusCode::OK, &detail, rev)
 }
 
+/// One object a version changed: the active policy's view of it just before
+/// and just after (absent where it did not exist).
+#[derive(Debug, Serialize, ToSchema)]
+struct ModifiedObject {
+    href: String,
+    /// `create`, `update` or `delete`.
+    update_type: &'static str,
+    #[schema(value_type = Option<Object>)]
+    before: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    after: Option<Value>,
+}
+
+/// A version's diff, object by object, limited to what the caller may read (a
+/// rule goes with its ruleset).
+async fn modified_objects(
+    State(s): State<Shared>,
+    ctx: CtxExt,
+    Path(p): Params,
+) -> Result<Response, ApiError> {
+    let ctx = ctx.0;
+    space_of(Kind::Label, &p, false)?;
+    ctx.allow_query(&[])?;
+    if !ctx.who.may(Action::ReadObjects) {
+        return Err(ApiError::forbidden(
+            "your roles do not allow reading policy versions",
+        ));
+    }
+    let n = version_param(&p)?;
+    let rev = s.db.revision().await?;
+    if s.db.get::<VersionDoc>(&keys::version(n)).await?.is_none() {
+        return Err(ApiError::not_found(format!("policy version {n}")));
+    }
+    let before = policy_at(&s, n - 1).await?;
+    let prefix = keys::version_objs(n);
+    let changed = s.db.raw_scan(&prefix, MAX_OBJECTS).await?;
+    let mut after = before.clone();
+    for (key, bytes) in &changed {
+        if let Some(kid) = keys::split_kind_id(&keys::id_of(key, &prefix)) {
+            if bytes.as_slice() == b"null" {
+                after.remove(&kid);
+            } else {
+                after.insert(kid, bytes.clone());
+            }
+        }
+    }
+    // What the caller may read of one side (a rule only with its ruleset).
+    let view = |raw: &Raw, kind: Kind, id: &str| -> Result<Option<Value>, ApiError> {
+        let Some(bytes) = raw.get(&(kind, id.to_string())) else {
+            return Ok(None);
+        };
+        if matches!(kind, Kind::SecRule | Kind::DenyRule) {
+            let rs = id.split('/').next().unwrap_or(id).to_string();
+            let parent = raw.get(&(Kind::RuleSet, rs.clone()));
+            let readable = match parent {
+                Some(b) => readable_json(&ctx.who, Space::Active, Kind::RuleSet, &rs, b)?,
+                None => None,
+            };
+            if readable.is_none() {
+                return Ok(None);
+            }
+        }
+        readable_json(&ctx.who, Space::Active, kind, id, bytes)
+    };
+    let mut out = Vec::new();
+    for (key, _) in &changed {
+        let Some((kind, id)) = keys::split_kind_id(&keys::id_of(key, &prefix)) else {
+            continue;
+        };
+        let (was, is) = (view(&before, kind, &id)?, view(&after, kind, &id)?);
+        let update_type = match (&was, &is) {
+            (None, None) => continue,
+            (None, Some(_)) => "create",
+            (Some(_), None) => "delete",
+            (Some(_), Some(_)) => "update",
+        };
+        out.push(ModifiedObject {
+            href: keys::href(Space::Active, kind, &id),
+            update_type,
+            before: was,
+            after: is,
+        });
+    }
+    answer_of(StatusCode::OK, &out, rev)
+}
+
 /// The active policy as of version `k`, rebuilt from each version's changes.
 async fn policy_at(s: &Shared, k: u64) -> Result<Raw, ApiError> {
     let mut raw = Raw::new();
@@ -802,6 +888,13 @@ pub(super) fn api() -> Api {
             Op::new("One version, its changes and affected workloads.")
                 .answer(200, one::<VersionDetail>()),
             version,
+        )
+        .at(
+            Method::GET,
+            &format!("{b}/{{pversion}}/modified_objects"),
+            Op::new("What one version changed, object by object: each as the active policy showed it before and after (limited to what the caller may read).")
+                .answer(200, many::<ModifiedObject>()),
+            modified_objects,
         )
         .at(
             Method::POST,

@@ -12,7 +12,8 @@
 use sc_proto::federation::federation_server::Federation;
 use sc_proto::federation::{
     FlowQuery, FlowQueryReply, MembershipReply, MembershipRequest, ReadIndexReply,
-    ReadIndexRequest, ReadReply, ReadRequest, StatusReply, StatusRequest, WriteReply, WriteRequest,
+    ReadIndexRequest, ReadReply, ReadRequest, StatusReply, StatusRequest, VenPoliciesReply,
+    VenPoliciesRequest, WriteReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -129,5 +130,16 @@ impl Federation for FederationGrpc {
             .await
             .map(Response::new)
             .map_err(Status::unavailable)
+    }
+
+    async fn ven_policies(
+        &self,
+        _: Request<VenPoliciesRequest>,
+    ) -> Result<Response<VenPoliciesReply>, Status> {
+        // A fenced region serves no VENs for the drill: it has none to report.
+        self.node.fence().check()?;
+        Ok(Response::new(VenPoliciesReply {
+            vens: self.node.ven_policies(),
+        }))
     }
 }
