@@ -2,7 +2,9 @@
 //!
 //! The result is computed at once and kept in this node's memory for a while;
 //! the job's `Location` points back to the node that made it. Results are
-//! bounded in number and age, so abandoned jobs cannot pile up.
+//! bounded in number and age, so abandoned jobs cannot pile up. A job belongs
+//! to the user who asked: another user's status or result answers 404, as if
+//! it did not exist (its result was filtered by its owner's roles).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -32,31 +34,47 @@ const KEEP: Duration = Duration::from_secs(600);
 /// How many results are kept at most.
 const MAX_JOBS: usize = 64;
 
+/// One finished job.
+struct Done {
+    id: String,
+    /// The user who asked (a user id): the only one who may read it.
+    owner: String,
+    path: String,
+    at: Instant,
+    result: Value,
+}
+
 /// This node's jobs.
 #[derive(Default)]
 pub struct Jobs {
-    done: Mutex<VecDeque<(String, String, Instant, Value)>>,
+    done: Mutex<VecDeque<Done>>,
 }
 
 impl Jobs {
     /// Stores a finished job's result; returns the job's location.
-    pub fn finish(&self, path: &str, result: Value) -> String {
+    pub fn finish(&self, owner: &str, path: &str, result: Value) -> String {
         let id = keys::new_id();
         if let Ok(mut d) = self.done.lock() {
             let now = Instant::now();
-            d.retain(|(_, _, t, _)| now.duration_since(*t) < KEEP);
+            d.retain(|j| now.duration_since(j.at) < KEEP);
             while d.len() >= MAX_JOBS {
                 d.pop_front();
             }
-            d.push_back((id.clone(), path.to_string(), now, result));
+            d.push_back(Done {
+                id: id.clone(),
+                owner: owner.to_string(),
+                path: path.to_string(),
+                at: now,
+                result,
+            });
         }
         format!("/orgs/{}/jobs/{id}", keys::ORG)
     }
 
-    /// A job's status document.
-    pub fn status(&self, id: &str) -> Option<Job> {
+    /// A job's status document, for its owner.
+    pub fn status(&self, owner: &str, id: &str) -> Option<Job> {
         let d = self.done.lock().ok()?;
-        let (_, path, _, _) = d.iter().find(|(i, ..)| i == id)?;
+        let path = &d.iter().find(|j| j.id == id && j.owner == owner)?.path;
         Some(Job {
             href: format!("/orgs/{}/jobs/{id}", keys::ORG),
             job_type: format!("GET {path}"),
@@ -67,11 +85,11 @@ impl Jobs {
         })
     }
 
-    /// A job's result.
-    pub fn result(&self, id: &str) -> Option<Value> {
+    /// A job's result, for its owner.
+    pub fn result(&self, owner: &str, id: &str) -> Option<Value> {
         let d = self.done.lock().ok()?;
         d.iter()
-            .find(|(i, ..)| i == id)
-            .map(|(_, _, _, v)| v.clone())
+            .find(|j| j.id == id && j.owner == owner)
+            .map(|j| j.result.clone())
     }
 }

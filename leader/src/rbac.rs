@@ -186,6 +186,12 @@ impl Principal {
         })
     }
 
+    /// Whether the principal reads every object whatever its labels (a global
+    /// role), so per-object checks can be skipped.
+    pub fn reads_everything(&self) -> bool {
+        self.perms.iter().any(|p| p.role.global_reader())
+    }
+
     /// Whether the principal may read a workload with these labels.
     pub fn may_read_workload(&self, labels: &[Id]) -> bool {
         self.perms.iter().any(|p| {

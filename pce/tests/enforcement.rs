@@ -1052,6 +1052,43 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         },
     );
     check(&lab, true, true, "with the generated rules");
+    // That version's affected workloads: the owner sees the shop's; the
+    // store's viewer only workloads of its scope (issue 19: policy reads are
+    // scoped).
+    rt.block_on(async {
+        let vs = api
+            .get(&format!("{ORG}/sec_policy?max_results=1"))
+            .await
+            .unwrap()
+            .json();
+        let version = format!("/api/v2{}", vs[0]["href"].as_str().unwrap());
+        let list = |v: &Value| -> Vec<String> {
+            v["affected_workloads"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|w| w["href"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let all = list(&api.get(&version).await.unwrap().json());
+        let mine = list(&viewer.get(&version).await.unwrap().json());
+        let mut outside = 0;
+        for w in &all {
+            let labels = api.get(&format!("/api/v2{w}")).await.unwrap().json()["labels"].clone();
+            let in_store = labels
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["href"] == json!(store_app)));
+            assert_eq!(
+                mine.contains(w),
+                in_store,
+                "{w}: owner {all:?}, viewer {mine:?}"
+            );
+            outside += usize::from(!in_store);
+        }
+        assert!(outside > 0, "the version changed shop workloads: {all:?}");
+    });
 
     // One region stops: an async Explorer job still completes and names it.
     if let Some(mut c) = lab.nodes.remove(&3) {

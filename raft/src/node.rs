@@ -265,6 +265,51 @@ impl Node {
         self.leader().map(|(_, info)| info)
     }
 
+    /// Why this node cannot serve its region right now, if it cannot: fenced,
+    /// no leader known, or out of touch with the cluster for longer than an
+    /// election window (a leader without a quorum's acknowledgement, a
+    /// follower that has not heard from its leader). What a load balancer's
+    /// health probe must see, so it stops sending traffic to a cut-off region.
+    pub async fn unable_to_serve(&self) -> Option<String> {
+        if let Some(left) = self.fence().serving_blocked() {
+            return Some(format!(
+                "fenced for a drill for another {} s",
+                left.as_secs() + 1
+            ));
+        }
+        let window = self.core.timeouts.election_max;
+        let m = self.core.raft.metrics().borrow().clone();
+        if m.current_leader.is_none() {
+            return Some("no leader known (an election is under way, or quorum is lost)".into());
+        }
+        if m.current_leader == Some(self.core.id) {
+            return match m.millis_since_quorum_ack {
+                Some(ms) if ms <= window.as_millis() as u64 => None,
+                Some(ms) => Some(format!(
+                    "leader without a quorum's acknowledgement for {ms} ms"
+                )),
+                // A single voter acknowledges itself.
+                None if self.members().len() <= 1 => None,
+                None => Some("leader without a quorum's acknowledgement yet".into()),
+            };
+        }
+        let heard = self
+            .core
+            .raft
+            .with_raft_state(|st| st.vote_last_modified().map(|t| t.elapsed()))
+            .await
+            .ok()
+            .flatten();
+        match heard {
+            Some(age) if age <= window => None,
+            Some(age) => Some(format!(
+                "no word from the leader for {} ms",
+                age.as_millis()
+            )),
+            None => Some("no word from the leader since this node started".into()),
+        }
+    }
+
     /// Whether this node is the leader right now (by its own view).
     pub fn is_leader(&self) -> bool {
         self.leader().map(|(id, _)| id) == Some(self.core.id)

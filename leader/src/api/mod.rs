@@ -187,7 +187,9 @@ pub fn collection(
     let total = items.len();
     if ctx.respond_async {
         let items: Vec<Value> = items.into_iter().take(MAX_ASYNC_RESULTS).collect();
-        let job = state.jobs.finish(&ctx.path, Value::Array(items));
+        let job = state
+            .jobs
+            .finish(&ctx.who.user_id, &ctx.path, Value::Array(items));
         let mut resp = StatusCode::ACCEPTED.into_response();
         let h = resp.headers_mut();
         h.insert(
@@ -274,13 +276,9 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
             return Err(e);
         }
     }
+    // Who asks comes first: nothing of the body is read for a caller without
+    // credentials (a body is memory an anonymous client could fill).
     let (mut parts, body) = req.into_parts();
-    let limit = if path == "/api/v2/supercluster/restore" {
-        dr::MAX_BACKUP_BYTES
-    } else {
-        MAX_BODY_BYTES
-    };
-    let body = read_body(body, limit).await?;
     let auth = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -298,6 +296,18 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
     .inspect_err(|_| {
         tracing::info!(%path, "refused unauthenticated request");
     })?;
+    let limit = body_limit(&path, &who)?;
+    if let Some(declared) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if declared > limit as u64 {
+            return Err(too_large(declared, limit));
+        }
+    }
+    let body = read_body(body, limit).await?;
     if let Err(secs) = state.limiter.check(&who.user_id) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -354,9 +364,6 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
     Ok(resp)
 }
 
-/// Reads a body of at most `limit` bytes. Up to 16 times the limit of an
-/// oversized body is read (and dropped) before answering 413, so an HTTP/1.1
-/// client that is still sending gets the answer rather than a reset.
 /// The caller behind a console session cookie. Writes must carry the
 /// session's CSRF token: a cookie alone proves only that a browser holds it.
 async fn console_caller(
@@ -383,6 +390,33 @@ async fn console_caller(
     crate::auth::principal_for_key(&state.db, &s.key).await
 }
 
+/// The largest body `who` may send to `path`: a backup only to the runbook's
+/// restore, and only for a caller who may operate the cluster; 1 MiB elsewhere.
+fn body_limit(path: &str, who: &crate::rbac::Principal) -> Result<usize, ApiError> {
+    if path != "/api/v2/supercluster/restore" {
+        return Ok(MAX_BODY_BYTES);
+    }
+    if who.may(crate::rbac::Action::OperateCluster) {
+        Ok(dr::MAX_BACKUP_BYTES)
+    } else {
+        Err(ApiError::forbidden(
+            "restoring a backup needs the owner role (the DR runbook)",
+        ))
+    }
+}
+
+fn too_large(seen: u64, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+        format!("the body has {seen} bytes or more; the limit is {limit} bytes"),
+    )
+}
+
+/// Reads a body of at most `limit` bytes. Up to 1 MiB past the limit is read
+/// (and dropped) before answering 413, so an HTTP/1.1 client still sending a
+/// slightly oversized body gets the answer rather than a reset; past that the
+/// connection is given up.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
@@ -400,17 +434,13 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             seen += data.len();
             if seen <= limit {
                 buf.extend_from_slice(&data);
-            } else if seen > limit.saturating_mul(16) {
+            } else if seen > limit.saturating_add(MAX_BODY_BYTES) {
                 break;
             }
         }
     }
     if seen > limit {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!("the body has {seen} bytes or more; the limit is {limit} bytes"),
-        ));
+        return Err(too_large(seen as u64, limit));
     }
     Ok(Bytes::from(buf))
 }

@@ -452,6 +452,43 @@ async fn provision(
     answer_of(StatusCode::CREATED, &Version::of(&doc), rev)
 }
 
+/// Policy reads need a role (any: scoped ones see their scope's part).
+fn needs_a_role(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.who.may(Action::ReadObjects) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "reading the policy needs a role; ask an owner to give your user one",
+        ))
+    }
+}
+
+/// Of these workloads, those the caller may read (a scoped user sees the
+/// workloads of its scope; a workload deleted since is left out).
+async fn readable_workloads(
+    s: &Shared,
+    ctx: &Ctx,
+    ids: impl IntoIterator<Item = Id>,
+) -> Result<Vec<Id>, ApiError> {
+    if ctx.who.reads_everything() {
+        return Ok(ids.into_iter().collect());
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        let w =
+            s.db.get::<Record<sc_store::objects::WorkloadDoc>>(&keys::obj(
+                Space::Live,
+                Kind::Workload,
+                &id,
+            ))
+            .await?;
+        if w.is_some_and(|w| ctx.who.may_read_workload(&w.value.doc.labels)) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 async fn pending(
     State(s): State<Shared>,
     ctx: CtxExt,
@@ -460,13 +497,27 @@ async fn pending(
     let ctx = ctx.0;
     space_of(Kind::Label, &p, false)?;
     ctx.allow_query(&[])?;
-    if !ctx.who.may(Action::ReadObjects) {
-        return Err(ApiError::forbidden("reading pending changes needs a role"));
-    }
+    needs_a_role(&ctx)?;
     let rev = s.db.revision().await?;
     let snap = snapshot(&s).await?;
     let mut out = BTreeMap::new();
     for ((kind, id), how) in diff(&snap.active, &snap.draft) {
+        // A ruleset's change shows only to those who may read it (as drafted
+        // or as active).
+        if kind == Kind::RuleSet {
+            let mut readable = false;
+            for units in [&snap.draft, &snap.active] {
+                if let Some((_, bytes)) = units
+                    .get(&(kind, id.clone()))
+                    .and_then(|u| u.get(&(kind, id.clone())))
+                {
+                    readable |= readable_json(&ctx.who, Space::Draft, kind, &id, bytes)?.is_some();
+                }
+            }
+            if !readable {
+                continue;
+            }
+        }
         out.entry(kind.segment())
             .or_insert_with(Vec::new)
             .push(PendingChange {
@@ -484,6 +535,7 @@ async fn impact(
 ) -> Result<Response, ApiError> {
     let ctx = ctx.0;
     space_of(Kind::Label, &p, false)?;
+    needs_a_role(&ctx)?;
     let input: SubsetIn = if ctx.body.is_empty() {
         SubsetIn::default()
     } else {
@@ -495,8 +547,8 @@ async fn impact(
     let chosen = chosen(&pending, &input.change_subset)?;
     let new_active = apply_units(&snap.active_raw, &snap.draft, &chosen);
     let plan = plan(&snap, &new_active)?;
-    let hrefs: Vec<String> = plan
-        .affected
+    let hrefs: Vec<String> = readable_workloads(&s, &ctx, plan.affected.iter().cloned())
+        .await?
         .iter()
         .map(|id| keys::href(Space::Live, Kind::Workload, id))
         .collect();
@@ -603,6 +655,7 @@ async fn versions(
     let ctx = ctx.0;
     space_of(Kind::Label, &p, false)?;
     ctx.allow_query(VERSIONS.accepts())?;
+    needs_a_role(&ctx)?;
     let (vs, rev) = s.db.scan::<VersionDoc>(keys::VERSIONS, MAX_OBJECTS).await?;
     let items = values(vs.iter().rev().map(|v| Version::of(&v.value)))?;
     collection(&ctx, &s, items, rev)
@@ -624,6 +677,7 @@ async fn version(
     let ctx = ctx.0;
     space_of(Kind::Label, &p, false)?;
     ctx.allow_query(&[])?;
+    needs_a_role(&ctx)?;
     let n = version_param(&p)?;
     let rev = s.db.revision().await?;
     let v =
@@ -646,9 +700,14 @@ async fn version(
             .await?
     {
         let ids: Vec<Id> = decode(&bytes)?;
-        affected.extend(ids.iter().map(|id| HrefJson {
-            href: keys::href(Space::Live, Kind::Workload, id),
-        }));
+        affected.extend(
+            readable_workloads(&s, &ctx, ids)
+                .await?
+                .iter()
+                .map(|id| HrefJson {
+                    href: keys::href(Space::Live, Kind::Workload, id),
+                }),
+        );
     }
     let detail = VersionDetail {
         version: Version::of(&v.value),

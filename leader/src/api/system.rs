@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use sc_raft::NodeStatus;
 use serde::Serialize;
@@ -19,17 +19,24 @@ use crate::rbac::Role;
 use sc_store::keys;
 
 /// This node's health, as a load balancer reads it (Illumio's shape: a list
-/// with one entry per node asked).
+/// with one entry per node asked). The answer is 503 when the region cannot
+/// serve (fenced, no leader, cut off), so a probe takes it out of rotation.
 #[derive(Serialize, ToSchema)]
 struct Health {
     fqdn: String,
     region: String,
-    /// `normal` when the node knows a leader, else `warning`.
+    /// `normal` when the region serves, else `unavailable`.
     status: &'static str,
+    /// Why it does not serve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     /// The leader's name, if known.
     leader: Option<String>,
     is_leader: bool,
-    raft: NodeStatus,
+    /// The cluster's topology and Raft state: only for a caller with
+    /// credentials (an anonymous probe learns up or down, not the layout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raft: Option<NodeStatus>,
 }
 
 /// The leader, as a GSLB probe reads it.
@@ -51,24 +58,38 @@ struct RoleOut {
 #[schema(value_type = Vec<Object>)]
 struct Datafile(Value);
 
-async fn health(State(s): State<Shared>) -> Result<Response, ApiError> {
-    let st = s.db.node().status();
-    let info = s.db.node().info();
-    let leader = s.db.node().leader_info();
+async fn health(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let node = s.db.node();
+    let info = node.info();
+    let reason = node.unable_to_serve().await;
+    // Credentials are optional here; wrong ones are refused like anywhere.
+    let raft = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(h) => {
+            crate::auth::authenticate(&s.db, h.to_str().ok()).await?;
+            Some(node.status())
+        }
+    };
     let v = [Health {
         fqdn: info.name.clone(),
         region: info.region.clone(),
-        status: if leader.is_some() {
+        status: if reason.is_none() {
             "normal"
         } else {
-            "warning"
+            "unavailable"
         },
-        leader: leader.map(|l| l.name),
-        is_leader: s.db.node().is_leader(),
-        raft: st,
+        reason: reason.clone(),
+        leader: node.leader_info().map(|l| l.name),
+        is_leader: node.is_leader(),
+        raft,
     }];
     let rev = s.db.revision().await.unwrap_or(0);
-    answer_of(StatusCode::OK, &v, rev)
+    let code = if reason.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    answer_of(code, &v, rev)
 }
 
 async fn leader(State(s): State<Shared>) -> Result<Response, ApiError> {
@@ -101,26 +122,26 @@ async fn spec() -> Response {
 
 async fn job(
     State(s): State<Shared>,
-    _ctx: CtxExt,
+    ctx: CtxExt,
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let id = p.get("id").cloned().unwrap_or_default();
     let v = s
         .jobs
-        .status(&id)
+        .status(&ctx.0.who.user_id, &id)
         .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
     answer_of(StatusCode::OK, &v, 0)
 }
 
 async fn datafile(
     State(s): State<Shared>,
-    _ctx: CtxExt,
+    ctx: CtxExt,
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let id = p.get("id").cloned().unwrap_or_default();
     let v = s
         .jobs
-        .result(&id)
+        .result(&ctx.0.who.user_id, &id)
         .ok_or_else(|| ApiError::not_found(format!("datafile {id}")))?;
     Ok(answer(StatusCode::OK, &v, 0))
 }
@@ -154,7 +175,7 @@ pub(super) fn api() -> Api {
         .at(
             Method::GET,
             "/api/v2/health",
-            Op::new("This node's health (no credentials; for load balancers).")
+            Op::new("This node's health, for load balancers: 503 when its region cannot serve (fenced, no leader, cut off). No credentials needed; with them, the Raft topology too.")
                 .answer(200, many::<Health>())
                 .public(),
             health,

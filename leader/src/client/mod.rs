@@ -161,6 +161,58 @@ impl ApiClient {
             .ok_or_else(|| ClientError::Transport("no connection".into()))
     }
 
+    /// Sends a request head declaring a body of `declared` bytes, then only
+    /// `prefix` of it, and reads the status line of the answer: a server that
+    /// decides before reading the body (refusing an unauthenticated upload)
+    /// answers at once; one that waits for the body never does. A probe for
+    /// tests and attackers' checks; on its own connection.
+    pub async fn send_partial(
+        &self,
+        method: Method,
+        path: &str,
+        declared: u64,
+        prefix: &[u8],
+    ) -> Result<u16, ClientError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| ClientError::Transport("send_partial speaks HTTPS only".into()))?;
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| ClientError::Transport(format!("connect {}: {e}", self.addr)))?;
+        let mut stream = tls
+            .connect(ServerName::IpAddress(self.addr.ip().into()), tcp)
+            .await
+            .map_err(|e| ClientError::Transport(format!("TLS: {e}")))?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/octet-stream\r\ncontent-length: {declared}\r\n",
+            self.addr
+        );
+        if let Some(a) = &self.auth {
+            head.push_str(&format!("authorization: {a}\r\n"));
+        }
+        head.push_str("\r\n");
+        let io = |e: std::io::Error| ClientError::Transport(e.to_string());
+        stream.write_all(head.as_bytes()).await.map_err(io)?;
+        stream.write_all(prefix).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = stream.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                return Err(ClientError::Transport("closed before answering".into()));
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&got);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| ClientError::Transport(format!("not an HTTP answer: {line}")))
+    }
+
     /// Sends one request (path from `/api/v2` on) with optional JSON body and headers.
     pub async fn send(
         &mut self,

@@ -1,0 +1,329 @@
+//! What an attacker and a DR operator found (issue 19), one test per finding:
+//! each fails on the code before its fix. In-process regions, real TLS.
+
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use sc_leader::client::ApiClient;
+use sc_testkit::api::*;
+use serde_json::json;
+
+/// Polls `f` until it answers `Some`, or fails naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_is_read_only_after_its_sender_is_known_and_within_its_routes_limit() {
+    let cl = ApiCluster::start(3, 0).await;
+    let member = cl.member().await;
+    let addr = cl.addr(member);
+    let anonymous = ApiClient::new(addr, Some(&cl.ca)).expect("client");
+    // 512 MiB declared, 64 KiB sent: a server that read bodies before
+    // credentials would wait for the rest (and hold what came) forever.
+    let declared = 512 * 1024 * 1024;
+    let chunk = vec![0u8; 64 * 1024];
+    let ask = |c: ApiClient, path: &'static str| {
+        let chunk = chunk.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                c.send_partial(Method::POST, path, declared, &chunk),
+            )
+            .await
+            .expect("answered without the body")
+            .expect("an HTTP answer")
+        }
+    };
+    assert_eq!(ask(anonymous, "/api/v2/supercluster/restore").await, 401);
+    let mut owner = cl.client(member);
+    let viewer = user_with(&mut owner, "viewer", "read_only", &[]).await;
+    let reader = ApiClient::new(addr, Some(&cl.ca))
+        .unwrap()
+        .with_key(&viewer.0, &viewer.1);
+    assert_eq!(ask(reader, "/api/v2/supercluster/restore").await, 403);
+    // An operator's oversized body on an ordinary route: 413 at once.
+    let big = ApiClient::new(addr, Some(&cl.ca))
+        .unwrap()
+        .with_key(&cl.owner.auth_username, &cl.owner.secret);
+    assert_eq!(ask(big, "/api/v2/orgs/1/labels").await, 413);
+    // And the API still answers normally.
+    expect(
+        owner.get("/api/v2/orgs/1/labels").await.unwrap(),
+        200,
+        "labels",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_is_503_where_a_region_cannot_serve_and_shows_topology_only_to_callers_with_keys() {
+    let cl = ApiCluster::start(3, 0).await;
+    let leader = cl.leader().await;
+    let member = cl.member().await;
+    let other = (1..=3).find(|i| *i != leader && *i != member).unwrap();
+    let health = |id: u64, key: bool| {
+        let c = ApiClient::new(cl.addr(id), Some(&cl.ca)).unwrap();
+        let mut c = if key {
+            c.with_key(&cl.owner.auth_username, &cl.owner.secret)
+        } else {
+            c
+        };
+        async move {
+            let a = c.get("/api/v2/health").await.expect("health");
+            (a.status.as_u16(), a.json())
+        }
+    };
+    let (code, body) = health(member, false).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body[0]["status"], "normal", "{body}");
+    assert!(
+        body[0].get("raft").is_none(),
+        "no topology without a key: {body}"
+    );
+    let (code, body) = health(member, true).await;
+    assert_eq!(code, 200);
+    assert!(body[0]["raft"]["peers"].is_array(), "{body}");
+    let mut wrong = ApiClient::new(cl.addr(member), Some(&cl.ca))
+        .unwrap()
+        .with_key(&cl.owner.auth_username, "wrong");
+    expect(wrong.get("/api/v2/health").await.unwrap(), 401, "wrong key");
+
+    // Fenced: out of rotation at once.
+    let mut op = cl.client(member);
+    expect(
+        op.put("/api/v2/supercluster/fence", &json!({"seconds": 60}))
+            .await
+            .unwrap(),
+        200,
+        "fence",
+    );
+    let (code, body) = health(member, false).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fenced")),
+        "{body}"
+    );
+    let mut op = cl.client(member);
+    assert!(op
+        .delete("/api/v2/supercluster/fence")
+        .await
+        .unwrap()
+        .status
+        .is_success());
+    eventually("the unfenced region serves again", || async {
+        (health(member, false).await.0 == 200).then_some(())
+    })
+    .await;
+
+    // Cut off from the others (a partition, not a fence): out of rotation
+    // once an election window passes without word from the leader; the
+    // others stay in.
+    cl.cluster.faults.partition(&[other], &[leader, member]);
+    let body = eventually("the cut-off region answers 503", || async {
+        let (code, body) = health(other, false).await;
+        (code == 503).then_some(body)
+    })
+    .await;
+    assert!(body[0]["reason"].as_str().is_some(), "{body}");
+    let (code, body) = health(leader, false).await;
+    assert_eq!(code, 200, "the majority side serves: {body}");
+    cl.cluster.faults.heal();
+    eventually("the healed region serves again", || async {
+        (health(other, false).await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+/// A user with no role at all, and its key.
+async fn roleless(owner: &mut ApiClient) -> (String, String) {
+    let u = expect(
+        owner
+            .post(
+                "/api/v2/users",
+                &json!({"username": "nobody", "permissions": []}),
+            )
+            .await
+            .unwrap(),
+        201,
+        "user without a role",
+    );
+    let href = u.json()["href"].as_str().unwrap().to_string();
+    let k = expect(
+        owner
+            .post(&format!("/api/v2{href}/api_keys"), &json!({"name": "k"}))
+            .await
+            .unwrap(),
+        201,
+        "key",
+    )
+    .json();
+    (
+        k["auth_username"].as_str().unwrap().to_string(),
+        k["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The workload hrefs of an answer's list field.
+fn hrefs(v: &serde_json::Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|x| {
+                    x.as_str()
+                        .or(x["href"].as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policy_reads_need_a_role_and_show_a_scoped_user_only_its_scope() {
+    let cl = ApiCluster::start(3, 0).await;
+    let id = cl.member().await;
+    let mut owner = cl.client(id);
+    let crm = create(&mut owner, "/labels", json!({"key": "app", "value": "crm"})).await;
+    let erp = create(&mut owner, "/labels", json!({"key": "app", "value": "erp"})).await;
+    let web = create(
+        &mut owner,
+        "/labels",
+        json!({"key": "role", "value": "web"}),
+    )
+    .await;
+    let mut rules = Vec::new();
+    for app in [&crm, &erp] {
+        let rs = create(
+            &mut owner,
+            "/sec_policy/draft/rule_sets",
+            json!({"name": format!("rs-{}", &app[app.len() - 6..]), "scopes": [[label_ref(app)]]}),
+        )
+        .await;
+        create(
+            &mut owner,
+            &format!("{}/sec_rules", rs.trim_start_matches("/orgs/1")),
+            json!({"providers": [label_ref(&web)], "consumers": [label_ref(&web)], "ingress_services": [{"proto": 6, "port": 80}]}),
+        )
+        .await;
+        rules.push(rs);
+    }
+    let v1 = expect(
+        owner
+            .post(
+                "/api/v2/orgs/1/sec_policy",
+                &json!({"update_description": "both"}),
+            )
+            .await
+            .unwrap(),
+        201,
+        "provision",
+    )
+    .json();
+    let n = v1["version"].as_u64().unwrap();
+    // (Which workloads a version affected, as a scoped user sees them, needs
+    // managed workloads: pce/tests/enforcement.rs checks it with real VENs.)
+    // A pending change in each ruleset.
+    for rs in &rules {
+        expect(
+            owner
+                .put(&format!("/api/v2{rs}"), &json!({"description": "pending"}))
+                .await
+                .unwrap(),
+            204,
+            "draft change",
+        );
+    }
+
+    // No role: every policy read is refused.
+    let nobody = roleless(&mut owner).await;
+    let mut c = cl.client_as(id, &nobody);
+    for (method, path) in [
+        (Method::GET, "/api/v2/orgs/1/sec_policy".to_string()),
+        (Method::GET, format!("/api/v2/orgs/1/sec_policy/{n}")),
+        (
+            Method::GET,
+            format!("/api/v2/orgs/1/sec_policy/{n}/modified_objects"),
+        ),
+        (Method::GET, "/api/v2/orgs/1/sec_policy/pending".to_string()),
+        (Method::POST, "/api/v2/orgs/1/sec_policy/impact".to_string()),
+    ] {
+        let a = c.send(method.clone(), &path, None, &[]).await.unwrap();
+        assert_eq!(a.status.as_u16(), 403, "{method} {path}: {}", a.json());
+    }
+
+    // Scoped to crm: crm's workloads and rulesets only.
+    let viewer = user_with(&mut owner, "crm-viewer", "ruleset_viewer", &[&crm]).await;
+    let mut c = cl.client_as(id, &viewer);
+    let pending = c
+        .get("/api/v2/orgs/1/sec_policy/pending")
+        .await
+        .unwrap()
+        .json();
+    let listed = hrefs(&pending, "rule_sets");
+    assert_eq!(listed, vec![rules[0].clone()], "{pending}");
+    let diff = c
+        .get(&format!("/api/v2/orgs/1/sec_policy/{n}/modified_objects"))
+        .await
+        .unwrap()
+        .json();
+    let changed: Vec<&str> = diff
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["href"].as_str())
+        .collect();
+    assert!(
+        changed
+            .iter()
+            .any(|h| h.contains(rules[0].rsplit('/').next().unwrap()))
+            && !changed
+                .iter()
+                .any(|h| h.contains(rules[1].rsplit('/').next().unwrap())),
+        "{diff}"
+    );
+    // An async job's result is its owner's alone.
+    let a = expect(
+        owner
+            .send(
+                Method::GET,
+                "/api/v2/orgs/1/workloads",
+                None,
+                &[("prefer", "respond-async")],
+            )
+            .await
+            .unwrap(),
+        202,
+        "async workloads",
+    );
+    let job = a.header("location").unwrap();
+    let datafile = job.replace("/jobs/", "/datafiles/");
+    for path in [&job, &datafile] {
+        expect(
+            owner.get(&format!("/api/v2{path}")).await.unwrap(),
+            200,
+            "the owner's job",
+        );
+        let other = c.get(&format!("/api/v2{path}")).await.unwrap();
+        assert_eq!(
+            other.status.as_u16(),
+            404,
+            "another user's job {path}: {}",
+            other.json()
+        );
+    }
+}
