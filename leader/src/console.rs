@@ -7,8 +7,10 @@
 //! `GET /`, `GET /console/{*file}`, and `POST|GET|DELETE /console/session`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -17,7 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::{answer, Shared};
-use crate::auth::{authenticate, principal_for_key, same_secret};
+use crate::auth::{principal_for_key, same_secret};
 use crate::error::ApiError;
 use crate::session::{cookie, no_prompt, token_of};
 
@@ -36,7 +38,7 @@ pub fn routes() -> Router<Shared> {
         .route(
             "/console/session",
             get(|s, h| async { unprompted(whoami(s, h).await) })
-                .post(|s, b| async { unprompted(sign_in(s, b).await) })
+                .post(|s, p, b| async move { unprompted(sign_in(s, p, b).await) })
                 .delete(|s, h| async { unprompted(sign_out(s, h).await) }),
         )
 }
@@ -97,7 +99,12 @@ fn with_cookie(mut r: Response, token: &str) -> Response {
     r
 }
 
-async fn sign_in(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+async fn sign_in(
+    State(s): State<Shared>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let src = peer.map(|p| p.0 .0.ip());
     if body.len() > MAX_SIGN_IN {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -118,7 +125,15 @@ async fn sign_in(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiEr
     }
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", key.auth_username, key.secret));
-    let who = authenticate(&s.db, Some(&format!("Basic {basic}"))).await?;
+    let path = "/console/session";
+    let who = crate::api::sign_in(
+        &s,
+        src,
+        &Method::POST,
+        path,
+        Some(&format!("Basic {basic}")),
+    )
+    .await?;
     let (token, session) = s.sessions.create(&key.auth_username).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -127,6 +142,23 @@ async fn sign_in(State(s): State<Shared>, body: Bytes) -> Result<Response, ApiEr
         )
     })?;
     tracing::info!(user = %who.username, "console sign-in");
+    // A session is a credential handed out: it goes into the audit trail.
+    let info = s.db.node().info();
+    s.audit_queue.push(sc_store::audit::AuditEvent {
+        time_ms: sc_store::time::now_ms(),
+        event_type: "user.sign_in".into(),
+        status: "success".into(),
+        actor: who.href(),
+        username: who.username.clone(),
+        api_method: "POST".into(),
+        api_endpoint: path.into(),
+        http_status: 200,
+        src_ip: src.map(|ip| ip.to_string()).unwrap_or_default(),
+        node: info.name.clone(),
+        region: info.region.clone(),
+        resource: String::new(),
+        errors: vec![],
+    });
     let body = json!({"username": who.username, "csrf_token": session.csrf});
     Ok(with_cookie(answer(StatusCode::OK, &body, 0), &token))
 }

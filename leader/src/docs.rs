@@ -109,14 +109,38 @@ pub struct LabelIn {
     external_data_reference: Option<String>,
 }
 
+/// Characters that change how text around them is shown rather than being
+/// shown: bidirectional embeddings, overrides and isolates (a name that reads
+/// differently than it sorts, "Trojan Source"), besides control characters
+/// (NUL, terminal escapes).
+pub(crate) fn deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
 fn check_text(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
-    if s.trim().is_empty() || s.len() > max || s.chars().any(char::is_control) {
+    if s.trim().is_empty() || s.len() > max || s.chars().any(deceptive) {
         return Err(ApiError::field(
             field,
-            format!("must be 1-{max} printable characters"),
+            format!("must be 1-{max} printable characters (no control or bidirectional-override characters)"),
         ));
     }
     Ok(())
+}
+
+/// Optional free text (descriptions, external references): up to 4096 bytes,
+/// line breaks and tabs allowed, no other control or bidirectional-override
+/// characters (they would reach terminals and the console as escapes).
+pub(crate) fn free_text(field: &str, s: Option<String>) -> Result<Option<String>, ApiError> {
+    if let Some(t) = &s {
+        if t.len() > 4096 || t.chars().any(|c| deceptive(c) && c != '\n' && c != '\t') {
+            return Err(ApiError::field(
+                field,
+                "must be at most 4096 bytes of printable text (line breaks and tabs allowed; no other control or bidirectional-override characters)",
+            ));
+        }
+    }
+    Ok(s)
 }
 
 impl Doc for LabelDoc {
@@ -128,9 +152,12 @@ impl Doc for LabelDoc {
         Ok(LabelDoc {
             key: i.key,
             value: i.value,
-            description: i.description,
-            external_data_set: i.external_data_set,
-            external_data_reference: i.external_data_reference,
+            description: free_text("description", i.description)?,
+            external_data_set: free_text("external_data_set", i.external_data_set)?,
+            external_data_reference: free_text(
+                "external_data_reference",
+                i.external_data_reference,
+            )?,
         })
     }
     fn to_input(&self) -> LabelIn {
@@ -179,7 +206,7 @@ impl Doc for LabelGroupDoc {
         Ok(LabelGroupDoc {
             name: i.name,
             key: i.key,
-            description: i.description,
+            description: free_text("description", i.description)?,
             labels,
             sub_groups,
         })
@@ -282,7 +309,7 @@ impl Doc for ServiceDoc {
             .collect::<Result<_, _>>()?;
         Ok(ServiceDoc {
             name: i.name,
-            description: i.description,
+            description: free_text("description", i.description)?,
             ports,
         })
     }
@@ -317,7 +344,7 @@ impl Doc for IpListDoc {
         }
         Ok(IpListDoc {
             name: i.name,
-            description: i.description,
+            description: free_text("description", i.description)?,
             ip_ranges: i.ip_ranges,
         })
     }
@@ -600,7 +627,7 @@ impl Doc for RuleSetDoc {
         };
         Ok(RuleSetDoc {
             name: i.name,
-            description: i.description,
+            description: free_text("description", i.description)?,
             enabled: i.enabled,
             scope,
         })
@@ -667,7 +694,7 @@ impl Doc for RuleDoc {
         check_resolve(&i.resolve_labels_as)?;
         Ok(RuleDoc {
             enabled: i.enabled,
-            description: i.description,
+            description: free_text("description", i.description)?,
             providers: actors_in(&i.providers, "providers", refs)?,
             consumers: actors_in(&i.consumers, "consumers", refs)?,
             services: services_in(&i.ingress_services, "ingress_services", refs)?,
@@ -715,7 +742,7 @@ impl Doc for DenyRuleDoc {
     fn from_input(i: DenyRuleIn, refs: &mut Refs) -> Result<Self, ApiError> {
         Ok(DenyRuleDoc {
             enabled: i.enabled,
-            description: i.description,
+            description: free_text("description", i.description)?,
             providers: actors_in(&i.providers, "providers", refs)?,
             consumers: actors_in(&i.consumers, "consumers", refs)?,
             services: services_in(&i.ingress_services, "ingress_services", refs)?,
@@ -755,7 +782,7 @@ impl Doc for BoundaryDoc {
         check_text("name", &i.name, 255)?;
         Ok(BoundaryDoc {
             name: i.name,
-            description: i.description,
+            description: free_text("description", i.description)?,
             providers: actors_in(&i.providers, "providers", refs)?,
             consumers: actors_in(&i.consumers, "consumers", refs)?,
             services: services_in(&i.ingress_services, "ingress_services", refs)?,
@@ -812,6 +839,36 @@ impl Doc for WorkloadDoc {
         if !hostname.is_empty() {
             check_text("hostname", &hostname, 255)?;
         }
+        for (n, itf) in i.interfaces.iter().enumerate() {
+            check_text(&format!("interfaces[{n}].name"), &itf.name, 64)?;
+            let max = if itf.address.is_ipv4() { 32 } else { 128 };
+            if itf.cidr_block.is_some_and(|b| b > max) {
+                return Err(ApiError::field(
+                    &format!("interfaces[{n}].cidr_block"),
+                    format!(
+                        "a prefix length of {} is not one of 0-{max} for {}",
+                        itf.cidr_block.unwrap_or(0),
+                        itf.address
+                    ),
+                ));
+            }
+            if let Some(state) = &itf.link_state {
+                if !matches!(state.as_str(), "up" | "down" | "unknown") {
+                    return Err(ApiError::field(
+                        &format!("interfaces[{n}].link_state"),
+                        "must be up, down or unknown",
+                    ));
+                }
+            }
+        }
+        if let Some(ip) = &i.public_ip {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(ApiError::field(
+                    "public_ip",
+                    format!("{ip:?} is not an IPv4 or IPv6 address"),
+                ));
+            }
+        }
         let labels = i
             .labels
             .iter()
@@ -821,7 +878,7 @@ impl Doc for WorkloadDoc {
         Ok(WorkloadDoc {
             name,
             hostname,
-            description: i.description,
+            description: free_text("description", i.description)?,
             interfaces: i.interfaces,
             labels,
             enforcement_mode: i.enforcement_mode,
@@ -927,7 +984,7 @@ impl Doc for PairingProfileDoc {
             .collect::<Result<_, _>>()?;
         Ok(PairingProfileDoc {
             name: i.name,
-            description: i.description,
+            description: free_text("description", i.description)?,
             enabled: i.enabled,
             labels,
             enforcement_mode: i.enforcement_mode,

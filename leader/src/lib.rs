@@ -15,13 +15,16 @@
 //!   HTTPS; [`jobs`]: async reads; [`error`]: the API's error answers.
 
 pub mod api;
+pub mod audit_queue;
 pub mod auth;
 pub mod client;
 pub mod console;
 pub mod docs;
 pub mod error;
+pub mod failed_logins;
 pub mod jobs;
 pub mod rbac;
+pub mod retention;
 pub mod server;
 pub mod session;
 

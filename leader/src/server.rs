@@ -31,6 +31,8 @@ pub struct ApiOptions {
     pub rate: u32,
     /// Burst size per user.
     pub burst: u32,
+    /// Audit events older than this are deleted (zero: kept for ever).
+    pub audit_retention: std::time::Duration,
 }
 
 /// How long open connections may take to finish their requests once the
@@ -101,6 +103,8 @@ pub async fn serve(
     // Peers and the DR runbook find every region's API through the node status.
     node.set_services(|s| s.api = Some(addr.to_string()));
     let state = Arc::new(AppState {
+        audit_queue: crate::audit_queue::AuditQueue::start(Db::new(node.clone()), shutdown.clone()),
+        failed_logins: Default::default(),
         db: Db::new(node),
         limiter: RateLimiter::new(opts.rate, opts.burst),
         jobs: Jobs::default(),
@@ -109,6 +113,11 @@ pub async fn serve(
     });
     // The console shares the port but not the API's middleware: its files are
     // public, and its session endpoints authenticate themselves.
+    tokio::spawn(crate::retention::prune_audit(
+        Db::new(state.db.node().clone()),
+        opts.audit_retention,
+        shutdown.clone(),
+    ));
     let app = router(state.clone()).merge(crate::console::routes().with_state(state));
     let task = tokio::spawn(accept_loop(listener, app, acceptor, shutdown.clone()));
     tracing::info!(%addr, https = opts.tls.is_some(), "admin API listening");

@@ -119,6 +119,12 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
         (Method::PUT, web.trim_start_matches("/orgs/1").to_string(), b"[1, 2]".to_vec(), 406, "wrong_type", "object"),
         (Method::DELETE, web.trim_start_matches("/orgs/1").to_string(), vec![], 406, "object_in_use", "workloads"),
         (Method::POST, "/sec_policy".into(), br#"{"update_description": "nothing"}"#.to_vec(), 406, "nothing_to_provision", "pending"),
+        (Method::POST, "/workloads".into(), json!({"name": "w", "interfaces": [{"name": "eth0", "address": "10.0.0.1", "cidr_block": 200}]}).to_string().into_bytes(), 406, "invalid_value", "cidr_block"),
+        (Method::POST, "/workloads".into(), json!({"name": "w", "public_ip": "not-an-ip"}).to_string().into_bytes(), 406, "invalid_value", "public_ip"),
+        (Method::POST, "/labels".into(), json!({"key": "role", "value": "admin\u{202e}nigol"}).to_string().into_bytes(), 406, "invalid_value", "bidirectional"),
+        (Method::POST, "/labels".into(), json!({"key": "role", "value": "nul\u{0}"}).to_string().into_bytes(), 406, "invalid_value", "control"),
+        (Method::POST, "/labels".into(), json!({"key": "role", "value": "ok-text", "description": "\u{1b}[31mred\u{1b}[0m"}).to_string().into_bytes(), 406, "invalid_value", "description"),
+        (Method::POST, "/sec_policy/draft/services".into(), json!({"name": "svc\u{2066}", "service_ports": [{"proto": 6, "port": 1}]}).to_string().into_bytes(), 406, "invalid_value", "name"),
         (Method::GET, "/sec_policy/0/modified_objects".into(), vec![], 404, "not_found", "policy version"),
         (Method::GET, "/sec_policy/99999/modified_objects".into(), vec![], 404, "not_found", "99999"),
         (Method::GET, "/sec_policy/latest/modified_objects".into(), vec![], 404, "not_found", "latest"),
@@ -197,17 +203,34 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
         "refused requests changed nothing"
     );
 
-    // The audit trail has the accepted writes and the refused ones, with their actor.
-    let ev = c
-        .send(
-            Method::GET,
-            &format!("{ORG}/events?max_results=500"),
-            None,
-            &[("x-consistency", "linearizable")],
-        )
-        .await
-        .expect("events");
-    let ev = expect(ev, 200, "events").json();
+    // The audit trail has the accepted writes and the refused ones, with their
+    // actor. Refusals reach it in batches (a fraction of a second later).
+    let by_owner_failed = |ev: &Value| {
+        ev.as_array().map_or(0, |l| {
+            l.iter()
+                .filter(|e| {
+                    e["status"] == "failure" && e["created_by"]["user"]["username"] == "owner"
+                })
+                .count()
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let ev = loop {
+        let ev = c
+            .send(
+                Method::GET,
+                &format!("{ORG}/events?max_results=500"),
+                None,
+                &[("x-consistency", "linearizable")],
+            )
+            .await
+            .expect("events");
+        let ev = expect(ev, 200, "events").json();
+        if by_owner_failed(&ev) >= 33 || t0.elapsed() > std::time::Duration::from_secs(15) {
+            break ev;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let events = ev.as_array().expect("array");
     let find = |t: &str, st: &str| {
         events.iter().any(|e| {
@@ -236,10 +259,19 @@ async fn bad_input_is_refused_with_its_token_and_changes_nothing() {
         .expect("the unknown-field refusal is in the trail");
     assert_eq!(refused_unknown["action"]["http_status_code"], 406);
     assert!(refused_unknown["region"].is_string());
-    // Each refused write above (GETs are not writes, and the unauthenticated ones
-    // have no actor) is one failure event.
-    let failures = events.iter().filter(|e| e["status"] == "failure").count();
-    assert_eq!(failures, 27, "one failure event per refused write");
+    // Each refused write above (GETs are not writes) is one failure event of
+    // its actor; the failed sign-ins are events of their own.
+    assert_eq!(
+        by_owner_failed(&ev),
+        33,
+        "one failure event per refused write"
+    );
+    assert!(
+        events.iter().any(|e| e["event_type"] == "user.authenticate"
+            && e["status"] == "failure"
+            && e["action"]["http_status_code"] == 401),
+        "the failed sign-ins are audited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -422,6 +422,7 @@ async fn plain_http_only_when_asked_and_collections_are_capped() {
         tls: None,
         rate: 0,
         burst: 0,
+        audit_retention: std::time::Duration::ZERO,
     };
     let insecure = sc_leader::serve(cl.cluster.node(1).clone(), opts, Default::default())
         .await

@@ -327,3 +327,156 @@ async fn policy_reads_need_a_role_and_show_a_scoped_user_only_its_scope() {
         );
     }
 }
+
+/// The events the API lists (newest first), read at node `id` once `ready`
+/// says they are all there.
+async fn events_when(
+    cl: &ApiCluster,
+    id: u64,
+    what: &str,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut c = cl.client(id);
+    let t0 = Instant::now();
+    loop {
+        if let Ok(a) = c.get("/api/v2/orgs/1/events?max_results=500").await {
+            if let Some(list) = a.json().as_array().cloned() {
+                if ready(&list) {
+                    return list;
+                }
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_sign_ins_are_cut_off_per_address_and_audited_in_batches() {
+    let cl = ApiCluster::start(3, 0).await;
+    let leader = cl.leader().await;
+    let member = cl.member().await;
+    let before = cl.cluster.node(leader).status().committed.unwrap_or(0);
+    let mut guess = cl.client_as(member, &(cl.owner.auth_username.clone(), "0".repeat(64)));
+    for n in 1..=10 {
+        let a = guess.get("/api/v2/orgs/1/labels").await.unwrap();
+        assert_eq!(a.status.as_u16(), 401, "guess {n}");
+    }
+    // The eleventh is refused before the key is looked at, even with the
+    // right secret, for the rest of the minute, with when to come back.
+    let a = guess.get("/api/v2/orgs/1/labels").await.unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.token()),
+        (429, "too_many_failures".into())
+    );
+    assert!(a
+        .header("retry-after")
+        .and_then(|s| s.parse::<u64>().ok())
+        .is_some_and(|s| (1..=61).contains(&s)));
+    let mut right = cl.client(member);
+    assert_eq!(
+        right
+            .get("/api/v2/orgs/1/labels")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        429
+    );
+    // Another region counts its own callers.
+    expect(
+        cl.client(leader)
+            .get("/api/v2/orgs/1/labels")
+            .await
+            .unwrap(),
+        200,
+        "another region",
+    );
+
+    // In the trail: each failure with the name tried, and the cut-off.
+    let user = cl.owner.auth_username.clone();
+    let events = events_when(&cl, leader, "the failed sign-ins in the trail", |l| {
+        l.iter()
+            .filter(|e| e["event_type"] == "user.authenticate")
+            .count()
+            >= 11
+    })
+    .await;
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["event_type"] == "user.authenticate")
+        .collect();
+    assert_eq!(failed.len(), 11, "ten failures and the cut-off");
+    assert!(failed.iter().all(|e| e["status"] == "failure"
+        && e["created_by"]["user"]["username"] == json!(user)
+        && e["action"]["src_ip"] == "127.0.0.1"));
+    assert_eq!(
+        failed
+            .iter()
+            .filter(|e| e["errors"][0]["token"] == "too_many_failures")
+            .count(),
+        1
+    );
+
+    // Refused writes are recorded in batches: a burst of 100 bad writes costs
+    // far fewer than 100 Raft entries.
+    let mut owner = cl.client(leader);
+    let start = cl.cluster.node(leader).status().committed.unwrap_or(0);
+    assert!(start >= before);
+    for _ in 0..100 {
+        let a = owner
+            .post("/api/v2/orgs/1/labels", &json!({"key": "role"}))
+            .await
+            .unwrap();
+        assert_eq!(a.status.as_u16(), 406);
+    }
+    let events = events_when(&cl, leader, "the 100 refusals in the trail", |l| {
+        l.iter()
+            .filter(|e| e["event_type"] == "labels.create" && e["status"] == "failure")
+            .count()
+            >= 100
+    })
+    .await;
+    assert!(!events.is_empty());
+    let entries = cl.cluster.node(leader).status().committed.unwrap_or(0) - start;
+    assert!(entries < 50, "100 refusals took {entries} Raft entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_audit_trail_lists_newest_first_and_forgets_past_its_retention() {
+    let cl = ApiCluster::start_with(1, 0, Duration::from_secs(3)).await;
+    let mut owner = cl.client(1);
+    create(
+        &mut owner,
+        "/labels",
+        json!({"key": "role", "value": "old"}),
+    )
+    .await;
+    let first = events_when(&cl, 1, "the first label's event", |l| {
+        l.iter().any(|e| e["event_type"] == "labels.create")
+    })
+    .await;
+    let old = first
+        .iter()
+        .find(|e| e["event_type"] == "labels.create")
+        .unwrap()["href"]
+        .clone();
+    // Past the window the old event goes; new ones are listed first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for v in ["a", "b", "c"] {
+        create(&mut owner, "/labels", json!({"key": "role", "value": v})).await;
+    }
+    let events = events_when(&cl, 1, "the old event pruned", |l| {
+        !l.iter().any(|e| e["href"] == old)
+    })
+    .await;
+    let creates: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event_type"] == "labels.create")
+        .filter_map(|e| e["timestamp"].as_str())
+        .collect();
+    assert_eq!(creates.len(), 3, "{events:?}");
+    let mut sorted = creates.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(creates, sorted, "newest first");
+}

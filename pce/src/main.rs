@@ -331,6 +331,12 @@ async fn run(cli: Cli) -> Result<()> {
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // Everything this process writes (the Raft store, snapshots, flows,
+    // certificates, backups, VEN identities) is for its own user only.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -958,6 +958,29 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
         &["backup", "--out", backup.to_str().unwrap()],
     );
     assert!(ok && out.contains("sha256"), "{out}");
+    // Data at rest is its user's only (issue 19): the backup, and every file
+    // and directory the running regions wrote (store, snapshots, flows, certs).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode();
+    assert_eq!(mode(&backup) & 0o777, 0o600, "the backup");
+    let mut stack = vec![data.clone()];
+    let mut files = 0;
+    while let Some(p) = stack.pop() {
+        let m = mode(&p);
+        assert_eq!(
+            m & 0o077,
+            0,
+            "{} is open to others: {:o}",
+            p.display(),
+            m & 0o777
+        );
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            files += 1;
+        }
+    }
+    assert!(files > 10, "the walk saw the regions' files ({files})");
     let (ok, out) = dr(&data, api_port, &["restore", backup.to_str().unwrap()]);
     assert!(
         !ok && out.contains("restore only into a new cluster"),

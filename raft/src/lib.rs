@@ -25,6 +25,7 @@ pub mod error;
 pub mod network;
 pub mod node;
 pub mod pki;
+pub mod private;
 mod runtime;
 mod start;
 pub mod status;

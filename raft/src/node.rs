@@ -523,6 +523,14 @@ impl Node {
         self.core.view.scan(prefix, limit).map_err(Error::Read)
     }
 
+    /// Reads up to `limit` keys under `prefix`, last key first (local replica).
+    pub fn scan_newest(&self, prefix: &[u8], limit: usize) -> Result<ReadResult<KvList>, Error> {
+        self.core
+            .view
+            .scan_newest(prefix, limit)
+            .map_err(Error::Read)
+    }
+
     /// Changes membership through the leader (forwarded if needed).
     pub async fn change_membership(
         &self,

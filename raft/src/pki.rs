@@ -116,7 +116,7 @@ fn make_ca(
     key_name: &str,
     common_name: &str,
 ) -> Result<PathBuf, PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+    crate::private::make_private(dir).map_err(|source| PkiError::Io {
         path: dir.to_path_buf(),
         source,
     })?;

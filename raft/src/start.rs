@@ -171,6 +171,7 @@ fn open_storage(
     snapshot_dir: &Path,
     disk_faults: &DiskFaults,
 ) -> Result<(LogStore<SledEngine>, StateMachine), Error> {
+    crate::private::make_private(data_dir).map_err(storage_err(data_dir))?;
     let store_dir = data_dir.join("store");
     std::fs::create_dir_all(&store_dir).map_err(storage_err(data_dir))?;
     let db = crate::storage::open_db(&store_dir).map_err(storage_err(&store_dir))?;

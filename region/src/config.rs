@@ -196,6 +196,13 @@ pub struct ApiConfig {
     /// Burst per user.
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// Days audit events are kept (0: for ever).
+    #[serde(default = "default_audit_days")]
+    pub audit_retention_days: u64,
+}
+
+fn default_audit_days() -> u64 {
+    90
 }
 
 fn default_rate() -> u32 {
@@ -222,6 +229,7 @@ impl ApiConfig {
             },
             rate: self.rate,
             burst: self.burst,
+            audit_retention: std::time::Duration::from_secs(self.audit_retention_days * 86_400),
         })
     }
 }

@@ -15,6 +15,7 @@ fn api_on_any_port() -> ApiOptions {
         tls: None,
         rate: 0,
         burst: 0,
+        audit_retention: std::time::Duration::ZERO,
     }
 }
 

@@ -230,6 +230,26 @@ impl Db {
         Ok((out, r.revision))
     }
 
+    /// Up to `limit` values under `prefix`, last key first, and the revision
+    /// read at: the newest of time-ordered keys however many there are.
+    pub async fn scan_newest<T: DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<(Vec<Stored<T>>, u64), StoreError> {
+        self.catch_up().await;
+        let r = self.node.scan_newest(prefix, limit)?;
+        let mut out = Vec::with_capacity(r.value.len());
+        for (key, e) in r.value {
+            out.push(Stored {
+                key,
+                value: decode(&e.value)?,
+                rev: e.mod_revision,
+            });
+        }
+        Ok((out, r.revision))
+    }
+
     /// Commits `txn` through the leader; returns the new store revision.
     pub async fn commit(&self, txn: Txn) -> Result<u64, CommitError> {
         if txn.ops.is_empty() {

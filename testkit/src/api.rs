@@ -28,6 +28,12 @@ pub struct ApiCluster {
 impl ApiCluster {
     /// `n` nodes, each with its API; `rate` per-user requests per second (0: off).
     pub async fn start(n: usize, rate: u32) -> ApiCluster {
+        Self::start_with(n, rate, Duration::ZERO).await
+    }
+
+    /// As [`ApiCluster::start`], deleting audit events older than
+    /// `audit_retention` (zero: never).
+    pub async fn start_with(n: usize, rate: u32, audit_retention: Duration) -> ApiCluster {
         let cluster = TestCluster::start(n).await;
         let mut apis = Vec::new();
         for id in 1..=n as u64 {
@@ -38,6 +44,7 @@ impl ApiCluster {
                 tls: Some(tls),
                 rate,
                 burst: rate.max(1),
+                audit_retention,
             };
             apis.push((
                 id,

@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::Method;
 use axum::response::Response;
 use sc_store::audit::AuditEvent;
-use sc_store::db::Txn;
 use sc_store::keys;
 use sc_store::time::iso8601;
 use serde::Serialize;
@@ -125,8 +124,8 @@ fn event_json(ev: &AuditEvent, key: &str) -> Event {
     }
 }
 
-/// Records a refused write (its own small command), then gives the answer back.
-/// Best effort: when no leader is reachable the refusal is only logged.
+/// Queues a refused write for the audit trail (written in a batch with other
+/// refusals, see [`crate::audit_queue`]), then gives the answer back.
 pub async fn record_refusal(state: &AppState, ctx: &Ctx, resp: Response) -> Response {
     let status = resp.status();
     let (parts, body) = resp.into_parts();
@@ -134,15 +133,14 @@ pub async fn record_refusal(state: &AppState, ctx: &Ctx, resp: Response) -> Resp
     let errors: Vec<(String, String)> = serde_json::from_slice::<Vec<ErrorEntry>>(&bytes)
         .map(|v| v.into_iter().map(|e| (e.token, e.message)).collect())
         .unwrap_or_default();
-    let ev = event_of(ctx, state, &ctx.path, "failure", status.as_u16(), errors);
-    let mut txn = Txn::default();
-    let written = match ev.add_to(&mut txn) {
-        Ok(()) => state.db.commit(txn).await.is_ok(),
-        Err(_) => false,
-    };
-    if !written {
-        tracing::warn!(event = ?ev, "could not record a refused write in the audit trail");
-    }
+    state.audit_queue.push(event_of(
+        ctx,
+        state,
+        &ctx.path,
+        "failure",
+        status.as_u16(),
+        errors,
+    ));
     Response::from_parts(parts, Body::from(bytes))
 }
 
@@ -154,13 +152,14 @@ async fn list(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError
         ));
     }
     ctx.allow_query(EVENTS.accepts())?;
+    // Newest first, read from the newest end: however long the trail, the
+    // latest events are the ones listed.
     let (events, rev) =
-        s.db.scan::<AuditEvent>(keys::AUDIT, super::MAX_ASYNC_RESULTS)
+        s.db.scan_newest::<AuditEvent>(keys::AUDIT, super::MAX_ASYNC_RESULTS)
             .await?;
     let q = &ctx.query;
     let items = events
         .iter()
-        .rev()
         .filter(|e| q.get("event_type").is_none_or(|t| &e.value.event_type == t))
         .filter(|e| q.get("status").is_none_or(|t| &e.value.status == t))
         .filter(|e| q.get("username").is_none_or(|t| &e.value.username == t))

@@ -54,6 +54,11 @@ pub struct AppState {
     pub traffic: traffic::TrafficJobs,
     /// Console sessions made at this node.
     pub sessions: crate::session::Sessions,
+    /// Audit events without a write of their own (refusals, sign-ins), on
+    /// their way to the trail in batches.
+    pub audit_queue: crate::audit_queue::AuditQueue,
+    /// Failed sign-ins by client address.
+    pub failed_logins: crate::failed_logins::FailedLogins,
 }
 
 /// Shared state handle.
@@ -289,12 +294,16 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
             .get(header::COOKIE)
             .and_then(|v| v.to_str().ok()),
     );
+    let src_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let who = match (auth, cookie) {
         (None, Some(token)) => console_caller(&state, &parts.method, &parts.headers, token).await,
-        _ => authenticate(&state.db, auth).await,
+        _ => sign_in(&state, src_ip, &parts.method, &path, auth).await,
     }
     .inspect_err(|_| {
-        tracing::info!(%path, "refused unauthenticated request");
+        tracing::debug!(%path, "refused unauthenticated request");
     })?;
     let limit = body_limit(&path, &who)?;
     if let Some(declared) = parts
@@ -303,7 +312,9 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {
-        if declared > limit as u64 {
+        // Far past the limit: refused before a byte of it is read. Slightly
+        // past: read_body drains it, so the client gets the answer, not a reset.
+        if declared > limit.saturating_add(DRAIN_MARGIN) as u64 {
             return Err(too_large(declared, limit));
         }
     }
@@ -329,11 +340,7 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| path.clone());
-    let src = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
+    let src = src_ip.map(|ip| ip.to_string()).unwrap_or_default();
     let method = parts.method.clone();
     linearize_if_asked(&state, &parts.headers).await?;
     let ctx = Ctx {
@@ -390,6 +397,75 @@ async fn console_caller(
     crate::auth::principal_for_key(&state.db, &s.key).await
 }
 
+/// Checks API key credentials, for the API and the console's sign-in: an
+/// address past its failure budget is refused before anything is looked up
+/// (429); each failure is counted and audited (in a batch, see
+/// [`crate::audit_queue`]), and so is the moment an address is cut off.
+pub async fn sign_in(
+    state: &AppState,
+    src: Option<std::net::IpAddr>,
+    method: &Method,
+    path: &str,
+    header: Option<&str>,
+) -> Result<crate::rbac::Principal, ApiError> {
+    if let Some(ip) = src {
+        if let Err(secs) = state.failed_logins.check(ip) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "too many failed sign-ins from {ip}; retry in {secs} s with a valid API key"
+                ),
+            );
+            e.retry_after = Some(secs);
+            return Err(e);
+        }
+    }
+    let err = match authenticate(&state.db, header).await {
+        Ok(who) => return Ok(who),
+        Err(e) => e,
+    };
+    // Only credentials that were wrong count; a store that could not answer
+    // (no leader) is not the caller's failure.
+    if err.status != StatusCode::UNAUTHORIZED {
+        return Err(err);
+    }
+    let failures = src.map_or(0, |ip| state.failed_logins.failed(ip));
+    let info = state.db.node().info();
+    let mut ev = sc_store::audit::AuditEvent {
+        time_ms: now_ms(),
+        event_type: "user.authenticate".into(),
+        status: "failure".into(),
+        actor: String::new(),
+        username: crate::auth::basic_username(header).unwrap_or_default(),
+        api_method: method.to_string(),
+        api_endpoint: path.to_string(),
+        http_status: 401,
+        src_ip: src.map(|ip| ip.to_string()).unwrap_or_default(),
+        node: info.name.clone(),
+        region: info.region.clone(),
+        resource: String::new(),
+        errors: err
+            .errors
+            .iter()
+            .map(|e| (e.token.clone(), e.message.clone()))
+            .collect(),
+    };
+    state.audit_queue.push(ev.clone());
+    if failures == crate::failed_logins::MAX_FAILURES {
+        tracing::warn!(src = %ev.src_ip, "too many failed sign-ins: refusing this address for a minute");
+        ev.errors = vec![(
+            "too_many_failures".into(),
+            format!(
+                "{failures} failed sign-ins in {} s: further attempts are refused for the rest of the minute",
+                crate::failed_logins::WINDOW.as_secs()
+            ),
+        )];
+        state.audit_queue.push(ev);
+    }
+    Err(err)
+}
+
 /// The largest body `who` may send to `path`: a backup only to the runbook's
 /// restore, and only for a caller who may operate the cluster; 1 MiB elsewhere.
 fn body_limit(path: &str, who: &crate::rbac::Principal) -> Result<usize, ApiError> {
@@ -413,7 +489,12 @@ fn too_large(seen: u64, limit: usize) -> ApiError {
     )
 }
 
-/// Reads a body of at most `limit` bytes. Up to 1 MiB past the limit is read
+/// How much of an oversized body is read (and dropped) so that an HTTP/1.1
+/// client still sending it gets the 413 rather than a reset; past it, the
+/// connection is given up.
+const DRAIN_MARGIN: usize = 8 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes. Up to [`DRAIN_MARGIN`] past the limit is read
 /// (and dropped) before answering 413, so an HTTP/1.1 client still sending a
 /// slightly oversized body gets the answer rather than a reset; past that the
 /// connection is given up.
@@ -434,7 +515,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             seen += data.len();
             if seen <= limit {
                 buf.extend_from_slice(&data);
-            } else if seen > limit.saturating_add(MAX_BODY_BYTES) {
+            } else if seen > limit.saturating_add(DRAIN_MARGIN) {
                 break;
             }
         }

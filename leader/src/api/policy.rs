@@ -412,12 +412,7 @@ async fn provision(
     let ctx = ctx.0;
     space_of(Kind::Label, &p, true)?;
     let input: ProvisionIn = ctx.parse()?;
-    if input.update_description.len() > 4096 {
-        return Err(ApiError::field(
-            "update_description",
-            "at most 4096 characters",
-        ));
-    }
+    crate::docs::free_text("update_description", Some(input.update_description.clone()))?;
     let (doc, rev) = transact!(&s.db, async {
         let snap = snapshot(&s).await?;
         let pending = diff(&snap.active, &snap.draft);
@@ -855,6 +850,7 @@ async fn restore(
     } else {
         ctx.parse()?
     };
+    crate::docs::free_text("update_description", input.update_description.clone())?;
     let (doc, rev) = transact!(&s.db, async {
         let snap = snapshot(&s).await?;
         if k > snap.version.0 {

@@ -194,10 +194,14 @@ async fn create(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErr
     let ctx = ctx.0;
     owner_only(&ctx)?;
     let input: UserIn = ctx.parse()?;
-    if input.username.is_empty() || input.username.len() > 255 || input.username.contains('/') {
+    if input.username.trim().is_empty()
+        || input.username.len() > 255
+        || input.username.contains('/')
+        || input.username.chars().any(crate::docs::deceptive)
+    {
         return Err(ApiError::field(
             "username",
-            "must be 1-255 characters without '/'",
+            "must be 1-255 printable characters without '/' (no control or bidirectional-override characters)",
         ));
     }
     let mut refs = Refs::default();
@@ -348,7 +352,7 @@ async fn create_key(
     } else {
         ctx.parse()?
     };
-    let name = input.name.unwrap_or_default();
+    let name = crate::docs::free_text("name", input.name)?.unwrap_or_default();
     let (doc, auth_username, secret) = new_api_key(&id, &name, ctx.now);
     let (_, rev) = transact!(&s.db, async {
         let user_rev =

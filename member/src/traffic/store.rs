@@ -338,6 +338,9 @@ impl SledTraffic {
     /// first layout (one `traffic` tree, workloads inline) is moved into
     /// partitions.
     pub fn open(dir: &Path, limits: Limits) -> Result<SledTraffic, MemberError> {
+        // Flows name workloads and addresses: private like the policy store.
+        sc_raft::private::make_private(dir)
+            .map_err(|e| MemberError::Start(format!("{}: {e}", dir.display())))?;
         let db = sled::Config::new().path(dir).open()?;
         let snapshots = std::sync::Arc::new(Snapshots::open(&db)?);
         let mut parts = BTreeMap::new();

@@ -372,6 +372,20 @@ async fn transfer_leader(conn: &Conn, to: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes a file only its owner may read (a backup holds key hashes and the
+/// whole policy), whatever the umask.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
 /// `pce dr backup`: the store at one revision, checked, written atomically.
 async fn backup(conn: &Conn, out: &Path) -> Result<()> {
     let c = open_cluster(conn)?;
@@ -385,7 +399,7 @@ async fn backup(conn: &Conn, out: &Path) -> Result<()> {
         bail!("taking the backup failed");
     }
     let tmp = out.with_extension("partial");
-    std::fs::write(&tmp, &a.body).with_context(|| format!("writing {}", tmp.display()))?;
+    write_private(&tmp, &a.body).with_context(|| format!("writing {}", tmp.display()))?;
     let keys = verify_backup(&tmp)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;

@@ -178,6 +178,22 @@ impl ReadView {
         })
     }
 
+    /// Up to `limit` keys starting with `prefix`, last key first (the newest
+    /// of time-ordered keys, such as audit events, without reading the rest).
+    pub fn scan_newest(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
+        let live = self.shared.live()?;
+        let mut out = Vec::new();
+        for item in live.kv.scan_prefix(prefix).rev().take(limit) {
+            let (k, v) = item.map_err(sled_io)?;
+            out.push((k.to_vec(), codec::decode(&v).map_err(codec_io)?));
+        }
+        Ok(ReadResult {
+            value: out,
+            revision: live.revision()?,
+            applied_index: live.last_applied()?.map(|l| l.index),
+        })
+    }
+
     /// Writes the whole store, as of one point of history, to `path` in the
     /// checksummed snapshot format (an operator's backup; not recorded as a Raft
     /// snapshot). Returns the revision it reflects.
