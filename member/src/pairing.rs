@@ -103,6 +103,27 @@ fn check_request(req: &PairRequest) -> Result<Vec<InterfaceJson>, Status> {
     Ok(interfaces)
 }
 
+/// Whether the pairing key with this hash can pair now (a key made a moment
+/// ago in another region is looked for again after catching up).
+async fn usable(db: &Db, key: &[u8], now_ms: u64) -> Result<(), Refusal> {
+    let pk = match db.get::<PairingKeyDoc>(key).await? {
+        Some(pk) => pk,
+        None => {
+            db.linearize().await?;
+            db.get::<PairingKeyDoc>(key)
+                .await?
+                .ok_or(Refusal::UnknownKey)?
+        }
+    };
+    if pk.value.expires_at.is_some_and(|t| t <= now_ms) {
+        return Err(Refusal::Expired);
+    }
+    if pk.value.uses_left == Some(0) {
+        return Err(Refusal::Exhausted);
+    }
+    Ok(())
+}
+
 /// Checks the request, consumes one use of the key, registers the workload.
 pub async fn pair(
     db: &Db,
@@ -114,11 +135,14 @@ pub async fn pair(
 ) -> Result<Paired, Status> {
     let interfaces = check_request(req)?;
     let workload_id = keys::new_id();
-    // Sign first: a bad CSR must not consume a use of the key.
+    let key = keys::pairing_key_of_code(&req.activation_code);
+    // The key first: nothing is signed for a caller without a usable one
+    // (the transaction below checks again, against the key it consumes).
+    usable(db, &key, now_ms).await.map_err(refused)?;
+    // Then the CSR, before the transaction: a bad CSR must not consume a use.
     let cert_pem = signer
         .sign(&req.csr_pem, &workload_id)
         .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-    let key = keys::pairing_key_of_code(&req.activation_code);
     let result = transact!(db, Refusal, async {
         let pk = db
             .get::<PairingKeyDoc>(&key)

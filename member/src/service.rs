@@ -112,6 +112,11 @@ pub struct SessionState {
     pub sent: u64,
 }
 
+/// Policy streams one VEN certificate may hold open at one member: its
+/// stream, and a second while it reconnects and the first is not yet known to
+/// be dead. More is a copied certificate or a broken agent.
+const MAX_STREAMS_PER_VEN: usize = 2;
+
 /// Open streams by session number, and how many each workload has (a VEN
 /// reconnecting may briefly have two).
 #[derive(Default)]
@@ -121,10 +126,22 @@ struct Sessions {
 }
 
 impl Sessions {
-    fn open(&mut self, session: u64, id: &str) {
+    /// Opens a session unless the workload already holds
+    /// [`MAX_STREAMS_PER_VEN`] here.
+    fn open(&mut self, session: u64, id: &str) -> bool {
+        let n = self.open.entry(id.to_string()).or_default();
+        if *n >= MAX_STREAMS_PER_VEN {
+            return false;
+        }
+        *n += 1;
         self.by_session
             .insert(session, (id.to_string(), SessionState::default()));
-        *self.open.entry(id.to_string()).or_default() += 1;
+        true
+    }
+
+    /// Whether the workload has a policy stream here.
+    fn streams(&self, id: &str) -> bool {
+        self.open.get(id).is_some_and(|n| *n > 0)
     }
 
     /// Ends a session; returns whether its workload still has another.
@@ -314,8 +331,15 @@ impl Ven for Handle {
         let session = svc
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut s) = svc.sessions.lock() {
-            s.open(session, &id);
+        let opened = svc
+            .sessions
+            .lock()
+            .map_err(|_| Status::internal("sessions lock"))?
+            .open(session, &id);
+        if !opened {
+            return Err(Status::resource_exhausted(format!(
+                "workload {id} already holds {MAX_STREAMS_PER_VEN} policy streams at this member; close one first"
+            )));
         }
         let notify = svc.cache.watch(&id);
         if svc.presence.must_claim(&doc) {
@@ -353,6 +377,19 @@ impl Ven for Handle {
         if !self.resolver.exists(&id).await.map_err(Status::from)? {
             return Err(Status::permission_denied(format!(
                 "workload {id} is not paired (unpaired or deleted); its flows are refused"
+            )));
+        }
+        // Flows come from the member that serves the VEN (its agent reports on
+        // its stream's channel), so one certificate cannot spend the flow
+        // quota of every member, and an unpaired VEN (whose stream ended) none.
+        let streaming = self
+            .sessions
+            .lock()
+            .map_err(|_| Status::internal("sessions lock"))?
+            .streams(&id);
+        if !streaming {
+            return Err(Status::failed_precondition(format!(
+                "workload {id} has no policy stream at this member: report flows where you stream policy"
             )));
         }
         let now = sc_store::time::now_ms();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sc_leader::client::ApiClient;
 use sc_member::{VenOptions, VenServer};
 use sc_proto::ven::ven_client::VenClient;
-use sc_proto::ven::{ven_message, Flow, FlowBatch, Heartbeat, VenMessage};
+use sc_proto::ven::{ven_message, Flow, FlowBatch, Heartbeat, Hello, VenMessage};
 use sc_raft::pki;
 use sc_testkit::{ApiCluster, TestCluster};
 use sc_ven::identity::{pair, HostFacts};
@@ -517,6 +517,23 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
         .await
         .expect_err("forged");
     assert!(e.to_string().contains("NotFound"), "{e}");
+    // An unknown key is refused before its CSR is looked at (nothing is
+    // signed for a caller without a key): a garbage CSR gets NotFound, not a
+    // complaint about the CSR.
+    let anonymous = sc_ven::identity::channel(&addr, &env.ca, None, Duration::from_secs(5))
+        .await
+        .expect("channel");
+    let st = VenClient::new(anonymous)
+        .pair(sc_proto::ven::PairRequest {
+            activation_code: "not-a-key".into(),
+            hostname: "h".into(),
+            addresses: vec!["10.9.9.9".into()],
+            os: "linux".into(),
+            csr_pem: "not a CSR".into(),
+        })
+        .await
+        .expect_err("unknown key");
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
     // A key good for one use.
     let once = env.pairing_key(&[&web], json!(1), json!("unlimited")).await;
     let good = pair(&addr, &env.ca, &once, &facts(2))
@@ -626,6 +643,59 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
         last_seen_ms: now,
         ..Flow::default()
     };
+    // A paired VEN without a policy stream at this member reports nothing
+    // here (its flows go where it streams).
+    let unlimited = env
+        .pairing_key(&[&web], json!("unlimited"), json!("unlimited"))
+        .await;
+    let idle = pair(&addr, &env.ca, &unlimited, &facts(5))
+        .await
+        .expect("pair");
+    let idle_ch = sc_ven::identity::channel(
+        &addr,
+        &env.ca,
+        Some((&idle.cert_pem, &idle.key_pem)),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("channel");
+    let st = VenClient::new(idle_ch)
+        .report_flows(FlowBatch {
+            flows: vec![flow.clone()],
+            dropped: 0,
+        })
+        .await
+        .expect_err("no stream here");
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+    assert!(st.message().contains("policy stream"), "{st:?}");
+    // The good VEN streams here (a hello), as its agent does where it reports;
+    // one certificate holds at most two streams at one member.
+    let hello = || {
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.try_send(VenMessage {
+            kind: Some(ven_message::Kind::Hello(Hello {
+                policy_hash: String::new(),
+                policy_version: 0,
+            })),
+        });
+        (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
+    };
+    let mut held = Vec::new();
+    let mut refused_stream = None;
+    for _ in 0..4 {
+        let (tx, rx) = hello();
+        match VenClient::new(ch.clone()).policy_stream(rx).await {
+            Ok(r) => held.push((tx, r.into_inner())),
+            Err(st) => {
+                refused_stream = Some(st);
+                break;
+            }
+        }
+    }
+    assert!(!held.is_empty(), "the good VEN opens its stream");
+    let st = refused_stream.expect("a third stream of one certificate is refused");
+    assert_eq!(st.code(), tonic::Code::ResourceExhausted, "{st:?}");
+    assert!(held.len() <= 2, "{} streams held", held.len());
     let mut client = VenClient::new(ch);
     let st = client
         .report_flows(FlowBatch {
