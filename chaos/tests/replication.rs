@@ -237,6 +237,74 @@ async fn a_minority_partition_cannot_commit_and_converges_after_healing() {
     c.shutdown().await;
 }
 
+/// Writes to `node` every 20 ms until told to stop; returns (acknowledged, failed).
+fn steady_writer(
+    node: sc_raft::Node,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut w = Writer::new();
+        let (mut ok, mut failed) = (0, Vec::new());
+        let mut i = 0u64;
+        while !*stop.borrow() {
+            i += 1;
+            match w.write(&node, &format!("steady/{i}"), "v").await {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_region_does_not_raise_its_term_or_depose_the_leader_when_it_returns() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let cut = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != cut).collect();
+    let term = c.node(leader).status().term;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let writer = steady_writer(c.node(leader).clone(), stop);
+    // Well past its election timeout (LAN: 500-700 ms), twice: partitioned by
+    // the network, then fenced for a drill.
+    c.faults.partition(&[cut], &others);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        c.node(cut).status().term,
+        term,
+        "a partitioned node must not campaign (pre-vote finds no majority)"
+    );
+    c.faults.heal();
+    c.wait_converged(T).await;
+    c.node(cut).fence().raise(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        c.node(cut).status().term,
+        term,
+        "a fenced node must not campaign"
+    );
+    c.node(cut).fence().lift();
+    c.wait_converged(T).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let (ok, failed) = writer.await.unwrap();
+    // Its return deposes nobody: same leader, same term, no write failed.
+    assert_eq!(c.leader().await, leader);
+    for id in [1, 2, 3] {
+        assert_eq!(c.node(id).status().term, term, "node {id}");
+    }
+    assert!(ok > 100, "the writer kept writing ({ok})");
+    assert!(
+        failed.is_empty(),
+        "{} writes failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn regions_can_be_demoted_promoted_and_removed() {
     use sc_raft::MembershipOp;

@@ -21,6 +21,17 @@
 //! its own leader lease runs (see `config::raft_config`, where the lease ends
 //! two heartbeats before our earliest deadline), and it refuses candidates
 //! whose log is behind.
+//!
+//! **Pre-vote** (openraft 0.9 has none): before campaigning, a node asks every
+//! voter whether it would vote (`PreVote`, which changes nothing), and
+//! campaigns only when a majority, itself included, says yes. A voter says no
+//! while it leads, while it heard its leader within the shortest election
+//! timeout, or when the asker's log is behind its own. So a node cut off from
+//! the others (fenced for a drill, partitioned, its links down) never raises
+//! its term, and when it comes back it cannot depose a healthy leader; a node
+//! that only lost its own link to the leader does not take over while the
+//! others still hear it. When the leader is really gone, every voter's
+//! timeout has passed as well and the round costs one round trip.
 
 use std::time::Duration;
 
@@ -31,7 +42,24 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::network::Peers;
-use crate::types::{NodeId, TypeConfig};
+use crate::storage::{LogStore, SledEngine};
+use crate::types::{NodeId, NodeInfo, TypeConfig};
+
+/// What a node sends before campaigning.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PreVoteRequest {
+    /// The asking node.
+    pub candidate: NodeId,
+    /// Its last log entry: a voter with a longer log says no.
+    pub last_log_id: Option<openraft::LogId<NodeId>>,
+}
+
+/// A voter's answer.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PreVoteResponse {
+    /// It would vote for the asker now.
+    pub granted: bool,
+}
 
 /// The longest pause between two looks at the core: a deadline passes
 /// unnoticed for at most this long (etcd's tick is 100 ms by default).
@@ -91,6 +119,7 @@ impl Deadline {
 /// refused our last campaign for having a longer log.
 pub(crate) async fn run(
     raft: Raft<TypeConfig>,
+    log: LogStore<SledEngine>,
     peers: std::sync::Arc<Peers>,
     id: NodeId,
     heartbeat: Duration,
@@ -112,6 +141,9 @@ pub(crate) async fn run(
     // deposed each candidate that could win: a chaos run had no leader for
     // 17 s after the faults healed.
     let mut stand_back: Option<Instant> = None;
+    // The renewal whose refused pre-vote was last logged.
+    let mut refused_for: Option<Instant> = None;
+    let rpc_timeout = peers.timeouts().rpc;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -165,17 +197,86 @@ pub(crate) async fn run(
                 );
                 continue;
             }
+            let (granted, of) = pre_vote(&raft, &log, &peers, id, rpc_timeout).await;
+            if granted * 2 <= of {
+                // Not now: the deadline stays passed, so the next look asks
+                // again. Logged once per renewal, not per look.
+                if refused_for != Some(renewed) {
+                    refused_for = Some(renewed);
+                    tracing::info!(
+                        id,
+                        granted,
+                        voters = of,
+                        "election timeout passed, but no majority would vote: not campaigning"
+                    );
+                }
+                continue;
+            }
             tracing::info!(
                 id,
                 state = ?look.state,
                 silent_ms = (now - renewed).as_millis() as u64,
-                "election timeout passed: campaigning"
+                granted,
+                voters = of,
+                "election timeout passed and a majority would vote: campaigning"
             );
             if raft.trigger().elect().await.is_err() {
                 return;
             }
         }
     }
+}
+
+/// Asks every other voter whether it would vote for this node now; returns
+/// the yes votes (this node's own included) and the voters. A voter that does
+/// not answer within `timeout` (or cannot be reached: a fenced node reaches
+/// nobody) counts as no.
+async fn pre_vote(
+    raft: &Raft<TypeConfig>,
+    log: &LogStore<SledEngine>,
+    peers: &Peers,
+    id: NodeId,
+    timeout: Duration,
+) -> (usize, usize) {
+    let Ok(voters) = raft
+        .with_raft_state(|st| {
+            let m = st.membership_state.effective().membership();
+            m.voter_ids()
+                .filter_map(|v| m.get_node(&v).map(|n| (v, n.clone())))
+                .collect::<Vec<(NodeId, NodeInfo)>>()
+        })
+        .await
+    else {
+        return (0, 1);
+    };
+    let Ok(last_log_id) = log.last_log_id() else {
+        return (0, voters.len());
+    };
+    let of = voters.len();
+    let request = match crate::codec::encode(&PreVoteRequest {
+        candidate: id,
+        last_log_id,
+    }) {
+        Ok(r) => r,
+        Err(_) => return (0, of),
+    };
+    let asks = voters.iter().filter(|(v, _)| *v != id).map(|(v, info)| {
+        let data = request.clone();
+        async move {
+            let mut c = peers.raft_client(*v, info).await.ok()?;
+            let call = c.pre_vote(sc_proto::raft::RaftPayload { data });
+            let r = tokio::time::timeout(timeout, call).await.ok()?.ok()?;
+            crate::codec::decode::<PreVoteResponse>(&r.into_inner().data)
+                .ok()
+                .map(|r| r.granted)
+        }
+    });
+    let yes = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter(|g| *g == Some(true))
+        .count();
+    (yes + 1, of)
 }
 
 #[cfg(test)]

@@ -95,6 +95,8 @@ impl Node {
         .map_err(|e| Error::Stopped(e.to_string()))?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let log_for_election = log.clone();
+        let log_for_server = log.clone();
         let node = Node::assemble(NodeParts {
             id: opts.id,
             info: opts.info.clone(),
@@ -112,6 +114,8 @@ impl Node {
             &node,
             raft.clone(),
             snapshot_dir,
+            opts.timeouts.election_min,
+            log_for_server,
             shutdown_rx.clone(),
         ));
         node.push_task(tokio::spawn(crate::watchdog::watch_core(
@@ -122,6 +126,7 @@ impl Node {
         )));
         node.push_task(tokio::spawn(crate::election::run(
             raft.clone(),
+            log_for_election,
             peers,
             opts.id,
             opts.timeouts.heartbeat,
@@ -190,13 +195,21 @@ fn serve(
     node: &Node,
     raft: Raft<TypeConfig>,
     snapshot_dir: PathBuf,
+    election_min: std::time::Duration,
+    log: LogStore<SledEngine>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let router = server
         .add_service(
-            RaftServiceServer::new(RaftGrpc::new(raft, snapshot_dir, node.fence().clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+            RaftServiceServer::new(RaftGrpc::new(
+                raft,
+                snapshot_dir,
+                node.fence().clone(),
+                election_min,
+                log,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             FederationServer::new(FederationGrpc::new(node.clone()))

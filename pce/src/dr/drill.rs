@@ -39,6 +39,11 @@ struct Report {
     writes_attempted: usize,
     writes_acknowledged: usize,
     writes_failed: usize,
+    /// Failed writes that no fence excuses: a write may fail only while the
+    /// leader's region is fenced and a new leader is not yet elected. Any
+    /// other failure (a member's fence, or a region's return, disturbing
+    /// writes) fails the drill.
+    writes_failed_unexpectedly: usize,
     /// The worst, over the fences, of: fence raised → the first write invoked
     /// after it is acknowledged. A write the API holds while a new leader is
     /// elected counts as down time, as does one that fails.
@@ -110,7 +115,7 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
     let plan = preflight(&c, &args, &mut p).await?;
     let load = Load::start(&c, &plan.apis, p.t0, format!("{started_unix_ms:x}"));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (fenced, fence_times) = fence_each(&c, &args, &plan, &load, &mut p).await?;
+    let (fenced, fence_times, led) = fence_each(&c, &args, &plan, &load, &mut p).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (ops, reads, writer_addr) = load.stop().await?;
     p.phase("writer and readers stopped");
@@ -153,6 +158,7 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
         writes_attempted: ops.len(),
         writes_acknowledged: acked.len(),
         writes_failed: ops.len() - acked.len(),
+        writes_failed_unexpectedly: unexpected_failures(&ops, &fence_times, &led),
         rto_ms: rto_per_fence_ms.iter().copied().max().unwrap_or(0),
         rto_per_fence_ms,
         first_failure_to_success_ms,
@@ -171,6 +177,7 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
         passed: false,
     };
     let passed = report.rpo == 0
+        && report.writes_failed_unexpectedly == 0
         && report.rto_ms != u64::MAX
         && report.first_failure_to_success_ms != u64::MAX
         && report.vens_after >= report.vens_before
@@ -424,10 +431,19 @@ async fn fence_each(
     plan: &Plan,
     load: &Load,
     p: &mut Progress,
-) -> Result<(Vec<String>, Vec<u64>)> {
+) -> Result<(Vec<String>, Vec<u64>, Vec<bool>)> {
     let mut fenced = Vec::new();
     let mut fence_times = Vec::new();
+    let mut led = Vec::new();
     for region in &plan.targets {
+        // Whether this region leads as it goes dark: only then may writes fail.
+        let nodes = c.status(&plan.all_apis).await?;
+        led.push(
+            nodes
+                .iter()
+                .filter_map(|n| n.status.as_ref())
+                .any(|s| s.role == "leader" && s.region == *region),
+        );
         let addr = plan
             .apis
             .iter()
@@ -456,7 +472,7 @@ async fn fence_each(
         converge(c, &plan.all_apis, Duration::from_secs(60)).await?;
         p.phase("converged");
     }
-    Ok((fenced, fence_times))
+    Ok((fenced, fence_times, led))
 }
 
 /// Every acknowledged write that some region does not have (the RPO).
@@ -527,6 +543,35 @@ fn write_figures(ops: &[WriteOp], fence_times: &[u64]) -> (Vec<u64>, u64, u64) {
     )
 }
 
+/// Failed writes invoked outside every window in which a failure is
+/// expected: from the fence of a region that led, to the first write after
+/// it that was acknowledged (the election), starting 100 ms early because the
+/// fence's time is taken when its call returns, after it was raised.
+fn unexpected_failures(ops: &[WriteOp], fence_times: &[u64], led: &[bool]) -> usize {
+    let windows: Vec<(u64, u64)> = fence_times
+        .iter()
+        .zip(led)
+        .filter(|(_, led)| **led)
+        .map(|(&f, _)| {
+            let end = ops
+                .iter()
+                .filter(|o| o.href.is_some() && o.invoked_ms >= f)
+                .map(|o| o.invoked_ms)
+                .next()
+                .unwrap_or(u64::MAX);
+            (f, end)
+        })
+        .collect();
+    ops.iter()
+        .filter(|o| o.href.is_none())
+        .filter(|o| {
+            !windows
+                .iter()
+                .any(|(from, to)| o.invoked_ms >= from.saturating_sub(100) && o.invoked_ms <= *to)
+        })
+        .count()
+}
+
 fn print_report(r: &Report) {
     println!();
     println!(
@@ -540,8 +585,12 @@ fn print_report(r: &Report) {
         r.leader_before, r.leader_after
     );
     println!(
-        "  writes           {} attempted, {} acknowledged, {} failed (through {})",
-        r.writes_attempted, r.writes_acknowledged, r.writes_failed, r.writer_region
+        "  writes           {} attempted, {} acknowledged, {} failed ({} outside a leader election) (through {})",
+        r.writes_attempted,
+        r.writes_acknowledged,
+        r.writes_failed,
+        r.writes_failed_unexpectedly,
+        r.writer_region
     );
     println!(
         "  RTO              {} ms (per fence: {:?}; first failure → success {} ms; slowest write {} ms)",
@@ -596,6 +645,10 @@ fn write_report(dir: &Path, r: &Report) -> Result<(PathBuf, PathBuf)> {
                 "{} / {} / {}",
                 r.writes_attempted, r.writes_acknowledged, r.writes_failed
             ),
+        ),
+        (
+            "failed writes no leader election excuses (must be 0)",
+            r.writes_failed_unexpectedly.to_string(),
         ),
         (
             "RTO (fence → first write after it acknowledged; worst fence)",

@@ -4,14 +4,14 @@
 use std::path::PathBuf;
 
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::{Raft, Snapshot, SnapshotMeta, Vote};
+use openraft::{Raft, ServerState, Snapshot, SnapshotMeta, Vote};
 use sc_proto::raft::raft_service_server::RaftService;
 use sc_proto::raft::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
-use crate::storage::SnapshotFile;
+use crate::storage::{LogStore, SledEngine, SnapshotFile};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// The Raft gRPC service of one node.
@@ -21,6 +21,11 @@ pub struct RaftGrpc {
     fence: crate::network::Fence,
     /// Where incoming snapshots are written while they stream in.
     incoming_dir: PathBuf,
+    /// A follower that heard its leader more recently than this refuses a
+    /// pre-vote (the shortest election timeout).
+    election_min: std::time::Duration,
+    /// This node's log, for the pre-vote's comparison.
+    log: LogStore<SledEngine>,
 }
 
 impl RaftGrpc {
@@ -29,11 +34,15 @@ impl RaftGrpc {
         raft: Raft<TypeConfig>,
         incoming_dir: PathBuf,
         fence: crate::network::Fence,
+        election_min: std::time::Duration,
+        log: LogStore<SledEngine>,
     ) -> Self {
         RaftGrpc {
             raft,
             fence,
             incoming_dir,
+            election_min,
+            log,
         }
     }
 }
@@ -73,6 +82,34 @@ impl RaftService for RaftGrpc {
         let req: VoteRequest<NodeId> =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.vote(req).await)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        self.fence.check()?;
+        let req: crate::election::PreVoteRequest =
+            codec::decode(&request.into_inner().data).map_err(bad_payload)?;
+        let min = self.election_min;
+        let ours = self
+            .log
+            .last_log_id()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let granted = self
+            .raft
+            .with_raft_state(move |st| {
+                // A leader is alive; a follower that heard its leader within
+                // the shortest election timeout believes it is; a candidate
+                // whose log is behind ours could not win our real vote.
+                let leading = st.server_state == ServerState::Leader;
+                let heard = st.vote_ref().is_committed()
+                    && st.vote_last_modified().is_some_and(|t| t.elapsed() < min);
+                !leading && !heard && req.last_log_id >= ours
+            })
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        reply(&crate::election::PreVoteResponse { granted })
     }
 
     async fn install_snapshot(

@@ -82,6 +82,19 @@ impl<E: LogEngine> LogStore<E> {
             .unwrap_or(None)
     }
 
+    /// The id of the last entry in the log (or the last purged one): what a
+    /// pre-vote compares. Read from the engine, so an entry being appended
+    /// right now may not count yet; the real vote, in openraft, decides.
+    pub fn last_log_id(&self) -> io::Result<Option<LogId<NodeId>>> {
+        match self.engine.last()? {
+            Some((_, bytes)) => {
+                let entry: Entry<TypeConfig> = codec::decode(&bytes).map_err(codec_io)?;
+                Ok(Some(*entry.get_log_id()))
+            }
+            None => self.read_meta(META_PURGED),
+        }
+    }
+
     /// Runs a blocking engine call off the async runtime.
     async fn blocking<T, F>(&self, f: F) -> io::Result<T>
     where
