@@ -116,17 +116,18 @@ impl Deadline {
 }
 
 /// Runs until `stop` turns true or the core stops. `peers` says when a peer
-/// refused our last campaign for having a longer log.
+/// refused our last campaign for having a longer log, and holds the timeouts.
 pub(crate) async fn run(
     raft: Raft<TypeConfig>,
     log: LogStore<SledEngine>,
     peers: std::sync::Arc<Peers>,
     id: NodeId,
-    heartbeat: Duration,
-    election_min: Duration,
-    election_max: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (heartbeat, election_min, election_max) = {
+        let t = peers.timeouts();
+        (t.heartbeat, t.election_min, t.election_max)
+    };
     let mut deadline = Deadline::new(election_min, election_max);
     let mut tick = tokio::time::interval(check_interval(heartbeat));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use openraft::Raft;
@@ -108,14 +108,18 @@ impl Node {
             shutdown,
             runtime,
         });
+        let raft_grpc = RaftGrpc::new(
+            raft.clone(),
+            snapshot_dir,
+            node.fence().clone(),
+            opts.timeouts.election_min,
+            log_for_server,
+        );
         node.push_task(serve(
             server,
             listener,
             &node,
-            raft.clone(),
-            snapshot_dir,
-            opts.timeouts.election_min,
-            log_for_server,
+            raft_grpc,
             shutdown_rx.clone(),
         ));
         node.push_task(tokio::spawn(crate::watchdog::watch_core(
@@ -129,9 +133,6 @@ impl Node {
             log_for_election,
             peers,
             opts.id,
-            opts.timeouts.heartbeat,
-            opts.timeouts.election_min,
-            opts.timeouts.election_max,
             shutdown_rx.clone(),
         )));
         tracing::info!(id = opts.id, node = %opts.info, "node listening");
@@ -193,23 +194,14 @@ fn serve(
     mut server: Server,
     listener: TcpListener,
     node: &Node,
-    raft: Raft<TypeConfig>,
-    snapshot_dir: PathBuf,
-    election_min: std::time::Duration,
-    log: LogStore<SledEngine>,
+    raft_grpc: RaftGrpc,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let router = server
         .add_service(
-            RaftServiceServer::new(RaftGrpc::new(
-                raft,
-                snapshot_dir,
-                node.fence().clone(),
-                election_min,
-                log,
-            ))
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
+            RaftServiceServer::new(raft_grpc)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             FederationServer::new(FederationGrpc::new(node.clone()))
