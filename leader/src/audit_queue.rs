@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 const QUEUE: usize = 10_000;
 /// Events in one Raft write at most.
 const BATCH: usize = 1_000;
+/// Tries to write one batch.
+const RETRIES: usize = 5;
 /// How long the first event of a batch waits for others.
 const GATHER: Duration = Duration::from_millis(200);
 
@@ -99,13 +101,29 @@ async fn write_batches(db: Db, mut rx: mpsc::Receiver<AuditEvent>, shutdown: Can
             );
             continue;
         }
-        if let Err(e) = db.commit(txn).await {
-            // Best effort: without a leader the events are only logged.
-            let why = match e {
-                sc_store::db::CommitError::Conflict(m) => m,
-                sc_store::db::CommitError::Store(e) => e.to_string(),
-            };
-            tracing::warn!(events = batch.len(), error = %why, "could not record audit events");
+        // A few tries (an election, a region just unfenced and catching up),
+        // then the events are only logged: the queue must not grow behind a
+        // cluster that cannot write.
+        let mut last = String::new();
+        for attempt in 0..RETRIES {
+            match db.commit(txn.clone()).await {
+                Ok(_) => {
+                    last.clear();
+                    break;
+                }
+                Err(e) => {
+                    last = match e {
+                        sc_store::db::CommitError::Conflict(m) => m,
+                        sc_store::db::CommitError::Store(e) => e.to_string(),
+                    };
+                    if attempt + 1 < RETRIES && !shutdown.is_cancelled() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        if !last.is_empty() {
+            tracing::warn!(events = batch.len(), error = %last, "could not record audit events");
         }
     }
 }

@@ -2,12 +2,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sc_raft::network::listen::{ConnLimits, Limited};
 use sc_raft::{Node, TlsMaterial};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
@@ -33,6 +36,19 @@ pub struct ApiOptions {
     pub burst: u32,
     /// Audit events older than this are deleted (zero: kept for ever).
     pub audit_retention: std::time::Duration,
+    /// Connection caps and timeouts ([`ApiOptions::default_limits`]).
+    pub limits: ConnLimits,
+}
+
+impl ApiOptions {
+    /// The admin API's caps: the node defaults, but an idle HTTP/1.1
+    /// keep-alive connection is let go after two minutes (clients reconnect).
+    pub fn default_limits() -> ConnLimits {
+        ConnLimits {
+            idle: Duration::from_secs(120),
+            ..ConnLimits::default()
+        }
+    }
 }
 
 /// How long open connections may take to finish their requests once the
@@ -119,7 +135,13 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let app = router(state.clone()).merge(crate::console::routes().with_state(state));
-    let task = tokio::spawn(accept_loop(listener, app, acceptor, shutdown.clone()));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        opts.limits,
+        app,
+        acceptor,
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, https = opts.tls.is_some(), "admin API listening");
     Ok(ApiServer {
         addr,
@@ -128,32 +150,36 @@ pub async fn serve(
     })
 }
 
-/// Accepts connections until `shutdown`, then waits for the open ones.
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` (within the caps and timeouts of
+/// [`sc_raft::network::listen`]), then waits for the open ones.
 async fn accept_loop(
     listener: TcpListener,
+    limits: ConnLimits,
     app: axum::Router,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
+    let mut incoming = Box::pin(sc_raft::network::listen::incoming(
+        listener,
+        limits,
+        "admin API",
+    ));
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
+        let tcp = tokio::select! {
+            r = incoming.next() => match r {
+                Some(Ok(c)) => c,
+                // The stream retries accept errors itself and never ends.
+                Some(Err(_)) | None => continue,
             },
             // Reap finished connections so the set stays as small as the open ones.
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = shutdown.cancelled() => break,
         };
-        // Answers are small and a client waits on each one: without
-        // TCP_NODELAY a reply can sit behind a delayed ACK for ~40 ms.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "TCP_NODELAY");
-        }
+        let peer = tcp.peer();
         conns.spawn(connection(
             tcp,
             peer,
@@ -162,7 +188,7 @@ async fn accept_loop(
             shutdown.clone(),
         ));
     }
-    drop(listener);
+    drop(incoming);
     let drained =
         tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -177,7 +203,7 @@ async fn accept_loop(
 /// Serves one connection; on `shutdown` it finishes the request in flight and
 /// closes (graceful shutdown of HTTP/1 keep-alive and HTTP/2).
 async fn connection(
-    tcp: tokio::net::TcpStream,
+    tcp: Limited,
     peer: SocketAddr,
     app: axum::Router,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -191,10 +217,14 @@ async fn connection(
     let result = match acceptor {
         Some(acc) => {
             let tls = tokio::select! {
-                r = acc.accept(tcp) => match r {
-                    Ok(tls) => tls,
-                    Err(e) => {
+                r = tokio::time::timeout(HANDSHAKE, acc.accept(tcp)) => match r {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake took too long");
                         return;
                     }
                 },

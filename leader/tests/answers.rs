@@ -398,7 +398,8 @@ async fn other_answers_conform(c: &mut sc_leader::client::ApiClient, doc: &Value
         call(c, doc, Method::GET, &path, None).await;
     }
     call(c, doc, Method::POST, "/api/v2/supercluster/campaign", None).await;
-    let fence = json!({"seconds": 30, "keep_serving": true});
+    // The only voter: forced (it would otherwise be refused, quorum_at_risk).
+    let fence = json!({"seconds": 30, "keep_serving": true, "force": true});
     call(
         c,
         doc,

@@ -423,6 +423,7 @@ async fn plain_http_only_when_asked_and_collections_are_capped() {
         rate: 0,
         burst: 0,
         audit_retention: std::time::Duration::ZERO,
+        limits: sc_leader::ApiOptions::default_limits(),
     };
     let insecure = sc_leader::serve(cl.cluster.node(1).clone(), opts, Default::default())
         .await

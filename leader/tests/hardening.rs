@@ -480,3 +480,128 @@ async fn the_audit_trail_lists_newest_first_and_forgets_past_its_retention() {
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(creates, sorted, "newest first");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_cannot_exhaust_the_api_and_are_closed() {
+    use sc_raft::network::listen::ConnLimits;
+    use tokio::io::AsyncReadExt;
+    let cl = ApiCluster::start(1, 0).await;
+    // A second API on the node, with small caps to test them.
+    let limits = ConnLimits {
+        max_total: 100,
+        max_per_ip: 20,
+        first_bytes: Duration::from_secs(3),
+        idle: Duration::from_secs(3),
+    };
+    let api = sc_leader::serve(
+        cl.cluster.node(1).clone(),
+        sc_leader::ApiOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(cl.cluster.node_options(1).unwrap().tls.clone()),
+            rate: 0,
+            burst: 0,
+            audit_retention: Duration::ZERO,
+            limits,
+        },
+        Default::default(),
+    )
+    .await
+    .expect("serve");
+    // Forty idle connections from one address (127.0.0.2): twenty are held,
+    // twenty closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(s.connect(api.addr).await.unwrap());
+    }
+    let closed_at_once = futures_util::future::join_all(idle.iter_mut().map(|s| async move {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }))
+    .await
+    .into_iter()
+    .filter(|c| *c)
+    .count();
+    assert_eq!(
+        closed_at_once, 20,
+        "the connections over the per-address cap"
+    );
+    // Another client is served meanwhile.
+    let mut c = ApiClient::new(api.addr, Some(&cl.ca))
+        .unwrap()
+        .with_key(&cl.owner.auth_username, &cl.owner.secret);
+    expect(c.get("/api/v2/orgs/1/labels").await.unwrap(), 200, "served");
+    // The silent ones are closed once their first bytes are overdue.
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b))
+            .await
+            .expect("a silent connection is closed");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    // A client that stays silent between requests is let go too, and the
+    // next request opens a new connection.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    expect(c.get("/api/v2/orgs/1/labels").await.unwrap(), 200, "again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_runbooks_actions_are_audited() {
+    let cl = ApiCluster::start(3, 0).await;
+    let member = cl.member().await;
+    let mut op = cl.client(member);
+    expect(
+        op.put("/api/v2/supercluster/fence", &json!({"seconds": 60}))
+            .await
+            .unwrap(),
+        200,
+        "fence",
+    );
+    let mut op = cl.client(member);
+    expect(
+        op.delete("/api/v2/supercluster/fence").await.unwrap(),
+        200,
+        "unfence",
+    );
+    eventually("the region serves again", || async {
+        let mut c = cl.client(member);
+        c.get("/api/v2/orgs/1/labels")
+            .await
+            .ok()
+            .filter(|a| a.status == 200)
+            .map(|_| ())
+    })
+    .await;
+    expect(
+        op.get("/api/v2/supercluster/backup").await.unwrap(),
+        200,
+        "backup",
+    );
+    expect(
+        op.post("/api/v2/supercluster/campaign", &json!({}))
+            .await
+            .unwrap(),
+        200,
+        "transfer",
+    );
+    let leader = cl.leader().await;
+    let want = [
+        "fence.update",
+        "fence.delete",
+        "backup.read",
+        "campaign.create",
+    ];
+    let events = events_when(&cl, leader, "the runbook's actions in the trail", |l| {
+        want.iter().all(|t| l.iter().any(|e| e["event_type"] == *t))
+    })
+    .await;
+    for t in want {
+        let e = events.iter().find(|e| e["event_type"] == t).unwrap();
+        assert_eq!(e["status"], "success", "{e}");
+        assert_eq!(e["created_by"]["user"]["username"], "owner", "{e}");
+    }
+}

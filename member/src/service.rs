@@ -833,8 +833,14 @@ impl VenServer {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(grpc)
             .serve_with_incoming_shutdown(
-                // Policy pushes are small: send them now, not after a delayed ACK.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                // Within caps and timeouts (a flood of idle connections
+                // cannot take the VENs' service down); TCP_NODELAY so small
+                // policy pushes go out now, not after a delayed ACK.
+                sc_raft::network::listen::incoming(
+                    listener,
+                    sc_raft::network::listen::ConnLimits::default(),
+                    "ven",
+                ),
                 shutdown.clone().cancelled_owned(),
             );
         let mut tasks = vec![tokio::spawn(async move {

@@ -338,6 +338,24 @@ fn main() -> ExitCode {
         libc::umask(0o077);
     }
     let cli = Cli::parse();
+    // `pce ... | head` closes the pipe early: a command that prints and ends
+    // then stops quietly, as Unix tools do, rather than panic on its next
+    // print (Rust ignores SIGPIPE by default). Not the servers and agents:
+    // a closed log pipe must never stop a region or a VEN.
+    if !matches!(
+        cli.command,
+        Command::Up { .. }
+            | Command::Serve { .. }
+            | Command::Ven { .. }
+            | Command::VenSim(_)
+            | Command::Chaos(_)
+    ) {
+        // SAFETY: restores a signal's default disposition before any thread
+        // of ours exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

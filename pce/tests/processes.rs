@@ -812,10 +812,29 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
 
     // Membership through the runbook: demote a region, see it, promote it back;
     // a bad add is refused with the field to fix.
+    // Leaving two voters needs --force, and says what it risks; then the
+    // verdict is no longer "healthy".
     let (ok, out) = dr(&data, api_port, &["demote", "--region", "eu-west"]);
+    assert!(
+        !ok && out.contains("2 voters would be left") && out.contains("force"),
+        "{out}"
+    );
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &["demote", "--region", "eu-west", "--force"],
+    );
     assert!(ok, "{out}");
+    let (ok, out) = dr(&data, api_port, &["status"]);
+    assert!(!ok && out.contains("only 2 voters"), "{out}");
+    // (The JSON, then the verdict's error: the cluster is not healthy.)
     let (_, out) = dr(&data, api_port, &["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(v["healthy"], false, "{v}");
     let leader = v["nodes"]
         .as_array()
         .unwrap()
@@ -861,6 +880,13 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
         &["fence", "--region", "eu-west", "--seconds", "120"],
     );
     assert!(ok, "{out}");
+    // A second fence would leave one voter of three: refused, with why.
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &["fence", "--region", "us-east", "--seconds", "120"],
+    );
+    assert!(!ok && out.contains("leaves 1 of 3 voters"), "{out}");
     let (ok, out) = dr(
         &data,
         api_port,
@@ -872,6 +898,26 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     );
     let (ok, out) = dr(&data, api_port, &["unfence", "--region", "eu-west"]);
     assert!(ok, "{out}");
+    // A hold no fence could stand is refused before anything starts.
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &["drill", "member-region-loss", "--hold", "99999"],
+    );
+    assert!(!ok && out.contains("--hold 99999: give 1 to"), "{out}");
+    // A reader that stops early (`| head`) ends the command quietly, no panic.
+    let mut child = Command::new(PCE)
+        .args(["dr", "status", "--json", "--dir", data.to_str().unwrap()])
+        .args(["--api", &format!("127.0.0.11:{api_port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
 
     // Every scenario end to end: RPO 0, VENs back on their policy, a report.
     let reports = dir.path().join("reports");

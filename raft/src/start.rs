@@ -210,7 +210,12 @@ fn serve(
     // Raft messages are small and latency-bound: without TCP_NODELAY a vote
     // granted in microseconds reached its candidate tens of milliseconds
     // later (Nagle's algorithm waiting on a delayed ACK).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // (TCP_NODELAY is set on every accepted connection by `listen`.)
+    let incoming = crate::network::listen::incoming(
+        listener,
+        crate::network::listen::ConnLimits::default(),
+        "raft",
+    );
     tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -199,6 +199,20 @@ pub struct ApiConfig {
     /// Days audit events are kept (0: for ever).
     #[serde(default = "default_audit_days")]
     pub audit_retention_days: u64,
+    /// Open connections at most (all clients).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections from one address at most.
+    #[serde(default = "default_max_per_ip")]
+    pub max_connections_per_ip: usize,
+}
+
+fn default_max_connections() -> usize {
+    sc_leader::ApiOptions::default_limits().max_total
+}
+
+fn default_max_per_ip() -> usize {
+    sc_leader::ApiOptions::default_limits().max_per_ip
 }
 
 fn default_audit_days() -> u64 {
@@ -230,6 +244,11 @@ impl ApiConfig {
             rate: self.rate,
             burst: self.burst,
             audit_retention: std::time::Duration::from_secs(self.audit_retention_days * 86_400),
+            limits: sc_raft::network::listen::ConnLimits {
+                max_total: self.max_connections,
+                max_per_ip: self.max_connections_per_ip,
+                ..sc_leader::ApiOptions::default_limits()
+            },
         })
     }
 }

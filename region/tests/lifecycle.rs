@@ -16,6 +16,7 @@ fn api_on_any_port() -> ApiOptions {
         rate: 0,
         burst: 0,
         audit_retention: std::time::Duration::ZERO,
+        limits: ApiOptions::default_limits(),
     }
 }
 

@@ -45,6 +45,7 @@ impl ApiCluster {
                 rate,
                 burst: rate.max(1),
                 audit_retention,
+                limits: ApiOptions::default_limits(),
             };
             apis.push((
                 id,

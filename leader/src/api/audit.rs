@@ -144,6 +144,34 @@ pub async fn record_refusal(state: &AppState, ctx: &Ctx, resp: Response) -> Resp
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// The runbook's actions (fence, unfence, leader transfer, membership
+/// changes, backup, restore) change no policy object, so no write records
+/// them: they are audited here, on success. A fence records itself before it
+/// is raised (a fenced node cannot write); see `dr::fence`.
+pub fn is_dr_action(method: &Method, path: &str) -> bool {
+    let Some(what) = path.strip_prefix("/api/v2/supercluster/") else {
+        return false;
+    };
+    match (method.as_str(), what) {
+        ("PUT", "fence") => false,
+        ("GET", "backup") => true,
+        ("GET", _) => false,
+        _ => true,
+    }
+}
+
+/// Queues the audit event of a DR action that succeeded.
+pub fn record_dr_action(state: &AppState, ctx: &Ctx, http_status: u16) {
+    state.audit_queue.push(event_of(
+        ctx,
+        state,
+        &ctx.path,
+        "success",
+        http_status,
+        vec![],
+    ));
+}
+
 async fn list(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError> {
     let ctx = ctx.0;
     if !ctx.who.may(Action::ReadAudit) {

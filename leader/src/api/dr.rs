@@ -119,6 +119,10 @@ struct FenceBody {
     /// Keep serving clients from the replica (a partition, not a region loss).
     #[serde(default)]
     keep_serving: bool,
+    /// Fence even though too few voters would be left to elect a leader or
+    /// commit (writes stop until a fence lifts).
+    #[serde(default)]
+    force: bool,
 }
 
 /// Fences this node for a drill (see `sc_raft::network::fence`).
@@ -132,6 +136,14 @@ async fn fence(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErro
             format!("must be 1..={max} (the fence lifts itself after it)"),
         ));
     }
+    if !body.force {
+        quorum_survives_fence(&s).await?;
+    }
+    // Recorded before it is raised: a fenced node writes nothing.
+    let ev = super::audit::event_of(&ctx, &s, &ctx.path, "success", 200, vec![]);
+    let mut txn = sc_store::db::Txn::default();
+    ev.add_to(&mut txn)?;
+    commit_batch(&s, txn).await?;
     let node = s.db.node();
     if body.keep_serving {
         node.fence().partition(Duration::from_secs(body.seconds));
@@ -149,6 +161,38 @@ async fn fence(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiErro
         fenced_for_ms: Some(body.seconds * 1000),
     };
     answer_of(StatusCode::OK, &v, 0)
+}
+
+/// Refuses a fence that would leave fewer than a majority of voters able to
+/// vote (counting those already fenced or unreachable): the cluster could
+/// then neither elect nor commit.
+async fn quorum_survives_fence(s: &Shared) -> Result<(), ApiError> {
+    let node = s.db.node();
+    let me = node.id();
+    let voters = node.membership_view().voters;
+    if !voters.contains(&me) {
+        return Ok(());
+    }
+    let mut able = 0usize;
+    for (id, r) in node.cluster_status().await {
+        let up = matches!(&r, Ok(st) if st.fenced_for_ms.is_none());
+        if id != me && voters.contains(&id) && up {
+            able += 1;
+        }
+    }
+    let need = voters.len() / 2 + 1;
+    if able >= need {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "quorum_at_risk",
+        format!(
+            "fencing {} leaves {able} of {} voters able to vote; electing a leader and committing writes need {need}, so writes would stop until a fence lifts. Lift the other fence first, or fence with force to do it anyway",
+            node.info().name,
+            voters.len()
+        ),
+    ))
 }
 
 /// Lifts this node's fence.
@@ -406,6 +450,54 @@ struct MembershipBody {
     region: Option<String>,
     #[serde(default)]
     addr: Option<String>,
+    /// Demote or remove even though fewer than three voters would be left
+    /// (the loss of any one region would then stop writes).
+    #[serde(default)]
+    force: bool,
+}
+
+/// Refuses a demotion or removal that leaves no voter, or (without `force`)
+/// fewer than three: with two, losing either region stops writes.
+fn voters_after_change(
+    s: &Shared,
+    op: sc_raft::MembershipOp,
+    id: u64,
+    force: bool,
+) -> Result<(), ApiError> {
+    use sc_raft::MembershipOp as Op;
+    if !matches!(op, Op::Demote | Op::Remove) {
+        return Ok(());
+    }
+    let voters = s.db.node().membership_view().voters;
+    if !voters.contains(&id) {
+        return Ok(());
+    }
+    let left = voters.len() - 1;
+    if left == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "last_voter",
+            format!(
+                "node {id} is the only voter, and a cluster needs one: promote another node first"
+            ),
+        ));
+    }
+    if left < 3 && !force {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "fault_tolerance_lost",
+            format!(
+                "after this, {left} voter{} would be left: {}. Add or promote a region first, or send force to do it anyway",
+                if left == 1 { "" } else { "s" },
+                if left == 1 {
+                    "the loss of that one region stops writes"
+                } else {
+                    "the loss of either region stops writes"
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Adds a region's node as a learner (it must be running, with a certificate
@@ -439,6 +531,7 @@ async fn membership(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, Ap
         MembershipAction::Demote => (Op::Demote, None),
         MembershipAction::Remove => (Op::Remove, None),
     };
+    voters_after_change(&s, op, body.node_id, body.force)?;
     let view =
         s.db.node()
             .change_membership(op, body.node_id, info)

@@ -368,6 +368,9 @@ async fn guard(state: Shared, req: Request, next: Next) -> Result<Response, ApiE
     if writes && status.as_u16() >= 400 && status != StatusCode::SERVICE_UNAVAILABLE {
         return Ok(audit::record_refusal(&state, &ctx, resp).await);
     }
+    if status.is_success() && audit::is_dr_action(&method, &path) {
+        audit::record_dr_action(&state, &ctx, status.as_u16());
+    }
     Ok(resp)
 }
 

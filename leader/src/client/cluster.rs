@@ -188,6 +188,29 @@ pub fn problems(nodes: &[NodeView]) -> Vec<String> {
     out
 }
 
+/// What leaves the cluster one failure from stopping (empty: it survives the
+/// loss of any one region). Not a reason to wait (see [`converge`]), but a
+/// reason for the verdict not to say "healthy".
+pub fn risks(nodes: &[NodeView]) -> Vec<String> {
+    let Some(l) = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader")
+    else {
+        return vec![];
+    };
+    // Fewer than three voters: one region's loss (or a fence) stops writes.
+    let voters = l.peers.iter().filter(|p| p.voter).count();
+    if voters < 3 {
+        vec![format!(
+            "only {voters} voter{}: losing any one region stops writes; promote a learner or add a region (pce dr add-region --voter)",
+            if voters == 1 { "" } else { "s" }
+        )]
+    } else {
+        vec![]
+    }
+}
+
 /// Waits until every node is reachable, agrees on one leader, and has applied
 /// the same index; returns the final status.
 pub async fn converge(

@@ -11,11 +11,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use sc_leader::client::cluster::{api_of, converge, ok, problems, region_of, Cluster, NodeView};
+use sc_leader::client::cluster::{
+    api_of, converge, ok, problems, region_of, risks, Cluster, NodeView,
+};
 use serde::Serialize;
 use serde_json::json;
 
 use super::{fence, find_region, open_cluster, unfence, DrillArgs, Scenario, ORG};
+
+/// Seconds a drill's fence outlives its hold, so the drill lifts it, not
+/// time; and time lifts it if the drill dies.
+const FENCE_MARGIN_S: u64 = 30;
 
 /// One write of the drill's writer.
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +112,12 @@ fn vens(nodes: &[NodeView]) -> (u64, u64) {
 
 /// Runs one drill: preflight, load, the fences, the checks, the report.
 pub(super) async fn run(args: DrillArgs) -> Result<()> {
+    // Checked before anything starts: a fence stands for the hold plus a
+    // margin, and no fence may stand longer than MAX_FENCE.
+    let max_hold = sc_raft::network::fence::MAX_FENCE.as_secs() - FENCE_MARGIN_S;
+    if args.hold == 0 || args.hold > max_hold {
+        bail!("--hold {}: give 1 to {max_hold} seconds", args.hold);
+    }
     let c = Arc::new(open_cluster(&args.conn)?);
     let mut p = Progress {
         t0: Instant::now(),
@@ -211,7 +223,8 @@ struct Plan {
 async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Plan> {
     p.phase(format!("preflight: asking {}", c.entry()));
     let nodes = c.status(&[]).await?;
-    let issues = problems(&nodes);
+    let mut issues = problems(&nodes);
+    issues.extend(risks(&nodes));
     if !issues.is_empty() {
         bail!(
             "refusing to start the drill: the cluster is not healthy:\n  - {}",
@@ -454,7 +467,7 @@ async fn fence_each(
         load.avoid(&plan.apis, region);
         let keep_serving = args.scenario == Scenario::PartitionLeaderMinority;
         // The fence outlives the hold by a margin, but lifts itself if we die.
-        fence(c, addr, args.hold + 30, keep_serving).await?;
+        fence(c, addr, args.hold + FENCE_MARGIN_S, keep_serving, false).await?;
         fence_times.push(p.t0.elapsed().as_millis() as u64);
         fenced.push(region.clone());
         p.phase(format!(

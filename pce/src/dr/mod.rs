@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use sc_leader::client::cluster::{api_of, ok, problems, region_of, Cluster, NodeView};
+use sc_leader::client::cluster::{api_of, ok, problems, region_of, risks, Cluster, NodeView};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -60,6 +60,10 @@ pub enum DrCommand {
         /// Cut it off from its peers only; it keeps serving from its replica.
         #[arg(long)]
         keep_serving: bool,
+        /// Fence even if too few voters would be left to elect and commit
+        /// (writes stop until a fence lifts).
+        #[arg(long)]
+        force: bool,
     },
     /// Lift a region's fence.
     Unfence {
@@ -98,6 +102,9 @@ pub enum DrCommand {
         /// The region.
         #[arg(long)]
         region: String,
+        /// Even if fewer than three voters would be left.
+        #[arg(long)]
+        force: bool,
     },
     /// Learner → voter.
     Promote {
@@ -114,6 +121,9 @@ pub enum DrCommand {
         /// The region.
         #[arg(long)]
         region: String,
+        /// Even if fewer than three voters would be left.
+        #[arg(long)]
+        force: bool,
     },
     /// Save the whole policy store, at one point of history, to a checksummed file.
     Backup {
@@ -262,12 +272,13 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             region,
             seconds,
             keep_serving,
+            force,
         } => {
             let c = open_cluster(&conn)?;
             let nodes = c.status(&[]).await?;
             let addr = api_of(find_region(&nodes, &region)?)
                 .ok_or_else(|| anyhow!("{region} runs no admin API"))?;
-            fence(&c, addr, seconds, keep_serving).await?;
+            fence(&c, addr, seconds, keep_serving, force).await?;
             println!("{region} fenced; it lifts itself in {seconds} s (`pce dr unfence --region {region}` sooner)");
             Ok(())
         }
@@ -299,9 +310,19 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             }
             Ok(())
         }
-        DrCommand::RemoveRegion { conn, region } => change_region(&conn, &region, "remove").await,
-        DrCommand::Promote { conn, region } => change_region(&conn, &region, "promote").await,
-        DrCommand::Demote { conn, region } => change_region(&conn, &region, "demote").await,
+        DrCommand::RemoveRegion {
+            conn,
+            region,
+            force,
+        } => change_region(&conn, &region, "remove", force).await,
+        DrCommand::Promote { conn, region } => {
+            change_region(&conn, &region, "promote", false).await
+        }
+        DrCommand::Demote {
+            conn,
+            region,
+            force,
+        } => change_region(&conn, &region, "demote", force).await,
         DrCommand::Backup { conn, out } => backup(&conn, &out).await,
         DrCommand::Restore { conn, file } => restore(&conn, &file).await,
     }
@@ -312,7 +333,8 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
 async fn status(conn: &Conn, json: bool) -> Result<()> {
     let c = open_cluster(conn)?;
     let nodes = c.status(&[]).await?;
-    let issues = problems(&nodes);
+    let mut issues = problems(&nodes);
+    issues.extend(risks(&nodes));
     if json {
         let v = json!({"nodes": nodes, "healthy": issues.is_empty(), "problems": issues});
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -442,11 +464,15 @@ async fn membership(c: &Cluster, body: &Value) -> Result<Value> {
 }
 
 /// Promotes, demotes or removes the node of `region`.
-async fn change_region(conn: &Conn, region: &str, action: &str) -> Result<()> {
+async fn change_region(conn: &Conn, region: &str, action: &str, force: bool) -> Result<()> {
     let c = open_cluster(conn)?;
     let nodes = c.status(&[]).await?;
     let node = find_region(&nodes, region)?;
-    let v = membership(&c, &json!({"action": action, "node_id": node.id})).await?;
+    let v = membership(
+        &c,
+        &json!({"action": action, "node_id": node.id, "force": force}),
+    )
+    .await?;
     println!(
         "{action} {region} (node {}): voters {}, learners {}",
         node.id, v["voters"], v["learners"]
@@ -486,12 +512,18 @@ fn find_region<'a>(nodes: &'a [NodeView], region: &str) -> Result<&'a NodeView> 
         })
 }
 
-async fn fence(c: &Cluster, addr: SocketAddr, seconds: u64, keep_serving: bool) -> Result<()> {
+async fn fence(
+    c: &Cluster,
+    addr: SocketAddr,
+    seconds: u64,
+    keep_serving: bool,
+    force: bool,
+) -> Result<()> {
     ok(
         c.client(addr)?
             .put(
                 "/api/v2/supercluster/fence",
-                &json!({"seconds": seconds, "keep_serving": keep_serving}),
+                &json!({"seconds": seconds, "keep_serving": keep_serving, "force": force}),
             )
             .await?,
         &format!("fencing {addr}"),

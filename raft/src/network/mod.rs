@@ -8,10 +8,13 @@
 //! - [`peers`]: the per-peer channel cache shared by Raft and federation clients.
 //! - [`raft_client`] / [`raft_server`]: openraft's `RaftNetwork` over gRPC.
 //! - [`federation`]: forwarding, ReadIndex, membership changes, status.
+//! - [`listen`]: accepting connections within caps and timeouts (every
+//!   server of a node, the admin API's included).
 
 pub mod faults;
 pub mod federation;
 pub mod fence;
+pub mod listen;
 pub mod peers;
 pub mod raft_client;
 pub mod raft_server;
