@@ -123,3 +123,57 @@ async fn a_node_refuses_a_server_from_another_ca_and_an_impostor_cannot_join() {
     impostor.shutdown().await;
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_certificate_that_names_no_member_reads_status_and_nothing_else() {
+    use sc_proto::raft::raft_service_client::RaftServiceClient;
+    use sc_proto::raft::RaftPayload;
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let target = c.node(leader).info().clone();
+    // Issued by the cluster CA, for a tool: it names no node of the cluster.
+    let issued = pki::issue(
+        &c.certs_dir(),
+        "ops-tool",
+        "ops",
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    )
+    .unwrap();
+    let tool =
+        TlsMaterial::load(&c.certs_dir().join(pki::CA_CERT), &issued.cert, &issued.key).unwrap();
+    assert_eq!(status_with(&tool, &target).await.unwrap(), "leader");
+    let client = sc_raft::Client::new(tool.clone(), target.clone(), test_timeouts()).unwrap();
+    let mut w = sc_testkit::Writer::new();
+    let err = client
+        .write(&w.put("intruded", "x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a member"), "{err}");
+    let err = client
+        .read(b"intruded", false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a member"), "{err}");
+    let err = client
+        .change_membership(sc_raft::MembershipOp::Remove, 2)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a member"), "{err}");
+    // Raft itself: refused before the payload is even read.
+    let channel = connect_lazy(&tool, &target, &test_timeouts()).unwrap();
+    let st = RaftServiceClient::new(channel)
+        .vote(RaftPayload {
+            data: vec![1, 2, 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+    // A member's certificate writes as before.
+    let member = c.node_options(2).unwrap().tls.clone();
+    let client = sc_raft::Client::new(member, target, test_timeouts()).unwrap();
+    client.write(&w.put("by-a-member", "ok")).await.unwrap();
+    c.shutdown().await;
+}

@@ -605,3 +605,137 @@ async fn the_runbooks_actions_are_audited() {
         assert_eq!(e["created_by"]["user"]["username"], "owner", "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_region_is_named_in_the_status_and_can_be_removed() {
+    let mut cl = ApiCluster::start(3, 0).await;
+    let leader = cl.leader().await;
+    let gone = (1..=3).find(|id| *id != leader).unwrap();
+    let name = cl.cluster.node(gone).info().name.clone();
+    let region = cl.cluster.node(gone).info().region.clone();
+    cl.cluster.stop(gone).await;
+    let mut op = cl.client(leader);
+    let t0 = Instant::now();
+    let status = loop {
+        let v = op.get("/api/v2/supercluster/status").await.unwrap().json();
+        let n = v["nodes"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|n| n["id"] == gone && n["reachable"] == false)
+            })
+            .cloned();
+        if let Some(n) = n {
+            break n;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "never unreachable: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["name"], json!(name), "{status}");
+    assert_eq!(status["region"], json!(region), "{status}");
+    // Removing it leaves two voters: refused without force, then done.
+    let body = json!({"action": "remove", "node_id": gone});
+    let a = op
+        .post("/api/v2/supercluster/membership", &body)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.token()),
+        (409, "fault_tolerance_lost".into()),
+        "{}",
+        a.json()
+    );
+    let mut forced = body.clone();
+    forced["force"] = json!(true);
+    let v = expect(
+        op.post("/api/v2/supercluster/membership", &forced)
+            .await
+            .unwrap(),
+        200,
+        "remove",
+    )
+    .json();
+    assert!(
+        !v["voters"].as_array().unwrap().contains(&json!(gone)),
+        "{v}"
+    );
+    // The last voter can never be removed.
+    let lead = cl.leader().await;
+    let me = json!({"action": "demote", "node_id": lead, "force": true});
+    let remaining: Vec<u64> = v["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_u64())
+        .collect();
+    assert_eq!(remaining.len(), 2, "{v}");
+    let other = remaining.iter().copied().find(|id| *id != lead).unwrap();
+    expect(
+        op.post(
+            "/api/v2/supercluster/membership",
+            &json!({"action": "demote", "node_id": other, "force": true}),
+        )
+        .await
+        .unwrap(),
+        200,
+        "down to one voter",
+    );
+    let a = op
+        .post("/api/v2/supercluster/membership", &me)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.status.as_u16(), a.token()),
+        (409, "last_voter".into()),
+        "{}",
+        a.json()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_a_region_at_a_wrong_address_fails_at_once_and_changes_nothing() {
+    let cl = ApiCluster::start(3, 0).await;
+    let mut op = cl.client(cl.leader().await);
+    let body = json!({"action": "add_learner", "node_id": 9, "name": "ghost-1", "region": "nowhere", "addr": "127.0.0.1:1"});
+    let a = tokio::time::timeout(
+        Duration::from_secs(20),
+        op.post("/api/v2/supercluster/membership", &body),
+    )
+    .await
+    .expect("answered without waiting for a catch-up")
+    .unwrap();
+    assert_eq!(a.status.as_u16(), 406, "{}", a.json());
+    assert!(
+        a.json()[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no Supercluster node answers at 127.0.0.1:1"),
+        "{}",
+        a.json()
+    );
+    let v = op.get("/api/v2/supercluster/status").await.unwrap().json();
+    assert_eq!(
+        v["nodes"].as_array().map(|l| l.len()),
+        Some(3),
+        "no phantom learner: {v}"
+    );
+    // A node that answers but is not who the request says: refused too.
+    let real = cl.cluster.node(2).info().clone();
+    let body = json!({"action": "add_learner", "node_id": 9, "name": "ghost-1", "region": "nowhere", "addr": real.addr});
+    let a = op
+        .post("/api/v2/supercluster/membership", &body)
+        .await
+        .unwrap();
+    assert_eq!(a.status.as_u16(), 406, "{}", a.json());
+    assert!(
+        a.json()[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&real.name),
+        "{}",
+        a.json()
+    );
+}

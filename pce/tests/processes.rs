@@ -880,6 +880,29 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
         &["fence", "--region", "eu-west", "--seconds", "120"],
     );
     assert!(ok, "{out}");
+    // Entering through the fenced region, status and backup use the others.
+    let through_fenced = |args: &[&str]| {
+        let out = Command::new(PCE)
+            .arg("dr")
+            .args(args)
+            .args(["--dir", data.to_str().unwrap()])
+            .args(["--api", &format!("127.0.0.12:{api_port}")])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = through_fenced(&["status"]);
+    assert!(
+        out.contains("eu-west-1") && out.contains("is fenced") && !out.contains("unreachable"),
+        "{out}"
+    );
+    let fenced_backup = dir.path().join("through-fenced.backup");
+    let out = through_fenced(&["backup", "--out", fenced_backup.to_str().unwrap()]);
+    assert!(out.contains("sha256") && fenced_backup.exists(), "{out}");
     // A second fence would leave one voter of three: refused, with why.
     let (ok, out) = dr(
         &data,

@@ -643,6 +643,34 @@ impl Node {
         }
     }
 
+    /// Asks the node at `info` for its status over the federation service,
+    /// as a peer would, within `timeout`: before a node is admitted, whether
+    /// it is there, speaks TLS with this cluster's CA, and is who it says.
+    pub async fn probe(
+        &self,
+        id: NodeId,
+        info: &NodeInfo,
+        timeout: Duration,
+    ) -> Result<NodeStatus, String> {
+        let mut c = self
+            .core
+            .peers
+            .federation_client(id, info)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = tokio::time::timeout(timeout, c.status(sc_proto::federation::StatusRequest {}))
+            .await
+            .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+            .map_err(|s| s.message().to_string())?;
+        Ok(status_from_proto(r.into_inner()))
+    }
+
+    /// Every member's id and name, region and address, as this node's
+    /// membership records them (answering or not).
+    pub fn member_infos(&self) -> Vec<(NodeId, NodeInfo)> {
+        self.members()
+    }
+
     /// The membership as this node knows it.
     pub fn membership_view(&self) -> MembershipView {
         let m = self.core.raft.metrics();

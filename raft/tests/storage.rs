@@ -201,6 +201,47 @@ async fn an_interrupted_snapshot_install_leaves_the_old_state_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_snapshot_arriving_twice_installs_twice_without_losing_a_file() {
+    // A node that adds itself while the operator adds it too is sent the
+    // same snapshot on two streams: the first install must not delete the
+    // second's file under it (issue 19: the Raft core stopped for good).
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (_l, mut leader) = open(leader_dir.path());
+    for i in 1..=20u64 {
+        leader
+            .apply(vec![entry(i, put(1, i, &format!("k{i:03}"), "v"))])
+            .await
+            .unwrap();
+    }
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    let first = sm.begin_receiving_snapshot().await.unwrap();
+    let second = sm.begin_receiving_snapshot().await.unwrap();
+    std::fs::copy(&snap.snapshot.path, &first.path).unwrap();
+    std::fs::copy(&snap.snapshot.path, &second.path).unwrap();
+    sm.install_snapshot(&snap.meta, first).await.unwrap();
+    assert!(
+        second.path.exists(),
+        "the second stream's file is still there"
+    );
+    sm.install_snapshot(&snap.meta, second).await.unwrap();
+    assert_eq!(sm.read_view().scan(b"k", 100).unwrap().value.len(), 20);
+    // What a crash left half-received is cleaned at the next start.
+    let stray = sm.begin_receiving_snapshot().await.unwrap();
+    std::fs::write(&stray.path, b"half").unwrap();
+    drop(sm);
+    drop(_log);
+    let (_log, _sm) = open(dir.path());
+    assert!(!stray.path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_snapshot_is_refused_before_anything_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (_l, mut sm) = open(dir.path());

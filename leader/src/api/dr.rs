@@ -33,14 +33,22 @@ fn owner_only(ctx: &super::Ctx) -> Result<(), ApiError> {
 async fn status(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiError> {
     owner_only(&ctx)?;
     let node = s.db.node();
+    let infos: std::collections::HashMap<u64, sc_raft::NodeInfo> =
+        node.member_infos().into_iter().collect();
     let mut nodes = Vec::new();
     for (id, r) in node.cluster_status().await {
         let (status, error) = match r {
             Ok(st) => (Some(st), None),
             Err(e) => (None, Some(e)),
         };
+        // Named from the membership even when it does not answer, so an
+        // operator can tell which region is gone (and remove it by name).
+        let info = infos.get(&id);
         nodes.push(NodeReport {
             id,
+            name: info.map(|i| i.name.clone()),
+            region: info.map(|i| i.region.clone()),
+            addr: info.map(|i| i.addr.clone()),
             reachable: status.is_some(),
             status,
             error,
@@ -68,6 +76,13 @@ struct ClusterStatus {
 #[derive(Serialize, ToSchema)]
 struct NodeReport {
     id: u64,
+    /// Its name, region and Raft address, as the membership records them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addr: Option<String>,
     reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<NodeStatus>,
@@ -237,7 +252,23 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     node.campaign().await.map_err(ApiError::internal)?;
     let t = node.timeouts();
     let deadline = tokio::time::Instant::now() + t.election_max * 4 + t.rpc;
+    // Another node can win the race this campaign starts (the old leader,
+    // once its lease runs out, or a follower whose timer fired): then this
+    // node campaigns again, at a higher term, a few times at most.
+    let mut campaigns = 1;
+    let mut last = tokio::time::Instant::now();
     while tokio::time::Instant::now() < deadline {
+        let other_won = node.leader_info().is_some() && !node.is_leader();
+        if other_won && campaigns < 4 && last.elapsed() >= t.election_min / 2 {
+            s.db.linearize().await?;
+            node.campaign().await.map_err(ApiError::internal)?;
+            campaigns += 1;
+            last = tokio::time::Instant::now();
+            tracing::info!(
+                campaigns,
+                "planned transfer: another node won; campaigning again"
+            );
+        }
         if node.is_leader() {
             let v = Campaign {
                 leader: node.info().name.clone(),
@@ -525,6 +556,32 @@ async fn membership(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, Ap
                 region: need(body.region, "region")?,
                 addr: need(body.addr, "addr")?,
             };
+            // Is it there, and is it who it says? Asked first, so a wrong
+            // address fails in seconds with nothing changed, instead of a
+            // learner nobody can reach waiting out the catch-up.
+            let seen = s
+                .db
+                .node()
+                .probe(body.node_id, &info, Duration::from_secs(5))
+                .await
+                .map_err(|e| {
+                    ApiError::field(
+                        "addr",
+                        format!(
+                            "no Supercluster node answers at {} ({e}); start it first, with a certificate from this cluster's CA, and check the address",
+                            info.addr
+                        ),
+                    )
+                })?;
+            if seen.name != info.name || seen.id != body.node_id {
+                return Err(ApiError::field(
+                    "name",
+                    format!(
+                        "the node at {} is {} (id {}), not {} (id {})",
+                        info.addr, seen.name, seen.id, info.name, body.node_id
+                    ),
+                ));
+            }
             (Op::AddLearner, Some(info))
         }
         MembershipAction::Promote => (Op::Promote, None),

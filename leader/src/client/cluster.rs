@@ -30,6 +30,12 @@ pub async fn post(c: &mut ApiClient, path: &str, body: Value) -> Result<Value> {
 pub struct NodeView {
     /// Raft id.
     pub id: u64,
+    /// Its name and region as the membership records them (known even when
+    /// it does not answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Its status, when it answered.
     pub status: Option<NodeStatus>,
     /// Why it did not, when it did not.
@@ -42,6 +48,9 @@ pub struct Cluster {
     user: String,
     secret: String,
     entry: SocketAddr,
+    /// Other regions' APIs to try when the entry cannot answer for the
+    /// cluster (down, fenced, cut off).
+    fallbacks: Vec<SocketAddr>,
 }
 
 impl Cluster {
@@ -54,7 +63,35 @@ impl Cluster {
             user,
             secret,
             entry,
+            fallbacks: Vec::new(),
         }
+    }
+
+    /// Also tries these APIs when the entry cannot answer for the cluster.
+    pub fn with_fallbacks(mut self, apis: Vec<SocketAddr>) -> Cluster {
+        self.fallbacks = apis.into_iter().filter(|a| *a != self.entry).collect();
+        self
+    }
+
+    /// The first of the entry and the fallbacks whose region serves (its
+    /// health probe answers 200): where a backup or restore should go, not
+    /// a fenced or cut-off region's stale replica.
+    pub async fn serving_entry(&self) -> Result<SocketAddr> {
+        let mut why = Vec::new();
+        for addr in std::iter::once(self.entry).chain(self.fallbacks.iter().copied()) {
+            match self.client(addr)?.get("/api/v2/health").await {
+                Ok(a) if a.status.is_success() => return Ok(addr),
+                Ok(a) => why.push(format!(
+                    "{addr}: {}",
+                    a.json()[0]["reason"].as_str().unwrap_or("not serving")
+                )),
+                Err(e) => why.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(ClientError::Transport(format!(
+            "no region serves: {}",
+            why.join("; ")
+        )))
     }
 
     /// The API this connection entered through.
@@ -79,6 +116,8 @@ impl Cluster {
         for n in v["nodes"].as_array().cloned().unwrap_or_default() {
             out.push(NodeView {
                 id: n["id"].as_u64().unwrap_or_default(),
+                name: n["name"].as_str().map(str::to_string),
+                region: n["region"].as_str().map(str::to_string),
                 status: serde_json::from_value(n["status"].clone()).ok(),
                 error: n["error"].as_str().map(str::to_string),
             });
@@ -90,7 +129,8 @@ impl Cluster {
     /// any other region's API it has told us about.
     pub async fn status(&self, known: &[SocketAddr]) -> Result<Vec<NodeView>> {
         let mut last = None;
-        for addr in std::iter::once(self.entry).chain(known.iter().copied()) {
+        let fallbacks = self.fallbacks.iter().chain(known.iter()).copied();
+        for addr in std::iter::once(self.entry).chain(fallbacks) {
             match self.status_via(addr).await {
                 Ok(v) if v.iter().all(|n| n.status.is_some()) => return Ok(v),
                 Ok(v) => last = Some(Ok(v)),
@@ -127,9 +167,12 @@ pub fn api_of(n: &NodeView) -> Option<SocketAddr> {
     n.status.as_ref()?.services.api.as_ref()?.parse().ok()
 }
 
-/// The region a node serves, when it answered.
+/// The region a node serves (from its answer, else from the membership).
 pub fn region_of(n: &NodeView) -> Option<&str> {
-    n.status.as_ref().map(|s| s.region.as_str())
+    n.status
+        .as_ref()
+        .map(|s| s.region.as_str())
+        .or(n.region.as_deref())
 }
 
 /// What is wrong with the cluster (empty: healthy).
@@ -138,8 +181,10 @@ pub fn problems(nodes: &[NodeView]) -> Vec<String> {
     for n in nodes {
         match &n.status {
             None => out.push(format!(
-                "node {} is unreachable: {}",
+                "node {} ({} in {}) is unreachable: {}",
                 n.id,
+                n.name.as_deref().unwrap_or("unknown name"),
+                n.region.as_deref().unwrap_or("an unknown region"),
                 n.error.as_deref().unwrap_or("no answer")
             )),
             Some(s) => {
@@ -253,6 +298,8 @@ mod tests {
             "services": {}, "membership_changing": membership_changing,
         });
         NodeView {
+            name: None,
+            region: None,
             id,
             status: Some(serde_json::from_value(status).expect("a status")),
             error: None,

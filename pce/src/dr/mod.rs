@@ -14,9 +14,10 @@ use serde_json::{json, Value};
 /// How `pce dr` reaches the cluster.
 #[derive(clap::Args, Clone)]
 pub struct Conn {
-    /// Admin API of any region (`host:port`); others are found from its status.
-    #[arg(long, default_value = "127.0.0.11:8443")]
-    api: SocketAddr,
+    /// Admin API of any region (`host:port`; default: the first region's in
+    /// `--dir`, else 127.0.0.11:8443); others are found from its status.
+    #[arg(long)]
+    api: Option<SocketAddr>,
     /// The cluster CA certificate (verifies the API's TLS certificate).
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -205,12 +206,43 @@ pub(crate) fn open_cluster(c: &Conn) -> Result<Cluster> {
             )
         })
     };
-    Ok(Cluster::new(
-        ca,
-        field("auth_username")?,
-        field("secret")?,
-        c.api,
-    ))
+    // A `pce up` directory names every region's API: the first is the entry
+    // (unless --api says otherwise), the others are tried when it cannot
+    // answer for the cluster (down, fenced, cut off).
+    let dir_apis = match &c.dir {
+        Some(d) => apis_in(d)?,
+        None => Vec::new(),
+    };
+    let entry = c
+        .api
+        .or_else(|| dir_apis.first().copied())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 11], 8443)));
+    Ok(Cluster::new(ca, field("auth_username")?, field("secret")?, entry).with_fallbacks(dir_apis))
+}
+
+/// The admin API addresses of the regions a `pce up` directory holds (their
+/// `node.toml`), in region order.
+fn apis_in(dir: &Path) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for (region, ..) in sc_region::local::REGIONS {
+        let path = dir.join(region).join("node.toml");
+        if !path.exists() {
+            continue;
+        }
+        let cfg = sc_region::config::NodeConfig::load(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if let Some(api) = cfg.api {
+            let addr: SocketAddr = api.listen.parse().with_context(|| {
+                format!(
+                    "{}: [api] listen {:?} is not host:port",
+                    path.display(),
+                    api.listen
+                )
+            })?;
+            out.push(addr);
+        }
+    }
+    Ok(out)
 }
 
 fn print_table(nodes: &[NodeView]) {
@@ -225,8 +257,9 @@ fn print_table(nodes: &[NodeView]) {
     for n in nodes {
         let Some(s) = &n.status else {
             println!(
-                "{:<10} {:<12} unreachable: {}",
-                "?",
+                "{:<10} {:<12} unreachable (node {}): {}",
+                n.region.as_deref().unwrap_or("?"),
+                n.name.as_deref().unwrap_or("?"),
                 n.id,
                 n.error.as_deref().unwrap_or("")
             );
@@ -411,8 +444,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `pce dr backup`: the store at one revision, checked, written atomically.
 async fn backup(conn: &Conn, out: &Path) -> Result<()> {
     let c = open_cluster(conn)?;
+    // From a region that serves: a fenced or cut-off one's replica may be stale.
     let a = c
-        .client(c.entry())?
+        .client(c.serving_entry().await?)?
         .get("/api/v2/supercluster/backup")
         .await?;
     let revision = a.header("x-revision").unwrap_or_default();
@@ -440,7 +474,7 @@ async fn restore(conn: &Conn, file: &Path) -> Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let c = open_cluster(conn)?;
     let a = c
-        .client(c.entry())?
+        .client(c.serving_entry().await?)?
         .post_bytes("/api/v2/supercluster/restore", bytes)
         .await?;
     let v = ok(a, "restoring")?;
@@ -456,7 +490,7 @@ async fn restore(conn: &Conn, file: &Path) -> Result<()> {
 
 async fn membership(c: &Cluster, body: &Value) -> Result<Value> {
     Ok(ok(
-        c.client(c.entry())?
+        c.client(c.serving_entry().await?)?
             .post("/api/v2/supercluster/membership", body)
             .await?,
         "membership change",

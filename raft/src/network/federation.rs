@@ -33,6 +33,12 @@ impl FederationGrpc {
         FederationGrpc { node }
     }
 
+    /// Refuses a caller that is not a member (see [`crate::network::callers`]).
+    fn member_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        let members = self.node.member_infos();
+        crate::network::callers::require_member(req, members.iter().map(|(_, i)| i), what)
+    }
+
     fn leader_only(&self) -> Result<(), Status> {
         if self.node.is_leader() {
             Ok(())
@@ -57,6 +63,7 @@ fn bad_request(e: ProtoError) -> Status {
 impl Federation for FederationGrpc {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
         self.node.fence().check()?;
+        self.member_only(&request, "Write")?;
         let req = request.into_inner();
         let cmd: Command = codec::decode(&req.command)
             .map_err(|e| Status::invalid_argument(format!("undecodable command: {e}")))?;
@@ -75,9 +82,10 @@ impl Federation for FederationGrpc {
 
     async fn read_index(
         &self,
-        _: Request<ReadIndexRequest>,
+        request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
         self.node.fence().check()?;
+        self.member_only(&request, "ReadIndex")?;
         self.leader_only()?;
         let read_index = self.node.read_index_here().await.map_err(attempt_status)?;
         Ok(Response::new(ReadIndexReply {
@@ -91,8 +99,23 @@ impl Federation for FederationGrpc {
         request: Request<MembershipRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         self.node.fence().check()?;
+        let caller = crate::network::callers::caller_name(&request);
+        let members = self.node.member_infos();
         let (op, id, info) =
             convert::membership_from_proto(request.into_inner()).map_err(bad_request)?;
+        // A node may ask to be added as a learner under its own name (it
+        // knows only its seeds); anything else needs a member's certificate.
+        let self_join = op == crate::MembershipOp::AddLearner
+            && info.as_ref().map(|i| &i.name) == caller.as_ref();
+        let known = members.is_empty()
+            || caller
+                .as_ref()
+                .is_some_and(|c| members.iter().any(|(_, m)| &m.name == c));
+        if !self_join && !known {
+            return Err(Status::permission_denied(format!(
+                "ChangeMembership: {caller:?} is not a member of this cluster; a node may only ask to join under its own name (operators use the admin API)"
+            )));
+        }
         // Any node accepts these (a joining node knows only its seeds) and routes
         // them to the leader itself.
         let view = self
@@ -105,6 +128,7 @@ impl Federation for FederationGrpc {
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         self.node.fence().check()?;
+        self.member_only(&request, "Read")?;
         let (key, consistency) =
             convert::read_from_proto(request.into_inner()).map_err(bad_request)?;
         let r = self
@@ -125,6 +149,7 @@ impl Federation for FederationGrpc {
     ) -> Result<Response<FlowQueryReply>, Status> {
         // A fenced region is down for the drill: it answers no query either.
         self.node.fence().check()?;
+        self.member_only(&request, "QueryFlows")?;
         self.node
             .local_flows(request.into_inner())
             .await
@@ -134,10 +159,11 @@ impl Federation for FederationGrpc {
 
     async fn ven_policies(
         &self,
-        _: Request<VenPoliciesRequest>,
+        request: Request<VenPoliciesRequest>,
     ) -> Result<Response<VenPoliciesReply>, Status> {
         // A fenced region serves no VENs for the drill: it has none to report.
         self.node.fence().check()?;
+        self.member_only(&request, "VenPolicies")?;
         Ok(Response::new(VenPoliciesReply {
             vens: self.node.ven_policies(),
         }))

@@ -8,9 +8,12 @@
 //! - [`peers`]: the per-peer channel cache shared by Raft and federation clients.
 //! - [`raft_client`] / [`raft_server`]: openraft's `RaftNetwork` over gRPC.
 //! - [`federation`]: forwarding, ReadIndex, membership changes, status.
+//! - [`callers`]: which certificates may call which service (members only,
+//!   but for status and a node's own join).
 //! - [`listen`]: accepting connections within caps and timeouts (every
 //!   server of a node, the admin API's included).
 
+pub mod callers;
 pub mod faults;
 pub mod federation;
 pub mod fence;

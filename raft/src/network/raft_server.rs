@@ -47,6 +47,16 @@ impl RaftGrpc {
     }
 }
 
+impl RaftGrpc {
+    /// Refuses a caller that is not a member (see [`crate::network::callers`]).
+    fn member_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let nodes = m.membership_config.membership().nodes().map(|(_, n)| n);
+        crate::network::callers::require_member(req, nodes, what)
+    }
+}
+
 fn bad_payload(e: crate::codec::CodecError) -> Status {
     Status::invalid_argument(format!("undecodable Raft payload: {e}"))
 }
@@ -72,6 +82,7 @@ impl RaftService for RaftGrpc {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.fence.check()?;
+        self.member_only(&request, "AppendEntries")?;
         let req: AppendEntriesRequest<TypeConfig> =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.append_entries(req).await)
@@ -79,6 +90,7 @@ impl RaftService for RaftGrpc {
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.fence.check()?;
+        self.member_only(&request, "Vote")?;
         let req: VoteRequest<NodeId> =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.raft.vote(req).await)
@@ -89,6 +101,7 @@ impl RaftService for RaftGrpc {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.fence.check()?;
+        self.member_only(&request, "PreVote")?;
         let req: crate::election::PreVoteRequest =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         let min = self.election_min;
@@ -117,6 +130,7 @@ impl RaftService for RaftGrpc {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.fence.check()?;
+        self.member_only(&request, "InstallSnapshot")?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(SnapshotChunk {

@@ -284,7 +284,7 @@ impl StateMachine {
         });
         let sm = StateMachine { shared };
         sm.recover_from_snapshot()?;
-        sm.remove_stray_files()?;
+        sm.remove_stray_files(true)?;
         Ok(sm)
     }
 
@@ -312,14 +312,23 @@ impl StateMachine {
 
     /// Removes snapshot files that no longer back a current snapshot (half-received
     /// transfers, superseded snapshots).
-    fn remove_stray_files(&self) -> io::Result<()> {
+    /// Removes snapshots beyond the ones kept, and, at start-up only
+    /// (`startup`), half-received ones. While the node runs, an `incoming-`
+    /// file belongs to a stream or an install in flight, which removes it
+    /// itself: deleting it here, after another install of the same snapshot
+    /// (a node adding itself while the operator adds it too), made that
+    /// install find its file gone, a storage error that stopped the Raft
+    /// core for good.
+    fn remove_stray_files(&self, startup: bool) -> io::Result<()> {
         let keep = self.shared.current_snapshot()?.map(|(_, f)| f);
         let mut snaps = Vec::new();
         for entry in fs::read_dir(&self.shared.snapshot_dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with("incoming-") {
-                fs::remove_file(entry.path())?;
+                if startup {
+                    fs::remove_file(entry.path())?;
+                }
             } else if name.ends_with(".snap") && Some(&name) != keep.as_ref() {
                 snaps.push((entry.metadata()?.modified()?, entry.path()));
             }
@@ -425,7 +434,7 @@ impl StateMachine {
         for tree in [&old.kv, &old.sessions, &old.state] {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
         }
-        self.remove_stray_files()?;
+        self.remove_stray_files(false)?;
         let _ = shared.notices.send(ChangeNotice {
             revision,
             log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
@@ -812,7 +821,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let shared = self.shared.clone();
         let (meta, file) = tokio::task::spawn_blocking(move || {
             let built = Self::build(&shared)?;
-            StateMachine { shared }.remove_stray_files()?;
+            StateMachine { shared }.remove_stray_files(false)?;
             Ok::<_, io::Error>(built)
         })
         .await
