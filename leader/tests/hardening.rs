@@ -739,3 +739,56 @@ async fn adding_a_region_at_a_wrong_address_fails_at_once_and_changes_nothing() 
         a.json()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn planned_transfers_under_a_steady_writer_fail_no_write() {
+    let cl = ApiCluster::start(3, 0).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // A writer every 20 ms through one region, as the issue measured.
+    let via = cl.member().await;
+    let mut w = cl.client(via);
+    let writer = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, Vec::new());
+        let mut i = 0u64;
+        while !*stop.borrow() {
+            i += 1;
+            let body = json!({"key": "steady", "value": format!("v{i}")});
+            match w.post("/api/v2/orgs/1/labels", &body).await {
+                Ok(a) if a.status == 201 => ok += 1,
+                Ok(a) => failed.push(format!("{} {}", a.status, a.json())),
+                Err(e) => failed.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for round in 0..5 {
+        let leader = cl.leader().await;
+        let to = (1..=3u64)
+            .filter(|id| *id != leader)
+            .nth(round % 2)
+            .unwrap();
+        let mut c = cl.client(to);
+        let a = c
+            .post("/api/v2/supercluster/campaign", &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.status.as_u16(),
+            200,
+            "transfer {round} to {to}: {}",
+            a.json()
+        );
+        assert_eq!(a.json()["moved"], true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = stop_tx.send(true);
+    let (ok, failed) = writer.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} writes failed: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 20, "the writer kept writing ({ok})");
+}

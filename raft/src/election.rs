@@ -80,6 +80,8 @@ struct Look {
     sole_voter: bool,
     /// The vote is a leader's (committed): this node follows or leads.
     following: bool,
+    /// Whom the vote is for.
+    voted_for: Option<NodeId>,
 }
 
 /// A follower's current deadline: a fresh random draw for each renewal.
@@ -160,6 +162,7 @@ pub(crate) async fn run(
                 voter,
                 sole_voter: voter && voters == 1,
                 following: st.vote_ref().is_committed(),
+                voted_for: st.vote_ref().leader_id().voted_for(),
             }
         });
         let Ok(look) = look.await else {
@@ -181,8 +184,11 @@ pub(crate) async fn run(
         if look.following {
             // A refusal from an earlier election says nothing about the log
             // after following a leader: forget it, so it cannot slow the next
-            // failover.
+            // failover. A planned transfer is over once its target leads.
             peers.take_greater_log();
+            if look.voted_for.is_some() && peers.transfer().target() == look.voted_for {
+                peers.transfer().end();
+            }
             stand_back = None;
         }
         let renewed = look.renewed.unwrap_or(started);
@@ -196,6 +202,10 @@ pub(crate) async fn run(
                     wait_ms = election_max.as_millis() as u64,
                     "a peer has a longer log: standing back before campaigning again"
                 );
+                continue;
+            }
+            if peers.transfer().target().is_some_and(|to| to != id) {
+                // Leadership is being handed to another node on purpose.
                 continue;
             }
             let (granted, of) = pre_vote(&raft, &log, &peers, id, rpc_timeout).await;

@@ -100,6 +100,14 @@ struct Core {
     /// The policy each VEN connected here enforces, as the member last
     /// published it (a std Mutex: held only to swap or clone the list).
     ven_policies: Mutex<Arc<Vec<VenPolicy>>>,
+    /// While a planned transfer moves leadership away from this leader: new
+    /// writes wait (until this instant, and only in this term) instead of
+    /// growing a log the next leader would then have to catch up on.
+    transfer_hold: Mutex<Option<(Instant, u64)>>,
+    /// Writes on their way into this leader's log hold it shared; a planned
+    /// transfer takes it exclusively to wait them out before it holds new
+    /// ones, so no entry is appended after the target has caught up.
+    write_gate: tokio::sync::RwLock<()>,
     /// Background tasks (server, joiner), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The threads all of the above runs on; stopped last.
@@ -153,6 +161,8 @@ impl Node {
                 services: Mutex::new(crate::status::Services::default()),
                 flow_queries: Mutex::new(None),
                 ven_policies: Mutex::new(Arc::new(Vec::new())),
+                transfer_hold: Mutex::new(None),
+                write_gate: tokio::sync::RwLock::new(()),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
             }),
@@ -388,6 +398,23 @@ impl Node {
 
     /// Proposes `cmd` on this node, which must be the leader.
     pub(crate) async fn write_here(&self, cmd: Command) -> Result<CommandResponse, Attempt> {
+        let _entering = loop {
+            let permit = self.core.write_gate.read().await;
+            if !self.transfer_held() {
+                break permit;
+            }
+            drop(permit);
+            // Leadership is moving on purpose: wait, then let the route send
+            // the write to the new leader.
+            while self.transfer_held() && self.is_leader() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if !self.is_leader() {
+                return Err(Attempt::Retry(
+                    "leadership is moving (planned transfer)".into(),
+                ));
+            }
+        };
         let wait = self.core.timeouts.write;
         let Ok(result) = tokio::time::timeout(wait, self.core.raft.client_write(cmd)).await else {
             // A leader cut off from its quorum cannot commit; the entry may still be
@@ -906,6 +933,115 @@ impl Node {
         if let Ok(mut s) = self.core.services.lock() {
             f(&mut s);
         }
+    }
+
+    /// Whether writes are held for a planned transfer (in this term).
+    fn transfer_held(&self) -> bool {
+        let term = self.core.raft.metrics().borrow().current_term;
+        self.core
+            .transfer_hold
+            .lock()
+            .map(|h| h.is_some_and(|(until, t)| t == term && Instant::now() < until))
+            .unwrap_or(false)
+    }
+
+    /// The leader's side of a planned transfer to `to`: holds new writes for
+    /// at most `hold` and answers once `to` has every entry of the log (the
+    /// last log index), so its campaign cannot lose for a shorter log. The
+    /// hold ends with the term (the transfer happened) or at its deadline.
+    pub async fn prepare_transfer(&self, to: NodeId, hold: Duration) -> Result<u64, Error> {
+        let term = {
+            let m = self.core.raft.metrics().borrow().clone();
+            if m.current_leader != Some(self.core.id) {
+                return Err(Error::NoLeader {
+                    waited: Duration::ZERO,
+                    last: format!("node {} does not lead", self.core.id),
+                });
+            }
+            m.current_term
+        };
+        let until = Instant::now() + hold;
+        {
+            // Every write already on its way in finishes first; the ones
+            // after it wait (see write_here).
+            let _all = self.core.write_gate.write().await;
+            if let Ok(mut h) = self.core.transfer_hold.lock() {
+                *h = Some((until, term));
+            }
+        }
+        self.core.peers.transfer().begin(to, until);
+        loop {
+            let (last, matched) = {
+                let m = self.core.raft.metrics().borrow().clone();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).copied().flatten())
+                    .map(|l| l.index);
+                (m.last_log_index, matched)
+            };
+            if last.is_some() && matched >= last {
+                return Ok(last.unwrap_or(0));
+            }
+            if Instant::now() >= until {
+                if let Ok(mut h) = self.core.transfer_hold.lock() {
+                    *h = None;
+                }
+                self.core.peers.transfer().end();
+                return Err(Error::NoLeader {
+                    waited: hold,
+                    last: format!("node {to} did not catch up with the log in time"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Ends this node's part in a planned transfer (it leads now, or gave up).
+    pub fn end_transfer(&self) {
+        self.core.peers.transfer().end();
+    }
+
+    /// The new leader's side: asks the current leader to prepare a transfer
+    /// to this node (see [`Node::prepare_transfer`]).
+    pub async fn ask_leader_to_prepare_transfer(&self, hold: Duration) -> Result<u64, Error> {
+        let Some((id, info)) = self.leader() else {
+            return Err(Error::NoLeader {
+                waited: Duration::ZERO,
+                last: "no leader known to transfer from".into(),
+            });
+        };
+        if id == self.core.id {
+            return self.prepare_transfer(id, hold).await;
+        }
+        self.core
+            .peers
+            .transfer()
+            .begin(self.core.id, Instant::now() + hold);
+        let mut c = self
+            .core
+            .peers
+            .federation_client(id, &info)
+            .await
+            .map_err(|e| Error::Remote {
+                peer: info.to_string(),
+                message: e.to_string(),
+            })?;
+        let req = sc_proto::federation::PrepareTransferRequest {
+            to: self.core.id,
+            hold_ms: hold.as_millis() as u64,
+        };
+        let r = tokio::time::timeout(hold + self.core.timeouts.rpc, c.prepare_transfer(req))
+            .await
+            .map_err(|_| Error::Remote {
+                peer: info.to_string(),
+                message: "no answer in time".into(),
+            })?
+            .map_err(|s| Error::Remote {
+                peer: info.to_string(),
+                message: s.message().to_string(),
+            })?;
+        Ok(r.into_inner().last_log_index)
     }
 
     /// Campaigns for leadership now (a planned leader transfer: openraft 0.9 has

@@ -114,6 +114,7 @@ impl Node {
             node.fence().clone(),
             opts.timeouts.election_min,
             log_for_server,
+            peers.transfer().clone(),
         );
         node.push_task(serve(
             server,

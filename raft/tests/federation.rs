@@ -106,6 +106,17 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() {
     .expect("client");
     let status = client.status().await.expect("status over the wire");
     assert_eq!((status.id, status.leader), (2, Some(1)));
+    // An operator's certificate reads status only: writes go through the
+    // admin API (RBAC, audit), not the federation service.
+    let refused = client.write(&put(2, b"k", b"v2")).await.unwrap_err();
+    assert!(refused.to_string().contains("not a member"), "{refused}");
+    // A member node's certificate (what `pce kv` uses, from a node's config).
+    let client = Client::new(
+        tls(&dir.path().join("certs"), "node-1"),
+        second.info().clone(),
+        Timeouts::profile(Profile::Lan),
+    )
+    .expect("client");
     let answer = client
         .write(&put(2, b"k", b"v2"))
         .await

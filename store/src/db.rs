@@ -258,10 +258,20 @@ impl Db {
             )));
         }
         if !self.node.has_leader() {
-            return Err(CommitError::Store(StoreError::NoLeader(
-                "no leader is known right now (election in progress or this region is cut off)"
-                    .into(),
-            )));
+            // An election (a failover, a planned transfer) takes about one
+            // election window: hold the write that long rather than fail it.
+            // A region cut off for longer answers at once after that.
+            let window = self.node.timeouts().election_max * 2;
+            let started = std::time::Instant::now();
+            while !self.node.has_leader() && started.elapsed() < window {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            if !self.node.has_leader() {
+                return Err(CommitError::Store(StoreError::NoLeader(
+                    "no leader is known right now (election in progress or this region is cut off)"
+                        .into(),
+                )));
+            }
         }
         let (client, serial) = self.take_session();
         let cmd = txn.into_command(client, serial);

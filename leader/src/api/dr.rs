@@ -248,28 +248,36 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
             ),
         ));
     }
-    s.db.linearize().await?;
-    node.campaign().await.map_err(ApiError::internal)?;
     let t = node.timeouts();
-    let deadline = tokio::time::Instant::now() + t.election_max * 4 + t.rpc;
-    // Another node can win the race this campaign starts (the old leader,
-    // once its lease runs out, or a follower whose timer fired): then this
-    // node campaigns again, at a higher term, a few times at most.
-    let mut campaigns = 1;
+    let window = t.election_max * 4 + t.rpc;
+    // The leader holds new writes (they wait, none fails) until this node
+    // has its whole log: a campaign with a shorter log would lose.
+    node.ask_leader_to_prepare_transfer(window)
+        .await
+        .map_err(|e| {
+            ApiError::conflict(
+                "transfer_failed",
+                format!("the leader could not prepare the transfer: {e}"),
+            )
+        })?;
+    node.campaign().await.map_err(ApiError::internal)?;
+    let deadline = tokio::time::Instant::now() + window;
+    // The first campaign rarely wins: the followers refuse it while their
+    // leader lease runs (half the longest election timeout), and the old
+    // leader steps down on seeing the higher term. Once the leases have run
+    // out, this node campaigns again at once: before any other node's
+    // election timer (at least election_min) lets it campaign, so the
+    // transfer does not become a race the old leader can win.
+    let lease = t.election_max / 2 + t.heartbeat;
     let mut last = tokio::time::Instant::now();
     while tokio::time::Instant::now() < deadline {
-        let other_won = node.leader_info().is_some() && !node.is_leader();
-        if other_won && campaigns < 4 && last.elapsed() >= t.election_min / 2 {
-            s.db.linearize().await?;
+        if !node.is_leader() && last.elapsed() >= lease {
             node.campaign().await.map_err(ApiError::internal)?;
-            campaigns += 1;
             last = tokio::time::Instant::now();
-            tracing::info!(
-                campaigns,
-                "planned transfer: another node won; campaigning again"
-            );
+            tracing::info!("planned transfer: the leases have run out; campaigning again");
         }
         if node.is_leader() {
+            node.end_transfer();
             let v = Campaign {
                 leader: node.info().name.clone(),
                 term: node.status().term,
@@ -279,6 +287,7 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    node.end_transfer();
     Err(ApiError::conflict(
         "transfer_failed",
         format!(

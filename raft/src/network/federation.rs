@@ -11,9 +11,9 @@
 
 use sc_proto::federation::federation_server::Federation;
 use sc_proto::federation::{
-    FlowQuery, FlowQueryReply, MembershipReply, MembershipRequest, ReadIndexReply,
-    ReadIndexRequest, ReadReply, ReadRequest, StatusReply, StatusRequest, VenPoliciesReply,
-    VenPoliciesRequest, WriteReply, WriteRequest,
+    FlowQuery, FlowQueryReply, MembershipReply, MembershipRequest, PrepareTransferReply,
+    PrepareTransferRequest, ReadIndexReply, ReadIndexRequest, ReadReply, ReadRequest, StatusReply,
+    StatusRequest, VenPoliciesReply, VenPoliciesRequest, WriteReply, WriteRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -167,5 +167,23 @@ impl Federation for FederationGrpc {
         Ok(Response::new(VenPoliciesReply {
             vens: self.node.ven_policies(),
         }))
+    }
+
+    async fn prepare_transfer(
+        &self,
+        request: Request<PrepareTransferRequest>,
+    ) -> Result<Response<PrepareTransferReply>, Status> {
+        self.node.fence().check()?;
+        self.member_only(&request, "PrepareTransfer")?;
+        self.leader_only()?;
+        let req = request.into_inner();
+        // Writes wait at most this long: a transfer takes a lease and a vote.
+        let hold = std::time::Duration::from_millis(req.hold_ms.min(10_000));
+        let last_log_index = self
+            .node
+            .prepare_transfer(req.to, hold)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(PrepareTransferReply { last_log_index }))
     }
 }

@@ -22,8 +22,10 @@ pub mod peers;
 pub mod raft_client;
 pub mod raft_server;
 pub mod tls;
+pub mod transfer;
 
 pub use faults::NetFaults;
 pub use fence::Fence;
 pub use peers::Peers;
 pub use tls::TlsMaterial;
+pub use transfer::Transfer;

@@ -54,6 +54,8 @@ pub struct Peers {
     /// is longer; the election timer reads and clears it (see
     /// [`Peers::saw_greater_log`]).
     greater_log: std::sync::atomic::AtomicBool,
+    /// A planned leader transfer in progress (see [`super::transfer`]).
+    transfer: super::Transfer,
 }
 
 impl Peers {
@@ -75,6 +77,7 @@ impl Peers {
             spawn,
             channels: Mutex::new(HashMap::new()),
             greater_log: std::sync::atomic::AtomicBool::new(false),
+            transfer: super::Transfer::default(),
         }
     }
 
@@ -96,6 +99,11 @@ impl Peers {
     /// The node's fence (shared with its servers, which refuse while it stands).
     pub fn fence(&self) -> &super::Fence {
         &self.fence
+    }
+
+    /// A planned leader transfer in progress, as this node knows it.
+    pub fn transfer(&self) -> &super::Transfer {
+        &self.transfer
     }
 
     /// This node's timeouts.

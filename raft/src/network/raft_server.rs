@@ -26,6 +26,8 @@ pub struct RaftGrpc {
     election_min: std::time::Duration,
     /// This node's log, for the pre-vote's comparison.
     log: LogStore<SledEngine>,
+    /// A planned transfer: only its target gets this node's pre-vote.
+    transfer: crate::network::Transfer,
 }
 
 impl RaftGrpc {
@@ -36,6 +38,7 @@ impl RaftGrpc {
         fence: crate::network::Fence,
         election_min: std::time::Duration,
         log: LogStore<SledEngine>,
+        transfer: crate::network::Transfer,
     ) -> Self {
         RaftGrpc {
             raft,
@@ -43,6 +46,7 @@ impl RaftGrpc {
             incoming_dir,
             election_min,
             log,
+            transfer,
         }
     }
 }
@@ -105,6 +109,10 @@ impl RaftService for RaftGrpc {
         let req: crate::election::PreVoteRequest =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         let min = self.election_min;
+        if self.transfer.target().is_some_and(|to| to != req.candidate) {
+            // Leadership is being handed to another node on purpose.
+            return reply(&crate::election::PreVoteResponse { granted: false });
+        }
         let ours = self
             .log
             .last_log_id()
