@@ -1021,6 +1021,19 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     let _ = sim.kill();
     let _ = sim.wait();
 
+    // `--dir` alone finds the cluster's API (this one is not on the default
+    // port).
+    let out = Command::new(PCE)
+        .args(["dr", "status", "--dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("verdict: healthy"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Backup, then restore into a new cluster, verified; damaged files and a
     // cluster that already holds policy are refused.
     let backup = dir.path().join("policy.backup");
@@ -1101,7 +1114,25 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
                 key["auth_username"].as_str().unwrap(),
                 key["secret"].as_str().unwrap(),
             );
-        c.get("/api/v2/orgs/1/labels?key=role").await.unwrap()
+        let labels = c.get("/api/v2/orgs/1/labels?key=role").await.unwrap();
+        // The restored cluster records its restore (issue 19).
+        let t0 = Instant::now();
+        loop {
+            let ev = c
+                .get("/api/v2/orgs/1/events?event_type=restore.create")
+                .await
+                .unwrap()
+                .json();
+            if ev.as_array().is_some_and(|l| !l.is_empty()) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no restore event: {ev}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        labels
     });
     assert!(
         labels.status.is_success(),
