@@ -336,19 +336,17 @@ async fn events_when(
     what: &str,
     ready: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    let mut c = cl.client(id);
-    let t0 = Instant::now();
-    loop {
-        if let Ok(a) = c.get("/api/v2/orgs/1/events?max_results=500").await {
-            if let Some(list) = a.json().as_array().cloned() {
-                if ready(&list) {
-                    return list;
-                }
-            }
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = &ready;
+    eventually(what, || async move {
+        let a = cl
+            .client(id)
+            .get("/api/v2/orgs/1/events?max_results=500")
+            .await
+            .ok()?;
+        let list = a.json().as_array().cloned()?;
+        ready(&list).then_some(list)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -356,7 +354,6 @@ async fn failed_sign_ins_are_cut_off_per_address_and_audited_in_batches() {
     let cl = ApiCluster::start(3, 0).await;
     let leader = cl.leader().await;
     let member = cl.member().await;
-    let before = cl.cluster.node(leader).status().committed.unwrap_or(0);
     let mut guess = cl.client_as(member, &(cl.owner.auth_username.clone(), "0".repeat(64)));
     for n in 1..=10 {
         let a = guess.get("/api/v2/orgs/1/labels").await.unwrap();
@@ -422,7 +419,6 @@ async fn failed_sign_ins_are_cut_off_per_address_and_audited_in_batches() {
     // far fewer than 100 Raft entries.
     let mut owner = cl.client(leader);
     let start = cl.cluster.node(leader).status().committed.unwrap_or(0);
-    assert!(start >= before);
     for _ in 0..100 {
         let a = owner
             .post("/api/v2/orgs/1/labels", &json!({"key": "role"}))
@@ -614,26 +610,21 @@ async fn an_unreachable_region_is_named_in_the_status_and_can_be_removed() {
     let name = cl.cluster.node(gone).info().name.clone();
     let region = cl.cluster.node(gone).info().region.clone();
     cl.cluster.stop(gone).await;
+    let status = eventually("the stopped node reported unreachable", || async {
+        let v = cl
+            .client(leader)
+            .get("/api/v2/supercluster/status")
+            .await
+            .ok()?
+            .json();
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == gone && n["reachable"] == false)
+            .cloned()
+    })
+    .await;
     let mut op = cl.client(leader);
-    let t0 = Instant::now();
-    let status = loop {
-        let v = op.get("/api/v2/supercluster/status").await.unwrap().json();
-        let n = v["nodes"]
-            .as_array()
-            .and_then(|l| {
-                l.iter()
-                    .find(|n| n["id"] == gone && n["reachable"] == false)
-            })
-            .cloned();
-        if let Some(n) = n {
-            break n;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "never unreachable: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
     assert_eq!(status["name"], json!(name), "{status}");
     assert_eq!(status["region"], json!(region), "{status}");
     // Removing it leaves two voters: refused without force, then done.

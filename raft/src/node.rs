@@ -692,6 +692,20 @@ impl Node {
         Ok(status_from_proto(r.into_inner()))
     }
 
+    /// Refuses a caller whose certificate names no member (see
+    /// [`crate::network::callers`]); reads the membership in place, with no
+    /// copy, as it runs on every forwarded write and read.
+    pub fn require_member<T>(
+        &self,
+        req: &tonic::Request<T>,
+        what: &str,
+    ) -> Result<(), tonic::Status> {
+        let m = self.core.raft.metrics();
+        let m = m.borrow();
+        let nodes = m.membership_config.membership().nodes().map(|(_, n)| n);
+        crate::network::callers::require_member(req, nodes, what)
+    }
+
     /// Every member's id and name, region and address, as this node's
     /// membership records them (answering or not).
     pub fn member_infos(&self) -> Vec<(NodeId, NodeInfo)> {

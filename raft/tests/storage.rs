@@ -147,22 +147,34 @@ async fn a_stale_precondition_changes_nothing() {
     assert_eq!(view.get(b"a").unwrap().applied_index, Some(3));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_snapshot_install_leaves_the_old_state_whole() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let (_l, mut leader) = open(leader_dir.path());
-    for i in 1..=50u64 {
-        leader
-            .apply(vec![entry(i, put(1, i, &format!("k{i:03}"), "v"))])
+/// A store under `dir` holding keys k001..=k`n`, and a snapshot of it.
+async fn snapshot_of_keys(
+    dir: &std::path::Path,
+    n: u64,
+) -> (
+    LogStore<SledEngine>,
+    StateMachine,
+    openraft::Snapshot<TypeConfig>,
+) {
+    let (log, mut sm) = open(dir);
+    for i in 1..=n {
+        sm.apply(vec![entry(i, put(1, i, &format!("k{i:03}"), "v"))])
             .await
             .unwrap();
     }
-    let snap = leader
+    let snap = sm
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
+    (log, sm, snap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_snapshot_install_leaves_the_old_state_whole() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let (_l, leader, snap) = snapshot_of_keys(leader_dir.path(), 50).await;
 
     let dir = tempfile::tempdir().unwrap();
     {
@@ -206,19 +218,7 @@ async fn the_same_snapshot_arriving_twice_installs_twice_without_losing_a_file()
     // same snapshot on two streams: the first install must not delete the
     // second's file under it (issue 19: the Raft core stopped for good).
     let leader_dir = tempfile::tempdir().unwrap();
-    let (_l, mut leader) = open(leader_dir.path());
-    for i in 1..=20u64 {
-        leader
-            .apply(vec![entry(i, put(1, i, &format!("k{i:03}"), "v"))])
-            .await
-            .unwrap();
-    }
-    let snap = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let (_l, _leader, snap) = snapshot_of_keys(leader_dir.path(), 20).await;
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm) = open(dir.path());
     let first = sm.begin_receiving_snapshot().await.unwrap();

@@ -99,6 +99,21 @@ impl Txn {
     }
 }
 
+/// A scan's entries decoded, with the revision they were read at.
+fn stored<T: DeserializeOwned>(
+    r: sc_raft::ReadResult<sc_raft::storage::state_machine::KvList>,
+) -> Result<(Vec<Stored<T>>, u64), StoreError> {
+    let mut out = Vec::with_capacity(r.value.len());
+    for (key, e) in r.value {
+        out.push(Stored {
+            key,
+            value: decode(&e.value)?,
+            rev: e.mod_revision,
+        });
+    }
+    Ok((out, r.revision))
+}
+
 /// Why a commit did not happen.
 pub enum CommitError {
     /// A precondition failed: plan again.
@@ -218,16 +233,7 @@ impl Db {
         limit: usize,
     ) -> Result<(Vec<Stored<T>>, u64), StoreError> {
         self.catch_up().await;
-        let r = self.node.scan(prefix, limit, Consistency::Local).await?;
-        let mut out = Vec::with_capacity(r.value.len());
-        for (key, e) in r.value {
-            out.push(Stored {
-                key,
-                value: decode(&e.value)?,
-                rev: e.mod_revision,
-            });
-        }
-        Ok((out, r.revision))
+        stored(self.node.scan(prefix, limit, Consistency::Local).await?)
     }
 
     /// Up to `limit` values under `prefix`, last key first, and the revision
@@ -238,16 +244,7 @@ impl Db {
         limit: usize,
     ) -> Result<(Vec<Stored<T>>, u64), StoreError> {
         self.catch_up().await;
-        let r = self.node.scan_newest(prefix, limit)?;
-        let mut out = Vec::with_capacity(r.value.len());
-        for (key, e) in r.value {
-            out.push(Stored {
-                key,
-                value: decode(&e.value)?,
-                rev: e.mod_revision,
-            });
-        }
-        Ok((out, r.revision))
+        stored(self.node.scan_newest(prefix, limit)?)
     }
 
     /// Commits `txn` through the leader; returns the new store revision.

@@ -735,29 +735,16 @@ async fn modified_objects(
     let ctx = ctx.0;
     space_of(Kind::Label, &p, false)?;
     ctx.allow_query(&[])?;
-    if !ctx.who.may(Action::ReadObjects) {
-        return Err(ApiError::forbidden(
-            "your roles do not allow reading policy versions",
-        ));
-    }
+    needs_a_role(&ctx)?;
     let n = version_param(&p)?;
     let rev = s.db.revision().await?;
     if s.db.get::<VersionDoc>(&keys::version(n)).await?.is_none() {
         return Err(ApiError::not_found(format!("policy version {n}")));
     }
     let before = policy_at(&s, n - 1).await?;
-    let prefix = keys::version_objs(n);
-    let changed = s.db.raw_scan(&prefix, MAX_OBJECTS).await?;
+    let changed = version_changes(&s, n).await?;
     let mut after = before.clone();
-    for (key, bytes) in &changed {
-        if let Some(kid) = keys::split_kind_id(&keys::id_of(key, &prefix)) {
-            if bytes.as_slice() == b"null" {
-                after.remove(&kid);
-            } else {
-                after.insert(kid, bytes.clone());
-            }
-        }
-    }
+    apply_changes(&mut after, changed.clone());
     // What the caller may read of one side (a rule only with its ruleset).
     let view = |raw: &Raw, kind: Kind, id: &str| -> Result<Option<Value>, ApiError> {
         let Some(bytes) = raw.get(&(kind, id.to_string())) else {
@@ -777,10 +764,7 @@ async fn modified_objects(
         readable_json(&ctx.who, Space::Active, kind, id, bytes)
     };
     let mut out = Vec::new();
-    for (key, _) in &changed {
-        let Some((kind, id)) = keys::split_kind_id(&keys::id_of(key, &prefix)) else {
-            continue;
-        };
+    for ((kind, id), _) in changed {
         let (was, is) = (view(&before, kind, &id)?, view(&after, kind, &id)?);
         let update_type = match (&was, &is) {
             (None, None) => continue,
@@ -799,19 +783,38 @@ async fn modified_objects(
 }
 
 /// The active policy as of version `k`, rebuilt from each version's changes.
+/// What one version did: each object it changed, with its new record, or
+/// `None` where it deleted the object.
+type Changes = Vec<((Kind, Id), Option<Vec<u8>>)>;
+
+/// The changes of version `n`.
+async fn version_changes(s: &Shared, n: u64) -> Result<Changes, ApiError> {
+    let prefix = keys::version_objs(n);
+    Ok(s.db
+        .raw_scan(&prefix, MAX_OBJECTS)
+        .await?
+        .into_iter()
+        .filter_map(|(key, bytes)| {
+            let kid = keys::split_kind_id(&keys::id_of(&key, &prefix))?;
+            Some((kid, (bytes != b"null").then_some(bytes)))
+        })
+        .collect())
+}
+
+/// Applies one version's changes to a policy.
+fn apply_changes(raw: &mut Raw, changes: Changes) {
+    for (kid, bytes) in changes {
+        match bytes {
+            Some(b) => raw.insert(kid, b),
+            None => raw.remove(&kid),
+        };
+    }
+}
+
 async fn policy_at(s: &Shared, k: u64) -> Result<Raw, ApiError> {
     let mut raw = Raw::new();
     for n in 1..=k {
-        let prefix = keys::version_objs(n);
-        for (key, bytes) in s.db.raw_scan(&prefix, MAX_OBJECTS).await? {
-            if let Some(kid) = keys::split_kind_id(&keys::id_of(&key, &prefix)) {
-                if bytes == b"null" {
-                    raw.remove(&kid);
-                } else {
-                    raw.insert(kid, bytes);
-                }
-            }
-        }
+        apply_changes(&mut raw, version_changes(s, n).await?);
     }
     // Built-in objects exist in every version.
     for (kind, id) in [

@@ -35,8 +35,7 @@ impl FederationGrpc {
 
     /// Refuses a caller that is not a member (see [`crate::network::callers`]).
     fn member_only<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
-        let members = self.node.member_infos();
-        crate::network::callers::require_member(req, members.iter().map(|(_, i)| i), what)
+        self.node.require_member(req, what)
     }
 
     fn leader_only(&self) -> Result<(), Status> {

@@ -166,32 +166,16 @@ impl ReadView {
     /// Up to `limit` keys starting with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
         let live = self.shared.live()?;
-        let mut out = Vec::new();
-        for item in live.kv.scan_prefix(prefix).take(limit) {
-            let (k, v) = item.map_err(sled_io)?;
-            out.push((k.to_vec(), codec::decode(&v).map_err(codec_io)?));
-        }
-        Ok(ReadResult {
-            value: out,
-            revision: live.revision()?,
-            applied_index: live.last_applied()?.map(|l| l.index),
-        })
+        let items = live.kv.scan_prefix(prefix).take(limit);
+        read_all(&live, items)
     }
 
     /// Up to `limit` keys starting with `prefix`, last key first (the newest
     /// of time-ordered keys, such as audit events, without reading the rest).
     pub fn scan_newest(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
         let live = self.shared.live()?;
-        let mut out = Vec::new();
-        for item in live.kv.scan_prefix(prefix).rev().take(limit) {
-            let (k, v) = item.map_err(sled_io)?;
-            out.push((k.to_vec(), codec::decode(&v).map_err(codec_io)?));
-        }
-        Ok(ReadResult {
-            value: out,
-            revision: live.revision()?,
-            applied_index: live.last_applied()?.map(|l| l.index),
-        })
+        let items = live.kv.scan_prefix(prefix).rev().take(limit);
+        read_all(&live, items)
     }
 
     /// Writes the whole store, as of one point of history, to `path` in the
@@ -442,6 +426,23 @@ impl StateMachine {
         });
         Ok(())
     }
+}
+
+/// Decodes scanned entries, stamped with the generation's revision.
+fn read_all(
+    live: &Generation,
+    items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> io::Result<ReadResult<KvList>> {
+    let mut out = Vec::new();
+    for item in items {
+        let (k, v) = item.map_err(sled_io)?;
+        out.push((k.to_vec(), codec::decode(&v).map_err(codec_io)?));
+    }
+    Ok(ReadResult {
+        value: out,
+        revision: live.revision()?,
+        applied_index: live.last_applied()?.map(|l| l.index),
+    })
 }
 
 fn sanitize(id: &str) -> String {
