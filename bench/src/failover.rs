@@ -11,18 +11,15 @@
 //! leader, and record the kill → first acknowledged write after it; then restart
 //! the killed process and wait until the cluster is whole before the next round.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
-use sc_leader::client::ApiClient;
-use sc_raft::{Profile, Timeouts};
-use serde_json::{json, Value};
+use sc_raft::Profile;
+use serde_json::json;
 
-use super::free_port;
+use super::procs::{Etcd, Pce};
 
 /// Options of `pce bench failover`.
 #[derive(clap::Args)]
@@ -55,13 +52,6 @@ fn parse_profile(s: &str) -> Result<Profile, String> {
     }
 }
 
-fn profile_name(p: Profile) -> &'static str {
-    match p {
-        Profile::Lan => "lan",
-        Profile::Wan => "wan",
-    }
-}
-
 /// One system under test: three processes, a way to find the leader, a write.
 trait System {
     fn name(&self) -> &'static str;
@@ -74,116 +64,6 @@ trait System {
     fn kill(&mut self, i: usize) -> Result<()>;
     fn restart(&mut self, i: usize) -> Result<()>;
     fn stop(&mut self);
-}
-
-fn sigkill(child: &mut Child) -> Result<()> {
-    child.kill().context("SIGKILL")?;
-    let _ = child.wait();
-    Ok(())
-}
-
-/// Asks a process to stop, and kills it if it has not within 20 s (a bench
-/// must end even when a node does not; the node itself gives up after 15 s).
-fn sigint(child: &mut Child) {
-    // SAFETY: kill(2) with a pid we started; no memory is shared.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!(
-        "process {} did not stop within 20 s of SIGINT; killing it",
-        child.id()
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A process's stdout and stderr, appended to `path`.
-fn log_to(path: &Path) -> Result<(Stdio, Stdio)> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let err = file.try_clone()?;
-    Ok((Stdio::from(file), Stdio::from(err)))
-}
-
-/// Supercluster: `pce up` makes the data, then three `pce serve` processes.
-struct Pce {
-    exe: PathBuf,
-    dir: PathBuf,
-    procs: Vec<Option<Child>>,
-    apis: Vec<ApiClient>,
-    /// Label values must be unique: a run tag and a counter.
-    tag: u64,
-    seq: u64,
-}
-
-const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
-
-impl Pce {
-    fn start(dir: &Path, profile: Profile) -> Result<Pce> {
-        let exe = std::env::current_exe()?;
-        let (port, api_port, ven_port) = (free_port()?, free_port()?, free_port()?);
-        let data = dir.join("pce");
-        let mut up = Command::new(&exe)
-            .args(["up", "--dir"])
-            .arg(&data)
-            .args(["--port", &port.to_string()])
-            .args(["--api-port", &api_port.to_string()])
-            .args(["--ven-port", &ven_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let t0 = Instant::now();
-        while !data.join("owner-api-key.json").exists() {
-            if t0.elapsed() > Duration::from_secs(60) {
-                sigint(&mut up);
-                bail!("pce up did not start in 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        sigint(&mut up);
-        for r in REGIONS {
-            let path = data.join(r).join("node.toml");
-            let text = std::fs::read_to_string(&path)?.replace(
-                "profile = \"lan\"",
-                &format!("profile = \"{}\"", profile_name(profile)),
-            );
-            std::fs::write(&path, text)?;
-        }
-        let ca = std::fs::read_to_string(data.join("certs/ca.pem"))?;
-        let key: Value =
-            serde_json::from_str(&std::fs::read_to_string(data.join("owner-api-key.json"))?)?;
-        let mut apis = Vec::new();
-        for i in 0..3u8 {
-            let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i)), api_port);
-            apis.push(ApiClient::new(addr, Some(&ca))?.with_key(
-                key["auth_username"].as_str().unwrap_or_default(),
-                key["secret"].as_str().unwrap_or_default(),
-            ));
-        }
-        let mut pce = Pce {
-            exe,
-            dir: data,
-            procs: vec![None, None, None],
-            apis,
-            tag: sc_store::time::now_ms(),
-            seq: 0,
-        };
-        for i in 0..3 {
-            pce.restart(i)?;
-        }
-        Ok(pce)
-    }
 }
 
 impl System for Pce {
@@ -231,73 +111,15 @@ impl System for Pce {
     }
 
     fn kill(&mut self, i: usize) -> Result<()> {
-        if let Some(mut c) = self.procs[i].take() {
-            sigkill(&mut c)?;
-        }
-        Ok(())
+        self.kill_node(i)
     }
 
     fn restart(&mut self, i: usize) -> Result<()> {
-        let region = self.dir.join(REGIONS[i]);
-        let (out, err) = log_to(&region.join("node.log"))?;
-        let child = Command::new(&self.exe)
-            .args(["serve", "--config", "node.toml"])
-            .current_dir(&region)
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting pce serve in {}", region.display()))?;
-        self.procs[i] = Some(child);
-        Ok(())
+        self.start_node(i)
     }
 
     fn stop(&mut self) {
-        for c in self.procs.iter_mut().filter_map(Option::take) {
-            let mut c = c;
-            sigint(&mut c);
-        }
-    }
-}
-
-/// etcd: three members on 127.0.0.21-23, its JSON gateway for writes.
-struct Etcd {
-    exe: PathBuf,
-    dir: PathBuf,
-    peer_port: u16,
-    client_port: u16,
-    procs: Vec<Option<Child>>,
-    clients: Vec<ApiClient>,
-    /// Equal timeouts: etcd's heartbeat and base election timeout are ours.
-    timeouts: Timeouts,
-}
-
-impl Etcd {
-    fn ip(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(127, 0, 0, 21 + i as u8)
-    }
-
-    fn start(exe: &Path, dir: &Path, profile: Profile) -> Result<Etcd> {
-        let (peer_port, client_port) = (free_port()?, free_port()?);
-        let mut clients = Vec::new();
-        for i in 0..3 {
-            clients.push(ApiClient::new(
-                SocketAddr::new(IpAddr::V4(Etcd::ip(i)), client_port),
-                None,
-            )?);
-        }
-        let mut e = Etcd {
-            exe: exe.to_path_buf(),
-            dir: dir.join("etcd"),
-            peer_port,
-            client_port,
-            procs: vec![None, None, None],
-            clients,
-            timeouts: Timeouts::profile(profile),
-        };
-        for i in 0..3 {
-            e.restart(i)?;
-        }
-        Ok(e)
+        self.stop_all()
     }
 }
 
@@ -353,62 +175,15 @@ impl System for Etcd {
     }
 
     fn kill(&mut self, i: usize) -> Result<()> {
-        if let Some(mut c) = self.procs[i].take() {
-            sigkill(&mut c)?;
-        }
-        Ok(())
+        self.kill_node(i)
     }
 
     fn restart(&mut self, i: usize) -> Result<()> {
-        let peers: Vec<String> = (0..3)
-            .map(|j| format!("e{j}=http://{}:{}", Etcd::ip(j), self.peer_port))
-            .collect();
-        let data = self.dir.join(format!("e{i}"));
-        std::fs::create_dir_all(&self.dir)?;
-        let (out, err) = log_to(&self.dir.join(format!("e{i}.log")))?;
-        let ms = |d: Duration| d.as_millis().to_string();
-        let child = Command::new(&self.exe)
-            .args(["--name", &format!("e{i}")])
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--heartbeat-interval", &ms(self.timeouts.heartbeat)])
-            .args(["--election-timeout", &ms(self.timeouts.election_min)])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://{}:{}", Etcd::ip(i), self.peer_port),
-            ])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://{}:{}", Etcd::ip(i), self.peer_port),
-            ])
-            .args([
-                "--listen-client-urls",
-                &format!("http://{}:{}", Etcd::ip(i), self.client_port),
-            ])
-            .args([
-                "--advertise-client-urls",
-                &format!("http://{}:{}", Etcd::ip(i), self.client_port),
-            ])
-            .args(["--initial-cluster", &peers.join(",")])
-            .args([
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                "bench",
-            ])
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} (install etcd-server)", self.exe.display()))?;
-        self.procs[i] = Some(child);
-        Ok(())
+        self.start_node(i)
     }
 
     fn stop(&mut self) {
-        for c in self.procs.iter_mut().filter_map(Option::take) {
-            let mut c = c;
-            let _ = sigkill(&mut c);
-        }
+        self.stop_all()
     }
 }
 
@@ -518,7 +293,7 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
     for sys in &args.systems {
         println!("{sys}: {} rounds", args.rounds);
         let r = match sys.as_str() {
-            "pce" => measure(Pce::start(&dir, args.profile)?, args.rounds).await?,
+            "pce" => measure(Pce::start(&dir, args.profile, false)?, args.rounds).await?,
             "etcd" => measure(Etcd::start(&args.etcd, &dir, args.profile)?, args.rounds).await?,
             other => return Err(anyhow!("--systems: unknown system {other:?} (pce, etcd)")),
         };

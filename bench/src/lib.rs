@@ -5,13 +5,18 @@
 //! - [`api`]: the admin API under load, and provisioning;
 //! - [`vens`]: policy pushes to simulated VENs, and resync after a restart;
 //! - [`failover`]: leader failover, against etcd in the same run;
+//! - [`compare`]: writes and reads, against etcd in the same run;
+//! - [`procs`]: both systems as real processes, for the two comparisons;
 //! - [`floor`]: the transport's own cost under `bench vens`.
 
 pub mod api;
+pub mod compare;
 mod estate;
+mod etcd;
 pub mod failover;
 pub mod floor;
 pub mod flows;
+pub mod procs;
 pub mod vens;
 pub mod visibility;
 pub mod write;

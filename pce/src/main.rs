@@ -208,6 +208,8 @@ enum BenchCommand {
     Resync(sc_bench::vens::ResyncArgs),
     /// Leader killed with SIGKILL: time until writes resume, Supercluster and etcd.
     Failover(sc_bench::failover::FailoverArgs),
+    /// Writes and reads against etcd, measured alternately in one run.
+    Compare(sc_bench::compare::CompareArgs),
     /// The transport alone: one push to N TLS streams and their acknowledgements,
     /// with no PCE behind it (the floor under `bench vens`).
     Floor(sc_bench::floor::FloorArgs),
@@ -316,6 +318,7 @@ async fn run(cli: Cli) -> Result<()> {
             BenchCommand::Vens(args) => sc_bench::vens::vens(args).await,
             BenchCommand::Resync(args) => sc_bench::vens::resync(args).await,
             BenchCommand::Failover(args) => sc_bench::failover::failover(args).await,
+            BenchCommand::Compare(args) => sc_bench::compare::compare(args).await,
             BenchCommand::Floor(args) => sc_bench::floor::floor(args).await,
             BenchCommand::Flows(args) => sc_bench::flows::flows(args).await,
             BenchCommand::Visibility(args) => sc_bench::visibility::visibility(args).await,

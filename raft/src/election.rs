@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::network::Peers;
-use crate::storage::{LogStore, SledEngine};
+use crate::storage::NodeLog;
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// What a node sends before campaigning.
@@ -121,7 +121,7 @@ impl Deadline {
 /// refused our last campaign for having a longer log, and holds the timeouts.
 pub(crate) async fn run(
     raft: Raft<TypeConfig>,
-    log: LogStore<SledEngine>,
+    log: NodeLog,
     peers: std::sync::Arc<Peers>,
     id: NodeId,
     mut stop: watch::Receiver<bool>,
@@ -244,7 +244,7 @@ pub(crate) async fn run(
 /// nobody) counts as no.
 async fn pre_vote(
     raft: &Raft<TypeConfig>,
-    log: &LogStore<SledEngine>,
+    log: &NodeLog,
     peers: &Peers,
     id: NodeId,
     timeout: Duration,

@@ -37,7 +37,7 @@ use crate::runtime::ConsensusRuntime;
 use crate::status::{NodeStatus, PeerStatus};
 use crate::storage::engine::DiskFaults;
 use crate::storage::state_machine::{ChangeNotice, KvList, ReadResult};
-use crate::storage::{LogStore, ReadView, SledEngine};
+use crate::storage::{NodeLog, ReadView};
 use crate::types::{Command, CommandResponse, KvEntry, NodeId, NodeInfo, TypeConfig};
 
 /// Defined with the crate's other domain types (so the wire conversions can use
@@ -88,7 +88,7 @@ struct Core {
     info: NodeInfo,
     raft: Raft<TypeConfig>,
     view: ReadView,
-    log: LogStore<SledEngine>,
+    log: NodeLog,
     peers: Arc<Peers>,
     timeouts: Timeouts,
     shutdown: watch::Sender<bool>,
@@ -120,7 +120,7 @@ pub(crate) struct NodeParts {
     pub(crate) info: NodeInfo,
     pub(crate) raft: Raft<TypeConfig>,
     pub(crate) view: ReadView,
-    pub(crate) log: LogStore<SledEngine>,
+    pub(crate) log: NodeLog,
     pub(crate) peers: Arc<Peers>,
     pub(crate) timeouts: Timeouts,
     pub(crate) shutdown: watch::Sender<bool>,

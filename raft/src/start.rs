@@ -30,7 +30,7 @@ use crate::network::{Peers, TlsMaterial};
 use crate::node::{Node, NodeOptions, NodeParts};
 use crate::runtime::ConsensusRuntime;
 use crate::storage::engine::DiskFaults;
-use crate::storage::{LogStore, SledEngine, StateMachine};
+use crate::storage::{NodeLog, StateMachine};
 use crate::types::TypeConfig;
 
 fn storage_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -177,16 +177,9 @@ fn open_storage(
     data_dir: &Path,
     snapshot_dir: &Path,
     disk_faults: &DiskFaults,
-) -> Result<(LogStore<SledEngine>, StateMachine), Error> {
-    crate::private::make_private(data_dir).map_err(storage_err(data_dir))?;
-    let store_dir = data_dir.join("store");
-    std::fs::create_dir_all(&store_dir).map_err(storage_err(data_dir))?;
-    let db = crate::storage::open_db(&store_dir).map_err(storage_err(&store_dir))?;
-    let engine = SledEngine::open(db.clone(), &store_dir, disk_faults.clone())
-        .map_err(storage_err(&store_dir))?;
-    let log = LogStore::new(engine).map_err(storage_err(&store_dir))?;
-    let sm = StateMachine::open(db, &store_dir, snapshot_dir).map_err(storage_err(&store_dir))?;
-    Ok((log, sm))
+) -> Result<(NodeLog, StateMachine), Error> {
+    crate::storage::open_node_storage(data_dir, snapshot_dir, disk_faults)
+        .map_err(storage_err(data_dir))
 }
 
 /// Serves the Raft and federation services of `node` on `listener` until

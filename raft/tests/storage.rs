@@ -1,20 +1,29 @@
-//! The sled log and state machine: openraft's own storage conformance suite, then
-//! the behaviours the suite does not cover (durability across reopen, exactly-once
+//! The log and state machine: openraft's own storage conformance suite (on the
+//! segment-file log nodes run, and on the sled log it replaced), then the
+//! behaviours the suite does not cover (durability across reopen, exactly-once
 //! retries, preconditions, crash-safe snapshot install).
 
 use std::path::Path;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
+use openraft::RaftLogReader;
 use openraft::{
     CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, Vote,
 };
-use sc_raft::storage::{LogStore, SledEngine, StateMachine};
+use sc_raft::storage::{LogStore, NodeLog, SledEngine, StateMachine, WalEngine};
 use sc_raft::types::TypeConfig;
 use sc_raft::{ClientId, Command, Compare, DiskFaults, Mutation, NodeId, Outcome};
 use tempfile::TempDir;
 
-fn open(dir: &Path) -> (LogStore<SledEngine>, StateMachine) {
+/// The log and state machine as a node opens them.
+fn open(dir: &Path) -> (NodeLog, StateMachine) {
+    sc_raft::storage::open_node_storage(dir, &dir.join("snapshots"), &DiskFaults::default())
+        .unwrap()
+}
+
+/// The same with the log in sled (the engine before decision 0018).
+fn open_sled(dir: &Path) -> (LogStore<SledEngine>, StateMachine) {
     let store = dir.join("store");
     std::fs::create_dir_all(&store).unwrap();
     let db = sc_raft::storage::open_db(&store).unwrap();
@@ -26,19 +35,34 @@ fn open(dir: &Path) -> (LogStore<SledEngine>, StateMachine) {
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore<SledEngine>, StateMachine, TempDir> for Builder {
-    async fn build(
-        &self,
-    ) -> Result<(TempDir, LogStore<SledEngine>, StateMachine), StorageError<NodeId>> {
+impl StoreBuilder<TypeConfig, NodeLog, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, NodeLog, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().unwrap();
         let (log, sm) = open(dir.path());
         Ok((dir, log, sm))
     }
 }
 
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore<SledEngine>, StateMachine, TempDir> for SledBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, LogStore<SledEngine>, StateMachine), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, sm) = open_sled(dir.path());
+        Ok((dir, log, sm))
+    }
+}
+
 #[test]
-fn the_sled_store_passes_openraft_conformance_suite() {
+fn the_segment_log_passes_openraft_conformance_suite() {
     Suite::test_all(Builder).unwrap();
+}
+
+#[test]
+fn the_sled_log_passes_openraft_conformance_suite() {
+    Suite::test_all(SledBuilder).unwrap();
 }
 
 fn log_id(term: u64, index: u64) -> LogId<NodeId> {
@@ -151,11 +175,7 @@ async fn a_stale_precondition_changes_nothing() {
 async fn snapshot_of_keys(
     dir: &std::path::Path,
     n: u64,
-) -> (
-    LogStore<SledEngine>,
-    StateMachine,
-    openraft::Snapshot<TypeConfig>,
-) {
+) -> (NodeLog, StateMachine, openraft::Snapshot<TypeConfig>) {
     let (log, mut sm) = open(dir);
     for i in 1..=n {
         sm.apply(vec![entry(i, put(1, i, &format!("k{i:03}"), "v"))])
@@ -274,13 +294,43 @@ async fn a_failing_disk_is_reported_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
-    let db = sled::Config::new().path(&store).open().unwrap();
     let faults = DiskFaults::default();
-    let mut log = LogStore::new(SledEngine::open(db, &store, faults.clone()).unwrap()).unwrap();
+    let mut log =
+        LogStore::new(WalEngine::open(&dir.path().join("raft-log"), faults.clone()).unwrap())
+            .unwrap();
     faults.set_failing(true);
     assert!(log.save_vote(&Vote::new(1, 1)).await.is_err());
     assert!(log
         .blocking_append(vec![entry(1, put(1, 1, "a", "1"))])
         .await
         .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_kept_in_sled_by_an_earlier_version_moves_to_the_segment_log_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _sm) = open_sled(dir.path());
+        log.save_vote(&Vote::new(4, 2)).await.unwrap();
+        log.blocking_append((1..=300).map(|i| entry(i, put(1, i, &format!("k{i}"), "v"))))
+            .await
+            .unwrap();
+        log.purge(log_id(1, 100)).await.unwrap();
+    }
+    for _ in 0..2 {
+        // The first open moves the log; the second finds it moved.
+        let (mut log, _sm) = open(dir.path());
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 100)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 300)));
+        let entries = log.try_get_log_entries(101..=300).await.unwrap();
+        assert_eq!(entries.len(), 200);
+        assert_eq!(entries[0].log_id, log_id(1, 101));
+    }
+    assert!(!dir.path().join("raft-log.moving").exists());
+    // sled no longer holds a log that could be mistaken for the current one.
+    let (log, _sm) = open_sled(dir.path());
+    let mut log = log;
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
-use crate::storage::{LogStore, SledEngine, SnapshotFile};
+use crate::storage::{NodeLog, SnapshotFile};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// The Raft gRPC service of one node.
@@ -25,7 +25,7 @@ pub struct RaftGrpc {
     /// pre-vote (the shortest election timeout).
     election_min: std::time::Duration,
     /// This node's log, for the pre-vote's comparison.
-    log: LogStore<SledEngine>,
+    log: NodeLog,
     /// A planned transfer: only its target gets this node's pre-vote.
     transfer: crate::network::Transfer,
 }
@@ -37,7 +37,7 @@ impl RaftGrpc {
         incoming_dir: PathBuf,
         fence: crate::network::Fence,
         election_min: std::time::Duration,
-        log: LogStore<SledEngine>,
+        log: NodeLog,
         transfer: crate::network::Transfer,
     ) -> Self {
         RaftGrpc {

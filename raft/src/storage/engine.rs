@@ -34,6 +34,13 @@ pub trait LogEngine: Send + Sync + 'static {
     fn purge_upto(&self, upto: u64) -> io::Result<()>;
     /// Writes a metadata cell (not durable until `sync`).
     fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()>;
+    /// Writes a metadata cell that may be lost in a crash (a hint that speeds
+    /// up recovery, such as the commit index); a sync need not persist it.
+    fn put_hint(&self, key: &str, value: &[u8]) -> io::Result<()> {
+        self.put_meta(key, value)
+    }
+    /// Every metadata cell, to move a log to another engine.
+    fn meta_cells(&self) -> io::Result<Vec<(String, Vec<u8>)>>;
     /// Reads a metadata cell.
     fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>>;
 }
@@ -51,7 +58,7 @@ impl DiskFaults {
         self.0.store(failing, Ordering::SeqCst);
     }
 
-    fn check(&self) -> io::Result<()> {
+    pub(crate) fn check(&self) -> io::Result<()> {
         if self.0.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected disk failure"));
         }
@@ -216,6 +223,25 @@ impl LogEngine for SledEngine {
 
     fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         Ok(self.meta.get(key).map_err(sled_io)?.map(|v| v.to_vec()))
+    }
+
+    fn meta_cells(&self) -> io::Result<Vec<(String, Vec<u8>)>> {
+        self.meta
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(sled_io)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+}
+
+impl SledEngine {
+    /// Empties the log and its metadata (after they moved to another engine).
+    pub fn clear(&self) -> io::Result<()> {
+        self.log.clear().map_err(sled_io)?;
+        self.meta.clear().map_err(sled_io)?;
+        sync_sled(&self.db, &self.data_file)
     }
 }
 

@@ -63,6 +63,12 @@ impl<E: LogEngine> LogStore<E> {
         std::thread::Builder::new()
             .name("raft-log-flush".into())
             .spawn(move || flush_loop(&*flusher, flush_rx))?;
+        // An engine may keep records at or below the purge point after a
+        // restart (a segment is deleted only when all of it is purged).
+        if let Some(bytes) = engine.get_meta(META_PURGED)? {
+            let purged: LogId<NodeId> = codec::decode(&bytes).map_err(codec_io)?;
+            engine.purge_upto(purged.index)?;
+        }
         let committed = match engine.get_meta(META_COMMITTED)? {
             Some(bytes) => codec::decode(&bytes).map_err(codec_io)?,
             None => None,
@@ -113,6 +119,20 @@ impl<E: LogEngine> LogStore<E> {
             None => Ok(None),
         }
     }
+}
+
+/// Copies a whole log, records and metadata, from one engine to another and
+/// makes the copy durable; returns how many records moved.
+pub fn copy_log<A: LogEngine, B: LogEngine>(from: &A, to: &B) -> io::Result<usize> {
+    for (key, value) in from.meta_cells()? {
+        to.put_meta(&key, &value)?;
+    }
+    let records = from.range(0, None)?;
+    for chunk in records.chunks(1024) {
+        to.append(chunk)?;
+    }
+    to.sync()?;
+    Ok(records.len())
 }
 
 fn flush_loop<E: LogEngine>(engine: &E, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
@@ -226,7 +246,7 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
         let bytes =
             codec::encode(&committed).map_err(|e| logs_err(ErrorVerb::Write, &codec_io(e)))?;
         self.engine
-            .put_meta(META_COMMITTED, &bytes)
+            .put_hint(META_COMMITTED, &bytes)
             .map_err(|e| logs_err(ErrorVerb::Write, &e))?;
         if let Ok(mut c) = self.committed.lock() {
             *c = committed;

@@ -2,6 +2,8 @@
 //!
 //! - [`engine`]: the seam between the log and the disk ([`LogEngine`]), with the
 //!   sled implementation that fsyncs where sled alone would not.
+//! - [`wal`]: the engine nodes run: segment files with one `fdatasync` per
+//!   group commit (decision 0018).
 //! - [`log_store`]: openraft's `RaftLogStorage` on top of any [`LogEngine`], with a
 //!   group-commit flusher so that many concurrent writes share one fsync.
 //! - [`state_machine`]: openraft's `RaftStateMachine`: the ordered key/value model
@@ -12,11 +14,16 @@ pub mod engine;
 pub mod log_store;
 pub mod snapshot;
 pub mod state_machine;
+pub mod wal;
 
-pub use engine::{LogEngine, SledEngine};
-pub use log_store::LogStore;
+pub use engine::{DiskFaults, LogEngine, SledEngine};
+pub use log_store::{copy_log, LogStore};
 pub use snapshot::SnapshotFile;
 pub use state_machine::{ReadView, StateMachine};
+pub use wal::WalEngine;
+
+/// The log a running node keeps (the engine decision 0018 chose).
+pub type NodeLog = LogStore<WalEngine>;
 
 use std::io;
 
@@ -65,4 +72,54 @@ pub fn open_db(dir: &std::path::Path) -> io::Result<sled::Db> {
             Err(e) => return Err(sled_io(e)),
         }
     }
+}
+
+/// Opens a node's Raft log (`raft-log/`) and state machine (`store/`) under
+/// `data_dir`, moving a log an earlier version kept in sled out of it first.
+pub fn open_node_storage(
+    data_dir: &std::path::Path,
+    snapshot_dir: &std::path::Path,
+    faults: &DiskFaults,
+) -> io::Result<(NodeLog, StateMachine)> {
+    crate::private::make_private(data_dir)?;
+    let store_dir = data_dir.join("store");
+    std::fs::create_dir_all(&store_dir)?;
+    let db = open_db(&store_dir)?;
+    let log_dir = data_dir.join("raft-log");
+    if !log_dir.exists() {
+        move_log_out_of_sled(&db, &store_dir, data_dir, faults)?;
+    }
+    let log = LogStore::new(WalEngine::open(&log_dir, faults.clone())?)?;
+    let sm = StateMachine::open(db, &store_dir, snapshot_dir)?;
+    Ok((log, sm))
+}
+
+/// Moves a Raft log that an earlier version kept in sled into `raft-log/`.
+///
+/// Crash-safe: the copy is made whole and durable under another name, then
+/// renamed into place; until the rename the sled log is the log. Nothing to do
+/// for a new node (an empty sled log).
+fn move_log_out_of_sled(
+    db: &sled::Db,
+    store_dir: &std::path::Path,
+    data_dir: &std::path::Path,
+    faults: &DiskFaults,
+) -> io::Result<()> {
+    let old = SledEngine::open(db.clone(), store_dir, faults.clone())?;
+    if old.last()?.is_none() && old.meta_cells()?.is_empty() {
+        return Ok(());
+    }
+    let partial = data_dir.join("raft-log.moving");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    let moved = copy_log(&old, &WalEngine::open(&partial, faults.clone())?)?;
+    std::fs::rename(&partial, data_dir.join("raft-log"))?;
+    engine::sync_dir(data_dir)?;
+    old.clear()?;
+    tracing::info!(
+        records = moved,
+        "moved the Raft log out of sled into raft-log/"
+    );
+    Ok(())
 }

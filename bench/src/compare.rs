@@ -1,0 +1,691 @@
+//! `pce bench compare`: Supercluster and etcd side by side, measured alternately
+//! in one run, with the ratio of their throughputs.
+//!
+//! Both systems run as three local processes (see [`procs`](super::procs)):
+//! Supercluster with mutual TLS on every hop, etcd without TLS, both with fsync on
+//! and the same heartbeat and election timeouts. Every level (a workload at a
+//! client count) is measured for etcd and then for Supercluster, and the whole
+//! sequence is repeated `--rounds` times: a disk or a neighbour that slows down
+//! during the run slows both, which a figure quoted from another day cannot show.
+//!
+//! Workloads (each client is a task with one request in flight; all clients of
+//! a system share one HTTP/2 connection, as one application's would):
+//! - `write`: a put of a new key with a `--value-size` value, sent to the leader
+//!   (etcd `KV.Put`; our `Federation.Write` of one put);
+//! - `read`: a get of an existing key from a follower's own replica, no Raft
+//!   involved (etcd serializable `KV.Range`; our `Federation.Read`);
+//! - `read-linear`: the same get, linearizable: the follower confirms with the
+//!   leader first (ReadIndex on both);
+//! - `api-read`: a label read through a follower's admin REST API (HTTPS, an API
+//!   key checked per request, JSON), against etcd's serializable get: what a
+//!   client of our public API pays over etcd's native one. The per-user rate
+//!   limit is lifted for the run (`rate = 0`), so the API is measured, not it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use sc_raft::{ClientId, Command, Mutation, Outcome, Profile};
+use serde_json::json;
+
+use super::etcd::EtcdClient;
+use super::procs::{Etcd, Pce};
+
+/// Options of `pce bench compare`.
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// Workloads: `write`, `read`, `read-linear`, `api-read`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "write,read,read-linear,api-read"
+    )]
+    workloads: Vec<String>,
+    /// Client counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Seconds each system is measured at each level.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// How many times the whole alternating sequence runs.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Size of every written value in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// The etcd binary.
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+    /// Run in this directory and keep it (data and each process's log). By
+    /// default a temporary directory is used and removed.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one level measures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Write,
+    Read,
+    ReadLinear,
+    ApiRead,
+}
+
+impl Workload {
+    fn parse(s: &str) -> Result<Workload> {
+        Ok(match s {
+            "write" => Workload::Write,
+            "read" => Workload::Read,
+            "read-linear" => Workload::ReadLinear,
+            "api-read" => Workload::ApiRead,
+            other => bail!(
+                "--workloads: unknown workload {other:?} (write, read, read-linear, api-read)"
+            ),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Write => "write",
+            Workload::Read => "read",
+            Workload::ReadLinear => "read-linear",
+            Workload::ApiRead => "api-read",
+        }
+    }
+}
+
+/// Keys written before the reads start; reads cycle through them.
+const READ_KEYS: u64 = 1000;
+/// Labels made before `api-read`; reads cycle through them.
+const READ_LABELS: usize = 100;
+
+/// One measured level of one system.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Level {
+    system: &'static str,
+    workload: &'static str,
+    clients: usize,
+    round: usize,
+    ops: u64,
+    errors: u64,
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// The first error, to say why `errors` is not 0.
+    first_error: Option<String>,
+}
+
+/// The Supercluster side: clients for the leader and a follower.
+struct PceSide {
+    leader: sc_raft::Client,
+    follower: sc_raft::Client,
+    /// The follower's index, for admin API clients.
+    follower_index: usize,
+    /// Label hrefs for `api-read`.
+    labels: Vec<String>,
+}
+
+/// The etcd side: clients for the leader and a follower.
+struct EtcdSide {
+    leader: EtcdClient,
+    follower: EtcdClient,
+}
+
+async fn pce_side(pce: &Pce) -> Result<PceSide> {
+    let t0 = Instant::now();
+    loop {
+        match pce_clients(pce).await {
+            Ok(side) => return Ok(side),
+            Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                return Err(e.context("supercluster: no leader in 60 s"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn pce_clients(pce: &Pce) -> Result<PceSide> {
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(sc_region::config::NodeConfig::load(&pce.config(i))?.client()?);
+    }
+    let mut ids = Vec::new();
+    let mut leader = None;
+    for c in &clients {
+        let s = c.status().await?;
+        ids.push(s.id);
+        let l = s
+            .leader
+            .ok_or_else(|| anyhow!("{} knows no leader", s.name))?;
+        if *leader.get_or_insert(l) != l {
+            bail!("the nodes disagree on the leader");
+        }
+    }
+    let leader = leader.ok_or_else(|| anyhow!("no nodes"))?;
+    let li = ids
+        .iter()
+        .position(|id| *id == leader)
+        .ok_or_else(|| anyhow!("leader {leader} is not one of the three nodes"))?;
+    let fi = (li + 1) % 3;
+    Ok(PceSide {
+        leader: clients[li].clone(),
+        follower: clients[fi].clone(),
+        follower_index: fi,
+        labels: Vec::new(),
+    })
+}
+
+async fn etcd_side(etcd: &Etcd) -> Result<EtcdSide> {
+    let t0 = Instant::now();
+    loop {
+        match etcd_clients(etcd).await {
+            Ok(side) => return Ok(side),
+            Err(e) if t0.elapsed() > Duration::from_secs(60) => {
+                return Err(e.context("etcd: no leader in 60 s"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn etcd_clients(etcd: &Etcd) -> Result<EtcdSide> {
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    let mut leader = None;
+    for i in 0..3 {
+        let mut c = EtcdClient::connect(&etcd.endpoint(i)).await?;
+        let (id, l) = c.status().await?;
+        if l == 0 {
+            bail!("etcd member {i} knows no leader");
+        }
+        if *leader.get_or_insert(l) != l {
+            bail!("etcd members disagree on the leader");
+        }
+        ids.push(id);
+        clients.push(c);
+    }
+    let leader = leader.ok_or_else(|| anyhow!("no members"))?;
+    let li = ids
+        .iter()
+        .position(|id| *id == leader)
+        .ok_or_else(|| anyhow!("etcd leader {leader:x} is not one of the three members"))?;
+    Ok(EtcdSide {
+        leader: clients[li].clone(),
+        follower: clients[(li + 1) % 3].clone(),
+    })
+}
+
+fn read_key(n: u64) -> Vec<u8> {
+    format!("bench/read/{:04}", n % READ_KEYS).into_bytes()
+}
+
+fn put(client: ClientId, serial: u64, key: Vec<u8>, value: Vec<u8>) -> Command {
+    Command {
+        client,
+        serial,
+        expect_revision: None,
+        compare: vec![],
+        ops: vec![Mutation::Put { key, value }],
+    }
+}
+
+/// Writes the keys the reads read, and (when `api-read` runs) the labels.
+async fn prepare(
+    pce: &Pce,
+    ps: &mut PceSide,
+    es: &mut EtcdSide,
+    value_size: usize,
+    labels: bool,
+) -> Result<()> {
+    let value = vec![b'r'; value_size];
+    let id = ClientId::random();
+    for n in 0..READ_KEYS {
+        let r = ps
+            .leader
+            .write(&put(id, n + 1, read_key(n), value.clone()))
+            .await?;
+        if r.outcome != Outcome::Applied {
+            bail!("supercluster: preparing read keys: {:?}", r.outcome);
+        }
+        es.leader.put(read_key(n), value.clone()).await?;
+    }
+    if labels {
+        let mut api = pce.api(ps.follower_index)?;
+        let tag = sc_store::time::now_ms();
+        for n in 0..READ_LABELS {
+            let a = api
+                .post(
+                    "/api/v2/orgs/1/labels",
+                    &json!({"key": "bench_compare", "value": format!("l{tag}-{n}")}),
+                )
+                .await?;
+            if !a.status.is_success() {
+                bail!("supercluster: creating a label: {}", a.status);
+            }
+            let href = a.json()["href"]
+                .as_str()
+                .ok_or_else(|| anyhow!("a created label has no href"))?
+                .to_string();
+            ps.labels.push(href);
+        }
+    }
+    Ok(())
+}
+
+/// Per-client state for one level: what each system's task holds.
+enum Worker {
+    PceWrite(sc_raft::Client, ClientId),
+    PceRead(sc_raft::Client, bool),
+    PceApi(sc_leader::client::ApiClient, Arc<Vec<String>>),
+    EtcdWrite(EtcdClient),
+    EtcdRead(EtcdClient, bool),
+}
+
+impl Worker {
+    /// One operation; `n` is the client's serial (from 1), `c` the client index.
+    async fn op(&mut self, c: usize, n: u64, value: &[u8]) -> Result<()> {
+        match self {
+            Worker::PceWrite(client, id) => {
+                let key = format!("bench/w/{c:04}/{n:010}").into_bytes();
+                let r = client.write(&put(*id, n, key, value.to_vec())).await?;
+                if r.outcome != Outcome::Applied {
+                    bail!("write refused: {:?}", r.outcome);
+                }
+            }
+            Worker::PceRead(client, linear) => {
+                let (v, _) = client.read(&read_key(n * 7 + c as u64), *linear).await?;
+                if v.is_none() {
+                    bail!("a prepared key was not found");
+                }
+            }
+            Worker::PceApi(api, labels) => {
+                let href = &labels[(n as usize * 7 + c) % labels.len()];
+                let a = api.get(&format!("/api/v2{href}")).await?;
+                if !a.status.is_success() {
+                    bail!("GET {href}: {}", a.status);
+                }
+            }
+            Worker::EtcdWrite(client) => {
+                let key = format!("bench/w/{c:04}/{n:010}").into_bytes();
+                client.put(key, value.to_vec()).await?;
+            }
+            Worker::EtcdRead(client, serializable) => {
+                let r = client
+                    .get(read_key(n * 7 + c as u64), *serializable)
+                    .await?;
+                if r.kvs.is_empty() {
+                    bail!("a prepared key was not found");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `workers` (one per client) for `run_for`.
+async fn run_level(workers: Vec<Worker>, run_for: Duration, value_size: usize) -> Result<Level> {
+    let clients = workers.len();
+    let value = Arc::new(vec![b'x'; value_size]);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut w) in workers.into_iter().enumerate() {
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow!("{e}"))?;
+            let (mut errors, mut first_error, mut n) = (0u64, None, 0u64);
+            while started.elapsed() < run_for {
+                n += 1;
+                let t = Instant::now();
+                match w.op(c, n, &value).await {
+                    Ok(()) => hist
+                        .record(t.elapsed().as_micros().max(1) as u64)
+                        .map_err(|e| anyhow!("{e}"))?,
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((hist, errors, first_error))
+        }));
+    }
+    let mut all =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| anyhow!("{e}"))?;
+    let (mut errors, mut first_error) = (0, None);
+    for t in tasks {
+        let (h, e, f) = t.await??;
+        all.add(&h).map_err(|e| anyhow!("{e}"))?;
+        errors += e;
+        first_error = first_error.or(f);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Level {
+        system: "",
+        workload: "",
+        clients,
+        round: 0,
+        ops: all.len(),
+        errors,
+        ops_per_sec: all.len() as f64 / secs,
+        p50_ms: super::pct(&all, 0.5),
+        p99_ms: super::pct(&all, 0.99),
+        first_error,
+    })
+}
+
+fn pce_workers(pce: &Pce, side: &PceSide, w: Workload, clients: usize) -> Result<Vec<Worker>> {
+    let labels = Arc::new(side.labels.clone());
+    (0..clients)
+        .map(|_| {
+            Ok(match w {
+                Workload::Write => Worker::PceWrite(side.leader.clone(), ClientId::random()),
+                Workload::Read => Worker::PceRead(side.follower.clone(), false),
+                Workload::ReadLinear => Worker::PceRead(side.follower.clone(), true),
+                Workload::ApiRead => Worker::PceApi(pce.api(side.follower_index)?, labels.clone()),
+            })
+        })
+        .collect()
+}
+
+fn etcd_workers(side: &EtcdSide, w: Workload, clients: usize) -> Vec<Worker> {
+    (0..clients)
+        .map(|_| match w {
+            Workload::Write => Worker::EtcdWrite(side.leader.clone()),
+            Workload::Read | Workload::ApiRead => Worker::EtcdRead(side.follower.clone(), true),
+            Workload::ReadLinear => Worker::EtcdRead(side.follower.clone(), false),
+        })
+        .collect()
+}
+
+/// The median of `v` (sorted in place); 0 when empty.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The time one 4 KiB write + fdatasync takes in `dir` (median of 100): the
+/// disk both systems wait on, printed so a run can be read against another.
+fn fsync_probe(dir: &std::path::Path) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0u8; 4096];
+    let mut ms = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    std::fs::remove_file(&path)?;
+    Ok(median(&mut ms))
+}
+
+/// `pce bench compare`.
+pub async fn compare(args: CompareArgs) -> Result<()> {
+    let workloads: Vec<Workload> = args
+        .workloads
+        .iter()
+        .map(|s| Workload::parse(s))
+        .collect::<Result<_>>()?;
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        bail!("--clients: give positive client counts, e.g. 1,16,64");
+    }
+    if args.rounds == 0 || args.seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("--keep: creating {}", d.display()))?;
+            if std::fs::read_dir(d)?.next().is_some() {
+                bail!("--keep: {} is not empty; give a new directory", d.display());
+            }
+            d.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    let fsync_ms = fsync_probe(&dir)?;
+    eprintln!("a 4 KiB write + fdatasync here takes {fsync_ms:.2} ms (median of 100)");
+    let mut etcd = Etcd::start(&args.etcd, &dir, Profile::Lan)?;
+    let mut pce = match Pce::start(&dir, Profile::Lan, true) {
+        Ok(p) => p,
+        Err(e) => {
+            etcd.stop_all();
+            return Err(e);
+        }
+    };
+    let result = measure(&args, &workloads, &pce, &etcd).await;
+    pce.stop_all();
+    etcd.stop_all();
+    let levels = result?;
+    report(&args, &workloads, &levels, fsync_ms)
+}
+
+async fn measure(
+    args: &CompareArgs,
+    workloads: &[Workload],
+    pce: &Pce,
+    etcd: &Etcd,
+) -> Result<Vec<Level>> {
+    let mut es = etcd_side(etcd).await?;
+    let mut ps = pce_side(pce).await?;
+    let api = workloads.contains(&Workload::ApiRead);
+    prepare(pce, &mut ps, &mut es, args.value_size, api).await?;
+    let run_for = Duration::from_secs(args.seconds);
+    // Warm connections, caches and both processes' allocators.
+    for w in workloads {
+        run_level(
+            etcd_workers(&es, *w, 4),
+            Duration::from_millis(500),
+            args.value_size,
+        )
+        .await?;
+        run_level(
+            pce_workers(pce, &ps, *w, 4)?,
+            Duration::from_millis(500),
+            args.value_size,
+        )
+        .await?;
+    }
+    let mut levels = Vec::new();
+    for round in 1..=args.rounds {
+        for w in workloads {
+            for &clients in &args.clients {
+                let mut e =
+                    run_level(etcd_workers(&es, *w, clients), run_for, args.value_size).await?;
+                e.system = "etcd";
+                let mut p = run_level(
+                    pce_workers(pce, &ps, *w, clients)?,
+                    run_for,
+                    args.value_size,
+                )
+                .await?;
+                p.system = "supercluster";
+                for l in [&mut e, &mut p] {
+                    l.workload = w.name();
+                    l.round = round;
+                    eprintln!(
+                        "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
+                        l.workload,
+                        l.clients,
+                        l.system,
+                        l.ops_per_sec,
+                        l.p50_ms,
+                        l.p99_ms,
+                        if l.errors > 0 {
+                            format!("  {} errors, first: {}", l.errors, l.first_error.clone().unwrap_or_default())
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                levels.push(e);
+                levels.push(p);
+            }
+        }
+    }
+    Ok(levels)
+}
+
+/// One row of the summary: a workload at a client count, both systems.
+#[derive(serde::Serialize)]
+struct Summary {
+    workload: &'static str,
+    clients: usize,
+    etcd_ops_per_sec: f64,
+    supercluster_ops_per_sec: f64,
+    /// Median over rounds of (Supercluster / etcd) throughput in the same round.
+    ratio: f64,
+    etcd_p50_ms: f64,
+    etcd_p99_ms: f64,
+    supercluster_p50_ms: f64,
+    supercluster_p99_ms: f64,
+    errors: u64,
+}
+
+fn summarise(workloads: &[Workload], clients: &[usize], levels: &[Level]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for w in workloads {
+        for &c in clients {
+            let of = |sys: &str| -> Vec<&Level> {
+                levels
+                    .iter()
+                    .filter(|l| l.workload == w.name() && l.clients == c && l.system == sys)
+                    .collect()
+            };
+            let (e, p) = (of("etcd"), of("supercluster"));
+            let mut ratios: Vec<f64> = e
+                .iter()
+                .zip(&p)
+                .filter(|(e, _)| e.ops_per_sec > 0.0)
+                .map(|(e, p)| p.ops_per_sec / e.ops_per_sec)
+                .collect();
+            let med = |ls: &[&Level], f: fn(&Level) -> f64| {
+                median(&mut ls.iter().map(|l| f(l)).collect::<Vec<_>>())
+            };
+            out.push(Summary {
+                workload: w.name(),
+                clients: c,
+                etcd_ops_per_sec: med(&e, |l| l.ops_per_sec),
+                supercluster_ops_per_sec: med(&p, |l| l.ops_per_sec),
+                ratio: median(&mut ratios),
+                etcd_p50_ms: med(&e, |l| l.p50_ms),
+                etcd_p99_ms: med(&e, |l| l.p99_ms),
+                supercluster_p50_ms: med(&p, |l| l.p50_ms),
+                supercluster_p99_ms: med(&p, |l| l.p99_ms),
+                errors: e.iter().chain(&p).map(|l| l.errors).sum(),
+            });
+        }
+    }
+    out
+}
+
+fn report(
+    args: &CompareArgs,
+    workloads: &[Workload],
+    levels: &[Level],
+    fsync_ms: f64,
+) -> Result<()> {
+    let rows = summarise(workloads, &args.clients, levels);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "fsync_4k_ms": fsync_ms,
+                "rounds": args.rounds,
+                "seconds_per_level": args.seconds,
+                "value_size": args.value_size,
+                "summary": rows,
+                "levels": levels,
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "\nmedians over {} rounds of {} s per system and level; fdatasync of 4 KiB: {fsync_ms:.2} ms",
+        args.rounds, args.seconds
+    );
+    println!(
+        "{:<12} {:>7} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "workload",
+        "clients",
+        "etcd/s",
+        "sc/s",
+        "ratio",
+        "etcd p50",
+        "etcd p99",
+        "sc p50",
+        "sc p99",
+        "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<12} {:>7} {:>10.0} {:>10.0} {:>6.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6}",
+            r.workload,
+            r.clients,
+            r.etcd_ops_per_sec,
+            r.supercluster_ops_per_sec,
+            r.ratio,
+            r.etcd_p50_ms,
+            r.etcd_p99_ms,
+            r.supercluster_p50_ms,
+            r.supercluster_p99_ms,
+            r.errors
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(system: &'static str, round: usize, ops_per_sec: f64) -> Level {
+        Level {
+            system,
+            workload: "write",
+            clients: 1,
+            round,
+            ops: 1,
+            errors: 0,
+            ops_per_sec,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn the_ratio_pairs_each_round_with_itself() {
+        // Round 2 ran on a slower disk for both: per-round ratios are 0.5 and
+        // 0.5, while a ratio of medians would mix the rounds (and medians of
+        // two values pick the upper one).
+        let levels = vec![
+            level("etcd", 1, 1000.0),
+            level("supercluster", 1, 500.0),
+            level("etcd", 2, 400.0),
+            level("supercluster", 2, 200.0),
+            level("etcd", 3, 900.0),
+            level("supercluster", 3, 450.0),
+        ];
+        let rows = summarise(&[Workload::Write], &[1], &levels);
+        assert_eq!(rows.len(), 1);
+        assert!((rows[0].ratio - 0.5).abs() < 1e-9, "{}", rows[0].ratio);
+        assert_eq!(rows[0].etcd_ops_per_sec, 900.0);
+        assert_eq!(rows[0].supercluster_ops_per_sec, 450.0);
+    }
+
+    #[test]
+    fn an_unknown_workload_is_named_with_the_choices() {
+        let err = Workload::parse("scan").unwrap_err().to_string();
+        assert!(err.contains("scan") && err.contains("read-linear"), "{err}");
+    }
+}
