@@ -580,6 +580,11 @@ impl LogEngine for WalEngine {
         }
         if wal.locs.is_empty() {
             wal.first = upto + 1;
+            // Nothing live is left (a purge up to an installed snapshot may go
+            // past the log's end): the next record must not follow purged ones
+            // in a segment, or recovery would stop at the gap and zero it.
+            // Found by the kill -9 test in pce/tests/processes.rs.
+            self.roll(&mut wal, 0)?;
         }
         let first_seg = wal.locs.front().map(|l| l.seg);
         let active = wal.segments.keys().next_back().copied();
