@@ -752,6 +752,28 @@ mod tests {
     }
 
     #[test]
+    fn records_after_a_purge_past_the_end_survive_a_reopen() {
+        // openraft purges past the log's end after installing a snapshot; the
+        // next records must not follow the purged ones in a segment, or
+        // recovery takes the gap for the end of the log and zeroes them.
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let e = open(dir.path(), 1 << 20);
+            e.append(&(1..=10).map(|i| rec(i, 50)).collect::<Vec<_>>())
+                .expect("append");
+            e.sync().expect("sync");
+            e.put_meta("purged", b"20").expect("meta");
+            e.purge_upto(20).expect("purge");
+            assert!(indexes(&e).is_empty());
+            e.append(&(21..=25).map(|i| rec(i, 50)).collect::<Vec<_>>())
+                .expect("append");
+            e.sync().expect("sync");
+        }
+        let e = open(dir.path(), 1 << 20);
+        assert_eq!(indexes(&e), (21..=25).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn an_append_that_leaves_a_gap_is_refused() {
         let dir = tempfile::tempdir().expect("dir");
         let e = open(dir.path(), 4096);
