@@ -17,6 +17,7 @@
 //! and friends.
 
 pub mod client;
+mod coalesce;
 pub mod codec;
 pub mod config;
 pub mod convert;

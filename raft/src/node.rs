@@ -108,6 +108,9 @@ struct Core {
     /// transfer takes it exclusively to wait them out before it holds new
     /// ones, so no entry is appended after the target has caught up.
     write_gate: tokio::sync::RwLock<()>,
+    /// Linearizable reads share one read index per round (`None`: that
+    /// round failed, and each of its readers asks on its own for its error).
+    read_index: crate::coalesce::Coalescer<Option<u64>>,
     /// Background tasks (server, joiner), awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The threads all of the above runs on; stopped last.
@@ -163,6 +166,7 @@ impl Node {
                 ven_policies: Mutex::new(Arc::new(Vec::new())),
                 transfer_hold: Mutex::new(None),
                 write_gate: tokio::sync::RwLock::new(()),
+                read_index: crate::coalesce::Coalescer::new(),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
             }),
@@ -485,34 +489,26 @@ impl Node {
     }
 
     /// Blocks until this replica reflects every write acknowledged before the call.
+    ///
+    /// Concurrent readers share one read index (see [`crate::coalesce`]): a
+    /// round that started after this call serves it.
     pub async fn linearize(&self) -> Result<(), Error> {
-        let index = self
-            .route(|node, leader| async move {
-                match leader {
-                    None => node.read_index_here().await,
-                    Some((id, info)) => {
-                        let mut client = node
-                            .core
-                            .peers
-                            .federation_client(id, &info)
-                            .await
-                            .map_err(|e| Attempt::Retry(e.to_string()))?;
-                        match tokio::time::timeout(
-                            node.core.timeouts.write,
-                            client.read_index(ReadIndexRequest {}),
-                        )
-                        .await
-                        {
-                            Err(_) => Err(Attempt::Retry(format!(
-                                "leader {info} did not answer in time"
-                            ))),
-                            Ok(Err(status)) => Err(retry_or_fail(&info, status)),
-                            Ok(Ok(r)) => Ok(r.into_inner().read_index),
-                        }
-                    }
-                }
+        let node = self.clone();
+        let shared = self
+            .core
+            .read_index
+            .join(move || {
+                let node = node.clone();
+                async move { node.read_index().await.ok() }
             })
-            .await?;
+            .await
+            .flatten();
+        let index = match shared {
+            Some(index) => index,
+            // The shared round failed: ask alone, for this caller's own error
+            // (or a success, if leadership settled meanwhile).
+            None => self.read_index().await?,
+        };
         self.core
             .raft
             .wait(Some(self.core.timeouts.write))
@@ -523,6 +519,37 @@ impl Node {
                 last: e.to_string(),
             })?;
         Ok(())
+    }
+
+    /// A read index obtained after this call: from this node's Raft if it
+    /// leads, else from the leader over the federation service.
+    async fn read_index(&self) -> Result<u64, Error> {
+        self.route(|node, leader| async move {
+            match leader {
+                None => node.read_index_here().await,
+                Some((id, info)) => {
+                    let mut client = node
+                        .core
+                        .peers
+                        .federation_client(id, &info)
+                        .await
+                        .map_err(|e| Attempt::Retry(e.to_string()))?;
+                    match tokio::time::timeout(
+                        node.core.timeouts.write,
+                        client.read_index(ReadIndexRequest {}),
+                    )
+                    .await
+                    {
+                        Err(_) => Err(Attempt::Retry(format!(
+                            "leader {info} did not answer in time"
+                        ))),
+                        Ok(Err(status)) => Err(retry_or_fail(&info, status)),
+                        Ok(Ok(r)) => Ok(r.into_inner().read_index),
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// Reads one key.
