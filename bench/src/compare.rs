@@ -327,8 +327,14 @@ impl Worker {
     }
 }
 
-/// Runs `workers` (one per client) for `run_for`.
-async fn run_level(workers: Vec<Worker>, run_for: Duration, value_size: usize) -> Result<Level> {
+/// Runs `workers` (one per client) for `run_for`; `at` names the level
+/// (system, workload, round) in the result.
+async fn run_level(
+    at: (&'static str, Workload, usize),
+    workers: Vec<Worker>,
+    run_for: Duration,
+    value_size: usize,
+) -> Result<Level> {
     let clients = workers.len();
     let value = Arc::new(vec![b'x'; value_size]);
     let started = Instant::now();
@@ -366,10 +372,10 @@ async fn run_level(workers: Vec<Worker>, run_for: Duration, value_size: usize) -
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(Level {
-        system: "",
-        workload: "",
+        system: at.0,
+        workload: at.1.name(),
         clients,
-        round: 0,
+        round: at.2,
         ops: all.len(),
         errors,
         ops_per_sec: all.len() as f64 / secs,
@@ -480,38 +486,30 @@ async fn measure(
     let api = workloads.contains(&Workload::ApiRead);
     prepare(pce, &mut ps, &mut es, args.value_size, api).await?;
     let run_for = Duration::from_secs(args.seconds);
-    // Warm connections, caches and both processes' allocators.
+    // Warm connections, caches and both processes' allocators (round 0, not kept).
+    let warm = Duration::from_millis(500);
     for w in workloads {
         run_level(
+            ("etcd", *w, 0),
             etcd_workers(&es, *w, 4),
-            Duration::from_millis(500),
+            warm,
             args.value_size,
         )
         .await?;
-        run_level(
-            pce_workers(pce, &ps, *w, 4)?,
-            Duration::from_millis(500),
-            args.value_size,
-        )
-        .await?;
+        let workers = pce_workers(pce, &ps, *w, 4)?;
+        run_level(("supercluster", *w, 0), workers, warm, args.value_size).await?;
     }
     let mut levels = Vec::new();
     for round in 1..=args.rounds {
         for w in workloads {
             for &clients in &args.clients {
-                let mut e =
-                    run_level(etcd_workers(&es, *w, clients), run_for, args.value_size).await?;
-                e.system = "etcd";
-                let mut p = run_level(
-                    pce_workers(pce, &ps, *w, clients)?,
-                    run_for,
-                    args.value_size,
-                )
-                .await?;
-                p.system = "supercluster";
-                for l in [&mut e, &mut p] {
-                    l.workload = w.name();
-                    l.round = round;
+                let both = [
+                    ("etcd", etcd_workers(&es, *w, clients)),
+                    ("supercluster", pce_workers(pce, &ps, *w, clients)?),
+                ];
+                for (system, workers) in both {
+                    let l =
+                        run_level((system, *w, round), workers, run_for, args.value_size).await?;
                     eprintln!(
                         "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
                         l.workload,
@@ -520,15 +518,13 @@ async fn measure(
                         l.ops_per_sec,
                         l.p50_ms,
                         l.p99_ms,
-                        if l.errors > 0 {
-                            format!("  {} errors, first: {}", l.errors, l.first_error.clone().unwrap_or_default())
-                        } else {
-                            String::new()
+                        match &l.first_error {
+                            Some(e) => format!("  {} errors, first: {e}", l.errors),
+                            None => String::new(),
                         }
                     );
+                    levels.push(l);
                 }
-                levels.push(e);
-                levels.push(p);
             }
         }
     }

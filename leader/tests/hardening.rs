@@ -362,10 +362,7 @@ async fn failed_sign_ins_are_cut_off_per_address_and_audited_in_batches() {
     // The eleventh is refused before the key is looked at, even with the
     // right secret, for the rest of the minute, with when to come back.
     let a = guess.get("/api/v2/orgs/1/labels").await.unwrap();
-    assert_eq!(
-        (a.status.as_u16(), a.token()),
-        (429, "too_many_failures".into())
-    );
+    refused(&a, 429, "too_many_failures");
     assert!(a
         .header("retry-after")
         .and_then(|s| s.parse::<u64>().ok())
@@ -633,12 +630,7 @@ async fn an_unreachable_region_is_named_in_the_status_and_can_be_removed() {
         .post("/api/v2/supercluster/membership", &body)
         .await
         .unwrap();
-    assert_eq!(
-        (a.status.as_u16(), a.token()),
-        (409, "fault_tolerance_lost".into()),
-        "{}",
-        a.json()
-    );
+    refused(&a, 409, "fault_tolerance_lost");
     let mut forced = body.clone();
     forced["force"] = json!(true);
     let v = expect(
@@ -678,12 +670,7 @@ async fn an_unreachable_region_is_named_in_the_status_and_can_be_removed() {
         .post("/api/v2/supercluster/membership", &me)
         .await
         .unwrap();
-    assert_eq!(
-        (a.status.as_u16(), a.token()),
-        (409, "last_voter".into()),
-        "{}",
-        a.json()
-    );
+    refused(&a, 409, "last_voter");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

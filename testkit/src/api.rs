@@ -129,6 +129,16 @@ pub fn expect(a: Answer, status: u16, what: &str) -> Answer {
     a
 }
 
+/// Asserts an error answer: its status and its error token.
+pub fn refused(a: &Answer, status: u16, token: &str) {
+    assert_eq!(
+        (a.status.as_u16(), a.token()),
+        (status, token.to_string()),
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+}
+
 /// Creates an object; returns its href.
 pub async fn create(c: &mut ApiClient, path: &str, body: Value) -> String {
     let a = expect(

@@ -495,11 +495,15 @@ impl LogEngine for WalEngine {
                 let i = (index - wal.first) as usize;
                 wanted.push((index, wal.locs[i]));
             }
-            let files: BTreeMap<u64, Arc<File>> = wal
-                .segments
-                .iter()
-                .map(|(s, seg)| (*s, seg.file.clone()))
-                .collect();
+            // Only the segments the records lie in (usually one).
+            let mut files: BTreeMap<u64, Arc<File>> = BTreeMap::new();
+            for (_, loc) in &wanted {
+                if let (std::collections::btree_map::Entry::Vacant(slot), Some(seg)) =
+                    (files.entry(loc.seg), wal.segments.get(&loc.seg))
+                {
+                    slot.insert(seg.file.clone());
+                }
+            }
             (wanted, files)
         };
         let mut out = Vec::with_capacity(wanted.len());
