@@ -130,6 +130,10 @@ pub(crate) struct NodeParts {
     pub(crate) runtime: Arc<ConsensusRuntime>,
 }
 
+/// A shared read-index round, as [`Node::linearize`] awaits it.
+type ReadIndexRound<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Option<u64>>> + Send + 'a>>;
+
 /// A running node. Cheap to clone; [`Node::shutdown`] stops it.
 #[derive(Clone)]
 pub struct Node {
@@ -494,20 +498,18 @@ impl Node {
     /// round that started after this call serves it.
     pub async fn linearize(&self) -> Result<(), Error> {
         let node = self.clone();
-        let shared = self
-            .core
-            .read_index
-            .join(move || {
-                let node = node.clone();
-                async move { node.read_index().await.ok() }
-            })
-            .await
-            .flatten();
-        let index = match shared {
+        // Boxed: the read path nests inside callers' futures (a benchmark's
+        // whole run is one), and an unboxed chain this deep overflows the
+        // compiler's layout query depth in a clean build.
+        let shared: ReadIndexRound<'_> = Box::pin(self.core.read_index.join(move || {
+            let node = node.clone();
+            async move { node.read_index().await.ok() }
+        }));
+        let index = match shared.await.flatten() {
             Some(index) => index,
             // The shared round failed: ask alone, for this caller's own error
             // (or a success, if leadership settled meanwhile).
-            None => self.read_index().await?,
+            None => Box::pin(self.read_index()).await?,
         };
         self.core
             .raft
