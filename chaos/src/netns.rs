@@ -190,6 +190,32 @@ impl Net {
         }
     }
 
+    /// Resets every established TCP connection of `host` (`ss -K`: the
+    /// kernel aborts each socket and answers its peer's next packet with a
+    /// reset), as a middlebox or a flapping link would, while every process
+    /// lives. Listening sockets stay. Returns how many were reset.
+    pub fn reset_connections(&self, host: &str) -> Result<usize, NetError> {
+        let out = self
+            .exec(host, &["ss", "-K", "-t", "-n", "state", "established"])?
+            .output()
+            .map_err(|e| NetError::Command {
+                cmd: "ss -K".into(),
+                out: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(NetError::Command {
+                cmd: format!("ss -K in {host}"),
+                out: String::from_utf8_lossy(&out.stderr).to_string(),
+            });
+        }
+        // A header line, then one line per socket reset.
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .count())
+    }
+
     /// Drops every packet `from` sends to `to` (a one-way cut; two calls make a
     /// partition). Packets already in flight and the harness's own traffic pass.
     pub fn cut(&self, from: &str, to: &str) -> Result<(), NetError> {

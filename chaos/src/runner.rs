@@ -600,6 +600,17 @@ async fn inject(lab: &mut Lab, c: &Cluster, step: &Step) -> Result<()> {
             lab.kill(*n);
             lab.start_node(*n)?;
         }
+        Fault::Reset(n) => {
+            // Every quarter second: each time the node's peers, VENs and
+            // clients reconnect, their new connections are reset too.
+            let until = Instant::now() + step.hold;
+            let mut reset = 0;
+            while Instant::now() < until {
+                reset += lab.net.reset_connections(&host(*n))?;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            lab.say(&format!("  node {n}: {reset} connections reset"));
+        }
     }
     Ok(())
 }

@@ -39,11 +39,15 @@ pub enum Fault {
     /// This node's disk is full: every write it makes fails until the hold ends
     /// (then it is restarted, as an operator would after freeing space).
     DiskFull(u64),
+    /// Every TCP connection of this node is reset, again and again through
+    /// the hold, while its process lives: a leader must not be taken for dead
+    /// (decision 0019), and nothing acknowledged may be lost.
+    Reset(u64),
 }
 
 impl Fault {
     /// Every kind once, for coverage checks and reports.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 8] = [
         "kill",
         "pause",
         "partition",
@@ -51,6 +55,7 @@ impl Fault {
         "slow",
         "transfer-leader",
         "disk-full",
+        "reset",
     ];
 
     /// This fault's kind, one of [`Fault::KINDS`].
@@ -63,6 +68,7 @@ impl Fault {
             Fault::Slow { .. } => "slow",
             Fault::TransferLeader(_) => "transfer-leader",
             Fault::DiskFull(_) => "disk-full",
+            Fault::Reset(_) => "reset",
         }
     }
 }
@@ -83,6 +89,7 @@ impl fmt::Display for Fault {
             }
             Fault::TransferLeader(n) => write!(f, "transfer leadership to node {n}"),
             Fault::DiskFull(n) => write!(f, "fill node {n}'s disk, free it, restart it"),
+            Fault::Reset(n) => write!(f, "reset every TCP connection of node {n}, repeatedly"),
         }
     }
 }
@@ -149,6 +156,7 @@ pub fn schedule(seed: u64, nodes: u64, extra: usize, hold: Duration) -> Vec<Step
                     delay: Duration::from_millis(rng.random_range(50..=400)),
                 },
                 "transfer-leader" => Fault::TransferLeader(node),
+                "reset" => Fault::Reset(node),
                 _ => Fault::DiskFull(node),
             };
             Step {

@@ -75,6 +75,7 @@ fn random_fault_schedules_lose_no_acknowledged_write() {
             "slow link",
             "transfer leadership",
             "disk",
+            "reset every TCP connection",
         ] {
             assert!(out.contains(word), "seed {seed}: no {word} step in\n{out}");
         }

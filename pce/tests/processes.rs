@@ -46,6 +46,11 @@ fn run_ok(args: &[&str]) {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with_config("")
+    }
+
+    /// A cluster whose nodes' configs end with `extra` (TOML tables).
+    fn with_config(extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         run_ok(&["certs", "init", "--dir", certs.to_str().unwrap()]);
@@ -82,7 +87,7 @@ impl Cluster {
             let cfg = format!(
                 "id = {id}\nname = \"n{id}\"\nregion = \"r{id}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data-{id}\"\nbootstrap = {b}\n\
                  [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/n{id}.pem\"\nkey = \"certs/n{id}.key\"\n\
-                 [snapshots]\nevery = 100\nkeep_logs = 20\n{peers}",
+                 [snapshots]\nevery = 100\nkeep_logs = 20\n{peers}\n{extra}",
                 port = c.ports[&id],
                 b = id == 1
             );
@@ -303,6 +308,101 @@ async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
         // Every write was applied exactly once: one revision per acknowledged write.
         assert_eq!(revision, Some(acked.len() as u64), "node {id}");
     }
+}
+
+/// Resets every established TCP connection to or from any node's port
+/// (`ss -K`: the kernel aborts the sockets and sends resets), while every
+/// process lives. Returns how many sockets were reset.
+fn reset_connections(c: &Cluster) -> usize {
+    let filter = c
+        .ports
+        .values()
+        .map(|p| format!("sport = :{p} or dport = :{p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let out = Command::new("ss")
+        .args(["-K", "-t", "-n", "state", "established"])
+        .arg(format!("( {filter} )"))
+        .output()
+        .expect("ss (iproute2) runs");
+    assert!(out.status.success(), "ss -K: {out:?}");
+    // One header line, then one line per socket it reset.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Decision 0019. The election timeout here is 30-40 s, so only the early
+/// path (the leader's connection closed and its address refuses connections)
+/// can elect a leader within 15 s of a kill -9; and connections that break
+/// while the leader lives must elect no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_process_is_replaced_before_the_election_timeout_and_broken_connections_elect_no_one(
+) {
+    let mut c =
+        Cluster::with_config("[timeouts]\nelection_min_ms = 30000\nelection_max_ms = 40000\n");
+    for id in 1..=3 {
+        c.start(id);
+    }
+    let leader = c.converged(&[1, 2, 3], Duration::from_secs(60)).await;
+    let mut w = Session {
+        client: ClientId::random(),
+        serial: 0,
+        acked: Vec::new(),
+    };
+    let twenty = Duration::from_secs(20);
+    w.must_put(&c, &[1, 2, 3], "before".into(), twenty).await;
+    let term = c.client(leader).status().await.unwrap().term;
+
+    // Every connection between the nodes is reset, three times, while the
+    // leader lives: its address still accepts, so no follower calls it gone.
+    for round in 0..3 {
+        let reset = reset_connections(&c);
+        assert!(reset > 0, "round {round}: ss -K reset no connection");
+        w.must_put(&c, &[1, 2, 3], format!("reset/{round}"), twenty)
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for id in 1..=3 {
+        let s = c.client(id).status().await.unwrap();
+        assert_eq!(
+            (s.leader, s.term),
+            (Some(leader), term),
+            "node {id}: broken connections changed the leader or term; logs:\n{}",
+            c.logs()
+        );
+    }
+
+    // kill -9 of the leader: the survivors see its connections close and its
+    // port refuse, and elect a leader long before their election timeout.
+    c.kill9(leader);
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let killed_at = Instant::now();
+    let ok = put(
+        &c,
+        &survivors,
+        w.client,
+        w.serial + 1,
+        "after-leader-kill",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(
+        ok,
+        "no write within 15 s of a kill -9 with a 30 s election timeout; logs:\n{}",
+        c.logs()
+    );
+    eprintln!(
+        "writes resumed {:?} after kill -9 of the leader (election timeout 30-40 s)",
+        killed_at.elapsed()
+    );
+    assert!(
+        c.logs().contains("its process is gone"),
+        "the early path left no trace in the logs:\n{}",
+        c.logs()
+    );
 }
 
 fn serve_error(config_body: Option<&str>, dir: &Path) -> String {

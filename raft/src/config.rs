@@ -66,6 +66,20 @@ impl Timeouts {
         }
     }
 
+    /// How long a follower refuses openraft's real vote after it last heard
+    /// its leader: openraft's leader lease, as short as openraft allows (a
+    /// heartbeat and 2 ms).
+    ///
+    /// Why so short: our pre-vote ([`crate::election`]) already keeps a
+    /// follower that hears its leader from helping anyone campaign, for the
+    /// whole shortest election timeout. The lease only has to cover what
+    /// skips the pre-vote (a planned transfer's campaign), and a long lease
+    /// made a follower that knew its leader's process was gone wait for it
+    /// anyway before voting (decision 0019).
+    pub fn lease(&self) -> Duration {
+        self.heartbeat + Duration::from_millis(2)
+    }
+
     /// Checks the relations openraft relies on.
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat.is_zero() {
@@ -73,7 +87,7 @@ impl Timeouts {
         }
         if self.election_min <= self.heartbeat * 3 {
             return Err(format!(
-                "election_min ({:?}) must be more than three heartbeats ({:?} each): followers must see several heartbeats inside their leader lease, which ends two heartbeats before election_min",
+                "election_min ({:?}) must be more than three heartbeats ({:?} each): a follower must miss several heartbeats before it campaigns, or one late heartbeat starts an election",
                 self.election_min, self.heartbeat
             ));
         }
@@ -106,16 +120,6 @@ impl Default for Tuning {
     }
 }
 
-/// How long a follower refuses votes after it last heard from its leader.
-///
-/// It must end before any follower's election deadline (at least
-/// `election_min` after the last heartbeat), or the first candidate of a
-/// failover is refused and the election waits another window. Heartbeats reach
-/// followers at slightly different times, so it ends two heartbeats early.
-pub(crate) fn leader_lease(t: &Timeouts) -> Duration {
-    t.election_min.saturating_sub(t.heartbeat * 2)
-}
-
 /// openraft's config from ours.
 ///
 /// openraft's own election timer is off (`enable_elect = false`): it waits out
@@ -123,19 +127,20 @@ pub(crate) fn leader_lease(t: &Timeouts) -> Duration {
 /// every 1.5 heartbeats, so it campaigned 1.5-2x later than etcd with the same
 /// numbers. [`crate::election`] campaigns instead, at a fresh random deadline in
 /// `election_min..=election_max` after each renewal. openraft still uses
-/// `election_timeout_max` as the leader lease ([`leader_lease`]);
-/// `election_timeout_min` only has to satisfy its validation (decision 0005).
+/// `election_timeout_max` as the leader lease ([`Timeouts::lease`]);
+/// `election_timeout_min` only has to satisfy its validation (above the
+/// heartbeat, below the maximum; decisions 0005 and 0019).
 pub(crate) fn raft_config(
     cluster: &str,
     t: &Timeouts,
     tuning: &Tuning,
 ) -> Result<openraft::Config, String> {
-    let lease = leader_lease(t);
+    let lease = t.lease().as_millis() as u64;
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: t.heartbeat.as_millis() as u64,
-        election_timeout_min: (t.heartbeat + (lease - t.heartbeat) / 2).as_millis() as u64,
-        election_timeout_max: lease.as_millis() as u64,
+        election_timeout_min: lease - 1,
+        election_timeout_max: lease,
         enable_elect: false,
         install_snapshot_timeout: t.snapshot.as_millis() as u64,
         max_payload_entries: 1000,
@@ -163,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn openraft_does_not_campaign_and_its_lease_ends_before_our_window() {
+    fn openraft_does_not_campaign_and_its_lease_is_the_shortest_it_allows() {
         for p in [Profile::Lan, Profile::Wan] {
             let t = Timeouts::profile(p);
             let c = raft_config("t", &t, &Tuning::default()).unwrap();
@@ -172,13 +177,11 @@ mod tests {
                 "{p:?}: openraft must leave elections to us"
             );
             let ms = |d: Duration| d.as_millis() as u64;
-            // The lease ends two heartbeats before the earliest deadline, and
-            // still spans several heartbeats.
-            assert_eq!(
-                c.election_timeout_max + 2 * c.heartbeat_interval,
-                ms(t.election_min)
-            );
-            assert!(c.election_timeout_max > c.heartbeat_interval, "{p:?}");
+            // The lease is openraft's shortest: a heartbeat and 2 ms, far
+            // inside our own window.
+            assert_eq!(c.election_timeout_max, ms(t.lease()));
+            assert_eq!(c.election_timeout_max, c.heartbeat_interval + 2);
+            assert!(t.lease() * 3 < t.election_min, "{p:?}");
             assert!(c.election_timeout_min > c.heartbeat_interval, "{p:?}");
             assert!(c.election_timeout_min < c.election_timeout_max, "{p:?}");
         }

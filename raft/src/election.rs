@@ -32,6 +32,16 @@
 //! that only lost its own link to the leader does not take over while the
 //! others still hear it. When the leader is really gone, every voter's
 //! timeout has passed as well and the round costs one round trip.
+//!
+//! **A leader whose process is gone** (decision 0019): when the leader's
+//! connection closes and its address refuses connections
+//! ([`crate::network::liveness`]), the follower does not wait for its
+//! deadline. Once openraft's short vote lease has run out it asks for a
+//! pre-vote saying so, and a voter that still heard the leader recently grants
+//! it only when its own probe of the leader's address is refused too. So that
+//! the survivors do not all campaign at once and split the vote, each waits
+//! half a heartbeat per voter ranked before it (by id, the dead leader
+//! left out); the first usually wins before the next one's turn comes.
 
 use std::time::Duration;
 
@@ -52,6 +62,9 @@ pub struct PreVoteRequest {
     pub candidate: NodeId,
     /// Its last log entry: a voter with a longer log says no.
     pub last_log_id: Option<openraft::LogId<NodeId>>,
+    /// The leader whose process the asker found gone, if that is why it asks
+    /// before its election timeout; a voter checks for itself.
+    pub leader_gone: Option<NodeId>,
 }
 
 /// A voter's answer.
@@ -82,6 +95,9 @@ struct Look {
     following: bool,
     /// Whom the vote is for.
     voted_for: Option<NodeId>,
+    /// How many voters other than `voted_for` have a smaller id than this
+    /// node: its turn after a leader's process is found gone.
+    rank: u32,
 }
 
 /// A follower's current deadline: a fresh random draw for each renewal.
@@ -146,7 +162,12 @@ pub(crate) async fn run(
     let mut stand_back: Option<Instant> = None;
     // The renewal whose refused pre-vote was last logged.
     let mut refused_for: Option<Instant> = None;
+    // The renewal whose early campaign (its leader's process gone) was last
+    // logged.
+    let mut early_for: Option<Instant> = None;
     let rpc_timeout = peers.timeouts().rpc;
+    let lease = peers.timeouts().lease();
+    let turn = heartbeat / 2;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -156,13 +177,18 @@ pub(crate) async fn run(
             let membership = st.membership_state.effective().membership();
             let voters = membership.voter_ids().count();
             let voter = membership.voter_ids().any(|v| v == id);
+            let voted_for = st.vote_ref().leader_id().voted_for();
             Look {
                 state: st.server_state,
                 renewed: st.vote_last_modified(),
                 voter,
                 sole_voter: voter && voters == 1,
                 following: st.vote_ref().is_committed(),
-                voted_for: st.vote_ref().leader_id().voted_for(),
+                voted_for,
+                rank: membership
+                    .voter_ids()
+                    .filter(|v| Some(*v) != voted_for && *v < id)
+                    .count() as u32,
             }
         });
         let Ok(look) = look.await else {
@@ -192,7 +218,16 @@ pub(crate) async fn run(
             stand_back = None;
         }
         let renewed = look.renewed.unwrap_or(started);
-        let due = deadline.due(renewed);
+        // The leader this node follows was found gone since its last word:
+        // ask as soon as the voters' leases have run out, in id order.
+        let gone = look
+            .voted_for
+            .filter(|_| look.following)
+            .and_then(|l| peers.liveness().gone_since(l, renewed).map(|at| (l, at)));
+        let due = match gone {
+            Some((_, at)) => at.max(renewed + lease) + turn * look.rank,
+            None => deadline.due(renewed),
+        };
         let now = Instant::now();
         if now >= due && stand_back.is_none_or(|t| now >= t) {
             if peers.take_greater_log() {
@@ -208,7 +243,20 @@ pub(crate) async fn run(
                 // Leadership is being handed to another node on purpose.
                 continue;
             }
-            let (granted, of) = pre_vote(&raft, &log, &peers, id, rpc_timeout).await;
+            if let Some((leader, at)) = gone {
+                if early_for != Some(renewed) {
+                    early_for = Some(renewed);
+                    tracing::info!(
+                        id,
+                        leader,
+                        silent_ms = (now - renewed).as_millis() as u64,
+                        found_gone_ms_ago = (now - at).as_millis() as u64,
+                        "the leader's process is gone: asking for votes before the election timeout"
+                    );
+                }
+            }
+            let leader_gone = gone.map(|(l, _)| l);
+            let (granted, of) = pre_vote(&raft, &log, &peers, id, leader_gone, rpc_timeout).await;
             if granted * 2 <= of {
                 // Not now: the deadline stays passed, so the next look asks
                 // again. Logged once per renewal, not per look.
@@ -218,7 +266,8 @@ pub(crate) async fn run(
                         id,
                         granted,
                         voters = of,
-                        "election timeout passed, but no majority would vote: not campaigning"
+                        early = leader_gone.is_some(),
+                        "no majority would vote yet: not campaigning"
                     );
                 }
                 continue;
@@ -229,7 +278,8 @@ pub(crate) async fn run(
                 silent_ms = (now - renewed).as_millis() as u64,
                 granted,
                 voters = of,
-                "election timeout passed and a majority would vote: campaigning"
+                early = leader_gone.is_some(),
+                "a majority would vote: campaigning"
             );
             if raft.trigger().elect().await.is_err() {
                 return;
@@ -247,6 +297,7 @@ async fn pre_vote(
     log: &NodeLog,
     peers: &Peers,
     id: NodeId,
+    leader_gone: Option<NodeId>,
     timeout: Duration,
 ) -> (usize, usize) {
     let Ok(voters) = raft
@@ -267,6 +318,7 @@ async fn pre_vote(
     let request = match crate::codec::encode(&PreVoteRequest {
         candidate: id,
         last_log_id,
+        leader_gone,
     }) {
         Ok(r) => r,
         Err(_) => return (0, of),

@@ -114,13 +114,14 @@ impl Node {
             node.fence().clone(),
             opts.timeouts.election_min,
             log_for_server,
-            peers.transfer().clone(),
+            peers.clone(),
         );
         node.push_task(serve(
             server,
             listener,
             &node,
             raft_grpc,
+            peers.clone(),
             shutdown_rx.clone(),
         ));
         node.push_task(tokio::spawn(crate::watchdog::watch_core(
@@ -189,6 +190,7 @@ fn serve(
     listener: TcpListener,
     node: &Node,
     raft_grpc: RaftGrpc,
+    peers: Arc<Peers>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let router = server
@@ -205,10 +207,15 @@ fn serve(
     // granted in microseconds reached its candidate tens of milliseconds
     // later (Nagle's algorithm waiting on a delayed ACK).
     // (TCP_NODELAY is set on every accepted connection by `listen`.)
-    let incoming = crate::network::listen::incoming(
+    // A closed connection may be the leader's process dying (see
+    // `network::liveness`).
+    let on_close: crate::network::listen::OnClose =
+        Arc::new(move |conn| peers.connection_closed(conn));
+    let incoming = crate::network::listen::incoming_watched(
         listener,
         crate::network::listen::ConnLimits::default(),
         "raft",
+        Some(on_close),
     );
     tokio::spawn(async move {
         let stopped = async move {

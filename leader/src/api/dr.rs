@@ -262,13 +262,13 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
         })?;
     node.campaign().await.map_err(ApiError::internal)?;
     let deadline = tokio::time::Instant::now() + window;
-    // The first campaign rarely wins: the followers refuse it while their
-    // leader lease runs (half the longest election timeout), and the old
-    // leader steps down on seeing the higher term. Once the leases have run
-    // out, this node campaigns again at once: before any other node's
-    // election timer (at least election_min) lets it campaign, so the
-    // transfer does not become a race the old leader can win.
-    let lease = t.election_max / 2 + t.heartbeat;
+    // The first campaign may lose: the followers refuse it while their
+    // leader lease runs (a heartbeat and 2 ms), and the old leader steps
+    // down on seeing the higher term. Once the leases have run out, this node
+    // campaigns again at once: before any other node's election timer (at
+    // least election_min) lets it campaign, so the transfer does not become
+    // a race the old leader can win.
+    let lease = t.lease() + t.heartbeat;
     let mut last = tokio::time::Instant::now();
     while tokio::time::Instant::now() < deadline {
         if !node.is_leader() && last.elapsed() >= lease {

@@ -101,6 +101,21 @@ pub fn incoming(
     limits: ConnLimits,
     server: &'static str,
 ) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
+    incoming_watched(listener, limits, server, None)
+}
+
+/// Called with a connection's remote address when the connection closes.
+pub type OnClose = Arc<dyn Fn(SocketAddr) + Send + Sync>;
+
+/// [`incoming`], calling `on_close` as each connection closes (the Raft
+/// server learns this way that a leader's connection ended: see
+/// [`super::liveness`]).
+pub fn incoming_watched(
+    listener: TcpListener,
+    limits: ConnLimits,
+    server: &'static str,
+    on_close: Option<OnClose>,
+) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
     struct State {
         listener: TcpListener,
         limits: ConnLimits,
@@ -109,6 +124,7 @@ pub fn incoming(
         backoff: Duration,
         accept_errors: Throttled,
         over_cap: Throttled,
+        on_close: Option<OnClose>,
     }
     let state = State {
         listener,
@@ -118,6 +134,7 @@ pub fn incoming(
         backoff: Duration::ZERO,
         accept_errors: Throttled::new(Duration::from_secs(10)),
         over_cap: Throttled::new(Duration::from_secs(10)),
+        on_close,
     };
     futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -166,7 +183,8 @@ pub fn incoming(
                 peer,
                 _guard: Guard {
                     open: st.open.clone(),
-                    ip: peer.ip(),
+                    peer,
+                    on_close: st.on_close.clone(),
                 },
                 idle: st.limits.idle,
                 last_read: None,
@@ -177,22 +195,27 @@ pub fn incoming(
     })
 }
 
-/// Gives a connection's place back when it closes.
+/// Gives a connection's place back when it closes, and says it closed.
 struct Guard {
     open: Arc<Mutex<Open>>,
-    ip: IpAddr,
+    peer: SocketAddr,
+    on_close: Option<OnClose>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Ok(mut o) = self.open.lock() {
             o.total = o.total.saturating_sub(1);
-            if let Some(n) = o.by_ip.get_mut(&self.ip) {
+            let ip = self.peer.ip();
+            if let Some(n) = o.by_ip.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
-                    o.by_ip.remove(&self.ip);
+                    o.by_ip.remove(&ip);
                 }
             }
+        }
+        if let Some(f) = &self.on_close {
+            f(self.peer);
         }
     }
 }
@@ -351,6 +374,43 @@ mod tests {
         let mut got = [0u8; 2];
         again.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_reported_with_its_remote_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let on_close: OnClose = Arc::new(move |peer| {
+            let _ = tx.send(peer);
+        });
+        let mut conns = Box::pin(incoming_watched(
+            listener,
+            ConnLimits::default(),
+            "test",
+            Some(on_close),
+        ));
+        // The server side reads until the client goes away.
+        tokio::spawn(async move {
+            while let Some(Ok(mut c)) = conns.next().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = c.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let client = TcpStream::connect(addr).await.unwrap();
+        let local = client.local_addr().unwrap();
+        assert!(rx.try_recv().is_err(), "open: nothing reported");
+        drop(client);
+        let closed = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the close is reported");
+        assert_eq!(closed, Some(local));
     }
 
     #[test]

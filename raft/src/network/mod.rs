@@ -10,6 +10,8 @@
 //! - [`federation`]: forwarding, ReadIndex, membership changes, status.
 //! - [`callers`]: which certificates may call which service (members only,
 //!   but for status and a node's own join).
+//! - [`liveness`]: noticing that the leader's process is gone (its
+//!   connection closed and its address refuses connections).
 //! - [`listen`]: accepting connections within caps and timeouts (every
 //!   server of a node, the admin API's included).
 
@@ -18,6 +20,7 @@ pub mod faults;
 pub mod federation;
 pub mod fence;
 pub mod listen;
+pub mod liveness;
 pub mod peers;
 pub mod raft_client;
 pub mod raft_server;
@@ -26,6 +29,7 @@ pub mod transfer;
 
 pub use faults::NetFaults;
 pub use fence::Fence;
+pub use liveness::Liveness;
 pub use peers::Peers;
 pub use tls::TlsMaterial;
 pub use transfer::Transfer;

@@ -56,6 +56,9 @@ pub struct Peers {
     greater_log: std::sync::atomic::AtomicBool,
     /// A planned leader transfer in progress (see [`super::transfer`]).
     transfer: super::Transfer,
+    /// Which connections carry a leader's traffic, and a leader found gone
+    /// (see [`super::liveness`]).
+    liveness: super::Liveness,
 }
 
 impl Peers {
@@ -78,6 +81,7 @@ impl Peers {
             channels: Mutex::new(HashMap::new()),
             greater_log: std::sync::atomic::AtomicBool::new(false),
             transfer: super::Transfer::default(),
+            liveness: super::Liveness::default(),
         }
     }
 
@@ -104,6 +108,41 @@ impl Peers {
     /// A planned leader transfer in progress, as this node knows it.
     pub fn transfer(&self) -> &super::Transfer {
         &self.transfer
+    }
+
+    /// Connections that carry a leader's traffic, and a leader found gone.
+    pub fn liveness(&self) -> &super::Liveness {
+        &self.liveness
+    }
+
+    /// A connection from `conn` to this node's Raft server has closed. If it
+    /// carried a leader's AppendEntries, a task checks whether that node's
+    /// process is gone and marks it so (see [`super::liveness`]).
+    pub(crate) fn connection_closed(self: &std::sync::Arc<Self>, conn: std::net::SocketAddr) {
+        let Some((node, addr)) = self.liveness.closed(conn) else {
+            return;
+        };
+        let peers = self.clone();
+        self.spawn.spawn(async move {
+            if peers.process_gone(node, &addr).await {
+                tracing::info!(
+                    node,
+                    %addr,
+                    "the leader's connection closed and its address refuses connections: its process is gone"
+                );
+                peers.liveness.mark_gone(node);
+            }
+        });
+    }
+
+    /// Whether nothing listens at `addr` where node `node` did: its process
+    /// is gone. A fenced node or a cut link knows nothing (it sends nothing),
+    /// and a probe gets one heartbeat to be answered.
+    pub(crate) async fn process_gone(&self, node: NodeId, addr: &str) -> bool {
+        if self.gate(node).await.is_err() {
+            return false;
+        }
+        super::liveness::refuses(addr, self.timeouts.heartbeat).await
     }
 
     /// This node's timeouts.

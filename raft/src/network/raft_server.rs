@@ -1,16 +1,20 @@
 //! The receiving side of the Raft RPCs: decodes a peer's request, hands it to the
 //! local openraft instance, encodes its `Result` back.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::{Raft, ServerState, Snapshot, SnapshotMeta, Vote};
 use sc_proto::raft::raft_service_server::RaftService;
 use sc_proto::raft::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
+use crate::network::Peers;
 use crate::storage::{NodeLog, SnapshotFile};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 
@@ -26,8 +30,10 @@ pub struct RaftGrpc {
     election_min: std::time::Duration,
     /// This node's log, for the pre-vote's comparison.
     log: NodeLog,
-    /// A planned transfer: only its target gets this node's pre-vote.
-    transfer: crate::network::Transfer,
+    /// The node's peers: a planned transfer (only its target gets this
+    /// node's pre-vote), which connections carry the leader's traffic, and
+    /// probes of a leader's address.
+    peers: Arc<Peers>,
 }
 
 impl RaftGrpc {
@@ -38,7 +44,7 @@ impl RaftGrpc {
         fence: crate::network::Fence,
         election_min: std::time::Duration,
         log: NodeLog,
-        transfer: crate::network::Transfer,
+        peers: Arc<Peers>,
     ) -> Self {
         RaftGrpc {
             raft,
@@ -46,7 +52,7 @@ impl RaftGrpc {
             incoming_dir,
             election_min,
             log,
-            transfer,
+            peers,
         }
     }
 }
@@ -59,6 +65,49 @@ impl RaftGrpc {
         let nodes = m.membership_config.membership().nodes().map(|(_, n)| n);
         crate::network::callers::require_member(req, nodes, what)
     }
+
+    /// Where member `id` listens, as the membership says.
+    fn address_of(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Notes which connection the leader's AppendEntries come over, so that
+    /// its close can be told apart from any other (see
+    /// [`crate::network::liveness`]). One map lookup per request once known.
+    fn note_leader_connection(&self, conn: Option<SocketAddr>, vote: &Vote<NodeId>) {
+        let (Some(conn), Some(leader)) = (conn, vote.leader_id().voted_for()) else {
+            return;
+        };
+        if !vote.is_committed() || self.peers.liveness().knows(conn, leader) {
+            return;
+        }
+        if let Some(addr) = self.address_of(leader) {
+            self.peers.liveness().heard_over(conn, leader, addr);
+        }
+    }
+
+    /// Whether this node has its own evidence that `leader`'s process is
+    /// gone: it saw the process's connection close and its address refuse
+    /// (after `renewed`, the leader's last word), or its address refuses now.
+    async fn leader_gone(&self, leader: NodeId, renewed: Option<Instant>) -> bool {
+        let since = renewed.unwrap_or_else(Instant::now);
+        if self.peers.liveness().gone_since(leader, since).is_some() {
+            return true;
+        }
+        let Some(addr) = self.address_of(leader) else {
+            return false;
+        };
+        let gone = self.peers.process_gone(leader, &addr).await;
+        if gone {
+            self.peers.liveness().mark_gone(leader);
+        }
+        gone
+    }
 }
 
 fn bad_payload(e: crate::codec::CodecError) -> Status {
@@ -68,6 +117,19 @@ fn bad_payload(e: crate::codec::CodecError) -> Status {
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
     let data = codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftPayload { data }))
+}
+
+/// What the pre-vote server reads off the Raft core.
+struct Seen {
+    leading: bool,
+    /// It heard its leader within the shortest election timeout.
+    heard: bool,
+    /// Whom it follows.
+    leader: Option<NodeId>,
+    /// openraft's vote lease ([`crate::config::Timeouts::lease`]) has run out.
+    lease_over: bool,
+    /// The leader's last word.
+    renewed: Option<Instant>,
 }
 
 /// Removes a half-received snapshot file if it is still there.
@@ -87,8 +149,10 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftPayload>, Status> {
         self.fence.check()?;
         self.member_only(&request, "AppendEntries")?;
+        let conn = request.remote_addr();
         let req: AppendEntriesRequest<TypeConfig> =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
+        self.note_leader_connection(conn, &req.vote);
         reply(&self.raft.append_entries(req).await)
     }
 
@@ -109,7 +173,13 @@ impl RaftService for RaftGrpc {
         let req: crate::election::PreVoteRequest =
             codec::decode(&request.into_inner().data).map_err(bad_payload)?;
         let min = self.election_min;
-        if self.transfer.target().is_some_and(|to| to != req.candidate) {
+        let lease = self.peers.timeouts().lease();
+        if self
+            .peers
+            .transfer()
+            .target()
+            .is_some_and(|to| to != req.candidate)
+        {
             // Leadership is being handed to another node on purpose.
             return reply(&crate::election::PreVoteResponse { granted: false });
         }
@@ -117,19 +187,40 @@ impl RaftService for RaftGrpc {
             .log
             .last_log_id()
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let granted = self
+        let seen = self
             .raft
             .with_raft_state(move |st| {
-                // A leader is alive; a follower that heard its leader within
-                // the shortest election timeout believes it is; a candidate
-                // whose log is behind ours could not win our real vote.
-                let leading = st.server_state == ServerState::Leader;
-                let heard = st.vote_ref().is_committed()
-                    && st.vote_last_modified().is_some_and(|t| t.elapsed() < min);
-                !leading && !heard && req.last_log_id >= ours
+                let following = st.vote_ref().is_committed();
+                let renewed = st.vote_last_modified();
+                let silent = renewed.map(|t| t.elapsed());
+                Seen {
+                    leading: st.server_state == ServerState::Leader,
+                    heard: following && silent.is_some_and(|e| e < min),
+                    leader: following
+                        .then(|| st.vote_ref().leader_id().voted_for())
+                        .flatten(),
+                    lease_over: silent.is_none_or(|e| e > lease),
+                    renewed,
+                }
             })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        // A leader is alive; a candidate whose log is behind ours could not
+        // win our real vote.
+        let mut granted = !seen.leading && req.last_log_id >= ours;
+        if granted && seen.heard {
+            // A follower that heard its leader within the shortest election
+            // timeout believes it is alive, unless the asker says the
+            // leader's process is gone and this node sees so too: openraft's
+            // lease has run out here (the real vote would be refused
+            // before), and the leader's address refuses connections.
+            granted = match (req.leader_gone, seen.leader) {
+                (Some(gone), Some(leader)) if gone == leader && seen.lease_over => {
+                    self.leader_gone(leader, seen.renewed).await
+                }
+                _ => false,
+            };
+        }
         reply(&crate::election::PreVoteResponse { granted })
     }
 
