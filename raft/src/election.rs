@@ -41,7 +41,9 @@
 //! it only when its own probe of the leader's address is refused too. So that
 //! the survivors do not all campaign at once and split the vote, each waits
 //! half a heartbeat per voter ranked before it (by id, the dead leader
-//! left out); the first usually wins before the next one's turn comes.
+//! left out), and a node that has just granted another's early pre-vote
+//! waits a heartbeat more; the first usually wins before the next one's turn
+//! comes.
 
 use std::time::Duration;
 
@@ -225,7 +227,16 @@ pub(crate) async fn run(
             .filter(|_| look.following)
             .and_then(|l| peers.liveness().gone_since(l, renewed).map(|at| (l, at)));
         let due = match gone {
-            Some((_, at)) => at.max(renewed + lease) + turn * look.rank,
+            Some((_, at)) => {
+                let mine = at.max(renewed + lease) + turn * look.rank;
+                // Having just granted another node's early pre-vote, give
+                // its campaign a heartbeat before starting one that would
+                // split the vote (it found the leader gone first).
+                match peers.liveness().granted_since(id, renewed) {
+                    Some(granted) => mine.max(granted + heartbeat),
+                    None => mine,
+                }
+            }
             None => deadline.due(renewed),
         };
         let now = Instant::now();

@@ -220,6 +220,10 @@ impl RaftService for RaftGrpc {
                 }
                 _ => false,
             };
+            if granted {
+                // This node's own timer holds back while the asker campaigns.
+                self.peers.liveness().granted_early(req.candidate);
+            }
         }
         reply(&crate::election::PreVoteResponse { granted })
     }
