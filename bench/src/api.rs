@@ -100,7 +100,20 @@ async fn edits(
                     Ok(a) if a.status == 204 => {
                         let _ = local.record(t0.elapsed().as_micros() as u64);
                     }
-                    _ => errors += 1,
+                    other => {
+                        // The first failure of each client says why.
+                        if errors == 0 {
+                            match other {
+                                Ok(a) => eprintln!(
+                                    "  {path}: {} {}",
+                                    a.status,
+                                    String::from_utf8_lossy(&a.body)
+                                ),
+                                Err(e) => eprintln!("  {path}: {e}"),
+                            }
+                        }
+                        errors += 1;
+                    }
                 }
                 n += 1;
             }
