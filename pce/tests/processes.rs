@@ -403,6 +403,12 @@ async fn a_dead_leader_process_is_replaced_before_the_election_timeout_and_broke
         "the early path left no trace in the logs:\n{}",
         c.logs()
     );
+    // Logs written to a file carry no terminal colour codes (issue 20).
+    assert!(
+        !c.logs().contains('\u{1b}'),
+        "escape codes in a log file:\n{}",
+        c.logs()
+    );
 }
 
 fn serve_error(config_body: Option<&str>, dir: &Path) -> String {
