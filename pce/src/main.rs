@@ -224,7 +224,13 @@ enum BenchCommand {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tonic=warn")
+        // openraft's core warns, at start-up and after each membership
+        // change, about internal messages it drops as stale ("... ignore
+        // when ..."): nothing an operator acts on, and our own watchdog logs
+        // every change of role and vote at INFO (issue 20). Its errors stay.
+        tracing_subscriber::EnvFilter::new(
+            "info,openraft=warn,openraft::core::raft_core=error,sled=warn,h2=warn,tonic=warn",
+        )
     });
     // Colour only for a person at a terminal: a log file or a journal kept
     // the escape codes, which grep and log pipelines then had to strip

@@ -97,17 +97,15 @@ pub async fn run(
         })
         .collect();
     print!("{}", table(&rows, &statuses.iter().collect::<Vec<_>>()));
+    let pce = this_command();
     println!("\nTry, in another terminal:");
+    println!("  {pce} status --config {}", configs[1].display());
     println!(
-        "  cargo run --release -p pce -- status --config {}",
+        "  {pce} kv put --config {} hello world",
         configs[1].display()
     );
     println!(
-        "  cargo run --release -p pce -- kv put --config {} hello world",
-        configs[1].display()
-    );
-    println!(
-        "  cargo run --release -p pce -- kv get --linearizable --config {} hello",
+        "  {pce} kv get --linearizable --config {} hello",
         configs[2].display()
     );
     println!("\nCtrl-C stops all regions; running `pce up` again reuses the data.");
@@ -115,6 +113,26 @@ pub async fn run(
     wait_for_stop_signal().await?;
     println!("stopping...");
     stop_all(regions).await
+}
+
+/// How to run this binary again from a shell: `pce` when that name on the
+/// PATH is this very file, else its full path (a build tree, an unpacked
+/// release), so the commands `pce up` suggests work when pasted.
+fn this_command() -> String {
+    let Ok(me) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "pce".into();
+    };
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("pce"))
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+    });
+    if on_path.as_ref() == Some(&me) {
+        "pce".into()
+    } else {
+        me.display().to_string()
+    }
 }
 
 /// Stops every region, each on its own shutdown token, all at once.

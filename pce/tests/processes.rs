@@ -470,7 +470,7 @@ fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, Stri
             &ven_port.to_string(),
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -532,6 +532,24 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
         1,
         "{printed}"
     );
+    // The commands it suggests name this binary and run as printed (issue
+    // 20: they said `cargo run`).
+    assert!(!printed.contains("cargo run"), "{printed}");
+    let status = printed
+        .lines()
+        .find(|l| l.contains(" status --config "))
+        .unwrap_or_else(|| panic!("no status command suggested:\n{printed}"));
+    let words: Vec<&str> = status.split_whitespace().collect();
+    let out = Command::new(words[0]).args(&words[1..]).output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("leader"),
+        "{status}: {out:?}"
+    );
+    // Start-up logs say what an operator needs: no openraft warnings about
+    // messages it ignores, no colour codes in a file.
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(!log.contains("openraft"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
     let eu = data.join("eu-west/node.toml");
     run_ok(&[
         "kv",
