@@ -227,9 +227,13 @@ fn init_logging(format: LogFormat) {
         // openraft's core warns, at start-up and after each membership
         // change, about internal messages it drops as stale ("... ignore
         // when ..."): nothing an operator acts on, and our own watchdog logs
-        // every change of role and vote at INFO (issue 20). Its errors stay.
+        // every change of role and vote at INFO. Its replication logs each
+        // failed heartbeat to an unreachable peer five times (33 lines a
+        // second for a fenced region); the network logs the peer's failing
+        // and recovering once each instead (issue 20). Core errors stay.
         tracing_subscriber::EnvFilter::new(
-            "info,openraft=warn,openraft::core::raft_core=error,sled=warn,h2=warn,tonic=warn",
+            "info,openraft=warn,openraft::core::raft_core=error,openraft::replication=off,\
+             openraft::engine::handler::replication_handler=off,sled=warn,h2=warn,tonic=warn",
         )
     });
     // Colour only for a person at a terminal: a log file or a journal kept

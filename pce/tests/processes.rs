@@ -409,6 +409,22 @@ async fn a_dead_leader_process_is_replaced_before_the_election_timeout_and_broke
         "escape codes in a log file:\n{}",
         c.logs()
     );
+    // The new leader cannot reach the dead node: one line says so, not
+    // several per heartbeat (openraft's own made 33 a second; issue 20).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = c.logs();
+    let complaints = logs
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .count();
+    assert!(
+        complaints <= 6,
+        "{complaints} warnings and errors for one dead peer:\n{logs}"
+    );
+    assert!(
+        logs.contains("Raft messages to a peer fail"),
+        "the failing peer was not reported:\n{logs}"
+    );
 }
 
 fn serve_error(config_body: Option<&str>, dir: &Path) -> String {

@@ -59,6 +59,9 @@ pub struct Peers {
     /// Which connections carry a leader's traffic, and a leader found gone
     /// (see [`super::liveness`]).
     liveness: super::Liveness,
+    /// Peers whose Raft RPCs fail, since when and how often (see
+    /// [`Peers::note_rpc`]).
+    failing: Mutex<HashMap<NodeId, (std::time::Instant, u64)>>,
 }
 
 impl Peers {
@@ -82,6 +85,42 @@ impl Peers {
             greater_log: std::sync::atomic::AtomicBool::new(false),
             transfer: super::Transfer::default(),
             liveness: super::Liveness::default(),
+            failing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Notes how a Raft RPC to `to` went, and logs only the changes: the
+    /// first failure (WARN, with its error) and the first success after
+    /// failures (INFO, with how many failed and for how long). openraft logs
+    /// each failed heartbeat five times over; a fenced peer made 33 lines a
+    /// second, so those lines are filtered out and these stand for them
+    /// (issue 20).
+    pub(crate) fn note_rpc(&self, to: NodeId, error: Option<&dyn std::fmt::Display>) {
+        let Ok(mut failing) = self.failing.lock() else {
+            return;
+        };
+        match error {
+            Some(e) => {
+                let entry = failing.entry(to).or_insert_with(|| {
+                    tracing::warn!(
+                        peer = to,
+                        error = %e,
+                        "Raft messages to a peer fail; logged again when they get through"
+                    );
+                    (std::time::Instant::now(), 0)
+                });
+                entry.1 += 1;
+            }
+            None => {
+                if let Some((since, failures)) = failing.remove(&to) {
+                    tracing::info!(
+                        peer = to,
+                        failures,
+                        for_ms = since.elapsed().as_millis() as u64,
+                        "Raft messages reach the peer again"
+                    );
+                }
+            }
         }
     }
 

@@ -71,6 +71,33 @@ fn from_status<E: std::error::Error>(s: &tonic::Status) -> RpcErr<E> {
 }
 
 impl PeerClient {
+    /// One unary call through the fault seam, within `ttl`.
+    async fn send<F, Fut>(
+        &self,
+        action: RPCTypes,
+        ttl: Duration,
+        data: Vec<u8>,
+        call: F,
+    ) -> Result<RaftPayload, RpcErr>
+    where
+        F: FnOnce(
+            sc_proto::raft::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
+            RaftPayload,
+        ) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
+    {
+        let client = self
+            .peers
+            .raft_client(self.target, &self.node)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        match tokio::time::timeout(ttl, call(client, RaftPayload { data })).await {
+            Err(_) => Err(self.timeout(action, ttl)),
+            Ok(Err(status)) => Err(from_status(&status)),
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+        }
+    }
+
     fn timeout<E: std::error::Error>(&self, action: RPCTypes, after: Duration) -> RpcErr<E> {
         RPCError::Timeout(Timeout {
             action,
@@ -98,16 +125,12 @@ impl PeerClient {
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let client = self
-            .peers
-            .raft_client(self.target, &self.node)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let reply = match tokio::time::timeout(ttl, call(client, RaftPayload { data })).await {
-            Err(_) => return Err(self.timeout(action, ttl)),
-            Ok(Err(status)) => return Err(from_status(&status)),
-            Ok(Ok(reply)) => reply.into_inner(),
-        };
+        let reply = self.send(action, ttl, data, call).await;
+        self.peers.note_rpc(
+            self.target,
+            reply.as_ref().err().map(|e| e as &dyn std::fmt::Display),
+        );
+        let reply = reply?;
         let result: Result<Resp, RaftError<NodeId>> =
             codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
