@@ -67,17 +67,20 @@ impl Timeouts {
     }
 
     /// How long a follower refuses openraft's real vote after it last heard
-    /// its leader: openraft's leader lease, as short as openraft allows (a
-    /// heartbeat and 2 ms).
+    /// its leader: openraft's leader lease, one and a half heartbeats.
     ///
-    /// Why so short: our pre-vote ([`crate::election`]) already keeps a
-    /// follower that hears its leader from helping anyone campaign, for the
-    /// whole shortest election timeout. The lease only has to cover what
-    /// skips the pre-vote (a planned transfer's campaign), and a long lease
-    /// made a follower that knew its leader's process was gone wait for it
-    /// anyway before voting (decision 0019).
+    /// Why short: our pre-vote ([`crate::election`]) already keeps a follower
+    /// that hears its leader from helping anyone campaign, for the whole
+    /// shortest election timeout. The lease only has to cover what skips the
+    /// pre-vote (a planned transfer's campaign), and a long lease made a
+    /// follower that knew its leader's process was gone wait for it anyway
+    /// before voting (decision 0019). Why not shorter (openraft would take a
+    /// heartbeat and 2 ms): openraft also gives each vote request
+    /// `election_timeout_min`, just under the lease, to be answered, and a
+    /// voter syncs its vote to disk before it answers; a WAN round trip of
+    /// 300 ms and a slow sync must fit.
     pub fn lease(&self) -> Duration {
-        self.heartbeat + Duration::from_millis(2)
+        self.heartbeat * 3 / 2
     }
 
     /// Checks the relations openraft relies on.
@@ -128,8 +131,9 @@ impl Default for Tuning {
 /// numbers. [`crate::election`] campaigns instead, at a fresh random deadline in
 /// `election_min..=election_max` after each renewal. openraft still uses
 /// `election_timeout_max` as the leader lease ([`Timeouts::lease`]);
-/// `election_timeout_min` only has to satisfy its validation (above the
-/// heartbeat, below the maximum; decisions 0005 and 0019).
+/// `election_timeout_min` is how long openraft waits for each vote request's
+/// answer, and must lie between the heartbeat and the lease (decisions 0005
+/// and 0019).
 pub(crate) fn raft_config(
     cluster: &str,
     t: &Timeouts,
@@ -143,7 +147,14 @@ pub(crate) fn raft_config(
         election_timeout_max: lease,
         enable_elect: false,
         install_snapshot_timeout: t.snapshot.as_millis() as u64,
-        max_payload_entries: 1000,
+        // openraft gives every AppendEntries one heartbeat to be answered
+        // and resends the same batch when it is not: a follower catching up
+        // after a restart that needed longer than that to decode and append
+        // 1,000 entries (a debug build, a loaded machine) got the same batch
+        // again and again, and the cluster could not commit for minutes
+        // (chaos seed 3223985620). 64 entries keep each request small; a
+        // steady stream of writes rarely batches more.
+        max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_every),
         max_in_snapshot_log_to_keep: tuning.keep_logs,
         // Purge in batches, but never wait for more entries than one snapshot interval.
@@ -177,10 +188,12 @@ mod tests {
                 "{p:?}: openraft must leave elections to us"
             );
             let ms = |d: Duration| d.as_millis() as u64;
-            // The lease is openraft's shortest: a heartbeat and 2 ms, far
-            // inside our own window.
+            // The lease is one and a half heartbeats, far inside our own
+            // window, and a vote request (openraft gives it
+            // election_timeout_min) gets more than a heartbeat.
             assert_eq!(c.election_timeout_max, ms(t.lease()));
-            assert_eq!(c.election_timeout_max, c.heartbeat_interval + 2);
+            assert_eq!(c.election_timeout_max * 2, c.heartbeat_interval * 3);
+            assert!(c.election_timeout_min > c.heartbeat_interval, "{p:?}");
             assert!(t.lease() * 3 < t.election_min, "{p:?}");
             assert!(c.election_timeout_min > c.heartbeat_interval, "{p:?}");
             assert!(c.election_timeout_min < c.election_timeout_max, "{p:?}");

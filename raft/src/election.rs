@@ -18,8 +18,8 @@
 //!   bootstrap before others join).
 //!
 //! openraft still owns the vote itself: it refuses votes to a candidate while
-//! its own leader lease runs (see `config::raft_config`, where the lease ends
-//! two heartbeats before our earliest deadline), and it refuses candidates
+//! its own leader lease runs (one and a half heartbeats, far inside our
+//! window: [`crate::config::Timeouts::lease`]), and it refuses candidates
 //! whose log is behind.
 //!
 //! **Pre-vote** (openraft 0.9 has none): before campaigning, a node asks every
@@ -167,6 +167,8 @@ pub(crate) async fn run(
     // The renewal whose early campaign (its leader's process gone) was last
     // logged.
     let mut early_for: Option<Instant> = None;
+    // The gone leader this node last campaigned early against, and when.
+    let mut early_campaign: Option<(NodeId, Instant)> = None;
     let rpc_timeout = peers.timeouts().rpc;
     let lease = peers.timeouts().lease();
     let turn = heartbeat / 2;
@@ -222,12 +224,22 @@ pub(crate) async fn run(
         let renewed = look.renewed.unwrap_or(started);
         // The leader this node follows was found gone since its last word:
         // ask as soon as the voters' leases have run out, in id order.
+        if look.following {
+            early_campaign = None;
+        }
         let gone = look
             .voted_for
             .filter(|_| look.following)
             .and_then(|l| peers.liveness().gone_since(l, renewed).map(|at| (l, at)));
-        let due = match gone {
-            Some((_, at)) => {
+        // An early campaign that has not won after two leases (a vote answer
+        // lost or late: openraft waits just under a lease for each) asks
+        // again, early, instead of waiting for the whole election window.
+        let retry = early_campaign
+            .filter(|_| gone.is_none() && look.state == ServerState::Candidate)
+            .map(|(l, at)| (l, at + lease * 2));
+        let due = match (gone, retry) {
+            (_, Some((_, at))) => at,
+            (Some((_, at)), None) => {
                 let mine = at.max(renewed + lease) + turn * look.rank;
                 // Having just granted another node's early pre-vote, give
                 // its campaign a heartbeat before starting one that would
@@ -237,8 +249,9 @@ pub(crate) async fn run(
                     None => mine,
                 }
             }
-            None => deadline.due(renewed),
+            (None, None) => deadline.due(renewed),
         };
+        let gone = gone.or(retry);
         let now = Instant::now();
         if now >= due && stand_back.is_none_or(|t| now >= t) {
             if peers.take_greater_log() {
@@ -283,6 +296,11 @@ pub(crate) async fn run(
                 }
                 continue;
             }
+            if leader_gone.is_some() && peers.liveness().granted_since(id, renewed).is_some() {
+                // While this node asked, it granted another's early pre-vote:
+                // that node campaigns now; both doing so would split the vote.
+                continue;
+            }
             tracing::info!(
                 id,
                 state = ?look.state,
@@ -292,6 +310,7 @@ pub(crate) async fn run(
                 early = leader_gone.is_some(),
                 "a majority would vote: campaigning"
             );
+            early_campaign = leader_gone.map(|l| (l, Instant::now()));
             if raft.trigger().elect().await.is_err() {
                 return;
             }
@@ -345,12 +364,20 @@ async fn pre_vote(
                 .map(|r| r.granted)
         }
     });
-    let yes = futures_util::future::join_all(asks)
-        .await
-        .into_iter()
-        .filter(|g| *g == Some(true))
-        .count();
-    (yes + 1, of)
+    // Stop at a majority: a voter that does not answer (partitioned, a
+    // black-holed link) must not hold the round for the whole RPC timeout,
+    // during which the next node's turn could start a round of its own.
+    let mut asks: futures_util::stream::FuturesUnordered<_> = asks.collect();
+    let mut yes = 1;
+    while let Some(answer) = futures_util::StreamExt::next(&mut asks).await {
+        if answer == Some(true) {
+            yes += 1;
+            if yes * 2 > of {
+                break;
+            }
+        }
+    }
+    (yes, of)
 }
 
 #[cfg(test)]

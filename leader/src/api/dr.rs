@@ -263,7 +263,7 @@ async fn campaign(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     node.campaign().await.map_err(ApiError::internal)?;
     let deadline = tokio::time::Instant::now() + window;
     // The first campaign may lose: the followers refuse it while their
-    // leader lease runs (a heartbeat and 2 ms), and the old leader steps
+    // leader lease runs (one and a half heartbeats), and the old leader steps
     // down on seeing the higher term. Once the leases have run out, this node
     // campaigns again at once: before any other node's election timer (at
     // least election_min) lets it campaign, so the transfer does not become

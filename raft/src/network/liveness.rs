@@ -25,6 +25,9 @@ use tokio::time::Instant;
 
 use crate::types::NodeId;
 
+/// Connections remembered at most (see [`Liveness::heard_over`]).
+const CONNS_KEPT: usize = 1024;
+
 /// What this node knows about its peers' connections to it and about a
 /// leader found gone; shared by the Raft server, the accept loop, the
 /// election timer and the pre-vote server.
@@ -59,6 +62,12 @@ impl Liveness {
     /// over the connection whose remote end is `conn`.
     pub(crate) fn heard_over(&self, conn: SocketAddr, from: NodeId, addr: String) {
         if let Ok(mut c) = self.inner.conns.lock() {
+            // A request handled after its connection closed puts back an
+            // entry nothing removes; a node has a handful of live peer
+            // connections, so a full map is mostly such leftovers.
+            if c.len() >= CONNS_KEPT {
+                c.clear();
+            }
             c.insert(conn, (from, addr));
         }
     }

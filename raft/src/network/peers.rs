@@ -59,10 +59,21 @@ pub struct Peers {
     /// Which connections carry a leader's traffic, and a leader found gone
     /// (see [`super::liveness`]).
     liveness: super::Liveness,
-    /// Peers whose Raft RPCs fail, since when and how often (see
-    /// [`Peers::note_rpc`]).
-    failing: Mutex<HashMap<NodeId, (std::time::Instant, u64)>>,
+    /// Peers whose Raft RPCs fail: since when, how often, and the last
+    /// failure (see [`Peers::note_rpc`]).
+    failing: Mutex<HashMap<NodeId, Failing>>,
 }
+
+/// One peer's run of failed Raft RPCs.
+struct Failing {
+    since: std::time::Instant,
+    failures: u64,
+    last: std::time::Instant,
+}
+
+/// A run of failures with no call for this long is over (this node stopped
+/// leading, say): the next failure starts a new one, and is logged.
+const FAILING_FORGOTTEN: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Peers {
     /// A cache for node `self_id`, presenting `tls` to every peer, whose
@@ -99,24 +110,40 @@ impl Peers {
         let Ok(mut failing) = self.failing.lock() else {
             return;
         };
+        let now = std::time::Instant::now();
         match error {
             Some(e) => {
-                let entry = failing.entry(to).or_insert_with(|| {
-                    tracing::warn!(
-                        peer = to,
-                        error = %e,
-                        "Raft messages to a peer fail; logged again when they get through"
-                    );
-                    (std::time::Instant::now(), 0)
-                });
-                entry.1 += 1;
+                let run = failing
+                    .get_mut(&to)
+                    .filter(|f| now.duration_since(f.last) < FAILING_FORGOTTEN);
+                match run {
+                    Some(f) => {
+                        f.failures += 1;
+                        f.last = now;
+                    }
+                    None => {
+                        tracing::warn!(
+                            peer = to,
+                            error = %e,
+                            "Raft messages to a peer fail; logged again when they get through"
+                        );
+                        failing.insert(
+                            to,
+                            Failing {
+                                since: now,
+                                failures: 1,
+                                last: now,
+                            },
+                        );
+                    }
+                }
             }
             None => {
-                if let Some((since, failures)) = failing.remove(&to) {
+                if let Some(f) = failing.remove(&to) {
                     tracing::info!(
                         peer = to,
-                        failures,
-                        for_ms = since.elapsed().as_millis() as u64,
+                        failures = f.failures,
+                        for_ms = f.since.elapsed().as_millis() as u64,
                         "Raft messages reach the peer again"
                     );
                 }

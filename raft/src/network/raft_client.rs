@@ -70,6 +70,22 @@ fn from_status<E: std::error::Error>(s: &tonic::Status) -> RpcErr<E> {
     }
 }
 
+/// Notes a call to `to` as failed if it is dropped before it ends.
+struct Noted<'a> {
+    peers: &'a Peers,
+    to: NodeId,
+    done: bool,
+}
+
+impl Drop for Noted<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.peers
+                .note_rpc(self.to, Some(&"no answer before openraft's deadline"));
+        }
+    }
+}
+
 impl PeerClient {
     /// One unary call through the fault seam, within `ttl`.
     async fn send<F, Fut>(
@@ -125,7 +141,16 @@ impl PeerClient {
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // openraft drops this future at its own deadline (a heartbeat for
+        // AppendEntries) when the peer does not answer; the guard notes that
+        // as a failure, so a black-holed peer is reported too.
+        let mut noted = Noted {
+            peers: &self.peers,
+            to: self.target,
+            done: false,
+        };
         let reply = self.send(action, ttl, data, call).await;
+        noted.done = true;
         self.peers.note_rpc(
             self.target,
             reply.as_ref().err().map(|e| e as &dyn std::fmt::Display),
