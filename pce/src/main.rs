@@ -8,6 +8,7 @@ mod dr;
 mod flows;
 mod generate;
 mod map;
+mod notify;
 mod ops;
 mod up;
 mod ven_cmd;

@@ -14,23 +14,28 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
     let region = Region::start(cfg.region_options(insecure_http)?).await?;
     let node = region.node.clone();
     tracing::info!(id = node.id(), node = %node.info(), "serving; stop with Ctrl-C or SIGTERM");
+    // Every server listens now (systemd's Type=notify waits for this).
+    crate::notify::notify(&format!("READY=1\nSTATUS=serving as {}", node.info()));
+    let stopping = || crate::notify::notify("STOPPING=1");
     // The first node serving the API creates the owner key (compare-and-set in
     // the store, so exactly one node of the cluster does, once).
     if cfg.api.is_some() {
         let key_file = cfg.data_dir.join("owner-api-key.json");
         tokio::select! {
             r = bootstrap_owner(&node, &key_file) => r?,
-            r = wait_for_stop_signal() => { r?; return Ok(region.stop().await?); }
+            r = wait_for_stop_signal() => { r?; stopping(); return Ok(region.stop().await?); }
         }
     }
     tokio::select! {
         r = wait_for_stop_signal() => r?,
         reason = node.failed() => {
             tracing::error!(%reason, "the Raft core stopped; exiting so this node is restarted from its data");
+            stopping();
             region.stop().await?;
             bail!("the Raft core stopped ({reason}); restart the node once the cause (see the log above) is fixed");
         }
     }
+    stopping();
     Ok(region.stop().await?)
 }
 

@@ -144,7 +144,11 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             });
             let (stop_tx, stop) = watch::channel(false);
             let task = tokio::spawn(agent.run(stop));
+            // The cached policy is enforced again (systemd's Type=notify
+            // waits for this); reaching a member happens in the background.
+            crate::notify::notify("READY=1\nSTATUS=enforcing");
             wait_for_stop_signal().await?;
+            crate::notify::notify("STOPPING=1");
             let _ = stop_tx.send(true);
             task.await??;
             Ok(())

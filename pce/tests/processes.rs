@@ -427,6 +427,64 @@ async fn a_dead_leader_process_is_replaced_before_the_election_timeout_and_broke
     );
 }
 
+/// Issue 20: the unit files in `deploy/systemd` pass `systemd-analyze
+/// verify` with no complaint, and `pce serve` tells systemd (`Type=notify`)
+/// when it serves and when it stops.
+#[test]
+fn the_systemd_units_verify_and_serve_tells_systemd_when_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let mut paths = Vec::new();
+    for unit in ["pce-node.service", "pce-ven.service"] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        assert!(text.contains("Type=notify"), "{unit}");
+        // verify checks that ExecStart's binary exists: use the one built.
+        let path = dir.path().join(unit);
+        std::fs::write(&path, text.replace("/usr/local/bin/pce", PCE)).unwrap();
+        paths.push(path);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&paths)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) runs");
+    let complaints = String::from_utf8_lossy(&out.stderr);
+    // It exits 0 even for unknown keys and bad values: its output tells.
+    assert!(
+        out.status.success() && !complaints.contains(".service"),
+        "systemd-analyze verify: {complaints}"
+    );
+
+    // One node serving alone, as systemd would start it.
+    let c = Cluster::new();
+    let socket_path = c.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut child = Command::new(PCE)
+        .args(["serve", "--config", c.config(1).to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    // SAFETY: kill(2) with a pid we own; no memory is shared.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let stopping = next();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(child.wait().unwrap().success());
+}
+
 fn serve_error(config_body: Option<&str>, dir: &Path) -> String {
     let path = dir.join("bad.toml");
     if let Some(body) = config_body {
