@@ -14,7 +14,9 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
     let region = Region::start(cfg.region_options(insecure_http)?).await?;
     let node = region.node.clone();
     tracing::info!(id = node.id(), node = %node.info(), "serving; stop with Ctrl-C or SIGTERM");
-    // Every server listens now (systemd's Type=notify waits for this).
+    // Every server listens now (systemd's Type=notify waits for this); the
+    // stop handlers are in place before it says so.
+    let mut stop = Box::pin(stop_signal()?);
     crate::notify::notify(&format!("READY=1\nSTATUS=serving as {}", node.info()));
     let stopping = || crate::notify::notify("STOPPING=1");
     // The first node serving the API creates the owner key (compare-and-set in
@@ -23,11 +25,11 @@ pub async fn serve(cfg: NodeConfig, insecure_http: bool) -> Result<()> {
         let key_file = cfg.data_dir.join("owner-api-key.json");
         tokio::select! {
             r = bootstrap_owner(&node, &key_file) => r?,
-            r = wait_for_stop_signal() => { r?; stopping(); return Ok(region.stop().await?); }
+            () = &mut stop => { stopping(); return Ok(region.stop().await?); }
         }
     }
     tokio::select! {
-        r = wait_for_stop_signal() => r?,
+        () = &mut stop => {}
         reason = node.failed() => {
             tracing::error!(%reason, "the Raft core stopped; exiting so this node is restarted from its data");
             stopping();
@@ -88,13 +90,24 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn wait_for_stop_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
+    stop_signal()?.await;
     Ok(())
+}
+
+/// Installs the Ctrl-C and SIGTERM handlers now, and returns what waits for
+/// either. A process that says it is ready (systemd's `READY=1`) must have
+/// them first: a SIGTERM that came before would kill it with no clean stop
+/// (a CI run of the systemd test caught exactly that).
+pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// A client for the node a config file describes, using its certificates.

@@ -146,8 +146,10 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             let task = tokio::spawn(agent.run(stop));
             // The cached policy is enforced again (systemd's Type=notify
             // waits for this); reaching a member happens in the background.
+            // The stop handlers are in place before it says so.
+            let stop_signal = crate::ops::stop_signal()?;
             crate::notify::notify("READY=1\nSTATUS=enforcing");
-            wait_for_stop_signal().await?;
+            stop_signal.await;
             crate::notify::notify("STOPPING=1");
             let _ = stop_tx.send(true);
             task.await??;
