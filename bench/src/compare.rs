@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use hdrhistogram::Histogram;
 use sc_raft::{ClientId, Command, Mutation, Outcome, Profile};
 use serde_json::json;
@@ -136,17 +136,26 @@ struct EtcdSide {
     follower: EtcdClient,
 }
 
-async fn pce_side(pce: &Pce) -> Result<PceSide> {
+/// Asks `clients` until a side answers with one leader, for at most 60 s.
+async fn side<T, F, Fut>(system: &str, mut clients: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let t0 = Instant::now();
     loop {
-        match pce_clients(pce).await {
+        match clients().await {
             Ok(side) => return Ok(side),
             Err(e) if t0.elapsed() > Duration::from_secs(60) => {
-                return Err(e.context("supercluster: no leader in 60 s"))
+                return Err(e.context(format!("{system}: no leader in 60 s")))
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+async fn pce_side(pce: &Pce) -> Result<PceSide> {
+    side("supercluster", || pce_clients(pce)).await
 }
 
 async fn pce_clients(pce: &Pce) -> Result<PceSide> {
@@ -181,16 +190,7 @@ async fn pce_clients(pce: &Pce) -> Result<PceSide> {
 }
 
 async fn etcd_side(etcd: &Etcd) -> Result<EtcdSide> {
-    let t0 = Instant::now();
-    loop {
-        match etcd_clients(etcd).await {
-            Ok(side) => return Ok(side),
-            Err(e) if t0.elapsed() > Duration::from_secs(60) => {
-                return Err(e.context("etcd: no leader in 60 s"))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    side("etcd", || etcd_clients(etcd)).await
 }
 
 async fn etcd_clients(etcd: &Etcd) -> Result<EtcdSide> {
@@ -447,17 +447,7 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
         bail!("--rounds and --seconds must be at least 1");
     }
     let tmp = tempfile::tempdir()?;
-    let dir = match &args.keep {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("--keep: creating {}", d.display()))?;
-            if std::fs::read_dir(d)?.next().is_some() {
-                bail!("--keep: {} is not empty; give a new directory", d.display());
-            }
-            d.clone()
-        }
-        None => tmp.path().to_path_buf(),
-    };
+    let dir = super::procs::run_dir(args.keep.as_ref(), &tmp)?;
     let fsync_ms = fsync_probe(&dir)?;
     eprintln!("a 4 KiB write + fdatasync here takes {fsync_ms:.2} ms (median of 100)");
     let mut etcd = Etcd::start(&args.etcd, &dir, Profile::Lan)?;

@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use base64::Engine as _;
 use sc_raft::Profile;
 use serde_json::json;
@@ -278,17 +278,7 @@ fn summary(name: &str, v: &[Duration]) {
 /// `pce bench failover`.
 pub async fn failover(args: FailoverArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let dir = match &args.keep {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("--keep: creating {}", d.display()))?;
-            if std::fs::read_dir(d)?.next().is_some() {
-                bail!("--keep: {} is not empty; give a new directory", d.display());
-            }
-            d.clone()
-        }
-        None => tmp.path().to_path_buf(),
-    };
+    let dir = super::procs::run_dir(args.keep.as_ref(), &tmp)?;
     let mut results = Vec::new();
     for sys in &args.systems {
         println!("{sys}: {} rounds", args.rounds);

@@ -53,6 +53,19 @@ fn sigint(child: &mut Child) {
 }
 
 /// A process's stdout and stderr, appended to `path`.
+/// Where a run keeps its processes' data and logs: `keep` (new or empty,
+/// left behind for reading), else `tmp`, removed with it.
+pub(crate) fn run_dir(keep: Option<&PathBuf>, tmp: &tempfile::TempDir) -> Result<PathBuf> {
+    let Some(d) = keep else {
+        return Ok(tmp.path().to_path_buf());
+    };
+    std::fs::create_dir_all(d).with_context(|| format!("--keep: creating {}", d.display()))?;
+    if std::fs::read_dir(d)?.next().is_some() {
+        bail!("--keep: {} is not empty; give a new directory", d.display());
+    }
+    Ok(d.clone())
+}
+
 fn log_to(path: &Path) -> Result<(Stdio, Stdio)> {
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -115,6 +115,14 @@ impl Cluster {
         self.procs.insert(id, child);
     }
 
+    /// Starts all three nodes; the leader once they agree on one.
+    async fn start_all(&mut self) -> u64 {
+        for id in 1..=3 {
+            self.start(id);
+        }
+        self.converged(&[1, 2, 3], Duration::from_secs(60)).await
+    }
+
     /// SIGKILL: no shutdown code runs, nothing is flushed.
     fn kill9(&mut self, id: u64) {
         let mut c = self.procs.remove(&id).unwrap();
@@ -229,6 +237,15 @@ struct Session {
 }
 
 impl Session {
+    /// A writer with a fresh client id.
+    fn new() -> Session {
+        Session {
+            client: ClientId::random(),
+            serial: 0,
+            acked: Vec::new(),
+        }
+    }
+
     /// Writes `key` through one of `via`, retrying until `deadline`; it must be acknowledged.
     async fn must_put(&mut self, c: &Cluster, via: &[u64], key: String, deadline: Duration) {
         self.serial += 1;
@@ -241,15 +258,8 @@ impl Session {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_and_a_follower_loses_no_acknowledged_write() {
     let mut c = Cluster::new();
-    for id in 1..=3 {
-        c.start(id);
-    }
-    let leader = c.converged(&[1, 2, 3], Duration::from_secs(60)).await;
-    let mut w = Session {
-        client: ClientId::random(),
-        serial: 0,
-        acked: Vec::new(),
-    };
+    let leader = c.start_all().await;
+    let mut w = Session::new();
     let twenty = Duration::from_secs(20);
     for i in 0..150 {
         w.must_put(&c, &[1, 2, 3], format!("a/{i:04}"), twenty)
@@ -343,15 +353,8 @@ async fn a_dead_leader_process_is_replaced_before_the_election_timeout_and_broke
 ) {
     let mut c =
         Cluster::with_config("[timeouts]\nelection_min_ms = 30000\nelection_max_ms = 40000\n");
-    for id in 1..=3 {
-        c.start(id);
-    }
-    let leader = c.converged(&[1, 2, 3], Duration::from_secs(60)).await;
-    let mut w = Session {
-        client: ClientId::random(),
-        serial: 0,
-        acked: Vec::new(),
-    };
+    let leader = c.start_all().await;
+    let mut w = Session::new();
     let twenty = Duration::from_secs(20);
     w.must_put(&c, &[1, 2, 3], "before".into(), twenty).await;
     let term = c.client(leader).status().await.unwrap().term;

@@ -297,6 +297,18 @@ impl WalEngine {
         Ok(engine)
     }
 
+    /// Sets a metadata cell; `durable` marks the metadata file for the next
+    /// sync (a hint rides along with whatever is synced next).
+    fn insert_meta(&self, key: &str, value: &[u8], durable: bool) -> io::Result<()> {
+        self.faults.check()?;
+        let mut wal = self.lock()?;
+        wal.meta.insert(key.to_string(), value.to_vec());
+        if durable {
+            wal.meta_dirty = true;
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> io::Result<MutexGuard<'_, Wal>> {
         self.wal
             .lock()
@@ -609,18 +621,12 @@ impl LogEngine for WalEngine {
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {
-        self.faults.check()?;
-        let mut wal = self.lock()?;
-        wal.meta.insert(key.to_string(), value.to_vec());
-        wal.meta_dirty = true;
-        Ok(())
+        self.insert_meta(key, value, true)
     }
 
     fn put_hint(&self, key: &str, value: &[u8]) -> io::Result<()> {
-        self.faults.check()?;
-        let mut wal = self.lock()?;
-        wal.meta.insert(key.to_string(), value.to_vec());
-        Ok(())
+        // Written with the next durable change, never synced on its own.
+        self.insert_meta(key, value, false)
     }
 
     fn get_meta(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
