@@ -106,6 +106,7 @@ impl Pce {
             .args(["--port", &port.to_string()])
             .args(["--api-port", &api_port.to_string()])
             .args(["--ven-port", &ven_port.to_string()])
+            .args(["--metrics-port", &free_port()?.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

@@ -647,7 +647,12 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
         sc_raft::pki::init_ca(&dir.join("certs"), "bench")?;
-        let ports = (free_port()?, free_port()?, free_port()?);
+        let ports = sc_region::local::Ports {
+            raft: free_port()?,
+            api: free_port()?,
+            ven: free_port()?,
+            metrics: None,
+        };
         let mut regions = Vec::new();
         for r in REGIONS {
             regions.push(start_region(&dir, r, ports, false).await?.1);

@@ -23,6 +23,7 @@ pub mod docs;
 pub mod error;
 pub mod failed_logins;
 pub mod jobs;
+pub mod metrics;
 pub mod rbac;
 pub mod retention;
 pub mod server;

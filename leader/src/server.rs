@@ -65,9 +65,16 @@ pub struct ApiServer {
     /// The accept loop; it owns every connection task and returns only when
     /// they have all finished (or were cut after [`DRAIN`]).
     task: JoinHandle<()>,
+    /// Request counts and latencies, for the region's `/metrics`.
+    metrics: crate::metrics::ApiMetrics,
 }
 
 impl ApiServer {
+    /// The API's request metrics (the region registers them).
+    pub fn metrics(&self) -> &crate::metrics::ApiMetrics {
+        &self.metrics
+    }
+
     /// Stops accepting, lets open connections finish the requests they are
     /// serving (HTTP/1 keep-alive and HTTP/2 are shut down gracefully), and
     /// returns when every connection task has ended.
@@ -112,6 +119,7 @@ pub async fn serve(
         addr: opts.listen,
         source,
     })?;
+    let metrics = crate::metrics::ApiMetrics::default();
     let acceptor = match &opts.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(t)?))),
         None => None,
@@ -134,7 +142,12 @@ pub async fn serve(
         opts.audit_retention,
         shutdown.clone(),
     ));
-    let app = router(state.clone()).merge(crate::console::routes().with_state(state));
+    let app = router(state.clone())
+        .merge(crate::console::routes().with_state(state))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            crate::metrics::track,
+        ));
     let task = tokio::spawn(accept_loop(
         listener,
         opts.limits,
@@ -147,6 +160,7 @@ pub async fn serve(
         addr,
         shutdown,
         task,
+        metrics,
     })
 }
 

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod metrics;
 pub mod pairing;
 pub mod presence;
 pub mod render;

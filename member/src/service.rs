@@ -187,6 +187,8 @@ struct Svc {
     /// refused, as if the region were down, so VENs fail over.
     fenced: watch::Receiver<bool>,
     next_session: std::sync::atomic::AtomicU64,
+    /// For the region's `/metrics`.
+    metrics: crate::metrics::VenMetrics,
 }
 
 /// A running VEN service.
@@ -356,6 +358,7 @@ impl Ven for Handle {
             last_sent: None,
             ended: false,
             goodbye: false,
+            pushed: None,
         };
         let out = futures_util::stream::unfold(session, |mut s| async move {
             let msg = s.next().await?;
@@ -407,6 +410,7 @@ impl Ven for Handle {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::from)?;
+        self.metrics.flows_stored.inc_by(stored as u64);
         Ok(Response::new(FlowAck {
             stored: stored as u32,
         }))
@@ -555,17 +559,30 @@ impl Svc {
 
 /// The region's side of a global flow query: the node's federation service
 /// hands queries here.
-struct RegionFlows(Arc<SledTraffic>);
+struct RegionFlows(Arc<SledTraffic>, crate::metrics::VenMetrics);
 
 #[tonic::async_trait]
 impl sc_raft::FlowQueries for RegionFlows {
     async fn query(&self, q: FlowQuery) -> Result<FlowQueryReply, String> {
         let store = self.0.clone();
-        tokio::task::spawn_blocking(move || store.query(&q))
+        let timer = self.1.flow_query.clone();
+        tokio::task::spawn_blocking(move || timed_query(&store, &q, &timer))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }
+}
+
+/// One query of the region's traffic store, its time observed.
+fn timed_query(
+    store: &SledTraffic,
+    q: &FlowQuery,
+    timer: &prometheus_client::metrics::histogram::Histogram,
+) -> Result<FlowQueryReply, MemberError> {
+    let started = std::time::Instant::now();
+    let reply = store.query(q);
+    timer.observe(started.elapsed().as_secs_f64());
+    reply
 }
 
 /// One VEN's open policy stream: what it was sent, and what ends it.
@@ -585,6 +602,8 @@ struct Session {
     ended: bool,
     /// The VEN said goodbye: offline at once, without waiting for it to return.
     goodbye: bool,
+    /// The policy last pushed and when, until the VEN acknowledges it.
+    pushed: Option<(String, std::time::Instant)>,
 }
 
 /// What woke a session.
@@ -606,7 +625,17 @@ impl Session {
                 self.ended = true;
                 return last;
             }
+            self.svc.metrics.streams.inc();
             if let Some(msg) = self.current().await {
+                // The VEN came back enforcing an older policy than its current one.
+                if matches!(
+                    &msg,
+                    Ok(PceMessage {
+                        kind: Some(pce_message::Kind::Policy(_))
+                    })
+                ) {
+                    self.svc.metrics.resyncs.inc();
+                }
                 return Some(msg);
             }
         }
@@ -639,7 +668,16 @@ impl Session {
                 }
                 Wake::Inbound(Ok(Some(VenMessage {
                     kind: Some(ven_message::Kind::Applied(a)),
-                }))) => self.record(a.policy_hash, a.policy_version),
+                }))) => {
+                    if let Some((hash, at)) = &self.pushed {
+                        if *hash == a.policy_hash {
+                            let took = at.elapsed().as_secs_f64();
+                            self.svc.metrics.push_ack.observe(took);
+                            self.pushed = None;
+                        }
+                    }
+                    self.record(a.policy_hash, a.policy_version)
+                }
                 Wake::Inbound(Ok(Some(VenMessage {
                     kind: Some(ven_message::Kind::Heartbeat(_)),
                 }))) => {}
@@ -721,6 +759,7 @@ impl Session {
             return None;
         }
         self.last_sent = Some(p.hash.clone());
+        self.pushed = Some((p.hash.clone(), std::time::Instant::now()));
         if let Ok(mut s) = self.svc.sessions.lock() {
             if let Some(st) = s.state(self.session) {
                 st.sent += 1;
@@ -796,7 +835,8 @@ impl VenServer {
             &opts.flow_dir,
             crate::traffic::Limits::new(opts.flow_retention, opts.flow_disk_budget),
         )?);
-        node.serve_flow_queries(Arc::new(RegionFlows(traffic.clone())));
+        let metrics = crate::metrics::VenMetrics::default();
+        node.serve_flow_queries(Arc::new(RegionFlows(traffic.clone(), metrics.clone())));
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|e| MemberError::Start(format!("cannot listen on {}: {e}", opts.listen)))?;
@@ -825,6 +865,7 @@ impl VenServer {
             sessions: Mutex::new(Sessions::default()),
             presence,
             next_session: std::sync::atomic::AtomicU64::new(1),
+            metrics: metrics.clone(),
         });
         let grpc = VenGrpc::new(Handle(svc.clone())).max_decoding_message_size(4 * 1024 * 1024);
         let server = tonic::transport::Server::builder()
@@ -932,7 +973,12 @@ impl VenServer {
     /// This region's flows matching `q` (tests and tools; global queries go
     /// through the node's federation service).
     pub fn query_flows(&self, q: &FlowQuery) -> Result<FlowQueryReply, MemberError> {
-        self.svc.traffic.query(q)
+        timed_query(&self.svc.traffic, q, &self.svc.metrics.flow_query)
+    }
+
+    /// The service's metrics (the region registers them).
+    pub fn metrics(&self) -> &crate::metrics::VenMetrics {
+        &self.svc.metrics
     }
 
     /// Stops the service: open streams end with UNAVAILABLE so VENs fail over.
@@ -995,6 +1041,8 @@ async fn report(svc: Arc<Svc>, fenced_tx: watch::Sender<bool>) {
         }
         let connected = vens.len() as u64;
         let current = vens.values().filter(|v| v.current).count() as u64;
+        svc.metrics.connected.set(connected as i64);
+        svc.metrics.current.set(current as i64);
         svc.node.set_ven_policies(vens.into_values().collect());
         svc.node.set_services(|s| {
             s.vens_connected = Some(connected);

@@ -306,6 +306,18 @@ async fn a_provision_pushes_to_exactly_the_vens_whose_rules_changed() {
     }
     assert_eq!(acked, n, "every VEN acknowledged its current policy");
 
+    // The members' metrics say the same: every VEN connected and current
+    // (the gauges follow every two seconds), a stream opened for each, and
+    // an acknowledgement timed for each first policy and for the three pushes.
+    let sum = |metric: &str| -> f64 { env.vens.values().map(|s| sample(&scrape(s), metric)).sum() };
+    wait_for("the VEN gauges", Duration::from_secs(10), || {
+        sum("pce_vens_connected") == n as f64 && sum("pce_vens_current") == n as f64
+    })
+    .await;
+    assert!(sum("pce_ven_streams_opened_total") >= n as f64);
+    let acks = sum("pce_ven_policy_push_ack_duration_seconds_count");
+    assert!(acks >= (n + 3) as f64, "{acks} acknowledgements timed");
+
     // Everyone leaves at once: the members record the offline states in a few
     // batched commands, not a thousand writes (which would crowd out operators'
     // writes and the leader's heartbeats).
@@ -330,6 +342,22 @@ async fn a_provision_pushes_to_exactly_the_vens_whose_rules_changed() {
         commands <= 100,
         "{commands} commands for {n} offline states: they are not batched"
     );
+}
+
+/// A VEN service's metrics in the exposition format Prometheus scrapes.
+fn scrape(s: &sc_member::VenServer) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    s.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    text
+}
+
+/// The value of an unlabelled series in `text` (0 when absent).
+fn sample(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// How many workloads the store says are online.

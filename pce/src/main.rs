@@ -52,6 +52,10 @@ enum Command {
         /// Port of every region's VEN service.
         #[arg(long, default_value_t = 7450)]
         ven_port: u16,
+        /// Port of every region's Prometheus `/metrics` (plain HTTP, on the
+        /// region's loopback address).
+        #[arg(long, default_value_t = 9464)]
+        metrics_port: u16,
         /// Serve the admin API over plain HTTP (local experiments only).
         #[arg(long)]
         insecure_http: bool,
@@ -259,10 +263,17 @@ async fn run(cli: Cli) -> Result<()> {
             port,
             api_port,
             ven_port,
+            metrics_port,
             insecure_http,
         } => {
             init_logging(cli.log_format.unwrap_or_default());
-            up::run(&dir, port, api_port, ven_port, insecure_http).await
+            let ports = sc_region::local::Ports {
+                raft: port,
+                api: api_port,
+                ven: ven_port,
+                metrics: Some(metrics_port),
+            };
+            up::run(&dir, ports, insecure_http).await
         }
         Command::Ven { command } => {
             init_logging(cli.log_format.unwrap_or_default());

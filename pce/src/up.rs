@@ -6,19 +6,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sc_raft::{pki, Node};
-use sc_region::local::{start_region, REGIONS};
+use sc_region::local::{start_region, Ports, REGIONS};
 use sc_region::Region;
 
 use crate::ops::{table, wait_for_stop_signal};
 
 /// Runs the three regions until Ctrl-C.
-pub async fn run(
-    dir: &Path,
-    port: u16,
-    api_port: u16,
-    ven_port: u16,
-    insecure_http: bool,
-) -> Result<()> {
+pub async fn run(dir: &Path, ports: Ports, insecure_http: bool) -> Result<()> {
+    let api_port = ports.api;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir
         .canonicalize()
@@ -32,8 +27,7 @@ pub async fn run(
     let mut regions = Vec::new();
     let mut configs = Vec::new();
     for region in REGIONS {
-        let (path, r) =
-            start_region(&dir, region, (port, api_port, ven_port), insecure_http).await?;
+        let (path, r) = start_region(&dir, region, ports, insecure_http).await?;
         regions.push(r);
         configs.push(path);
     }
@@ -79,6 +73,18 @@ pub async fn run(
             "admin API of {name}: {scheme}://{ip}:{api_port}/api/v2 (CA: {})",
             certs.join(pki::CA_CERT).display()
         );
+    }
+    // A data directory from before metrics existed keeps its configs.
+    let mut metrics = regions
+        .iter()
+        .zip(REGIONS)
+        .filter_map(|(r, (_, name, _, _))| r.metrics_addr().map(|a| (name, a)))
+        .peekable();
+    if metrics.peek().is_some() {
+        println!();
+    }
+    for (name, addr) in metrics {
+        println!("Prometheus metrics of {name}: http://{addr}/metrics");
     }
     println!();
     let rows: Vec<_> = statuses

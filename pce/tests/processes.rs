@@ -488,6 +488,157 @@ fn the_systemd_units_verify_and_serve_tells_systemd_when_it_is_ready() {
     assert!(child.wait().unwrap().success());
 }
 
+/// One HTTP/1.0 GET (the server closes after answering, and sends no
+/// chunked encoding); the body, if the status is 200.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_string())
+}
+
+/// A PromQL instant query against Prometheus's HTTP API: each series'
+/// labels and value.
+fn promql(port: u16, query: &str) -> Vec<(serde_json::Value, f64)> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let Some(body) = http_get(
+        &format!("127.0.0.1:{port}"),
+        &format!("/api/v1/query?query={encoded}"),
+    ) else {
+        return vec![];
+    };
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    doc["data"]["result"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    let v = r["value"][1].as_str()?.parse().ok()?;
+                    Some((r["metric"].clone(), v))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 20: Debian's Prometheus scrapes a three-region cluster of `pce
+/// serve` processes, and its query API returns each region's Raft series: one
+/// leader, one term, the leader's view of each peer's lag, and commit indexes
+/// that move with writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_region_and_its_query_api_returns_their_raft_series() {
+    let prometheus = Path::new("/usr/bin/prometheus");
+    if !prometheus.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Debian's prometheus (see .ci/run)"
+        );
+        eprintln!("skipped: /usr/bin/prometheus is not installed (apt-get install prometheus)");
+        return;
+    }
+    let mut c = Cluster::new();
+    let mut targets = Vec::new();
+    for id in 1..=3u64 {
+        let port = free_port();
+        let mut cfg = std::fs::read_to_string(c.config(id)).unwrap();
+        cfg.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+        std::fs::write(c.config(id), cfg).unwrap();
+        targets.push(format!("'127.0.0.1:{port}'"));
+    }
+    c.start_all().await;
+
+    let web = free_port();
+    let prom_cfg = c.dir.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
+             scrape_configs:\n  - job_name: pce\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(c.dir.path().join("prometheus.log")).unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prom = Kill(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", prom_cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                c.dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    // Some writes, so that commit indexes move past the membership entries.
+    let mut s = Session::new();
+    for i in 0..20 {
+        s.must_put(&c, &[1, 2, 3], format!("k{i}"), Duration::from_secs(10))
+            .await;
+    }
+    let leader = c.converged(&[1, 2, 3], Duration::from_secs(30)).await;
+    let committed = c.client(leader).status().await.unwrap().committed.unwrap() as f64;
+
+    // Every target up, and the series of all three regions, as scraped.
+    let started = Instant::now();
+    let ok = loop {
+        let up = promql(web, "sum(up{job=\"pce\"})");
+        let leaders = promql(web, "sum(pce_raft_role{role=\"leader\"})");
+        let commits = promql(web, "pce_raft_commit_index");
+        let fresh = commits.len() == 3 && commits.iter().all(|(_, v)| *v >= committed);
+        if up.first().map(|r| r.1) == Some(3.0)
+            && leaders.first().map(|r| r.1) == Some(1.0)
+            && fresh
+        {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        ok,
+        "Prometheus never saw 3 targets up, one leader and commit index {committed} everywhere; its log:\n{}",
+        std::fs::read_to_string(c.dir.path().join("prometheus.log")).unwrap_or_default()
+    );
+    let regions: Vec<String> = promql(web, "pce_node_info")
+        .iter()
+        .filter_map(|(m, _)| m["region"].as_str().map(String::from))
+        .collect();
+    assert_eq!(regions.len(), 3, "{regions:?}");
+    for r in ["r1", "r2", "r3"] {
+        assert!(regions.iter().any(|x| x == r), "{regions:?}");
+    }
+    let terms = promql(web, "count(count_values(\"term\", pce_raft_term))");
+    assert_eq!(terms.first().map(|r| r.1), Some(1.0), "one term everywhere");
+    // The leader reports each follower's lag; followers report none.
+    let lag = promql(web, "pce_raft_peer_lag_entries");
+    assert_eq!(lag.len(), 2, "{lag:?}");
+    let fsyncs = promql(web, "sum(pce_raft_log_fsync_duration_seconds_count)");
+    assert!(fsyncs.first().is_some_and(|r| r.1 >= 20.0), "{fsyncs:?}");
+}
+
 fn serve_error(config_body: Option<&str>, dir: &Path) -> String {
     let path = dir.join("bad.toml");
     if let Some(body) = config_body {
@@ -545,6 +696,9 @@ fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, Stri
             &api_port.to_string(),
             "--ven-port",
             &ven_port.to_string(),
+            // Tests run side by side: the default port would be shared.
+            "--metrics-port",
+            &free_port().to_string(),
         ])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
@@ -622,6 +776,22 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("leader"),
         "{status}: {out:?}"
     );
+    // Each region's Prometheus endpoint, as printed, answers.
+    let metrics = printed
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Prometheus metrics of ")?
+                .split_once(": http://")
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(metrics.len(), 3, "{printed}");
+    for (_, url) in metrics {
+        let addr = url.trim_end_matches("/metrics");
+        let text = http_get(addr, "/metrics").unwrap_or_default();
+        assert!(text.contains("pce_raft_term "), "{url}: {text}");
+        assert!(text.contains("pce_vens_connected "), "{url}: {text}");
+        assert!(text.contains("pce_node_info{"), "{url}: {text}");
+    }
     // Start-up logs say what an operator needs: no openraft warnings about
     // messages it ignores, no colour codes in a file.
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();

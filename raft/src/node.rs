@@ -115,6 +115,8 @@ struct Core {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The threads all of the above runs on; stopped last.
     runtime: Arc<ConsensusRuntime>,
+    /// Event counters for Prometheus.
+    instruments: crate::metrics::Instruments,
 }
 
 /// What [`crate::start`] builds a node from; the node adds its own bookkeeping.
@@ -155,6 +157,7 @@ impl Node {
             shutdown,
             runtime,
         } = parts;
+        let log_fsync = log.fsync_seconds();
         Node {
             core: Arc::new(Core {
                 id,
@@ -173,8 +176,19 @@ impl Node {
                 read_index: crate::coalesce::Coalescer::new(),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
+                instruments: crate::metrics::Instruments::new(log_fsync),
             }),
         }
+    }
+
+    /// The node's event counters (see [`crate::metrics`]).
+    pub(crate) fn instruments(&self) -> &crate::metrics::Instruments {
+        &self.core.instruments
+    }
+
+    /// Size of the current snapshot file, if there is one.
+    pub(crate) fn snapshot_bytes(&self) -> Option<u64> {
+        self.core.view.snapshot_bytes()
     }
 
     /// Adds a background task, awaited (or aborted) on shutdown.

@@ -130,6 +130,12 @@ impl Node {
             opts.timeouts.election_max,
             shutdown_rx.clone(),
         )));
+        node.push_task(tokio::spawn(crate::metrics::count_elections(
+            opts.id,
+            raft.metrics(),
+            node.instruments().clone(),
+            shutdown_rx.clone(),
+        )));
         node.push_task(tokio::spawn(crate::election::run(
             raft.clone(),
             log_for_election,

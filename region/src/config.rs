@@ -102,6 +102,18 @@ pub struct NodeConfig {
     /// The VEN service (not served when absent).
     #[serde(default)]
     pub ven: Option<VenConfig>,
+    /// Prometheus metrics (not served when absent).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Where the node serves Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Socket for `/metrics`, plain HTTP without authentication: bind it to
+    /// loopback or a management network.
+    pub listen: String,
 }
 
 /// The VEN service of this node.
@@ -361,7 +373,16 @@ impl NodeConfig {
             Some(v) => Some(v.to_options(&node.tls, &node.data_dir)?),
             None => None,
         };
-        Ok(RegionOptions { node, api, ven })
+        let metrics = match &self.metrics {
+            Some(m) => Some(parse_addr("metrics.listen", &m.listen)?),
+            None => None,
+        };
+        Ok(RegionOptions {
+            node,
+            api,
+            ven,
+            metrics,
+        })
     }
 
     /// An operator's client for the node this file describes, with its

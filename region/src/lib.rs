@@ -12,10 +12,13 @@
 
 pub mod config;
 pub mod local;
+pub mod metrics;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use metrics::MetricsServer;
+use prometheus_client::registry::Registry;
 use sc_leader::{ApiOptions, ApiServer, ServeError};
 use sc_member::{MemberError, VenOptions, VenServer};
 use sc_raft::{Node, NodeOptions};
@@ -36,6 +39,8 @@ pub struct RegionOptions {
     pub api: Option<ApiOptions>,
     /// The VEN service, if this node serves VENs.
     pub ven: Option<VenOptions>,
+    /// Where `/metrics` listens, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Why a region did not start or stop cleanly; each names the part.
@@ -64,6 +69,14 @@ pub enum RegionError {
     /// Issuing a node certificate for a local cluster.
     #[error("certificates: {0}")]
     Certificates(String),
+    /// The metrics listener did not start.
+    #[error("starting the metrics listener on {addr}: {source}")]
+    Metrics {
+        /// The address it was to listen on.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Stopping took longer than [`STOP_GRACE`].
     #[error("stopping did not finish in {0:?} (everything acknowledged is on disk)")]
     StopTimeout(Duration),
@@ -76,6 +89,7 @@ pub struct Region {
     pub node: Node,
     api: Option<ApiServer>,
     ven: Option<VenServer>,
+    metrics: Option<MetricsServer>,
     /// The one signal every server of the region obeys.
     shutdown: CancellationToken,
 }
@@ -91,6 +105,7 @@ impl Region {
             node,
             api: None,
             ven: None,
+            metrics: None,
             shutdown,
         };
         if let Some(o) = opts.api {
@@ -113,7 +128,38 @@ impl Region {
                 }
             }
         }
+        if let Some(listen) = opts.metrics {
+            let started =
+                MetricsServer::start(region.registry(), listen, region.shutdown.child_token())
+                    .await;
+            match started {
+                Ok(m) => region.metrics = Some(m),
+                Err(e) => {
+                    let _ = region.stop().await;
+                    return Err(e);
+                }
+            }
+        }
         Ok(region)
+    }
+
+    /// A registry holding every series of this region: the node's, the admin
+    /// API's and the VEN service's (what `/metrics` serves).
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        self.node.register_metrics(&mut registry);
+        if let Some(api) = &self.api {
+            api.metrics().register(&mut registry);
+        }
+        if let Some(ven) = &self.ven {
+            ven.metrics().register(&mut registry);
+        }
+        registry
+    }
+
+    /// Where `/metrics` listens, when it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
     }
 
     /// The admin API, when this node serves it.
@@ -137,8 +183,17 @@ impl Region {
     /// [`STOP_GRACE`].
     pub async fn stop(self) -> Result<(), RegionError> {
         self.shutdown.cancel();
-        let Region { node, api, ven, .. } = self;
+        let Region {
+            node,
+            api,
+            ven,
+            metrics,
+            ..
+        } = self;
         let stopping = async {
+            if let Some(m) = metrics {
+                m.stop().await;
+            }
             if let Some(v) = ven {
                 v.stop().await;
                 tracing::info!("VEN service stopped");

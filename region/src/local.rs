@@ -18,6 +18,20 @@ pub const REGIONS: [(&str, &str, u64, Ipv4Addr); 3] = [
     ("ap-south", "ap-south-1", 3, Ipv4Addr::new(127, 0, 0, 13)),
 ];
 
+/// The ports every region of a local cluster listens on (each region has its
+/// own loopback address, so they share the numbers).
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Raft and federation (gRPC, mutual TLS).
+    pub raft: u16,
+    /// The admin API.
+    pub api: u16,
+    /// The VEN service.
+    pub ven: u16,
+    /// `/metrics`, if served.
+    pub metrics: Option<u16>,
+}
+
 /// Writes the config of one region (certificate paths relative to the file).
 fn write_config(
     dir: &Path,
@@ -25,8 +39,14 @@ fn write_config(
     name: &str,
     id: u64,
     ip: Ipv4Addr,
-    (port, api_port, ven_port): (u16, u16, u16),
+    ports: Ports,
 ) -> Result<PathBuf, RegionError> {
+    let Ports {
+        raft: port,
+        api: api_port,
+        ven: ven_port,
+        metrics,
+    } = ports;
     let node_dir = dir.join(region);
     std::fs::create_dir_all(&node_dir).map_err(|source| RegionError::Files {
         path: node_dir.clone(),
@@ -39,11 +59,14 @@ fn write_config(
     } else {
         format!("\n[[peers]]\nname = \"{seed_name}\"\naddr = \"{seed_ip}:{port}\"\n")
     };
+    let metrics = metrics
+        .map(|p| format!("\n[metrics]\nlisten = \"{ip}:{p}\"\n"))
+        .unwrap_or_default();
     let text = format!(
         "# Written by `pce up`; edit freely, it is rewritten only if deleted.\n\
          id = {id}\nname = \"{name}\"\nregion = \"{region}\"\nlisten = \"{ip}:{port}\"\n\
          data_dir = \"data\"\nprofile = \"lan\"\nbootstrap = {bootstrap}\n\n[tls]\nca = \"../certs/ca.pem\"\n\
-         cert = \"../certs/{name}.pem\"\nkey = \"../certs/{name}.key\"\n\n[api]\nlisten = \"{ip}:{api_port}\"\n\n[ven]\nlisten = \"{ip}:{ven_port}\"\nca = \"../certs/ven-ca.pem\"\nca_key = \"../certs/ven-ca.key\"\n{join}"
+         cert = \"../certs/{name}.pem\"\nkey = \"../certs/{name}.key\"\n\n[api]\nlisten = \"{ip}:{api_port}\"\n\n[ven]\nlisten = \"{ip}:{ven_port}\"\nca = \"../certs/ven-ca.pem\"\nca_key = \"../certs/ven-ca.key\"\n{metrics}{join}"
     );
     let path = node_dir.join("node.toml");
     if !path.exists() {
@@ -60,7 +83,7 @@ fn write_config(
 pub async fn start_region(
     dir: &Path,
     (region, name, id, ip): (&str, &str, u64, Ipv4Addr),
-    ports: (u16, u16, u16),
+    ports: Ports,
     insecure_http: bool,
 ) -> Result<(PathBuf, Region), RegionError> {
     let certs = dir.join("certs");

@@ -22,6 +22,7 @@ use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError,
     Vote,
 };
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::engine::LogEngine;
 use super::{codec_io, io_err};
@@ -42,6 +43,8 @@ pub struct LogStore<E: LogEngine> {
     flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
     /// The last committed log id openraft told us about, for status reports.
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
+    /// How long each sync took, for the node's metrics.
+    fsync: Histogram,
 }
 
 impl<E: LogEngine> Clone for LogStore<E> {
@@ -50,6 +53,7 @@ impl<E: LogEngine> Clone for LogStore<E> {
             engine: self.engine.clone(),
             flush_tx: self.flush_tx.clone(),
             committed: self.committed.clone(),
+            fsync: self.fsync.clone(),
         }
     }
 }
@@ -60,9 +64,11 @@ impl<E: LogEngine> LogStore<E> {
         let engine = Arc::new(engine);
         let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flusher = engine.clone();
+        let fsync = crate::metrics::fsync_histogram();
+        let timed = fsync.clone();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(&*flusher, flush_rx))?;
+            .spawn(move || flush_loop(&*flusher, flush_rx, &timed))?;
         // An engine may keep records at or below the purge point after a
         // restart (a segment is deleted only when all of it is purged).
         if let Some(bytes) = engine.get_meta(META_PURGED)? {
@@ -77,7 +83,13 @@ impl<E: LogEngine> LogStore<E> {
             engine,
             flush_tx,
             committed: Arc::new(Mutex::new(committed)),
+            fsync,
         })
+    }
+
+    /// The durations of this log's syncs (the node registers it as a metric).
+    pub(crate) fn fsync_seconds(&self) -> Histogram {
+        self.fsync.clone()
     }
 
     /// The last committed log index known to this node (for status reports).
@@ -135,13 +147,19 @@ pub fn copy_log<A: LogEngine, B: LogEngine>(from: &A, to: &B) -> io::Result<usiz
     Ok(records.len())
 }
 
-fn flush_loop<E: LogEngine>(engine: &E, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_loop<E: LogEngine>(
+    engine: &E,
+    rx: mpsc::Receiver<LogFlushed<TypeConfig>>,
+    fsync: &Histogram,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
+        let started = std::time::Instant::now();
         let result = engine.sync();
+        fsync.observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log sync failed; entries are not acknowledged");
         }

@@ -193,6 +193,15 @@ impl ReadView {
         live.revision()
     }
 
+    /// Size of the current snapshot file (`None` before the first snapshot,
+    /// or if it cannot be read): for the node's metrics.
+    pub fn snapshot_bytes(&self) -> Option<u64> {
+        let (_, file) = self.shared.current_snapshot().ok()??;
+        fs::metadata(self.shared.snapshot_dir.join(file))
+            .ok()
+            .map(|m| m.len())
+    }
+
     /// The current store revision.
     pub fn revision(&self) -> io::Result<u64> {
         self.shared.live()?.revision()
