@@ -126,6 +126,19 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Shell completions on stdout, e.g. `pce completions bash >
+    /// /etc/bash_completion.d/pce`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Man pages for `pce` and every subcommand (`pce.1`, `pce-dr-drill.1`,
+    /// ...), written into a directory (e.g. /usr/local/share/man/man1).
+    Man {
+        /// Where the pages go (created if missing).
+        #[arg(long, default_value = "man")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,6 +353,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Flows { command } => flows::run(command).await,
         Command::Map(args) => map::run(args).await,
         Command::Policy { command } => generate::run(command).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "pce", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
         Command::Bench { command } => match command {
             BenchCommand::Write(args) => sc_bench::write::write(args).await,
             BenchCommand::Api(args) => sc_bench::api::api(args).await,

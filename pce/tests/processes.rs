@@ -639,6 +639,57 @@ async fn prometheus_scrapes_every_region_and_its_query_api_returns_their_raft_se
     assert!(fsyncs.first().is_some_and(|r| r.1 >= 20.0), "{fsyncs:?}");
 }
 
+/// Issue 20: shell completions and man pages come from the clap definitions,
+/// so they list every command there is.
+#[test]
+fn completions_load_in_bash_and_man_pages_cover_every_command() {
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source <({PCE} completions bash) && complete -p pce"),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("_pce"), "{out:?}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = Command::new(PCE)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("drill"), "{shell}");
+    }
+    let bad = Command::new(PCE)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    run_ok(&["man", "--dir", man.to_str().unwrap()]);
+    for page in [
+        "pce.1",
+        "pce-serve.1",
+        "pce-dr-drill.1",
+        "pce-ven-run.1",
+        "pce-bench-compare.1",
+    ] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap_or_default();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+    let top = std::fs::read_to_string(man.join("pce.1")).unwrap();
+    assert!(
+        top.contains("pce\\-dr(1)"),
+        "the top page lists its subcommands: {top}"
+    );
+}
+
 fn serve_error(config_body: Option<&str>, dir: &Path) -> String {
     let path = dir.join("bad.toml");
     if let Some(body) = config_body {
