@@ -126,6 +126,12 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// The node configuration file: check one, or print the reference of
+    /// every key.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Shell completions on stdout, e.g. `pce completions bash >
     /// /etc/bash_completion.d/pce`.
     Completions {
@@ -167,6 +173,23 @@ enum CertsCommand {
         #[arg(long)]
         ip: Vec<IpAddr>,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a node's configuration file and the files it names
+    /// (certificates, VEN CA) without starting anything.
+    Check {
+        /// The file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every key of the file with its type, default and meaning (Markdown;
+    /// the same text as docs/config-reference.md).
+    Reference,
 }
 
 #[derive(Subcommand)]
@@ -353,6 +376,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Flows { command } => flows::run(command).await,
         Command::Map(args) => map::run(args).await,
         Command::Policy { command } => generate::run(command).await,
+        Command::Config { command } => match command {
+            ConfigCommand::Check { config, json } => ops::check_config(&config, json),
+            ConfigCommand::Reference => {
+                print!("{}", sc_region::reference::markdown());
+                Ok(())
+            }
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "pce", &mut std::io::stdout());

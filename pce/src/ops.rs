@@ -239,3 +239,46 @@ pub async fn get(config: &Path, key: &str, linearizable: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `pce config check`: everything `pce serve` would check before starting,
+/// and a summary of what the node would serve.
+pub fn check_config(path: &Path, json: bool) -> Result<()> {
+    let cfg = NodeConfig::load(path)?;
+    let opts = cfg.region_options(false)?;
+    let summary = serde_json::json!({
+        "config": path.display().to_string(),
+        "id": opts.node.id,
+        "name": opts.node.info.name,
+        "region": opts.node.info.region,
+        "raft_listen": opts.node.listen.to_string(),
+        "advertise": opts.node.info.addr,
+        "data_dir": opts.node.data_dir.display().to_string(),
+        "bootstrap": opts.node.bootstrap,
+        "voter": opts.node.voter,
+        "api_listen": opts.api.as_ref().map(|a| a.listen.to_string()),
+        "ven_listen": opts.ven.as_ref().map(|v| v.listen.to_string()),
+        "metrics_listen": opts.metrics.map(|m| m.to_string()),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let or_not = |v: &serde_json::Value| v.as_str().unwrap_or("not served").to_string();
+    println!("{} is valid", path.display());
+    println!(
+        "  node {} (id {}) in region {}, {}",
+        opts.node.info.name,
+        opts.node.id,
+        opts.node.info.region,
+        if opts.node.voter { "voter" } else { "learner" }
+    );
+    println!(
+        "  raft:    {} (advertised as {})",
+        opts.node.listen, opts.node.info.addr
+    );
+    println!("  api:     {}", or_not(&summary["api_listen"]));
+    println!("  vens:    {}", or_not(&summary["ven_listen"]));
+    println!("  metrics: {}", or_not(&summary["metrics_listen"]));
+    println!("  data:    {}", opts.node.data_dir.display());
+    Ok(())
+}

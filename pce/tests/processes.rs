@@ -504,20 +504,7 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 /// A PromQL instant query against Prometheus's HTTP API: each series'
 /// labels and value.
 fn promql(port: u16, query: &str) -> Vec<(serde_json::Value, f64)> {
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let Some(body) = http_get(
-        &format!("127.0.0.1:{port}"),
-        &format!("/api/v1/query?query={encoded}"),
-    ) else {
-        return vec![];
-    };
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let doc = prom_query(port, query);
     doc["data"]["result"]
         .as_array()
         .map(|rows| {
@@ -529,6 +516,24 @@ fn promql(port: u16, query: &str) -> Vec<(serde_json::Value, f64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Prometheus's whole answer to an instant query (`status`, `data` or `error`).
+fn prom_query(port: u16, query: &str) -> serde_json::Value {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    // An error (a 400 for a query that does not parse) reads as no answer.
+    http_get(
+        &format!("127.0.0.1:{port}"),
+        &format!("/api/v1/query?query={encoded}"),
+    )
+    .and_then(|body| serde_json::from_str(&body).ok())
+    .unwrap_or_default()
 }
 
 /// Issue 20: Debian's Prometheus scrapes a three-region cluster of `pce
@@ -637,6 +642,40 @@ async fn prometheus_scrapes_every_region_and_its_query_api_returns_their_raft_se
     assert_eq!(lag.len(), 2, "{lag:?}");
     let fsyncs = promql(web, "sum(pce_raft_log_fsync_duration_seconds_count)");
     assert!(fsyncs.first().is_some_and(|r| r.1 >= 20.0), "{fsyncs:?}");
+
+    // Every query of the example dashboard runs (Grafana's variables set as
+    // it would set them).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/supercluster.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut ran = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            let expr = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+                .replace("$__interval", "15s")
+                .replace("$region", ".*")
+                .replace("$job", ".*")
+                .replace("${region}", ".*")
+                .replace("${job}", ".*");
+            let answer = prom_query(web, &expr);
+            assert_eq!(
+                answer["status"], "success",
+                "panel {}: {expr}: {answer}",
+                panel["title"]
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran > 20, "{ran} dashboard queries");
 }
 
 /// Issue 20: shell completions and man pages come from the clap definitions,
@@ -687,6 +726,49 @@ fn completions_load_in_bash_and_man_pages_cover_every_command() {
     assert!(
         top.contains("pce\\-dr(1)"),
         "the top page lists its subcommands: {top}"
+    );
+}
+
+/// Issue 20: `pce config check` validates a file without starting a node,
+/// and `pce config reference` prints the committed reference.
+#[test]
+fn config_check_validates_without_starting_and_the_reference_is_the_docs() {
+    let c = Cluster::new();
+    let out = Command::new(PCE)
+        .args(["config", "check", "--json", "--config"])
+        .arg(c.config(2))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["name"], "n2");
+    assert_eq!(doc["api_listen"], serde_json::Value::Null);
+    assert!(
+        !c.dir.path().join("data-2").exists(),
+        "checking created the data directory"
+    );
+    let bad = c.dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(c.config(2)).unwrap();
+    std::fs::write(&bad, format!("{text}\n[metrics]\nlisten = \"nowhere\"\n")).unwrap();
+    let out = Command::new(PCE)
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("metrics.listen"),
+        "{said}"
+    );
+
+    let out = Command::new(PCE)
+        .args(["config", "reference"])
+        .output()
+        .unwrap();
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config-reference.md");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(docs).unwrap()
     );
 }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use sc_raft::{
     pki, DiskFaults, NetFaults, NodeInfo, NodeOptions, Profile, Timeouts, TlsMaterial, Tuning,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::RegionOptions;
@@ -54,7 +55,7 @@ macro_rules! invalid {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Raft id: unique in the cluster, never reused.
@@ -70,13 +71,17 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Where the Raft log, state and snapshots live.
     pub data_dir: PathBuf,
-    /// `lan` or `wan`.
+    /// Timeouts for nodes a few milliseconds apart (`lan`: heartbeat 100 ms,
+    /// election 500-700 ms) or in different regions (`wan`: heartbeat 500 ms,
+    /// election 9-12 s); `[timeouts]` overrides single values.
     #[serde(default = "default_profile")]
+    #[schemars(schema_with = "profile_schema")]
     pub profile: Profile,
     /// Start a new cluster with this node as its only voter (first region only).
     #[serde(default)]
     pub bootstrap: bool,
-    /// `voter` or `learner` (replica, no vote).
+    /// Whether the node votes (`voter`) or only keeps a replica
+    /// (`learner`: a far or read-only region that must not slow the quorum).
     #[serde(default)]
     pub role: Role,
     /// Name of the cluster (appears in logs).
@@ -108,7 +113,7 @@ pub struct NodeConfig {
 }
 
 /// Where the node serves Prometheus metrics.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Socket for `/metrics`, plain HTTP without authentication: bind it to
@@ -117,7 +122,7 @@ pub struct MetricsConfig {
 }
 
 /// The VEN service of this node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VenConfig {
     /// Socket VENs connect to (TLS with this node's certificate).
@@ -197,7 +202,7 @@ impl VenConfig {
 }
 
 /// The admin REST API of this node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Socket for HTTPS (the node's certificate and key serve it).
@@ -205,7 +210,7 @@ pub struct ApiConfig {
     /// Requests per second per user (0: unlimited).
     #[serde(default = "default_rate")]
     pub rate: u32,
-    /// Burst per user.
+    /// Requests a user may make at once above the rate.
     #[serde(default = "default_burst")]
     pub burst: u32,
     /// Days audit events are kept (0: for ever).
@@ -269,12 +274,17 @@ fn default_profile() -> Profile {
     Profile::Lan
 }
 
+/// `Profile` lives in `sc-raft`, which knows nothing of config files.
+fn profile_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "enum": ["lan", "wan"] })
+}
+
 fn default_cluster() -> String {
     "supercluster".into()
 }
 
 /// The role a node asks for when it joins.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Votes in elections and counts for the quorum.
@@ -285,7 +295,7 @@ pub enum Role {
 }
 
 /// Paths of the node's TLS files.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The cluster CA certificate.
@@ -297,7 +307,7 @@ pub struct TlsFiles {
 }
 
 /// A member to contact when joining.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     /// Its node name (the TLS server name).
@@ -306,27 +316,28 @@ pub struct Peer {
     pub addr: String,
 }
 
-/// Timeout overrides in milliseconds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Timeout overrides in milliseconds (absent: the profile's value).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutOverrides {
-    /// Leader heartbeat.
+    /// Milliseconds between the leader's heartbeats.
     pub heartbeat_ms: Option<u64>,
-    /// Minimum election timeout.
+    /// Milliseconds without a leader before a follower may campaign, at least
+    /// (at least three heartbeats).
     pub election_min_ms: Option<u64>,
-    /// Maximum election timeout.
+    /// Milliseconds without a leader before a follower campaigns, at most.
     pub election_max_ms: Option<u64>,
-    /// How long a write may wait for a leader.
+    /// Milliseconds a write may wait for a leader before it fails.
     pub write_ms: Option<u64>,
 }
 
 /// When to snapshot.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshots {
-    /// Snapshot after this many log entries.
+    /// Log entries between snapshots.
     pub every: u64,
-    /// Entries kept behind a snapshot.
+    /// Log entries kept behind a snapshot (for followers that lag a little).
     pub keep_logs: u64,
 }
 
@@ -341,7 +352,7 @@ impl Default for Snapshots {
 }
 
 /// Logging options.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` (default) or `json`.
@@ -350,7 +361,9 @@ pub struct LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// For people.

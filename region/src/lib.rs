@@ -13,6 +13,7 @@
 pub mod config;
 pub mod local;
 pub mod metrics;
+pub mod reference;
 
 use std::path::PathBuf;
 use std::time::Duration;
