@@ -1220,6 +1220,30 @@ fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many()
 }
 
 /// Runs `pce dr ARGS --dir DATA --api 127.0.0.11:PORT`; (success, stdout + stderr).
+/// A drill's JSON report, checked against the published schema.
+fn drill_report(path: &Path) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas/drill-report.v1.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{}: {errors:?}\n{report}",
+        path.display()
+    );
+    report
+}
+
 fn dr(data: &Path, api_port: u16, args: &[&str]) -> (bool, String) {
     let out = Command::new(PCE)
         .arg("dr")
@@ -1452,7 +1476,7 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
         "leader-region-loss",
         "member-region-loss",
         "partition-leader-minority",
-        "rolling-restart",
+        "rolling-region-loss",
     ] {
         // Healthy, and every VEN back (those of a region fenced a moment
         // ago reconnect on their own back-off).
@@ -1489,6 +1513,8 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
                 "3",
                 "--report-dir",
                 reports.to_str().unwrap(),
+                "--operator",
+                "drill-tester",
             ],
         );
         assert!(ok, "{scenario}: {out}");
@@ -1506,17 +1532,36 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
                 n.starts_with(&stem) && n.ends_with(".json")
             })
             .unwrap_or_else(|| panic!("no JSON report for {scenario}"));
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json_report).unwrap()).unwrap();
-        assert_eq!(r["rpo"], 0, "{r}");
+        let r = drill_report(&json_report);
+        assert_eq!(r["acknowledged_writes_lost"], 0, "{r}");
         // Writes fail only while a leader is being elected: a member's fence,
         // or any region's return, disturbs none (issue 19: pre-vote).
         assert_eq!(r["writes_failed_unexpectedly"], 0, "{r}");
-        assert_eq!(r["passed"], true, "{r}");
+        assert_eq!(r["result"], "passed", "{r}");
+        assert_eq!(r["drill"], scenario, "{r}");
+        assert_eq!(r["provenance"]["operator"], "drill-tester", "{r}");
+        assert_eq!(
+            r["provenance"]["cluster_name"], "pce-up supercluster CA",
+            "{r}"
+        );
         assert!(r["writes_acknowledged"].as_u64().unwrap() > 10, "{r}");
-        assert_eq!(r["vens_before"], 12, "{r}");
-        assert_eq!(r["vens_current_after"], 12, "{r}");
-        assert!(json_report.with_extension("md").exists());
+        assert_eq!(r["vens"]["result"], "passed", "{r}");
+        assert_eq!(r["vens"]["connected_before"], 12, "{r}");
+        assert_eq!(r["vens"]["current_after"], 12, "{r}");
+        // Only a leader's loss may fail writes; a drill where none failed
+        // says so, not "0 ms".
+        if r["writes_failed"] == 0 {
+            assert!(r["first_failure_to_success_ms"].is_null(), "{r}");
+        }
+        let md = std::fs::read_to_string(json_report.with_extension("md")).unwrap();
+        for needle in [
+            format!("# Failover drill `{scenario}`: **passed**"),
+            "| operator | drill-tester".to_string(),
+            format!("| started | {} |", r["started_at"].as_str().unwrap()),
+            "| RPO: acknowledged writes missing afterwards (must be 0) | 0 |".to_string(),
+        ] {
+            assert!(md.contains(&needle), "no {needle:?} in:\n{md}");
+        }
         eprintln!(
             "{scenario}: RTO {} ms per fence {}",
             r["rto_ms"], r["rto_per_fence_ms"]
@@ -1524,6 +1569,52 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     }
     let _ = sim.kill();
     let _ = sim.wait();
+
+    // With no VEN connected, the VEN check is skipped, not passed.
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new(PCE)
+            .args(["dr", "status", "--json", "--dir", data.to_str().unwrap()])
+            .args(["--api", &format!("127.0.0.11:{api_port}")])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let connected: u64 = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["status"]["services"]["vens_connected"].as_u64())
+            .sum();
+        if out.status.success() && connected == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "VENs still connected: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let quiet = dir.path().join("quiet-reports");
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &[
+            "drill",
+            "member-region-loss",
+            "--hold",
+            "1",
+            "--report-dir",
+            quiet.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("skipped: no VEN was connected"), "{out}");
+    let report = std::fs::read_dir(&quiet)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON report");
+    assert_eq!(drill_report(&report)["vens"]["result"], "skipped");
 
     // `--dir` alone finds the cluster's API (this one is not on the default
     // port).

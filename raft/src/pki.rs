@@ -195,6 +195,15 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_string)
 }
 
+/// The common name and DER bytes of the first certificate in a PEM text:
+/// what names a cluster in a drill report (its CA's name, and a fingerprint
+/// of the CA that no other cluster shares).
+pub fn pem_identity(pem: &str) -> Option<(String, Vec<u8>)> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let name = common_name(&block.contents)?;
+    Some((name, block.contents))
+}
+
 /// The files of one issued certificate.
 #[derive(Debug, Clone)]
 pub struct Issued {

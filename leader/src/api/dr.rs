@@ -414,12 +414,16 @@ async fn restore(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiEr
         .into_iter()
         .filter(|(k, _)| !sc_store::keys::NODE_LOCAL.iter().any(|p| k.starts_with(p)))
         .collect();
-    // Batches well inside the command limits.
+    // Batches well inside the command limits, and small enough that a
+    // follower takes each in well under one heartbeat: openraft gives an
+    // AppendEntries exactly one heartbeat before it sends the same entries
+    // again, so a 4 MiB command replicated to a slow (debug-built) follower
+    // was resent for ever and the restore timed out.
     let mut txn = sc_store::db::Txn::default();
     let mut bytes = 0usize;
     let mut commands = 0usize;
     for (k, v) in &kv {
-        if txn.len() >= 4096 || bytes + k.len() + v.len() > 4 * 1024 * 1024 {
+        if txn.len() >= 1024 || bytes + k.len() + v.len() > 256 * 1024 {
             commit_batch(&s, std::mem::take(&mut txn)).await?;
             commands += 1;
             bytes = 0;

@@ -99,6 +99,16 @@ impl Cluster {
         self.entry
     }
 
+    /// The cluster CA this connection trusts (PEM): it names the cluster.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca
+    }
+
+    /// The API key's user name the calls are made as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
     /// A client of the API at `addr` with the owner's credentials.
     pub fn client(&self, addr: SocketAddr) -> Result<ApiClient> {
         Ok(ApiClient::new(addr, Some(&self.ca))?.with_key(&self.user, &self.secret))

@@ -35,11 +35,76 @@ struct WriteOp {
     error: Option<String>,
 }
 
-/// The drill's figures.
+/// The identifier of the report format, and of its JSON Schema
+/// (`docs/schemas/drill-report.v1.json`): a new field that changes no meaning
+/// keeps it, a changed meaning gets a new one.
+pub(crate) const REPORT_SCHEMA: &str = "supercluster.drill-report.v1";
+
+/// Who ran the drill, against which cluster, with which build and options:
+/// what an auditor asks before looking at a figure.
+#[derive(Debug, Serialize)]
+struct Provenance {
+    /// `--operator`, else the login name running the CLI.
+    operator: String,
+    /// The API key's user the drill acted as.
+    api_user: String,
+    /// The host the CLI ran on.
+    host: String,
+    /// The cluster CA's common name.
+    cluster_name: String,
+    /// SHA-256 of the cluster CA certificate (DER): one per cluster.
+    cluster_ca_sha256: String,
+    /// Version of the `pce` binary that ran the drill.
+    pce_version: String,
+}
+
+/// The command-line options the drill ran with.
+#[derive(Debug, Serialize)]
+struct Options {
+    hold_s: u64,
+    region: Option<String>,
+    api: String,
+    report_dir: String,
+}
+
+/// One step of the drill, with when it happened.
+#[derive(Debug, Clone, Serialize)]
+struct Phase {
+    /// Milliseconds since the drill started.
+    at_ms: u64,
+    /// The same as an ISO-8601 UTC time.
+    at: String,
+    what: String,
+}
+
+/// Whether the VENs kept (and regained) their policy.
+#[derive(Debug, Serialize)]
+struct VenCheck {
+    /// `passed`, `failed`, or `skipped` when no VEN was connected before the
+    /// drill (a check of nothing is not a pass).
+    result: &'static str,
+    connected_before: u64,
+    connected_after: u64,
+    current_after: u64,
+}
+
+/// The drill's figures. Every duration is in milliseconds (`_ms`) or
+/// seconds (`_s`); `null` means "did not happen" (no write failed, or writes
+/// never resumed: then `failures` says which).
 #[derive(Debug, Serialize)]
 struct Report {
-    scenario: Scenario,
-    started_unix_ms: u64,
+    schema: &'static str,
+    /// The drill's name as the CLI spells it.
+    drill: Scenario,
+    /// `passed` or `failed`.
+    result: &'static str,
+    /// Why it failed, in words (empty when it passed).
+    failures: Vec<String>,
+    started_at: String,
+    finished_at: String,
+    duration_ms: u64,
+    provenance: Provenance,
+    options: Options,
     fenced: Vec<String>,
     writer_region: String,
     writes_attempted: usize,
@@ -53,31 +118,31 @@ struct Report {
     /// The worst, over the fences, of: fence raised → the first write invoked
     /// after it is acknowledged. A write the API holds while a new leader is
     /// elected counts as down time, as does one that fails.
-    rto_ms: u64,
+    rto_ms: Option<u64>,
     /// The same per fence, in order.
-    rto_per_fence_ms: Vec<u64>,
-    /// First failed write → first successful write after it (none failed: 0).
-    first_failure_to_success_ms: u64,
+    rto_per_fence_ms: Vec<Option<u64>>,
+    /// First failed write → first successful write after it.
+    first_failure_to_success_ms: Option<u64>,
     /// The slowest acknowledged write.
     slowest_write_ms: u64,
-    /// Acknowledged writes missing from some region after healing.
-    rpo: usize,
+    /// Acknowledged writes missing from some region after healing (RPO).
+    acknowledged_writes_lost: usize,
     missing: Vec<String>,
     reads_ok: BTreeMap<String, u64>,
     reads_failed: BTreeMap<String, u64>,
-    vens_before: u64,
-    vens_after: u64,
-    vens_current_after: u64,
+    vens: VenCheck,
+    /// After the writer stopped, until every region had applied everything.
     converged_ms: u64,
     leader_before: String,
     leader_after: String,
-    phases: Vec<(u64, String)>,
-    passed: bool,
+    phases: Vec<Phase>,
 }
 
 struct Progress {
     t0: Instant,
-    phases: Vec<(u64, String)>,
+    /// Wall-clock milliseconds at `t0`.
+    started_unix_ms: u64,
+    phases: Vec<Phase>,
 }
 
 impl Progress {
@@ -85,7 +150,11 @@ impl Progress {
         let what = what.into();
         let ms = self.t0.elapsed().as_millis() as u64;
         println!("[{:>7.2}s] {what}", ms as f64 / 1000.0);
-        self.phases.push((ms, what));
+        self.phases.push(Phase {
+            at_ms: ms,
+            at: sc_store::time::iso8601(self.started_unix_ms + ms),
+            what,
+        });
     }
 }
 
@@ -119,11 +188,13 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
         bail!("--hold {}: give 1 to {max_hold} seconds", args.hold);
     }
     let c = Arc::new(open_cluster(&args.conn)?);
+    let provenance = provenance(&c, &args)?;
+    let started_unix_ms = sc_store::time::now_ms();
     let mut p = Progress {
         t0: Instant::now(),
+        started_unix_ms,
         phases: vec![],
     };
-    let started_unix_ms = sc_store::time::now_ms();
     let plan = preflight(&c, &args, &mut p).await?;
     let load = Load::start(&c, &plan.apis, p.t0, format!("{started_unix_ms:x}"));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -157,9 +228,68 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
 
     let (rto_per_fence_ms, first_failure_to_success_ms, slowest_write_ms) =
         write_figures(&ops, &fence_times);
+    let rto_ms = rto_per_fence_ms
+        .iter()
+        .copied()
+        .try_fold(0, |worst, r| r.map(|r| worst.max(r)));
+    let writes_failed_unexpectedly = unexpected_failures(&ops, &fence_times, &led);
+    let vens = VenCheck {
+        result: if plan.vens_before == 0 {
+            "skipped"
+        } else if vens_after.0 >= plan.vens_before && vens_after.1 == vens_after.0 {
+            "passed"
+        } else {
+            "failed"
+        },
+        connected_before: plan.vens_before,
+        connected_after: vens_after.0,
+        current_after: vens_after.1,
+    };
+    let writes_failed = ops.len() - acked.len();
+    let mut failures = Vec::new();
+    if !missing.is_empty() {
+        failures.push(format!(
+            "{} acknowledged writes are missing from some region",
+            missing.len()
+        ));
+    }
+    if writes_failed_unexpectedly > 0 {
+        failures.push(format!(
+            "{writes_failed_unexpectedly} writes failed outside a leader election"
+        ));
+    }
+    if rto_ms.is_none() {
+        failures.push("writes did not resume after a fence".into());
+    }
+    if writes_failed > 0 && first_failure_to_success_ms.is_none() {
+        failures.push("no write succeeded after the first failed one".into());
+    }
+    if vens.result == "failed" {
+        failures.push(format!(
+            "{} VENs connected before, {} after, {} on their current policy",
+            vens.connected_before, vens.connected_after, vens.current_after
+        ));
+    }
+    let finished_unix_ms = sc_store::time::now_ms();
     let report = Report {
-        scenario: args.scenario,
-        started_unix_ms,
+        schema: REPORT_SCHEMA,
+        drill: args.scenario,
+        result: if failures.is_empty() {
+            "passed"
+        } else {
+            "failed"
+        },
+        failures,
+        started_at: sc_store::time::iso8601(started_unix_ms),
+        finished_at: sc_store::time::iso8601(finished_unix_ms),
+        duration_ms: finished_unix_ms.saturating_sub(started_unix_ms),
+        provenance,
+        options: Options {
+            hold_s: args.hold,
+            region: args.region.clone(),
+            api: c.entry().to_string(),
+            report_dir: args.report_dir.display().to_string(),
+        },
         fenced,
         writer_region: plan
             .apis
@@ -169,39 +299,75 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
             .unwrap_or_default(),
         writes_attempted: ops.len(),
         writes_acknowledged: acked.len(),
-        writes_failed: ops.len() - acked.len(),
-        writes_failed_unexpectedly: unexpected_failures(&ops, &fence_times, &led),
-        rto_ms: rto_per_fence_ms.iter().copied().max().unwrap_or(0),
+        writes_failed,
+        writes_failed_unexpectedly,
+        rto_ms,
         rto_per_fence_ms,
         first_failure_to_success_ms,
         slowest_write_ms,
-        rpo: missing.len(),
+        acknowledged_writes_lost: missing.len(),
         missing,
         reads_ok: reads.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
         reads_failed: reads.iter().map(|(k, v)| (k.clone(), v.1)).collect(),
-        vens_before: plan.vens_before,
-        vens_after: vens_after.0,
-        vens_current_after: vens_after.1,
+        vens,
         converged_ms,
         leader_before: plan.leader_before,
         leader_after: leader_name(&nodes),
         phases: p.phases.clone(),
-        passed: false,
     };
-    let passed = report.rpo == 0
-        && report.writes_failed_unexpectedly == 0
-        && report.rto_ms != u64::MAX
-        && report.first_failure_to_success_ms != u64::MAX
-        && report.vens_after >= report.vens_before
-        && report.vens_current_after == report.vens_after;
-    let report = Report { passed, ..report };
-    let (json_path, md_path) = write_report(&args.report_dir, &report)?;
+    let (json_path, md_path) = write_report(&args.report_dir, &report, started_unix_ms)?;
     print_report(&report);
     println!("report: {} and {}", json_path.display(), md_path.display());
-    if !passed {
-        bail!("the drill failed (see the report)");
+    if !report.failures.is_empty() {
+        bail!("the drill failed: {}", report.failures.join("; "));
     }
     Ok(())
+}
+
+/// Who, what and where, for the report's first lines.
+fn provenance(c: &Cluster, args: &DrillArgs) -> Result<Provenance> {
+    let (cluster_name, der) = sc_raft::pki::pem_identity(c.ca_pem())
+        .ok_or_else(|| anyhow!("the cluster CA is not a PEM certificate with a common name"))?;
+    let operator = args.operator.clone().unwrap_or_else(login_name);
+    Ok(Provenance {
+        operator,
+        api_user: c.user().to_string(),
+        host: hostname(),
+        cluster_name,
+        cluster_ca_sha256: sc_store::hash::sha256_hex(&[&der]),
+        pce_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// Who is running the CLI: the user `sudo` was run by, else the login name
+/// from the environment, else the name of the process's user in
+/// /etc/passwd (a cron job or CI runner may set no variable), else its uid.
+fn login_name() -> String {
+    if let Some(name) = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    {
+        return name;
+    }
+    // SAFETY: getuid(2) cannot fail and touches no memory of ours.
+    let uid = unsafe { libc::getuid() };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)? == uid.to_string()).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// This machine's name (`uname -n`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// What the preflight found: where the APIs are and what will be fenced.
@@ -263,7 +429,7 @@ async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Pl
             .clone()
             .or_else(|| members.first().cloned())
             .ok_or_else(|| anyhow!("no member region"))?],
-        Scenario::RollingRestart => apis.iter().map(|a| a.0.clone()).collect(),
+        Scenario::RollingRegionLoss => apis.iter().map(|a| a.0.clone()).collect(),
     };
     let (vens_before, _) = vens(&nodes);
     let leader_before = leader_name(&nodes);
@@ -522,8 +688,8 @@ async fn wait_for_vens(c: &Cluster, plan: &Plan, nodes: &[NodeView]) -> Result<(
 
 /// RTO per fence (fence → the first write invoked after it acknowledged),
 /// first failure → next success, and the slowest acknowledged write, in ms
-/// (`u64::MAX`: never recovered).
-fn write_figures(ops: &[WriteOp], fence_times: &[u64]) -> (Vec<u64>, u64, u64) {
+/// (`None`: writes never resumed, or, for the second, none failed).
+fn write_figures(ops: &[WriteOp], fence_times: &[u64]) -> (Vec<Option<u64>>, Option<u64>, u64) {
     let rto_per_fence_ms = fence_times
         .iter()
         .map(|&f| {
@@ -531,7 +697,6 @@ fn write_figures(ops: &[WriteOp], fence_times: &[u64]) -> (Vec<u64>, u64, u64) {
                 .filter(|o| o.href.is_some() && o.invoked_ms >= f)
                 .map(|o| o.done_ms.saturating_sub(f))
                 .next()
-                .unwrap_or(u64::MAX)
         })
         .collect();
     let slowest_write_ms = ops
@@ -540,15 +705,12 @@ fn write_figures(ops: &[WriteOp], fence_times: &[u64]) -> (Vec<u64>, u64, u64) {
         .map(|o| o.done_ms.saturating_sub(o.invoked_ms))
         .max()
         .unwrap_or(0);
-    let first_failure_to_success_ms = match ops.iter().find(|o| o.href.is_none()) {
-        None => 0,
-        Some(f) => ops
-            .iter()
+    let first_failure_to_success_ms = ops.iter().find(|o| o.href.is_none()).and_then(|f| {
+        ops.iter()
             .filter(|o| o.href.is_some() && o.invoked_ms > f.invoked_ms)
             .map(|o| o.done_ms.saturating_sub(f.invoked_ms))
             .next()
-            .unwrap_or(u64::MAX),
-    };
+    });
     (
         rto_per_fence_ms,
         first_failure_to_success_ms,
@@ -585,13 +747,90 @@ fn unexpected_failures(ops: &[WriteOp], fence_times: &[u64], led: &[bool]) -> us
         .count()
 }
 
+/// A duration for people: `1,234 ms`, or what its absence means.
+fn ms(v: Option<u64>, none: &str) -> String {
+    v.map_or_else(|| none.to_string(), |v| format!("{v} ms"))
+}
+
+/// The report as Markdown lines of `| figure | value |`.
+fn figures(r: &Report) -> Vec<(&'static str, String)> {
+    let per_fence: Vec<String> = r
+        .rto_per_fence_ms
+        .iter()
+        .zip(&r.fenced)
+        .map(|(v, region)| format!("{region}: {}", ms(*v, "never resumed")))
+        .collect();
+    vec![
+        ("regions fenced, in order", r.fenced.join(", ")),
+        (
+            "leader before → after",
+            format!("{} → {}", r.leader_before, r.leader_after),
+        ),
+        ("writes went through", r.writer_region.clone()),
+        (
+            "writes attempted / acknowledged / failed",
+            format!(
+                "{} / {} / {}",
+                r.writes_attempted, r.writes_acknowledged, r.writes_failed
+            ),
+        ),
+        (
+            "failed writes no leader election excuses (must be 0)",
+            r.writes_failed_unexpectedly.to_string(),
+        ),
+        (
+            "RTO: fence → first write after it acknowledged (worst fence)",
+            ms(r.rto_ms, "writes never resumed"),
+        ),
+        ("RTO per fence", per_fence.join("; ")),
+        (
+            "first failed write → first successful write",
+            ms(
+                r.first_failure_to_success_ms,
+                if r.writes_failed == 0 {
+                    "no write failed"
+                } else {
+                    "never succeeded again"
+                },
+            ),
+        ),
+        (
+            "slowest acknowledged write",
+            format!("{} ms", r.slowest_write_ms),
+        ),
+        (
+            "RPO: acknowledged writes missing afterwards (must be 0)",
+            r.acknowledged_writes_lost.to_string(),
+        ),
+        ("VEN check", ven_line(&r.vens)),
+        (
+            "convergence after the writer stopped",
+            format!("{} ms", r.converged_ms),
+        ),
+    ]
+}
+
+/// The VEN check in words.
+fn ven_line(v: &VenCheck) -> String {
+    match v.result {
+        "skipped" => "skipped: no VEN was connected before the drill".to_string(),
+        result => format!(
+            "{result}: {} connected before, {} after, {} on their current policy",
+            v.connected_before, v.connected_after, v.current_after
+        ),
+    }
+}
+
 fn print_report(r: &Report) {
     println!();
     println!(
-        "drill {:?}: {}",
-        r.scenario,
-        if r.passed { "PASSED" } else { "FAILED" }
+        "drill {}: {}",
+        scenario_name(r.drill),
+        r.result.to_uppercase()
     );
+    for f in &r.failures {
+        println!("  failed because   {f}");
+    }
     println!("  fenced           {}", r.fenced.join(", "));
     println!(
         "  leader           {} -> {}",
@@ -606,10 +845,22 @@ fn print_report(r: &Report) {
         r.writer_region
     );
     println!(
-        "  RTO              {} ms (per fence: {:?}; first failure → success {} ms; slowest write {} ms)",
-        r.rto_ms, r.rto_per_fence_ms, r.first_failure_to_success_ms, r.slowest_write_ms
+        "  RTO              {} (first failure → success: {}; slowest write {} ms)",
+        ms(r.rto_ms, "writes never resumed"),
+        ms(
+            r.first_failure_to_success_ms,
+            if r.writes_failed == 0 {
+                "no write failed"
+            } else {
+                "never"
+            }
+        ),
+        r.slowest_write_ms
     );
-    println!("  RPO              {} acknowledged writes lost", r.rpo);
+    println!(
+        "  RPO              {} acknowledged writes lost",
+        r.acknowledged_writes_lost
+    );
     for (region, okc) in &r.reads_ok {
         println!(
             "  reads {:<10} {} ok, {} failed",
@@ -618,85 +869,93 @@ fn print_report(r: &Report) {
             r.reads_failed.get(region).copied().unwrap_or(0)
         );
     }
-    println!(
-        "  VENs             {} before, {} after, {} current",
-        r.vens_before, r.vens_after, r.vens_current_after
-    );
+    println!("  VENs             {}", ven_line(&r.vens));
     println!(
         "  converged in     {} ms after the writer stopped",
         r.converged_ms
     );
 }
 
-fn write_report(dir: &Path, r: &Report) -> Result<(PathBuf, PathBuf)> {
+/// The drill's name as the CLI spells it (`leader-region-loss`).
+fn scenario_name(s: Scenario) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// Writes `drill-NAME-TIME.json` and `.md` into `dir`; the time in the name is
+/// the start, in UTC, sortable.
+fn write_report(dir: &Path, r: &Report, started_unix_ms: u64) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let stem = format!(
-        "drill-{}-{}",
-        serde_json::to_value(r.scenario)?
-            .as_str()
-            .unwrap_or("drill"),
-        r.started_unix_ms
-    );
+    let stamp: String = sc_store::time::iso8601(started_unix_ms)
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect();
+    let stem = format!("drill-{}-{stamp}Z", scenario_name(r.drill));
     let json_path = dir.join(format!("{stem}.json"));
     std::fs::write(&json_path, serde_json::to_vec_pretty(r)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
+    let p = &r.provenance;
     let mut md = format!(
-        "# Failover drill: {:?}\n\nStarted {} (unix ms). Result: **{}**.\n\n| figure | value |\n|---|---|\n",
-        r.scenario,
-        r.started_unix_ms,
-        if r.passed { "passed" } else { "FAILED" }
+        "# Failover drill `{}`: {}\n\n\
+         | | |\n|---|---|\n\
+         | cluster | {} (CA SHA-256 `{}`) |\n\
+         | operator | {} (API key user `{}`, on host `{}`) |\n\
+         | started | {} |\n\
+         | finished | {} ({:.1} s) |\n\
+         | pce version | {} |\n\
+         | options | hold {} s per region{}; entered through {} |\n\
+         | report format | `{}` (JSON Schema: docs/schemas/drill-report.v1.json) |\n",
+        scenario_name(r.drill),
+        if r.failures.is_empty() {
+            "**passed**"
+        } else {
+            "**FAILED**"
+        },
+        p.cluster_name,
+        p.cluster_ca_sha256,
+        p.operator,
+        p.api_user,
+        p.host,
+        r.started_at,
+        r.finished_at,
+        r.duration_ms as f64 / 1000.0,
+        p.pce_version,
+        r.options.hold_s,
+        r.options
+            .region
+            .as_deref()
+            .map(|x| format!(", region {x}"))
+            .unwrap_or_default(),
+        r.options.api,
+        r.schema,
     );
-    for (k, v) in [
-        ("fenced", r.fenced.join(", ")),
-        (
-            "leader before → after",
-            format!("{} → {}", r.leader_before, r.leader_after),
-        ),
-        (
-            "writes attempted / acknowledged / failed",
-            format!(
-                "{} / {} / {}",
-                r.writes_attempted, r.writes_acknowledged, r.writes_failed
-            ),
-        ),
-        (
-            "failed writes no leader election excuses (must be 0)",
-            r.writes_failed_unexpectedly.to_string(),
-        ),
-        (
-            "RTO (fence → first write after it acknowledged; worst fence)",
-            format!("{} ms", r.rto_ms),
-        ),
-        ("RTO per fence", format!("{:?} ms", r.rto_per_fence_ms)),
-        (
-            "first failed write → first successful write",
-            format!("{} ms", r.first_failure_to_success_ms),
-        ),
-        (
-            "slowest acknowledged write",
-            format!("{} ms", r.slowest_write_ms),
-        ),
-        (
-            "RPO (acknowledged writes missing afterwards)",
-            r.rpo.to_string(),
-        ),
-        (
-            "VENs connected before / after / on current policy",
-            format!(
-                "{} / {} / {}",
-                r.vens_before, r.vens_after, r.vens_current_after
-            ),
-        ),
-        (
-            "convergence after the writer stopped",
-            format!("{} ms", r.converged_ms),
-        ),
-    ] {
+    if !r.failures.is_empty() {
+        md.push_str("\n## Why it failed\n\n");
+        for f in &r.failures {
+            md.push_str(&format!("- {f}\n"));
+        }
+    }
+    md.push_str("\n## Figures\n\n| figure | value |\n|---|---|\n");
+    for (k, v) in figures(r) {
         md.push_str(&format!("| {k} | {v} |\n"));
     }
-    md.push_str("\n## Phases\n\n");
-    for (ms, what) in &r.phases {
-        md.push_str(&format!("- {:.2} s: {what}\n", *ms as f64 / 1000.0));
+    md.push_str("\n## Reads per region\n\n| region | ok | failed |\n|---|---:|---:|\n");
+    for (region, okc) in &r.reads_ok {
+        md.push_str(&format!(
+            "| {region} | {okc} | {} |\n",
+            r.reads_failed.get(region).copied().unwrap_or(0)
+        ));
+    }
+    md.push_str("\n## Phases\n\n| time (UTC) | since start | what |\n|---|---:|---|\n");
+    for ph in &r.phases {
+        md.push_str(&format!(
+            "| {} | {:.2} s | {} |\n",
+            ph.at,
+            ph.at_ms as f64 / 1000.0,
+            ph.what
+        ));
     }
     if !r.missing.is_empty() {
         md.push_str("\n## Missing writes\n\n");

@@ -153,8 +153,10 @@ pub enum Scenario {
     MemberRegionLoss,
     /// The leader is cut off from the majority but keeps answering clients.
     PartitionLeaderMinority,
-    /// Every region goes dark in turn, one at a time.
-    RollingRestart,
+    /// Every region goes dark in turn, one at a time (a fence each: the
+    /// processes keep running; restart them yourself for a real rolling
+    /// restart).
+    RollingRegionLoss,
 }
 
 /// Options of `pce dr drill`.
@@ -168,12 +170,15 @@ pub struct DrillArgs {
     /// For member-region-loss: which member region (default: the first).
     #[arg(long)]
     region: Option<String>,
-    /// How long a region stays fenced (per region for rolling-restart).
+    /// Seconds a region stays fenced (per region for rolling-region-loss).
     #[arg(long, default_value_t = 8)]
     hold: u64,
     /// Where the JSON and Markdown reports go.
     #[arg(long, default_value = "drill-reports")]
     report_dir: PathBuf,
+    /// Who runs the drill, for the report (default: the login name).
+    #[arg(long)]
+    operator: Option<String>,
 }
 
 mod drill;
