@@ -10,6 +10,7 @@ mod generate;
 mod map;
 mod notify;
 mod ops;
+mod output;
 mod up;
 mod ven_cmd;
 
@@ -157,6 +158,9 @@ enum CertsCommand {
         /// Cluster name written into the CA certificate.
         #[arg(long, default_value = "supercluster")]
         cluster: String,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Issue a node certificate signed by the CA (`NAME.pem`, `NAME.key`).
     Issue {
@@ -172,6 +176,9 @@ enum CertsCommand {
         /// IP addresses to include as subject alternative names.
         #[arg(long)]
         ip: Vec<IpAddr>,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -210,6 +217,9 @@ struct MemberArgs {
     /// Raft id of the node to change.
     #[arg(long)]
     id: u64,
+    /// Print JSON instead of a sentence.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -223,6 +233,9 @@ enum KvCommand {
         key: String,
         /// Value.
         value: String,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Read a key from the node's replica.
     Get {
@@ -234,6 +247,9 @@ enum KvCommand {
         /// Confirm with the leader first (sees every acknowledged write).
         #[arg(long)]
         linearizable: bool,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -331,28 +347,43 @@ async fn run(cli: Cli) -> Result<()> {
             ops::serve(cfg, insecure_http).await
         }
         Command::Certs { command } => match command {
-            CertsCommand::Init { dir, cluster } => {
+            CertsCommand::Init { dir, cluster, json } => {
                 let ca = sc_raft::pki::init_ca(&dir, &cluster)?;
-                println!(
-                    "cluster CA written to {} (key: {}, mode 0600)",
-                    ca.display(),
-                    dir.join(sc_raft::pki::CA_KEY).display()
-                );
-                Ok(())
+                let key = dir.join(sc_raft::pki::CA_KEY);
+                let v = serde_json::json!({
+                    "ca_cert": ca.display().to_string(),
+                    "ca_key": key.display().to_string(),
+                    "ven_ca_cert": dir.join(sc_raft::pki::VEN_CA_CERT).display().to_string(),
+                });
+                output::print(json, &v, || {
+                    format!(
+                        "cluster CA written to {} (key: {}, mode 0600)",
+                        ca.display(),
+                        key.display()
+                    )
+                })
             }
             CertsCommand::Issue {
                 dir,
                 node,
                 region,
                 ip,
+                json,
             } => {
                 let issued = sc_raft::pki::issue(&dir, &node, &region, &ip)?;
-                println!(
-                    "certificate {} and key {} (mode 0600) issued for {node} in {region}",
-                    issued.cert.display(),
-                    issued.key.display()
-                );
-                Ok(())
+                let v = serde_json::json!({
+                    "node": node,
+                    "region": region,
+                    "cert": issued.cert.display().to_string(),
+                    "key": issued.key.display().to_string(),
+                });
+                output::print(json, &v, || {
+                    format!(
+                        "certificate {} and key {} (mode 0600) issued for {node} in {region}",
+                        issued.cert.display(),
+                        issued.key.display()
+                    )
+                })
             }
         },
         Command::Status { config, json } => ops::status(&config, json).await,
@@ -362,15 +393,21 @@ async fn run(cli: Cli) -> Result<()> {
                 ClusterCommand::Demote(a) => (sc_raft::MembershipOp::Demote, a),
                 ClusterCommand::Remove(a) => (sc_raft::MembershipOp::Remove, a),
             };
-            ops::membership(&args.config, op, args.id).await
+            ops::membership(&args.config, op, args.id, args.json).await
         }
         Command::Kv { command } => match command {
-            KvCommand::Put { config, key, value } => ops::put(&config, &key, &value).await,
+            KvCommand::Put {
+                config,
+                key,
+                value,
+                json,
+            } => ops::put(&config, &key, &value, json).await,
             KvCommand::Get {
                 config,
                 key,
                 linearizable,
-            } => ops::get(&config, &key, linearizable).await,
+                json,
+            } => ops::get(&config, &key, linearizable, json).await,
         },
         Command::Dr { command } => dr::run(command).await,
         Command::Flows { command } => flows::run(command).await,

@@ -196,15 +196,17 @@ pub fn table(
 }
 
 /// `pce cluster promote|demote|remove`.
-pub async fn membership(config: &Path, op: MembershipOp, id: u64) -> Result<()> {
+pub async fn membership(config: &Path, op: MembershipOp, id: u64, json: bool) -> Result<()> {
     let client = client_for(config)?;
     let view = client.change_membership(op, id).await?;
-    println!("voters: {:?}  learners: {:?}", view.voters, view.learners);
-    Ok(())
+    let v = serde_json::json!({"voters": view.voters, "learners": view.learners});
+    crate::output::print(json, &v, || {
+        format!("voters: {:?}  learners: {:?}", view.voters, view.learners)
+    })
 }
 
 /// `pce kv put`.
-pub async fn put(config: &Path, key: &str, value: &str) -> Result<()> {
+pub async fn put(config: &Path, key: &str, value: &str, json: bool) -> Result<()> {
     let client = client_for(config)?;
     let cmd = Command {
         client: ClientId::random(),
@@ -218,26 +220,37 @@ pub async fn put(config: &Path, key: &str, value: &str) -> Result<()> {
     };
     let r = client.write(&cmd).await?;
     match r.outcome {
-        Outcome::Applied => println!("committed at revision {}", r.revision),
+        Outcome::Applied => crate::output::print(
+            json,
+            &serde_json::json!({"key": key, "revision": r.revision}),
+            || format!("committed at revision {}", r.revision),
+        ),
         other => bail!("refused: {other:?}"),
     }
-    Ok(())
 }
 
 /// `pce kv get`.
-pub async fn get(config: &Path, key: &str, linearizable: bool) -> Result<()> {
+pub async fn get(config: &Path, key: &str, linearizable: bool, json: bool) -> Result<()> {
     let client = client_for(config)?;
     let (entry, revision) = client.read(key.as_bytes(), linearizable).await?;
-    match entry {
-        Some(e) => println!(
+    let v = serde_json::json!({
+        "key": key,
+        "found": entry.is_some(),
+        "value": entry.as_ref().map(|e| String::from_utf8_lossy(&e.value).to_string()),
+        "mod_revision": entry.as_ref().map(|e| e.mod_revision),
+        "version": entry.as_ref().map(|e| e.version),
+        "read_revision": revision,
+        "linearizable": linearizable,
+    });
+    crate::output::print(json, &v, || match &entry {
+        Some(e) => format!(
             "{}\t(mod_revision {}, version {}; read at revision {revision})",
             String::from_utf8_lossy(&e.value),
             e.mod_revision,
             e.version
         ),
-        None => println!("(not found; read at revision {revision})"),
-    }
-    Ok(())
+        None => format!("(not found; read at revision {revision})"),
+    })
 }
 
 /// `pce config check`: everything `pce serve` would check before starting,

@@ -38,6 +38,9 @@ pub enum VenCommand {
         /// Interface addresses to report (repeat).
         #[arg(long = "address")]
         addresses: Vec<String>,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Enforce this host's policy: re-apply the cached one, then follow the PCE.
     Run {
@@ -74,6 +77,7 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             dir,
             hostname,
             addresses,
+            json,
         } => {
             if Identity::load(&dir)?.is_some() {
                 bail!(
@@ -94,12 +98,20 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             };
             let identity = pair(&server, &ca_pem, &activation_code, &facts).await?;
             identity.save(&dir)?;
-            println!(
-                "paired: workload {} ({} members known)",
-                identity.workload_id,
-                identity.members.len()
-            );
-            Ok(())
+            let v = serde_json::json!({
+                "workload_id": identity.workload_id,
+                "members": identity.members.iter().map(|m| serde_json::json!({
+                    "name": m.name, "region": m.region, "addr": m.addr,
+                })).collect::<Vec<_>>(),
+                "dir": dir.display().to_string(),
+            });
+            crate::output::print(json, &v, || {
+                format!(
+                    "paired: workload {} ({} members known)",
+                    identity.workload_id,
+                    identity.members.len()
+                )
+            })
         }
         VenCommand::Run {
             dir,

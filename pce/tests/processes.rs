@@ -968,6 +968,42 @@ fn pce_up_starts_three_regions_stops_on_ctrl_c_and_reuses_its_data() {
         .unwrap();
     let doc = String::from_utf8_lossy(&status.stdout);
     assert_eq!(doc.matches("\"reachable\": true").count(), 3, "{doc}");
+    // Scripts get one JSON document on stdout (issue 20).
+    let json_of = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(PCE).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out:?}"))
+    };
+    let put = json_of(&[
+        "kv",
+        "put",
+        "--json",
+        "--config",
+        ap.to_str().unwrap(),
+        "k",
+        "v",
+    ]);
+    let get = json_of(&[
+        "kv",
+        "get",
+        "--json",
+        "--linearizable",
+        "--config",
+        eu.to_str().unwrap(),
+        "k",
+    ]);
+    assert_eq!(get["value"], "v", "{get}");
+    assert_eq!(get["mod_revision"], put["revision"], "{get} {put}");
+    let missing = json_of(&[
+        "kv",
+        "get",
+        "--json",
+        "--config",
+        eu.to_str().unwrap(),
+        "nope",
+    ]);
+    assert_eq!(missing["found"], false, "{missing}");
     ctrl_c(up);
 }
 
@@ -1632,12 +1668,18 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     // Backup, then restore into a new cluster, verified; damaged files and a
     // cluster that already holds policy are refused.
     let backup = dir.path().join("policy.backup");
-    let (ok, out) = dr(
-        &data,
-        api_port,
-        &["backup", "--out", backup.to_str().unwrap()],
+    let out = Command::new(PCE)
+        .args(["dr", "backup", "--json", "--out", backup.to_str().unwrap()])
+        .args(["--dir", data.to_str().unwrap()])
+        .args(["--api", &format!("127.0.0.11:{api_port}")])
+        .output()
+        .unwrap();
+    let taken: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success() && taken["sha256"].as_str().is_some_and(|s| s.len() == 64),
+        "{out:?}"
     );
-    assert!(ok && out.contains("sha256"), "{out}");
+    assert!(taken["keys"].as_u64().unwrap() > 0, "{taken}");
     // Data at rest is its user's only (issue 19): the backup, and every file
     // and directory the running regions wrote (store, snapshots, flows, certs).
     use std::os::unix::fs::PermissionsExt;

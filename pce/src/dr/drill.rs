@@ -149,7 +149,8 @@ impl Progress {
     fn phase(&mut self, what: impl Into<String>) {
         let what = what.into();
         let ms = self.t0.elapsed().as_millis() as u64;
-        println!("[{:>7.2}s] {what}", ms as f64 / 1000.0);
+        // Progress goes to stderr: stdout is the report (or its JSON).
+        eprintln!("[{:>7.2}s] {what}", ms as f64 / 1000.0);
         self.phases.push(Phase {
             at_ms: ms,
             at: sc_store::time::iso8601(self.started_unix_ms + ms),
@@ -316,8 +317,13 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
         phases: p.phases.clone(),
     };
     let (json_path, md_path) = write_report(&args.report_dir, &report, started_unix_ms)?;
-    print_report(&report);
-    println!("report: {} and {}", json_path.display(), md_path.display());
+    if args.conn.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        eprintln!("report: {} and {}", json_path.display(), md_path.display());
+    } else {
+        print_report(&report);
+        println!("report: {} and {}", json_path.display(), md_path.display());
+    }
     if !report.failures.is_empty() {
         bail!("the drill failed: {}", report.failures.join("; "));
     }

@@ -27,6 +27,9 @@ pub struct Conn {
     /// A `pce up` directory: `--ca DIR/certs/ca.pem --key-file DIR/owner-api-key.json`.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Print the result as JSON on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `pce dr` commands.
@@ -36,9 +39,6 @@ pub enum DrCommand {
     Status {
         #[command(flatten)]
         conn: Conn,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Planned move of leadership to a region (verified from another region).
     TransferLeader {
@@ -183,6 +183,8 @@ pub struct DrillArgs {
 
 mod drill;
 
+use crate::output;
+
 const ORG: &str = "/api/v2/orgs/1";
 
 /// The cluster `c` names: the CA and the owner key read from their files.
@@ -303,7 +305,7 @@ fn print_table(nodes: &[NodeView]) {
 /// `pce dr ...`.
 pub async fn run(cmd: DrCommand) -> Result<()> {
     match cmd {
-        DrCommand::Status { conn, json } => status(&conn, json).await,
+        DrCommand::Status { conn } => status(&conn).await,
         DrCommand::TransferLeader { conn, to } => transfer_leader(&conn, &to).await,
         DrCommand::Fence {
             conn,
@@ -317,8 +319,11 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             let addr = api_of(find_region(&nodes, &region)?)
                 .ok_or_else(|| anyhow!("{region} runs no admin API"))?;
             fence(&c, addr, seconds, keep_serving, force).await?;
-            println!("{region} fenced; it lifts itself in {seconds} s (`pce dr unfence --region {region}` sooner)");
-            Ok(())
+            let v =
+                json!({"region": region, "fenced_for_s": seconds, "keep_serving": keep_serving});
+            output::print(conn.json, &v, || {
+                format!("{region} fenced; it lifts itself in {seconds} s (`pce dr unfence --region {region}` sooner)")
+            })
         }
         DrCommand::Unfence { conn, region } => {
             let c = open_cluster(&conn)?;
@@ -326,8 +331,11 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             let addr = api_of(find_region(&nodes, &region)?)
                 .ok_or_else(|| anyhow!("{region} runs no admin API"))?;
             unfence(&c, addr).await?;
-            println!("{region} unfenced");
-            Ok(())
+            output::print(
+                conn.json,
+                &json!({"region": region, "fenced": false}),
+                || format!("{region} unfenced"),
+            )
         }
         DrCommand::Drill(args) => drill::run(args).await,
         DrCommand::AddRegion {
@@ -340,13 +348,27 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
         } => {
             let c = open_cluster(&conn)?;
             let body = json!({"action": "add_learner", "node_id": id, "name": name, "region": region, "addr": addr});
-            let v = membership(&c, &body).await?;
-            println!("{name} ({region}) is a learner and has caught up: {v}");
-            if voter {
+            // The call returns once the learner has caught up, which can
+            // take a minute for a large store: say how far it got meanwhile.
+            let added = output::with_progress(
+                &format!("adding {name} ({region}) as a learner"),
+                membership(&c, &body),
+                || catch_up(&c, id),
+            )
+            .await?;
+            output::phase(format!("{name} ({region}) is a learner and has caught up"));
+            let promoted = if voter {
                 let v = membership(&c, &json!({"action": "promote", "node_id": id})).await?;
-                println!("{name} promoted to voter: {v}");
-            }
-            Ok(())
+                output::phase(format!("{name} promoted to voter"));
+                Some(v)
+            } else {
+                None
+            };
+            let v = json!({"region": region, "name": name, "node_id": id, "learner": added, "promoted": promoted});
+            let last = promoted.as_ref().unwrap_or(&added);
+            output::print(conn.json, &v, || {
+                format!("voters {}, learners {}", last["voters"], last["learners"])
+            })
         }
         DrCommand::RemoveRegion {
             conn,
@@ -368,12 +390,12 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
 
 /// `pce dr status`: every node, and a verdict (an unhealthy cluster fails the
 /// command, so scripts can gate on it).
-async fn status(conn: &Conn, json: bool) -> Result<()> {
+async fn status(conn: &Conn) -> Result<()> {
     let c = open_cluster(conn)?;
     let nodes = c.status(&[]).await?;
     let mut issues = problems(&nodes);
     issues.extend(risks(&nodes));
-    if json {
+    if conn.json {
         let v = json!({"nodes": nodes, "healthy": issues.is_empty(), "problems": issues});
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -424,12 +446,15 @@ async fn transfer_leader(conn: &Conn, to: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!(
-        "leader is now {name} ({to}), term {}, verified on every node in {:.2} s",
-        v["term"],
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let took = t0.elapsed().as_secs_f64();
+    let out =
+        json!({"leader": name, "region": to, "term": v["term"], "verified_on_every_node_s": took});
+    output::print(conn.json, &out, || {
+        format!(
+            "leader is now {name} ({to}), term {}, verified on every node in {took:.2} s",
+            v["term"]
+        )
+    })
 }
 
 /// Writes a file only its owner may read (a backup holds key hashes and the
@@ -464,33 +489,83 @@ async fn backup(conn: &Conn, out: &Path) -> Result<()> {
     let keys = verify_backup(&tmp)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
-    println!(
-        "backup of revision {revision}: {keys} keys, {} bytes, sha256 {} -> {}",
-        a.body.len(),
-        sc_store::hash::sha256_hex(&[&a.body]),
-        out.display()
-    );
-    Ok(())
+    let sha = sc_store::hash::sha256_hex(&[&a.body]);
+    let v = json!({
+        "revision": revision.parse::<u64>().ok(),
+        "keys": keys,
+        "bytes": a.body.len(),
+        "sha256": sha,
+        "file": out.display().to_string(),
+    });
+    output::print(conn.json, &v, || {
+        format!(
+            "backup of revision {revision}: {keys} keys, {} bytes, sha256 {sha} -> {}",
+            a.body.len(),
+            out.display()
+        )
+    })
 }
 
 /// `pce dr restore`: a checked backup into the cluster, read back and verified.
 async fn restore(conn: &Conn, file: &Path) -> Result<()> {
     let keys = verify_backup(file)?;
+    output::phase(format!("{}: a valid backup of {keys} keys", file.display()));
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let c = open_cluster(conn)?;
-    let a = c
-        .client(c.serving_entry().await?)?
-        .post_bytes("/api/v2/supercluster/restore", bytes)
-        .await?;
+    let entry = c.serving_entry().await?;
+    let before = applied_revision(&c, entry).await;
+    // One call loads and verifies everything; meanwhile the revision of the
+    // region it runs on shows the batches being committed.
+    let a = output::with_progress(
+        &format!("restoring {keys} keys through {entry}"),
+        async {
+            c.client(entry)?
+                .post_bytes("/api/v2/supercluster/restore", bytes)
+                .await
+        },
+        || async {
+            let now = applied_revision(&c, entry).await?;
+            Some(format!(
+                "{} commands committed",
+                now.saturating_sub(before.unwrap_or(now))
+            ))
+        },
+    )
+    .await?;
     let v = ok(a, "restoring")?;
     if v["verified"] != true || v["keys"].as_u64().is_none() {
         bail!("the cluster did not confirm the restore: {v}");
     }
-    println!(
-        "restored {} keys ({keys} in the file, cluster-local ones skipped) in {} commands; every key read back and verified",
-        v["keys"], v["commands"]
-    );
-    Ok(())
+    output::print(conn.json, &v, || {
+        format!(
+            "restored {} keys ({keys} in the file, cluster-local ones skipped) in {} commands; every key read back and verified",
+            v["keys"], v["commands"]
+        )
+    })
+}
+
+/// The store revision of the region at `api` (`None` if it does not answer).
+async fn applied_revision(c: &Cluster, api: SocketAddr) -> Option<u64> {
+    let nodes = c.status(&[api]).await.ok()?;
+    nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.services.api.as_deref() == Some(api.to_string().as_str()))
+        .map(|s| s.revision)
+}
+
+/// How far a joining node has caught up, as the leader sees it.
+async fn catch_up(c: &Cluster, id: u64) -> Option<String> {
+    let nodes = c.status(&[]).await.ok()?;
+    let leader = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader")?;
+    let peer = leader.peers.iter().find(|p| p.id == id)?;
+    Some(match (peer.matched, leader.last_log_index) {
+        (Some(m), Some(last)) => format!("at index {m} of {last}"),
+        _ => "not replicating yet".into(),
+    })
 }
 
 async fn membership(c: &Cluster, body: &Value) -> Result<Value> {
@@ -512,11 +587,12 @@ async fn change_region(conn: &Conn, region: &str, action: &str, force: bool) -> 
         &json!({"action": action, "node_id": node.id, "force": force}),
     )
     .await?;
-    println!(
-        "{action} {region} (node {}): voters {}, learners {}",
-        node.id, v["voters"], v["learners"]
-    );
-    Ok(())
+    output::print(conn.json, &v, || {
+        format!(
+            "{action} {region} (node {}): voters {}, learners {}",
+            node.id, v["voters"], v["learners"]
+        )
+    })
 }
 
 /// Checks a backup file (magic, CRC-32, structure) before anything uses it;
