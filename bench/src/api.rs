@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::pct;
+use crate::report::Report;
 use sc_region::local::REGIONS;
 
 /// Options of `pce bench api`.
@@ -58,6 +59,9 @@ pub struct ApiArgs {
     /// Skip the provision benchmark.
     #[arg(long)]
     edits_only: bool,
+    /// Print the figures as one JSON document (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 struct Target {
@@ -238,11 +242,16 @@ pub async fn api(args: ApiArgs) -> Result<()> {
     let (leader, member) = leader_and_member(&t, args.api_port).await?;
     let mut c = t.client(leader)?;
     let tag = sc_store::time::now_ms();
-    rule_edits(&args, &t, &mut c, tag, leader, member).await?;
-    if args.edits_only {
-        return Ok(());
+    let mut out = Report::new("api", args.json);
+    out.set(
+        "options",
+        json!({"clients": args.clients, "seconds": args.seconds, "workloads": args.workloads, "rules": args.rules, "provisions": args.provisions}),
+    );
+    rule_edits(&args, &t, &mut c, tag, (leader, member), &mut out).await?;
+    if !args.edits_only {
+        provisions(&args, &t, &mut c, tag, leader, &mut out).await?;
     }
-    provisions(&args, &t, &mut c, tag, leader).await
+    out.finish()
 }
 
 /// The CA and the owner key of the `pce up` in `--dir`.
@@ -302,8 +311,8 @@ async fn rule_edits(
     t: &Target,
     c: &mut ApiClient,
     tag: u64,
-    leader: SocketAddr,
-    member: SocketAddr,
+    (leader, member): (SocketAddr, SocketAddr),
+    out: &mut Report,
 ) -> Result<()> {
     let role_a = label(c, "role", format!("edit-a-{tag}")).await?;
     let role_b = label(c, "role", format!("edit-b-{tag}")).await?;
@@ -322,18 +331,24 @@ async fn rule_edits(
         })
         .collect();
     let rules = touch_rules(t, leader, &plan, true).await?;
-    println!(
+    out.line(format!(
         "rule edits through the API (HTTPS, owner key, {} s per row)",
         args.seconds
-    );
-    println!(
+    ));
+    out.line(format!(
         "{:8} {:>8} {:>10} {:>8} {:>8} {:>7}",
         "target", "clients", "edits/s", "p50 ms", "p99 ms", "errors"
-    );
+    ));
     for (name, addr) in [("leader", leader), ("member", member)] {
         for &n in &args.clients {
             let (rate, p50, p99, errors) = edits(t, addr, &rules, n, args.seconds).await?;
-            println!("{name:8} {n:>8} {rate:>10.0} {p50:>8.2} {p99:>8.2} {errors:>7}");
+            out.line(format!(
+                "{name:8} {n:>8} {rate:>10.0} {p50:>8.2} {p99:>8.2} {errors:>7}"
+            ));
+            out.row(
+                "edits",
+                json!({"target": name, "clients": n, "edits_per_s": rate, "p50_ms": p50, "p99_ms": p99, "errors": errors}),
+            );
         }
     }
     Ok(())
@@ -347,6 +362,7 @@ async fn provisions(
     c: &mut ApiClient,
     tag: u64,
     leader: SocketAddr,
+    out: &mut Report,
 ) -> Result<()> {
     let mut roles = Vec::new();
     for i in 0..10 {
@@ -359,23 +375,23 @@ async fn provisions(
     let env = label(c, "env", format!("prod-{tag}")).await?;
     let t0 = Instant::now();
     seed_workloads(args, args.workloads, &roles, &apps, &env).await?;
-    println!(
+    out.line(format!(
         "\nseeded {} managed workloads in {:.1} s",
         args.workloads,
         t0.elapsed().as_secs_f64()
-    );
+    ));
     let plan = draft_rules(args, c, tag, &roles, &apps, &env).await?;
     let t0 = Instant::now();
     let rule_hrefs = touch_rules(t, leader, &plan, true).await?;
-    println!(
+    out.line(format!(
         "created {} draft rules in {:.1} s",
         rule_hrefs.len(),
         t0.elapsed().as_secs_f64()
-    );
-    println!(
+    ));
+    out.line(format!(
         "{:>9} {:>8} {:>14} {:>12}",
         "provision", "rules", "affected wls", "seconds"
-    );
+    ));
     let mut times = Vec::new();
     for round in 0..args.provisions {
         if round > 0 {
@@ -400,20 +416,28 @@ async fn provisions(
         .await?;
         let secs = t0.elapsed().as_secs_f64();
         times.push(secs);
-        println!(
+        out.line(format!(
             "{:>9} {:>8} {:>14} {:>12.2}",
             v["version"],
             rule_hrefs.len(),
             v["workloads_affected"],
             secs
+        ));
+        out.row(
+            "provisions",
+            json!({"version": v["version"], "rules": rule_hrefs.len(), "workloads_affected": v["workloads_affected"], "seconds": secs}),
         );
     }
     times.sort_by(f64::total_cmp);
     if let (Some(median), Some(max)) = (times.get(times.len() / 2), times.last()) {
-        println!(
+        out.line(format!(
             "provision of {} changed rules over {} workloads: median {median:.2} s, max {max:.2} s",
             rule_hrefs.len(),
             args.workloads,
+        ));
+        out.set(
+            "provision",
+            json!({"median_s": median, "max_s": max, "rules": rule_hrefs.len(), "workloads": args.workloads}),
         );
     }
     Ok(())

@@ -107,7 +107,7 @@ pub(crate) async fn build(
             }
         }
     }
-    println!(
+    eprintln!(
         "{} labels, {} pairing profiles in {:.1} s",
         labels.len(),
         codes.len(),
@@ -136,7 +136,7 @@ pub(crate) async fn build(
             }
         }
     }
-    println!(
+    eprintln!(
         "{workloads} workloads paired in {:.1} s",
         t1.elapsed().as_secs_f64()
     );

@@ -20,6 +20,7 @@ use sc_raft::Profile;
 use serde_json::json;
 
 use super::procs::{Etcd, Pce};
+use crate::report::Report;
 
 /// Options of `pce bench failover`.
 #[derive(clap::Args)]
@@ -42,6 +43,9 @@ pub struct FailoverArgs {
     /// is used and removed.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Print the figures as one JSON document (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_profile(s: &str) -> Result<Profile, String> {
@@ -245,18 +249,22 @@ async fn round<S: System>(s: &mut S) -> Result<(Duration, u64)> {
     Ok((rto, killed_ms))
 }
 
-async fn measure<S: System>(mut s: S, rounds: usize) -> Result<Vec<Duration>> {
+async fn measure<S: System>(mut s: S, rounds: usize, report: &mut Report) -> Result<Vec<Duration>> {
     let mut out = Vec::new();
     let r = async {
         for i in 0..rounds {
             let (rto, killed_ms) = round(&mut s).await?;
-            println!(
-                "  {} kill {} (at {}.{:03} s since the epoch): {:.0} ms",
+            let rto_ms = rto.as_secs_f64() * 1000.0;
+            report.line(format!(
+                "  {} kill {} (at {}.{:03} s since the epoch): {rto_ms:.0} ms",
                 s.name(),
                 i + 1,
                 killed_ms / 1000,
                 killed_ms % 1000,
-                rto.as_secs_f64() * 1000.0
+            ));
+            report.row(
+                "kills",
+                json!({"system": s.name(), "kill": i + 1, "killed_at": sc_store::time::iso8601(killed_ms), "rto_ms": rto_ms}),
             );
             out.push(rto);
         }
@@ -267,35 +275,53 @@ async fn measure<S: System>(mut s: S, rounds: usize) -> Result<Vec<Duration>> {
     r.map(|_| out)
 }
 
-fn summary(name: &str, v: &[Duration]) {
+fn summary(name: &str, v: &[Duration], report: &mut Report) {
     let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
     let median = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
     let max = ms.last().copied().unwrap_or(0.0);
-    println!("{name:<14} {:>6} {median:>12.0} {max:>9.0}", ms.len());
+    report.line(format!(
+        "{name:<14} {:>6} {median:>12.0} {max:>9.0}",
+        ms.len()
+    ));
+    report.row(
+        "summary",
+        json!({"system": name, "kills": ms.len(), "median_ms": median, "max_ms": max}),
+    );
 }
 
 /// `pce bench failover`.
 pub async fn failover(args: FailoverArgs) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = super::procs::run_dir(args.keep.as_ref(), &tmp)?;
+    let mut report = Report::new("failover", args.json);
+    report.set(
+        "options",
+        json!({"systems": args.systems, "rounds": args.rounds, "profile": format!("{:?}", args.profile).to_lowercase()}),
+    );
     let mut results = Vec::new();
     for sys in &args.systems {
-        println!("{sys}: {} rounds", args.rounds);
+        report.line(format!("{sys}: {} rounds", args.rounds));
         let r = match sys.as_str() {
-            "pce" => measure(Pce::start(&dir, args.profile, false)?, args.rounds).await?,
-            "etcd" => measure(Etcd::start(&args.etcd, &dir, args.profile)?, args.rounds).await?,
+            "pce" => {
+                let s = Pce::start(&dir, args.profile, false)?;
+                measure(s, args.rounds, &mut report).await?
+            }
+            "etcd" => {
+                let s = Etcd::start(&args.etcd, &dir, args.profile)?;
+                measure(s, args.rounds, &mut report).await?
+            }
             other => return Err(anyhow!("--systems: unknown system {other:?} (pce, etcd)")),
         };
         results.push((sys.clone(), r));
     }
-    println!();
-    println!(
+    report.line("");
+    report.line(format!(
         "{:<14} {:>6} {:>12} {:>9}",
         "system", "kills", "median ms", "max ms"
-    );
+    ));
     for (name, r) in &results {
-        summary(name, r);
+        summary(name, r, &mut report);
     }
-    Ok(())
+    report.finish()
 }

@@ -28,7 +28,10 @@ use tokio_stream::Stream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+use serde_json::json;
+
 use super::{cpu_ms, pct};
+use crate::report::Report;
 
 /// Options of `pce bench floor`.
 #[derive(clap::Args)]
@@ -46,6 +49,9 @@ pub struct FloorArgs {
     /// Internal: be the server process, with the certificates in this directory.
     #[arg(long, hide = true)]
     serve: Option<std::path::PathBuf>,
+    /// Print the figures as one JSON document (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// The server: every stream waits for the next round and sends its payload.
@@ -236,10 +242,15 @@ pub async fn floor(args: FloorArgs) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let certs = Arc::new(certs(dir.path())?);
-    println!(
+    let mut report = Report::new("floor", args.json);
+    report.set(
+        "options",
+        json!({"counts": args.counts, "rounds": args.rounds, "payload_bytes": args.payload}),
+    );
+    report.line(format!(
         "{:>7} {:>9} {:>9} {:>9} {:>9} {:>15} {:>15}",
         "streams", "connect s", "p50 ms", "p99 ms", "max ms", "server CPU ms", "client CPU ms"
-    );
+    ));
     for &n in &args.counts {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
             .args(["bench", "floor", "--payload", &args.payload.to_string()])
@@ -313,13 +324,25 @@ pub async fn floor(args: FloorArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let per_round = |ms: f64| ms / args.rounds.max(1) as f64;
-        println!(
+        report.line(format!(
             "{n:>7} {connect_s:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>15.0} {:>15.0}",
             pct(&hist, 0.5),
             pct(&hist, 0.99),
             hist.max() as f64 / 1000.0,
             per_round(server_cpu),
             per_round(client_cpu),
+        ));
+        report.row(
+            "rows",
+            json!({
+                "streams": n,
+                "connect_s": connect_s,
+                "p50_ms": pct(&hist, 0.5),
+                "p99_ms": pct(&hist, 0.99),
+                "max_ms": hist.max() as f64 / 1000.0,
+                "server_cpu_ms_per_push": per_round(server_cpu),
+                "client_cpu_ms_per_push": per_round(client_cpu),
+            }),
         );
         for c in clients {
             c.abort();
@@ -327,5 +350,5 @@ pub async fn floor(args: FloorArgs) -> Result<()> {
         drop(rounds_in);
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }
-    Ok(())
+    report.finish()
 }

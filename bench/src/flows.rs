@@ -21,6 +21,7 @@ use sc_proto::federation::{
 };
 
 use super::{cpu_ms, pct};
+use crate::report::Report;
 
 /// Options of `pce bench flows`.
 #[derive(clap::Args)]
@@ -34,6 +35,9 @@ pub struct FlowsArgs {
     /// Where the stores go (a temporary directory by default).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Print the figures as one JSON document (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 const DAY_MS: u64 = 86_400_000;
@@ -284,7 +288,12 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
     let base = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let now = sc_store::time::now_ms();
     let id = |k: &str, v: &str| format!("{k}-{v}");
-    println!(
+    let mut report = Report::new("flows", args.json);
+    report.set(
+        "options",
+        serde_json::json!({"sizes": args.sizes, "queries": args.queries}),
+    );
+    report.line(format!(
         "{:>9} {:>11} {:>12} {:>14} {:>12} {:>13} {:>13} {:>9} {:>13} {:>13} {:>13} {:>13} {:>9} {:>9} {:>9} {:>13} {:>13}",
         "flows",
         "store",
@@ -303,7 +312,7 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
         "map p99",
         "generator p50",
         "generator p99"
-    );
+    ));
     let mut rolled = Vec::new();
     for (n, size) in args.sizes.iter().enumerate() {
         let dir = base.join(format!("store-{n}"));
@@ -353,7 +362,29 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
             let (hb, mb) = time_query(&store, &broad, args.queries)?;
             let (hm, _) = time_query(&store, &map, args.queries)?;
             let (hg, _) = time_query(&store, &generator, args.queries)?;
-            println!(
+            report.row(
+                "rows",
+                serde_json::json!({
+                    "flows": size,
+                    "store": stage,
+                    "ingest_per_s": *size as f64 / secs,
+                    "cpu_ms_per_1000": cpu / (*size as f64 / 1000.0),
+                    "bytes_per_flow": bytes as f64 / *size as f64,
+                    "selective_p50_ms": pct(&hs, 0.5),
+                    "selective_p99_ms": pct(&hs, 0.99),
+                    "selective_matches": ms,
+                    "by_source_p50_ms": pct(&hsrc, 0.5),
+                    "by_source_p99_ms": pct(&hsrc, 0.99),
+                    "broad_p50_ms": pct(&hb, 0.5),
+                    "broad_p99_ms": pct(&hb, 0.99),
+                    "broad_matches": mb,
+                    "map_p50_ms": pct(&hm, 0.5),
+                    "map_p99_ms": pct(&hm, 0.99),
+                    "generator_p50_ms": pct(&hg, 0.5),
+                    "generator_p99_ms": pct(&hg, 0.99),
+                }),
+            );
+            report.line(format!(
                 "{:>9} {:>11} {:>12.0} {:>14.1} {:>12.0} {:>11.1}ms {:>11.1}ms {:>9} {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>9} {:>7.1}ms {:>7.1}ms {:>11.1}ms {:>11.1}ms",
                 size,
                 stage,
@@ -372,14 +403,18 @@ pub async fn flows(args: FlowsArgs) -> Result<()> {
                 pct(&hm, 0.99),
                 pct(&hg, 0.5),
                 pct(&hg, 0.99)
-            );
+            ));
         }
     }
     for (size, n, took) in rolled {
-        println!(
+        report.line(format!(
             "{size} flows: rolling {n} summaries older than an hour up into hours took {:.1} s (a member does this a minute's worth at a time)",
             took.as_secs_f64()
+        ));
+        report.row(
+            "roll_ups",
+            serde_json::json!({"flows": size, "rolled_up": n, "seconds": took.as_secs_f64()}),
         );
     }
-    Ok(())
+    report.finish()
 }

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::{cpu_ms, free_port, pct};
+use crate::report::Report;
 use sc_leader::client::cluster::{href, post};
 use sc_region::local::{start_region, REGIONS};
 
@@ -60,6 +61,9 @@ pub struct VensArgs {
     /// stream from it again.
     #[arg(long, requires_all = ["region", "server_pid"])]
     restart_member: bool,
+    /// Print the figures as one JSON document (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 const ORG: &str = "/api/v2/orgs/1";
@@ -183,7 +187,12 @@ fn stragglers(
 /// starts it again with the same executable, arguments and directory, and
 /// reports how long until all `n` VENs stream from it again and how many
 /// policies were pushed meanwhile (none: their hashes were current).
-async fn restart_member(pid: u32, n: usize, rec: &Mutex<Record>) -> Result<()> {
+async fn restart_member(
+    pid: u32,
+    n: usize,
+    rec: &Mutex<Record>,
+    report: &mut Report,
+) -> Result<()> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).context("the member's executable")?;
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).context("the member's directory")?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).context("the member's command")?;
@@ -240,11 +249,14 @@ async fn restart_member(pid: u32, n: usize, rec: &Mutex<Record>) -> Result<()> {
             for t in &times {
                 let _ = h.record(t.duration_since(started).as_micros() as u64);
             }
-            println!(
-                "member restarted: stopped in {stopped_s:.2} s; all {n} VENs streaming from it again {:.2} s after the restart (p50 {:.2} s); policies pushed meanwhile: {}",
-                h.max() as f64 / 1e6,
-                h.value_at_quantile(0.5) as f64 / 1e6,
-                pushes(rec) - before
+            let (all_s, p50_s) = (h.max() as f64 / 1e6, h.value_at_quantile(0.5) as f64 / 1e6);
+            let pushed = pushes(rec) - before;
+            report.line(format!(
+                "member restarted: stopped in {stopped_s:.2} s; all {n} VENs streaming from it again {all_s:.2} s after the restart (p50 {p50_s:.2} s); policies pushed meanwhile: {pushed}"
+            ));
+            report.row(
+                "member_restarts",
+                json!({"vens": n, "stopped_s": stopped_s, "all_back_s": all_s, "p50_back_s": p50_s, "policies_pushed": pushed}),
             );
             return Ok(());
         }
@@ -282,7 +294,12 @@ pub async fn vens(args: VensArgs) -> Result<()> {
             REGIONS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
         );
     }
-    println!(
+    let mut report = Report::new("vens", args.json);
+    report.set(
+        "options",
+        json!({"counts": args.counts, "rounds": args.rounds, "region": args.region, "affected_percent": args.affected}),
+    );
+    report.line(format!(
         "{:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
         "VENs",
         "affected",
@@ -295,11 +312,11 @@ pub async fn vens(args: VensArgs) -> Result<()> {
         "bystander pushes",
         "PCE CPU ms/round",
         "sim CPU ms/round"
-    );
+    ));
     for &n in &args.counts {
-        one_count(&args, n, &ca, &mut api, server, &ven_addrs).await?;
+        one_count(&args, n, &ca, &mut api, (server, &ven_addrs), &mut report).await?;
     }
-    Ok(())
+    report.finish()
 }
 
 /// The cluster CA and an owner client of the first region's API, from the
@@ -487,8 +504,8 @@ async fn one_count(
     n: usize,
     ca: &str,
     api: &mut ApiClient,
-    server: Option<u32>,
-    ven_addrs: &[(String, String)],
+    (server, ven_addrs): (Option<u32>, &[(String, String)]),
+    report: &mut Report,
 ) -> Result<()> {
     let tag = sc_store::time::now_ms();
     let o = objects(api, tag).await?;
@@ -546,17 +563,33 @@ async fn one_count(
                 .sum::<usize>()
         })
         .unwrap_or(0);
-    println!(
+    report.line(format!(
         "{n:>7} {affected:>9} {pair_s:>8.1} {sync_s:>8.2} {:>9.1} {:>9.1} {:>9.1} {per_ven:>9} {stray:>10} {:>10.0} {:>10.0}",
         pct(&hist, 0.5),
         pct(&hist, 0.99),
         hist.max() as f64 / 1000.0,
         pce_cpu / args.rounds.max(1) as f64,
         sim_cpu / args.rounds.max(1) as f64,
+    ));
+    report.row(
+        "rows",
+        json!({
+            "vens": n,
+            "affected": affected,
+            "pair_s": pair_s,
+            "sync_s": sync_s,
+            "p50_ms": pct(&hist, 0.5),
+            "p99_ms": pct(&hist, 0.99),
+            "max_ms": hist.max() as f64 / 1000.0,
+            "kib_per_ven": per_ven.parse::<f64>().ok(),
+            "bystander_pushes": stray,
+            "pce_cpu_ms_per_round": pce_cpu / args.rounds.max(1) as f64,
+            "sim_cpu_ms_per_round": sim_cpu / args.rounds.max(1) as f64,
+        }),
     );
     if args.restart_member {
         if let Some(pid) = server {
-            restart_member(pid, n, &fleet.rec).await?;
+            restart_member(pid, n, &fleet.rec, report).await?;
         }
     }
     let _ = stop_tx.send(true);
@@ -632,6 +665,9 @@ pub struct ResyncArgs {
     /// VENs served by the member that restarts.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     counts: Vec<usize>,
+    /// Print the figures as one JSON document (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `pce bench resync`: a 3-region cluster in this process; N simulated VENs that
@@ -639,10 +675,11 @@ pub struct ResyncArgs {
 /// stop, then start from their data) and the time until every VEN is connected
 /// again with its current policy confirmed is measured.
 pub async fn resync(args: ResyncArgs) -> Result<()> {
-    println!(
+    let mut report = Report::new("resync", args.json);
+    report.line(format!(
         "{:>7} {:>12} {:>12} {:>14}",
         "VENs", "first sync s", "restart s", "resync s"
-    );
+    ));
     for &n in &args.counts {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
@@ -749,9 +786,13 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        println!(
-            "{n:>7} {first:>12.2} {restart:>12.2} {:>14.2}",
-            t3.elapsed().as_secs_f64()
+        let resync_s = t3.elapsed().as_secs_f64();
+        report.line(format!(
+            "{n:>7} {first:>12.2} {restart:>12.2} {resync_s:>14.2}"
+        ));
+        report.row(
+            "rows",
+            json!({"vens": n, "first_sync_s": first, "restart_s": restart, "resync_s": resync_s}),
         );
         let _ = stop_tx.send(true);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -759,5 +800,5 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
             r.stop().await?;
         }
     }
-    Ok(())
+    report.finish()
 }

@@ -37,6 +37,7 @@ use sc_member::traffic::{Limits, SledTraffic, TrafficStore};
 use serde_json::{json, Value};
 
 use super::{free_port, pct};
+use crate::report::Report;
 
 /// Options of `pce bench visibility`.
 #[derive(clap::Args)]
@@ -57,6 +58,9 @@ pub struct VisibilityArgs {
     /// Managed workloads paired for the query part, in 200 app groups.
     #[arg(long, default_value_t = 10_000)]
     workloads: usize,
+    /// Print the figures as one JSON document (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 const ORG: &str = "/api/v2/orgs/1";
@@ -396,7 +400,7 @@ async fn freshness(lab: &mut Lab, api: &mut ApiClient, args: &VisibilityArgs) ->
     });
     ready_rx.recv_timeout(Duration::from_secs(10))??;
     // Both VENs must enforce (their rules log) before the first connection.
-    println!("waiting for both VENs to enforce their policy");
+    eprintln!("waiting for both VENs to enforce their policy");
     let t0 = Instant::now();
     loop {
         let online = api
@@ -498,6 +502,7 @@ async fn timed(
 async fn global_queries(
     lab: &mut Lab,
     args: &VisibilityArgs,
+    report: &mut Report,
 ) -> Result<Vec<(&'static str, Histogram<u64>, Value)>> {
     let mut api = ready(lab).await?;
     let (_, ven_port) = ports(lab)?;
@@ -510,7 +515,7 @@ async fn global_queries(
     for id in 1..=3 {
         lab.stop_node(id)?;
     }
-    println!(
+    eprintln!(
         "writing {} flow summaries into each region's store",
         args.flows_per_region
     );
@@ -584,7 +589,7 @@ async fn global_queries(
     let first = first.max();
     let (h, last) = timed(&mut api, &map, &body, args.queries).await?;
     let size = |k: &str| last[k].as_array().map_or(0, |l| l.len());
-    println!(
+    report.line(format!(
         "app group map, {} workloads, 3 regions x {} summaries, through region 3's API: first after the restart {:.1} ms, then p50 {:.1} ms, p99 {:.1} ms; {} nodes, {} edges",
         args.workloads,
         args.flows_per_region,
@@ -593,6 +598,10 @@ async fn global_queries(
         pct(&h, 0.99),
         size("nodes"),
         size("edges")
+    ));
+    report.set(
+        "map",
+        json!({"first_ms": first as f64 / 1000.0, "p50_ms": pct(&h, 0.5), "p99_ms": pct(&h, 0.99), "nodes": size("nodes"), "edges": size("edges")}),
     );
     // The policy generator for one app group (a dry run: the same work
     // without the write), from two regions.
@@ -610,15 +619,19 @@ async fn global_queries(
         )
         .await?;
         let cov = &last["coverage"];
-        println!(
-            "policy generator for app7 | env1, through region {region}'s API: p50 {:.1} ms, p99 {:.1} ms; {} rules proposed over {} observed connections (coverage {:.1}% -> {:.1}%), {} addresses in no IP list",
+        let rules = last["rules"].as_array().map_or(0, |l| l.len());
+        report.line(format!(
+            "policy generator for app7 | env1, through region {region}'s API: p50 {:.1} ms, p99 {:.1} ms; {rules} rules proposed over {} observed connections (coverage {:.1}% -> {:.1}%), {} addresses in no IP list",
             pct(&h, 0.5),
             pct(&h, 0.99),
-            last["rules"].as_array().map_or(0, |l| l.len()),
             cov["observed_connections"],
             cov["before"].as_f64().unwrap_or(0.0) * 100.0,
             cov["after"].as_f64().unwrap_or(0.0) * 100.0,
             last["left_out"]["unnamed_addresses"].as_array().map_or(0, |l| l.len()),
+        ));
+        report.row(
+            "generator",
+            json!({"through_region": region, "p50_ms": pct(&h, 0.5), "p99_ms": pct(&h, 0.99), "rules": rules, "coverage": cov}),
         );
     }
     for (id, child) in &lab.nodes {
@@ -631,10 +644,13 @@ async fn global_queries(
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        println!(
-            "region r{id}: resident {:.0} MiB, peak {:.0} MiB",
-            kb("VmRSS:") as f64 / 1024.0,
-            kb("VmHWM:") as f64 / 1024.0
+        let (rss, peak) = (kb("VmRSS:") as f64 / 1024.0, kb("VmHWM:") as f64 / 1024.0);
+        report.line(format!(
+            "region r{id}: resident {rss:.0} MiB, peak {peak:.0} MiB"
+        ));
+        report.row(
+            "memory",
+            json!({"region": format!("r{id}"), "resident_mib": rss, "peak_mib": peak}),
         );
     }
     Ok(out)
@@ -645,7 +661,12 @@ pub async fn visibility(args: VisibilityArgs) -> Result<()> {
     sc_chaos::netns::available()?;
     let exe = std::env::current_exe().context("locating the pce binary")?;
     let mut lab = build(exe)?;
-    println!("run directory: {}", lab.dir.display());
+    eprintln!("run directory: {}", lab.dir.display());
+    let mut report = Report::new("visibility", args.json);
+    report.set(
+        "options",
+        json!({"samples": args.samples, "flow_report_interval_s": args.flow_report_interval, "flows_per_region": args.flows_per_region, "queries": args.queries, "workloads": args.workloads}),
+    );
     for id in 1..=3 {
         lab.start_node(id)?;
     }
@@ -656,16 +677,20 @@ pub async fn visibility(args: VisibilityArgs) -> Result<()> {
     for ms in &fresh {
         h.record(ms * 1000)?;
     }
-    println!(
+    report.line(format!(
         "freshness (connect in a namespace -> in an Explorer answer at another region, report interval {} s, {} connections): p50 {:.1} s, p99 {:.1} s, max {:.1} s",
         args.flow_report_interval,
         fresh.len(),
         pct(&h, 0.5) / 1000.0,
         pct(&h, 0.99) / 1000.0,
         h.max() as f64 / 1e6
+    ));
+    report.set(
+        "freshness",
+        json!({"connections": fresh.len(), "p50_s": pct(&h, 0.5) / 1000.0, "p99_s": pct(&h, 0.99) / 1000.0, "max_s": h.max() as f64 / 1e6}),
     );
     if args.flows_per_region > 0 {
-        for (name, h, regions) in global_queries(&mut lab, &args).await? {
+        for (name, h, regions) in global_queries(&mut lab, &args, &mut report).await? {
             let counts: Vec<String> = regions
                 .as_array()
                 .cloned()
@@ -680,17 +705,21 @@ pub async fn visibility(args: VisibilityArgs) -> Result<()> {
                     Some(e) => format!("{} no answer ({e})", r["region"].as_str().unwrap_or("?")),
                 })
                 .collect();
-            println!(
+            report.line(format!(
                 "global {name} query, 3 regions x {} summaries, through region 3's API: p50 {:.1} ms, p99 {:.1} ms; matches {}",
                 args.flows_per_region,
                 pct(&h, 0.5),
                 pct(&h, 0.99),
                 counts.join(", ")
+            ));
+            report.row(
+                "global_queries",
+                json!({"query": name, "p50_ms": pct(&h, 0.5), "p99_ms": pct(&h, 0.99), "regions": regions}),
             );
         }
     }
     if std::env::var_os("KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&lab.dir);
     }
-    Ok(())
+    report.finish()
 }

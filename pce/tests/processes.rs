@@ -772,6 +772,32 @@ fn config_check_validates_without_starting_and_the_reference_is_the_docs() {
     );
 }
 
+/// Issue 20: a benchmark's figures as one JSON document on stdout, the
+/// table for people on stderr.
+#[test]
+fn a_benchmark_prints_its_figures_as_json_for_scripts() {
+    let out = Command::new(PCE)
+        .args([
+            "bench",
+            "flows",
+            "--sizes",
+            "2000",
+            "--queries",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
+    assert_eq!(doc["bench"], "flows", "{doc}");
+    let rows = doc["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{doc}");
+    assert!(rows[0]["selective_p99_ms"].as_f64().is_some(), "{doc}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("selective p50"));
+}
+
 fn serve_error(config_body: Option<&str>, dir: &Path) -> String {
     let path = dir.join("bad.toml");
     if let Some(body) = config_body {
