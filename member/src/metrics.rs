@@ -17,6 +17,7 @@ pub struct VenMetrics {
     pub(crate) streams: Counter,
     pub(crate) resyncs: Counter,
     pub(crate) flows_stored: Counter,
+    pub(crate) flow_ingest: Histogram,
     pub(crate) flow_query: Histogram,
 }
 
@@ -32,6 +33,9 @@ impl Default for VenMetrics {
             streams: Counter::default(),
             resyncs: Counter::default(),
             flows_stored: Counter::default(),
+            // 0.1 ms to about 3 s: a report of a few hundred summaries is
+            // stored in about a millisecond.
+            flow_ingest: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             // 0.5 ms to about 16 s: selective queries take milliseconds,
             // broad ones over millions of summaries seconds.
             flow_query: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
@@ -72,6 +76,12 @@ impl VenMetrics {
             "pce_flow_summaries_stored",
             "Flow summaries reported by VENs and stored in the region's traffic store",
             self.flows_stored.clone(),
+        );
+        registry.register_with_unit(
+            "pce_flow_ingest_duration",
+            "Time to resolve and store one VEN's flow report in the region's traffic store",
+            Unit::Seconds,
+            self.flow_ingest.clone(),
         );
         registry.register_with_unit(
             "pce_flow_query_duration",

@@ -397,6 +397,7 @@ impl Ven for Handle {
         }
         let now = sc_store::time::now_ms();
         self.charge_quota(&id, now, batch.flows.len() as u64)?;
+        let started = std::time::Instant::now();
         let policy = self.cache.policy_of(&id).map(|r| r.compiled.clone());
         let mut records = Vec::with_capacity(batch.flows.len());
         for (i, f) in batch.flows.iter().enumerate() {
@@ -411,6 +412,9 @@ impl Ven for Handle {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(Status::from)?;
         self.metrics.flows_stored.inc_by(stored as u64);
+        self.metrics
+            .flow_ingest
+            .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(FlowAck {
             stored: stored as u32,
         }))
