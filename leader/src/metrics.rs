@@ -1,7 +1,7 @@
 //! What the admin API tells Prometheus: requests by route, method and status,
 //! and how long they took.
 //!
-//! The route is axum's matched path template (`/api/v2/orgs/{org_id}/labels`),
+//! The route is axum's matched path template (`/api/v2/orgs/{org}/labels`),
 //! never the raw path: object ids in paths would make one series per object.
 //! A request that matched no route counts under `unmatched`.
 

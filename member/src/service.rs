@@ -630,14 +630,18 @@ impl Session {
                 return last;
             }
             self.svc.metrics.streams.inc();
+            // A VEN that enforced nothing yet (new) says hello with no hash:
+            // its first policy is not a resync.
+            let enforcing = self.last_sent.as_deref().is_some_and(|h| !h.is_empty());
             if let Some(msg) = self.current().await {
                 // The VEN came back enforcing an older policy than its current one.
-                if matches!(
+                let policy = matches!(
                     &msg,
                     Ok(PceMessage {
                         kind: Some(pce_message::Kind::Policy(_))
                     })
-                ) {
+                );
+                if enforcing && policy {
                     self.svc.metrics.resyncs.inc();
                 }
                 return Some(msg);

@@ -315,6 +315,8 @@ async fn a_provision_pushes_to_exactly_the_vens_whose_rules_changed() {
     })
     .await;
     assert!(sum("pce_ven_streams_opened_total") >= n as f64);
+    // New VENs arrive enforcing nothing: their first policy is no resync.
+    assert_eq!(sum("pce_ven_resyncs_total"), 0.0);
     let acks = sum("pce_ven_policy_push_ack_duration_seconds_count");
     assert!(acks >= (n + 3) as f64, "{acks} acknowledgements timed");
 

@@ -52,12 +52,9 @@ pub enum FlowsCommand {
         /// How far back, in minutes.
         #[arg(long, default_value_t = 60)]
         minutes: u64,
-        /// The most flows to print.
+        /// The most flows to print (`--json`: the API's flows as one array).
         #[arg(long, default_value_t = 100)]
         max: u64,
-        /// Print JSON (the API's flows) instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Print new matching flows as they arrive, until interrupted.
     Tail {
@@ -65,12 +62,9 @@ pub enum FlowsCommand {
         conn: Conn,
         #[command(flatten)]
         filters: Filters,
-        /// Seconds between polls.
+        /// Seconds between polls (`--json`: one JSON flow per line).
         #[arg(long, default_value_t = 2)]
         every: u64,
-        /// One JSON flow per line instead of a table.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -195,8 +189,8 @@ pub async fn run(cmd: FlowsCommand) -> Result<()> {
             filters,
             minutes,
             max,
-            json,
         } => {
+            let json = conn.json;
             if max == 0 || max > 200_000 {
                 bail!("--max must be 1 to 200000");
             }
@@ -225,8 +219,8 @@ pub async fn run(cmd: FlowsCommand) -> Result<()> {
             conn,
             filters,
             every,
-            json,
         } => {
+            let json = conn.json;
             if every == 0 {
                 bail!("--every must be at least 1 second");
             }

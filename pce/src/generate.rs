@@ -39,12 +39,9 @@ pub struct GenerateArgs {
     /// One rule for everything inside the app group instead of role-to-role rules.
     #[arg(long)]
     ring_fence: bool,
-    /// Propose only; write nothing.
+    /// Propose only; write nothing (`--json` prints the API's answer).
     #[arg(long)]
     dry_run: bool,
-    /// Print the API's answer.
-    #[arg(long)]
-    json: bool,
 }
 
 /// The href of the label `key=value`, or an error saying it does not exist.
@@ -235,7 +232,7 @@ pub async fn run(cmd: PolicyCommand) -> Result<()> {
     let r = post(&mut c, "/api/v2/orgs/1/policy_generator", body)
         .await
         .context("the policy generator")?;
-    if args.json {
+    if args.conn.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print(&r, &label_names(&mut c, &r).await?);

@@ -499,3 +499,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition only when it is parsed: this checks
+    /// every subcommand at once (a flag declared twice through a flattened
+    /// group panicked only when that subcommand ran).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -190,7 +190,13 @@ pub async fn run(args: MapArgs) -> Result<()> {
         }
     );
     let map = post(&mut c, &path, body).await.context("the map query")?;
-    match args.format {
+    // `--json` (shared by every cluster command) means `--format json`.
+    let format = if args.conn.json {
+        Format::Json
+    } else {
+        args.format
+    };
+    match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&map)?),
         Format::Table => table(&map),
         Format::Dot => print!("{}", dot(&map)),

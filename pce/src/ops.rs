@@ -258,6 +258,11 @@ pub async fn get(config: &Path, key: &str, linearizable: bool, json: bool) -> Re
 pub fn check_config(path: &Path, json: bool) -> Result<()> {
     let cfg = NodeConfig::load(path)?;
     let opts = cfg.region_options(false)?;
+    // `pce serve` loads the VEN CA when its VEN service starts: load it now.
+    if let Some(v) = &opts.ven {
+        sc_raft::pki::VenSigner::load(&v.ven_ca.0, &v.ven_ca.1)
+            .with_context(|| format!("ven.ca / ven.ca_key: {}", v.ven_ca.0.display()))?;
+    }
     let summary = serde_json::json!({
         "config": path.display().to_string(),
         "id": opts.node.id,

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -27,7 +27,7 @@ pub fn print(json: bool, value: &Value, text: impl FnOnce() -> String) -> Result
 /// Runs `work` to its end while telling the operator, on stderr, that it
 /// runs and how far it got: `probe` is asked about once a second and says
 /// what it sees ("12 commands committed"), or `None` when it cannot tell.
-pub async fn with_progress<T, W, P, F>(what: &str, work: W, mut probe: P) -> T
+pub async fn with_progress<T, W, P, F>(what: &str, work: W, probe: P) -> T
 where
     W: Future<Output = T>,
     P: FnMut() -> F,
@@ -41,9 +41,30 @@ where
     } else {
         Duration::from_secs(5)
     };
+    progress_every(what, work, probe, every, tty).await
+}
+
+/// [`with_progress`] with its interval and terminal choice given.
+async fn progress_every<T, W, P, F>(
+    what: &str,
+    work: W,
+    mut probe: P,
+    every: Duration,
+    tty: bool,
+) -> T
+where
+    W: Future<Output = T>,
+    P: FnMut() -> F,
+    F: Future<Output = Option<String>>,
+{
     let started = Instant::now();
     let mut work = pin!(work);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A slow probe (a region that does not answer) skips ticks, never queues them.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The probe runs beside the work, never instead of it: the work's answer
+    // is taken the moment it comes.
+    let mut asking: Option<Pin<Box<F>>> = None;
     let mut detail = String::new();
     let mut drawn = false;
     loop {
@@ -55,8 +76,17 @@ where
                 }
                 return out;
             }
-            _ = tick.tick() => {
-                if let Some(d) = probe().await {
+            _ = tick.tick(), if asking.is_none() => {
+                asking = Some(Box::pin(probe()));
+            }
+            seen = async {
+                match asking.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            }, if asking.is_some() => {
+                asking = None;
+                if let Some(d) = seen {
                     detail = d;
                 }
                 let line = format!(
@@ -80,4 +110,40 @@ where
 /// A step of a multi-step command, on stderr.
 pub fn phase(what: impl std::fmt::Display) {
     eprintln!("{what}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A probe that never answers (a region that hangs) must not hold back
+    /// the work's result: the work ends, and so does the call.
+    #[tokio::test]
+    async fn a_hanging_probe_does_not_hold_back_the_result() {
+        let work = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            42
+        };
+        let probe = || std::future::pending::<Option<String>>();
+        let got = tokio::time::timeout(
+            Duration::from_secs(30),
+            super::progress_every("test", work, probe, Duration::from_millis(5), false),
+        )
+        .await
+        .expect("the work's result came back");
+        assert_eq!(got, 42);
+    }
+
+    /// The probe's words reach the progress line while the work runs.
+    #[tokio::test]
+    async fn probes_run_while_the_work_runs() {
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let work = tokio::time::sleep(Duration::from_millis(200));
+        let probe = || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { Some("busy".to_string()) }
+        };
+        super::progress_every("test", work, probe, Duration::from_millis(10), false).await;
+        assert!(asked.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    }
 }

@@ -29,7 +29,8 @@ pub(crate) struct Instruments {
     pub(crate) log_fsync: Histogram,
     /// Campaigns this node started (it became a candidate).
     pub(crate) elections: Counter,
-    /// Times this node saw the leader change to another node.
+    /// Times this node saw the leader become another node (the first leader
+    /// after a start counts).
     pub(crate) leader_changes: Counter,
 }
 
@@ -53,24 +54,23 @@ pub(crate) fn fsync_histogram() -> Histogram {
 /// watchdog only samples). The channel keeps only the latest value, so a
 /// campaign is recognised by its lasting trace, a vote for this node in a new
 /// term, rather than by the candidate state, which a quick win can skip.
+///
+/// `saved_term` is the term of the vote on disk when the node started: a
+/// campaign of an earlier run is not counted again. The channel's first value
+/// is a placeholder (term 0) until the core has read its state, and a
+/// bootstrap may already have elected by the time this task first runs, so
+/// the value in hand is examined before waiting for the next.
 pub(crate) async fn count_elections(
-    id: NodeId,
+    (id, saved_term): (NodeId, u64),
     mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, crate::NodeInfo>>,
     instruments: Instruments,
     mut stop: watch::Receiver<bool>,
 ) {
-    // A campaign of an earlier run of this process is not counted again.
-    let (mut campaigned, mut leader) = {
-        let m = metrics.borrow();
-        (m.vote.leader_id().get_term(), m.current_leader)
-    };
+    let mut campaigned = saved_term;
+    let mut leader = None;
     loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
         let (vote, now_leader) = {
-            let m = metrics.borrow();
+            let m = metrics.borrow_and_update();
             (m.vote, m.current_leader)
         };
         let term = vote.leader_id().get_term();
@@ -78,10 +78,16 @@ pub(crate) async fn count_elections(
             instruments.elections.inc();
             campaigned = term;
         }
+        // The first leader this run sees counts: after a restart, operators
+        // want to see that the node found one.
         if now_leader.is_some() && now_leader != leader {
             instruments.leader_changes.inc();
+            leader = now_leader;
         }
-        leader = now_leader.or(leader);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -103,7 +109,7 @@ impl Node {
         );
         registry.register(
             "pce_raft_leader_changes",
-            "Times this node saw a new leader",
+            "Times this node saw the leader become another node (the first leader after a start counts)",
             i.leader_changes.clone(),
         );
         registry.register_collector(Box::new(StatusCollector { node: self.clone() }));
@@ -126,6 +132,9 @@ impl fmt::Debug for StatusCollector {
 /// The roles a node can be in, so that each has a series (0 or 1) and a
 /// dashboard can plot any of them without gaps.
 const ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
+
+/// The label set of a series without labels.
+const NO_LABELS: [(&str, &str); 0] = [];
 
 /// One unlabelled gauge.
 fn gauge<N: prometheus_client::encoding::EncodeGaugeValue + fmt::Debug>(
@@ -206,42 +215,45 @@ impl Collector for StatusCollector {
             None,
             s.revision as i64,
         )?;
-        if let Some(bytes) = self.node.snapshot_bytes() {
-            gauge(
-                e,
+        // The next three exist only sometimes (after a first snapshot; on the
+        // leader). Their descriptions are always written, so every name is
+        // known to a scraper, but no sample is made up: a zero lag on a
+        // follower would read as "caught up".
+        {
+            let mut size = e.encode_descriptor(
                 "pce_raft_snapshot_size",
-                "Size of the node's current snapshot file",
+                "Size of the node's current snapshot file (no sample before the first snapshot)",
                 Some(&Unit::Bytes),
-                bytes as i64,
+                prometheus_client::metrics::MetricType::Gauge,
             )?;
+            if let Some(bytes) = self.node.snapshot_bytes() {
+                ConstGauge::new(bytes as i64).encode(size.encode_family(&NO_LABELS)?)?;
+            }
         }
-        if let Some(ms) = s.millis_since_quorum_ack {
-            gauge(
-                e,
+        {
+            let mut age = e.encode_descriptor(
                 "pce_raft_quorum_ack_age",
                 "Leader only: time since a quorum last acknowledged it",
                 Some(&Unit::Seconds),
-                ms as f64 / 1000.0,
-            )?;
-        }
-        // Replication progress exists only on the leader; followers export
-        // no peer series rather than zeros that would read as "caught up".
-        let peers: Vec<_> = s.peers.iter().filter(|p| p.id != s.id).collect();
-        if peers.iter().any(|p| p.lag.is_some()) {
-            let mut lag = e.encode_descriptor(
-                "pce_raft_peer_lag_entries",
-                "Leader only: log entries each peer is behind the leader",
-                None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
-            for p in &peers {
-                if let Some(l) = p.lag {
-                    let labels = [
-                        ("peer", p.name.as_str()),
-                        ("peer_region", p.region.as_str()),
-                    ];
-                    ConstGauge::new(l as i64).encode(lag.encode_family(&labels)?)?;
-                }
+            if let Some(ms) = s.millis_since_quorum_ack {
+                ConstGauge::new(ms as f64 / 1000.0).encode(age.encode_family(&NO_LABELS)?)?;
+            }
+        }
+        let mut lag = e.encode_descriptor(
+            "pce_raft_peer_lag_entries",
+            "Leader only: log entries each peer is behind the leader",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for p in s.peers.iter().filter(|p| p.id != s.id) {
+            if let Some(l) = p.lag {
+                let labels = [
+                    ("peer", p.name.as_str()),
+                    ("peer_region", p.region.as_str()),
+                ];
+                ConstGauge::new(l as i64).encode(lag.encode_family(&labels)?)?;
             }
         }
         Ok(())

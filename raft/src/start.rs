@@ -131,7 +131,7 @@ impl Node {
             shutdown_rx.clone(),
         )));
         node.push_task(tokio::spawn(crate::metrics::count_elections(
-            opts.id,
+            (opts.id, log_for_election.saved_vote_term()),
             raft.metrics(),
             node.instruments().clone(),
             shutdown_rx.clone(),

@@ -204,6 +204,18 @@ pub enum CommandError {
 }
 
 impl Command {
+    /// The keys and values it carries, in bytes: what its encoding's size,
+    /// and the time a replica takes to decode and store it, grow with.
+    pub fn payload_bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Mutation::Put { key, value } => key.len() + value.len(),
+                Mutation::Delete { key } => key.len(),
+            })
+            .sum()
+    }
+
     /// Checks the limits above; the state machine calls it too, so a malformed
     /// command that slipped in is refused identically on every replica.
     pub fn validate(&self) -> Result<(), CommandError> {
@@ -226,14 +238,7 @@ impl Command {
                 });
             }
         }
-        let bytes: usize = self
-            .ops
-            .iter()
-            .map(|op| match op {
-                Mutation::Put { key, value } => key.len() + value.len(),
-                Mutation::Delete { key } => key.len(),
-            })
-            .sum();
+        let bytes = self.payload_bytes();
         if bytes > MAX_COMMAND_BYTES {
             return Err(CommandError::TooBig(bytes));
         }

@@ -98,6 +98,10 @@ async fn a_region_serves_its_node_and_api_metrics_and_stops_serving_them() {
     assert!(get(api, "/api/v2/no/such/thing")
         .await
         .starts_with("HTTP/1.1 404"));
+    // A path with an id counts under its template (unauthenticated: 401).
+    assert!(get(api, "/api/v2/orgs/1/labels")
+        .await
+        .starts_with("HTTP/1.1 401"));
 
     let text = get(metrics, "/metrics").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -109,6 +113,7 @@ async fn a_region_serves_its_node_and_api_metrics_and_stops_serving_them() {
         // Counted by route template and status, not by raw path.
         "pce_api_requests_total{route=\"/api/v2/health\",method=\"GET\",status=\"200\"} 3",
         "pce_api_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1",
+        "pce_api_requests_total{route=\"/api/v2/orgs/{org}/labels\",method=\"GET\",status=\"401\"} 1",
         "pce_api_request_duration_seconds_count{route=\"/api/v2/health\",method=\"GET\"} 3",
         "# TYPE pce_raft_log_fsync_duration_seconds histogram",
         "pce_raft_elections_total 1",

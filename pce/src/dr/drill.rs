@@ -123,8 +123,8 @@ struct Report {
     rto_per_fence_ms: Vec<Option<u64>>,
     /// First failed write → first successful write after it.
     first_failure_to_success_ms: Option<u64>,
-    /// The slowest acknowledged write.
-    slowest_write_ms: u64,
+    /// The slowest acknowledged write (`null`: none was acknowledged).
+    slowest_write_ms: Option<u64>,
     /// Acknowledged writes missing from some region after healing (RPO).
     acknowledged_writes_lost: usize,
     missing: Vec<String>,
@@ -695,7 +695,10 @@ async fn wait_for_vens(c: &Cluster, plan: &Plan, nodes: &[NodeView]) -> Result<(
 /// RTO per fence (fence → the first write invoked after it acknowledged),
 /// first failure → next success, and the slowest acknowledged write, in ms
 /// (`None`: writes never resumed, or, for the second, none failed).
-fn write_figures(ops: &[WriteOp], fence_times: &[u64]) -> (Vec<Option<u64>>, Option<u64>, u64) {
+fn write_figures(
+    ops: &[WriteOp],
+    fence_times: &[u64],
+) -> (Vec<Option<u64>>, Option<u64>, Option<u64>) {
     let rto_per_fence_ms = fence_times
         .iter()
         .map(|&f| {
@@ -709,8 +712,7 @@ fn write_figures(ops: &[WriteOp], fence_times: &[u64]) -> (Vec<Option<u64>>, Opt
         .iter()
         .filter(|o| o.href.is_some())
         .map(|o| o.done_ms.saturating_sub(o.invoked_ms))
-        .max()
-        .unwrap_or(0);
+        .max();
     let first_failure_to_success_ms = ops.iter().find(|o| o.href.is_none()).and_then(|f| {
         ops.iter()
             .filter(|o| o.href.is_some() && o.invoked_ms > f.invoked_ms)
@@ -802,7 +804,7 @@ fn figures(r: &Report) -> Vec<(&'static str, String)> {
         ),
         (
             "slowest acknowledged write",
-            format!("{} ms", r.slowest_write_ms),
+            ms(r.slowest_write_ms, "no write was acknowledged"),
         ),
         (
             "RPO: acknowledged writes missing afterwards (must be 0)",
@@ -851,7 +853,7 @@ fn print_report(r: &Report) {
         r.writer_region
     );
     println!(
-        "  RTO              {} (first failure → success: {}; slowest write {} ms)",
+        "  RTO              {} (first failure → success: {}; slowest write {})",
         ms(r.rto_ms, "writes never resumed"),
         ms(
             r.first_failure_to_success_ms,
@@ -861,7 +863,7 @@ fn print_report(r: &Report) {
                 "never"
             }
         ),
-        r.slowest_write_ms
+        ms(r.slowest_write_ms, "none acknowledged")
     );
     println!(
         "  RPO              {} acknowledged writes lost",

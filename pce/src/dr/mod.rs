@@ -29,7 +29,7 @@ pub struct Conn {
     dir: Option<PathBuf>,
     /// Print the result as JSON on stdout (progress stays on stderr).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `pce dr` commands.

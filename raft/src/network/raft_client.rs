@@ -186,10 +186,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
-        self.unary(RPCTypes::AppendEntries, &rpc, ttl, |mut c, p| async move {
-            c.append_entries(p).await
+        let (rpc, cut) = cap_entries(rpc, MAX_APPEND_BYTES);
+        let resp = self
+            .unary(RPCTypes::AppendEntries, &rpc, ttl, |mut c, p| async move {
+                c.append_entries(p).await
+            })
+            .await?;
+        // The follower took the prefix we sent; openraft sends the rest next.
+        Ok(match (resp, cut) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (resp, _) => resp,
         })
-        .await
     }
 
     async fn vote(
@@ -285,5 +294,100 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 e,
             ))
         })
+    }
+}
+
+/// The most command bytes one AppendEntries carries (one entry always goes,
+/// whatever its size). openraft gives each AppendEntries exactly one
+/// heartbeat to be answered and then sends the same entries again: a
+/// follower decoding and syncing megabytes of commands (a burst of large
+/// batches, a debug build, a slow disk) never answered in time and got the
+/// same batch for ever. The count limit (`max_payload_entries`) does not
+/// bound bytes; this does, through the `PartialSuccess` answer openraft has
+/// for exactly this.
+const MAX_APPEND_BYTES: usize = 256 * 1024;
+
+/// Keeps the longest prefix of `rpc`'s entries within `max` command bytes (at
+/// least one entry); returns the request and, if entries were left out, the
+/// id of the last one kept.
+fn cap_entries(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+    max: usize,
+) -> (
+    AppendEntriesRequest<TypeConfig>,
+    Option<openraft::LogId<NodeId>>,
+) {
+    let mut bytes = 0usize;
+    let mut keep = 0usize;
+    for e in &rpc.entries {
+        let size = match &e.payload {
+            openraft::EntryPayload::Normal(c) => c.payload_bytes(),
+            _ => 0,
+        };
+        if keep > 0 && bytes + size > max {
+            break;
+        }
+        bytes += size;
+        keep += 1;
+    }
+    if keep == rpc.entries.len() {
+        return (rpc, None);
+    }
+    rpc.entries.truncate(keep);
+    let last = rpc.entries.last().map(|e| e.log_id);
+    (rpc, last)
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::types::{ClientId, Command, Mutation};
+
+    fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command {
+                client: ClientId::random(),
+                serial: index,
+                expect_revision: None,
+                compare: vec![],
+                ops: vec![Mutation::Put {
+                    key: b"k".to_vec(),
+                    value: vec![0; bytes.saturating_sub(1)],
+                }],
+            }),
+        }
+    }
+
+    fn request(sizes: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| entry(i as u64 + 1, *s))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn entries_beyond_the_byte_budget_wait_for_the_next_request() {
+        let (rpc, cut) = cap_entries(request(&[100, 100, 100]), 250);
+        assert_eq!(rpc.entries.len(), 2);
+        assert_eq!(cut.map(|l| l.index), Some(2));
+        // Within the budget: everything, and no partial answer.
+        let (rpc, cut) = cap_entries(request(&[100, 100]), 250);
+        assert_eq!((rpc.entries.len(), cut), (2, None));
+        // One entry larger than the budget still goes, alone.
+        let (rpc, cut) = cap_entries(request(&[1000, 10]), 250);
+        assert_eq!(rpc.entries.len(), 1);
+        assert_eq!(cut.map(|l| l.index), Some(1));
+        // A heartbeat (no entries) is untouched.
+        let (rpc, cut) = cap_entries(request(&[]), 250);
+        assert_eq!((rpc.entries.len(), cut), (0, None));
     }
 }

@@ -87,6 +87,15 @@ impl<E: LogEngine> LogStore<E> {
         })
     }
 
+    /// The term of the vote saved on disk (0 if none or unreadable): what a
+    /// restarted node had already counted before it stopped.
+    pub(crate) fn saved_vote_term(&self) -> u64 {
+        self.read_meta::<Vote<NodeId>>(META_VOTE)
+            .ok()
+            .flatten()
+            .map_or(0, |v| v.leader_id().get_term())
+    }
+
     /// The durations of this log's syncs (the node registers it as a metric).
     pub(crate) fn fsync_seconds(&self) -> Histogram {
         self.fsync.clone()
