@@ -106,7 +106,8 @@ impl Pce {
             .args(["--port", &port.to_string()])
             .args(["--api-port", &api_port.to_string()])
             .args(["--ven-port", &ven_port.to_string()])
-            .args(["--metrics-port", &free_port()?.to_string()])
+            // Metrics on a port the OS picks: none is probed, none collides.
+            .args(["--metrics-port", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

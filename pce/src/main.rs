@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, default_value_t = 7450)]
         ven_port: u16,
         /// Port of every region's Prometheus `/metrics` (plain HTTP, on the
-        /// region's loopback address).
+        /// region's loopback address; 0: one the system picks, printed).
         #[arg(long, default_value_t = 9464)]
         metrics_port: u16,
         /// Serve the admin API over plain HTTP (local experiments only).

@@ -881,9 +881,11 @@ fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, Stri
             &api_port.to_string(),
             "--ven-port",
             &ven_port.to_string(),
-            // Tests run side by side: the default port would be shared.
+            // Tests run side by side: each region's metrics on a port the
+            // OS picks when it binds (a port probed free on 127.0.0.1 may be
+            // taken on 127.0.0.11 by another test's cluster before it binds).
             "--metrics-port",
-            &free_port().to_string(),
+            "0",
         ])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
@@ -905,7 +907,11 @@ fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, Stri
         Ok(printed) => (child, printed),
         Err(_) => {
             let _ = child.kill();
-            panic!("pce up did not become ready");
+            let _ = child.wait();
+            panic!(
+                "pce up did not become ready; its log:\n{}",
+                std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+            );
         }
     }
 }

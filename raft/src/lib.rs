@@ -23,6 +23,7 @@ pub mod config;
 pub mod convert;
 mod election;
 pub mod error;
+mod instruments;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -116,7 +116,7 @@ struct Core {
     /// The threads all of the above runs on; stopped last.
     runtime: Arc<ConsensusRuntime>,
     /// Event counters for Prometheus.
-    instruments: crate::metrics::Instruments,
+    instruments: crate::instruments::Instruments,
 }
 
 /// What [`crate::start`] builds a node from; the node adds its own bookkeeping.
@@ -176,13 +176,13 @@ impl Node {
                 read_index: crate::coalesce::Coalescer::new(),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
-                instruments: crate::metrics::Instruments::new(log_fsync),
+                instruments: crate::instruments::Instruments::new(log_fsync),
             }),
         }
     }
 
-    /// The node's event counters (see [`crate::metrics`]).
-    pub(crate) fn instruments(&self) -> &crate::metrics::Instruments {
+    /// The node's event counters (see [`crate::instruments`]).
+    pub(crate) fn instruments(&self) -> &crate::instruments::Instruments {
         &self.core.instruments
     }
 

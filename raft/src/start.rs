@@ -130,7 +130,7 @@ impl Node {
             opts.timeouts.election_max,
             shutdown_rx.clone(),
         )));
-        node.push_task(tokio::spawn(crate::metrics::count_elections(
+        node.push_task(tokio::spawn(crate::instruments::count_elections(
             (opts.id, log_for_election.saved_vote_term()),
             raft.metrics(),
             node.instruments().clone(),

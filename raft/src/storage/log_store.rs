@@ -64,7 +64,7 @@ impl<E: LogEngine> LogStore<E> {
         let engine = Arc::new(engine);
         let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let flusher = engine.clone();
-        let fsync = crate::metrics::fsync_histogram();
+        let fsync = crate::instruments::fsync_histogram();
         let timed = fsync.clone();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
