@@ -868,7 +868,21 @@ fn a_bad_config_stops_the_node_with_a_message_that_says_what_to_fix() {
 }
 
 /// Runs `pce up` until it prints its ready banner; returns the process and what it printed.
-fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, String) {
+/// A running `pce up`: stopped with Ctrl-C by [`ctrl_c`], and killed if a
+/// test panics first, so a failed test leaves no cluster holding ports and
+/// CPU for the tests after it.
+struct Up(Option<Child>);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Up, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(PCE)
         .args([
@@ -904,7 +918,7 @@ fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, Stri
         }
     });
     match rx.recv_timeout(Duration::from_secs(90)) {
-        Ok(printed) => (child, printed),
+        Ok(printed) => (Up(Some(child)), printed),
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -916,7 +930,10 @@ fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Child, Stri
     }
 }
 
-fn ctrl_c(mut child: Child) {
+fn ctrl_c(mut up: Up) {
+    let Some(mut child) = up.0.take() else {
+        return;
+    };
     // SAFETY: kill(2) with a pid we own; no memory is shared.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(rc, 0);
