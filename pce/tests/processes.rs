@@ -1330,6 +1330,34 @@ fn the_ven_cli_pairs_prints_its_ruleset_in_dry_run_and_the_simulator_runs_many()
     ctrl_c(up);
 }
 
+/// Waits (up to a minute) until `pce dr status` says healthy and exactly
+/// `vens` VENs are connected across the regions.
+fn healthy_with_vens(data: &Path, api_port: u16, vens: u64, before: &str) {
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new(PCE)
+            .args(["dr", "status", "--json", "--dir", data.to_str().unwrap()])
+            .args(["--api", &format!("127.0.0.11:{api_port}")])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let connected: u64 = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["status"]["services"]["vens_connected"].as_u64())
+            .sum();
+        if out.status.success() && connected == vens {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not healthy with {vens} VENs before {before}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// A drill's JSON report, checked against the published schema.
 fn drill_report(path: &Path) -> serde_json::Value {
     let schema: serde_json::Value = serde_json::from_str(
@@ -1591,29 +1619,7 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     ] {
         // Healthy, and every VEN back (those of a region fenced a moment
         // ago reconnect on their own back-off).
-        let t0 = Instant::now();
-        loop {
-            let out = Command::new(PCE)
-                .args(["dr", "status", "--json", "--dir", data.to_str().unwrap()])
-                .args(["--api", &format!("127.0.0.11:{api_port}")])
-                .output()
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let connected: u64 = v["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|n| n["status"]["services"]["vens_connected"].as_u64())
-                .sum();
-            if out.status.success() && connected == 12 {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "not healthy with 12 VENs before {scenario}: {v}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        healthy_with_vens(&data, api_port, 12, scenario);
         let (ok, out) = dr(
             &data,
             api_port,
@@ -1682,29 +1688,7 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     let _ = sim.wait();
 
     // With no VEN connected, the VEN check is skipped, not passed.
-    let t0 = Instant::now();
-    loop {
-        let out = Command::new(PCE)
-            .args(["dr", "status", "--json", "--dir", data.to_str().unwrap()])
-            .args(["--api", &format!("127.0.0.11:{api_port}")])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let connected: u64 = v["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|n| n["status"]["services"]["vens_connected"].as_u64())
-            .sum();
-        if out.status.success() && connected == 0 {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "VENs still connected: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    healthy_with_vens(&data, api_port, 0, "the VEN-less drill");
     // With --json, stdout is the report alone (phases go to stderr).
     let quiet = dir.path().join("quiet-reports");
     let out = Command::new(PCE)
