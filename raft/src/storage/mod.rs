@@ -8,10 +8,13 @@
 //!   group-commit flusher so that many concurrent writes share one fsync.
 //! - [`state_machine`]: openraft's `RaftStateMachine`: the ordered key/value model
 //!   with revisions and client sessions, applied atomically.
+//! - [`overlay`]: applied changes not yet written to sled, and reads through them
+//!   (the state machine writes behind, decision 0021).
 //! - [`snapshot`]: the checksummed snapshot file format.
 
 pub mod engine;
 pub mod log_store;
+pub(crate) mod overlay;
 pub mod snapshot;
 pub mod state_machine;
 pub mod wal;

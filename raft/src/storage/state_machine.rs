@@ -8,22 +8,29 @@
 //! trees, so the data, `last_applied` and membership never disagree. Installing a
 //! snapshot fills generation g+1, syncs it, then switches the pointer in one
 //! write: a crash at any point leaves either the old or the new state, whole.
+//!
+//! Applying does not write to sled: applied changes collect in memory and a
+//! writer thread moves them into the trees, with `last_applied`, in one
+//! transaction every 100 ms ([`super::overlay`], decision 0021). After a crash
+//! the trees hold an earlier prefix of the history, whole, and openraft
+//! re-applies the log after it. Readers see the trees through the changes.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StoredMembership,
 };
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 use tokio::sync::broadcast;
 
 use super::engine::sync_sled;
+use super::overlay::{changes_under, Changes, Delta, Merged, WRITE_AT_KEYS, WRITE_INTERVAL};
 use super::snapshot::{read_snapshot, sync_dir_of, SnapRecord, SnapshotFile, SnapshotWriter};
 use super::{codec_io, io_err, sled_io};
 use crate::codec;
@@ -90,25 +97,203 @@ impl Generation {
     fn membership(&self) -> io::Result<StoredMembership<NodeId, NodeInfo>> {
         Ok(self.get_state(STATE_MEMBERSHIP)?.unwrap_or_default())
     }
+
+    /// Writes `delta` into the trees in one transaction, so the trees always
+    /// hold a whole prefix of the applied history with its `last_applied`.
+    fn write(&self, delta: &Delta) -> io::Result<()> {
+        let mut state: Vec<(&str, Vec<u8>)> = Vec::new();
+        if let Some(last) = &delta.last_applied {
+            state.push((STATE_LAST_APPLIED, codec::encode(last).map_err(codec_io)?));
+        }
+        if let Some(revision) = &delta.revision {
+            state.push((STATE_REVISION, codec::encode(revision).map_err(codec_io)?));
+        }
+        if let Some(m) = &delta.membership {
+            state.push((STATE_MEMBERSHIP, codec::encode(m).map_err(codec_io)?));
+        }
+        let written =
+            (&self.kv, &self.sessions, &self.state).transaction(|(kv, sessions, state_tree)| {
+                for (tree, changes) in [(kv, &delta.kv), (sessions, &delta.sessions)] {
+                    for (k, v) in changes {
+                        match v {
+                            Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+                            None => tree.remove(k.as_slice())?,
+                        };
+                    }
+                }
+                for (k, v) in &state {
+                    state_tree.insert(*k, v.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<io::Error>>(())
+            });
+        written.map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => sled_io(e),
+        })
+    }
 }
 
-/// State shared by the state machine, its snapshot builder and readers.
+/// An item of a tree as owned bytes, so sled's items and the overlay's merge.
+fn owned(item: sled::Result<(sled::IVec, sled::IVec)>) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let (k, v) = item.map_err(sled_io)?;
+    Ok((k.to_vec(), v.to_vec()))
+}
+
+/// Items of a tree or of the overlay over it, in either direction.
+type Items<'a> = Box<dyn Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
+/// The live state: a generation's trees and the applied changes not yet in them.
+struct Live {
+    trees: Generation,
+    /// Applied since the writer last took the changes.
+    pending: Delta,
+    /// Taken by the writer and being written to `trees`; read from here until
+    /// the transaction is done, so readers never see it half-written.
+    writing: Option<Arc<Delta>>,
+}
+
+impl Live {
+    fn new(trees: Generation) -> Self {
+        Live {
+            trees,
+            pending: Delta::default(),
+            writing: None,
+        }
+    }
+
+    /// The changes over the trees, newest first.
+    fn layers(&self) -> impl Iterator<Item = &Delta> {
+        std::iter::once(&self.pending).chain(self.writing.as_deref())
+    }
+
+    fn get(
+        &self,
+        tree: &sled::Tree,
+        changes: fn(&Delta) -> &Changes,
+        key: &[u8],
+    ) -> io::Result<Option<Vec<u8>>> {
+        for layer in self.layers() {
+            if let Some(v) = changes(layer).get(key) {
+                return Ok(v.clone());
+            }
+        }
+        Ok(tree.get(key).map_err(sled_io)?.map(|v| v.to_vec()))
+    }
+
+    fn kv_get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.get(&self.trees.kv, |d| &d.kv, key)
+    }
+
+    fn session_get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        self.get(&self.trees.sessions, |d| &d.sessions, key)
+    }
+
+    fn items(
+        &self,
+        tree: &sled::Tree,
+        changes: fn(&Delta) -> &Changes,
+        prefix: &[u8],
+        reverse: bool,
+    ) -> Merged<Items<'static>> {
+        let scan = tree.scan_prefix(prefix);
+        let tree_items: Items<'static> = if reverse {
+            Box::new(scan.rev().map(owned))
+        } else {
+            Box::new(scan.map(owned))
+        };
+        let over = changes_under(self.layers().map(changes), prefix, reverse);
+        Merged::new(tree_items, over, reverse)
+    }
+
+    /// Keys starting with `prefix` and their encoded entries, in key order
+    /// (last first if `reverse`).
+    fn kv_items(&self, prefix: &[u8], reverse: bool) -> Merged<Items<'static>> {
+        self.items(&self.trees.kv, |d| &d.kv, prefix, reverse)
+    }
+
+    fn session_items(&self) -> Merged<Items<'static>> {
+        self.items(&self.trees.sessions, |d| &d.sessions, b"", false)
+    }
+
+    fn revision(&self) -> io::Result<u64> {
+        match self.layers().find_map(|d| d.revision) {
+            Some(r) => Ok(r),
+            None => self.trees.revision(),
+        }
+    }
+
+    fn last_applied(&self) -> io::Result<Option<LogId<NodeId>>> {
+        match self.layers().find_map(|d| d.last_applied) {
+            Some(l) => Ok(l),
+            None => self.trees.last_applied(),
+        }
+    }
+
+    fn membership(&self) -> io::Result<StoredMembership<NodeId, NodeInfo>> {
+        match self.layers().find_map(|d| d.membership.as_ref()) {
+            Some(m) => Ok(m.clone()),
+            None => self.trees.membership(),
+        }
+    }
+}
+
+/// State shared by the state machine, its snapshot builder, its writer and readers.
 struct Shared {
     db: sled::Db,
     meta: sled::Tree,
-    /// The live generation. A std lock, not a tokio one: it is never held across an
+    /// The live state. A std lock, not a tokio one: it is never held across an
     /// await, and apply takes it exclusively so readers see whole commands only.
-    live: RwLock<Generation>,
+    live: RwLock<Live>,
+    /// Held while changes are written to the trees or the trees are replaced,
+    /// so an install never switches generations under a write in flight.
+    writer: Mutex<()>,
+    /// Wakes the writer before its interval when changes pile up.
+    wake: mpsc::SyncSender<()>,
     data_file: fs::File,
     snapshot_dir: PathBuf,
     notices: broadcast::Sender<ChangeNotice>,
 }
 
 impl Shared {
-    fn live(&self) -> io::Result<std::sync::RwLockReadGuard<'_, Generation>> {
+    fn live(&self) -> io::Result<std::sync::RwLockReadGuard<'_, Live>> {
         self.live
             .read()
             .map_err(|_| io::Error::other("state lock poisoned"))
+    }
+
+    fn live_mut(&self) -> io::Result<std::sync::RwLockWriteGuard<'_, Live>> {
+        self.live
+            .write()
+            .map_err(|_| io::Error::other("state lock poisoned"))
+    }
+
+    /// Moves the applied changes into the trees. The lock is held only to take
+    /// the changes and to let go of them: applies and reads go on meanwhile.
+    fn write_behind(&self) -> io::Result<()> {
+        let _one = self
+            .writer
+            .lock()
+            .map_err(|_| io::Error::other("writer lock poisoned"))?;
+        let (delta, trees) = {
+            let mut live = self.live_mut()?;
+            if live.pending.is_empty() {
+                return Ok(());
+            }
+            let delta = Arc::new(std::mem::take(&mut live.pending));
+            live.writing = Some(delta.clone());
+            (delta, live.trees.clone())
+        };
+        let written = trees.write(&delta);
+        let mut live = self.live_mut()?;
+        if written.is_err() {
+            // Keep the changes for the next try, under anything applied since.
+            let newer = std::mem::take(&mut live.pending);
+            let mut kept = Delta::clone(&delta);
+            kept.absorb(newer);
+            live.pending = kept;
+        }
+        live.writing = None;
+        written
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -121,6 +306,42 @@ impl Shared {
             None => Ok(None),
         }
     }
+}
+
+impl Drop for Shared {
+    /// A node that stops cleanly leaves the trees current, so its next start
+    /// re-applies nothing. (A crash skips this; the re-apply covers it.)
+    fn drop(&mut self) {
+        if let Ok(live) = self.live.get_mut() {
+            if !live.pending.is_empty() {
+                if let Err(e) = live.trees.write(&live.pending) {
+                    tracing::warn!(error = %e, "applied state not written at shutdown; the log will be re-applied");
+                }
+            }
+        }
+    }
+}
+
+/// Starts the thread that writes applied changes behind the state machine. It
+/// holds the state weakly and ends when the state machine and its readers are
+/// gone (the waker's sender goes with them).
+fn start_writer(shared: &Arc<Shared>, wake: mpsc::Receiver<()>) -> io::Result<()> {
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    std::thread::Builder::new()
+        .name("sm-writer".into())
+        .spawn(move || loop {
+            match wake.recv_timeout(WRITE_INTERVAL) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            if let Err(e) = shared.write_behind() {
+                tracing::warn!(error = %e, "writing applied state to sled failed; kept in memory, retrying");
+            }
+        })?;
+    Ok(())
 }
 
 /// The policy store's Raft state machine.
@@ -152,7 +373,7 @@ impl ReadView {
     /// One key.
     pub fn get(&self, key: &[u8]) -> io::Result<ReadResult<Option<KvEntry>>> {
         let live = self.shared.live()?;
-        let value = match live.kv.get(key).map_err(sled_io)? {
+        let value = match live.kv_get(key)? {
             Some(bytes) => Some(codec::decode(&bytes).map_err(codec_io)?),
             None => None,
         };
@@ -166,7 +387,7 @@ impl ReadView {
     /// Up to `limit` keys starting with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
         let live = self.shared.live()?;
-        let items = live.kv.scan_prefix(prefix).take(limit);
+        let items = live.kv_items(prefix, false).take(limit);
         read_all(&live, items)
     }
 
@@ -174,7 +395,7 @@ impl ReadView {
     /// of time-ordered keys, such as audit events, without reading the rest).
     pub fn scan_newest(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
         let live = self.shared.live()?;
-        let items = live.kv.scan_prefix(prefix).rev().take(limit);
+        let items = live.kv_items(prefix, true).take(limit);
         read_all(&live, items)
     }
 
@@ -218,9 +439,9 @@ impl ReadView {
         let live = self.shared.live()?;
         let mut h = crc32fast::Hasher::new();
         let mut h2 = crc32fast::Hasher::new_with_initial(0x9e37_79b9);
-        for tree in [&live.kv, &live.sessions] {
-            for item in tree.iter() {
-                let (k, v) = item.map_err(sled_io)?;
+        for items in [live.kv_items(b"", false), live.session_items()] {
+            for item in items {
+                let (k, v) = item?;
                 for hasher in [&mut h, &mut h2] {
                     hasher.update(&(k.len() as u64).to_le_bytes());
                     hasher.update(&k);
@@ -267,14 +488,18 @@ impl StateMachine {
         let live = Generation::open(&db, gen_id)?;
         let data_file = fs::File::open(db_dir.join("db"))?;
         let (notices, _) = broadcast::channel(4096);
+        let (wake, woken) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
             db,
             meta,
-            live: RwLock::new(live),
+            live: RwLock::new(Live::new(live)),
+            writer: Mutex::new(()),
+            wake,
             data_file,
             snapshot_dir: snapshot_dir.to_path_buf(),
             notices,
         });
+        start_writer(&shared, woken)?;
         let sm = StateMachine { shared };
         sm.recover_from_snapshot()?;
         sm.remove_stray_files(true)?;
@@ -337,7 +562,12 @@ impl StateMachine {
     /// Replaces the live state with the snapshot in `path` (checked first), crash-safely.
     fn install_file(&self, meta: &SnapshotMeta<NodeId, NodeInfo>, path: &Path) -> io::Result<()> {
         let shared = &self.shared;
-        let next_id = shared.live()?.id + 1;
+        // No applied changes are written to the trees while they are replaced.
+        let _writer = shared
+            .writer
+            .lock()
+            .map_err(|_| io::Error::other("writer lock poisoned"))?;
+        let next_id = shared.live()?.trees.id + 1;
         let next = Generation::open(&shared.db, next_id)?;
         for tree in [&next.kv, &next.sessions, &next.state] {
             tree.clear().map_err(sled_io)?;
@@ -417,13 +647,8 @@ impl StateMachine {
         );
         shared.meta.apply_batch(switch).map_err(sled_io)?;
         shared.sync()?;
-        let old = {
-            let mut live = shared
-                .live
-                .write()
-                .map_err(|_| io::Error::other("state lock poisoned"))?;
-            std::mem::replace(&mut *live, next)
-        };
+        // The snapshot replaces everything applied, written or not.
+        let old = std::mem::replace(&mut *shared.live_mut()?, Live::new(next)).trees;
         for tree in [&old.kv, &old.sessions, &old.state] {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
         }
@@ -439,13 +664,13 @@ impl StateMachine {
 
 /// Decodes scanned entries, stamped with the generation's revision.
 fn read_all(
-    live: &Generation,
-    items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    live: &Live,
+    items: impl Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
 ) -> io::Result<ReadResult<KvList>> {
     let mut out = Vec::new();
     for item in items {
-        let (k, v) = item.map_err(sled_io)?;
-        out.push((k.to_vec(), codec::decode(&v).map_err(codec_io)?));
+        let (k, v) = item?;
+        out.push((k, codec::decode(&v).map_err(codec_io)?));
     }
     Ok(ReadResult {
         value: out,
@@ -466,20 +691,40 @@ fn sanitize(id: &str) -> String {
         .collect()
 }
 
-/// Applies one command inside the apply transaction. Pure function of the state:
+/// One apply call's changes, read through to the live state beneath them. An
+/// apply that fails drops it, so nothing of the batch is applied.
+struct Applying<'a> {
+    live: &'a Live,
+    delta: Delta,
+}
+
+impl Applying<'_> {
+    fn kv_get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match self.delta.kv.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.live.kv_get(key),
+        }
+    }
+
+    fn session_get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match self.delta.sessions.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.live.session_get(key),
+        }
+    }
+}
+
+/// Applies one command to the batch's changes. Pure function of the state:
 /// every replica computes the same answer.
 fn apply_command(
-    kv: &TransactionalTree,
-    sessions: &TransactionalTree,
+    state: &mut Applying<'_>,
     revision: &mut u64,
     cmd: &Command,
     changed: &mut Vec<Vec<u8>>,
-) -> Result<CommandResponse, ConflictableTransactionError<io::Error>> {
-    let abort = |e: io::Error| ConflictableTransactionError::Abort(e);
+) -> io::Result<CommandResponse> {
     let session_key = cmd.client.0.to_be_bytes();
-    if let Some(bytes) = sessions.get(session_key)? {
-        let (serial, response): (u64, CommandResponse) =
-            codec::decode(&bytes).map_err(|e| abort(codec_io(e)))?;
+    if let Some(bytes) = state.session_get(&session_key)? {
+        let (serial, response): (u64, CommandResponse) = codec::decode(&bytes).map_err(codec_io)?;
         if serial == cmd.serial {
             return Ok(response);
         }
@@ -495,21 +740,20 @@ fn apply_command(
             });
         }
     }
-    let response = evaluate(kv, revision, cmd, changed)?;
-    sessions.insert(
-        &session_key,
-        codec::encode(&(cmd.serial, &response)).map_err(|e| abort(codec_io(e)))?,
-    )?;
+    let response = evaluate(state, revision, cmd, changed)?;
+    state.delta.sessions.insert(
+        session_key.to_vec(),
+        Some(codec::encode(&(cmd.serial, &response)).map_err(codec_io)?),
+    );
     Ok(response)
 }
 
 fn evaluate(
-    kv: &TransactionalTree,
+    state: &mut Applying<'_>,
     revision: &mut u64,
     cmd: &Command,
     changed: &mut Vec<Vec<u8>>,
-) -> Result<CommandResponse, ConflictableTransactionError<io::Error>> {
-    let abort = |e: io::Error| ConflictableTransactionError::Abort(e);
+) -> io::Result<CommandResponse> {
     let refuse = |outcome| {
         Ok(CommandResponse {
             revision: *revision,
@@ -532,10 +776,10 @@ fn evaluate(
         }
     }
     for c in &cmd.compare {
-        let current = match kv.get(&c.key)? {
+        let current = match state.kv_get(&c.key)? {
             Some(bytes) => Some(
                 codec::decode::<KvEntry>(&bytes)
-                    .map_err(|e| abort(codec_io(e)))?
+                    .map_err(codec_io)?
                     .mod_revision,
             ),
             None => None,
@@ -554,10 +798,8 @@ fn evaluate(
     for op in &cmd.ops {
         match op {
             Mutation::Put { key, value } => {
-                let old = match kv.get(key)? {
-                    Some(bytes) => {
-                        Some(codec::decode::<KvEntry>(&bytes).map_err(|e| abort(codec_io(e)))?)
-                    }
+                let old = match state.kv_get(key)? {
+                    Some(bytes) => Some(codec::decode::<KvEntry>(&bytes).map_err(codec_io)?),
                     None => None,
                 };
                 let entry = KvEntry {
@@ -566,13 +808,11 @@ fn evaluate(
                     mod_revision: next,
                     version: old.as_ref().map_or(1, |o| o.version + 1),
                 };
-                kv.insert(
-                    key.as_slice(),
-                    codec::encode(&entry).map_err(|e| abort(codec_io(e)))?,
-                )?;
+                let bytes = codec::encode(&entry).map_err(codec_io)?;
+                state.delta.kv.insert(key.clone(), Some(bytes));
             }
             Mutation::Delete { key } => {
-                kv.remove(key.as_slice())?;
+                state.delta.kv.insert(key.clone(), None);
             }
         }
         changed.push(op.key().to_vec());
@@ -582,6 +822,52 @@ fn evaluate(
         revision: next,
         outcome: Outcome::Applied,
     })
+}
+
+/// Applies `entries` over `live` without changing it: the changes, the answers
+/// and the change notices, or an error and nothing applied.
+fn apply_entries(
+    live: &Live,
+    entries: &[Entry<TypeConfig>],
+) -> io::Result<(Delta, Vec<CommandResponse>, Vec<ChangeNotice>)> {
+    let mut state = Applying {
+        live,
+        delta: Delta::default(),
+    };
+    let mut revision = live.revision()?;
+    let mut responses = Vec::with_capacity(entries.len());
+    let mut notices = Vec::new();
+    for entry in entries {
+        match &entry.payload {
+            EntryPayload::Blank => responses.push(CommandResponse {
+                revision,
+                outcome: Outcome::Internal,
+            }),
+            EntryPayload::Membership(m) => {
+                state.delta.membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                responses.push(CommandResponse {
+                    revision,
+                    outcome: Outcome::Internal,
+                });
+            }
+            EntryPayload::Normal(cmd) => {
+                let mut changed = Vec::new();
+                let before = revision;
+                responses.push(apply_command(&mut state, &mut revision, cmd, &mut changed)?);
+                if revision != before {
+                    notices.push(ChangeNotice {
+                        revision,
+                        log_index: entry.log_id.index,
+                        keys: changed,
+                    });
+                }
+            }
+        }
+    }
+    let mut delta = state.delta;
+    delta.last_applied = Some(entries.last().map(|e| e.log_id));
+    delta.revision = Some(revision);
+    Ok((delta, responses, notices))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -612,78 +898,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let shared = self.shared.clone();
-        let live = shared
-            .live
-            .write()
-            .map_err(|_| sm_err(ErrorVerb::Write, &io::Error::other("state lock poisoned")))?;
-        let result =
-            (&live.kv, &live.sessions, &live.state).transaction(|(kv, sessions, state)| {
-                let abort = |e: io::Error| ConflictableTransactionError::Abort(e);
-                let mut revision: u64 = match state.get(STATE_REVISION)? {
-                    Some(b) => codec::decode(&b).map_err(|e| abort(codec_io(e)))?,
-                    None => 0,
-                };
-                let mut responses = Vec::with_capacity(entries.len());
-                let mut notices = Vec::new();
-                let mut membership = None;
-                for entry in &entries {
-                    match &entry.payload {
-                        EntryPayload::Blank => responses.push(CommandResponse {
-                            revision,
-                            outcome: Outcome::Internal,
-                        }),
-                        EntryPayload::Membership(m) => {
-                            membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-                            responses.push(CommandResponse {
-                                revision,
-                                outcome: Outcome::Internal,
-                            });
-                        }
-                        EntryPayload::Normal(cmd) => {
-                            let mut changed = Vec::new();
-                            let before = revision;
-                            responses.push(apply_command(
-                                kv,
-                                sessions,
-                                &mut revision,
-                                cmd,
-                                &mut changed,
-                            )?);
-                            if revision != before {
-                                notices.push(ChangeNotice {
-                                    revision,
-                                    log_index: entry.log_id.index,
-                                    keys: changed,
-                                });
-                            }
-                        }
-                    }
-                }
-                let last = entries.last().map(|e| e.log_id);
-                state.insert(
-                    STATE_LAST_APPLIED,
-                    codec::encode(&last).map_err(|e| abort(codec_io(e)))?,
-                )?;
-                state.insert(
-                    STATE_REVISION,
-                    codec::encode(&revision).map_err(|e| abort(codec_io(e)))?,
-                )?;
-                if let Some(m) = &membership {
-                    state.insert(
-                        STATE_MEMBERSHIP,
-                        codec::encode(m).map_err(|e| abort(codec_io(e)))?,
-                    )?;
-                }
-                Ok((responses, notices))
-            });
+        let mut live = shared
+            .live_mut()
+            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        let (delta, responses, notices) =
+            apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        live.pending.absorb(delta);
+        let pile_up = live.pending.keys() >= WRITE_AT_KEYS;
         drop(live);
-        let (responses, notices) = result.map_err(|e| {
-            let e = match e {
-                sled::transaction::TransactionError::Abort(e) => e,
-                sled::transaction::TransactionError::Storage(e) => sled_io(e),
-            };
-            sm_err(ErrorVerb::Write, &e)
-        })?;
+        if pile_up {
+            // A full channel means the writer is already woken.
+            let _ = shared.wake.try_send(());
+        }
         for n in notices {
             // Nobody listening is fine: members subscribe when they start.
             let _ = shared.notices.send(n);
@@ -748,7 +974,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// one format for Raft snapshots and operators' backups. The caller holds the
 /// read lock, so the file is one point of history.
 fn write_state(
-    live: &Generation,
+    live: &Live,
     meta: &SnapshotMeta<NodeId, NodeInfo>,
     path: &Path,
 ) -> io::Result<SnapshotFile> {
@@ -757,16 +983,16 @@ fn write_state(
         meta: meta.clone(),
         revision: live.revision()?,
     })?;
-    for item in live.kv.iter() {
-        let (k, v) = item.map_err(sled_io)?;
+    for item in live.kv_items(b"", false) {
+        let (k, v) = item?;
         w.write(&SnapRecord::Kv {
-            key: k.to_vec(),
+            key: k,
             entry: codec::decode(&v).map_err(codec_io)?,
         })?;
     }
-    for item in live.sessions.iter() {
-        let (k, v) = item.map_err(sled_io)?;
-        let client: [u8; 16] = k.as_ref().try_into().map_err(|_| {
+    for item in live.session_items() {
+        let (k, v) = item?;
+        let client: [u8; 16] = k.as_slice().try_into().map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidData, "session key is not 16 bytes")
         })?;
         let (serial, response): (u64, CommandResponse) = codec::decode(&v).map_err(codec_io)?;
@@ -842,5 +1068,182 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(file),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::types::ClientId;
+
+    fn entry(index: u64, ops: Vec<Mutation>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command {
+                client: ClientId(7),
+                serial: index,
+                expect_revision: None,
+                compare: vec![],
+                ops,
+            }),
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Mutation {
+        Mutation::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn open(dir: &Path) -> StateMachine {
+        let db = super::super::open_db(&dir.join("store")).unwrap();
+        StateMachine::open(db, &dir.join("store"), &dir.join("snapshots")).unwrap()
+    }
+
+    fn values(result: ReadResult<KvList>) -> Vec<(String, String)> {
+        result
+            .value
+            .into_iter()
+            .map(|(k, e)| {
+                (
+                    String::from_utf8(k).unwrap(),
+                    String::from_utf8(e.value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Puts and deletes land in three layers (the trees, changes being
+    /// written, changes pending); every read must see the model's state.
+    #[tokio::test]
+    async fn reads_see_the_trees_through_the_changes_not_yet_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let view = sm.read_view();
+        let shared = sm.shared.clone();
+        // The simulated write in flight, and how it ends: written, then let go.
+        let mut held = None;
+        fn finish(shared: &Shared, held: Option<std::sync::MutexGuard<'_, ()>>) {
+            if held.is_some() {
+                let mut live = shared.live_mut().unwrap();
+                if let Some(writing) = live.writing.take() {
+                    live.trees.write(&writing).unwrap();
+                }
+            }
+        }
+        let mut model: BTreeMap<String, String> = BTreeMap::new();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for index in 1..=300u64 {
+            let key = format!("k/{:02}", next() % 40);
+            let op = if next() % 3 == 0 {
+                model.remove(&key);
+                Mutation::Delete {
+                    key: key.clone().into_bytes(),
+                }
+            } else {
+                let value = format!("v{index}");
+                model.insert(key.clone(), value.clone());
+                put(&key, &value)
+            };
+            sm.apply(vec![entry(index, vec![op])]).await.unwrap();
+            match next() % 10 {
+                0 => {
+                    finish(&shared, held.take());
+                    shared.write_behind().unwrap();
+                }
+                1 => {
+                    // A write in flight: hold the writer and leave the changes
+                    // in the `writing` layer while more are applied and read.
+                    finish(&shared, held.take());
+                    let guard = shared.writer.lock().unwrap();
+                    let mut live = shared.live_mut().unwrap();
+                    let taken = std::mem::take(&mut live.pending);
+                    live.writing = Some(Arc::new(taken));
+                    drop(live);
+                    held = Some(guard);
+                }
+                _ => {}
+            }
+            let expected: Vec<(String, String)> =
+                model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(values(view.scan(b"k/", 1000).unwrap()), expected);
+            let newest: Vec<_> = expected.iter().rev().take(5).cloned().collect();
+            assert_eq!(values(view.scan_newest(b"k/", 5).unwrap()), newest);
+            for probe in 0..40 {
+                let key = format!("k/{probe:02}");
+                let got = view.get(key.as_bytes()).unwrap().value.map(|e| e.value);
+                assert_eq!(got, model.get(&key).map(|v| v.clone().into_bytes()));
+            }
+            assert_eq!(view.revision().unwrap(), index);
+        }
+        finish(&shared, held.take());
+    }
+
+    /// A crash loses what was applied after the last write behind; openraft
+    /// re-applies those entries from the log, and the state comes out the same.
+    // The writer thread takes this lock, never the awaited apply.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_crash_before_the_write_behind_is_repaired_by_re_applying_the_log() {
+        let entries: Vec<_> = (1..=20u64)
+            .map(|i| entry(i, vec![put(&format!("k{i:02}"), "v")]))
+            .collect();
+        let reference = tempfile::tempdir().unwrap();
+        let mut all = open(reference.path());
+        all.apply(entries.clone()).await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = open(dir.path());
+            sm.apply(entries[..10].to_vec()).await.unwrap();
+            sm.shared.write_behind().unwrap();
+            let shared = sm.shared.clone();
+            let _writer = shared.writer.lock().unwrap();
+            sm.apply(entries[10..].to_vec()).await.unwrap();
+            assert_eq!(sm.read_view().get(b"k15").unwrap().revision, 20);
+            // The crash: the pending changes never reach sled.
+            shared.live_mut().unwrap().pending = Delta::default();
+        }
+        let mut sm = open(dir.path());
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(10));
+        assert!(sm.read_view().get(b"k15").unwrap().value.is_none());
+        sm.apply(entries[10..].to_vec()).await.unwrap();
+        assert_eq!(
+            sm.read_view().digest().unwrap(),
+            all.read_view().digest().unwrap()
+        );
+    }
+
+    /// A clean stop writes what is pending, so the next start re-applies nothing.
+    // The writer thread takes this lock, never the awaited apply.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_clean_stop_leaves_the_trees_current() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = open(dir.path());
+            let shared = sm.shared.clone();
+            let writer = shared.writer.lock().unwrap();
+            sm.apply(vec![entry(1, vec![put("a", "1")])]).await.unwrap();
+            assert!(!shared.live().unwrap().pending.is_empty());
+            drop(writer);
+            // The last handle goes: the state is written on the way out.
+            drop(sm);
+        }
+        let mut sm = open(dir.path());
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(1));
     }
 }
