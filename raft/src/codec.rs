@@ -10,6 +10,12 @@ use serde::Serialize;
 /// The format version written in front of every record.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// The format version of records that carry Raft entries (log records and
+/// AppendEntries): 2 since an entry carries a [`crate::Proposal`] of several
+/// commands; version 1 entries carried one command and are still read
+/// (`crate::entry_format`).
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
+
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -19,6 +25,12 @@ pub enum CodecError {
     /// Written by a format this release does not read.
     #[error("record has format version {found}, this release reads version {FORMAT_VERSION}")]
     Version {
+        /// The version byte found.
+        found: u8,
+    },
+    /// A record carrying Raft entries, written by a format this release does not read.
+    #[error("entry record has format version {found}, this release reads entry versions 1 and {ENTRY_FORMAT_VERSION}")]
+    EntryVersion {
         /// The version byte found.
         found: u8,
     },
@@ -36,7 +48,13 @@ fn config() -> bincode::config::Configuration {
 
 /// Encodes `value` as a version byte followed by bincode.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_VERSION];
+    encode_as(FORMAT_VERSION, value)
+}
+
+/// Encodes `value` behind the given version byte (for records whose layout
+/// has its own version, such as [`ENTRY_FORMAT_VERSION`]).
+pub fn encode_as<T: Serialize + ?Sized>(version: u8, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![version];
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(out)
@@ -48,6 +66,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if version != FORMAT_VERSION {
         return Err(CodecError::Version { found: version });
     }
+    decode_body(body)
+}
+
+/// The version byte of a record and the bytes after it, for readers that
+/// know more than one layout.
+pub fn split_version(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    Ok((version, body))
+}
+
+/// Decodes the bytes after a version byte, refusing trailing bytes.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != body.len() {

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 mod election;
+mod entry_format;
 pub mod error;
 mod instruments;
 pub mod metrics;
@@ -29,6 +30,7 @@ pub mod network;
 pub mod node;
 pub mod pki;
 pub mod private;
+mod proposer;
 mod runtime;
 mod start;
 pub mod status;
@@ -46,4 +48,5 @@ pub use storage::engine::DiskFaults;
 pub use storage::state_machine::{ChangeNotice, ReadResult};
 pub use types::{
     ClientId, Command, CommandResponse, Compare, KvEntry, Mutation, NodeId, NodeInfo, Outcome,
+    Proposal,
 };

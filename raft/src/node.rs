@@ -108,6 +108,8 @@ struct Core {
     /// transfer takes it exclusively to wait them out before it holds new
     /// ones, so no entry is appended after the target has caught up.
     write_gate: tokio::sync::RwLock<()>,
+    /// Gathers concurrent writes into shared entries (leader only).
+    proposer: crate::proposer::Proposer,
     /// Linearizable reads share one read index per round (`None`: that
     /// round failed, and each of its readers asks on its own for its error).
     read_index: crate::coalesce::Coalescer<Option<u64>>,
@@ -158,6 +160,7 @@ impl Node {
             runtime,
         } = parts;
         let log_fsync = log.fsync_seconds();
+        let proposer = crate::proposer::Proposer::start(raft.clone(), runtime.handle());
         Node {
             core: Arc::new(Core {
                 id,
@@ -173,6 +176,7 @@ impl Node {
                 ven_policies: Mutex::new(Arc::new(Vec::new())),
                 transfer_hold: Mutex::new(None),
                 write_gate: tokio::sync::RwLock::new(()),
+                proposer,
                 read_index: crate::coalesce::Coalescer::new(),
                 tasks: Mutex::new(Vec::new()),
                 runtime,
@@ -438,7 +442,7 @@ impl Node {
             }
         };
         let wait = self.core.timeouts.write;
-        let Ok(result) = tokio::time::timeout(wait, self.core.raft.client_write(cmd)).await else {
+        let Ok(result) = tokio::time::timeout(wait, self.core.proposer.propose(cmd)).await else {
             // A leader cut off from its quorum cannot commit; the entry may still be
             // committed later by this leader, so the outcome is unknown.
             return Err(Attempt::Fail(Error::NoLeader {
@@ -446,15 +450,14 @@ impl Node {
                 last: "not committed in time (outcome unknown: retry with the same client id and serial)".into(),
             }));
         };
+        use crate::proposer::ProposeError;
         match result {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Attempt::Retry(
-                format!("leadership moved to {:?}", f.leader_id),
-            )),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Attempt::Fail(Error::Membership(e.to_string())))
+            Ok(r) => Ok(r),
+            Err(ProposeError::NotLeader(leader)) => {
+                Err(Attempt::Retry(format!("leadership moved to {leader:?}")))
             }
-            Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
+            Err(ProposeError::Membership(e)) => Err(Attempt::Fail(Error::Membership(e))),
+            Err(ProposeError::Stopped(e)) => Err(Attempt::Fail(Error::Stopped(e))),
         }
     }
 

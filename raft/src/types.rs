@@ -40,8 +40,8 @@ impl fmt::Display for NodeInfo {
 openraft::declare_raft_types!(
     /// The Raft type configuration of the policy store.
     pub TypeConfig:
-        D = Command,
-        R = CommandResponse,
+        D = Proposal,
+        R = Vec<CommandResponse>,
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
@@ -265,6 +265,45 @@ impl fmt::Display for Command {
             self.serial,
             self.ops.len()
         )
+    }
+}
+
+/// What one Raft entry carries: the commands that reached the leader
+/// together, applied in order, each with its own answer.
+///
+/// Why several: openraft 0.9's core handles every entry on its own (an
+/// append, a flush notice, a replication event, an apply), one at a time on
+/// one task; with many writers that core, not the disk, set the pace. Writes
+/// that arrive while earlier ones are in flight share an entry instead
+/// ([`crate::proposer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The commands, in the order they are applied.
+    pub commands: Vec<Command>,
+}
+
+impl Proposal {
+    /// The keys and values of every command, in bytes (see
+    /// [`Command::payload_bytes`]).
+    pub fn payload_bytes(&self) -> usize {
+        self.commands.iter().map(Command::payload_bytes).sum()
+    }
+}
+
+impl From<Command> for Proposal {
+    fn from(cmd: Command) -> Self {
+        Proposal {
+            commands: vec![cmd],
+        }
+    }
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.commands.as_slice() {
+            [one] => one.fmt(f),
+            many => write!(f, "{} commands", many.len()),
+        }
     }
 }
 

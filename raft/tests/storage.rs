@@ -85,7 +85,7 @@ fn put(client: u128, serial: u64, key: &str, value: &str) -> Command {
 fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
     Entry {
         log_id: log_id(1, index),
-        payload: EntryPayload::Normal(cmd),
+        payload: EntryPayload::Normal(cmd.into()),
     }
 }
 
@@ -121,7 +121,7 @@ async fn a_retried_request_is_applied_once_and_answered_the_same() {
         .await
         .unwrap();
     assert_eq!(first, retry);
-    assert_eq!(first[0].revision, 1);
+    assert_eq!(first[0][0].revision, 1);
     let view = sm.read_view();
     let read = view.get(b"k").unwrap();
     assert_eq!(read.revision, 1);
@@ -131,15 +131,51 @@ async fn a_retried_request_is_applied_once_and_answered_the_same() {
         .apply(vec![entry(3, put(7, 0, "k", "old"))])
         .await
         .unwrap();
-    assert!(matches!(older[0].outcome, Outcome::Conflict { .. }));
+    assert!(matches!(older[0][0].outcome, Outcome::Conflict { .. }));
     let newer = sm
         .apply(vec![entry(4, put(7, 2, "k", "v2"))])
         .await
         .unwrap();
     assert_eq!(
-        (newer[0].revision, &newer[0].outcome),
+        (newer[0][0].revision, &newer[0][0].outcome),
         (2, &Outcome::Applied)
     );
+}
+
+/// A proposal's commands apply in order, each as if it were an entry of its
+/// own: its own answer, session and preconditions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_of_one_proposal_apply_in_order_each_with_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path());
+    let mut stale = put(3, 1, "c", "never");
+    stale.expect_revision = Some(0);
+    let proposal = sc_raft::Proposal {
+        commands: vec![
+            put(1, 1, "a", "1"),
+            // A retry of the same serial inside the same entry: answered, not re-applied.
+            put(1, 1, "a", "1"),
+            put(2, 1, "a", "2"),
+            stale,
+            put(2, 2, "b", "3"),
+        ],
+    };
+    let answers = sm
+        .apply(vec![Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Normal(proposal),
+        }])
+        .await
+        .unwrap();
+    let answers = &answers[0];
+    assert_eq!(answers.len(), 5);
+    let revisions: Vec<u64> = answers.iter().map(|a| a.revision).collect();
+    assert_eq!(revisions, [1, 1, 2, 2, 3]);
+    assert!(matches!(answers[3].outcome, Outcome::Conflict { .. }));
+    let view = sm.read_view();
+    assert_eq!(view.get(b"a").unwrap().value.unwrap().value, b"2");
+    assert!(view.get(b"c").unwrap().value.is_none());
+    assert_eq!(view.revision().unwrap(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,14 +190,16 @@ async fn a_stale_precondition_changes_nothing() {
         value: "3".into(),
     });
     let r = sm.apply(vec![entry(2, stale)]).await.unwrap();
-    assert!(matches!(&r[0].outcome, Outcome::Conflict { reason } if reason.contains("revision 1")));
+    assert!(
+        matches!(&r[0][0].outcome, Outcome::Conflict { reason } if reason.contains("revision 1"))
+    );
     let mut cas = put(2, 2, "a", "new");
     cas.compare.push(Compare {
         key: "a".into(),
         mod_revision: Some(9),
     });
     let r = sm.apply(vec![entry(3, cas)]).await.unwrap();
-    assert!(matches!(r[0].outcome, Outcome::Conflict { .. }));
+    assert!(matches!(r[0][0].outcome, Outcome::Conflict { .. }));
     let view = sm.read_view();
     assert!(view.get(b"b").unwrap().value.is_none());
     assert!(view.get(b"c").unwrap().value.is_none());

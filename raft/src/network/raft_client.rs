@@ -124,15 +124,14 @@ impl PeerClient {
     }
 
     /// Sends one unary payload RPC and decodes the peer's `Result`.
-    async fn unary<Req, Resp, F, Fut>(
+    async fn unary<Resp, F, Fut>(
         &self,
         action: RPCTypes,
-        req: &Req,
+        data: Result<Vec<u8>, codec::CodecError>,
         ttl: Duration,
         call: F,
     ) -> Result<Resp, RpcErr>
     where
-        Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
         F: FnOnce(
             sc_proto::raft::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
@@ -140,7 +139,7 @@ impl PeerClient {
         ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
-        let data = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = data.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         // openraft drops this future at its own deadline (a heartbeat for
         // AppendEntries) when the peer does not answer; the guard notes that
         // as a failure, so a black-holed peer is reported too.
@@ -188,9 +187,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
         let (rpc, cut) = cap_entries(rpc, MAX_APPEND_BYTES);
         let resp = self
-            .unary(RPCTypes::AppendEntries, &rpc, ttl, |mut c, p| async move {
-                c.append_entries(p).await
-            })
+            .unary(
+                RPCTypes::AppendEntries,
+                crate::entry_format::encode_append(&rpc),
+                ttl,
+                |mut c, p| async move { c.append_entries(p).await },
+            )
             .await?;
         // The follower took the prefix we sent; openraft sends the rest next.
         Ok(match (resp, cut) {
@@ -209,9 +211,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
         let ours = rpc.last_log_id;
         let resp: VoteResponse<NodeId> = self
-            .unary(RPCTypes::Vote, &rpc, ttl, |mut c, p| async move {
-                c.vote(p).await
-            })
+            .unary(
+                RPCTypes::Vote,
+                codec::encode(&rpc),
+                ttl,
+                |mut c, p| async move { c.vote(p).await },
+            )
             .await?;
         if !resp.vote_granted && resp.last_log_id > ours {
             self.peers.saw_greater_log();
@@ -321,7 +326,7 @@ fn cap_entries(
     let mut keep = 0usize;
     for e in &rpc.entries {
         let size = match &e.payload {
-            openraft::EntryPayload::Normal(c) => c.payload_bytes(),
+            openraft::EntryPayload::Normal(p) => p.payload_bytes(),
             _ => 0,
         };
         if keep > 0 && bytes + size > max {
@@ -348,16 +353,19 @@ mod cap_tests {
     fn entry(index: u64, bytes: usize) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command {
-                client: ClientId::random(),
-                serial: index,
-                expect_revision: None,
-                compare: vec![],
-                ops: vec![Mutation::Put {
-                    key: b"k".to_vec(),
-                    value: vec![0; bytes.saturating_sub(1)],
-                }],
-            }),
+            payload: EntryPayload::Normal(
+                Command {
+                    client: ClientId::random(),
+                    serial: index,
+                    expect_revision: None,
+                    compare: vec![],
+                    ops: vec![Mutation::Put {
+                        key: b"k".to_vec(),
+                        value: vec![0; bytes.saturating_sub(1)],
+                    }],
+                }
+                .into(),
+            ),
         }
     }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::VoteRequest;
 use openraft::{Raft, ServerState, Snapshot, SnapshotMeta, Vote};
 use sc_proto::raft::raft_service_server::RaftService;
 use sc_proto::raft::{snapshot_chunk, RaftPayload, SnapshotChunk};
@@ -150,8 +150,8 @@ impl RaftService for RaftGrpc {
         self.fence.check()?;
         self.member_only(&request, "AppendEntries")?;
         let conn = request.remote_addr();
-        let req: AppendEntriesRequest<TypeConfig> =
-            codec::decode(&request.into_inner().data).map_err(bad_payload)?;
+        let req =
+            crate::entry_format::decode_append(&request.into_inner().data).map_err(bad_payload)?;
         self.note_leader_connection(conn, &req.vote);
         reply(&self.raft.append_entries(req).await)
     }

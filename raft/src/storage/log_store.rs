@@ -27,6 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::engine::LogEngine;
 use super::{codec_io, io_err};
 use crate::codec;
+use crate::entry_format::{decode_entry, encode_entry};
 use crate::types::{NodeId, TypeConfig};
 
 const META_VOTE: &str = "vote";
@@ -115,7 +116,7 @@ impl<E: LogEngine> LogStore<E> {
     pub fn last_log_id(&self) -> io::Result<Option<LogId<NodeId>>> {
         match self.engine.last()? {
             Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> = codec::decode(&bytes).map_err(codec_io)?;
+                let entry = decode_entry(&bytes).map_err(codec_io)?;
                 Ok(Some(*entry.get_log_id()))
             }
             None => self.read_meta(META_PURGED),
@@ -213,7 +214,7 @@ impl<E: LogEngine> RaftLogReader<TypeConfig> for LogStore<E> {
         let mut entries = Vec::with_capacity(records.len());
         for (_, bytes) in records {
             entries
-                .push(codec::decode(&bytes).map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))?);
+                .push(decode_entry(&bytes).map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))?);
         }
         Ok(entries)
     }
@@ -232,8 +233,8 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
             .map_err(|e| logs_err(ErrorVerb::Read, &e))?
         {
             Some((_, bytes)) => {
-                let entry: Entry<TypeConfig> =
-                    codec::decode(&bytes).map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))?;
+                let entry =
+                    decode_entry(&bytes).map_err(|e| logs_err(ErrorVerb::Read, &codec_io(e)))?;
                 Some(*entry.get_log_id())
             }
             None => purged,
@@ -300,7 +301,7 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
         let mut records = Vec::new();
         for entry in entries {
             let bytes =
-                codec::encode(&entry).map_err(|e| logs_err(ErrorVerb::Write, &codec_io(e)))?;
+                encode_entry(&entry).map_err(|e| logs_err(ErrorVerb::Write, &codec_io(e)))?;
             records.push((entry.get_log_id().index, bytes));
         }
         self.engine

@@ -829,7 +829,7 @@ fn evaluate(
 fn apply_entries(
     live: &Live,
     entries: &[Entry<TypeConfig>],
-) -> io::Result<(Delta, Vec<CommandResponse>, Vec<ChangeNotice>)> {
+) -> io::Result<(Delta, Vec<Vec<CommandResponse>>, Vec<ChangeNotice>)> {
     let mut state = Applying {
         live,
         delta: Delta::default(),
@@ -839,28 +839,27 @@ fn apply_entries(
     let mut notices = Vec::new();
     for entry in entries {
         match &entry.payload {
-            EntryPayload::Blank => responses.push(CommandResponse {
-                revision,
-                outcome: Outcome::Internal,
-            }),
+            // No client waits for these.
+            EntryPayload::Blank => responses.push(Vec::new()),
             EntryPayload::Membership(m) => {
                 state.delta.membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-                responses.push(CommandResponse {
-                    revision,
-                    outcome: Outcome::Internal,
-                });
+                responses.push(Vec::new());
             }
-            EntryPayload::Normal(cmd) => {
-                let mut changed = Vec::new();
-                let before = revision;
-                responses.push(apply_command(&mut state, &mut revision, cmd, &mut changed)?);
-                if revision != before {
-                    notices.push(ChangeNotice {
-                        revision,
-                        log_index: entry.log_id.index,
-                        keys: changed,
-                    });
+            EntryPayload::Normal(proposal) => {
+                let mut answers = Vec::with_capacity(proposal.commands.len());
+                for cmd in &proposal.commands {
+                    let mut changed = Vec::new();
+                    let before = revision;
+                    answers.push(apply_command(&mut state, &mut revision, cmd, &mut changed)?);
+                    if revision != before {
+                        notices.push(ChangeNotice {
+                            revision,
+                            log_index: entry.log_id.index,
+                            keys: changed,
+                        });
+                    }
                 }
+                responses.push(answers);
             }
         }
     }
@@ -888,7 +887,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> Result<Vec<Vec<CommandResponse>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -1083,13 +1085,16 @@ mod tests {
     fn entry(index: u64, ops: Vec<Mutation>) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command {
-                client: ClientId(7),
-                serial: index,
-                expect_revision: None,
-                compare: vec![],
-                ops,
-            }),
+            payload: EntryPayload::Normal(
+                Command {
+                    client: ClientId(7),
+                    serial: index,
+                    expect_revision: None,
+                    compare: vec![],
+                    ops,
+                }
+                .into(),
+            ),
         }
     }
 
