@@ -31,6 +31,7 @@ pub mod node;
 pub mod pki;
 pub mod private;
 mod proposer;
+mod raw_bytes;
 mod runtime;
 mod start;
 pub mod status;

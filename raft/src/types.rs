@@ -124,13 +124,16 @@ pub enum Mutation {
     /// Set `key` to `value`, creating it if absent.
     Put {
         /// The key.
+        #[serde(with = "crate::raw_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "crate::raw_bytes")]
         value: Vec<u8>,
     },
     /// Remove `key` (a no-op when absent).
     Delete {
         /// The key.
+        #[serde(with = "crate::raw_bytes")]
         key: Vec<u8>,
     },
 }
@@ -148,6 +151,7 @@ impl Mutation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key.
+    #[serde(with = "crate::raw_bytes")]
     pub key: Vec<u8>,
     /// The key's expected `mod_revision`; `None` means "the key must not exist".
     pub mod_revision: Option<u64>,
@@ -339,6 +343,7 @@ pub struct CommandResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
     /// The value.
+    #[serde(with = "crate::raw_bytes")]
     pub value: Vec<u8>,
     /// The store revision that created the key.
     pub create_revision: u64,

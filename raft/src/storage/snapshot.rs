@@ -38,6 +38,7 @@ pub enum SnapRecord {
     /// One key of the store.
     Kv {
         /// The key.
+        #[serde(with = "crate::raw_bytes")]
         key: Vec<u8>,
         /// Its value and revisions.
         entry: KvEntry,
