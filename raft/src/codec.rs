@@ -42,8 +42,14 @@ pub enum CodecError {
     Encode(String),
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The largest record decoded (the largest gRPC message a node accepts): a
+/// length prefix beyond it is refused as malformed instead of allocated.
+pub const MAX_RECORD: usize = 64 * 1024 * 1024;
+
+fn config() -> impl bincode::config::Config {
+    // The limit bounds what a length prefix may ask for; it does not change
+    // the bytes written.
+    bincode::config::standard().with_limit::<MAX_RECORD>()
 }
 
 /// Encodes `value` as a version byte followed by bincode.
@@ -92,6 +98,15 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_prefix_beyond_the_limit_is_refused_not_allocated() {
+        // A byte string claiming u64::MAX bytes (varint marker 253 + 8 bytes).
+        let mut bytes = vec![FORMAT_VERSION, 253];
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        let r = decode::<crate::types::KvEntry>(&bytes);
+        assert!(matches!(r, Err(CodecError::Decode(_))), "{r:?}");
+    }
 
     #[test]
     fn records_round_trip_and_carry_their_version() {

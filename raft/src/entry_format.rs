@@ -9,7 +9,7 @@
 //! refuses version 2 with a message naming the version (it never misreads it).
 
 use openraft::raft::AppendEntriesRequest;
-use openraft::{Entry, EntryPayload, LogId, Membership};
+use openraft::{Entry, EntryPayload, LogId, Membership, Vote};
 use serde::Serialize;
 
 use crate::codec::{self, CodecError, ENTRY_FORMAT_VERSION};
@@ -60,18 +60,35 @@ enum V1PayloadRef<'a> {
 /// release before wrote, so a node can still be rolled back to it as long as
 /// no leader of this release has batched writes into its log.
 pub(crate) fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, CodecError> {
+    match as_v1(entry) {
+        Some(v1) => codec::encode(&v1),
+        None => codec::encode_as(ENTRY_FORMAT_VERSION, entry),
+    }
+}
+
+/// The entry as version 1 holds it, if it can.
+fn as_v1(entry: &Entry<TypeConfig>) -> Option<V1EntryRef<'_>> {
     let payload = match &entry.payload {
         EntryPayload::Blank => V1PayloadRef::Blank,
         EntryPayload::Membership(m) => V1PayloadRef::Membership(m),
         EntryPayload::Normal(p) => match p.commands.as_slice() {
             [one] => V1PayloadRef::Normal(one),
-            _ => return codec::encode_as(ENTRY_FORMAT_VERSION, entry),
+            _ => return None,
         },
     };
-    codec::encode(&V1EntryRef {
+    Some(V1EntryRef {
         log_id: &entry.log_id,
         payload,
     })
+}
+
+/// openraft's `AppendEntriesRequest` of version 1, borrowed (fields in its order).
+#[derive(Serialize)]
+struct V1AppendRef<'a> {
+    vote: &'a Vote<NodeId>,
+    prev_log_id: &'a Option<LogId<NodeId>>,
+    entries: Vec<V1EntryRef<'a>>,
+    leader_commit: &'a Option<LogId<NodeId>>,
 }
 
 /// One log record of either version.
@@ -83,9 +100,20 @@ pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, CodecError
     }
 }
 
-/// An AppendEntries payload.
+/// An AppendEntries payload: version 1 while every entry fits it, so a
+/// follower of the release before keeps following a leader of this one (a
+/// heartbeat always fits) until a proposal of several commands must go.
 pub(crate) fn encode_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<Vec<u8>, CodecError> {
-    codec::encode_as(ENTRY_FORMAT_VERSION, req)
+    let entries: Option<Vec<V1EntryRef<'_>>> = req.entries.iter().map(as_v1).collect();
+    match entries {
+        Some(entries) => codec::encode(&V1AppendRef {
+            vote: &req.vote,
+            prev_log_id: &req.prev_log_id,
+            entries,
+            leader_commit: &req.leader_commit,
+        }),
+        None => codec::encode_as(ENTRY_FORMAT_VERSION, req),
+    }
 }
 
 /// An AppendEntries payload of either version.
@@ -206,10 +234,22 @@ mod tests {
                 },
             ],
         };
-        let req = decode_append(&codec::encode(&old).unwrap()).unwrap();
+        let old_bytes = codec::encode(&old).unwrap();
+        let req = decode_append(&old_bytes).unwrap();
         assert_eq!(req.entries.len(), 2);
-        let again = decode_append(&encode_append(&req).unwrap()).unwrap();
-        assert_eq!(format!("{again:?}"), format!("{req:?}"));
+        // Nothing here needs version 2: the release before reads it as written.
+        assert_eq!(encode_append(&req).unwrap(), old_bytes);
+        let mut batched = req.clone();
+        batched.entries.push(Entry {
+            log_id: log_id(7),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![command(), command()],
+            }),
+        });
+        let bytes = encode_append(&batched).unwrap();
+        assert_eq!(bytes[0], ENTRY_FORMAT_VERSION);
+        let again = decode_append(&bytes).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{batched:?}"));
     }
 
     #[test]

@@ -36,6 +36,18 @@ const MAX_COMMANDS: usize = 1024;
 /// (`network::raft_client`).
 const MAX_BYTES: usize = 128 * 1024;
 
+/// What a command costs in an entry beyond its keys and values (ids, serial,
+/// lengths), so many tiny commands cannot add up past [`MAX_BYTES`] unseen.
+const COMMAND_OVERHEAD: usize = 64;
+
+/// Writes waiting to be proposed. A leader that cannot commit (its quorum is
+/// gone) makes writers wait here instead of growing the queue without bound.
+const QUEUE: usize = 16 * 1024;
+
+fn cost(cmd: &Command) -> usize {
+    cmd.payload_bytes() + COMMAND_OVERHEAD
+}
+
 /// Why a proposed write got no answer; cloned to every writer of the entry.
 #[derive(Debug, Clone)]
 pub(crate) enum ProposeError {
@@ -57,13 +69,13 @@ struct Waiting {
 
 /// The leader's side of a node's writes: hands commands to the proposing task.
 pub(crate) struct Proposer {
-    tx: mpsc::UnboundedSender<Waiting>,
+    tx: mpsc::Sender<Waiting>,
 }
 
 impl Proposer {
     /// Starts the proposing task on `runtime`; it ends when the proposer is dropped.
     pub(crate) fn start(raft: Raft<TypeConfig>, runtime: &tokio::runtime::Handle) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         runtime.spawn(run(raft, rx));
         Proposer { tx }
     }
@@ -75,13 +87,14 @@ impl Proposer {
         let (answer, rx) = oneshot::channel();
         self.tx
             .send(Waiting { cmd, answer })
+            .await
             .map_err(|_| ProposeError::Stopped("the proposer has stopped".into()))?;
         rx.await
             .map_err(|_| ProposeError::Stopped("the Raft core dropped the write".into()))?
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
+async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Waiting>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     // A command that did not fit into the last entry starts the next.
     let mut carried: Option<Waiting> = None;
@@ -97,17 +110,24 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Waiting>) {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.cmd.payload_bytes();
+        let mut bytes = cost(&first.cmd);
         let mut batch = vec![first];
         while batch.len() < MAX_COMMANDS {
             let Ok(next) = rx.try_recv() else { break };
-            let size = next.cmd.payload_bytes();
+            let size = cost(&next.cmd);
             if bytes + size > MAX_BYTES {
                 carried = Some(next);
                 break;
             }
             bytes += size;
             batch.push(next);
+        }
+        // A writer that gave up (its write timed out) is not proposed: it was
+        // told the outcome is unknown, and a planned transfer that waited out
+        // the writes in flight must not see it enter the log afterwards.
+        batch.retain(|w| !w.answer.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         let (commands, answers): (Vec<Command>, Vec<oneshot::Sender<Answer>>) =
             batch.into_iter().map(|w| (w.cmd, w.answer)).unzip();

@@ -99,10 +99,11 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// docs/decisions/0002-sled-durability.md).
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 /// The most mutations one command may carry: a provision of a large draft is one
-/// command (all or nothing), so this is generous.
+/// command (all or nothing), so this is generous. Preconditions count too.
 pub const MAX_OPS_PER_COMMAND: usize = 16 * 1024;
-/// The most bytes (keys plus values) one command may carry: a bound on one log
-/// entry, so one write cannot stall replication for everyone else.
+/// The most bytes (keys, values and precondition keys) one command may carry:
+/// a bound on one log entry, so one write cannot stall replication for
+/// everyone else.
 pub const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Identifies one writer, so a retried request is recognised and applied once.
@@ -183,8 +184,8 @@ pub enum CommandError {
     /// No mutation at all.
     #[error("the command has no operations")]
     Empty,
-    /// Too many mutations.
-    #[error("the command has {0} operations; at most {MAX_OPS_PER_COMMAND} are allowed")]
+    /// Too many mutations and preconditions.
+    #[error("the command has {0} operations and preconditions; at most {MAX_OPS_PER_COMMAND} are allowed")]
     TooManyOps(usize),
     /// A key is empty or too long.
     #[error("operation {index}: key length {len} is outside 1..={MAX_KEY_LEN}")]
@@ -211,13 +212,15 @@ impl Command {
     /// The keys and values it carries, in bytes: what its encoding's size,
     /// and the time a replica takes to decode and store it, grow with.
     pub fn payload_bytes(&self) -> usize {
-        self.ops
+        let ops: usize = self
+            .ops
             .iter()
             .map(|op| match op {
                 Mutation::Put { key, value } => key.len() + value.len(),
                 Mutation::Delete { key } => key.len(),
             })
-            .sum()
+            .sum();
+        ops + self.compare.iter().map(|c| c.key.len()).sum::<usize>()
     }
 
     /// Checks the limits above; the state machine calls it too, so a malformed
@@ -226,8 +229,9 @@ impl Command {
         if self.ops.is_empty() {
             return Err(CommandError::Empty);
         }
-        if self.ops.len() > MAX_OPS_PER_COMMAND {
-            return Err(CommandError::TooManyOps(self.ops.len()));
+        let count = self.ops.len() + self.compare.len();
+        if count > MAX_OPS_PER_COMMAND {
+            return Err(CommandError::TooManyOps(count));
         }
         let keys = self
             .ops
@@ -372,6 +376,26 @@ mod tests {
             compare: vec![],
             ops,
         }
+    }
+
+    /// Preconditions weigh like operations, so no command can make an entry
+    /// (or a proposal of many) larger than the limits say.
+    #[test]
+    fn preconditions_count_against_the_limits() {
+        let mut c = cmd(vec![put(b"k", 1)]);
+        c.compare = (0..MAX_OPS_PER_COMMAND)
+            .map(|i| Compare {
+                key: format!("c{i}").into_bytes(),
+                mod_revision: None,
+            })
+            .collect();
+        assert_eq!(
+            c.validate(),
+            Err(CommandError::TooManyOps(MAX_OPS_PER_COMMAND + 1))
+        );
+        c.compare.truncate(2);
+        assert_eq!(c.payload_bytes(), 1 + 1 + 2 + 2);
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

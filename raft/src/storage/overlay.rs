@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Bound;
 use std::time::Duration;
 
 use openraft::{LogId, StoredMembership};
@@ -22,15 +23,23 @@ use crate::types::{NodeId, NodeInfo};
 /// transactions; the cost is memory and a longer re-apply after a crash.
 pub(crate) const WRITE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Changed keys beyond which the writer is woken before its interval ends, so
-/// a burst of writes cannot hold an unbounded amount of memory.
+/// Changed keys, or bytes, beyond which the writer is woken before its
+/// interval ends, so a burst of writes is written sooner.
 pub(crate) const WRITE_AT_KEYS: usize = 16_384;
+/// See [`WRITE_AT_KEYS`].
+pub(crate) const WRITE_AT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes pending beyond which an apply waits for the write itself: the bound
+/// on the memory the changes take when sled cannot keep up.
+pub(crate) const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+
+/// Failed writes in a row after which applying fails too (a storage error
+/// stops the Raft core, as a failed apply did when it wrote to sled itself):
+/// a disk that refuses writes for this long is not coming back by itself.
+pub(crate) const MAX_WRITE_FAILURES: u32 = 50;
 
 /// Keys of one tree mapped to their new encoded value, or to `None` once deleted.
 pub(crate) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
-
-/// One key's change: its new encoded value, or `None` once deleted.
-pub(crate) type Change = (Vec<u8>, Option<Vec<u8>>);
 
 /// What a run of applied entries changed, not yet written to sled.
 #[derive(Debug, Default, Clone)]
@@ -45,6 +54,9 @@ pub(crate) struct Delta {
     pub(crate) revision: Option<u64>,
     /// The membership, when an applied entry changed it.
     pub(crate) membership: Option<StoredMembership<NodeId, NodeInfo>>,
+    /// Bytes of keys and values absorbed (overwrites counted again): what
+    /// the changes hold in memory, roughly.
+    pub(crate) bytes: usize,
 }
 
 impl Delta {
@@ -60,6 +72,17 @@ impl Delta {
 
     /// Lays `newer` over this delta: its keys and state win.
     pub(crate) fn absorb(&mut self, newer: Delta) {
+        let size = |c: &Changes| -> usize {
+            c.iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum()
+        };
+        // A delta that absorbed others has counted its bytes already.
+        self.bytes += if newer.bytes > 0 {
+            newer.bytes
+        } else {
+            size(&newer.kv) + size(&newer.sessions)
+        };
         self.kv.extend(newer.kv);
         self.sessions.extend(newer.sessions);
         if newer.last_applied.is_some() {
@@ -75,27 +98,76 @@ impl Delta {
 }
 
 /// The changes of `layers` (newest first) to keys starting with `prefix`,
-/// flattened so the newest layer wins, in key order (reversed if `reverse`).
+/// the newest layer winning, in key order (reversed if `reverse`). Read
+/// lazily from the layers' own maps: a scan that stops after a few keys
+/// copies only those.
 pub(crate) fn changes_under<'a>(
     layers: impl Iterator<Item = &'a Changes>,
     prefix: &[u8],
     reverse: bool,
-) -> Vec<Change> {
-    let mut flat: BTreeMap<&[u8], &Option<Vec<u8>>> = BTreeMap::new();
-    for layer in layers {
-        for (k, v) in layer.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
-            }
-            // Layers come newest first: an older layer never replaces a key.
-            flat.entry(k.as_slice()).or_insert(v);
+) -> LayeredChanges<'a> {
+    let start = Bound::Included(prefix.to_vec());
+    let end = match prefix_end(prefix) {
+        Some(e) => Bound::Excluded(e),
+        None => Bound::Unbounded,
+    };
+    let heads = layers
+        .map(|layer| {
+            let range = layer.range((start.clone(), end.clone()));
+            let it: LayerIter<'a> = if reverse {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            it.peekable()
+        })
+        .collect();
+    LayeredChanges { heads, reverse }
+}
+
+/// The first key after every key that starts with `prefix` (`None`: no such
+/// key, the range is open).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
         }
     }
-    let owned = flat.into_iter().map(|(k, v)| (k.to_vec(), v.clone()));
-    if reverse {
-        owned.rev().collect()
-    } else {
-        owned.collect()
+    None
+}
+
+type LayerIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>;
+
+/// See [`changes_under`].
+pub(crate) struct LayeredChanges<'a> {
+    heads: Vec<std::iter::Peekable<LayerIter<'a>>>,
+    reverse: bool,
+}
+
+impl<'a> Iterator for LayeredChanges<'a> {
+    type Item = (&'a Vec<u8>, &'a Option<Vec<u8>>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // The first key in order; on a tie the newest layer (lowest index) wins.
+        let mut best: Option<(usize, &'a Vec<u8>)> = None;
+        for (i, head) in self.heads.iter_mut().enumerate() {
+            if let Some(&(k, _)) = head.peek() {
+                if best.is_none_or(|(_, b)| before(self.reverse, k, b)) {
+                    best = Some((i, k));
+                }
+            }
+        }
+        let (i, key) = best?;
+        let item = self.heads[i].next();
+        // Older layers' changes to the same key are hidden by this one.
+        for head in self.heads.iter_mut().skip(i + 1) {
+            if head.peek().is_some_and(|&(k, _)| k == key) {
+                head.next();
+            }
+        }
+        item
     }
 }
 
@@ -103,21 +175,21 @@ pub(crate) fn changes_under<'a>(
 ///
 /// `tree` and `over` must run in the same direction (`reverse`). A key in
 /// `over` replaces the tree's item of that key; `None` hides it.
-pub(crate) struct Merged<I: Iterator> {
+pub(crate) struct Merged<'a, I: Iterator> {
     tree: std::iter::Peekable<I>,
-    over: std::iter::Peekable<std::vec::IntoIter<Change>>,
+    over: std::iter::Peekable<LayeredChanges<'a>>,
     reverse: bool,
 }
 
-impl<I> Merged<I>
+impl<'a, I> Merged<'a, I>
 where
     I: Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
 {
     /// Merges `tree` with `over` (from [`changes_under`] with the same `reverse`).
-    pub(crate) fn new(tree: I, over: Vec<Change>, reverse: bool) -> Self {
+    pub(crate) fn new(tree: I, over: LayeredChanges<'a>, reverse: bool) -> Self {
         Merged {
             tree: tree.peekable(),
-            over: over.into_iter().peekable(),
+            over: over.peekable(),
             reverse,
         }
     }
@@ -132,7 +204,7 @@ fn before(reverse: bool, a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-impl<I> Iterator for Merged<I>
+impl<I> Iterator for Merged<'_, I>
 where
     I: Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>>,
 {
@@ -145,7 +217,7 @@ where
                 (None, None) => return None,
                 (Some(Err(_)), _) | (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some(Ok((tk, _))), Some((ok, _))) => {
+                (Some(Ok((tk, _))), Some(&(ok, _))) => {
                     if tk == ok {
                         // The change replaces the tree's item: drop the older one.
                         self.tree.next();
@@ -159,7 +231,7 @@ where
                 return self.tree.next();
             }
             match self.over.next() {
-                Some((k, Some(v))) => return Some(Ok((k, v))),
+                Some((k, Some(v))) => return Some(Ok((k.clone(), v.clone()))),
                 // Deleted since the tree was written: skip it.
                 Some((_, None)) => continue,
                 None => return None,

@@ -18,6 +18,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -30,7 +31,10 @@ use sled::Transactional;
 use tokio::sync::broadcast;
 
 use super::engine::sync_sled;
-use super::overlay::{changes_under, Changes, Delta, Merged, WRITE_AT_KEYS, WRITE_INTERVAL};
+use super::overlay::{
+    changes_under, Changes, Delta, Merged, MAX_PENDING_BYTES, MAX_WRITE_FAILURES, WRITE_AT_BYTES,
+    WRITE_AT_KEYS, WRITE_INTERVAL,
+};
 use super::snapshot::{read_snapshot, sync_dir_of, SnapRecord, SnapshotFile, SnapshotWriter};
 use super::{codec_io, io_err, sled_io};
 use crate::codec;
@@ -194,7 +198,7 @@ impl Live {
         changes: fn(&Delta) -> &Changes,
         prefix: &[u8],
         reverse: bool,
-    ) -> Merged<Items<'static>> {
+    ) -> Merged<'_, Items<'static>> {
         let scan = tree.scan_prefix(prefix);
         let tree_items: Items<'static> = if reverse {
             Box::new(scan.rev().map(owned))
@@ -207,11 +211,11 @@ impl Live {
 
     /// Keys starting with `prefix` and their encoded entries, in key order
     /// (last first if `reverse`).
-    fn kv_items(&self, prefix: &[u8], reverse: bool) -> Merged<Items<'static>> {
+    fn kv_items(&self, prefix: &[u8], reverse: bool) -> Merged<'_, Items<'static>> {
         self.items(&self.trees.kv, |d| &d.kv, prefix, reverse)
     }
 
-    fn session_items(&self) -> Merged<Items<'static>> {
+    fn session_items(&self) -> Merged<'_, Items<'static>> {
         self.items(&self.trees.sessions, |d| &d.sessions, b"", false)
     }
 
@@ -252,6 +256,10 @@ struct Shared {
     data_file: fs::File,
     snapshot_dir: PathBuf,
     notices: broadcast::Sender<ChangeNotice>,
+    /// Writes to the trees that failed in a row, and the last error: applying
+    /// fails once sled has refused for too long.
+    write_failures: std::sync::atomic::AtomicU32,
+    last_write_error: Mutex<String>,
 }
 
 impl Shared {
@@ -285,6 +293,15 @@ impl Shared {
         };
         let written = trees.write(&delta);
         let mut live = self.live_mut()?;
+        match &written {
+            Ok(()) => self.write_failures.store(0, Ordering::Relaxed),
+            Err(e) => {
+                self.write_failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.last_write_error.lock() {
+                    *last = e.to_string();
+                }
+            }
+        }
         if written.is_err() {
             // Keep the changes for the next try, under anything applied since.
             let newer = std::mem::take(&mut live.pending);
@@ -309,8 +326,10 @@ impl Shared {
 }
 
 impl Drop for Shared {
-    /// A node that stops cleanly leaves the trees current, so its next start
-    /// re-applies nothing. (A crash skips this; the re-apply covers it.)
+    /// When the state machine and its last read view are dropped (a node
+    /// stopping cleanly), what is pending is written, so the next start
+    /// re-applies nothing. Not synced here: sled flushes when its database is
+    /// dropped, and a crash skips all of it; the re-apply covers that.
     fn drop(&mut self) {
         if let Ok(live) = self.live.get_mut() {
             if !live.pending.is_empty() {
@@ -498,6 +517,8 @@ impl StateMachine {
             data_file,
             snapshot_dir: snapshot_dir.to_path_buf(),
             notices,
+            write_failures: std::sync::atomic::AtomicU32::new(0),
+            last_write_error: Mutex::new(String::new()),
         });
         start_writer(&shared, woken)?;
         let sm = StateMachine { shared };
@@ -900,15 +921,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let shared = self.shared.clone();
+        let failures = shared.write_failures.load(Ordering::Relaxed);
+        if failures >= MAX_WRITE_FAILURES {
+            let last = shared
+                .last_write_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default();
+            let e = io::Error::other(format!(
+                "applied state could not be written to sled {failures} times in a row: {last}"
+            ));
+            return Err(sm_err(ErrorVerb::Write, &e));
+        }
         let mut live = shared
             .live_mut()
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         let (delta, responses, notices) =
             apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         live.pending.absorb(delta);
-        let pile_up = live.pending.keys() >= WRITE_AT_KEYS;
+        let (keys, bytes) = (live.pending.keys(), live.pending.bytes);
         drop(live);
-        if pile_up {
+        if bytes >= MAX_PENDING_BYTES {
+            // sled is not keeping up: write here, before applying more.
+            shared
+                .write_behind()
+                .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        } else if keys >= WRITE_AT_KEYS || bytes >= WRITE_AT_BYTES {
             // A full channel means the writer is already woken.
             let _ = shared.wake.try_send(());
         }
@@ -1007,8 +1045,9 @@ fn write_state(
     w.finish()
 }
 
-/// Builds a snapshot of the live state. It is created on the state machine's own
-/// task, so no entry is applied while it reads (the apply lock is held shared).
+/// Builds a snapshot of the live state. openraft runs the build on a task of
+/// its own; the read lock it holds while writing the file keeps applies out,
+/// so the file is one point of history.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
 }
