@@ -278,20 +278,38 @@ impl Shared {
     /// Moves the applied changes into the trees. The lock is held only to take
     /// the changes and to let go of them: applies and reads go on meanwhile.
     fn write_behind(&self) -> io::Result<()> {
+        self.write_behind_with(|_| Ok(()))
+    }
+
+    /// [`Shared::write_behind`], running `during` first on the state as of
+    /// the moment the changes were taken: the trees and those changes, which
+    /// cannot change meanwhile (this holds the writer's lock, which installs
+    /// take too). The live lock is not held, so applies and reads go on: a
+    /// snapshot build or a backup reads here instead of holding up applies
+    /// for as long as it takes to write the whole store to a file.
+    fn write_behind_with<T>(&self, during: impl FnOnce(&Live) -> io::Result<T>) -> io::Result<T> {
         let _one = self
             .writer
             .lock()
             .map_err(|_| io::Error::other("writer lock poisoned"))?;
         let (delta, trees) = {
             let mut live = self.live_mut()?;
-            if live.pending.is_empty() {
-                return Ok(());
-            }
             let delta = Arc::new(std::mem::take(&mut live.pending));
             live.writing = Some(delta.clone());
             (delta, live.trees.clone())
         };
-        let written = trees.write(&delta);
+        let frozen = Live {
+            trees: trees.clone(),
+            pending: Delta::default(),
+            writing: Some(delta.clone()),
+        };
+        let result = during(&frozen);
+        drop(frozen);
+        let written = if delta.is_empty() {
+            Ok(())
+        } else {
+            trees.write(&delta)
+        };
         let mut live = self.live_mut()?;
         match &written {
             Ok(()) => self.write_failures.store(0, Ordering::Relaxed),
@@ -310,7 +328,7 @@ impl Shared {
             live.pending = kept;
         }
         live.writing = None;
-        written
+        written.and(result)
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -422,15 +440,16 @@ impl ReadView {
     /// checksummed snapshot format (an operator's backup; not recorded as a Raft
     /// snapshot). Returns the revision it reflects.
     pub fn dump(&self, path: &Path) -> io::Result<u64> {
-        let live = self.shared.live()?;
-        let last_applied = live.last_applied()?;
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: live.membership()?,
-            snapshot_id: format!("backup-{}", last_applied.map(|l| l.index).unwrap_or(0)),
-        };
-        write_state(&live, &meta, path)?;
-        live.revision()
+        self.shared.write_behind_with(|live| {
+            let last_applied = live.last_applied()?;
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: live.membership()?,
+                snapshot_id: format!("backup-{}", last_applied.map(|l| l.index).unwrap_or(0)),
+            };
+            write_state(live, &meta, path)?;
+            live.revision()
+        })
     }
 
     /// Size of the current snapshot file (`None` before the first snapshot,
@@ -1011,8 +1030,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// Writes the whole state `live` holds (keys, sessions) as a snapshot file:
-/// one format for Raft snapshots and operators' backups. The caller holds the
-/// read lock, so the file is one point of history.
+/// one format for Raft snapshots and operators' backups. `live` is a frozen
+/// view ([`Shared::write_behind_with`]), so the file is one point of history.
 fn write_state(
     live: &Live,
     meta: &SnapshotMeta<NodeId, NodeInfo>,
@@ -1046,36 +1065,20 @@ fn write_state(
 }
 
 /// Builds a snapshot of the live state. openraft runs the build on a task of
-/// its own; the read lock it holds while writing the file keeps applies out,
-/// so the file is one point of history.
+/// its own; it reads a frozen view (the trees and the changes taken for the
+/// writer, [`Shared::write_behind_with`]), so the file is one point of
+/// history and applies go on while it is written.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
 }
 
 impl SnapshotBuilder {
     fn build(shared: &Shared) -> io::Result<(SnapshotMeta<NodeId, NodeInfo>, SnapshotFile)> {
-        let live = shared.live()?;
-        let last_applied = live.last_applied()?;
-        let membership = live.membership()?;
-        let snapshot_id = format!(
-            "{}-{}-{:08x}",
-            last_applied.map(|l| l.leader_id.term).unwrap_or(0),
-            last_applied.map(|l| l.index).unwrap_or(0),
-            rand::random::<u32>()
-        );
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        let file_name = format!("snap-{}.snap", sanitize(&meta.snapshot_id));
-        let path = shared.snapshot_dir.join(&file_name);
-        let file = write_state(&live, &meta, &path)?;
-        drop(live);
+        let (meta, file_name, file) = shared.write_behind_with(|live| Self::write(shared, live))?;
         // The state the snapshot covers must be durable before openraft purges the
         // log behind it, and so must the pointer to the snapshot.
-        // An install may have finished while we were writing; never point back
-        // to an older snapshot than the one recorded.
+        // An install may have finished since; never point back to an older
+        // snapshot than the one recorded.
         let newer_recorded = shared
             .current_snapshot()?
             .is_some_and(|(current, _)| current.last_log_id > meta.last_log_id);
@@ -1090,6 +1093,30 @@ impl SnapshotBuilder {
         }
         shared.sync()?;
         Ok((meta, file))
+    }
+
+    /// Writes the snapshot file of `live` (a frozen view: see
+    /// [`Shared::write_behind_with`]).
+    fn write(
+        shared: &Shared,
+        live: &Live,
+    ) -> io::Result<(SnapshotMeta<NodeId, NodeInfo>, String, SnapshotFile)> {
+        let last_applied = live.last_applied()?;
+        let membership = live.membership()?;
+        let snapshot_id = format!(
+            "{}-{}-{:08x}",
+            last_applied.map(|l| l.leader_id.term).unwrap_or(0),
+            last_applied.map(|l| l.index).unwrap_or(0),
+            rand::random::<u32>()
+        );
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let file_name = format!("snap-{}.snap", sanitize(&meta.snapshot_id));
+        let file = write_state(live, &meta, &shared.snapshot_dir.join(&file_name))?;
+        Ok((meta, file_name, file))
     }
 }
 
@@ -1268,6 +1295,42 @@ mod tests {
             sm.read_view().digest().unwrap(),
             all.read_view().digest().unwrap()
         );
+    }
+
+    /// A snapshot reads a frozen view: an entry applied while the file is
+    /// written goes on (the live lock is free) and is not in the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_is_written_while_applies_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let first: Vec<_> = (1..=5u64)
+            .map(|i| entry(i, vec![put(&format!("k{i}"), "v")]))
+            .collect();
+        sm.apply(first).await.unwrap();
+        let shared = sm.shared.clone();
+        let (meta, _, file) = shared
+            .write_behind_with(|frozen| {
+                let applied = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current()
+                        .block_on(sm.apply(vec![entry(6, vec![put("k6", "v")])]))
+                        .is_ok()
+                });
+                assert!(applied);
+                SnapshotBuilder::write(&shared, frozen)
+            })
+            .unwrap();
+        assert_eq!(meta.last_log_id.map(|l| l.index), Some(5));
+        assert_eq!(sm.read_view().revision().unwrap(), 6);
+        let mut keys = Vec::new();
+        read_snapshot(&file.path, |r| {
+            if let SnapRecord::Kv { key, .. } = r {
+                keys.push(key);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(keys.len(), 5);
+        assert!(!keys.contains(&b"k6".to_vec()));
     }
 
     /// A clean stop writes what is pending, so the next start re-applies nothing.
