@@ -2,7 +2,8 @@
 //! policy store, kept identical by openraft over mutual-TLS gRPC.
 //!
 //! Split as openraft's examples are, so the parts do not know each other's insides:
-//! - [`storage`]: the sled-backed Raft log and the policy store state machine;
+//! - [`storage`]: the Raft log (segment files) and the policy store state
+//!   machine (sled, written behind the apply);
 //! - [`network`]: the tonic transport (Raft RPCs, federation RPCs, TLS, faults);
 //! - [`node`]: the application side, the single path for writes, reads,
 //!   membership changes and status;
@@ -10,6 +11,9 @@
 //!   node imports no server; the servers import the node);
 //! - [`convert`]: every federation message ↔ domain type conversion;
 //! - [`types`]: the domain types everything else builds on;
+//! - `proposer`: the leader's concurrent writes gathered into shared entries;
+//! - `entry_format`: how entries are written to the log and the wire, in both
+//!   formats a node reads;
 //! - `runtime`: the threads a node's Raft work runs on, apart from the VEN
 //!   service and the admin API.
 //!
