@@ -304,6 +304,7 @@ impl Ven for Handle {
             cert_pem: paired.cert_pem,
             server_ca_pem: self.server_ca.clone(),
             members: members(&self.db).await,
+            region: info.region,
         }))
     }
 
@@ -1021,8 +1022,10 @@ async fn report(svc: Arc<Svc>, fenced_tx: watch::Sender<bool>) {
         tick.tick().await;
         let fenced = svc.node.fence().serving_blocked().is_some();
         fenced_tx.send_if_modified(|f| std::mem::replace(f, fenced) != fenced);
+        // Every tenth tick, starting with the first: a node that has just
+        // started says at once that it serves VENs (none yet).
         n += 1;
-        if !n.is_multiple_of(10) {
+        if n % 10 != 1 {
             continue;
         }
         let states: Vec<(String, SessionState)> = match svc.sessions.lock() {
@@ -1055,6 +1058,7 @@ async fn report(svc: Arc<Svc>, fenced_tx: watch::Sender<bool>) {
         svc.node.set_services(|s| {
             s.vens_connected = Some(connected);
             s.vens_current = Some(current);
+            s.ven_resyncs = Some(svc.metrics.resyncs.get());
         });
     }
 }

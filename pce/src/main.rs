@@ -60,6 +60,14 @@ enum Command {
         /// Serve the admin API over plain HTTP (local experiments only).
         #[arg(long)]
         insecure_http: bool,
+        /// Nodes in each region (1 to 9): node k of a region listens on
+        /// 127.0.(k-1).x; its VENs move to a sibling when it is lost.
+        #[arg(long, default_value_t = 1)]
+        nodes_per_region: usize,
+        /// Make the nodes after each region's first learners (replicas that
+        /// serve VENs but do not vote) instead of voters.
+        #[arg(long)]
+        learners: bool,
     },
     /// The VEN agent: pair this host, then enforce its policy.
     Ven {
@@ -317,6 +325,8 @@ async fn run(cli: Cli) -> Result<()> {
             ven_port,
             metrics_port,
             insecure_http,
+            nodes_per_region,
+            learners,
         } => {
             init_logging(cli.log_format.unwrap_or_default());
             let ports = sc_region::local::Ports {
@@ -325,7 +335,11 @@ async fn run(cli: Cli) -> Result<()> {
                 ven: ven_port,
                 metrics: Some(metrics_port),
             };
-            up::run(&dir, ports, insecure_http).await
+            let shape = up::Shape {
+                nodes_per_region,
+                learners,
+            };
+            up::run(&dir, ports, insecure_http, shape).await
         }
         Command::Ven { command } => {
             init_logging(cli.log_format.unwrap_or_default());

@@ -279,6 +279,9 @@ pub async fn sim(args: SimArgs) -> Result<()> {
         names.push(id.workload_id.clone());
         let mut agent =
             Agent::new(id, None, Enforcer::Simulated)?.with_fleet_events(events.clone(), i);
+        // Learning the member list from pings would bring the other regions
+        // back into a VEN pinned to one.
+        agent.learn_members = args.region.is_none();
         if args.flows_per_second > 0 {
             agent.flow_report_interval = Duration::from_secs(args.flow_report_interval);
             agent = agent.with_flows(Synthetic::new(

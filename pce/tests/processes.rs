@@ -883,6 +883,17 @@ impl Drop for Up {
 }
 
 fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Up, String) {
+    start_up_with(dir, port, api_port, ven_port, &[])
+}
+
+/// [`start_up`] with more `pce up` options.
+fn start_up_with(
+    dir: &Path,
+    port: u16,
+    api_port: u16,
+    ven_port: u16,
+    extra: &[&str],
+) -> (Up, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(PCE)
         .args([
@@ -901,6 +912,7 @@ fn start_up(dir: &Path, port: u16, api_port: u16, ven_port: u16) -> (Up, String)
             "--metrics-port",
             "0",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
         .spawn()
@@ -1469,7 +1481,10 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (ok, out) = dr(&data, api_port, &["transfer-leader", "--to", "mars"]);
-    assert!(!ok && out.contains("unknown region \"mars\""), "{out}");
+    assert!(
+        !ok && out.contains("unknown region or node \"mars\""),
+        "{out}"
+    );
     let (ok, out) = dr(
         &data,
         api_port,
@@ -1846,4 +1861,215 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     );
     ctrl_c(up2);
     ctrl_c(up);
+}
+
+/// Processes a test started outside `Child` handles (a drill's
+/// `--restart-cmd` writes the pid of what it started to a file): killed
+/// when the test ends, passed or not.
+struct PidFiles(Vec<PathBuf>);
+
+impl Drop for PidFiles {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            if let Some(pid) = std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a pid this test started; no memory is shared.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// `pce dr status --json` of the cluster in `data` (the first JSON value
+/// printed; an unhealthy verdict follows it on stderr).
+fn dr_status(data: &Path, api_port: u16) -> serde_json::Value {
+    let (_, out) = dr(data, api_port, &["status", "--json"]);
+    serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pce-data");
+    let (port, api_port, ven_port) = (free_port(), free_port(), free_port());
+    let (up, printed) = start_up_with(
+        &data,
+        port,
+        api_port,
+        ven_port,
+        &["--nodes-per-region", "2"],
+    );
+    assert!(printed.contains("3 regions of 2 voting nodes"), "{printed}");
+    // Status groups the nodes by region and sums each region up.
+    let (ok, out) = dr(&data, api_port, &["status"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("eu-west-2") && out.contains("2 of 2 nodes serving, 2 voting"),
+        "{out}"
+    );
+    let v = dr_status(&data, api_port);
+    let regions = v["regions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(regions.len(), 3, "{v}");
+    assert!(
+        regions
+            .iter()
+            .all(|r| r["nodes"].as_array().map(Vec::len) == Some(2)),
+        "{v}"
+    );
+    // `pce up` runs every node in one process: kill -9 would take them all.
+    let (ok, out) = dr(&data, api_port, &["drill", "node-loss", "--hold", "1"]);
+    assert!(!ok && out.contains("shares its process"), "{out}");
+    ctrl_c(up);
+    // Fewer nodes than the directory holds would leave votes uncast.
+    let out = Command::new(PCE)
+        .args([
+            "up",
+            "--dir",
+            data.to_str().unwrap(),
+            "--nodes-per-region",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--nodes-per-region 2"),
+        "{err}"
+    );
+
+    // Each node its own process, as on real hosts.
+    let mut nodes = Vec::new();
+    for name in [
+        "us-east",
+        "us-east-2",
+        "eu-west",
+        "eu-west-2",
+        "ap-south",
+        "ap-south-2",
+    ] {
+        let node_dir = data.join(name);
+        nodes.push(Up(Some(
+            Command::new(PCE)
+                .args([
+                    "serve",
+                    "--config",
+                    node_dir.join("node.toml").to_str().unwrap(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(node_dir.join("node.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        )));
+    }
+    // VENs paired in eu-west: home there, spread over its two nodes.
+    let t0 = Instant::now();
+    while !dr(&data, api_port, &["status"]).0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{}",
+            dr(&data, api_port, &["status"]).1
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let code = pairing_code(&data, api_port);
+    let _sim = Up(Some(
+        Command::new(PCE)
+            .args(["ven-sim", "--server", &format!("127.0.0.12:{ven_port}")])
+            .args(["--ca", data.join("certs/ca.pem").to_str().unwrap()])
+            .args(["--activation-code", &code, "--count", "16"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let t0 = Instant::now();
+    let per_node = loop {
+        let v = dr_status(&data, api_port);
+        let per_node: BTreeMap<String, u64> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or("?").to_string(),
+                    n["status"]["services"]["vens_current"]
+                        .as_u64()
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        if v["healthy"] == true && per_node.values().sum::<u64>() == 16 {
+            break per_node;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "VENs not current: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        per_node["eu-west-1"] + per_node["eu-west-2"],
+        16,
+        "VENs stay in their home region: {per_node:?}"
+    );
+
+    // Kill -9 the eu-west node with the most VENs; the drill restarts it.
+    let pid_file = dir.path().join("restarted.pid");
+    let _restarted = PidFiles(vec![pid_file.clone()]);
+    let restart = format!(
+        "{PCE} serve --config {{config}} >> {} 2>&1 < /dev/null & echo $! > {}",
+        dir.path().join("restarted.log").display(),
+        pid_file.display()
+    );
+    let reports = dir.path().join("reports");
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &[
+            "drill",
+            "node-loss",
+            "--hold",
+            "2",
+            "--restart-cmd",
+            &restart,
+            "--report-dir",
+            reports.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let json_report = std::fs::read_dir(&reports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let r = drill_report(&json_report);
+    assert_eq!(r["result"], "passed", "{r}");
+    assert_eq!(r["drill"], "node-loss", "{r}");
+    let loss = &r["node_loss"];
+    assert_eq!(loss["region"], "eu-west", "{r}");
+    let victim = loss["node"].as_str().unwrap();
+    assert!(
+        loss["vens_on_node"].as_u64().unwrap() >= 8,
+        "the busier node: {r}"
+    );
+    assert_eq!(loss["vens_on_node"], per_node[victim], "{r}");
+    assert_eq!(loss["vens_moved_within_region"], per_node[victim], "{r}");
+    assert_eq!(loss["vens_moved_to_other_regions"], 0, "{r}");
+    assert_eq!(loss["ven_resyncs"], 0, "no push storm: {r}");
+    assert_eq!(loss["killed_with"], "SIGKILL", "{r}");
+    assert_eq!(loss["restarted"], true, "{r}");
+    assert_eq!(r["writes_failed"], 0, "{r}");
+    assert_eq!(r["acknowledged_writes_lost"], 0, "{r}");
+    assert_eq!(r["vens"]["current_after"], 16, "{r}");
+    eprintln!("node-loss: VENs moved in {} ms", loss["vens_moved_ms"]);
+    drop(nodes);
 }

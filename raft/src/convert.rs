@@ -211,6 +211,8 @@ pub fn status_from_proto(r: StatusReply) -> NodeStatus {
             api: r.api_addr,
             vens_connected: r.vens_connected,
             vens_current: r.vens_current,
+            ven_resyncs: r.ven_resyncs,
+            pid: r.pid,
         },
         peers: r
             .peers
@@ -255,6 +257,8 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
         api_addr: s.services.api.clone(),
         vens_connected: s.services.vens_connected,
         vens_current: s.services.vens_current,
+        ven_resyncs: s.services.ven_resyncs,
+        pid: s.services.pid,
         peers: s
             .peers
             .iter()

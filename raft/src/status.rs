@@ -65,6 +65,17 @@ pub struct Services {
     pub vens_connected: Option<u64>,
     /// Of those, the VENs whose acknowledged policy is the current one.
     pub vens_current: Option<u64>,
+    /// VENs that came back (since the node started) enforcing an older
+    /// policy than their current one and were sent it again. A VEN that moves
+    /// to a sibling of its node is current there, so a node-loss drill checks
+    /// this stays put: a push storm would show here.
+    #[serde(default)]
+    pub ven_resyncs: Option<u64>,
+    /// The operating-system process the node runs in: a drill that kills a
+    /// node with `kill -9` kills this, and refuses when other nodes share it
+    /// (`pce up` runs every node in one process).
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// One member as seen from the reporting node.

@@ -67,6 +67,9 @@ pub enum RegionError {
         /// Why.
         source: std::io::Error,
     },
+    /// A local cluster cannot be laid out as asked (`pce up`).
+    #[error("{0}")]
+    Layout(String),
     /// Issuing a node certificate for a local cluster.
     #[error("certificates: {0}")]
     Certificates(String),
@@ -102,6 +105,7 @@ impl Region {
     pub async fn start(opts: RegionOptions) -> Result<Region, RegionError> {
         let shutdown = CancellationToken::new();
         let node = Node::start(opts.node).await?;
+        node.set_services(|s| s.pid = Some(std::process::id()));
         let mut region = Region {
             node,
             api: None,

@@ -238,7 +238,9 @@ impl Agent {
         Ok(true)
     }
 
-    /// Members ordered by measured round-trip time (unreachable ones last).
+    /// Members in the order to try them: the home region's reachable nodes,
+    /// then other regions' by measured round-trip time, unreachable ones last
+    /// (see [`failover_order`]).
     pub async fn nearest(&mut self) -> Vec<MemberAddr> {
         let mut probes = Vec::new();
         for m in self.identity.members.clone() {
@@ -269,7 +271,6 @@ impl Agent {
                 }
             }
         }
-        measured.sort_by_key(|(rtt, _)| *rtt);
         // Learn of members added since pairing.
         if self.learn_members && !learned.is_empty() {
             let list: Vec<MemberAddr> = learned.into_iter().map(MemberAddr::from).collect();
@@ -282,7 +283,11 @@ impl Agent {
                 }
             }
         }
-        measured.into_iter().map(|(_, m)| m).collect()
+        failover_order(
+            self.identity.home_region.as_deref(),
+            &self.identity.workload_id,
+            measured,
+        )
     }
 
     /// Runs until `stop` turns true, moving between members as they fail.
@@ -486,6 +491,137 @@ impl Agent {
 /// offline), so equal versions are applied.
 fn supersedes(enforced: Option<u64>, offered: u64) -> bool {
     enforced.is_none_or(|have| offered >= have)
+}
+
+/// The order a VEN tries members in.
+///
+/// The home region's reachable nodes come first: they already compile the
+/// workload's policy from their region's replica, so losing one node moves its
+/// VENs to a sibling with the same policy bytes (no push), and another region
+/// adopts the workload only when the whole home region is unreachable. Nodes
+/// of one region are equally near, so among them the order is a rendezvous
+/// hash of (workload, node): VENs spread over a region's nodes, each VEN's
+/// choice survives its restarts, and losing a node moves only that node's VENs.
+/// Other regions follow by round-trip time. Unreachable members (`Duration::MAX`)
+/// come last, still tried: a ping can fail where a stream would not.
+pub fn failover_order(
+    home: Option<&str>,
+    workload: &str,
+    measured: Vec<(Duration, MemberAddr)>,
+) -> Vec<MemberAddr> {
+    let mut keyed: Vec<_> = measured
+        .into_iter()
+        .map(|(rtt, m)| {
+            let unreachable = rtt == Duration::MAX;
+            let away = home != Some(m.region.as_str());
+            let (rank, rtt) = if away {
+                (0, rtt)
+            } else {
+                (u64::MAX - rendezvous(workload, &m.name), Duration::ZERO)
+            };
+            ((unreachable, away, rank, rtt), m)
+        })
+        .collect();
+    keyed.sort_by_key(|a| a.0);
+    keyed.into_iter().map(|(_, m)| m).collect()
+}
+
+/// A stable 64-bit score of (workload, node): FNV-1a, then a mixer so that
+/// names differing in one character still score far apart. Stable across
+/// builds and hosts (unlike `std`'s hasher, which promises neither).
+fn rendezvous(workload: &str, node: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in workload.bytes().chain([0xff]).chain(node.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64's finaliser.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    fn m(name: &str, region: &str) -> MemberAddr {
+        MemberAddr {
+            name: name.into(),
+            region: region.into(),
+            addr: format!("{name}:7450"),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn names(order: &[MemberAddr]) -> Vec<&str> {
+        order.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_home_region_comes_first_even_when_another_region_answers_faster() {
+        let measured = vec![
+            (ms(1), m("us-east-1", "us-east")),
+            (ms(9), m("eu-west-1", "eu-west")),
+            (ms(9), m("eu-west-2", "eu-west")),
+            (ms(3), m("ap-south-1", "ap-south")),
+        ];
+        let order = failover_order(Some("eu-west"), "w1", measured);
+        let names = names(&order);
+        assert!(names[..2].contains(&"eu-west-1") && names[..2].contains(&"eu-west-2"));
+        assert_eq!(
+            &names[2..],
+            ["us-east-1", "ap-south-1"],
+            "then by round trip"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_home_node_goes_last_and_its_sibling_takes_over() {
+        let measured = vec![
+            (Duration::MAX, m("eu-west-1", "eu-west")),
+            (ms(9), m("eu-west-2", "eu-west")),
+            (ms(1), m("us-east-1", "us-east")),
+        ];
+        let order = failover_order(Some("eu-west"), "w1", measured);
+        assert_eq!(names(&order), ["eu-west-2", "us-east-1", "eu-west-1"]);
+    }
+
+    #[test]
+    fn without_a_home_region_the_order_is_by_round_trip() {
+        let measured = vec![
+            (ms(5), m("a", "r1")),
+            (Duration::MAX, m("b", "r2")),
+            (ms(2), m("c", "r3")),
+        ];
+        assert_eq!(names(&failover_order(None, "w", measured)), ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn vens_spread_over_a_regions_nodes_and_losing_one_moves_only_its_own() {
+        let region = [m("r-1", "r"), m("r-2", "r"), m("r-3", "r")];
+        let first = |nodes: &[MemberAddr], w: &str| {
+            let measured = nodes.iter().map(|n| (ms(1), n.clone())).collect();
+            failover_order(Some("r"), w, measured)[0].name.clone()
+        };
+        let mut per_node = std::collections::HashMap::new();
+        for i in 0..300 {
+            let w = format!("workload-{i}");
+            let before = first(&region, &w);
+            *per_node.entry(before.clone()).or_insert(0) += 1;
+            let after = first(&region[1..], &w);
+            if before != "r-1" {
+                assert_eq!(before, after, "{w} moved although its node stayed");
+            }
+        }
+        for n in ["r-1", "r-2", "r-3"] {
+            let got = per_node.get(n).copied().unwrap_or(0);
+            assert!((60..=140).contains(&got), "{n} serves {got} of 300");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,13 @@ pub struct Identity {
     pub server_ca_pem: String,
     /// Known members.
     pub members: Vec<MemberAddr>,
+    /// The workload's home region, from pairing: its members come first when
+    /// the VEN picks where to stream from, so losing one node of a region
+    /// moves its VENs to the region's other nodes, not across regions.
+    /// `None` in identities saved before regions had several nodes (and from
+    /// a member of that release): the VEN then goes by round-trip time alone.
+    #[serde(default)]
+    pub home_region: Option<String>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -84,6 +91,7 @@ impl std::fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("workload_id", &self.workload_id)
             .field("members", &self.members)
+            .field("home_region", &self.home_region)
             .finish_non_exhaustive()
     }
 }
@@ -261,5 +269,6 @@ pub async fn pair(
             resp.server_ca_pem
         },
         members,
+        home_region: Some(resp.region).filter(|r| !r.is_empty()),
     })
 }

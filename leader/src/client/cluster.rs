@@ -257,13 +257,29 @@ pub fn risks(nodes: &[NodeView]) -> Vec<String> {
     // Fewer than three voters: one region's loss (or a fence) stops writes.
     let voters = l.peers.iter().filter(|p| p.voter).count();
     if voters < 3 {
-        vec![format!(
+        return vec![format!(
             "only {voters} voter{}: losing any one region stops writes; promote a learner or add a region (pce dr add-region --voter)",
             if voters == 1 { "" } else { "s" }
-        )]
-    } else {
-        vec![]
+        )];
     }
+    // A region is lost as a whole (its site, its network): the voters of the
+    // others must still be a majority of all, whichever region goes.
+    let mut per_region: std::collections::BTreeMap<&str, usize> = Default::default();
+    for p in l.peers.iter().filter(|p| p.voter) {
+        *per_region.entry(p.region.as_str()).or_default() += 1;
+    }
+    let majority = voters / 2 + 1;
+    per_region
+        .into_iter()
+        .filter(|(_, n)| voters - n < majority)
+        .map(|(region, n)| {
+            format!(
+                "{region} holds {n} of {voters} voters: losing it leaves {} of the {majority} needed to write; \
+                 make some of its nodes learners (pce dr demote) or add voters elsewhere",
+                voters - n
+            )
+        })
+        .collect()
 }
 
 /// Waits until every node is reachable, agrees on one leader, and has applied

@@ -17,7 +17,7 @@ use sc_leader::client::cluster::{
 use serde::Serialize;
 use serde_json::json;
 
-use super::{fence, find_region, open_cluster, unfence, DrillArgs, Scenario, ORG};
+use super::{fence, find_nodes, name_of, open_cluster, unfence, DrillArgs, Scenario, ORG};
 
 /// Seconds a drill's fence outlives its hold, so the drill lifts it, not
 /// time; and time lifts it if the drill dies.
@@ -135,7 +135,36 @@ struct Report {
     converged_ms: u64,
     leader_before: String,
     leader_after: String,
+    /// For node-loss: the node killed and where its VENs went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_loss: Option<NodeLoss>,
     phases: Vec<Phase>,
+}
+
+/// What a node-loss drill saw of the node it killed and of its VENs.
+#[derive(Debug, Clone, Serialize)]
+struct NodeLoss {
+    node: String,
+    region: String,
+    /// The process killed, when the drill killed it itself.
+    pid: Option<u32>,
+    /// `SIGKILL` or the `--kill-cmd` that ran.
+    killed_with: String,
+    /// VENs streaming from the node before it was killed.
+    vens_on_node: u64,
+    /// Kill → every VEN of the region streaming from its other nodes on its
+    /// current policy (`null`: not within 30 s).
+    vens_moved_ms: Option<u64>,
+    /// VENs the region's other nodes gained.
+    vens_moved_within_region: u64,
+    /// VENs other regions gained (must be 0: a region with a node left
+    /// keeps its VENs).
+    vens_moved_to_other_regions: u64,
+    /// VENs the region's other nodes sent their policy again because they
+    /// came back enforcing an older one (must be 0: no push storm).
+    ven_resyncs: u64,
+    /// Whether `--restart-cmd` brought the node back before the checks.
+    restarted: bool,
 }
 
 struct Progress {
@@ -199,21 +228,43 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
     let plan = preflight(&c, &args, &mut p).await?;
     let load = Load::start(&c, &plan.apis, p.t0, format!("{started_unix_ms:x}"));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (fenced, fence_times, led) = fence_each(&c, &args, &plan, &load, &mut p).await?;
+    let (fenced, fence_times, led, node_loss) = match &plan.victim {
+        Some(v) => {
+            let (time, led, loss) = lose_node(&c, &args, &plan, v, &load, &mut p).await?;
+            (vec![v.name.clone()], vec![time], vec![led], Some(loss))
+        }
+        None => {
+            let (fenced, times, led) = fence_each(&c, &args, &plan, &load, &mut p).await?;
+            (fenced, times, led, None)
+        }
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (ops, reads, writer_addr) = load.stop().await?;
     p.phase("writer and readers stopped");
 
+    // A killed node left down is not waited for, nor checked for writes.
+    let down = node_loss
+        .as_ref()
+        .filter(|l| !l.restarted)
+        .and(plan.victim.as_ref())
+        .map(|v| v.api);
+    let apis: Vec<(String, SocketAddr)> = plan
+        .apis
+        .iter()
+        .filter(|a| Some(a.1) != down)
+        .cloned()
+        .collect();
+    let live_apis: Vec<SocketAddr> = apis.iter().map(|a| a.1).collect();
     let t_conv = Instant::now();
-    let nodes = converge(&c, &plan.all_apis, Duration::from_secs(60)).await?;
+    let nodes = converge(&c, &live_apis, Duration::from_secs(60)).await?;
     let converged_ms = t_conv.elapsed().as_millis() as u64;
     let acked: Vec<&WriteOp> = ops.iter().filter(|o| o.href.is_some()).collect();
     p.phase(format!(
         "checking {} acknowledged writes in every region",
         acked.len()
     ));
-    let missing = missing_writes(&c, &plan.apis, &acked).await?;
-    let vens_after = wait_for_vens(&c, &plan, &nodes).await?;
+    let missing = missing_writes(&c, &apis, &acked).await?;
+    let vens_after = wait_for_vens(&c, &plan, &live_apis, &nodes).await?;
     p.phase(format!(
         "VENs: {} connected before, {} after, {} on their current policy",
         plan.vens_before, vens_after.0, vens_after.1
@@ -271,6 +322,9 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
             vens.connected_before, vens.connected_after, vens.current_after
         ));
     }
+    if let Some(l) = &node_loss {
+        failures.extend(node_loss_failures(l));
+    }
     let finished_unix_ms = sc_store::time::now_ms();
     let report = Report {
         schema: REPORT_SCHEMA,
@@ -314,6 +368,7 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
         converged_ms,
         leader_before: plan.leader_before,
         leader_after: leader_name(&nodes),
+        node_loss,
         phases: p.phases.clone(),
     };
     let (json_path, md_path) = write_report(&args.report_dir, &report, started_unix_ms)?;
@@ -382,8 +437,10 @@ struct Plan {
     apis: Vec<(String, SocketAddr)>,
     /// The same addresses alone, for status and convergence.
     all_apis: Vec<SocketAddr>,
-    /// The regions to fence, in order.
+    /// The regions to fence, in order (every node of each).
     targets: Vec<String>,
+    /// For node-loss: the node to kill.
+    victim: Option<Victim>,
     /// VENs connected before the drill.
     vens_before: u64,
     /// The leader before the drill.
@@ -419,7 +476,7 @@ async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Pl
         .filter(|r| *r != leader_region)
         .collect();
     if let Some(r) = &args.region {
-        find_region(&nodes, r)?;
+        find_nodes(&nodes, r)?;
         if args.scenario == Scenario::MemberRegionLoss && *r == leader_region {
             bail!(
                 "{r} leads; member-region-loss needs a member region (or use leader-region-loss)"
@@ -435,7 +492,16 @@ async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Pl
             .clone()
             .or_else(|| members.first().cloned())
             .ok_or_else(|| anyhow!("no member region"))?],
-        Scenario::RollingRegionLoss => apis.iter().map(|a| a.0.clone()).collect(),
+        Scenario::RollingRegionLoss => {
+            let mut regions: Vec<String> = apis.iter().map(|a| a.0.clone()).collect();
+            regions.dedup();
+            regions
+        }
+        Scenario::NodeLoss => vec![],
+    };
+    let victim = match args.scenario {
+        Scenario::NodeLoss => Some(pick_victim(&nodes, args)?),
+        _ => None,
     };
     let (vens_before, _) = vens(&nodes);
     let leader_before = leader_name(&nodes);
@@ -447,6 +513,7 @@ async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Pl
         all_apis: apis.iter().map(|a| a.1).collect(),
         apis,
         targets,
+        victim,
         vens_before,
         leader_before,
     })
@@ -501,9 +568,9 @@ impl Load {
         }
     }
 
-    /// Writes through a region other than `region` from now on.
-    fn avoid(&self, apis: &[(String, SocketAddr)], region: &str) {
-        if let Some(other) = apis.iter().find(|a| a.0 != region) {
+    /// Writes through a node `lost` does not name from now on.
+    fn avoid(&self, apis: &[(String, SocketAddr)], lost: impl Fn(&(String, SocketAddr)) -> bool) {
+        if let Some(other) = apis.iter().find(|a| !lost(a)) {
             if let Ok(mut w) = self.writer_api.lock() {
                 *w = other.1;
             }
@@ -629,17 +696,23 @@ async fn fence_each(
                 .filter_map(|n| n.status.as_ref())
                 .any(|s| s.role == "leader" && s.region == *region),
         );
-        let addr = plan
+        // A region is lost as a whole: every node of it is fenced.
+        let addrs: Vec<SocketAddr> = plan
             .apis
             .iter()
-            .find(|a| a.0 == *region)
+            .filter(|a| a.0 == *region)
             .map(|a| a.1)
-            .ok_or_else(|| anyhow!("{region}: no API"))?;
+            .collect();
+        if addrs.is_empty() {
+            bail!("{region}: no API");
+        }
         // Write through a region that stays up.
-        load.avoid(&plan.apis, region);
+        load.avoid(&plan.apis, |a| a.0 == *region);
         let keep_serving = args.scenario == Scenario::PartitionLeaderMinority;
         // The fence outlives the hold by a margin, but lifts itself if we die.
-        fence(c, addr, args.hold + FENCE_MARGIN_S, keep_serving, false).await?;
+        for addr in &addrs {
+            fence(c, *addr, args.hold + FENCE_MARGIN_S, keep_serving, false).await?;
+        }
         fence_times.push(p.t0.elapsed().as_millis() as u64);
         fenced.push(region.clone());
         p.phase(format!(
@@ -652,7 +725,9 @@ async fn fence_each(
             args.hold
         ));
         tokio::time::sleep(Duration::from_secs(args.hold)).await;
-        unfence(c, addr).await?;
+        for addr in &addrs {
+            unfence(c, *addr).await?;
+        }
         p.phase(format!("unfenced {region}; waiting for convergence"));
         converge(c, &plan.all_apis, Duration::from_secs(60)).await?;
         p.phase("converged");
@@ -680,16 +755,326 @@ async fn missing_writes(
     Ok(missing)
 }
 
-/// Waits (up to 30 s) until every VEN connected before is connected again,
-/// on its current policy; returns (connected, current).
-async fn wait_for_vens(c: &Cluster, plan: &Plan, nodes: &[NodeView]) -> Result<(u64, u64)> {
+/// Waits (up to 30 s) until every VEN connected before is connected again
+/// (to the nodes at `apis`), on its current policy; returns (connected,
+/// current).
+async fn wait_for_vens(
+    c: &Cluster,
+    plan: &Plan,
+    apis: &[SocketAddr],
+    nodes: &[NodeView],
+) -> Result<(u64, u64)> {
     let mut after = vens(nodes);
     let deadline = Instant::now() + Duration::from_secs(30);
     while (after.0 < plan.vens_before || after.1 < after.0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        after = vens(&c.status(&plan.all_apis).await?);
+        after = vens(&c.status(apis).await?);
     }
     Ok(after)
+}
+
+/// The node a node-loss drill kills, and how.
+struct Victim {
+    id: u64,
+    name: String,
+    region: String,
+    api: SocketAddr,
+    /// Its process, when the drill kills it itself.
+    pid: Option<u32>,
+    /// Its config file, when the drill was given the `pce up` directory.
+    config: Option<PathBuf>,
+}
+
+/// Picks the node to kill (`--node`, or the member node serving the most
+/// VENs in a region with several) and checks it can be lost: another node of
+/// its region serves VENs, and the drill can kill it (`--kill-cmd`, or a
+/// process on this host that no other node shares).
+fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<Victim> {
+    let serves_vens = |n: &NodeView| {
+        n.status
+            .as_ref()
+            .is_some_and(|s| s.services.vens_connected.is_some())
+    };
+    let siblings = |n: &NodeView| {
+        nodes
+            .iter()
+            .filter(|o| o.id != n.id && region_of(o) == region_of(n) && serves_vens(o))
+            .count()
+    };
+    let chosen = match &args.node {
+        Some(name) => nodes
+            .iter()
+            .find(|n| n.name.as_deref() == Some(name.as_str()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = nodes.iter().map(name_of).collect();
+                anyhow!("unknown node {name:?}; the nodes are: {}", names.join(", "))
+            })?,
+        None => nodes
+            .iter()
+            .filter(|n| serves_vens(n) && siblings(n) > 0)
+            .filter(|n| n.status.as_ref().is_some_and(|s| s.role != "leader"))
+            .max_by_key(|n| {
+                let on = n.status.as_ref().and_then(|s| s.services.vens_connected);
+                (on.unwrap_or(0), std::cmp::Reverse(n.id))
+            })
+            .ok_or_else(|| {
+                anyhow!(
+                    "node-loss needs a region with two nodes or more that serve VENs, one of them \
+                     not the leader; start regions with several nodes (pce up --nodes-per-region 2)"
+                )
+            })?,
+    };
+    let name = name_of(chosen).to_string();
+    let region = region_of(chosen).unwrap_or_default().to_string();
+    if siblings(chosen) == 0 {
+        bail!("{name} is the only node of {region} that serves VENs: losing it is a region loss (member-region-loss); add a node to {region} first");
+    }
+    let api = api_of(chosen).ok_or_else(|| anyhow!("{name} runs no admin API"))?;
+    let status = chosen
+        .status
+        .as_ref()
+        .ok_or_else(|| anyhow!("{name} does not answer"))?;
+    let config = args.conn.dir.as_ref().and_then(|d| {
+        sc_region::local::existing(d, true)
+            .into_iter()
+            .find(|n| n.name == name)
+            .map(|n| d.join(n.dir).join("node.toml"))
+    });
+    let pid = match (&args.kill_cmd, status.services.pid) {
+        (Some(_), pid) => pid,
+        (None, None) => bail!(
+            "{name} does not say which process it runs in (an older release); give --kill-cmd"
+        ),
+        (None, Some(pid)) => {
+            if let Some(other) = nodes.iter().find(|o| {
+                o.id != chosen.id
+                    && o.status.as_ref().and_then(|s| s.services.pid) == Some(pid)
+                    && api_of(o).is_some_and(|a| a.ip().is_loopback())
+            }) {
+                bail!(
+                    "{name} shares its process (pid {pid}) with {}: `pce up` runs every node in one \
+                     process, and kill -9 would take them all. Run each node as its own `pce serve \
+                     --config DIR/NODE/node.toml` (docs/runbook.md, \"Regions with several nodes\"), \
+                     or give --kill-cmd",
+                    name_of(other)
+                );
+            }
+            if !api.ip().is_loopback() {
+                bail!("{name} runs on another host ({api}); give --kill-cmd (e.g. 'ssh HOST sudo systemctl kill -s KILL pce')");
+            }
+            Some(pid)
+        }
+    };
+    Ok(Victim {
+        id: chosen.id,
+        name,
+        region,
+        api,
+        pid,
+        config,
+    })
+}
+
+/// `cmd` with the victim's `{node}`, `{region}`, `{pid}` and `{config}`.
+fn fill(cmd: &str, v: &Victim) -> String {
+    cmd.replace("{node}", &v.name)
+        .replace("{region}", &v.region)
+        .replace("{pid}", &v.pid.map(|p| p.to_string()).unwrap_or_default())
+        .replace(
+            "{config}",
+            &v.config
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or_default(),
+        )
+}
+
+/// Runs an operator's command (`--kill-cmd`, `--restart-cmd`) with `sh -c`.
+async fn shell(what: &str, cmd: &str) -> Result<()> {
+    let out = tokio::process::Command::new("sh")
+        .args(["-c", cmd])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running the {what} {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "the {what} {cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// VENs per node of `region`, and in every other region together.
+fn vens_by_place(nodes: &[NodeView], region: &str) -> (BTreeMap<u64, (u64, u64)>, u64, u64) {
+    let mut in_region = BTreeMap::new();
+    let mut elsewhere = 0;
+    let mut resyncs = 0;
+    for n in nodes {
+        let Some(s) = &n.status else { continue };
+        let (a, c) = (
+            s.services.vens_connected.unwrap_or(0),
+            s.services.vens_current.unwrap_or(0),
+        );
+        if s.region == region {
+            in_region.insert(n.id, (a, c));
+            resyncs += s.services.ven_resyncs.unwrap_or(0);
+        } else {
+            elsewhere += a;
+        }
+    }
+    (in_region, elsewhere, resyncs)
+}
+
+/// Kills the victim, watches its VENs move to its region's other nodes,
+/// keeps it down for `--hold`, and restarts it with `--restart-cmd`; returns
+/// when it was killed (ms since the start), whether it led, and what moved.
+async fn lose_node(
+    c: &Cluster,
+    args: &DrillArgs,
+    plan: &Plan,
+    v: &Victim,
+    load: &Load,
+    p: &mut Progress,
+) -> Result<(u64, bool, NodeLoss)> {
+    let nodes = c.status(&plan.all_apis).await?;
+    let led = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .any(|s| s.role == "leader" && s.id == v.id);
+    let (before, elsewhere_before, _) = vens_by_place(&nodes, &v.region);
+    let vens_on_node = before.get(&v.id).map(|x| x.0).unwrap_or(0);
+    let region_total: u64 = before.values().map(|x| x.0).sum();
+    let others: Vec<SocketAddr> = plan
+        .all_apis
+        .iter()
+        .copied()
+        .filter(|a| *a != v.api)
+        .collect();
+    // Resyncs are counted from the moment before the kill, on the nodes that
+    // will take the VENs.
+    let (_, _, resyncs_before) = vens_by_place(&c.status(&others).await?, &v.region);
+    load.avoid(&plan.apis, |a| a.1 == v.api);
+    let killed_with = match &args.kill_cmd {
+        Some(cmd) => {
+            let cmd = fill(cmd, v);
+            shell("--kill-cmd", &cmd).await?;
+            cmd
+        }
+        None => {
+            let pid = v
+                .pid
+                .ok_or_else(|| anyhow!("{}: no process to kill", v.name))?;
+            // SAFETY: kill(2) on a pid the node reported; no memory is shared.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+                bail!(
+                    "kill -9 {pid} ({}): {}",
+                    v.name,
+                    std::io::Error::last_os_error()
+                );
+            }
+            "SIGKILL".into()
+        }
+    };
+    let killed_at = p.t0.elapsed().as_millis() as u64;
+    let t_kill = Instant::now();
+    p.phase(format!(
+        "killed {} ({}) with {killed_with}; {vens_on_node} of the region's {region_total} VENs streamed from it",
+        v.name, v.region
+    ));
+    // Moved: the region's VENs all stream from its other nodes, current.
+    let deadline = t_kill + Duration::from_secs(30);
+    let mut moved_ms = None;
+    let mut last = (BTreeMap::new(), elsewhere_before, resyncs_before);
+    while Instant::now() < deadline {
+        last = vens_by_place(&c.status(&others).await?, &v.region);
+        let (connected, current) = last
+            .0
+            .iter()
+            .filter(|(id, _)| **id != v.id)
+            .fold((0, 0), |(a, c), (_, x)| (a + x.0, c + x.1));
+        if connected + (last.1.saturating_sub(elsewhere_before)) >= region_total
+            && current == connected
+        {
+            moved_ms = Some(t_kill.elapsed().as_millis() as u64);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let on_siblings: u64 = last
+        .0
+        .iter()
+        .filter(|(id, _)| **id != v.id)
+        .map(|(_, x)| x.0)
+        .sum();
+    let siblings_before = region_total - vens_on_node;
+    let loss = NodeLoss {
+        node: v.name.clone(),
+        region: v.region.clone(),
+        pid: v.pid,
+        killed_with,
+        vens_on_node,
+        vens_moved_ms: moved_ms,
+        vens_moved_within_region: on_siblings.saturating_sub(siblings_before),
+        vens_moved_to_other_regions: last.1.saturating_sub(elsewhere_before),
+        ven_resyncs: last.2.saturating_sub(resyncs_before),
+        restarted: args.restart_cmd.is_some(),
+    };
+    p.phase(match moved_ms {
+        Some(ms) => format!(
+            "{} VENs moved to {}'s other nodes in {ms} ms ({} to other regions, {} sent their policy again)",
+            loss.vens_moved_within_region, v.region, loss.vens_moved_to_other_regions, loss.ven_resyncs
+        ),
+        None => format!("the VENs of {} did not all move within 30 s", v.name),
+    });
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    match &args.restart_cmd {
+        Some(cmd) => {
+            let cmd = fill(cmd, v);
+            shell("--restart-cmd", &cmd).await?;
+            p.phase(format!(
+                "restarted {} ({cmd}); waiting for convergence",
+                v.name
+            ));
+            converge(c, &plan.all_apis, Duration::from_secs(60)).await?;
+            p.phase("converged");
+        }
+        None => p.phase(format!(
+            "{} stays down: start it again ({})",
+            v.name,
+            v.config
+                .as_ref()
+                .map(|c| format!("pce serve --config {}", c.display()))
+                .unwrap_or_else(|| "its service manager, or pce serve --config".into())
+        )),
+    }
+    Ok((killed_at, led, loss))
+}
+
+/// Why a node-loss drill failed, beyond what every drill checks.
+fn node_loss_failures(l: &NodeLoss) -> Vec<String> {
+    let mut out = Vec::new();
+    if l.vens_moved_ms.is_none() {
+        out.push(format!(
+            "the VENs of {} did not all reconnect to {}'s other nodes on their current policy within 30 s",
+            l.node, l.region
+        ));
+    }
+    if l.vens_moved_to_other_regions > 0 {
+        out.push(format!(
+            "{} VENs left {} although it has nodes that serve",
+            l.vens_moved_to_other_regions, l.region
+        ));
+    }
+    if l.ven_resyncs > 0 {
+        out.push(format!(
+            "{} VENs were sent their policy again after moving (a push storm)",
+            l.ven_resyncs
+        ));
+    }
+    out
 }
 
 /// RTO per fence (fence → the first write invoked after it acknowledged),
@@ -768,7 +1153,7 @@ fn figures(r: &Report) -> Vec<(&'static str, String)> {
         .zip(&r.fenced)
         .map(|(v, region)| format!("{region}: {}", ms(*v, "never resumed")))
         .collect();
-    vec![
+    let mut rows = vec![
         ("regions fenced, in order", r.fenced.join(", ")),
         (
             "leader before → after",
@@ -814,6 +1199,39 @@ fn figures(r: &Report) -> Vec<(&'static str, String)> {
         (
             "convergence after the writer stopped",
             format!("{} ms", r.converged_ms),
+        ),
+    ];
+    if let Some(l) = &r.node_loss {
+        rows.extend(node_loss_rows(l));
+    }
+    rows
+}
+
+/// The node-loss figures as Markdown rows.
+fn node_loss_rows(l: &NodeLoss) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "node killed",
+            format!("{} ({}) with {}", l.node, l.region, l.killed_with),
+        ),
+        (
+            "VENs on it → moved within its region / to other regions (must be 0)",
+            format!(
+                "{} → {} / {}",
+                l.vens_on_node, l.vens_moved_within_region, l.vens_moved_to_other_regions
+            ),
+        ),
+        (
+            "kill → every VEN of the region current on its other nodes",
+            ms(l.vens_moved_ms, "not within 30 s"),
+        ),
+        (
+            "VENs sent their policy again (must be 0)",
+            l.ven_resyncs.to_string(),
+        ),
+        (
+            "node restarted by the drill",
+            if l.restarted { "yes" } else { "no" }.into(),
         ),
     ]
 }
@@ -878,6 +1296,11 @@ fn print_report(r: &Report) {
         );
     }
     println!("  VENs             {}", ven_line(&r.vens));
+    if let Some(l) = &r.node_loss {
+        for (k, v) in node_loss_rows(l) {
+            println!("  {k}: {v}");
+        }
+    }
     println!(
         "  converged in     {} ms after the writer stopped",
         r.converged_ms

@@ -44,7 +44,8 @@ pub enum DrCommand {
     TransferLeader {
         #[command(flatten)]
         conn: Conn,
-        /// The region that should lead.
+        /// The region that should lead (its first voter campaigns), or one
+        /// node by name.
         #[arg(long)]
         to: String,
     },
@@ -52,7 +53,7 @@ pub enum DrCommand {
     Fence {
         #[command(flatten)]
         conn: Conn,
-        /// The region to fence.
+        /// The region to fence (every node of it), or one node by name.
         #[arg(long)]
         region: String,
         /// How long before the fence lifts itself.
@@ -70,7 +71,7 @@ pub enum DrCommand {
     Unfence {
         #[command(flatten)]
         conn: Conn,
-        /// The fenced region.
+        /// The fenced region (every node of it), or one node by name.
         #[arg(long)]
         region: String,
     },
@@ -96,11 +97,11 @@ pub enum DrCommand {
         #[arg(long)]
         voter: bool,
     },
-    /// Take a region out of the cluster (stop its node afterwards).
+    /// Take a region out of the cluster (stop its nodes afterwards).
     RemoveRegion {
         #[command(flatten)]
         conn: Conn,
-        /// The region.
+        /// The region (every node of it), or one node by name.
         #[arg(long)]
         region: String,
         /// Even if fewer than three voters would be left.
@@ -111,7 +112,7 @@ pub enum DrCommand {
     Promote {
         #[command(flatten)]
         conn: Conn,
-        /// The region.
+        /// The region (every node of it), or one node by name.
         #[arg(long)]
         region: String,
     },
@@ -119,7 +120,7 @@ pub enum DrCommand {
     Demote {
         #[command(flatten)]
         conn: Conn,
-        /// The region.
+        /// The region (every node of it), or one node by name.
         #[arg(long)]
         region: String,
         /// Even if fewer than three voters would be left.
@@ -157,6 +158,10 @@ pub enum Scenario {
     /// processes keep running; restart them yourself for a real rolling
     /// restart).
     RollingRegionLoss,
+    /// One node of a region with several is killed (`kill -9`): its VENs
+    /// must move to the region's other nodes, with no write failing and no
+    /// VEN sent its policy again.
+    NodeLoss,
 }
 
 /// Options of `pce dr drill`.
@@ -170,9 +175,24 @@ pub struct DrillArgs {
     /// For member-region-loss: which member region (default: the first).
     #[arg(long)]
     region: Option<String>,
-    /// Seconds a region stays fenced (per region for rolling-region-loss).
+    /// Seconds a region stays fenced (per region for rolling-region-loss);
+    /// for node-loss, seconds the node stays down after its VENs moved.
     #[arg(long, default_value_t = 8)]
     hold: u64,
+    /// For node-loss: the node to kill (default: the member node, in a region
+    /// with several, that serves the most VENs).
+    #[arg(long)]
+    node: Option<String>,
+    /// For node-loss: how to kill the node, run with `sh -c` after `{node}`,
+    /// `{region}`, `{pid}` and `{config}` are replaced (default: SIGKILL to
+    /// the process the node reports, when it runs on this host alone).
+    #[arg(long)]
+    kill_cmd: Option<String>,
+    /// For node-loss: how to start the node again, run with `sh -c` like
+    /// `--kill-cmd` (it must return: start the node in the background or
+    /// through its service manager). Without it the node stays down.
+    #[arg(long)]
+    restart_cmd: Option<String>,
     /// Where the JSON and Markdown reports go.
     #[arg(long, default_value = "drill-reports")]
     report_dir: PathBuf,
@@ -227,15 +247,12 @@ pub(crate) fn open_cluster(c: &Conn) -> Result<Cluster> {
     Ok(Cluster::new(ca, field("auth_username")?, field("secret")?, entry).with_fallbacks(dir_apis))
 }
 
-/// The admin API addresses of the regions a `pce up` directory holds (their
-/// `node.toml`), in region order.
+/// The admin API addresses of the nodes a `pce up` directory holds (their
+/// `node.toml`), region by region.
 fn apis_in(dir: &Path) -> Result<Vec<SocketAddr>> {
     let mut out = Vec::new();
-    for (region, ..) in sc_region::local::REGIONS {
-        let path = dir.join(region).join("node.toml");
-        if !path.exists() {
-            continue;
-        }
+    for node in sc_region::local::existing(dir, true) {
+        let path = dir.join(&node.dir).join("node.toml");
         let cfg = sc_region::config::NodeConfig::load(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         if let Some(api) = cfg.api {
@@ -252,6 +269,66 @@ fn apis_in(dir: &Path) -> Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
+/// One region as `pce dr status` sums it up: a region is a set of nodes, and
+/// what the operator asks first is whether it still serves.
+#[derive(Debug, Serialize)]
+struct RegionSummary {
+    region: String,
+    /// Its nodes, by name.
+    nodes: Vec<String>,
+    /// Of those, the ones that answered and are not fenced.
+    serving: usize,
+    /// Of those, the ones that vote.
+    voters: usize,
+    /// VENs streaming from its nodes, and how many of them are current.
+    vens_connected: u64,
+    vens_current: u64,
+}
+
+/// The nodes in the order status prints them: region by region, by name.
+fn by_region(nodes: &[NodeView]) -> Vec<&NodeView> {
+    let mut sorted: Vec<&NodeView> = nodes.iter().collect();
+    sorted.sort_by(|a, b| (region_of(a), &a.name).cmp(&(region_of(b), &b.name)));
+    sorted
+}
+
+fn region_summaries(nodes: &[NodeView]) -> Vec<RegionSummary> {
+    let leader = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader");
+    let mut out: Vec<RegionSummary> = Vec::new();
+    for n in by_region(nodes) {
+        let region = region_of(n).unwrap_or("?").to_string();
+        if out.last().is_none_or(|r| r.region != region) {
+            out.push(RegionSummary {
+                region,
+                nodes: vec![],
+                serving: 0,
+                voters: 0,
+                vens_connected: 0,
+                vens_current: 0,
+            });
+        }
+        let Some(r) = out.last_mut() else { continue };
+        r.nodes.push(name_of(n).to_string());
+        if leader
+            .and_then(|l| l.peers.iter().find(|p| p.id == n.id))
+            .is_some_and(|p| p.voter)
+        {
+            r.voters += 1;
+        }
+        if let Some(s) = &n.status {
+            if s.fenced_for_ms.is_none() {
+                r.serving += 1;
+            }
+            r.vens_connected += s.services.vens_connected.unwrap_or(0);
+            r.vens_current += s.services.vens_current.unwrap_or(0);
+        }
+    }
+    out
+}
+
 fn print_table(nodes: &[NodeView]) {
     let leader = nodes
         .iter()
@@ -261,7 +338,7 @@ fn print_table(nodes: &[NodeView]) {
         "{:<10} {:<12} {:<9} {:<6} {:>5} {:>8} {:>5} {:>7} {:>11} {:<21}",
         "REGION", "NODE", "ROLE", "VOTER", "TERM", "APPLIED", "LAG", "FENCED", "VENS ok/all", "API"
     );
-    for n in nodes {
+    for n in by_region(nodes) {
         let Some(s) = &n.status else {
             println!(
                 "{:<10} {:<12} unreachable (node {}): {}",
@@ -300,6 +377,23 @@ fn print_table(nodes: &[NodeView]) {
             s.services.api.as_deref().unwrap_or("-"),
         );
     }
+    let regions = region_summaries(nodes);
+    // One line per region only where a region has several nodes: with one
+    // node each, the table already says it all.
+    if regions.iter().any(|r| r.nodes.len() > 1) {
+        println!();
+        for r in regions {
+            println!(
+                "{:<10} {} of {} nodes serving, {} voting, VENs {}/{}",
+                r.region,
+                r.serving,
+                r.nodes.len(),
+                r.voters,
+                r.vens_current,
+                r.vens_connected
+            );
+        }
+    }
 }
 
 /// `pce dr ...`.
@@ -316,11 +410,15 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
         } => {
             let c = open_cluster(&conn)?;
             let nodes = c.status(&[]).await?;
-            let addr = api_of(find_region(&nodes, &region)?)
-                .ok_or_else(|| anyhow!("{region} runs no admin API"))?;
-            fence(&c, addr, seconds, keep_serving, force).await?;
-            let v =
-                json!({"region": region, "fenced_for_s": seconds, "keep_serving": keep_serving});
+            let targets = find_nodes(&nodes, &region)?;
+            // One node after the other: each fence checks that the voters
+            // left can still elect and commit, counting those fenced before.
+            for n in &targets {
+                let addr = api_of(n).ok_or_else(|| anyhow!("{} runs no admin API", name_of(n)))?;
+                fence(&c, addr, seconds, keep_serving, force).await?;
+            }
+            let names: Vec<&str> = targets.iter().map(|n| name_of(n)).collect();
+            let v = json!({"region": region, "nodes": names, "fenced_for_s": seconds, "keep_serving": keep_serving});
             output::print(conn.json, &v, || {
                 format!("{region} fenced; it lifts itself in {seconds} s (`pce dr unfence --region {region}` sooner)")
             })
@@ -328,12 +426,15 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
         DrCommand::Unfence { conn, region } => {
             let c = open_cluster(&conn)?;
             let nodes = c.status(&[]).await?;
-            let addr = api_of(find_region(&nodes, &region)?)
-                .ok_or_else(|| anyhow!("{region} runs no admin API"))?;
-            unfence(&c, addr).await?;
+            let targets = find_nodes(&nodes, &region)?;
+            for n in &targets {
+                let addr = api_of(n).ok_or_else(|| anyhow!("{} runs no admin API", name_of(n)))?;
+                unfence(&c, addr).await?;
+            }
+            let names: Vec<&str> = targets.iter().map(|n| name_of(n)).collect();
             output::print(
                 conn.json,
-                &json!({"region": region, "fenced": false}),
+                &json!({"region": region, "nodes": names, "fenced": false}),
                 || format!("{region} unfenced"),
             )
         }
@@ -396,7 +497,7 @@ async fn status(conn: &Conn) -> Result<()> {
     let mut issues = problems(&nodes);
     issues.extend(risks(&nodes));
     if conn.json {
-        let v = json!({"nodes": nodes, "healthy": issues.is_empty(), "problems": issues});
+        let v = json!({"nodes": nodes, "regions": region_summaries(&nodes), "healthy": issues.is_empty(), "problems": issues});
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_table(&nodes);
@@ -420,8 +521,8 @@ async fn status(conn: &Conn) -> Result<()> {
 async fn transfer_leader(conn: &Conn, to: &str) -> Result<()> {
     let c = open_cluster(conn)?;
     let nodes = c.status(&[]).await?;
-    let target = find_region(&nodes, to)?;
-    let addr = api_of(target).ok_or_else(|| anyhow!("{to} runs no admin API"))?;
+    let target = find_voter(&nodes, to)?;
+    let addr = api_of(target).ok_or_else(|| anyhow!("{} runs no admin API", name_of(target)))?;
     let t0 = Instant::now();
     let v = ok(
         c.client(addr)?
@@ -577,20 +678,38 @@ async fn membership(c: &Cluster, body: &Value) -> Result<Value> {
     )?)
 }
 
-/// Promotes, demotes or removes the node of `region`.
+/// Promotes, demotes or removes the nodes of `region` (or the one node of
+/// that name), one membership change after the other: each is checked
+/// against the voters the ones before left.
 async fn change_region(conn: &Conn, region: &str, action: &str, force: bool) -> Result<()> {
     let c = open_cluster(conn)?;
     let nodes = c.status(&[]).await?;
-    let node = find_region(&nodes, region)?;
-    let v = membership(
-        &c,
-        &json!({"action": action, "node_id": node.id, "force": force}),
-    )
-    .await?;
+    let targets = find_nodes(&nodes, region)?;
+    let mut changes = Vec::new();
+    for node in &targets {
+        let v = membership(
+            &c,
+            &json!({"action": action, "node_id": node.id, "force": force}),
+        )
+        .await
+        .with_context(|| format!("{action} {} (node {})", name_of(node), node.id))?;
+        changes.push(json!({"node": name_of(node), "node_id": node.id, "result": v}));
+    }
+    let last = changes
+        .last()
+        .map(|c| c["result"].clone())
+        .unwrap_or_default();
+    let v = json!({"region": region, "action": action, "changes": changes, "voters": last["voters"], "learners": last["learners"]});
     output::print(conn.json, &v, || {
+        let names: Vec<String> = targets
+            .iter()
+            .map(|n| format!("{} (node {})", name_of(n), n.id))
+            .collect();
         format!(
-            "{action} {region} (node {}): voters {}, learners {}",
-            node.id, v["voters"], v["learners"]
+            "{action} {}: voters {}, learners {}",
+            names.join(", "),
+            last["voters"],
+            last["learners"]
         )
     })
 }
@@ -614,17 +733,58 @@ fn verify_backup(path: &Path) -> Result<usize> {
     Ok(keys)
 }
 
-fn find_region<'a>(nodes: &'a [NodeView], region: &str) -> Result<&'a NodeView> {
-    nodes
+/// The nodes `target` names: every node of the region of that name, or the
+/// one node of that name. A region is a set of nodes, so what the operator
+/// does to a region (fence it, remove it) is done to each of them.
+pub(crate) fn find_nodes<'a>(nodes: &'a [NodeView], target: &str) -> Result<Vec<&'a NodeView>> {
+    let by_region: Vec<&NodeView> = nodes
         .iter()
-        .find(|n| region_of(n) == Some(region))
+        .filter(|n| region_of(n) == Some(target))
+        .collect();
+    if !by_region.is_empty() {
+        return Ok(by_region);
+    }
+    if let Some(n) = nodes.iter().find(|n| n.name.as_deref() == Some(target)) {
+        return Ok(vec![n]);
+    }
+    let mut regions: Vec<&str> = nodes.iter().filter_map(region_of).collect();
+    regions.dedup();
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n.name.as_deref()).collect();
+    bail!(
+        "unknown region or node {target:?}; the regions are: {}; the nodes: {}",
+        regions.join(", "),
+        names.join(", ")
+    )
+}
+
+/// The node of `target` (a region or a node name) that should campaign: a
+/// voter that answers, the one already leading if there is one.
+fn find_voter<'a>(nodes: &'a [NodeView], target: &str) -> Result<&'a NodeView> {
+    let candidates = find_nodes(nodes, target)?;
+    let leader = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader");
+    let votes = |n: &NodeView| {
+        leader
+            .and_then(|l| l.peers.iter().find(|p| p.id == n.id))
+            .is_none_or(|p| p.voter)
+    };
+    candidates
+        .iter()
+        .filter(|n| n.status.is_some() && votes(n))
+        .min_by_key(|n| (leader.is_none_or(|l| l.id != n.id), n.id))
+        .copied()
         .ok_or_else(|| {
-            let known: Vec<&str> = nodes.iter().filter_map(region_of).collect();
             anyhow!(
-                "unknown region {region:?}; the regions are: {}",
-                known.join(", ")
+                "no node of {target} is a voter that answers; promote one first (pce dr promote)"
             )
         })
+}
+
+/// A node's name as the membership records it, or its id.
+pub(crate) fn name_of(n: &NodeView) -> &str {
+    n.name.as_deref().unwrap_or("?")
 }
 
 async fn fence(

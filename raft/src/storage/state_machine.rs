@@ -278,6 +278,13 @@ impl Shared {
     /// Moves the applied changes into the trees. The lock is held only to take
     /// the changes and to let go of them: applies and reads go on meanwhile.
     fn write_behind(&self) -> io::Result<()> {
+        // An idle node wakes the writer every interval: when nothing is
+        // pending there is nothing to freeze or write, so skip the locks'
+        // second half and the allocations. Applies that land after this look
+        // are written on the next wake.
+        if self.live()?.pending.is_empty() {
+            return Ok(());
+        }
         self.write_behind_with(|_| Ok(()))
     }
 
