@@ -5,6 +5,12 @@
 //! per-stream codec buffers would dominate its memory.
 
 fn generate(files: &[&str], codec: Option<&str>) {
+    generate_into(files, codec, None);
+}
+
+/// Generates into `OUT_DIR/<sub>` when given: a recorded older protocol has
+/// the same package name as today's, so its code needs its own directory.
+fn generate_into(files: &[&str], codec: Option<&str>, sub: Option<&str>) {
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -16,6 +22,13 @@ fn generate(files: &[&str], codec: Option<&str>) {
     if let Some(path) = codec {
         builder = builder.codec_path(path);
     }
+    if let Some(sub) = sub {
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join(sub);
+        if let Err(e) = std::fs::create_dir_all(&out) {
+            panic!("creating {}: {e}", out.display());
+        }
+        builder = builder.out_dir(out).build_server(false);
+    }
     if let Err(e) = builder.compile_fds(fds) {
         panic!("code generation failed: {e}");
     }
@@ -24,4 +37,9 @@ fn generate(files: &[&str], codec: Option<&str>) {
 fn main() {
     generate(&["proto/raft.proto", "proto/federation.proto"], None);
     generate(&["proto/ven.proto"], Some("crate::codec::LeanCodec"));
+    generate_into(
+        &["proto/compat/ven-protocol-1.proto"],
+        Some("crate::codec::LeanCodec"),
+        Some("compat"),
+    );
 }

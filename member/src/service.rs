@@ -881,7 +881,10 @@ impl VenServer {
             .tls_config(tls)
             .map_err(|e| MemberError::Start(e.to_string()))?
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .add_service(grpc)
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                grpc,
+                sc_proto::version::check,
+            ))
             .serve_with_incoming_shutdown(
                 // Within caps and timeouts (a flood of idle connections
                 // cannot take the VENs' service down); TCP_NODELAY so small

@@ -996,3 +996,134 @@ async fn unpairing_removes_the_table_and_the_identity_and_offline_workloads_leav
     );
     let _ = (stop_tx.send(true), web_stop_tx.send(true));
 }
+
+/// A VEN of the release before protocol headers: the recorded protocol-1
+/// messages (`proto/proto/compat/ven-protocol-1.proto`), sent with no
+/// version header, as such a VEN sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ven_of_the_protocol_before_pairs_streams_acknowledges_and_reports_flows() {
+    use sc_proto::compat::ven_protocol_1 as v1;
+    use v1::ven_client::VenClient as OldVenClient;
+
+    let mut env = Env::start().await;
+    let web = env.label("role", "web").await;
+    let code = env
+        .pairing_key(&[&web], json!("unlimited"), json!("unlimited"))
+        .await;
+    let addr = env.ven_addr(2);
+    let channel = |cert: Option<(String, String)>| {
+        let (addr, ca) = (addr.clone(), env.ca.clone());
+        async move {
+            let pair = cert.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+            sc_ven::identity::channel(&addr, &ca, pair, Duration::from_secs(5))
+                .await
+                .expect("channel")
+        }
+    };
+
+    // Pairing: the old response has no home region; the VEN ignores nothing
+    // it needs.
+    let (key_pem, csr_pem) = rcgen_key();
+    let paired = OldVenClient::new(channel(None).await)
+        .pair(v1::PairRequest {
+            activation_code: code,
+            hostname: "old-ven".into(),
+            addresses: vec!["10.9.0.1".into()],
+            os: "linux".into(),
+            csr_pem,
+        })
+        .await
+        .expect("an older VEN pairs")
+        .into_inner();
+    assert!(!paired.workload_id.is_empty() && !paired.members.is_empty());
+    let ch = channel(Some((paired.cert_pem.clone(), key_pem))).await;
+
+    // The policy stream: hello, a policy whose hash is the old contract's,
+    // an acknowledgement the member counts as current.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(v1::VenMessage {
+        kind: Some(v1::ven_message::Kind::Hello(v1::Hello {
+            policy_hash: String::new(),
+            policy_version: 0,
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut inbound = OldVenClient::new(ch.clone())
+        .policy_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("an older VEN streams")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        .await
+        .expect("a policy within 10 s")
+        .expect("stream")
+        .expect("a message");
+    let Some(v1::pce_message::Kind::Policy(p)) = first.kind else {
+        panic!("expected a policy, got {first:?}");
+    };
+    assert_eq!(
+        p.hash,
+        sc_proto::contract::policy_hash(p.compiled_json.as_bytes())
+    );
+    let compiled: sc_policy::compute::CompiledPolicy =
+        serde_json::from_str(&p.compiled_json).expect("the policy an older VEN renders");
+    assert_eq!(compiled.workload, paired.workload_id);
+    tx.send(v1::VenMessage {
+        kind: Some(v1::ven_message::Kind::Applied(v1::Applied {
+            policy_hash: p.hash.clone(),
+            policy_version: p.version,
+        })),
+    })
+    .await
+    .expect("applied");
+    let node = env.cluster.node(2).clone();
+    wait_for(
+        "the older VEN counted current",
+        Duration::from_secs(10),
+        || node.status().services.vens_current == Some(1),
+    )
+    .await;
+
+    // Flows in the older shape (no byte counts, no state) are stored.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let stored = OldVenClient::new(ch.clone())
+        .report_flows(v1::FlowBatch {
+            flows: vec![v1::Flow {
+                src: "10.9.0.2".into(),
+                dst: "10.9.0.1".into(),
+                port: 443,
+                proto: 6,
+                allowed: true,
+                count: 2,
+                first_seen_ms: now - 1000,
+                last_seen_ms: now,
+                direction: "inbound".into(),
+                decision: "allowed".into(),
+                rule: String::new(),
+            }],
+            dropped: 0,
+        })
+        .await
+        .expect("an older VEN's flows are accepted")
+        .into_inner()
+        .stored;
+    assert_eq!(stored, 1);
+
+    // A caller that says it speaks a protocol older than any served is told
+    // which it needs, and nothing else happens.
+    let mut too_old = tonic::Request::new(v1::PingRequest {});
+    too_old.metadata_mut().insert(
+        sc_proto::version::PROTOCOL_HEADER,
+        tonic::metadata::MetadataValue::from(0u32),
+    );
+    let st = OldVenClient::new(ch)
+        .ping(too_old)
+        .await
+        .expect_err("protocol 0 is refused");
+    assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
+    assert!(st.message().contains("needs at least 1"), "{st:?}");
+}

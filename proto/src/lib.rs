@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod contract;
+pub mod version;
 
 /// The inter-region Raft transport (openraft messages as opaque payloads).
 pub mod raft {
@@ -23,4 +24,14 @@ pub mod federation {
 pub mod ven {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("supercluster.ven.v1");
+}
+
+/// Recorded older protocols, client side only: what a VEN of an earlier
+/// release sends and expects, so tests prove today's members still serve it.
+pub mod compat {
+    /// The VEN service of protocol 1 (`proto/compat/ven-protocol-1.proto`).
+    pub mod ven_protocol_1 {
+        #![allow(missing_docs, clippy::all)]
+        include!(concat!(env!("OUT_DIR"), "/compat/supercluster.ven.v1.rs"));
+    }
 }

@@ -4,7 +4,7 @@
 
 use sc_proto::federation::federation_client::FederationClient;
 use sc_proto::federation::{ReadRequest, StatusRequest, WriteRequest};
-use tonic::transport::Channel;
+use sc_proto::version::{stamped, Stamped};
 
 use crate::codec;
 use crate::config::Timeouts;
@@ -25,7 +25,7 @@ pub struct Client {
     target: NodeInfo,
     tls: TlsMaterial,
     timeouts: Timeouts,
-    inner: FederationClient<Channel>,
+    inner: FederationClient<Stamped>,
 }
 
 fn remote(target: &NodeInfo, s: tonic::Status) -> Error {
@@ -50,7 +50,7 @@ impl Client {
     pub fn new(tls: TlsMaterial, target: NodeInfo, timeouts: Timeouts) -> Result<Client, Error> {
         let channel =
             connect_lazy(&tls, &target, &timeouts).map_err(|e| Error::Options(e.to_string()))?;
-        let inner = FederationClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        let inner = FederationClient::new(stamped(channel)).max_decoding_message_size(MAX_MESSAGE);
         Ok(Client {
             target,
             tls,

@@ -26,7 +26,6 @@ use sc_proto::federation::{
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::codec;
 use crate::config::{Timeouts, Tuning};
@@ -808,7 +807,9 @@ impl Node {
         let channel =
             crate::network::peers::connect_lazy(&self.core.peers_tls(), seed, &self.core.timeouts)
                 .map_err(|e| e.to_string())?;
-        let mut client = sc_proto::federation::federation_client::FederationClient::new(channel);
+        let mut client = sc_proto::federation::federation_client::FederationClient::new(
+            sc_proto::version::stamped(channel),
+        );
         let req = membership_request(op, self.core.id, Some(&self.core.info));
         match tokio::time::timeout(self.core.timeouts.snapshot, client.change_membership(req)).await
         {
@@ -957,7 +958,7 @@ impl Node {
     where
         L: Fn() -> LF,
         LF: std::future::Future<Output = Result<T, String>>,
-        R: Fn(FederationClient<Channel>) -> RF,
+        R: Fn(FederationClient<sc_proto::version::Stamped>) -> RF,
         RF: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let members = self.members();

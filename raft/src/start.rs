@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use tonic::service::interceptor::InterceptedService;
 
 use openraft::Raft;
 use sc_proto::federation::federation_server::FederationServer;
@@ -199,16 +200,20 @@ fn serve(
     peers: Arc<Peers>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    // Every call's protocol headers are checked first (sc_proto::version): a
+    // peer of a release this one cannot talk to is told which it needs.
     let router = server
-        .add_service(
+        .add_service(InterceptedService::new(
             RaftServiceServer::new(raft_grpc)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+            sc_proto::version::check,
+        ))
+        .add_service(InterceptedService::new(
             FederationServer::new(FederationGrpc::new(node.clone()))
                 .max_decoding_message_size(MAX_MESSAGE),
-        );
+            sc_proto::version::check,
+        ));
     // Raft messages are small and latency-bound: without TCP_NODELAY a vote
     // granted in microseconds reached its candidate tens of milliseconds
     // later (Nagle's algorithm waiting on a delayed ACK).

@@ -26,12 +26,26 @@ pub const RECORD_V: u8 = 1;
 /// One stored object: format version, metadata, the doc.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record<T> {
-    /// Format version ([`RECORD_V`]).
+    /// Format version ([`RECORD_V`]); a record of a newer format is refused
+    /// by name when read, not misread.
+    #[serde(deserialize_with = "known_version")]
     pub v: u8,
     /// Metadata.
     pub meta: Meta,
     /// The object.
     pub doc: T,
+}
+
+/// Reads a record's format version, refusing one this release cannot read.
+fn known_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let v = u8::deserialize(d)?;
+    if v > RECORD_V {
+        return Err(serde::de::Error::custom(format!(
+            "record format version {v}, this release reads version {RECORD_V}: \
+             run the release that wrote it (upgrade this node)"
+        )));
+    }
+    Ok(v)
 }
 
 /// Decodes a stored value. A value that does not decode is our fault (a
@@ -60,4 +74,21 @@ pub trait Object: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     fn unique_name(&self) -> Option<String>;
     /// Every object this one refers to.
     fn refs(&self) -> Vec<(Kind, Id)>;
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_a_newer_format_is_refused_by_name() {
+        let ok = br#"{"v":1,"meta":{"created_at":1,"updated_at":1,"created_by":"a","updated_by":"a"},"doc":5}"#;
+        assert_eq!(decode_doc::<u32>(ok).unwrap(), 5);
+        let newer = br#"{"v":2,"meta":{"created_at":1,"updated_at":1,"created_by":"a","updated_by":"a"},"doc":5}"#;
+        let e = decode_doc::<u32>(newer).unwrap_err().to_string();
+        assert!(
+            e.contains("format version 2") && e.contains("reads version 1"),
+            "{e}"
+        );
+    }
 }

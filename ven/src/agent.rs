@@ -12,6 +12,7 @@ use sc_proto::ven::{
     pce_message, ven_message, Applied, Flow, FlowBatch, Goodbye, Heartbeat, Hello, PingRequest,
     VenMessage,
 };
+use sc_proto::version::stamped;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -156,7 +157,7 @@ impl Agent {
             let (flows, dropped) = c.take();
             self.pending.add(flows, dropped);
         }
-        let mut client = VenClient::new(ch.clone());
+        let mut client = VenClient::new(stamped(ch.clone()));
         while !self.pending.flows.is_empty() || self.pending.dropped > 0 {
             let n = self.pending.flows.len().min(FLOWS_PER_BATCH);
             let batch = FlowBatch {
@@ -249,7 +250,7 @@ impl Agent {
                 let t0 = Instant::now();
                 let r = async {
                     let ch = channel(&m.addr, &ca, None, Duration::from_secs(2)).await?;
-                    VenClient::new(ch)
+                    VenClient::new(stamped(ch))
                         .ping(PingRequest {})
                         .await
                         .map_err(|s| VenError::Unreachable(s.message().to_string()))
@@ -344,7 +345,7 @@ impl Agent {
         if tx.send(hello).await.is_err() {
             return End::Broken("stream closed".into());
         }
-        let mut inbound = match VenClient::new(ch.clone())
+        let mut inbound = match VenClient::new(stamped(ch.clone()))
             .policy_stream(ReceiverStream::new(rx))
             .await
         {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sc_proto::ven::ven_client::VenClient;
 use sc_proto::ven::{Member, PairRequest};
+use sc_proto::version::stamped;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -140,17 +141,67 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), VenError> {
     Ok(())
 }
 
+/// The format of the VEN's state files (`identity.json`, `policy.json`): a
+/// `format` field beside the content. Files from before the field are format
+/// 1; a file of a newer format (a newer VEN ran here, then an older one was
+/// put back) is refused by name, not misread.
+pub const STATE_FORMAT: u32 = 1;
+
+/// A state file: its format, and the content's fields beside it.
+#[derive(Serialize, Deserialize)]
+struct Versioned<T> {
+    #[serde(default = "format_1")]
+    format: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+fn format_1() -> u32 {
+    1
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, VenError> {
+    let corrupt = |message: String| VenError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| VenError::Corrupt {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }),
+        Ok(text) => {
+            // The format first, so a newer file is named as such rather than
+            // failing on whatever field changed.
+            #[derive(Deserialize)]
+            struct Format {
+                #[serde(default = "format_1")]
+                format: u32,
+            }
+            let f: Format = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+            if f.format > STATE_FORMAT {
+                return Err(corrupt(format!(
+                    "written in format {}, this VEN reads format {STATE_FORMAT}: run the newer VEN release that wrote it",
+                    f.format
+                )));
+            }
+            serde_json::from_str::<Versioned<T>>(&text)
+                .map(|v| Some(v.body))
+                .map_err(|e| corrupt(e.to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(path)(e)),
     }
+}
+
+/// `value` as a state file's JSON, with its format.
+fn to_json<T: Serialize>(value: &T, pretty: bool) -> Result<String, VenError> {
+    let v = Versioned {
+        format: STATE_FORMAT,
+        body: value,
+    };
+    if pretty {
+        serde_json::to_string_pretty(&v)
+    } else {
+        serde_json::to_string(&v)
+    }
+    .map_err(|e| VenError::Other(e.to_string()))
 }
 
 impl Identity {
@@ -166,9 +217,7 @@ impl Identity {
 
     /// Saves it (mode 0600).
     pub fn save(&self, dir: &Path) -> Result<(), VenError> {
-        let text =
-            serde_json::to_string_pretty(self).map_err(|e| VenError::Other(e.to_string()))?;
-        write_private(&Self::path(dir), &text)
+        write_private(&Self::path(dir), &to_json(self, true)?)
     }
 }
 
@@ -185,8 +234,7 @@ impl StoredPolicy {
 
     /// Saves it.
     pub fn save(&self, dir: &Path) -> Result<(), VenError> {
-        let text = serde_json::to_string(self).map_err(|e| VenError::Other(e.to_string()))?;
-        write_private(&Self::path(dir), &text)
+        write_private(&Self::path(dir), &to_json(self, false)?)
     }
 }
 
@@ -240,7 +288,7 @@ pub async fn pair(
         .and_then(|r| r.pem())
         .map_err(|e| VenError::Other(e.to_string()))?;
     let ch = channel(addr, server_ca_pem, None, Duration::from_secs(10)).await?;
-    let resp = VenClient::new(ch)
+    let resp = VenClient::new(stamped(ch))
         .pair(PairRequest {
             activation_code: activation_code.to_string(),
             hostname: facts.hostname.clone(),
@@ -271,4 +319,43 @@ pub async fn pair(
         members,
         home_region: Some(resp.region).filter(|r| !r.is_empty()),
     })
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    fn policy() -> StoredPolicy {
+        StoredPolicy {
+            version: 3,
+            hash: "abc".into(),
+            compiled_json: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn state_files_carry_their_format_and_a_newer_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        policy().save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(StoredPolicy::path(dir.path())).unwrap();
+        assert!(text.contains("\"format\":1"), "{text}");
+        assert_eq!(StoredPolicy::load(dir.path()).unwrap(), Some(policy()));
+        // A file from before the format field is format 1.
+        std::fs::write(
+            StoredPolicy::path(dir.path()),
+            r#"{"version":3,"hash":"abc","compiled_json":"{}"}"#,
+        )
+        .unwrap();
+        assert_eq!(StoredPolicy::load(dir.path()).unwrap(), Some(policy()));
+        std::fs::write(
+            StoredPolicy::path(dir.path()),
+            r#"{"format":2,"version":3,"hash":"abc","compiled_json":"{}","new":1}"#,
+        )
+        .unwrap();
+        let e = StoredPolicy::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("format 2") && e.contains("reads format 1"),
+            "{e}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use sc_proto::federation::federation_client::FederationClient;
 use sc_proto::raft::raft_service_client::RaftServiceClient;
+use sc_proto::version::{stamped, Stamped};
 use tonic::transport::{Channel, Endpoint};
 
 use super::faults::{LinkCut, NetFaults};
@@ -255,9 +256,9 @@ impl Peers {
         &self,
         id: NodeId,
         info: &NodeInfo,
-    ) -> Result<RaftServiceClient<Channel>, PeerError> {
+    ) -> Result<RaftServiceClient<Stamped>, PeerError> {
         self.gate(id).await?;
-        Ok(RaftServiceClient::new(self.channel(id, info)?)
+        Ok(RaftServiceClient::new(stamped(self.channel(id, info)?))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
     }
@@ -267,9 +268,9 @@ impl Peers {
         &self,
         id: NodeId,
         info: &NodeInfo,
-    ) -> Result<FederationClient<Channel>, PeerError> {
+    ) -> Result<FederationClient<Stamped>, PeerError> {
         self.gate(id).await?;
-        Ok(FederationClient::new(self.channel(id, info)?)
+        Ok(FederationClient::new(stamped(self.channel(id, info)?))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
     }

@@ -97,7 +97,7 @@ impl PeerClient {
     ) -> Result<RaftPayload, RpcErr>
     where
         F: FnOnce(
-            sc_proto::raft::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
+            sc_proto::raft::raft_service_client::RaftServiceClient<sc_proto::version::Stamped>,
             RaftPayload,
         ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
@@ -134,7 +134,7 @@ impl PeerClient {
     where
         Resp: serde::de::DeserializeOwned,
         F: FnOnce(
-            sc_proto::raft::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
+            sc_proto::raft::raft_service_client::RaftServiceClient<sc_proto::version::Stamped>,
             RaftPayload,
         ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,

@@ -110,8 +110,19 @@ impl RaftGrpc {
     }
 }
 
+/// A payload this release cannot read: a newer format is a version mismatch
+/// the sender must be told of by name (FAILED_PRECONDITION: upgrade this
+/// node first), anything else is a bad message.
 fn bad_payload(e: crate::codec::CodecError) -> Status {
-    Status::invalid_argument(format!("undecodable Raft payload: {e}"))
+    use crate::codec::CodecError;
+    match e {
+        CodecError::Version { .. } | CodecError::EntryVersion { .. } => {
+            Status::failed_precondition(format!(
+                "this node cannot read the Raft payload ({e}): upgrade it to the sender's release (members first, docs/runbook.md)"
+            ))
+        }
+        e => Status::invalid_argument(format!("undecodable Raft payload: {e}")),
+    }
 }
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {

@@ -85,6 +85,7 @@ pub fn open_node_storage(
     faults: &DiskFaults,
 ) -> io::Result<(NodeLog, StateMachine)> {
     crate::private::make_private(data_dir)?;
+    check_data_format(data_dir)?;
     let store_dir = data_dir.join("store");
     std::fs::create_dir_all(&store_dir)?;
     let db = open_db(&store_dir)?;
@@ -95,6 +96,55 @@ pub fn open_node_storage(
     let log = LogStore::new(WalEngine::open(&log_dir, faults.clone())?)?;
     let sm = StateMachine::open(db, &store_dir, snapshot_dir)?;
     Ok((log, sm))
+}
+
+/// The format of a node's data directory as a whole, in its `FORMAT` file.
+/// Records inside carry their own versions; this one is for what a record
+/// cannot say: a release that moved data one way (the log out of sled, the
+/// traffic tree into partitions) bumps it, so an older binary put back on the
+/// directory refuses it by name instead of opening what it half understands.
+pub const DATA_FORMAT: u32 = 1;
+
+/// Refuses a data directory of a newer format; marks a new (or older,
+/// unmarked) one as this release's.
+fn check_data_format(data_dir: &std::path::Path) -> io::Result<()> {
+    let path = data_dir.join("FORMAT");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let found = text
+                .trim()
+                .strip_prefix("supercluster-data ")
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: not a Supercluster data format marker: {text:?}",
+                            path.display()
+                        ),
+                    )
+                })?;
+            if found > DATA_FORMAT {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} holds data format {found}, written by a newer release; this release reads format {DATA_FORMAT}: \
+                         run that release (or restore a backup into a new directory to go back)",
+                        data_dir.display()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let tmp = data_dir.join("FORMAT.tmp");
+            std::fs::write(&tmp, format!("supercluster-data {DATA_FORMAT}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            engine::sync_dir(data_dir)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Moves a Raft log that an earlier version kept in sled into `raft-log/`.
@@ -125,4 +175,26 @@ fn move_log_out_of_sled(
         "moved the Raft log out of sled into raft-log/"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_is_marked_and_a_newer_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        check_data_format(dir.path()).unwrap();
+        let marker = std::fs::read_to_string(dir.path().join("FORMAT")).unwrap();
+        assert_eq!(marker, "supercluster-data 1\n");
+        check_data_format(dir.path()).unwrap();
+        std::fs::write(dir.path().join("FORMAT"), "supercluster-data 2\n").unwrap();
+        let e = check_data_format(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("data format 2") && e.contains("reads format 1"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("FORMAT"), "garbage").unwrap();
+        assert!(check_data_format(dir.path()).is_err());
+    }
 }

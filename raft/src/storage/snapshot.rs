@@ -179,6 +179,14 @@ fn verify_checksum(path: &Path) -> io::Result<()> {
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic)?;
     if &magic != MAGIC {
+        // The last byte of the magic is the file format's version.
+        if magic[..7] == MAGIC[..7] {
+            return Err(corrupt(format!(
+                "snapshot file format {}, this release reads format {}: restore it with the release that wrote it",
+                char::from(magic[7]),
+                char::from(MAGIC[7])
+            )));
+        }
         return Err(corrupt("not a Supercluster snapshot file (bad magic)"));
     }
     let mut crc = crc32fast::Hasher::new();
@@ -239,6 +247,22 @@ mod tests {
         })
         .unwrap();
         w.finish().unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_of_a_newer_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_sample(&dir.path().join("s.snap"));
+        let mut bytes = std::fs::read(&file.path).unwrap();
+        bytes[7] = b'2';
+        std::fs::write(&file.path, bytes).unwrap();
+        let e = read_snapshot(&file.path, |_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("format 2") && e.contains("reads format 1"),
+            "{e}"
+        );
     }
 
     #[test]
