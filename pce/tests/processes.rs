@@ -1863,21 +1863,46 @@ fn dr_runbook_drills_every_scenario_with_rpo_0_and_refuses_bad_input() {
     ctrl_c(up);
 }
 
-/// Processes a test started outside `Child` handles (a drill's
-/// `--restart-cmd` writes the pid of what it started to a file): killed
-/// when the test ends, passed or not.
-struct PidFiles(Vec<PathBuf>);
+/// `pce serve` processes of a test: the ones it started (each reaped by a
+/// thread as soon as it exits, so a drill that waits for a killed node to be
+/// gone sees it gone), and the ones a drill's `--restart-cmd` started (their
+/// pids appended to a file). All are killed when the test ends, passed or
+/// not; a pid is killed only while it is still a `pce serve`.
+struct Serves {
+    pids: Vec<u32>,
+    pid_file: PathBuf,
+}
 
-impl Drop for PidFiles {
+impl Serves {
+    fn new(pid_file: PathBuf) -> Serves {
+        Serves {
+            pids: vec![],
+            pid_file,
+        }
+    }
+
+    fn start(&mut self, config: &Path, log: &Path) {
+        let mut child = Command::new(PCE)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        self.pids.push(child.id());
+        std::thread::spawn(move || child.wait());
+    }
+}
+
+impl Drop for Serves {
     fn drop(&mut self) {
-        for f in &self.0 {
-            if let Some(pid) = std::fs::read_to_string(f)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) on a pid this test started; no memory is shared.
+        let started = std::fs::read_to_string(&self.pid_file).unwrap_or_default();
+        let restarted = started.lines().filter_map(|l| l.trim().parse().ok());
+        for pid in self.pids.iter().copied().chain(restarted) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("serve") {
+                // SAFETY: kill(2) on a `pce serve` this test started; no memory is shared.
                 unsafe {
-                    libc::kill(pid, libc::SIGKILL);
+                    libc::kill(pid as i32, libc::SIGKILL);
                 }
             }
         }
@@ -1946,7 +1971,8 @@ fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
     );
 
     // Each node its own process, as on real hosts.
-    let mut nodes = Vec::new();
+    let pid_file = dir.path().join("restarted.pids");
+    let mut serves = Serves::new(pid_file.clone());
     for name in [
         "us-east",
         "us-east-2",
@@ -1956,18 +1982,7 @@ fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
         "ap-south-2",
     ] {
         let node_dir = data.join(name);
-        nodes.push(Up(Some(
-            Command::new(PCE)
-                .args([
-                    "serve",
-                    "--config",
-                    node_dir.join("node.toml").to_str().unwrap(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(node_dir.join("node.log")).unwrap())
-                .spawn()
-                .unwrap(),
-        )));
+        serves.start(&node_dir.join("node.toml"), &node_dir.join("node.log"));
     }
     // VENs paired in eu-west: home there, spread over its two nodes.
     let t0 = Instant::now();
@@ -2022,10 +2037,8 @@ fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
     );
 
     // Kill -9 the eu-west node with the most VENs; the drill restarts it.
-    let pid_file = dir.path().join("restarted.pid");
-    let _restarted = PidFiles(vec![pid_file.clone()]);
-    let restart = format!(
-        "{PCE} serve --config {{config}} >> {} 2>&1 < /dev/null & echo $! > {}",
+    let start = format!(
+        "{PCE} serve --config {{config}} >> {} 2>&1 < /dev/null & echo $! >> {}",
         dir.path().join("restarted.log").display(),
         pid_file.display()
     );
@@ -2039,18 +2052,24 @@ fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
             "--hold",
             "2",
             "--restart-cmd",
-            &restart,
+            &start,
             "--report-dir",
             reports.to_str().unwrap(),
         ],
     );
     assert!(ok, "{out}");
-    let json_report = std::fs::read_dir(&reports)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
+    let report_of = |drill: &str| {
+        std::fs::read_dir(&reports)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().to_string();
+                n.starts_with(&format!("drill-{drill}-")) && n.ends_with(".json")
+            })
+            .unwrap_or_else(|| panic!("no {drill} report"))
+    };
+    let json_report = report_of("node-loss");
     let r = drill_report(&json_report);
     assert_eq!(r["result"], "passed", "{r}");
     assert_eq!(r["drill"], "node-loss", "{r}");
@@ -2071,5 +2090,116 @@ fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
     assert_eq!(r["acknowledged_writes_lost"], 0, "{r}");
     assert_eq!(r["vens"]["current_after"], 16, "{r}");
     eprintln!("node-loss: VENs moved in {} ms", loss["vens_moved_ms"]);
-    drop(nodes);
+
+    // A rolling upgrade's mechanics: every node stopped and started again in
+    // turn (the same build), members first, the leader last, while the
+    // drill writes and policy pushes reach the VENs: no write may fail.
+    let pushes = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let provisions = {
+        let (data, pushes) = (data.clone(), pushes.clone());
+        std::thread::spawn(move || provision_until_stopped(&data, api_port, &pushes))
+    };
+    let restart = format!(
+        "kill {{pid}}; while [ -d /proc/{{pid}} ] && [ \"$(cut -d' ' -f3 /proc/{{pid}}/stat 2>/dev/null)\" != Z ]; do sleep 0.1; done; {start}"
+    );
+    let (ok, out) = dr(
+        &data,
+        api_port,
+        &[
+            "drill",
+            "rolling-upgrade",
+            "--restart-cmd",
+            &restart,
+            "--report-dir",
+            reports.to_str().unwrap(),
+        ],
+    );
+    pushes.store(false, std::sync::atomic::Ordering::Relaxed);
+    let provisioned = provisions.join().unwrap();
+    assert!(ok, "{out}");
+    let r = drill_report(&report_of("rolling-upgrade"));
+    assert_eq!(r["result"], "passed", "{r}");
+    assert_eq!(r["writes_failed"], 0, "{r}");
+    assert_eq!(r["acknowledged_writes_lost"], 0, "{r}");
+    assert!(
+        provisioned >= 2,
+        "policy pushes went on: {provisioned} provisions"
+    );
+    let restarts = r["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 6, "{r}");
+    for x in restarts {
+        assert_ne!(x["pid_before"], x["pid_after"], "{x}");
+        assert_eq!(x["protocol_after"], sc_proto::version::PROTOCOL, "{x}");
+    }
+    let moved: Vec<bool> = restarts
+        .iter()
+        .map(|x| x["moved_leadership"] == true)
+        .collect();
+    assert_eq!(
+        moved.iter().filter(|m| **m).count(),
+        1,
+        "leadership moves once, off the old leader: {r}"
+    );
+    assert!(moved[5], "the leader goes last: {r}");
+    assert_eq!(r["vens"]["current_after"], 16, "{r}");
+    drop(serves);
+}
+
+/// Adds a rule that changes every simulated VEN's policy and provisions it,
+/// every 3 s, through each region's API in turn (one may be restarting),
+/// until told to stop; returns how many provisions went through.
+fn provision_until_stopped(
+    data: &Path,
+    api_port: u16,
+    go_on: &std::sync::atomic::AtomicBool,
+) -> usize {
+    let ca = std::fs::read_to_string(data.join("certs/ca.pem")).unwrap();
+    let key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("owner-api-key.json")).unwrap())
+            .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut done = 0;
+    let mut port = 1000;
+    while go_on.load(std::sync::atomic::Ordering::Relaxed) {
+        port += 1;
+        let ip = [11, 12, 13][port % 3];
+        let step = rt.block_on(async {
+            let addr: std::net::SocketAddr = format!("127.0.0.{ip}:{api_port}").parse().ok()?;
+            let mut c = sc_leader::client::ApiClient::new(addr, Some(&ca))
+                .ok()?
+                .with_key(key["auth_username"].as_str()?, key["secret"].as_str()?);
+            let sim = c
+                .get("/api/v2/orgs/1/labels?key=role&value=sim")
+                .await
+                .ok()?
+                .json();
+            let sim = sim.as_array()?.first()?["href"].as_str()?.to_string();
+            let rs = c
+                .post(
+                    "/api/v2/orgs/1/sec_policy/draft/rule_sets",
+                    &serde_json::json!({"name": format!("push-{port}")}),
+                )
+                .await
+                .ok()?
+                .json();
+            let rs = rs["href"].as_str()?.to_string();
+            let rule = serde_json::json!({"providers": [{"label": {"href": sim}}], "consumers": [{"label": {"href": sim}}], "ingress_services": [{"proto": 6, "port": port}]});
+            c.post(&format!("/api/v2{rs}/sec_rules"), &rule)
+                .await
+                .ok()
+                .filter(|a| a.status.is_success())?;
+            c.post(
+                "/api/v2/orgs/1/sec_policy",
+                &serde_json::json!({"update_description": format!("push {port}")}),
+            )
+            .await
+            .ok()
+            .filter(|a| a.status.is_success())
+        });
+        if step.is_some() {
+            done += 1;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    done
 }

@@ -213,6 +213,8 @@ pub fn status_from_proto(r: StatusReply) -> NodeStatus {
             vens_current: r.vens_current,
             ven_resyncs: r.ven_resyncs,
             pid: r.pid,
+            release: r.release,
+            protocol: r.protocol,
         },
         peers: r
             .peers
@@ -259,6 +261,8 @@ pub fn status_to_proto(s: &NodeStatus) -> StatusReply {
         vens_current: s.services.vens_current,
         ven_resyncs: s.services.ven_resyncs,
         pid: s.services.pid,
+        release: s.services.release.clone(),
+        protocol: s.services.protocol,
         peers: s
             .peers
             .iter()

@@ -76,6 +76,13 @@ pub struct Services {
     /// (`pce up` runs every node in one process).
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The release the node runs (`pce --version`), and the protocol it
+    /// speaks: during a rolling upgrade, which nodes are done.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// See `release`.
+    #[serde(default)]
+    pub protocol: Option<u32>,
 }
 
 /// One member as seen from the reporting node.

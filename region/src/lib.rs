@@ -105,7 +105,11 @@ impl Region {
     pub async fn start(opts: RegionOptions) -> Result<Region, RegionError> {
         let shutdown = CancellationToken::new();
         let node = Node::start(opts.node).await?;
-        node.set_services(|s| s.pid = Some(std::process::id()));
+        node.set_services(|s| {
+            s.pid = Some(std::process::id());
+            s.release = Some(env!("CARGO_PKG_VERSION").to_string());
+            s.protocol = Some(sc_proto::version::PROTOCOL);
+        });
         let mut region = Region {
             node,
             api: None,

@@ -138,7 +138,30 @@ struct Report {
     /// For node-loss: the node killed and where its VENs went.
     #[serde(skip_serializing_if = "Option::is_none")]
     node_loss: Option<NodeLoss>,
+    /// For rolling-upgrade: each node's restart, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<Vec<Restart>>,
     phases: Vec<Phase>,
+}
+
+/// One node's restart in a rolling upgrade.
+#[derive(Debug, Clone, Serialize)]
+struct Restart {
+    node: String,
+    region: String,
+    /// When the restart command started (ms since the drill's start).
+    at_ms: u64,
+    pid_before: Option<u32>,
+    pid_after: Option<u32>,
+    release_before: Option<String>,
+    release_after: Option<String>,
+    protocol_after: Option<u32>,
+    /// Whether it led, so leadership was moved off it first.
+    moved_leadership: bool,
+    /// Restart command started → the node answers as a new process.
+    back_ms: u64,
+    /// → every node has applied the same index and every VEN is current.
+    settled_ms: u64,
 }
 
 /// What a node-loss drill saw of the node it killed and of its VENs.
@@ -228,10 +251,19 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
     let plan = preflight(&c, &args, &mut p).await?;
     let load = Load::start(&c, &plan.apis, p.t0, format!("{started_unix_ms:x}"));
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut restarts = None;
     let (fenced, fence_times, led, node_loss) = match &plan.victim {
         Some(v) => {
             let (time, led, loss) = lose_node(&c, &args, &plan, v, &load, &mut p).await?;
             (vec![v.name.clone()], vec![time], vec![led], Some(loss))
+        }
+        None if args.scenario == Scenario::RollingUpgrade => {
+            let done = restart_each(&c, &args, &plan, &load, &mut p).await?;
+            let names = done.iter().map(|r| r.node.clone()).collect();
+            let times = done.iter().map(|r| r.at_ms).collect();
+            let led = vec![false; done.len()];
+            restarts = Some(done);
+            (names, times, led, None)
         }
         None => {
             let (fenced, times, led) = fence_each(&c, &args, &plan, &load, &mut p).await?;
@@ -369,6 +401,7 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
         leader_before: plan.leader_before,
         leader_after: leader_name(&nodes),
         node_loss,
+        restarts,
         phases: p.phases.clone(),
     };
     let (json_path, md_path) = write_report(&args.report_dir, &report, started_unix_ms)?;
@@ -440,7 +473,9 @@ struct Plan {
     /// The regions to fence, in order (every node of each).
     targets: Vec<String>,
     /// For node-loss: the node to kill.
-    victim: Option<Victim>,
+    victim: Option<NodeTarget>,
+    /// For rolling-upgrade: the nodes to restart, in order.
+    upgrade_order: Vec<NodeTarget>,
     /// VENs connected before the drill.
     vens_before: u64,
     /// The leader before the drill.
@@ -493,27 +528,41 @@ async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Pl
             .or_else(|| members.first().cloned())
             .ok_or_else(|| anyhow!("no member region"))?],
         Scenario::RollingRegionLoss => {
-            let mut regions: Vec<String> = apis.iter().map(|a| a.0.clone()).collect();
-            regions.dedup();
+            // Each region once, in the order its first node appears.
+            let mut regions: Vec<String> = Vec::new();
+            for (region, _) in &apis {
+                if !regions.contains(region) {
+                    regions.push(region.clone());
+                }
+            }
             regions
         }
-        Scenario::NodeLoss => vec![],
+        Scenario::NodeLoss | Scenario::RollingUpgrade => vec![],
     };
     let victim = match args.scenario {
         Scenario::NodeLoss => Some(pick_victim(&nodes, args)?),
         _ => None,
     };
+    let upgrade_order = match args.scenario {
+        Scenario::RollingUpgrade => upgrade_order(&nodes, args)?,
+        _ => vec![],
+    };
     let (vens_before, _) = vens(&nodes);
     let leader_before = leader_name(&nodes);
+    let mut regions: Vec<&str> = apis.iter().map(|a| a.0.as_str()).collect();
+    regions.sort();
+    regions.dedup();
     p.phase(format!(
-        "healthy: leader {leader_before}, {} regions, {vens_before} VENs connected",
-        apis.len()
+        "healthy: leader {leader_before}, {} nodes in {} regions, {vens_before} VENs connected",
+        apis.len(),
+        regions.len()
     ));
     Ok(Plan {
         all_apis: apis.iter().map(|a| a.1).collect(),
         apis,
         targets,
         victim,
+        upgrade_order,
         vens_before,
         leader_before,
     })
@@ -773,8 +822,9 @@ async fn wait_for_vens(
     Ok(after)
 }
 
-/// The node a node-loss drill kills, and how.
-struct Victim {
+/// A node a drill kills or restarts, and how to address it.
+#[derive(Clone)]
+struct NodeTarget {
     id: u64,
     name: String,
     region: String,
@@ -789,7 +839,7 @@ struct Victim {
 /// VENs in a region with several) and checks it can be lost: another node of
 /// its region serves VENs, and the drill can kill it (`--kill-cmd`, or a
 /// process on this host that no other node shares).
-fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<Victim> {
+fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<NodeTarget> {
     let serves_vens = |n: &NodeView| {
         n.status
             .as_ref()
@@ -834,12 +884,7 @@ fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<Victim> {
         .status
         .as_ref()
         .ok_or_else(|| anyhow!("{name} does not answer"))?;
-    let config = args.conn.dir.as_ref().and_then(|d| {
-        sc_region::local::existing(d, true)
-            .into_iter()
-            .find(|n| n.name == name)
-            .map(|n| d.join(n.dir).join("node.toml"))
-    });
+    let config = config_of(args, &name);
     let pid = match (&args.kill_cmd, status.services.pid) {
         (Some(_), pid) => pid,
         (None, None) => bail!(
@@ -865,7 +910,7 @@ fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<Victim> {
             Some(pid)
         }
     };
-    Ok(Victim {
+    Ok(NodeTarget {
         id: chosen.id,
         name,
         region,
@@ -875,8 +920,19 @@ fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<Victim> {
     })
 }
 
-/// `cmd` with the victim's `{node}`, `{region}`, `{pid}` and `{config}`.
-fn fill(cmd: &str, v: &Victim) -> String {
+/// The config file of node `name` in the `pce up` directory the drill was
+/// given, if it was given one.
+fn config_of(args: &DrillArgs, name: &str) -> Option<PathBuf> {
+    args.conn.dir.as_ref().and_then(|d| {
+        sc_region::local::existing(d, true)
+            .into_iter()
+            .find(|n| n.name == name)
+            .map(|n| d.join(n.dir).join("node.toml"))
+    })
+}
+
+/// `cmd` with the node's `{node}`, `{region}`, `{pid}` and `{config}`.
+fn fill(cmd: &str, v: &NodeTarget) -> String {
     cmd.replace("{node}", &v.name)
         .replace("{region}", &v.region)
         .replace("{pid}", &v.pid.map(|p| p.to_string()).unwrap_or_default())
@@ -935,7 +991,7 @@ async fn lose_node(
     c: &Cluster,
     args: &DrillArgs,
     plan: &Plan,
-    v: &Victim,
+    v: &NodeTarget,
     load: &Load,
     p: &mut Progress,
 ) -> Result<(u64, bool, NodeLoss)> {
@@ -1053,6 +1109,203 @@ async fn lose_node(
     Ok((killed_at, led, loss))
 }
 
+/// The nodes of a rolling upgrade in the order the runbook gives: region by
+/// region with the leader's region last, and in each region the members
+/// before the leader, so each node restarts while a leader of the old release
+/// still leads (an older node can follow it), and leadership moves once.
+fn upgrade_order(nodes: &[NodeView], args: &DrillArgs) -> Result<Vec<NodeTarget>> {
+    if args.restart_cmd.is_none() {
+        bail!(
+            "rolling-upgrade needs --restart-cmd: how to stop a node and start it with the new \
+             binary, e.g. 'ssh {{node}} sudo systemctl restart pce' ({{node}}, {{region}}, {{pid}} \
+             and {{config}} are replaced)"
+        );
+    }
+    let leader = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader")
+        .ok_or_else(|| anyhow!("no leader"))?;
+    let mut order: Vec<&NodeView> = nodes.iter().collect();
+    order.sort_by_key(|n| {
+        (
+            region_of(n) == Some(leader.region.as_str()),
+            region_of(n).map(str::to_string),
+            n.id == leader.id,
+            n.id,
+        )
+    });
+    order
+        .into_iter()
+        .map(|n| {
+            let name = name_of(n).to_string();
+            Ok(NodeTarget {
+                id: n.id,
+                api: api_of(n).ok_or_else(|| anyhow!("{name} runs no admin API"))?,
+                pid: n.status.as_ref().and_then(|s| s.services.pid),
+                config: config_of(args, &name),
+                region: region_of(n).unwrap_or_default().to_string(),
+                name,
+            })
+        })
+        .collect()
+}
+
+/// Restarts each node of the upgrade order in turn (leadership moved off a
+/// leader first), waiting each time for it to answer as a new process, for
+/// every node to apply the same index and for every VEN to be current.
+async fn restart_each(
+    c: &Cluster,
+    args: &DrillArgs,
+    plan: &Plan,
+    load: &Load,
+    p: &mut Progress,
+) -> Result<Vec<Restart>> {
+    let cmd = args
+        .restart_cmd
+        .as_deref()
+        .ok_or_else(|| anyhow!("--restart-cmd"))?;
+    let mut done: Vec<Restart> = Vec::new();
+    for t in &plan.upgrade_order {
+        let nodes = c.status(&plan.all_apis).await?;
+        let status = |nodes: &[NodeView]| {
+            nodes
+                .iter()
+                .find(|n| n.id == t.id)
+                .and_then(|n| n.status.clone())
+        };
+        let before = status(&nodes).ok_or_else(|| anyhow!("{} does not answer", t.name))?;
+        let moved_leadership = before.role == "leader";
+        if moved_leadership {
+            move_leadership_off(c, plan, t, &done, p).await?;
+        }
+        load.avoid(&plan.apis, |a| a.1 == t.api);
+        let node = NodeTarget {
+            pid: before.services.pid,
+            ..t.clone()
+        };
+        let at_ms = p.t0.elapsed().as_millis() as u64;
+        let t0 = Instant::now();
+        let filled = fill(cmd, &node);
+        p.phase(format!("restarting {} ({}): {filled}", t.name, t.region));
+        shell("--restart-cmd", &filled).await?;
+        // Back: it answers, as another process than before.
+        let deadline = t0 + Duration::from_secs(90);
+        let after = loop {
+            if let Ok(nodes) = c.status(&plan.all_apis).await {
+                if let Some(s) = status(&nodes) {
+                    if s.services.pid != before.services.pid || before.services.pid.is_none() {
+                        break s;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not come back as a new process within 90 s of {filled:?}",
+                    t.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let back_ms = t0.elapsed().as_millis() as u64;
+        let nodes = converge(c, &plan.all_apis, Duration::from_secs(60)).await?;
+        let vens_now = wait_for_vens(c, plan, &plan.all_apis, &nodes).await?;
+        if vens_now.0 < plan.vens_before || vens_now.1 < vens_now.0 {
+            bail!(
+                "after restarting {}, {} of {} VENs are connected and {} current after 30 s",
+                t.name,
+                vens_now.0,
+                plan.vens_before,
+                vens_now.1
+            );
+        }
+        let settled_ms = t0.elapsed().as_millis() as u64;
+        p.phase(format!(
+            "{} is back (pid {} → {}, release {}) in {back_ms} ms; converged, VENs current, in {settled_ms} ms",
+            t.name,
+            before.services.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            after.services.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            after.services.release.as_deref().unwrap_or("?"),
+        ));
+        done.push(Restart {
+            node: t.name.clone(),
+            region: t.region.clone(),
+            at_ms,
+            pid_before: before.services.pid,
+            pid_after: after.services.pid,
+            release_before: before.services.release.clone(),
+            release_after: after.services.release.clone(),
+            protocol_after: after.services.protocol,
+            moved_leadership,
+            back_ms,
+            settled_ms,
+        });
+    }
+    Ok(done)
+}
+
+/// Makes a voter other than `t` campaign (one already restarted when there
+/// is one, so the new release leads) and waits until every node follows it.
+async fn move_leadership_off(
+    c: &Cluster,
+    plan: &Plan,
+    t: &NodeTarget,
+    done: &[Restart],
+    p: &mut Progress,
+) -> Result<()> {
+    let nodes = c.status(&plan.all_apis).await?;
+    let leader = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .find(|s| s.role == "leader")
+        .ok_or_else(|| anyhow!("no leader"))?;
+    let voter = |n: &&NodeView| {
+        n.id != t.id && n.status.is_some() && leader.peers.iter().any(|p| p.id == n.id && p.voter)
+    };
+    let next = nodes
+        .iter()
+        .filter(voter)
+        .min_by_key(|n| {
+            (
+                !done
+                    .iter()
+                    .any(|r| Some(r.node.as_str()) == n.name.as_deref()),
+                n.id,
+            )
+        })
+        .ok_or_else(|| anyhow!("no other voter to lead while {} restarts", t.name))?;
+    let api = api_of(next).ok_or_else(|| anyhow!("{} runs no admin API", name_of(next)))?;
+    ok(
+        c.client(api)?
+            .post("/api/v2/supercluster/campaign", &json!({}))
+            .await?,
+        &format!("moving leadership to {}", name_of(next)),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = c.status(&plan.all_apis).await?;
+        if nodes
+            .iter()
+            .all(|n| n.status.as_ref().is_some_and(|s| s.leader == Some(next.id)))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} campaigned, but not every node follows it after 10 s",
+                name_of(next)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.phase(format!(
+        "leadership moved from {} to {} before its restart",
+        t.name,
+        name_of(next)
+    ));
+    Ok(())
+}
+
 /// Why a node-loss drill failed, beyond what every drill checks.
 fn node_loss_failures(l: &NodeLoss) -> Vec<String> {
     let mut out = Vec::new();
@@ -1154,7 +1407,14 @@ fn figures(r: &Report) -> Vec<(&'static str, String)> {
         .map(|(v, region)| format!("{region}: {}", ms(*v, "never resumed")))
         .collect();
     let mut rows = vec![
-        ("regions fenced, in order", r.fenced.join(", ")),
+        (
+            match r.drill {
+                Scenario::NodeLoss => "node lost",
+                Scenario::RollingUpgrade => "nodes restarted, in order",
+                _ => "regions fenced, in order",
+            },
+            r.fenced.join(", "),
+        ),
         (
             "leader before → after",
             format!("{} → {}", r.leader_before, r.leader_after),
@@ -1204,7 +1464,35 @@ fn figures(r: &Report) -> Vec<(&'static str, String)> {
     if let Some(l) = &r.node_loss {
         rows.extend(node_loss_rows(l));
     }
+    for x in r.restarts.iter().flatten() {
+        rows.push(("node restarted", restart_line(x)));
+    }
     rows
+}
+
+/// One restart of a rolling upgrade in words.
+fn restart_line(x: &Restart) -> String {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
+    let pid = |v: Option<u32>| v.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+    format!(
+        "{} ({}): pid {} → {}, release {} → {} (protocol {}){}; back in {} ms, settled in {} ms",
+        x.node,
+        x.region,
+        pid(x.pid_before),
+        pid(x.pid_after),
+        opt(&x.release_before),
+        opt(&x.release_after),
+        x.protocol_after
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "?".into()),
+        if x.moved_leadership {
+            ", leadership moved off it first"
+        } else {
+            ""
+        },
+        x.back_ms,
+        x.settled_ms
+    )
 }
 
 /// The node-loss figures as Markdown rows.
@@ -1257,7 +1545,12 @@ fn print_report(r: &Report) {
     for f in &r.failures {
         println!("  failed because   {f}");
     }
-    println!("  fenced           {}", r.fenced.join(", "));
+    let lost = match r.drill {
+        Scenario::NodeLoss => "killed ",
+        Scenario::RollingUpgrade => "restarted",
+        _ => "fenced   ",
+    };
+    println!("  {lost}        {}", r.fenced.join(", "));
     println!(
         "  leader           {} -> {}",
         r.leader_before, r.leader_after
@@ -1300,6 +1593,9 @@ fn print_report(r: &Report) {
         for (k, v) in node_loss_rows(l) {
             println!("  {k}: {v}");
         }
+    }
+    for x in r.restarts.iter().flatten() {
+        println!("  restarted        {}", restart_line(x));
     }
     println!(
         "  converged in     {} ms after the writer stopped",

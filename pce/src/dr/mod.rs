@@ -162,6 +162,10 @@ pub enum Scenario {
     /// must move to the region's other nodes, with no write failing and no
     /// VEN sent its policy again.
     NodeLoss,
+    /// Every node is restarted in turn with `--restart-cmd` (the mechanics of
+    /// replacing its binary), members first, the leader last after a planned
+    /// leadership move, while writes go on: none may fail.
+    RollingUpgrade,
 }
 
 /// Options of `pce dr drill`.
@@ -190,7 +194,9 @@ pub struct DrillArgs {
     kill_cmd: Option<String>,
     /// For node-loss: how to start the node again, run with `sh -c` like
     /// `--kill-cmd` (it must return: start the node in the background or
-    /// through its service manager). Without it the node stays down.
+    /// through its service manager). Without it the node stays down. For
+    /// rolling-upgrade (required): how to stop a node and start it again,
+    /// with the new binary (e.g. 'ssh {node} sudo systemctl restart pce').
     #[arg(long)]
     restart_cmd: Option<String>,
     /// Where the JSON and Markdown reports go.
