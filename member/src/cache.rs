@@ -3,7 +3,7 @@
 //! compiles the workloads this member serves (its region's, plus VENs that failed
 //! over to it) and says exactly which of them changed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sc_policy::compute::CompiledPolicy;
@@ -33,11 +33,24 @@ pub struct Rendered {
     pub compiled: Arc<CompiledPolicy>,
 }
 
+/// Adopted workloads and the region each was of when adopted.
+type Adopted = HashMap<Id, Option<String>>;
+
+/// Whether `id` is adopted and still of the region it was adopted from.
+fn adopted_now(adopted: &Adopted, id: &str, doc: &WorkloadDoc) -> bool {
+    adopted
+        .get(id)
+        .is_some_and(|r| r.as_deref() == doc.region.as_deref())
+}
+
 struct Inner {
     engine: Engine,
     version: u64,
-    /// Workloads of other regions whose VENs are connected here (failover).
-    adopted: HashSet<Id>,
+    /// Workloads of other regions whose VENs are connected here (failover),
+    /// with the region each was of when adopted: an adoption ends when its
+    /// workload's region changes (its application moved), so a member does
+    /// not keep compiling a workload that now belongs to a third region.
+    adopted: Adopted,
     /// Workloads held by an action, whatever the policy says (quarantine, suspension).
     quarantined: HashMap<Id, Hold>,
     /// Rendered policies, filled lazily by the streams that send them: an update
@@ -152,14 +165,14 @@ fn change_of(key: &[u8]) -> Option<Change> {
 impl PolicyCache {
     /// Builds the cache from the local replica.
     pub async fn load(db: Db, region: &str) -> Result<PolicyCache, MemberError> {
-        let (engine, version, quarantined) = Self::build(&db, region, &HashSet::new()).await?;
+        let (engine, version, quarantined) = Self::build(&db, region, &Adopted::new()).await?;
         let cache = PolicyCache {
             region: region.to_string(),
             db,
             inner: RwLock::new(Inner {
                 engine,
                 version,
-                adopted: HashSet::new(),
+                adopted: Adopted::new(),
                 quarantined,
                 rendered: HashMap::new(),
                 generation: 0,
@@ -174,7 +187,7 @@ impl PolicyCache {
     async fn build(
         db: &Db,
         region: &str,
-        adopted: &HashSet<Id>,
+        adopted: &Adopted,
     ) -> Result<(Engine, u64, HashMap<Id, Hold>), MemberError> {
         let live = load_raw(db, Space::Live, &[Kind::Label, Kind::Workload]).await?;
         let active = load_raw(db, Space::Active, &POLICY_KINDS).await?;
@@ -203,15 +216,9 @@ impl PolicyCache {
     }
 
     /// Workloads of other regions are peers only here, unless adopted.
-    fn localize(
-        world: &mut World,
-        id: &str,
-        doc: &WorkloadDoc,
-        region: &str,
-        adopted: &HashSet<Id>,
-    ) {
+    fn localize(world: &mut World, id: &str, doc: &WorkloadDoc, region: &str, adopted: &Adopted) {
         if let Some(w) = world.estate.workloads.get_mut(id) {
-            let mine = doc.region.as_deref() == Some(region) || adopted.contains(id);
+            let mine = doc.region.as_deref() == Some(region) || adopted_now(adopted, id, doc);
             w.managed = doc.managed && mine;
         }
     }
@@ -243,12 +250,18 @@ impl PolicyCache {
         Some(r)
     }
 
-    /// Starts serving a workload of another region (its VEN failed over here).
-    pub fn adopt(&self, id: &str) {
+    /// Starts serving a workload of another region, `region` (its VEN failed
+    /// over here).
+    pub fn adopt(&self, id: &str, region: Option<&str>) {
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
-        if inner.engine.compiled(id).is_some() || !inner.adopted.insert(id.to_string()) {
+        if inner.engine.compiled(id).is_some()
+            || inner
+                .adopted
+                .insert(id.to_string(), region.map(str::to_string))
+                .is_some()
+        {
             return;
         }
         let managed = inner.engine.estate().workloads.contains_key(id);
@@ -315,8 +328,11 @@ impl PolicyCache {
             inner.version = version;
         }
         for (id, doc) in &regions {
-            let mine =
-                doc.region.as_deref() == Some(self.region.as_str()) || inner.adopted.contains(id);
+            if !adopted_now(&inner.adopted, id, doc) {
+                inner.adopted.remove(id);
+            }
+            let mine = doc.region.as_deref() == Some(self.region.as_str())
+                || inner.adopted.contains_key(id);
             if let Some(w) = fresh.estate.workloads.get_mut(id) {
                 w.managed = doc.managed && mine;
             }

@@ -16,11 +16,12 @@
 //! they failed over to: those stale writes are skipped, not applied.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use sc_store::db::{Db, Txn};
 use sc_store::keys::{self, Id, Kind, Space};
-use sc_store::objects::WorkloadDoc;
+use sc_store::objects::{InterfaceJson, WorkloadDoc};
 use sc_store::record::Record;
 use sc_store::{transact, PlanError, StoreError};
 use tokio::sync::mpsc;
@@ -39,10 +40,29 @@ const LINGER: Duration = Duration::from_millis(50);
 /// Pause before retrying a batch that could not be committed (no leader).
 const RETRY: Duration = Duration::from_millis(500);
 
+/// One workload's wanted state: online or not, and the addresses its VEN
+/// reported (`None`: unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    online: bool,
+    addresses: Option<Vec<IpAddr>>,
+}
+
+impl Wanted {
+    /// A newer state over this one: its online flag, and its addresses if it
+    /// reported any (a later plain online/offline keeps earlier addresses).
+    fn absorb(&mut self, newer: Wanted) {
+        self.online = newer.online;
+        if newer.addresses.is_some() {
+            self.addresses = newer.addresses;
+        }
+    }
+}
+
 /// The queue of state changes; cheap to call from every stream.
 #[derive(Clone)]
 pub struct Presence {
-    tx: mpsc::UnboundedSender<(Id, bool)>,
+    tx: mpsc::UnboundedSender<(Id, Wanted)>,
     member: String,
 }
 
@@ -69,39 +89,73 @@ impl Presence {
 
     /// Records that a workload's VEN is (not) connected to this member.
     pub fn set(&self, id: &str, online: bool) {
-        let _ = self.tx.send((id.to_string(), online));
+        let wanted = Wanted {
+            online,
+            addresses: None,
+        };
+        let _ = self.tx.send((id.to_string(), wanted));
+    }
+
+    /// Records that a workload's VEN is connected here with these addresses
+    /// (its host moved: a DR site, a new subnet). The workload keeps its
+    /// identity; peers' rules follow the new addresses when the write lands.
+    pub fn set_addresses(&self, id: &str, addresses: Vec<IpAddr>) {
+        let wanted = Wanted {
+            online: true,
+            addresses: Some(addresses),
+        };
+        let _ = self.tx.send((id.to_string(), wanted));
+    }
+
+    /// Whether `addresses` differ from the workload's recorded interfaces.
+    pub fn addresses_differ(doc: &WorkloadDoc, addresses: &[IpAddr]) -> bool {
+        !same_addresses(doc, addresses)
     }
 }
 
-async fn run(db: Db, member: String, mut rx: mpsc::UnboundedReceiver<(Id, bool)>) {
-    let mut pending: BTreeMap<Id, bool> = BTreeMap::new();
+fn same_addresses(doc: &WorkloadDoc, addresses: &[IpAddr]) -> bool {
+    doc.interfaces.len() == addresses.len()
+        && doc
+            .interfaces
+            .iter()
+            .zip(addresses)
+            .all(|(i, a)| i.address == *a)
+}
+
+fn queue(pending: &mut BTreeMap<Id, Wanted>, id: Id, wanted: Wanted) {
+    match pending.get_mut(&id) {
+        Some(w) => w.absorb(wanted),
+        None => {
+            pending.insert(id, wanted);
+        }
+    }
+}
+
+async fn run(db: Db, member: String, mut rx: mpsc::UnboundedReceiver<(Id, Wanted)>) {
+    let mut pending: BTreeMap<Id, Wanted> = BTreeMap::new();
     loop {
         if pending.is_empty() {
             match rx.recv().await {
-                Some((id, online)) => {
-                    pending.insert(id, online);
-                }
+                Some((id, wanted)) => queue(&mut pending, id, wanted),
                 None => return,
             }
         }
         let deadline = tokio::time::Instant::now() + LINGER;
         while pending.len() < MAX_BATCH {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((id, online))) => {
-                    pending.insert(id, online);
-                }
+                Ok(Some((id, wanted))) => queue(&mut pending, id, wanted),
                 Ok(None) | Err(_) => break,
             }
         }
-        let batch: BTreeMap<Id, bool> = pending
+        let batch: BTreeMap<Id, Wanted> = pending
             .iter()
             .take(MAX_BATCH)
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         match write(&db, &member, &batch).await {
             Ok(()) => {
-                // Drop what was written, unless a newer state arrived meanwhile
-                // (it is still in the channel, so nothing to compare here).
+                // Drop what was written; a newer state that arrived meanwhile
+                // is still in the channel.
                 for id in batch.keys() {
                     pending.remove(id);
                 }
@@ -113,9 +167,9 @@ async fn run(db: Db, member: String, mut rx: mpsc::UnboundedReceiver<(Id, bool)>
                     "could not record online states; retrying"
                 );
                 tokio::time::sleep(RETRY).await;
-                // Newer states queued meanwhile replace the ones kept here.
-                while let Ok((id, online)) = rx.try_recv() {
-                    pending.insert(id, online);
+                // Newer states queued meanwhile go over the ones kept here.
+                while let Ok((id, wanted)) = rx.try_recv() {
+                    queue(&mut pending, id, wanted);
                 }
             }
         }
@@ -124,19 +178,24 @@ async fn run(db: Db, member: String, mut rx: mpsc::UnboundedReceiver<(Id, bool)>
 
 /// Commits one batch; workloads already in the wanted state, gone, or claimed
 /// by another member since, are skipped.
-async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), StoreError> {
+async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, Wanted>) -> Result<(), StoreError> {
     let r = transact!(db, BatchError, async {
         let mut txn = Txn::default();
         let (mut up, mut down) = (0usize, 0usize);
-        for (id, online) in batch {
+        for (id, wanted) in batch {
+            let online = &wanted.online;
             let key = keys::obj(Space::Live, Kind::Workload, id);
             let Some(cur) = db.get::<Record<WorkloadDoc>>(&key).await? else {
                 continue;
             };
             let doc = &cur.value.doc;
             let mine = doc.served_by.as_deref() == Some(member);
+            let moved = wanted
+                .addresses
+                .as_deref()
+                .is_some_and(|a| !same_addresses(doc, a));
             let skip = if *online {
-                doc.online && mine
+                doc.online && mine && !moved
             } else {
                 // Offline only from the member that holds it (or from anyone,
                 // for a record no member has claimed).
@@ -148,6 +207,18 @@ async fn write(db: &Db, member: &str, batch: &BTreeMap<Id, bool>) -> Result<(), 
             let mut rec = cur.value.clone();
             rec.doc.online = *online;
             rec.doc.served_by = online.then(|| member.to_string());
+            if let (true, Some(addresses)) = (*online && moved, &wanted.addresses) {
+                rec.doc.interfaces = addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| InterfaceJson {
+                        name: format!("if{i}"),
+                        address: *a,
+                        cidr_block: None,
+                        link_state: None,
+                    })
+                    .collect();
+            }
             rec.meta.updated_at = sc_store::time::now_ms();
             txn.expect(key.clone(), Some(cur.rev));
             txn.put(key, &rec)?;

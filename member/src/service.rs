@@ -266,6 +266,9 @@ impl Svc {
     }
 }
 
+/// The most addresses a VEN may report for its host.
+const MAX_ADDRESSES: usize = 64;
+
 /// The member's side of a policy stream. It is the `Session` itself, polled by
 /// the HTTP/2 stream's own task: a push is rendered and framed where it is sent,
 /// with no task or channel between (at 10,000 VENs, one task wake-up and one
@@ -326,8 +329,9 @@ impl Ven for Handle {
         let id = Svc::identity(&req)?;
         self.refuse_if_fenced()?;
         let doc = self.workload(&id).await?;
-        if doc.region.as_deref() != Some(self.region().as_str()) {
-            self.cache.adopt(&id);
+        let away = doc.region.as_deref() != Some(self.region().as_str());
+        if away {
+            self.cache.adopt(&id, doc.region.as_deref());
         }
         let inbound = req.into_inner();
         let svc = self.0.clone();
@@ -348,6 +352,13 @@ impl Ven for Handle {
         if svc.presence.must_claim(&doc) {
             svc.presence.set(&id, true);
         }
+        // A VEN away from its workload's home region (failed over, or its
+        // application moved while it was away) is served, and told where home
+        // is: it goes there when a node of that region answers.
+        let queued = match (&doc.region, away) {
+            (Some(home), true) => [Ok(rehome(home))].into(),
+            _ => Default::default(),
+        };
         let session = Session {
             stopping: svc.stopping.clone(),
             fenced: svc.fenced.clone(),
@@ -360,6 +371,8 @@ impl Ven for Handle {
             ended: false,
             goodbye: false,
             pushed: None,
+            region_seen: doc.region,
+            queued,
         };
         let out = futures_util::stream::unfold(session, |mut s| async move {
             let msg = s.next().await?;
@@ -609,6 +622,21 @@ struct Session {
     goodbye: bool,
     /// The policy last pushed and when, until the VEN acknowledges it.
     pushed: Option<(String, std::time::Instant)>,
+    /// The workload's region as this stream last saw it: a change (its
+    /// application moved) is told to the VEN.
+    region_seen: Option<String>,
+    /// Messages to hand out before anything else (a rehome before a policy).
+    queued: std::collections::VecDeque<Result<PceMessage, Status>>,
+}
+
+/// The action that tells a VEN its home region.
+fn rehome(region: &str) -> PceMessage {
+    PceMessage {
+        kind: Some(pce_message::Kind::Action(Action {
+            kind: action::Kind::Rehome as i32,
+            region: region.to_string(),
+        })),
+    }
 }
 
 /// What woke a session.
@@ -622,6 +650,9 @@ enum Wake {
 impl Session {
     /// The next message for the VEN; `None` ends the stream.
     async fn next(&mut self) -> Option<Result<PceMessage, Status>> {
+        if let Some(m) = self.queued.pop_front() {
+            return Some(m);
+        }
         if self.ended {
             return None;
         }
@@ -719,7 +750,7 @@ impl Session {
                 // What the VEN enforces now, until it acknowledges something newer.
                 self.record(h.policy_hash.clone(), h.policy_version);
                 self.last_sent = Some(h.policy_hash);
-                Ok(())
+                self.addresses(&h.addresses).await.map_err(|e| Some(Err(e)))
             }
             Ok(Ok(Some(_))) => Err(Some(Err(Status::invalid_argument(
                 "the first message must be hello",
@@ -732,6 +763,38 @@ impl Session {
         }
     }
 
+    /// Records the addresses a VEN reports in its hello when they differ from
+    /// its workload's (the host moved); none reported means unchanged.
+    async fn addresses(&self, reported: &[String]) -> Result<(), Status> {
+        if reported.is_empty() {
+            return Ok(());
+        }
+        if reported.len() > MAX_ADDRESSES {
+            return Err(Status::invalid_argument(format!(
+                "{} addresses in hello; at most {MAX_ADDRESSES}",
+                reported.len()
+            )));
+        }
+        let mut addresses = Vec::with_capacity(reported.len());
+        for a in reported {
+            addresses.push(a.parse::<std::net::IpAddr>().map_err(|_| {
+                Status::invalid_argument(format!("hello: {a:?} is not an IP address"))
+            })?);
+        }
+        let key = keys::obj(Space::Live, Kind::Workload, &self.id);
+        let doc = self
+            .svc
+            .db
+            .get::<Record<WorkloadDoc>>(&key)
+            .await
+            .map_err(MemberError::from)?
+            .map(|r| r.value.doc);
+        if doc.is_some_and(|d| crate::presence::Presence::addresses_differ(&d, &addresses)) {
+            self.svc.presence.set_addresses(&self.id, addresses);
+        }
+        Ok(())
+    }
+
     /// Notes the policy the VEN says it enforces.
     fn record(&self, hash: String, version: u64) {
         if let Ok(mut s) = self.svc.sessions.lock() {
@@ -742,11 +805,37 @@ impl Session {
         }
     }
 
-    /// This workload's current policy if it differs from what was last sent;
-    /// an unpair action (and the end) if the workload is gone.
+    /// What the VEN must hear now: a rehome if its workload's region changed
+    /// (its application moved), then its policy if it changed.
     async fn current(&mut self) -> Option<Result<PceMessage, Status>> {
+        let Some(region) = self.moved().await else {
+            return self.policy().await;
+        };
+        if let Some(p) = self.policy().await {
+            self.queued.push_back(p);
+        }
+        Some(Ok(rehome(&region)))
+    }
+
+    /// The workload's region if it changed since this stream last looked.
+    async fn moved(&mut self) -> Option<String> {
+        let key = keys::obj(Space::Live, Kind::Workload, &self.id);
+        let rec = self.svc.db.get::<Record<WorkloadDoc>>(&key).await.ok()??;
+        let region = rec.value.doc.region;
+        if region == self.region_seen {
+            return None;
+        }
+        self.region_seen = region.clone();
+        region
+    }
+
+    /// This workload's current policy if it differs from what was last sent;
+    /// an unpair action (and the end) if the workload is gone; the end if it
+    /// moved to another region (after the rehome that says where).
+    async fn policy(&mut self) -> Option<Result<PceMessage, Status>> {
         let Some(p) = self.svc.cache.policy_of(&self.id) else {
-            // No policy for a streaming VEN: its workload was unpaired (deleted).
+            // No policy for a streaming VEN: its workload was unpaired (deleted),
+            // or moved to another region (no longer compiled here).
             let gone = self
                 .svc
                 .db
@@ -755,12 +844,23 @@ impl Session {
                 .map(|r| r.is_none())
                 .unwrap_or(false);
             if !gone {
-                return None;
+                let mine = self.svc.region();
+                return match self.region_seen.as_deref() {
+                    Some(r) if r != mine => {
+                        self.ended = true;
+                        Some(Err(Status::unavailable(format!(
+                            "workload {} is served by region {r} now; connect there",
+                            self.id
+                        ))))
+                    }
+                    _ => None,
+                };
             }
             self.ended = true;
             return Some(Ok(PceMessage {
                 kind: Some(pce_message::Kind::Action(Action {
                     kind: action::Kind::Unpair as i32,
+                    region: String::new(),
                 })),
             }));
         };

@@ -706,6 +706,7 @@ async fn bad_pairing_keys_foreign_certificates_and_floods_are_refused() {
             kind: Some(ven_message::Kind::Hello(Hello {
                 policy_hash: String::new(),
                 policy_version: 0,
+                addresses: vec![],
             })),
         });
         (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -1126,4 +1127,222 @@ async fn a_ven_of_the_protocol_before_pairs_streams_acknowledges_and_reports_flo
         .expect_err("protocol 0 is refused");
     assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{st:?}");
     assert!(st.message().contains("needs at least 1"), "{st:?}");
+}
+
+/// The ruleset (nft text) an in-memory agent loaded last.
+type Table = Arc<Mutex<Option<String>>>;
+
+/// An agent whose loaded ruleset and events the test reads.
+fn spawn_watched_agent(
+    identity: Identity,
+    addresses: Vec<String>,
+    stop: &watch::Receiver<bool>,
+) -> (
+    Table,
+    Arc<Mutex<Vec<AgentEvent>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let table = Arc::new(Mutex::new(None));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let ev = events.clone();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            ev.lock().expect("lock").push(e);
+        }
+    });
+    let mut agent = Agent::new(identity, None, Enforcer::Memory(table.clone()))
+        .expect("agent")
+        .with_events(tx);
+    agent.heartbeat = Duration::from_millis(300);
+    agent.addresses = addresses;
+    let stop = stop.clone();
+    let task = tokio::spawn(async move {
+        let _ = agent.run(stop).await;
+    });
+    (table, events, task)
+}
+
+fn last_connected(events: &Mutex<Vec<AgentEvent>>) -> Option<String> {
+    events
+        .lock()
+        .expect("lock")
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            AgentEvent::Connected(m) => Some(m.clone()),
+            _ => None,
+        })
+}
+
+fn applied_count(events: &Mutex<Vec<AgentEvent>>) -> usize {
+    events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|e| matches!(e, AgentEvent::Applied { .. }))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_application_moved_to_another_region_rehomes_its_vens_and_peers_follow_its_new_address()
+{
+    let mut env = Env::start().await;
+    let (app, prod, db) = (
+        env.label("app", "shop").await,
+        env.label("env", "prod").await,
+        env.label("role", "db").await,
+    );
+    // The database admits the shop on 5432.
+    let rs = env
+        .post("/sec_policy/draft/rule_sets", json!({"name": "shop-db"}))
+        .await["href"]
+        .as_str()
+        .expect("href")
+        .to_string();
+    let r = env.api.post(&format!("/api/v2{rs}/sec_rules"), &json!({"providers": [{"label": {"href": db}}], "consumers": [{"label": {"href": app}}], "ingress_services": [{"proto": 6, "port": 5432}], "unscoped_consumers": true})).await.expect("rule");
+    assert!(
+        r.status.is_success(),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    env.provision().await;
+    // The shop pairs in region 1, the database in region 2.
+    let shop_key = env.pairing_key(&[&app, &prod], json!(1), json!(3600)).await;
+    let db_key = env.pairing_key(&[&db], json!(1), json!(3600)).await;
+    let shop = pair(&env.ven_addr(1), &env.ca, &shop_key, &facts(21))
+        .await
+        .expect("pair shop");
+    let database = pair(&env.ven_addr(2), &env.ca, &db_key, &facts(22))
+        .await
+        .expect("pair db");
+    let (home, to) = (
+        env.cluster.node(1).info().region.clone(),
+        env.cluster.node(3).info().region.clone(),
+    );
+    assert_eq!(shop.home_region.as_deref(), Some(home.as_str()));
+    let (_stop_tx, stop) = watch::channel(false);
+    let (_, shop_events, shop_task) = spawn_watched_agent(shop.clone(), vec![], &stop);
+    let (db_table, db_events, _db_task) = spawn_watched_agent(database.clone(), vec![], &stop);
+    wait_for("both VENs enforcing", Duration::from_secs(30), || {
+        applied_count(&shop_events) >= 1 && applied_count(&db_events) >= 1
+    })
+    .await;
+    let node1 = env.cluster.node(1).info().name.clone();
+    assert_eq!(last_connected(&shop_events), Some(node1));
+
+    // Bad input changes nothing.
+    for (body, needle) in [
+        (
+            json!({"app": "shop", "env": "prod", "to": "atlantis"}),
+            "not a region",
+        ),
+        (
+            json!({"app": "nope", "env": "prod", "to": to}),
+            "no label app=nope",
+        ),
+        (json!({"app": "shop", "env": "prod"}), "to"),
+    ] {
+        let a = env
+            .api
+            .post("/api/v2/supercluster/move_app", &body)
+            .await
+            .expect("post");
+        let text = String::from_utf8_lossy(&a.body).to_string();
+        assert!(
+            a.status.is_client_error() && text.contains(needle),
+            "{body}: {text}"
+        );
+    }
+
+    // The move: the shop's VEN re-homes to region 3 without pairing again,
+    // and is sent nothing (its policy is the same bytes there).
+    let applied_before = applied_count(&shop_events);
+    let db_applied_before = applied_count(&db_events);
+    let a = env
+        .api
+        .post(
+            "/api/v2/supercluster/move_app",
+            &json!({"app": "shop", "env": "prod", "to": to}),
+        )
+        .await
+        .expect("move");
+    let moved = a.json();
+    assert!(a.status.is_success(), "{moved}");
+    assert_eq!(moved["moved"].as_array().map(Vec::len), Some(1), "{moved}");
+    let node3 = env.cluster.node(3).info().name.clone();
+    wait_for(
+        "the shop's VEN on region 3",
+        Duration::from_secs(30),
+        || last_connected(&shop_events).as_deref() == Some(node3.as_str()),
+    )
+    .await;
+    assert!(shop_events
+        .lock()
+        .expect("lock")
+        .contains(&AgentEvent::Rehomed(to.clone())));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        applied_count(&shop_events),
+        applied_before,
+        "no push on a move"
+    );
+    assert_eq!(
+        applied_count(&db_events),
+        db_applied_before,
+        "peers unchanged"
+    );
+    let w = env
+        .api
+        .get(&format!("{ORG}/workloads/{}", shop.workload_id))
+        .await
+        .expect("get")
+        .json();
+    assert_eq!(w["region"], to.as_str(), "{w}");
+    // Moving again is a no-op, said so.
+    let again = env
+        .api
+        .post(
+            "/api/v2/supercluster/move_app",
+            &json!({"app": "shop", "env": "prod", "to": to}),
+        )
+        .await
+        .expect("again")
+        .json();
+    assert_eq!(again["already_there"], 1, "{again}");
+
+    // The shop's host comes back at a new address (a DR site): the same
+    // identity, started with the old home, reports it; it is told its new
+    // home, and the database's rules admit the new address.
+    shop_task.abort();
+    let t0 = Instant::now();
+    let (_, moved_events, _moved_task) =
+        spawn_watched_agent(shop.clone(), vec!["10.77.0.1".into()], &stop);
+    wait_for(
+        "the database admits the new address",
+        Duration::from_secs(30),
+        || {
+            db_table
+                .lock()
+                .expect("lock")
+                .as_deref()
+                .is_some_and(|t| t.contains("10.77.0.1"))
+        },
+    )
+    .await;
+    eprintln!(
+        "peer updated {} ms after the moved VEN started",
+        t0.elapsed().as_millis()
+    );
+    wait_for("the moved VEN on region 3", Duration::from_secs(30), || {
+        last_connected(&moved_events).as_deref() == Some(node3.as_str())
+    })
+    .await;
+    let w = env
+        .api
+        .get(&format!("{ORG}/workloads/{}", shop.workload_id))
+        .await
+        .expect("get")
+        .json();
+    assert_eq!(w["interfaces"][0]["address"], "10.77.0.1", "{w}");
 }

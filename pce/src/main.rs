@@ -468,6 +468,26 @@ async fn run(cli: Cli) -> Result<()> {
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// SIGPIPE for a command: ends the process as the default disposition would
+/// when stdout's reader is gone (`| head`), and is ignored otherwise (the
+/// write that raised it, to a socket a peer reset, fails with EPIPE and is
+/// handled as the I/O error it is).
+extern "C" fn on_sigpipe(_: libc::c_int) {
+    let mut out = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: poll, signal and raise are async-signal-safe; `out` is ours.
+    unsafe {
+        // The write end of a pipe with no reader polls as POLLERR.
+        if libc::poll(&mut out, 1, 0) == 1 && out.revents & libc::POLLERR != 0 {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::raise(libc::SIGPIPE);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Everything this process writes (the Raft store, snapshots, flows,
     // certificates, backups, VEN identities) is for its own user only.
@@ -478,8 +498,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `pce ... | head` closes the pipe early: a command that prints and ends
     // then stops quietly, as Unix tools do, rather than panic on its next
-    // print (Rust ignores SIGPIPE by default). Not the servers and agents:
-    // a closed log pipe must never stop a region or a VEN.
+    // print (Rust ignores SIGPIPE by default). Only for stdout: a write to a
+    // connection a peer reset raises SIGPIPE too, and a drill that kills a
+    // node must not die of it (see `on_sigpipe`). Not the servers and
+    // agents: a closed log pipe must never stop a region or a VEN.
     if !matches!(
         cli.command,
         Command::Up { .. }
@@ -488,10 +510,13 @@ fn main() -> ExitCode {
             | Command::VenSim(_)
             | Command::Chaos(_)
     ) {
-        // SAFETY: restores a signal's default disposition before any thread
+        // SAFETY: installs an async-signal-safe handler before any thread
         // of ours exists.
         unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::signal(
+                libc::SIGPIPE,
+                on_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

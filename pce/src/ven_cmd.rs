@@ -56,6 +56,11 @@ pub enum VenCommand {
         /// Collect and report no flows.
         #[arg(long)]
         no_flows: bool,
+        /// The host's addresses now (repeat), reported on every connection:
+        /// a host that moved (a DR site, a new subnet) keeps its identity and
+        /// its peers' rules follow. Default: the addresses given at pairing.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
     },
 }
 
@@ -118,9 +123,14 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             dry_run,
             flow_report_interval,
             no_flows,
+            addresses,
         } => {
             if flow_report_interval == 0 {
                 bail!("--flow-report-interval must be at least 1 second");
+            }
+            for a in &addresses {
+                a.parse::<std::net::IpAddr>()
+                    .with_context(|| format!("--address {a:?} is not an IP address"))?;
             }
             let identity = Identity::load(&dir)?.with_context(|| {
                 format!(
@@ -135,6 +145,7 @@ pub async fn run(cmd: VenCommand) -> Result<()> {
             };
             let mut agent = Agent::new(identity, Some(dir.clone()), enforcer)?;
             agent.flow_report_interval = std::time::Duration::from_secs(flow_report_interval);
+            agent.addresses = addresses;
             // Flows come from the rules this VEN loads, so a dry run has none.
             if !dry_run && !no_flows {
                 match sc_ven::flows::Collector::start(agent.flow_report_interval) {
@@ -212,6 +223,21 @@ fn write_state(path: &std::path::Path, vens: &HashMap<String, SimVen>) -> Result
     Ok(())
 }
 
+/// Whether a pairing failed for a moment (the member could not reach the
+/// leader or commit in time), not for a reason another try cannot change.
+fn transient(e: &sc_ven::VenError) -> bool {
+    let text = e.to_string();
+    [
+        "Unavailable",
+        "DeadlineExceeded",
+        "Cancelled",
+        "unreachable",
+        "timed out",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
+}
+
 /// The address simulated VEN `i` reports (10.128.0.0/10, unique per VEN).
 fn sim_address(i: usize) -> String {
     format!(
@@ -241,7 +267,19 @@ pub async fn sim(args: SimArgs) -> Result<()> {
                 addresses: vec![sim_address(i)],
                 os: "sim".into(),
             };
-            pair(&server, &ca, &code, &facts).await
+            // A fleet pairs through one member under load: a pairing that
+            // could not be committed in time (no leader for a moment, a slow
+            // quorum) is tried again, rather than ending the whole fleet.
+            let mut tries = 0;
+            loop {
+                match pair(&server, &ca, &code, &facts).await {
+                    Err(e) if tries < 5 && transient(&e) => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+                    }
+                    r => break r,
+                }
+            }
         }));
         if batch.len() == 32 || i + 1 == args.count {
             for b in batch.drain(..) {

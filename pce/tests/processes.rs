@@ -1407,11 +1407,14 @@ fn dr(data: &Path, api_port: u16, args: &[&str]) -> (bool, String) {
         ])
         .output()
         .unwrap();
-    let text = format!(
+    let mut text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    if !out.status.success() {
+        text.push_str(&format!("\n(pce dr exited: {})", out.status));
+    }
     (out.status.success(), text)
 }
 
@@ -2000,8 +2003,8 @@ fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
             .args(["ven-sim", "--server", &format!("127.0.0.12:{ven_port}")])
             .args(["--ca", data.join("certs/ca.pem").to_str().unwrap()])
             .args(["--activation-code", &code, "--count", "16"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("sim.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("sim.err")).unwrap())
             .spawn()
             .unwrap(),
     ));
@@ -2025,8 +2028,10 @@ fn a_region_of_two_nodes_keeps_its_vens_when_one_is_killed() {
             break per_node;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "VENs not current: {v}"
+            t0.elapsed() < Duration::from_secs(90),
+            "VENs not current: {v}\nven-sim: {}{}",
+            std::fs::read_to_string(dir.path().join("sim.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.path().join("sim.err")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(300));
     };

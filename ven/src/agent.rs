@@ -64,6 +64,9 @@ pub enum AgentEvent {
     Disconnected(String, String),
     /// The PCE unpaired this VEN: table removed, identity forgotten, agent stopped.
     Unpaired,
+    /// The workload's home region is now this one (its application moved):
+    /// saved, and the VEN streams from that region's nodes when one answers.
+    Rehomed(String),
 }
 
 /// An event of one agent of many reporting into one channel (the simulator):
@@ -104,12 +107,18 @@ pub struct Agent {
     /// How often flow summaries are sent.
     pub flow_report_interval: Duration,
     pending: Pending,
+    /// The host's addresses, reported in every hello so the workload's record
+    /// (and its peers' rules) follow a host that moved; empty: not reported
+    /// (the addresses given at pairing stand).
+    pub addresses: Vec<String>,
 }
 
 enum End {
     Stopped,
     Unpaired,
     Broken(String),
+    /// Told of a new home region elsewhere: pick members again at once.
+    Rehome,
 }
 
 impl Agent {
@@ -136,6 +145,7 @@ impl Agent {
             flows: None,
             flow_report_interval: Duration::from_secs(10),
             pending: Pending::default(),
+            addresses: Vec::new(),
         })
     }
 
@@ -293,7 +303,7 @@ impl Agent {
 
     /// Runs until `stop` turns true, moving between members as they fail.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), VenError> {
-        loop {
+        'members: loop {
             let order = self.nearest().await;
             for m in order {
                 if *stop.borrow() {
@@ -301,6 +311,10 @@ impl Agent {
                 }
                 match self.session(&m, &mut stop).await {
                     End::Stopped => return Ok(()),
+                    End::Rehome => {
+                        tracing::info!(member = %m.name, home = ?self.identity.home_region, "workload moved to another region; reconnecting there");
+                        continue 'members;
+                    }
                     End::Unpaired => {
                         self.forget().await?;
                         self.emit(AgentEvent::Unpaired);
@@ -340,6 +354,7 @@ impl Agent {
                     .map(|p| p.hash.clone())
                     .unwrap_or_default(),
                 policy_version: self.current.as_ref().map(|p| p.version).unwrap_or(0),
+                addresses: self.addresses.clone(),
             })),
         };
         if tx.send(hello).await.is_err() {
@@ -384,6 +399,12 @@ impl Agent {
                             if a.kind == sc_proto::ven::action::Kind::Unpair as i32 {
                                 return End::Unpaired;
                             }
+                            if a.kind == sc_proto::ven::action::Kind::Rehome as i32 {
+                                if self.rehome(a.region) && self.identity.home_region.as_deref() != Some(m.region.as_str()) {
+                                    return End::Rehome;
+                                }
+                                continue;
+                            }
                             tracing::warn!(action = a.kind, "unknown PCE action ignored");
                         }
                         None => {}
@@ -411,6 +432,23 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Takes `region` as the workload's home (saved with the identity);
+    /// returns whether it changed. A member tells a VEN its home whenever the
+    /// VEN streams from another region, so the same region again is no news.
+    fn rehome(&mut self, region: String) -> bool {
+        if region.is_empty() || self.identity.home_region.as_deref() == Some(region.as_str()) {
+            return false;
+        }
+        self.identity.home_region = Some(region.clone());
+        if let Some(d) = &self.dir {
+            if let Err(e) = self.identity.save(d) {
+                tracing::warn!(error = %e, "could not save the new home region");
+            }
+        }
+        self.emit(AgentEvent::Rehomed(region));
+        true
     }
 
     /// Unpaired: stop enforcing (remove the table) and forget identity and policy.

@@ -31,6 +31,7 @@ impl SimVen {
                 self.applied += 1;
             }
             AgentEvent::Connected(_) => self.connected = true,
+            AgentEvent::Rehomed(_) => {}
             AgentEvent::Disconnected(..) => self.connected = false,
             AgentEvent::Unpaired => {
                 self.regressions += 1;

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::rbac::Action;
 
 /// Refuses callers without the owner role.
-fn owner_only(ctx: &super::Ctx) -> Result<(), ApiError> {
+pub(super) fn owner_only(ctx: &super::Ctx) -> Result<(), ApiError> {
     if ctx.who.may(Action::OperateCluster) {
         Ok(())
     } else {

@@ -6,6 +6,7 @@
 //! refused write in the audit trail. Accepted writes record their audit event in
 //! the same Raft command as the change itself, so neither exists without the other.
 
+mod apps;
 mod audit;
 mod dr;
 mod generate;
@@ -607,6 +608,7 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 fn api() -> spec::Api {
     system::api()
         .merge(dr::api())
+        .merge(apps::api())
         .merge(objects::api())
         .merge(rules::api())
         .merge(policy::api())

@@ -127,6 +127,22 @@ pub enum DrCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Move an application (its app and env labels) to another region: its
+    /// workloads are served by that region's nodes from now on, their VENs
+    /// re-home there, identity and policy kept.
+    MoveApp {
+        #[command(flatten)]
+        conn: Conn,
+        /// The application's `app` label value.
+        #[arg(long)]
+        app: String,
+        /// Its `env` label value.
+        #[arg(long)]
+        env: String,
+        /// The region that serves it from now on.
+        #[arg(long)]
+        to: String,
+    },
     /// Save the whole policy store, at one point of history, to a checksummed file.
     Backup {
         #[command(flatten)]
@@ -490,6 +506,25 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             region,
             force,
         } => change_region(&conn, &region, "demote", force).await,
+        DrCommand::MoveApp { conn, app, env, to } => {
+            let c = open_cluster(&conn)?;
+            let v = ok(
+                c.client(c.serving_entry().await?)?
+                    .post(
+                        "/api/v2/supercluster/move_app",
+                        &json!({"app": app, "env": env, "to": to}),
+                    )
+                    .await?,
+                &format!("moving app={app} env={env} to {to}"),
+            )?;
+            output::print(conn.json, &v, || {
+                let moved = v["moved"].as_array().map(Vec::len).unwrap_or(0);
+                format!(
+                    "app={app} env={env}: {moved} workloads moved to {to} ({} already there); their VENs re-home to {to}'s nodes",
+                    v["already_there"]
+                )
+            })
+        }
         DrCommand::Backup { conn, out } => backup(&conn, &out).await,
         DrCommand::Restore { conn, file } => restore(&conn, &file).await,
     }
