@@ -376,6 +376,10 @@ impl PolicyCache {
         drop(inner);
         self.texts.prune();
         self.notify(&changed);
+        // A workload whose record changed but whose policy did not may have
+        // moved to another region (its application moved and the rules, the
+        // same bytes, did not change): its streams look, and tell the VEN.
+        self.wake(regions.keys().filter(|id| !changed.contains(*id)));
         Ok(changed)
     }
 
@@ -513,6 +517,17 @@ impl PolicyCache {
             n.notify_one();
         }
         Ok(())
+    }
+
+    /// Wakes the streams of `ids` without counting a push: they look for
+    /// news other than their policy (a rehome).
+    fn wake<'a>(&self, ids: impl Iterator<Item = &'a Id>) {
+        let Ok(w) = self.watchers.lock() else { return };
+        for id in ids {
+            for x in w.get(id).into_iter().flatten() {
+                x.notify_one();
+            }
+        }
     }
 
     fn notify(&self, changed: &BTreeSet<Id>) {

@@ -246,7 +246,7 @@ impl Svc {
             .ok_or_else(|| Status::unauthenticated("the client certificate names no workload"))
     }
 
-    async fn workload(&self, id: &str) -> Result<WorkloadDoc, Status> {
+    async fn workload(&self, id: &str) -> Result<(WorkloadDoc, u64), Status> {
         let rec = self
             .db
             .get::<Record<WorkloadDoc>>(&keys::obj(Space::Live, Kind::Workload, id))
@@ -262,7 +262,7 @@ impl Svc {
                 "workload {id} is not managed"
             )));
         }
-        Ok(rec.value.doc)
+        Ok((rec.value.doc, rec.rev))
     }
 }
 
@@ -328,7 +328,7 @@ impl Ven for Handle {
     ) -> Result<Response<PolicyStreamOut>, Status> {
         let id = Svc::identity(&req)?;
         self.refuse_if_fenced()?;
-        let doc = self.workload(&id).await?;
+        let (doc, rev) = self.workload(&id).await?;
         let away = doc.region.as_deref() != Some(self.region().as_str());
         if away {
             self.cache.adopt(&id, doc.region.as_deref());
@@ -356,7 +356,7 @@ impl Ven for Handle {
         // application moved while it was away) is served, and told where home
         // is: it goes there when a node of that region answers.
         let queued = match (&doc.region, away) {
-            (Some(home), true) => [Ok(rehome(home))].into(),
+            (Some(home), true) => [Ok(rehome(home, rev))].into(),
             _ => Default::default(),
         };
         let session = Session {
@@ -629,12 +629,14 @@ struct Session {
     queued: std::collections::VecDeque<Result<PceMessage, Status>>,
 }
 
-/// The action that tells a VEN its home region.
-fn rehome(region: &str) -> PceMessage {
+/// The action that tells a VEN its home region, as of the workload record's
+/// revision `rev` (the VEN ignores what is older than it already acted on).
+fn rehome(region: &str, rev: u64) -> PceMessage {
     PceMessage {
         kind: Some(pce_message::Kind::Action(Action {
             kind: action::Kind::Rehome as i32,
             region: region.to_string(),
+            revision: rev,
         })),
     }
 }
@@ -808,17 +810,18 @@ impl Session {
     /// What the VEN must hear now: a rehome if its workload's region changed
     /// (its application moved), then its policy if it changed.
     async fn current(&mut self) -> Option<Result<PceMessage, Status>> {
-        let Some(region) = self.moved().await else {
+        let Some((region, rev)) = self.moved().await else {
             return self.policy().await;
         };
         if let Some(p) = self.policy().await {
             self.queued.push_back(p);
         }
-        Some(Ok(rehome(&region)))
+        Some(Ok(rehome(&region, rev)))
     }
 
-    /// The workload's region if it changed since this stream last looked.
-    async fn moved(&mut self) -> Option<String> {
+    /// The workload's region, and its record's revision, if the region
+    /// changed since this stream last looked.
+    async fn moved(&mut self) -> Option<(String, u64)> {
         let key = keys::obj(Space::Live, Kind::Workload, &self.id);
         let rec = self.svc.db.get::<Record<WorkloadDoc>>(&key).await.ok()??;
         let region = rec.value.doc.region;
@@ -826,7 +829,7 @@ impl Session {
             return None;
         }
         self.region_seen = region.clone();
-        region
+        region.map(|r| (r, rec.rev))
     }
 
     /// This workload's current policy if it differs from what was last sent;
@@ -860,7 +863,7 @@ impl Session {
             return Some(Ok(PceMessage {
                 kind: Some(pce_message::Kind::Action(Action {
                     kind: action::Kind::Unpair as i32,
-                    region: String::new(),
+                    ..Default::default()
                 })),
             }));
         };

@@ -1133,9 +1133,12 @@ async fn a_ven_of_the_protocol_before_pairs_streams_acknowledges_and_reports_flo
 type Table = Arc<Mutex<Option<String>>>;
 
 /// An agent whose loaded ruleset and events the test reads.
+/// `learn`: whether the agent learns members beyond its identity's list (a
+/// test pins a VEN to one node by giving it only that one, not learning).
 fn spawn_watched_agent(
     identity: Identity,
     addresses: Vec<String>,
+    learn: bool,
     stop: &watch::Receiver<bool>,
 ) -> (
     Table,
@@ -1156,6 +1159,7 @@ fn spawn_watched_agent(
         .with_events(tx);
     agent.heartbeat = Duration::from_millis(300);
     agent.addresses = addresses;
+    agent.learn_members = learn;
     let stop = stop.clone();
     let task = tokio::spawn(async move {
         let _ = agent.run(stop).await;
@@ -1222,8 +1226,9 @@ async fn an_application_moved_to_another_region_rehomes_its_vens_and_peers_follo
     );
     assert_eq!(shop.home_region.as_deref(), Some(home.as_str()));
     let (_stop_tx, stop) = watch::channel(false);
-    let (_, shop_events, shop_task) = spawn_watched_agent(shop.clone(), vec![], &stop);
-    let (db_table, db_events, _db_task) = spawn_watched_agent(database.clone(), vec![], &stop);
+    let (_, shop_events, shop_task) = spawn_watched_agent(shop.clone(), vec![], true, &stop);
+    let (db_table, db_events, _db_task) =
+        spawn_watched_agent(database.clone(), vec![], true, &stop);
     wait_for("both VENs enforcing", Duration::from_secs(30), || {
         applied_count(&shop_events) >= 1 && applied_count(&db_events) >= 1
     })
@@ -1317,7 +1322,7 @@ async fn an_application_moved_to_another_region_rehomes_its_vens_and_peers_follo
     shop_task.abort();
     let t0 = Instant::now();
     let (_, moved_events, _moved_task) =
-        spawn_watched_agent(shop.clone(), vec!["10.77.0.1".into()], &stop);
+        spawn_watched_agent(shop.clone(), vec!["10.77.0.1".into()], true, &stop);
     wait_for(
         "the database admits the new address",
         Duration::from_secs(30),
@@ -1345,4 +1350,45 @@ async fn an_application_moved_to_another_region_rehomes_its_vens_and_peers_follo
         .expect("get")
         .json();
     assert_eq!(w["interfaces"][0]["address"], "10.77.0.1", "{w}");
+
+    // A VEN streaming away from home (it reaches region 2 only) when its
+    // application moves to that very region: its policy there is the same
+    // bytes, and still it is told its new home.
+    _moved_task.abort();
+    let mut pinned = shop.clone();
+    pinned.members.retain(|m| m.addr == env.ven_addr(2));
+    assert_eq!(pinned.members.len(), 1, "{:?}", shop.members);
+    let (_, away_events, _away_task) =
+        spawn_watched_agent(pinned, vec!["10.77.0.1".into()], false, &stop);
+    let node2 = env.cluster.node(2).info().name.clone();
+    wait_for(
+        "the VEN streaming from region 2",
+        Duration::from_secs(30),
+        || {
+            last_connected(&away_events).as_deref() == Some(node2.as_str())
+                && applied_count(&away_events) >= 1
+        },
+    )
+    .await;
+    let region2 = env.cluster.node(2).info().region.clone();
+    let a = env
+        .api
+        .post(
+            "/api/v2/supercluster/move_app",
+            &json!({"app": "shop", "env": "prod", "to": region2}),
+        )
+        .await
+        .expect("move to 2");
+    assert!(a.status.is_success(), "{}", a.json());
+    wait_for(
+        "the VEN told its home is region 2",
+        Duration::from_secs(10),
+        || {
+            away_events
+                .lock()
+                .expect("lock")
+                .contains(&AgentEvent::Rehomed(region2.clone()))
+        },
+    )
+    .await;
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::drill_report;
 use sc_chaos::netns::Net;
 use sc_leader::client::ApiClient;
 use serde_json::{json, Value};
@@ -18,6 +20,10 @@ use serde_json::{json, Value};
 const PCE: &str = env!("CARGO_BIN_EXE_pce");
 const ORG: &str = "/api/v2/orgs/1";
 const HOSTS: [(&str, u8); 3] = [("web", 11), ("app", 12), ("db", 13)];
+
+/// A TCP connection to argv[1]:argv[2] within argv[3] seconds (from the
+/// address argv[4], if given), or exit 1.
+const CONNECT: &str = "import socket,sys\nsrc=(sys.argv[4],0) if len(sys.argv)>4 else None\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]), source_address=src).close()\nexcept Exception:\n sys.exit(1)";
 
 fn sh(cmd: &[&str]) -> (bool, String) {
     match Command::new(cmd[0]).args(&cmd[1..]).output() {
@@ -54,6 +60,8 @@ struct Lab {
     nodes: HashMap<u64, Child>,
     vens: HashMap<&'static str, Child>,
     listeners: Vec<Child>,
+    /// Files holding the pids of processes a drill's command started.
+    pid_files: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -80,6 +88,7 @@ impl Lab {
             nodes: HashMap::new(),
             vens: HashMap::new(),
             listeners: Vec::new(),
+            pid_files: Vec::new(),
         })
     }
 
@@ -89,13 +98,15 @@ impl Lab {
 
     /// Whether a TCP connection from `host` to `ip:port` is established within 1.5 s.
     fn reach(&self, host: &str, ip: &str, port: u16) -> bool {
-        let code = "import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.5).close()\nexcept Exception:\n sys.exit(1)";
-        self.exec(host, &["python3", "-c", code, ip, &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        self.exec(
+            host,
+            &["python3", "-c", CONNECT, ip, &port.to_string(), "1.5"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
     }
 
     fn listen(&mut self, host: &str, ports: &[u16]) {
@@ -171,6 +182,15 @@ impl Drop for Lab {
         {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for f in &self.pid_files {
+            if let Some(pid) = std::fs::read_to_string(f)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a pid this test's drill started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
     }
 }
@@ -1169,5 +1189,127 @@ fn real_vens_enforce_real_traffic_through_change_pce_loss_and_restart() {
         || lab.table("web").contains("policy drop"),
     );
     check(&lab, true, true, "after the VEN restarted with no PCE");
+
+    // Application DR (drill app-failover). The PCE comes back. The shop (web
+    // in r2, app in r3) loses r3; the drill moves the shop to r1, where the
+    // app host comes up at a new address (its VEN restarted by the failover
+    // command, the same identity); db's firewall must admit the new address:
+    // a real connection from it to db:5432, tried until it passes.
+    for id in 1..=3 {
+        lab.start_node(id);
+    }
+    let vens_up = || {
+        let o = pce_at(2, &["dr", "status", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let vens: u64 = v["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["vens_current"].as_u64().unwrap_or(0))
+            .sum();
+        o.status.success() && vens == 3
+    };
+    wait_until(
+        "a healthy cluster with its three VENs current",
+        Duration::from_secs(90),
+        vens_up,
+    );
+    let new_app = lab.ip(22);
+    let app_ns = lab.ns("app");
+    let app_if = must(&["ip", "-n", &app_ns, "-o", "-4", "addr", "show"])
+        .lines()
+        .find(|l| l.contains(&format!("{app}/")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("app's interface")
+        .to_string();
+    // The control: before the failover, db drops what comes from the new
+    // address (the app host holds it as a second address for the attempt).
+    let cidr = format!("{new_app}/24");
+    must(&["ip", "-n", &app_ns, "addr", "add", &cidr, "dev", &app_if]);
+    let before = lab
+        .exec(
+            "app",
+            &["python3", "-c", CONNECT, &db, "5432", "1", &new_app],
+        )
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(true);
+    must(&["ip", "-n", &app_ns, "addr", "del", &cidr, "dev", &app_if]);
+    assert!(!before, "db must drop the new address before the failover");
+    assert!(!lab.table("db").contains(&new_app));
+    let old_ven = lab.vens.get("app").map(Child::id).expect("app's VEN");
+    let pid_file = base.join("app-ven.pid");
+    let ven_log = base.join("app-ven.log");
+    lab.pid_files.push(pid_file.clone());
+    let failover = format!(
+        "kill -9 {old_ven}; ip -n {app_ns} addr del {app}/24 dev {app_if} && \
+         ip -n {app_ns} addr add {new_app}/24 dev {app_if} && \
+         {{ ip netns exec {app_ns} {PCE} ven run --dir {dir} --address {new_app} --flow-report-interval 1 \
+           > {log} 2>&1 < /dev/null & echo $! > {pid}; }}",
+        dir = base.join("ven-app").display(),
+        pid = pid_file.display(),
+        log = ven_log.display()
+    );
+    let probe = format!("ip netns exec {app_ns} python3 -c \"{CONNECT}\" {db} 5432 0.2");
+    let reports = base.join("reports");
+    let o = pce_at(
+        2,
+        &[
+            "dr",
+            "drill",
+            "app-failover",
+            "--app",
+            "shop",
+            "--env",
+            "prod",
+            "--region",
+            "r3",
+            "--to",
+            "r1",
+            "--hold",
+            "2",
+            "--failover-cmd",
+            &failover,
+            "--probe-cmd",
+            &probe,
+            "--report-dir",
+            reports.to_str().unwrap(),
+        ],
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{said}");
+    assert!(
+        o.status.success(),
+        "the app-failover drill: {said}\nthe app's VEN after the failover:\n{}",
+        std::fs::read_to_string(&ven_log).unwrap_or_default()
+    );
+    let path = std::fs::read_dir(&reports)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("the drill's JSON report");
+    let r = drill_report(&path);
+    let f = &r["app_failover"];
+    assert_eq!(f["from"], "r3", "{f}");
+    assert_eq!(f["moved"], 2, "web and app moved to r1: {f}");
+    assert!(f["peers_updated_ms"].as_u64().is_some(), "{f}");
+    assert_eq!(r["writes_failed_unexpectedly"], 0, "{r}");
+    // The connection works from the new address, and db's firewall names it
+    // and no longer the old one.
+    assert!(lab.reach("app", &db, 5432), "app (new address) -> db:5432");
+    let db_table = lab.table("db");
+    assert!(db_table.contains(&new_app), "{db_table}");
+    let old_named = db_table
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|word| word == app);
+    assert!(
+        !old_named,
+        "the old address is gone from db's rules: {db_table}"
+    );
     let _ = (&web, &labels);
 }

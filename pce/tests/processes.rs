@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::drill_report;
 use sc_raft::{pki, Client, ClientId, Mutation, NodeInfo, Outcome, Profile, Timeouts, TlsMaterial};
 
 const PCE: &str = env!("CARGO_BIN_EXE_pce");
@@ -1368,30 +1370,6 @@ fn healthy_with_vens(data: &Path, api_port: u16, vens: u64, before: &str) {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// A drill's JSON report, checked against the published schema.
-fn drill_report(path: &Path) -> serde_json::Value {
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/schemas/drill-report.v1.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("the schema is a JSON Schema");
-    let errors: Vec<String> = validator
-        .iter_errors(&report)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{}: {errors:?}\n{report}",
-        path.display()
-    );
-    report
 }
 
 /// Runs `pce dr ARGS --dir DATA --api 127.0.0.11:PORT`; (success, stdout + stderr).

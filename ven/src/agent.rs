@@ -400,7 +400,7 @@ impl Agent {
                                 return End::Unpaired;
                             }
                             if a.kind == sc_proto::ven::action::Kind::Rehome as i32 {
-                                if self.rehome(a.region) && self.identity.home_region.as_deref() != Some(m.region.as_str()) {
+                                if self.rehome(a.region, a.revision) && self.identity.home_region.as_deref() != Some(m.region.as_str()) {
                                     return End::Rehome;
                                 }
                                 continue;
@@ -434,14 +434,17 @@ impl Agent {
         }
     }
 
-    /// Takes `region` as the workload's home (saved with the identity);
-    /// returns whether it changed. A member tells a VEN its home whenever the
-    /// VEN streams from another region, so the same region again is no news.
-    fn rehome(&mut self, region: String) -> bool {
-        if region.is_empty() || self.identity.home_region.as_deref() == Some(region.as_str()) {
+    /// Takes `region` as the workload's home (saved with the identity) as of
+    /// the workload record's revision `rev`; returns whether it changed. A
+    /// member tells a VEN its home whenever the VEN streams from another
+    /// region, so the same region again is no news; and a member whose replica
+    /// lags may name the region the workload had before it moved, at an older
+    /// revision: that is ignored, or the VEN would go back and forth between
+    /// the two regions until every replica had applied the move.
+    fn rehome(&mut self, region: String, rev: u64) -> bool {
+        if !self.identity.take_home(&region, rev) {
             return false;
         }
-        self.identity.home_region = Some(region.clone());
         if let Some(d) = &self.dir {
             if let Err(e) = self.identity.save(d) {
                 tracing::warn!(error = %e, "could not save the new home region");

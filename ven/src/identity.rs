@@ -85,6 +85,32 @@ pub struct Identity {
     /// a member of that release): the VEN then goes by round-trip time alone.
     #[serde(default)]
     pub home_region: Option<String>,
+    /// The revision of the workload record `home_region` was read from (0:
+    /// from pairing): a rehome older than this comes from a replica that has
+    /// not applied the move yet, and is ignored.
+    #[serde(default)]
+    pub home_revision: u64,
+}
+
+impl Identity {
+    /// Takes `region`, named by the workload record at revision `rev`, as
+    /// home; returns whether the home region changed. An older revision than
+    /// the one last taken is ignored: it comes from a replica that has not yet
+    /// applied the move.
+    pub fn take_home(&mut self, region: &str, rev: u64) -> bool {
+        if region.is_empty() || rev < self.home_revision {
+            if !region.is_empty() {
+                tracing::debug!(%region, rev, known = self.home_revision, "stale rehome ignored");
+            }
+            return false;
+        }
+        self.home_revision = rev;
+        if self.home_region.as_deref() == Some(region) {
+            return false;
+        }
+        self.home_region = Some(region.to_string());
+        true
+    }
 }
 
 impl std::fmt::Debug for Identity {
@@ -318,6 +344,7 @@ pub async fn pair(
         },
         members,
         home_region: Some(resp.region).filter(|r| !r.is_empty()),
+        home_revision: 0,
     })
 }
 
@@ -357,5 +384,41 @@ mod format_tests {
             e.contains("format 2") && e.contains("reads format 1"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod home_tests {
+    use super::*;
+
+    fn identity(home: &str) -> Identity {
+        Identity {
+            workload_id: "w1".into(),
+            key_pem: String::new(),
+            cert_pem: String::new(),
+            server_ca_pem: String::new(),
+            members: vec![],
+            home_region: Some(home.into()),
+            home_revision: 0,
+        }
+    }
+
+    #[test]
+    fn a_rehome_older_than_the_one_taken_is_ignored() {
+        let mut id = identity("r1");
+        // The application moved to r2 at revision 40: the VEN goes there.
+        assert!(id.take_home("r2", 40));
+        assert_eq!(id.home_region.as_deref(), Some("r2"));
+        // r1's replica has not applied the move yet: its word (the record at
+        // revision 31) does not send the VEN back.
+        assert!(!id.take_home("r1", 31));
+        assert_eq!(id.home_region.as_deref(), Some("r2"));
+        // The same region again, at a newer revision, is no news.
+        assert!(!id.take_home("r2", 45));
+        assert_eq!(id.home_revision, 45);
+        // A later move back is taken.
+        assert!(id.take_home("r1", 60));
+        assert_eq!(id.home_region.as_deref(), Some("r1"));
+        assert!(!id.take_home("", 99), "an empty region is no region");
     }
 }

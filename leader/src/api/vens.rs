@@ -35,6 +35,11 @@ struct VenSync {
     region: Option<String>,
     /// Connected to a region that answered.
     connected: bool,
+    /// The region whose node its VEN streams from (the one where it is
+    /// current, if two see it): after a failover or an application move, where
+    /// it went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    served_from: Option<String>,
     /// The active version its enforced policy was computed from (a VEN whose
     /// rules a later version did not change keeps an older number and is
     /// still current).
@@ -79,10 +84,10 @@ async fn policy_sync(
             .await?;
 
     let mut regions = Vec::new();
-    let mut enforced: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+    let mut enforced: BTreeMap<String, (u64, bool, String)> = BTreeMap::new();
     for (info, answer) in s.db.node().fan_out_ven_policies(REGION_TIMEOUT).await {
         regions.push(SyncRegion {
-            region: info.region,
+            region: info.region.clone(),
             pce_fqdn: info.name,
             responded: answer.is_ok(),
             error: answer.as_ref().err().cloned(),
@@ -90,11 +95,13 @@ async fn policy_sync(
         for v in answer.unwrap_or_default() {
             // A VEN seen by two regions (moving between them) counts as
             // current if either has it current.
-            let e = enforced
-                .entry(v.workload)
-                .or_insert((v.applied_version, v.current));
+            let e = enforced.entry(v.workload).or_insert((
+                v.applied_version,
+                v.current,
+                info.region.clone(),
+            ));
             if v.current && !e.1 {
-                *e = (v.applied_version, true);
+                *e = (v.applied_version, true, info.region.clone());
             }
         }
     }
@@ -110,6 +117,7 @@ async fn policy_sync(
                 href: keys::href(Space::Live, Kind::Workload, &id),
                 region: o.value.doc.region.clone(),
                 connected: seen.is_some(),
+                served_from: seen.map(|e| e.2.clone()),
                 applied_version: seen.map(|e| e.0),
                 current: seen.is_some_and(|e| e.1),
             }

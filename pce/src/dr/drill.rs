@@ -19,6 +19,8 @@ use serde_json::json;
 
 use super::{fence, find_nodes, name_of, open_cluster, unfence, DrillArgs, Scenario, ORG};
 
+mod app;
+
 /// Seconds a drill's fence outlives its hold, so the drill lifts it, not
 /// time; and time lifts it if the drill dies.
 const FENCE_MARGIN_S: u64 = 30;
@@ -141,6 +143,9 @@ struct Report {
     /// For rolling-upgrade: each node's restart, in order.
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<Vec<Restart>>,
+    /// For app-failover: the application moved and how long its peers took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_failover: Option<app::AppFailover>,
     phases: Vec<Phase>,
 }
 
@@ -252,7 +257,14 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
     let load = Load::start(&c, &plan.apis, p.t0, format!("{started_unix_ms:x}"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut restarts = None;
+    let mut app_failover = None;
     let (fenced, fence_times, led, node_loss) = match &plan.victim {
+        None if plan.app.is_some() => {
+            let a = plan.app.as_ref().ok_or_else(|| anyhow!("no application"))?;
+            let (time, led, seen) = app::fail_over(&c, &args, &plan, a, &load, &mut p).await?;
+            app_failover = Some(seen);
+            (plan.targets.clone(), vec![time], vec![led], None)
+        }
         Some(v) => {
             let (time, led, loss) = lose_node(&c, &args, &plan, v, &load, &mut p).await?;
             (vec![v.name.clone()], vec![time], vec![led], Some(loss))
@@ -357,6 +369,9 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
     if let Some(l) = &node_loss {
         failures.extend(node_loss_failures(l));
     }
+    if let Some(a) = &app_failover {
+        failures.extend(app::failures(a));
+    }
     let finished_unix_ms = sc_store::time::now_ms();
     let report = Report {
         schema: REPORT_SCHEMA,
@@ -402,6 +417,7 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
         leader_after: leader_name(&nodes),
         node_loss,
         restarts,
+        app_failover,
         phases: p.phases.clone(),
     };
     let (json_path, md_path) = write_report(&args.report_dir, &report, started_unix_ms)?;
@@ -476,6 +492,8 @@ struct Plan {
     victim: Option<NodeTarget>,
     /// For rolling-upgrade: the nodes to restart, in order.
     upgrade_order: Vec<NodeTarget>,
+    /// For app-failover: the application and the regions.
+    app: Option<app::AppPlan>,
     /// VENs connected before the drill.
     vens_before: u64,
     /// The leader before the drill.
@@ -537,7 +555,14 @@ async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Pl
             }
             regions
         }
-        Scenario::NodeLoss | Scenario::RollingUpgrade => vec![],
+        Scenario::NodeLoss | Scenario::RollingUpgrade | Scenario::AppFailover => vec![],
+    };
+    let (app, targets) = match args.scenario {
+        Scenario::AppFailover => {
+            let (a, from) = app::plan(c, &nodes, args).await?;
+            (Some(a), vec![from])
+        }
+        _ => (None, targets),
     };
     let victim = match args.scenario {
         Scenario::NodeLoss => Some(pick_victim(&nodes, args)?),
@@ -563,6 +588,7 @@ async fn preflight(c: &Cluster, args: &DrillArgs, p: &mut Progress) -> Result<Pl
         targets,
         victim,
         upgrade_order,
+        app,
         vens_before,
         leader_before,
     })
@@ -907,6 +933,15 @@ fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<NodeTarget> {
             if !api.ip().is_loopback() {
                 bail!("{name} runs on another host ({api}); give --kill-cmd (e.g. 'ssh HOST sudo systemctl kill -s KILL pce')");
             }
+            // A loopback address does not make it this host's: the node may
+            // run in another network namespace or container, where its pid
+            // means nothing here (or another process).
+            if !super::process::listens_on(pid, api.port())? {
+                bail!(
+                    "{name} says it runs as pid {pid}, but no process {pid} listens on its API                      port {} here (another host, namespace or container?); give --kill-cmd",
+                    api.port()
+                );
+            }
             Some(pid)
         }
     };
@@ -931,17 +966,25 @@ fn config_of(args: &DrillArgs, name: &str) -> Option<PathBuf> {
     })
 }
 
-/// `cmd` with the node's `{node}`, `{region}`, `{pid}` and `{config}`.
+/// `cmd` with the node's `{node}`, `{region}`, `{pid}` and `{config}`, each
+/// quoted as one shell word: names come from the cluster, and a node named
+/// `x; rm -rf ~` must not run anything.
 fn fill(cmd: &str, v: &NodeTarget) -> String {
-    cmd.replace("{node}", &v.name)
-        .replace("{region}", &v.region)
-        .replace("{pid}", &v.pid.map(|p| p.to_string()).unwrap_or_default())
+    use super::process::quote;
+    cmd.replace("{node}", &quote(&v.name))
+        .replace("{region}", &quote(&v.region))
+        .replace(
+            "{pid}",
+            &quote(&v.pid.map(|p| p.to_string()).unwrap_or_default()),
+        )
         .replace(
             "{config}",
-            &v.config
-                .as_ref()
-                .map(|c| c.display().to_string())
-                .unwrap_or_default(),
+            &quote(
+                &v.config
+                    .as_ref()
+                    .map(|c| c.display().to_string())
+                    .unwrap_or_default(),
+            ),
         )
 }
 
@@ -1467,6 +1510,9 @@ fn figures(r: &Report) -> Vec<(&'static str, String)> {
     for x in r.restarts.iter().flatten() {
         rows.push(("node restarted", restart_line(x)));
     }
+    if let Some(a) = &r.app_failover {
+        rows.extend(app::rows(a));
+    }
     rows
 }
 
@@ -1596,6 +1642,11 @@ fn print_report(r: &Report) {
     }
     for x in r.restarts.iter().flatten() {
         println!("  restarted        {}", restart_line(x));
+    }
+    if let Some(a) = &r.app_failover {
+        for (k, v) in app::rows(a) {
+            println!("  {k}: {v}");
+        }
     }
     println!(
         "  converged in     {} ms after the writer stopped",

@@ -182,6 +182,11 @@ pub enum Scenario {
     /// replacing its binary), members first, the leader last after a planned
     /// leadership move, while writes go on: none may fail.
     RollingUpgrade,
+    /// The region an application (`--app`, `--env`) lives in is lost; the
+    /// application moves to `--to`, its hosts come up there
+    /// (`--failover-cmd`), and its peers must admit it at its new addresses
+    /// (`--probe-cmd`, a real connection, tried until it passes).
+    AppFailover,
 }
 
 /// Options of `pce dr drill`.
@@ -193,8 +198,31 @@ pub struct DrillArgs {
     #[arg(value_enum)]
     scenario: Scenario,
     /// For member-region-loss: which member region (default: the first).
+    /// For app-failover: the region lost (default: the one serving most of
+    /// the application's workloads).
     #[arg(long)]
     region: Option<String>,
+    /// For app-failover: the application's `app` label value.
+    #[arg(long)]
+    app: Option<String>,
+    /// For app-failover: the application's `env` label value.
+    #[arg(long)]
+    env: Option<String>,
+    /// For app-failover: the region that takes the application over.
+    #[arg(long)]
+    to: Option<String>,
+    /// For app-failover: how the application's hosts come up in the new
+    /// region (its VENs keep their identity; their addresses may change), run
+    /// with `sh -c` after `{app}`, `{env}`, `{from}` and `{to}` are replaced,
+    /// after the move. It must return.
+    #[arg(long)]
+    failover_cmd: Option<String>,
+    /// For app-failover: a real connection from the application to its peers
+    /// (e.g. 'ssh app1 nc -z db1 5432'), run with `sh -c` like
+    /// `--failover-cmd` every 50 ms until it passes; the time it took is the
+    /// time until the peers' rules admit the application's new addresses.
+    #[arg(long)]
+    probe_cmd: Option<String>,
     /// Seconds a region stays fenced (per region for rolling-region-loss);
     /// for node-loss, seconds the node stays down after its VENs moved.
     #[arg(long, default_value_t = 8)]
@@ -224,6 +252,7 @@ pub struct DrillArgs {
 }
 
 mod drill;
+mod process;
 
 use crate::output;
 
