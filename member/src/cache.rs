@@ -277,6 +277,28 @@ impl PolicyCache {
         }
     }
 
+    /// Stops serving a workload of another region whose VEN left (it said
+    /// goodbye, or did not come back in time): this member no longer compiles
+    /// it on every change. A VEN that fails over here again is adopted again.
+    pub fn release(&self, id: &str) {
+        let Ok(mut inner) = self.inner.write() else {
+            return;
+        };
+        if inner.adopted.remove(id).is_none() {
+            return;
+        }
+        let id2 = id.to_string();
+        inner
+            .engine
+            .update(&[Change::Workload(id.to_string())], move |estate, _| {
+                if let Some(w) = estate.workloads.get_mut(&id2) {
+                    w.managed = false;
+                }
+            });
+        inner.rendered.remove(id);
+        inner.generation += 1;
+    }
+
     /// Registers a connected workload; the returned notifier fires when its
     /// policy may have changed.
     pub fn watch(&self, id: &str) -> Arc<Notify> {

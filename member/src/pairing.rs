@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use sc_proto::contract::MAX_ADDRESSES;
 use sc_proto::ven::PairRequest;
 use sc_raft::pki::VenSigner;
 use sc_store::audit::AuditEvent;
@@ -12,9 +13,6 @@ use sc_store::objects::{InterfaceJson, PairingKeyDoc, PairingProfileDoc, Workloa
 use sc_store::record::{Meta, Record, RECORD_V};
 use sc_store::{transact, PlanError, StoreError};
 use tonic::Status;
-
-/// The most addresses a VEN may report.
-const MAX_ADDRESSES: usize = 64;
 
 /// What pairing produced.
 pub struct Paired {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sc_proto::contract::MAX_ADDRESSES;
 use sc_proto::ven::ven_server::{Ven, VenServer as VenGrpc};
 use sc_proto::ven::{
     action, pce_message, ven_message, Action, FlowAck, FlowBatch, Member, PairRequest,
@@ -265,9 +266,6 @@ impl Svc {
         Ok((rec.value.doc, rec.rev))
     }
 }
-
-/// The most addresses a VEN may report for its host.
-const MAX_ADDRESSES: usize = 64;
 
 /// The member's side of a policy stream. It is the `Session` itself, polled by
 /// the HTTP/2 stream's own task: a push is rendered and framed where it is sent,
@@ -905,6 +903,7 @@ impl Drop for Session {
         }
         if self.goodbye {
             svc.presence.set(&self.id, false);
+            svc.cache.release(&self.id);
             return;
         }
         // Dropped outside the runtime means the process is ending: nothing to do.
@@ -926,6 +925,7 @@ impl Drop for Session {
                 .unwrap_or(false);
             if !back {
                 svc.presence.set(&id, false);
+                svc.cache.release(&id);
             }
         });
     }

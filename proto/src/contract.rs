@@ -2,6 +2,11 @@
 //! both sides compute and must compute alike. Here, so neither side keeps its
 //! own copy to drift.
 
+/// The most addresses a VEN may report for its host (at pairing and in
+/// every hello): a member refuses more, so the VEN checks before it starts
+/// rather than reconnecting forever with a hello that is refused.
+pub const MAX_ADDRESSES: usize = 64;
+
 /// The policy hash: lower-case hex SHA-256 of the exact policy JSON bytes the
 /// member sends. The VEN checks what it received against it and echoes it in
 /// acknowledgements and heartbeats, so the member knows which policy each VEN

@@ -303,6 +303,15 @@ impl Agent {
 
     /// Runs until `stop` turns true, moving between members as they fail.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), VenError> {
+        // A member refuses a hello with more; checked here, the VEN says so
+        // once instead of reconnecting forever.
+        let most = sc_proto::contract::MAX_ADDRESSES;
+        if self.addresses.len() > most {
+            return Err(VenError::Other(format!(
+                "{} addresses to report: a VEN reports at most {most} (give fewer --address)",
+                self.addresses.len()
+            )));
+        }
         'members: loop {
             let order = self.nearest().await;
             for m in order {

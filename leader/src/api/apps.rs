@@ -118,7 +118,7 @@ async fn move_app(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
     let mut moved = Vec::new();
     let mut revision = 0;
     for chunk in ids.chunks(PER_COMMAND) {
-        let (done, rev) = transact!(&s.db, async {
+        let chunk_result = transact!(&s.db, async {
             let mut txn = Txn::default();
             let mut done = Vec::new();
             for id in chunk {
@@ -141,7 +141,25 @@ async fn move_app(State(s): State<Shared>, ctx: CtxExt) -> Result<Response, ApiE
             }
             ctx.audit(&mut txn, &s, &ctx.path)?;
             Ok((txn, done))
-        })?;
+        });
+        let (done, rev) = match chunk_result {
+            Ok(r) => r,
+            // Commands before this one are committed: say so, so the
+            // operator knows running it again finishes the move.
+            Err(mut e) if !moved.is_empty() => {
+                for entry in &mut e.errors {
+                    entry.message = format!(
+                        "{} (after {} of {} workloads moved to {}; run the move again to finish it)",
+                        entry.message,
+                        moved.len(),
+                        ids.len(),
+                        body.to
+                    );
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         moved.extend(done);
         revision = rev;
     }

@@ -643,12 +643,26 @@ impl Load {
         }
     }
 
-    /// Writes through a node `lost` does not name from now on.
-    fn avoid(&self, apis: &[(String, SocketAddr)], lost: impl Fn(&(String, SocketAddr)) -> bool) {
+    /// Writes through a node `lost` does not name from now on. Returns when
+    /// a write sent after the switch has finished: a write already on its way
+    /// to the node about to be lost would otherwise fail with it, and count
+    /// as a failure no election excuses.
+    async fn avoid(
+        &self,
+        apis: &[(String, SocketAddr)],
+        lost: impl Fn(&(String, SocketAddr)) -> bool,
+    ) {
         if let Some(other) = apis.iter().find(|a| !lost(a)) {
             if let Ok(mut w) = self.writer_api.lock() {
                 *w = other.1;
             }
+        }
+        let done = || self.ops.lock().map(|o| o.len()).unwrap_or(usize::MAX);
+        // The write in flight, then one sent after the switch (a write takes
+        // at most 3 s before it times out).
+        let (n0, deadline) = (done(), Instant::now() + Duration::from_secs(7));
+        while done() < n0.saturating_add(2) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -782,7 +796,7 @@ async fn fence_each(
             bail!("{region}: no API");
         }
         // Write through a region that stays up.
-        load.avoid(&plan.apis, |a| a.0 == *region);
+        load.avoid(&plan.apis, |a| a.0 == *region).await;
         let keep_serving = args.scenario == Scenario::PartitionLeaderMinority;
         // The fence outlives the hold by a margin, but lifts itself if we die.
         for addr in &addrs {
@@ -1055,7 +1069,7 @@ async fn lose_node(
     // Resyncs are counted from the moment before the kill, on the nodes that
     // will take the VENs.
     let (_, _, resyncs_before) = vens_by_place(&c.status(&others).await?, &v.region);
-    load.avoid(&plan.apis, |a| a.1 == v.api);
+    load.avoid(&plan.apis, |a| a.1 == v.api).await;
     let killed_with = match &args.kill_cmd {
         Some(cmd) => {
             let cmd = fill(cmd, v);
@@ -1088,7 +1102,15 @@ async fn lose_node(
     let mut moved_ms = None;
     let mut last = (BTreeMap::new(), elsewhere_before, resyncs_before);
     while Instant::now() < deadline {
-        last = vens_by_place(&c.status(&others).await?, &v.region);
+        // The node is down: an error here must not skip its restart below.
+        match c.status(&others).await {
+            Ok(nodes) => last = vens_by_place(&nodes, &v.region),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "status while a node is down");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        }
         let (connected, current) = last
             .0
             .iter()
@@ -1222,7 +1244,7 @@ async fn restart_each(
         if moved_leadership {
             move_leadership_off(c, plan, t, &done, p).await?;
         }
-        load.avoid(&plan.apis, |a| a.1 == t.api);
+        load.avoid(&plan.apis, |a| a.1 == t.api).await;
         let node = NodeTarget {
             pid: before.services.pid,
             ..t.clone()
@@ -1232,15 +1254,27 @@ async fn restart_each(
         let filled = fill(cmd, &node);
         p.phase(format!("restarting {} ({}): {filled}", t.name, t.region));
         shell("--restart-cmd", &filled).await?;
-        // Back: it answers, as another process than before.
+        // Back: it answers, as another process than before. A node of a
+        // release that does not report its pid counts as restarted once it
+        // was seen down, or answers with another release (the new binary).
         let deadline = t0 + Duration::from_secs(90);
+        let mut seen_down = false;
         let after = loop {
-            if let Ok(nodes) = c.status(&plan.all_apis).await {
-                if let Some(s) = status(&nodes) {
-                    if s.services.pid != before.services.pid || before.services.pid.is_none() {
+            let now = match c.status(&plan.all_apis).await {
+                Ok(nodes) => status(&nodes),
+                Err(_) => None,
+            };
+            match now {
+                Some(s) => {
+                    let restarted = match before.services.pid {
+                        Some(pid) => s.services.pid != Some(pid),
+                        None => seen_down || s.services.release != before.services.release,
+                    };
+                    if restarted {
                         break s;
                     }
                 }
+                None => seen_down = true,
             }
             if Instant::now() > deadline {
                 bail!(

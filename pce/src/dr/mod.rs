@@ -462,11 +462,22 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             let c = open_cluster(&conn)?;
             let nodes = c.status(&[]).await?;
             let targets = find_nodes(&nodes, &region)?;
+            // Every node must be reachable before any is fenced: half a
+            // region fenced is no drill and no maintenance window.
+            let addrs = apis_of(&targets)?;
             // One node after the other: each fence checks that the voters
             // left can still elect and commit, counting those fenced before.
-            for n in &targets {
-                let addr = api_of(n).ok_or_else(|| anyhow!("{} runs no admin API", name_of(n)))?;
-                fence(&c, addr, seconds, keep_serving, force).await?;
+            for (i, addr) in addrs.iter().enumerate() {
+                if let Err(e) = fence(&c, *addr, seconds, keep_serving, force).await {
+                    let done: Vec<&str> = targets[..i].iter().map(|n| name_of(n)).collect();
+                    if done.is_empty() {
+                        return Err(e);
+                    }
+                    return Err(e.context(format!(
+                        "{} fenced before this failed (they lift themselves in {seconds} s, or `pce dr unfence --region {region}`)",
+                        done.join(", ")
+                    )));
+                }
             }
             let names: Vec<&str> = targets.iter().map(|n| name_of(n)).collect();
             let v = json!({"region": region, "nodes": names, "fenced_for_s": seconds, "keep_serving": keep_serving});
@@ -478,9 +489,20 @@ pub async fn run(cmd: DrCommand) -> Result<()> {
             let c = open_cluster(&conn)?;
             let nodes = c.status(&[]).await?;
             let targets = find_nodes(&nodes, &region)?;
+            // Every node is tried: one that fails does not keep the others
+            // fenced.
+            let mut failed = Vec::new();
             for n in &targets {
-                let addr = api_of(n).ok_or_else(|| anyhow!("{} runs no admin API", name_of(n)))?;
-                unfence(&c, addr).await?;
+                let r = match api_of(n) {
+                    Some(addr) => unfence(&c, addr).await,
+                    None => Err(anyhow!("it runs no admin API")),
+                };
+                if let Err(e) = r {
+                    failed.push(format!("{}: {e:#}", name_of(n)));
+                }
+            }
+            if !failed.is_empty() {
+                bail!("not unfenced: {}", failed.join("; "));
             }
             let names: Vec<&str> = targets.iter().map(|n| name_of(n)).collect();
             output::print(
@@ -755,14 +777,25 @@ async fn change_region(conn: &Conn, region: &str, action: &str, force: bool) -> 
     let c = open_cluster(conn)?;
     let nodes = c.status(&[]).await?;
     let targets = find_nodes(&nodes, region)?;
-    let mut changes = Vec::new();
+    let mut changes: Vec<Value> = Vec::new();
     for node in &targets {
         let v = membership(
             &c,
             &json!({"action": action, "node_id": node.id, "force": force}),
         )
         .await
-        .with_context(|| format!("{action} {} (node {})", name_of(node), node.id))?;
+        .with_context(|| {
+            let done: Vec<String> = changes
+                .iter()
+                .map(|c| c["node"].as_str().unwrap_or("?").to_string())
+                .collect();
+            let before = if done.is_empty() {
+                String::new()
+            } else {
+                format!(" (done before it: {})", done.join(", "))
+            };
+            format!("{action} {} (node {}){before}", name_of(node), node.id)
+        })?;
         changes.push(json!({"node": name_of(node), "node_id": node.id, "result": v}));
     }
     let last = changes
@@ -806,6 +839,14 @@ fn verify_backup(path: &Path) -> Result<usize> {
 /// The nodes `target` names: every node of the region of that name, or the
 /// one node of that name. A region is a set of nodes, so what the operator
 /// does to a region (fence it, remove it) is done to each of them.
+/// The admin API of each node, or which node runs none.
+fn apis_of(nodes: &[&NodeView]) -> Result<Vec<SocketAddr>> {
+    nodes
+        .iter()
+        .map(|n| api_of(n).ok_or_else(|| anyhow!("{} runs no admin API", name_of(n))))
+        .collect()
+}
+
 pub(crate) fn find_nodes<'a>(nodes: &'a [NodeView], target: &str) -> Result<Vec<&'a NodeView>> {
     let by_region: Vec<&NodeView> = nodes
         .iter()

@@ -115,12 +115,22 @@ impl RaftGrpc {
 /// node first), anything else is a bad message.
 fn bad_payload(e: crate::codec::CodecError) -> Status {
     use crate::codec::CodecError;
-    match e {
-        CodecError::Version { .. } | CodecError::EntryVersion { .. } => {
-            Status::failed_precondition(format!(
-                "this node cannot read the Raft payload ({e}): upgrade it to the sender's release (members first, docs/runbook.md)"
-            ))
+    let newer = |found: u8, reads: u8| {
+        if found > reads {
+            "upgrade this node to the sender's release (members first, docs/runbook.md)"
+        } else {
+            "the sender runs a release older than this node reads: upgrade the sender"
         }
+    };
+    match e {
+        CodecError::Version { found } => Status::failed_precondition(format!(
+            "this node cannot read the Raft payload ({e}): {}",
+            newer(found, crate::codec::FORMAT_VERSION)
+        )),
+        CodecError::EntryVersion { found } => Status::failed_precondition(format!(
+            "this node cannot read the Raft payload ({e}): {}",
+            newer(found, crate::codec::ENTRY_FORMAT_VERSION)
+        )),
         e => Status::invalid_argument(format!("undecodable Raft payload: {e}")),
     }
 }
@@ -303,5 +313,23 @@ impl RaftService for RaftGrpc {
         .await
         .map_err(|e| Status::internal(format!("installing the snapshot: {e}")))?;
         reply(&installed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::CodecError;
+
+    #[test]
+    fn a_payload_of_another_format_says_which_side_to_upgrade() {
+        let newer = bad_payload(CodecError::EntryVersion { found: 9 });
+        assert_eq!(newer.code(), tonic::Code::FailedPrecondition);
+        assert!(newer.message().contains("upgrade this node"), "{newer:?}");
+        let older = bad_payload(CodecError::Version { found: 0 });
+        assert_eq!(older.code(), tonic::Code::FailedPrecondition);
+        assert!(older.message().contains("upgrade the sender"), "{older:?}");
+        let garbage = bad_payload(CodecError::Decode("x".into()));
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
     }
 }

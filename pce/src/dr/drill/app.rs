@@ -231,7 +231,7 @@ pub(super) async fn fail_over(
         .find(|x| x.0 == a.to)
         .map(|x| x.1)
         .ok_or_else(|| anyhow!("{}: no API", a.to))?;
-    load.avoid(&plan.apis, |x| x.0 == a.from);
+    load.avoid(&plan.apis, |x| x.0 == a.from).await;
     // The fence stands through the measurements (up to two limits) and the
     // hold, with the usual margin, and lifts itself if the drill dies.
     let max = sc_raft::network::fence::MAX_FENCE.as_secs();
@@ -246,6 +246,33 @@ pub(super) async fn fail_over(
         a.from, a.app, a.env
     ));
 
+    // Whatever happens from here, the fence is lifted before the drill ends.
+    let measured = measure(c, args, a, live, p).await;
+    let held = t_lost.elapsed();
+    if held < Duration::from_secs(args.hold) {
+        tokio::time::sleep(Duration::from_secs(args.hold) - held).await;
+    }
+    for addr in &lost {
+        unfence(c, *addr)
+            .await
+            .with_context(|| format!("lifting the fence of {}", a.from))?;
+    }
+    p.phase(format!("unfenced {}; waiting for convergence", a.from));
+    converge(c, &plan.all_apis, Duration::from_secs(60)).await?;
+    p.phase("converged");
+    Ok((at, led, measured?))
+}
+
+/// With the application's region just lost: the move, the failover
+/// command, the probes and the VENs' new home.
+async fn measure(
+    c: &Cluster,
+    args: &DrillArgs,
+    a: &AppPlan,
+    live: SocketAddr,
+    p: &mut Progress,
+) -> Result<AppFailover> {
+    let t_lost = Instant::now();
     let moved = ok(
         c.client(live)?
             .post(
@@ -303,37 +330,21 @@ pub(super) async fn fail_over(
         a.to
     ));
 
-    let held = t_lost.elapsed();
-    if held < Duration::from_secs(args.hold) {
-        tokio::time::sleep(Duration::from_secs(args.hold) - held).await;
-    }
-    for addr in &lost {
-        unfence(c, *addr)
-            .await
-            .with_context(|| format!("lifting the fence of {}", a.from))?;
-    }
-    p.phase(format!("unfenced {}; waiting for convergence", a.from));
-    converge(c, &plan.all_apis, Duration::from_secs(60)).await?;
-    p.phase("converged");
-    Ok((
-        at,
-        led,
-        AppFailover {
-            app: a.app.clone(),
-            env: a.env.clone(),
-            from: a.from.clone(),
-            to: a.to.clone(),
-            workloads: a.workloads.len(),
-            moved: n_moved,
-            move_ms,
-            failover_cmd_ms,
-            peers_updated_ms,
-            probes,
-            probed: args.probe_cmd.is_some(),
-            rehomed_ms,
-            not_rehomed: left,
-        },
-    ))
+    Ok(AppFailover {
+        app: a.app.clone(),
+        env: a.env.clone(),
+        from: a.from.clone(),
+        to: a.to.clone(),
+        workloads: a.workloads.len(),
+        moved: n_moved,
+        move_ms,
+        failover_cmd_ms,
+        peers_updated_ms,
+        probes,
+        probed: args.probe_cmd.is_some(),
+        rehomed_ms,
+        not_rehomed: left,
+    })
 }
 
 /// Why an app-failover drill failed, beyond what every drill checks.
