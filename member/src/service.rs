@@ -328,9 +328,6 @@ impl Ven for Handle {
         self.refuse_if_fenced()?;
         let (doc, rev) = self.workload(&id).await?;
         let away = doc.region.as_deref() != Some(self.region().as_str());
-        if away {
-            self.cache.adopt(&id, doc.region.as_deref());
-        }
         let inbound = req.into_inner();
         let svc = self.0.clone();
         let session = svc
@@ -345,6 +342,11 @@ impl Ven for Handle {
             return Err(Status::resource_exhausted(format!(
                 "workload {id} already holds {MAX_STREAMS_PER_VEN} policy streams at this member; close one first"
             )));
+        }
+        // Adopted once the stream is open, so an earlier stream's end (its
+        // release of the adoption) sees this one and leaves it.
+        if away {
+            svc.cache.adopt(&id, doc.region.as_deref());
         }
         let notify = svc.cache.watch(&id);
         if svc.presence.must_claim(&doc) {

@@ -90,7 +90,17 @@ pub struct Identity {
     /// not applied the move yet, and is ignored.
     #[serde(default)]
     pub home_revision: u64,
+    /// When this process took `home_region` (not saved): an older revision
+    /// is ignored only for [`STALE_REHOME_WINDOW`] after, the time replicas
+    /// take to agree. Revisions are not comparable forever: a cluster
+    /// restored from a backup counts them again from where the backup was.
+    #[serde(skip)]
+    pub home_taken_at: Option<std::time::Instant>,
 }
+
+/// How long after taking a home region a rehome of an older revision is
+/// ignored as a lagging replica's.
+pub const STALE_REHOME_WINDOW: Duration = Duration::from_secs(60);
 
 impl Identity {
     /// Takes `region`, named by the workload record at revision `rev`, as
@@ -98,17 +108,28 @@ impl Identity {
     /// the one last taken is ignored: it comes from a replica that has not yet
     /// applied the move.
     pub fn take_home(&mut self, region: &str, rev: u64) -> bool {
-        if region.is_empty() || rev < self.home_revision {
-            if !region.is_empty() {
-                tracing::debug!(%region, rev, known = self.home_revision, "stale rehome ignored");
-            }
+        self.take_home_at(region, rev, std::time::Instant::now())
+    }
+
+    /// [`Identity::take_home`] at `now`.
+    pub fn take_home_at(&mut self, region: &str, rev: u64, now: std::time::Instant) -> bool {
+        if region.is_empty() {
             return false;
         }
+        let guarded = self
+            .home_taken_at
+            .is_some_and(|t| now.saturating_duration_since(t) < STALE_REHOME_WINDOW);
+        if rev < self.home_revision && guarded {
+            tracing::debug!(%region, rev, known = self.home_revision, "stale rehome ignored");
+            return false;
+        }
+        // May go down: past the window, the member's word stands.
         self.home_revision = rev;
         if self.home_region.as_deref() == Some(region) {
             return false;
         }
         self.home_region = Some(region.to_string());
+        self.home_taken_at = Some(now);
         true
     }
 }
@@ -345,6 +366,7 @@ pub async fn pair(
         members,
         home_region: Some(resp.region).filter(|r| !r.is_empty()),
         home_revision: 0,
+        home_taken_at: None,
     })
 }
 
@@ -400,25 +422,35 @@ mod home_tests {
             members: vec![],
             home_region: Some(home.into()),
             home_revision: 0,
+            home_taken_at: None,
         }
     }
 
     #[test]
-    fn a_rehome_older_than_the_one_taken_is_ignored() {
+    fn a_rehome_older_than_the_one_taken_is_ignored_while_replicas_catch_up() {
+        let t0 = std::time::Instant::now();
         let mut id = identity("r1");
         // The application moved to r2 at revision 40: the VEN goes there.
-        assert!(id.take_home("r2", 40));
+        assert!(id.take_home_at("r2", 40, t0));
         assert_eq!(id.home_region.as_deref(), Some("r2"));
         // r1's replica has not applied the move yet: its word (the record at
         // revision 31) does not send the VEN back.
-        assert!(!id.take_home("r1", 31));
+        assert!(!id.take_home_at("r1", 31, t0 + Duration::from_secs(1)));
         assert_eq!(id.home_region.as_deref(), Some("r2"));
         // The same region again, at a newer revision, is no news.
-        assert!(!id.take_home("r2", 45));
+        assert!(!id.take_home_at("r2", 45, t0 + Duration::from_secs(2)));
         assert_eq!(id.home_revision, 45);
         // A later move back is taken.
-        assert!(id.take_home("r1", 60));
+        assert!(id.take_home_at("r1", 60, t0 + Duration::from_secs(3)));
         assert_eq!(id.home_region.as_deref(), Some("r1"));
-        assert!(!id.take_home("", 99), "an empty region is no region");
+        assert!(!id.take_home_at("", 99, t0), "an empty region is no region");
+        // Past the window an older revision stands (a cluster restored from a
+        // backup counts revisions again from the backup's).
+        let later = t0 + Duration::from_secs(3) + STALE_REHOME_WINDOW;
+        assert!(id.take_home_at("r3", 7, later));
+        assert_eq!(
+            (id.home_region.as_deref(), id.home_revision),
+            (Some("r3"), 7)
+        );
     }
 }

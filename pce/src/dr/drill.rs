@@ -21,6 +21,10 @@ use super::{fence, find_nodes, name_of, open_cluster, unfence, DrillArgs, Scenar
 
 mod app;
 
+/// How long an operator's command (`--kill-cmd`, `--restart-cmd`,
+/// `--failover-cmd`) may take: long enough for a host to boot.
+const SHELL_LIMIT: Duration = Duration::from_secs(300);
+
 /// Seconds a drill's fence outlives its hold, so the drill lifts it, not
 /// time; and time lifts it if the drill dies.
 const FENCE_MARGIN_S: u64 = 30;
@@ -67,6 +71,16 @@ struct Options {
     region: Option<String>,
     api: String,
     report_dir: String,
+    /// The operator's commands, as given (before placeholders are filled):
+    /// what a figure measured depends on them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kill_cmd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart_cmd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failover_cmd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probe_cmd: Option<String>,
 }
 
 /// One step of the drill, with when it happened.
@@ -391,6 +405,10 @@ pub(super) async fn run(args: DrillArgs) -> Result<()> {
             region: args.region.clone(),
             api: c.entry().to_string(),
             report_dir: args.report_dir.display().to_string(),
+            kill_cmd: args.kill_cmd.clone(),
+            restart_cmd: args.restart_cmd.clone(),
+            failover_cmd: args.failover_cmd.clone(),
+            probe_cmd: args.probe_cmd.clone(),
         },
         fenced,
         writer_region: plan
@@ -950,10 +968,11 @@ fn pick_victim(nodes: &[NodeView], args: &DrillArgs) -> Result<NodeTarget> {
             // A loopback address does not make it this host's: the node may
             // run in another network namespace or container, where its pid
             // means nothing here (or another process).
-            if !super::process::listens_on(pid, api.port())? {
+            if !super::process::listens_on(pid, api)? {
                 bail!(
-                    "{name} says it runs as pid {pid}, but no process {pid} listens on its API                      port {} here (another host, namespace or container?); give --kill-cmd",
-                    api.port()
+                    "{name} says it runs as pid {pid}, but no process {pid} listens on its API \
+                     {api} here that this user may inspect (another host, namespace or \
+                     container?); give --kill-cmd"
                 );
             }
             Some(pid)
@@ -1004,18 +1023,32 @@ fn fill(cmd: &str, v: &NodeTarget) -> String {
 
 /// Runs an operator's command (`--kill-cmd`, `--restart-cmd`) with `sh -c`.
 async fn shell(what: &str, cmd: &str) -> Result<()> {
-    let out = tokio::process::Command::new("sh")
+    use std::io::{Read, Seek};
+    // Output goes to a file, not a pipe: a command that starts a process in
+    // the background (a node, a VEN) leaves it holding the command's output,
+    // and a pipe would keep the drill waiting for that process to end.
+    let mut log = tempfile::tempfile().context("a file for the command's output")?;
+    let mut child = tokio::process::Command::new("sh")
         .args(["-c", cmd])
         .stdin(std::process::Stdio::null())
-        .output()
-        .await
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log.try_clone()?))
+        .kill_on_drop(true)
+        .spawn()
         .with_context(|| format!("running the {what} {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "the {what} {cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    let status = match tokio::time::timeout(SHELL_LIMIT, child.wait()).await {
+        Ok(status) => status.with_context(|| format!("running the {what} {cmd:?}"))?,
+        Err(_) => bail!(
+            "the {what} {cmd:?} did not return within {} s; start what must keep running in \
+             the background (or through its service manager)",
+            SHELL_LIMIT.as_secs()
+        ),
+    };
+    if !status.success() {
+        let mut said = String::new();
+        log.rewind()?;
+        let _ = log.take(4096).read_to_string(&mut said);
+        bail!("the {what} {cmd:?} failed ({status}): {}", said.trim());
     }
     Ok(())
 }
@@ -1258,7 +1291,9 @@ async fn restart_each(
         // release that does not report its pid counts as restarted once it
         // was seen down, or answers with another release (the new binary).
         let deadline = t0 + Duration::from_secs(90);
-        let mut seen_down = false;
+        // Down: its own API refused or timed out twice in a row (a fan-out
+        // that missed it once is not enough).
+        let (mut seen_down, mut misses) = (false, 0);
         let after = loop {
             let now = match c.status(&plan.all_apis).await {
                 Ok(nodes) => status(&nodes),
@@ -1266,6 +1301,7 @@ async fn restart_each(
             };
             match now {
                 Some(s) => {
+                    misses = 0;
                     let restarted = match before.services.pid {
                         Some(pid) => s.services.pid != Some(pid),
                         None => seen_down || s.services.release != before.services.release,
@@ -1274,7 +1310,16 @@ async fn restart_each(
                         break s;
                     }
                 }
-                None => seen_down = true,
+                None => {
+                    misses += 1;
+                    let mut own = c.client(t.api)?;
+                    let own = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        own.get("/api/v2/supercluster/status"),
+                    )
+                    .await;
+                    seen_down |= misses >= 2 && !matches!(own, Ok(Ok(_)));
+                }
             }
             if Instant::now() > deadline {
                 bail!(

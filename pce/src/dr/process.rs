@@ -4,12 +4,38 @@
 //! `sh -c` quoted, whatever a node calls itself.
 
 use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result};
 
-/// The inodes of the sockets listening on TCP `port` in this host's (this
-/// network namespace's) tables.
-fn listening_inodes(port: u16) -> Result<Vec<String>> {
+/// The address in a `/proc/net/tcp{,6}` field (`0100007F` is 127.0.0.1:
+/// each 32-bit group in the kernel's byte order).
+fn proc_ip(hex: &str) -> Option<IpAddr> {
+    let groups = (0..hex.len())
+        .step_by(8)
+        .map(|i| {
+            hex.get(i..i + 8)
+                .and_then(|g| u32::from_str_radix(g, 16).ok())
+                .map(u32::to_le_bytes)
+        })
+        .collect::<Option<Vec<[u8; 4]>>>()?;
+    match groups.as_slice() {
+        [a] => Some(IpAddr::from(*a)),
+        [a, b, c, d] => {
+            let mut v6 = [0u8; 16];
+            for (i, g) in [a, b, c, d].into_iter().enumerate() {
+                v6[i * 4..i * 4 + 4].copy_from_slice(g);
+            }
+            let ip = Ipv6Addr::from(v6);
+            Some(ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4))
+        }
+        _ => None,
+    }
+}
+
+/// The inodes of the sockets listening on `addr` (or on every address, at
+/// its port) in this host's (this network namespace's) tables.
+fn listening_inodes(addr: SocketAddr) -> Result<Vec<String>> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = match std::fs::read_to_string(table) {
@@ -24,12 +50,14 @@ fn listening_inodes(port: u16) -> Result<Vec<String>> {
             let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
                 continue;
             };
-            let here = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let Some((ip, port)) = local.rsplit_once(':') else {
+                continue;
+            };
+            let port = u16::from_str_radix(port, 16).ok();
+            let ip = proc_ip(ip);
+            let here = ip.is_some_and(|ip| ip.is_unspecified() || ip == addr.ip());
             // 0A: LISTEN.
-            if here == Some(port) && *state == "0A" {
+            if port == Some(addr.port()) && here && *state == "0A" {
                 inodes.push((*inode).to_string());
             }
         }
@@ -37,17 +65,21 @@ fn listening_inodes(port: u16) -> Result<Vec<String>> {
     Ok(inodes)
 }
 
-/// Whether process `pid` holds a socket listening on TCP `port` here: the
-/// check that the pid a node reported is that node's process on this host,
-/// not a pid of another host or namespace that happens to exist here.
-pub(super) fn listens_on(pid: u32, port: u16) -> Result<bool> {
-    let inodes = listening_inodes(port)?;
+/// Whether process `pid` holds a socket listening on `addr` here: the check
+/// that the pid a node reported is that node's process on this host, not a
+/// pid of another host or namespace that happens to exist here, nor another
+/// node's on the same port of another loopback address. A process this user
+/// may not inspect is not taken for it.
+pub(super) fn listens_on(pid: u32, addr: SocketAddr) -> Result<bool> {
+    let inodes = listening_inodes(addr)?;
     if inodes.is_empty() {
         return Ok(false);
     }
     let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(d) => d,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => {
+            return Ok(false)
+        }
         Err(e) => return Err(e).with_context(|| format!("reading /proc/{pid}/fd")),
     };
     for fd in fds.flatten() {
@@ -73,15 +105,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn this_process_is_found_on_its_own_listening_port_only() {
+    fn this_process_is_found_on_its_own_listening_address_only() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        assert!(listens_on(std::process::id(), port).unwrap());
+        let addr = l.local_addr().unwrap();
+        assert!(listens_on(std::process::id(), addr).unwrap());
+        // The same port on another loopback address is another node's.
+        let other: SocketAddr = format!("127.0.0.2:{}", addr.port()).parse().unwrap();
+        assert!(!listens_on(std::process::id(), other).unwrap());
+        // Another process does not hold this test's socket.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(!listens_on(child.id(), addr).unwrap());
+        let _ = child.kill();
+        let _ = child.wait();
         drop(l);
-        assert!(!listens_on(std::process::id(), port).unwrap());
-        // pid 1 does not hold this test's socket.
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(!listens_on(1, l.local_addr().unwrap().port()).unwrap());
+        assert!(!listens_on(std::process::id(), addr).unwrap());
+    }
+
+    #[test]
+    fn proc_addresses_read_in_the_kernels_byte_order() {
+        assert_eq!(proc_ip("0100007F"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(proc_ip("00000000"), Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(
+            proc_ip("00000000000000000000000000000000"),
+            Some("::".parse().unwrap())
+        );
+        // ::ffff:127.0.0.1, an IPv4 address on a dual-stack socket.
+        assert_eq!(
+            proc_ip("0000000000000000FFFF00000100007F"),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(proc_ip("zz"), None);
     }
 
     #[test]

@@ -123,6 +123,10 @@ fn bad_payload(e: crate::codec::CodecError) -> Status {
         }
     };
     match e {
+        // No release wrote format 0: not a version, garbage.
+        CodecError::Version { found: 0 } | CodecError::EntryVersion { found: 0 } => {
+            Status::invalid_argument(format!("undecodable Raft payload: {e}"))
+        }
         CodecError::Version { found } => Status::failed_precondition(format!(
             "this node cannot read the Raft payload ({e}): {}",
             newer(found, crate::codec::FORMAT_VERSION)
@@ -326,9 +330,8 @@ mod tests {
         let newer = bad_payload(CodecError::EntryVersion { found: 9 });
         assert_eq!(newer.code(), tonic::Code::FailedPrecondition);
         assert!(newer.message().contains("upgrade this node"), "{newer:?}");
-        let older = bad_payload(CodecError::Version { found: 0 });
-        assert_eq!(older.code(), tonic::Code::FailedPrecondition);
-        assert!(older.message().contains("upgrade the sender"), "{older:?}");
+        let zero = bad_payload(CodecError::Version { found: 0 });
+        assert_eq!(zero.code(), tonic::Code::InvalidArgument, "{zero:?}");
         let garbage = bad_payload(CodecError::Decode("x".into()));
         assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
     }

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use sc_leader::client::cluster::{converge, ok, Cluster, NodeView};
+use sc_leader::client::ApiClient;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::super::process::quote;
 use super::{fence, shell, unfence, DrillArgs, Load, Plan, Progress, FENCE_MARGIN_S, ORG};
@@ -24,6 +25,35 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// Pause between two probes.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// The most workloads of one application the drill follows (one page of the
+/// API's synchronous listing).
+const MAX_WORKLOADS: usize = 500;
+
+/// The href of label `key=value`, or that there is none.
+async fn label_href(cl: &mut ApiClient, key: &str, value: &str) -> Result<String> {
+    let path = format!("{ORG}/labels?key={key}&value={}", pct(value));
+    let labels = ok(cl.get(&path).await?, "listing labels")?;
+    labels
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["key"] == key && l["value"] == value)
+        .and_then(|l| l["href"].as_str().map(String::from))
+        .ok_or_else(|| anyhow!("there is no label {key}={value}"))
+}
+
+/// `s` percent-encoded for a query string.
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 /// The application the drill moves, found before anything is touched.
 pub(super) struct AppPlan {
@@ -53,9 +83,13 @@ pub(super) struct AppFailover {
     /// Whether `--failover-cmd` ran, and how long it took.
     failover_cmd_ms: Option<u64>,
     /// The application ready (after `--failover-cmd`, or the move) → the
-    /// first `--probe-cmd` that passed: its peers admit it at its new
-    /// addresses (`null`: no probe given, or none passed within 30 s).
+    /// end of the first `--probe-cmd` that passed: its peers admit it at its
+    /// new addresses by then (`null`: no probe given, or none passed within
+    /// 30 s). An upper bound: it includes the passing probe's own time.
     peers_updated_ms: Option<u64>,
+    /// The same → the start of the last probe that failed: the peers admitted
+    /// it after this (a lower bound; 0 when the first probe passed).
+    peers_updated_after_ms: Option<u64>,
     /// Probes run (each a real connection attempt).
     probes: u64,
     /// Whether a probe was given.
@@ -94,31 +128,24 @@ pub(super) async fn plan(
         );
     }
     let mut cl = c.client(c.serving_entry().await?)?;
-    let label = |labels: &Value, key: &str, value: &str| -> Option<String> {
-        labels.as_array()?.iter().find_map(|l| {
-            (l["key"] == key && l["value"] == value)
-                .then(|| l["href"].as_str().map(String::from))?
-        })
-    };
-    let labels = ok(cl.get(&format!("{ORG}/labels")).await?, "listing labels")?;
-    let app_label =
-        label(&labels, "app", app).ok_or_else(|| anyhow!("there is no label app={app}"))?;
-    let env_label =
-        label(&labels, "env", env).ok_or_else(|| anyhow!("there is no label env={env}"))?;
-    let list = ok(
-        cl.get(&format!("{ORG}/workloads")).await?,
-        "listing workloads",
-    )?;
-    let has = |w: &Value, href: &str| {
-        w["labels"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|x| x["href"] == href))
-    };
+    let app_label = label_href(&mut cl, "app", app).await?;
+    let env_label = label_href(&mut cl, "env", env).await?;
+    // The server filters: an estate of any size, up to one page of the
+    // application's own workloads (more is refused below, never half seen).
+    let query = pct(&json!([[app_label, env_label]]).to_string());
+    let a = cl
+        .get(&format!(
+            "{ORG}/workloads?managed=true&labels={query}&max_results={MAX_WORKLOADS}"
+        ))
+        .await?;
+    let total = a
+        .header("x-total-count")
+        .and_then(|t| t.parse::<usize>().ok());
+    let list = ok(a, "listing the application's workloads")?;
     let workloads: BTreeMap<String, String> = list
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|w| w["managed"] == true && has(w, &app_label) && has(w, &env_label))
         .filter_map(|w| {
             Some((
                 w["href"].as_str()?.to_string(),
@@ -126,6 +153,12 @@ pub(super) async fn plan(
             ))
         })
         .collect();
+    if total.is_some_and(|t| t > workloads.len()) {
+        bail!(
+            "app={app} env={env} has {} managed workloads; the drill follows at most {MAX_WORKLOADS}",
+            total.unwrap_or_default()
+        );
+    }
     if workloads.is_empty() {
         bail!("no managed workload is labelled app={app} and env={env}");
     }
@@ -133,7 +166,7 @@ pub(super) async fn plan(
         Some(r) => r.clone(),
         None => {
             let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-            for r in workloads.values().filter(|r| *r != to) {
+            for r in workloads.values().filter(|r| *r != to && !r.is_empty()) {
                 *count.entry(r).or_default() += 1;
             }
             count
@@ -143,6 +176,9 @@ pub(super) async fn plan(
                 .ok_or_else(|| anyhow!("app={app} env={env} is served by {to} already"))?
         }
     };
+    if !regions.contains(&from) {
+        bail!("{from:?} is not a region of the cluster: give --region, the region to lose");
+    }
     if from == *to {
         bail!("--region and --to are both {to}: the drill loses one region and moves the application to another");
     }
@@ -159,6 +195,42 @@ pub(super) async fn plan(
         },
         from,
     ))
+}
+
+/// How long the lost region's fence stands: the failover command's limit,
+/// the measurements (two limits), the hold and the usual margin. The drill
+/// lifts it when done; it lifts itself if the drill dies.
+fn fence_seconds(args: &DrillArgs) -> u64 {
+    let max = sc_raft::network::fence::MAX_FENCE.as_secs();
+    let needed = super::SHELL_LIMIT.as_secs() + 2 * LIMIT.as_secs();
+    (args.hold + needed + FENCE_MARGIN_S).min(max)
+}
+
+/// Fences every node at `addrs` (again: a fence renewed stands anew), or
+/// none: a failure lifts the fences already raised.
+async fn fence_all(c: &Cluster, addrs: &[SocketAddr], seconds: u64) -> Result<()> {
+    for (i, addr) in addrs.iter().enumerate() {
+        if let Err(e) = fence(c, *addr, seconds, false, false).await {
+            let _ = unfence_all(c, &addrs[..i]).await;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Lifts the fence of every node at `addrs`, each tried whatever the others
+/// answer.
+async fn unfence_all(c: &Cluster, addrs: &[SocketAddr]) -> Result<()> {
+    let mut failed = Vec::new();
+    for addr in addrs {
+        if let Err(e) = unfence(c, *addr).await {
+            failed.push(format!("{addr}: {e:#}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("not unfenced: {}", failed.join("; "));
+    }
+    Ok(())
 }
 
 /// `cmd` with `{app}`, `{env}`, `{from}` and `{to}`, each one shell word.
@@ -234,11 +306,10 @@ pub(super) async fn fail_over(
     load.avoid(&plan.apis, |x| x.0 == a.from).await;
     // The fence stands through the measurements (up to two limits) and the
     // hold, with the usual margin, and lifts itself if the drill dies.
-    let max = sc_raft::network::fence::MAX_FENCE.as_secs();
-    let seconds = (args.hold + 2 * LIMIT.as_secs() + FENCE_MARGIN_S).min(max);
-    for addr in &lost {
-        fence(c, *addr, seconds, false, false).await?;
+    if lost.is_empty() {
+        bail!("{}: no node with an API to fence", a.from);
     }
+    fence_all(c, &lost, fence_seconds(args)).await?;
     let at = p.t0.elapsed().as_millis() as u64;
     let t_lost = Instant::now();
     p.phase(format!(
@@ -252,11 +323,9 @@ pub(super) async fn fail_over(
     if held < Duration::from_secs(args.hold) {
         tokio::time::sleep(Duration::from_secs(args.hold) - held).await;
     }
-    for addr in &lost {
-        unfence(c, *addr)
-            .await
-            .with_context(|| format!("lifting the fence of {}", a.from))?;
-    }
+    unfence_all(c, &lost)
+        .await
+        .with_context(|| format!("lifting the fence of {}", a.from))?;
     p.phase(format!("unfenced {}; waiting for convergence", a.from));
     converge(c, &plan.all_apis, Duration::from_secs(60)).await?;
     p.phase("converged");
@@ -298,15 +367,21 @@ async fn measure(
     };
     let t_ready = Instant::now();
 
-    let (mut peers_updated_ms, mut probes) = (None, 0);
+    let (mut peers_updated_ms, mut peers_updated_after_ms, mut probes) = (None, None, 0);
     if let Some(cmd) = &args.probe_cmd {
         let cmd = fill(cmd, a);
+        // The peers admitted the application after the last failing probe
+        // started and before the passing one ended: both ends are reported.
+        let mut last_failed_start = 0;
         while t_ready.elapsed() < LIMIT {
             probes += 1;
+            let started = t_ready.elapsed().as_millis() as u64;
             if probe(&cmd).await {
                 peers_updated_ms = Some(t_ready.elapsed().as_millis() as u64);
+                peers_updated_after_ms = Some(last_failed_start);
                 break;
             }
+            last_failed_start = started;
             tokio::time::sleep(PROBE_EVERY).await;
         }
         p.phase(match peers_updated_ms {
@@ -315,8 +390,10 @@ async fn measure(
         });
     }
 
+    // The limit runs from when the application was ready, not from the move:
+    // a failover command that takes long is not the VENs' delay.
     let mut left = not_rehomed(c, live, a).await?;
-    while !left.is_empty() && t_moved.elapsed() < LIMIT {
+    while !left.is_empty() && t_ready.elapsed() < LIMIT {
         tokio::time::sleep(Duration::from_millis(250)).await;
         left = not_rehomed(c, live, a).await?;
     }
@@ -340,6 +417,7 @@ async fn measure(
         move_ms,
         failover_cmd_ms,
         peers_updated_ms,
+        peers_updated_after_ms,
         probes,
         probed: args.probe_cmd.is_some(),
         rehomed_ms,
@@ -389,7 +467,12 @@ pub(super) fn rows(f: &AppFailover) -> Vec<(&'static str, String)> {
         (
             "application ready → its peers admit it (probe; goal < 1 s)",
             if f.probed {
-                format!("{} ({} probes)", ms(f.peers_updated_ms, "never"), f.probes)
+                format!(
+                    "by {} (after {}; {} probes)",
+                    ms(f.peers_updated_ms, "never"),
+                    ms(f.peers_updated_after_ms, "-"),
+                    f.probes
+                )
             } else {
                 "no probe given".into()
             },
