@@ -43,6 +43,16 @@ fn adopted_now(adopted: &Adopted, id: &str, doc: &WorkloadDoc) -> bool {
         .is_some_and(|r| r.as_deref() == doc.region.as_deref())
 }
 
+/// Compiles workload `id` here (`managed`) or stops: adoption and its end.
+fn set_managed(engine: &mut Engine, id: &str, managed: bool) {
+    let id2 = id.to_string();
+    engine.update(&[Change::Workload(id.to_string())], move |estate, _| {
+        if let Some(w) = estate.workloads.get_mut(&id2) {
+            w.managed = managed;
+        }
+    });
+}
+
 struct Inner {
     engine: Engine,
     version: u64,
@@ -264,16 +274,8 @@ impl PolicyCache {
         {
             return;
         }
-        let managed = inner.engine.estate().workloads.contains_key(id);
-        if managed {
-            let id2 = id.to_string();
-            inner
-                .engine
-                .update(&[Change::Workload(id.to_string())], move |estate, _| {
-                    if let Some(w) = estate.workloads.get_mut(&id2) {
-                        w.managed = true;
-                    }
-                });
+        if inner.engine.estate().workloads.contains_key(id) {
+            set_managed(&mut inner.engine, id, true);
         }
     }
 
@@ -287,14 +289,7 @@ impl PolicyCache {
         if inner.adopted.remove(id).is_none() {
             return;
         }
-        let id2 = id.to_string();
-        inner
-            .engine
-            .update(&[Change::Workload(id.to_string())], move |estate, _| {
-                if let Some(w) = estate.workloads.get_mut(&id2) {
-                    w.managed = false;
-                }
-            });
+        set_managed(&mut inner.engine, id, false);
         inner.rendered.remove(id);
         inner.generation += 1;
     }

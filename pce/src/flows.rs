@@ -78,13 +78,7 @@ async fn label_href(c: &mut ApiClient, kv: &str) -> Result<String> {
     let (k, v) = kv
         .split_once('=')
         .ok_or_else(|| anyhow!("{kv:?}: give a label as key=value, e.g. role=web"))?;
-    let path = format!("{ORG}/labels?key={k}&value={v}");
-    let a = c.get(&path).await?;
-    let list = sc_leader::client::cluster::ok(a, "GET labels")?;
-    list.as_array()
-        .and_then(|l| l.iter().find(|x| x["key"] == k && x["value"] == v))
-        .and_then(|x| x["href"].as_str().map(str::to_string))
-        .ok_or_else(|| anyhow!("no label {k}={v}"))
+    crate::labels::href(c, k, v).await
 }
 
 async fn side(c: &mut ApiClient, labels: &[String], ip: &Option<String>) -> Result<Value> {

@@ -44,30 +44,6 @@ pub struct GenerateArgs {
     dry_run: bool,
 }
 
-/// The href of the label `key=value`, or an error saying it does not exist.
-async fn label(c: &mut ApiClient, key: &str, value: &str) -> Result<String> {
-    let path = format!("/api/v2/orgs/1/labels?key={key}&value={}", encode(value));
-    let list = ok(c.get(&path).await?, &format!("GET {path}"))?;
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .find(|l| l["key"] == key && l["value"] == value)
-        .and_then(|l| l["href"].as_str().map(str::to_string))
-        .with_context(|| format!("there is no {key} label {value:?}"))
-}
-
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn iso(ms: u64) -> String {
     format!("{}Z", &sc_store::time::iso8601(ms)[..19])
 }
@@ -215,11 +191,11 @@ pub async fn run(cmd: PolicyCommand) -> Result<()> {
     let cluster = open_cluster(&args.conn)?;
     let mut c = cluster.client(cluster.entry())?;
     let mut labels = vec![
-        label(&mut c, "app", &args.app).await?,
-        label(&mut c, "env", &args.env).await?,
+        crate::labels::href(&mut c, "app", &args.app).await?,
+        crate::labels::href(&mut c, "env", &args.env).await?,
     ];
     if let Some(loc) = &args.loc {
-        labels.push(label(&mut c, "loc", loc).await?);
+        labels.push(crate::labels::href(&mut c, "loc", loc).await?);
     }
     let now = sc_store::time::now_ms();
     let body = json!({

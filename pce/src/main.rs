@@ -7,6 +7,7 @@
 mod dr;
 mod flows;
 mod generate;
+mod labels;
 mod map;
 mod notify;
 mod ops;

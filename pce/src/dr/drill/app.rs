@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use sc_leader::client::cluster::{converge, ok, Cluster, NodeView};
-use sc_leader::client::ApiClient;
 use serde::Serialize;
 use serde_json::json;
 
@@ -29,31 +28,6 @@ const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// The most workloads of one application the drill follows (one page of the
 /// API's synchronous listing).
 const MAX_WORKLOADS: usize = 500;
-
-/// The href of label `key=value`, or that there is none.
-async fn label_href(cl: &mut ApiClient, key: &str, value: &str) -> Result<String> {
-    let path = format!("{ORG}/labels?key={key}&value={}", pct(value));
-    let labels = ok(cl.get(&path).await?, "listing labels")?;
-    labels
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|l| l["key"] == key && l["value"] == value)
-        .and_then(|l| l["href"].as_str().map(String::from))
-        .ok_or_else(|| anyhow!("there is no label {key}={value}"))
-}
-
-/// `s` percent-encoded for a query string.
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// The application the drill moves, found before anything is touched.
 pub(super) struct AppPlan {
@@ -128,11 +102,11 @@ pub(super) async fn plan(
         );
     }
     let mut cl = c.client(c.serving_entry().await?)?;
-    let app_label = label_href(&mut cl, "app", app).await?;
-    let env_label = label_href(&mut cl, "env", env).await?;
+    let app_label = crate::labels::href(&mut cl, "app", app).await?;
+    let env_label = crate::labels::href(&mut cl, "env", env).await?;
     // The server filters: an estate of any size, up to one page of the
     // application's own workloads (more is refused below, never half seen).
-    let query = pct(&json!([[app_label, env_label]]).to_string());
+    let query = crate::labels::encode(&json!([[app_label, env_label]]).to_string());
     let a = cl
         .get(&format!(
             "{ORG}/workloads?managed=true&labels={query}&max_results={MAX_WORKLOADS}"
