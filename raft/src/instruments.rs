@@ -21,6 +21,11 @@ pub(crate) struct Instruments {
     /// Times this node saw the leader become another node (the first leader
     /// after a start counts).
     pub(crate) leader_changes: Counter,
+    /// Read indexes this leader gave a follower on the follower's own vote,
+    /// without a heartbeat round (decision 0026).
+    pub(crate) read_index_by_asker: Counter,
+    /// Read indexes this leader confirmed with a heartbeat round.
+    pub(crate) read_index_by_heartbeats: Counter,
 }
 
 impl Instruments {
@@ -29,6 +34,8 @@ impl Instruments {
             log_fsync,
             elections: Counter::default(),
             leader_changes: Counter::default(),
+            read_index_by_asker: Counter::default(),
+            read_index_by_heartbeats: Counter::default(),
         }
     }
 }

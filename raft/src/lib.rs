@@ -12,6 +12,7 @@
 //! - [`convert`]: every federation message ↔ domain type conversion;
 //! - [`types`]: the domain types everything else builds on;
 //! - `proposer`: the leader's concurrent writes gathered into shared entries;
+//! - `read_index`: a follower's ReadIndex confirmed by its own vote;
 //! - `entry_format`: how entries are written to the log and the wire, in both
 //!   formats a node reads;
 //! - `runtime`: the threads a node's Raft work runs on, apart from the VEN
@@ -36,6 +37,7 @@ pub mod pki;
 pub mod private;
 mod proposer;
 mod raw_bytes;
+mod read_index;
 mod runtime;
 mod start;
 pub mod status;

@@ -39,6 +39,16 @@ impl Node {
             "Times this node saw the leader become another node (the first leader after a start counts)",
             i.leader_changes.clone(),
         );
+        registry.register(
+            "pce_raft_read_index_by_asker",
+            "Read indexes this leader gave a follower on the follower's own vote, without a heartbeat round",
+            i.read_index_by_asker.clone(),
+        );
+        registry.register(
+            "pce_raft_read_index_by_heartbeats",
+            "Read indexes this leader confirmed with a round of heartbeats",
+            i.read_index_by_heartbeats.clone(),
+        );
         registry.register_collector(Box::new(StatusCollector { node: self.clone() }));
     }
 }

@@ -496,6 +496,7 @@ impl Node {
     /// The leader side of ReadIndex: confirms leadership with a quorum and returns
     /// the index a linearizable read must wait for.
     pub(crate) async fn read_index_here(&self) -> Result<u64, Attempt> {
+        self.core.instruments.read_index_by_heartbeats.inc();
         match self.core.raft.ensure_linearizable().await {
             Ok(read_log_id) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
@@ -506,6 +507,30 @@ impl Node {
             }
             Err(RaftError::Fatal(f)) => Err(Attempt::Fail(Error::Stopped(f.to_string()))),
         }
+    }
+
+    /// The leader side of a follower's ReadIndex: `asker` (the name in its
+    /// certificate) may confirm this leadership itself (see
+    /// [`crate::read_index`]); else a heartbeat round does.
+    pub(crate) async fn read_index_for(
+        &self,
+        asker: Option<String>,
+        claim: Option<crate::read_index::Claim>,
+    ) -> Result<u64, Attempt> {
+        if let (Some(asker), Some(claim)) = (asker, claim) {
+            let me = self.core.id;
+            let confirmed = self
+                .core
+                .raft
+                .with_raft_state(move |st| crate::read_index::confirmed_by(st, me, &asker, claim))
+                .await
+                .map_err(|f| Attempt::Fail(Error::Stopped(f.to_string())))?;
+            if let Some(index) = confirmed {
+                self.core.instruments.read_index_by_asker.inc();
+                return Ok(index);
+            }
+        }
+        self.read_index_here().await
     }
 
     /// Blocks until this replica reflects every write acknowledged before the call.
@@ -546,17 +571,26 @@ impl Node {
             match leader {
                 None => node.read_index_here().await,
                 Some((id, info)) => {
+                    // Read after the read was invoked (this round began after
+                    // its caller joined): the vote the leader may count.
+                    let claim = node
+                        .core
+                        .raft
+                        .with_raft_state(crate::read_index::Claim::of)
+                        .await
+                        .map_err(|f| Attempt::Fail(Error::Stopped(f.to_string())))?;
                     let mut client = node
                         .core
                         .peers
                         .federation_client(id, &info)
                         .await
                         .map_err(|e| Attempt::Retry(e.to_string()))?;
-                    match tokio::time::timeout(
-                        node.core.timeouts.write,
-                        client.read_index(ReadIndexRequest {}),
-                    )
-                    .await
+                    let request = ReadIndexRequest {
+                        follows_term: claim.map_or(0, |c| c.term),
+                        follows_leader: claim.map_or(0, |c| c.leader),
+                    };
+                    match tokio::time::timeout(node.core.timeouts.write, client.read_index(request))
+                        .await
                     {
                         Err(_) => Err(Attempt::Retry(format!(
                             "leader {info} did not answer in time"

@@ -131,3 +131,72 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() {
     second.shutdown().await;
     first.shutdown().await;
 }
+
+/// The value of one counter in a node's Prometheus exposition.
+fn counter(node: &Node, name: &str) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    node.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}_total ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+/// Decision 0026: in three voters, a follower's ReadIndex is confirmed by the
+/// follower's own vote, without a heartbeat round, and the read still sees
+/// every write acknowledged before it (here through the other follower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_confirms_its_read_index_with_its_own_vote() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
+    let wait = Duration::from_secs(20);
+    let first = Node::start(options(dir.path(), 1, vec![]))
+        .await
+        .expect("start node 1");
+    first
+        .wait_until(wait, "node 1 leads", |s| s.leader == Some(1))
+        .await
+        .expect("node 1 leads");
+    let mut followers = Vec::new();
+    for id in [2, 3] {
+        let node = Node::start(options(dir.path(), id, vec![first.info().clone()]))
+            .await
+            .expect("start a follower");
+        node.wait_until(wait, "a voter that knows the leader", |s| {
+            s.leader == Some(1) && s.peers.iter().any(|p| p.id == id && p.voter)
+        })
+        .await
+        .expect("the follower joins as a voter");
+        followers.push(node);
+    }
+    let before = counter(&first, "pce_raft_read_index_by_asker");
+    let rounds = 20u64;
+    for serial in 1..=rounds {
+        let value = format!("v{serial}");
+        let answer = followers[0]
+            .write(put(serial, b"k", value.as_bytes()))
+            .await
+            .expect("forwarded write");
+        assert_eq!(answer.outcome, Outcome::Applied);
+        let read = followers[1]
+            .get(b"k", Consistency::Linearizable)
+            .await
+            .expect("linearizable read on the other follower");
+        assert_eq!(
+            read.value.map(|e| e.value),
+            Some(value.into_bytes()),
+            "a read after an acknowledged write must see it"
+        );
+    }
+    let by_asker = counter(&first, "pce_raft_read_index_by_asker") - before;
+    assert!(
+        by_asker >= rounds,
+        "every read's index should be confirmed by the asking follower: {by_asker} of {rounds}"
+    );
+    for node in followers {
+        node.shutdown().await;
+    }
+    first.shutdown().await;
+}

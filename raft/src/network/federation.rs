@@ -86,7 +86,14 @@ impl Federation for FederationGrpc {
         self.node.fence().check()?;
         self.member_only(&request, "ReadIndex")?;
         self.leader_only()?;
-        let read_index = self.node.read_index_here().await.map_err(attempt_status)?;
+        let asker = crate::network::callers::caller_name(&request);
+        let r = request.into_inner();
+        let claim = crate::read_index::Claim::from_wire(r.follows_term, r.follows_leader);
+        let read_index = self
+            .node
+            .read_index_for(asker, claim)
+            .await
+            .map_err(attempt_status)?;
         Ok(Response::new(ReadIndexReply {
             read_index,
             leader_id: self.node.id(),
