@@ -75,6 +75,11 @@ impl Node {
         let snapshot_dir = opts.data_dir.join("snapshots");
         let (log, sm) = open_storage(&opts.data_dir, &snapshot_dir, &opts.disk_faults)?;
         let view = sm.read_view();
+        // A leader's own appends are reported flushed before their sync; the
+        // state machine and the follower acknowledgements wait for the disk
+        // instead (decision 0027).
+        log.report_own_appends_early(opts.id);
+        sm.apply_after(log.durable());
 
         let config = raft_config(&opts.cluster_name, &opts.timeouts, &opts.tuning)
             .map_err(Error::Options)?;
@@ -88,7 +93,7 @@ impl Node {
         let raft = Raft::new(
             opts.id,
             Arc::new(config),
-            NetworkFactory::new(peers.clone()),
+            NetworkFactory::new(peers.clone(), log.durable()),
             log.clone(),
             sm,
         )
@@ -129,6 +134,12 @@ impl Node {
             raft.clone(),
             opts.id,
             opts.timeouts.election_max,
+            shutdown_rx.clone(),
+        )));
+        node.push_task(tokio::spawn(crate::watchdog::stop_core_on_log_failure(
+            raft.clone(),
+            log_for_election.durable(),
+            opts.id,
             shutdown_rx.clone(),
         )));
         node.push_task(tokio::spawn(crate::instruments::count_elections(

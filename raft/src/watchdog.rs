@@ -28,6 +28,30 @@ struct Seen {
     vote_age: Option<Duration>,
 }
 
+/// Stops the Raft core when a sync of its log fails. Before decision 0027 the
+/// failed append's callback stopped it; a leader's own appends are now
+/// reported flushed before their sync, so nothing would, and a leader whose
+/// disk has failed would keep its followers from electing another while it
+/// can commit nothing.
+pub(crate) async fn stop_core_on_log_failure(
+    raft: Raft<TypeConfig>,
+    log: crate::storage::durable::Durable,
+    id: NodeId,
+    mut stop: watch::Receiver<bool>,
+) {
+    let failed = tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        failed = log.failed() => failed,
+    };
+    if failed {
+        tracing::error!(
+            id,
+            "a Raft log sync failed: stopping this node's Raft core so that another node leads"
+        );
+        let _ = raft.shutdown().await;
+    }
+}
+
 /// Runs until `stop` turns true or the core has stopped.
 pub(crate) async fn watch_core(
     raft: Raft<TypeConfig>,

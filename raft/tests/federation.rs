@@ -200,3 +200,118 @@ async fn a_follower_confirms_its_read_index_with_its_own_vote() {
     }
     first.shutdown().await;
 }
+
+/// Decision 0027: a leader reports its own appends flushed before their sync,
+/// so something else must hold back what may not run ahead of the disk. A
+/// leader alone in its quorum commits at once; with its log's syncs failing it
+/// must still acknowledge nothing, apply nothing, and stop its Raft core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_log_cannot_sync_acknowledges_and_applies_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
+    let faults = DiskFaults::default();
+    let mut opts = options(dir.path(), 1, vec![]);
+    opts.disk_faults = faults.clone();
+    let node = Node::start(opts).await.expect("start node 1");
+    node.wait_until(Duration::from_secs(20), "node 1 leads", |s| {
+        s.leader == Some(1)
+    })
+    .await
+    .expect("node 1 leads");
+    let answer = node.write(put(1, b"k", b"synced")).await.expect("a write");
+    assert_eq!(answer.outcome, Outcome::Applied);
+
+    faults.set_syncs_failing(true);
+    let unsynced = tokio::time::timeout(
+        Duration::from_secs(5),
+        node.write(put(2, b"k", b"never on disk")),
+    )
+    .await;
+    assert!(
+        !matches!(unsynced, Ok(Ok(_))),
+        "a write the leader's log never synced was acknowledged: {unsynced:?}"
+    );
+    let read = node
+        .get(b"k", Consistency::Local)
+        .await
+        .expect("the replica still reads");
+    assert_eq!(
+        read.value.map(|e| e.value),
+        Some(b"synced".to_vec()),
+        "an entry not on disk was applied"
+    );
+    node.wait_until(Duration::from_secs(20), "the Raft core stops", |s| {
+        s.role == "shutdown"
+    })
+    .await
+    .expect("a leader whose log cannot sync stops leading");
+    node.shutdown().await;
+}
+
+/// Decision 0027: the leader hands an entry to its followers before its own
+/// sync, but counts no follower's acknowledgement before its own copy is on
+/// disk. With the leader's syncs slowed to a second, a write through it cannot
+/// be acknowledged sooner, though both followers hold it within milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_waits_for_the_leaders_own_copy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
+    let wait = Duration::from_secs(20);
+    let faults = DiskFaults::default();
+    let mut opts = options(dir.path(), 1, vec![]);
+    opts.disk_faults = faults.clone();
+    let first = Node::start(opts).await.expect("start node 1");
+    first
+        .wait_until(wait, "node 1 leads", |s| s.leader == Some(1))
+        .await
+        .expect("node 1 leads");
+    let mut followers = Vec::new();
+    for id in [2, 3] {
+        let node = Node::start(options(dir.path(), id, vec![first.info().clone()]))
+            .await
+            .expect("start a follower");
+        node.wait_until(wait, "a voter that knows the leader", |s| {
+            s.leader == Some(1) && s.peers.iter().any(|p| p.id == id && p.voter)
+        })
+        .await
+        .expect("the follower joins as a voter");
+        followers.push(node);
+    }
+    first.write(put(1, b"k", b"before")).await.expect("a write");
+
+    let slow = Duration::from_secs(1);
+    faults.set_sync_delay(slow);
+    let started = std::time::Instant::now();
+    let write = {
+        let first = first.clone();
+        tokio::spawn(async move { first.write(put(2, b"k", b"after a slow sync")).await })
+    };
+    // The followers hold the entry within milliseconds; were their
+    // acknowledgements counted, the commit would reach them and they would
+    // apply it while the leader's sync is still running.
+    tokio::time::sleep(slow / 3).await;
+    for node in &followers {
+        let read = node
+            .get(b"k", Consistency::Local)
+            .await
+            .expect("a follower's replica reads");
+        assert_eq!(
+            read.value.map(|e| e.value),
+            Some(b"before".to_vec()),
+            "node {} applied an entry committed before the leader's copy was on disk",
+            node.id()
+        );
+    }
+    let answer = write.await.expect("task").expect("a write on a slow disk");
+    assert_eq!(answer.outcome, Outcome::Applied);
+    assert!(
+        started.elapsed() >= slow,
+        "acknowledged after {:?}, before the leader's own sync of {slow:?} ended",
+        started.elapsed()
+    );
+    faults.set_sync_delay(Duration::ZERO);
+    for node in followers {
+        node.shutdown().await;
+    }
+    first.shutdown().await;
+}

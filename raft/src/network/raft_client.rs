@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
+
+use crate::storage::durable::Durable;
 use std::time::Duration;
 
 use openraft::error::{
@@ -27,12 +29,13 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// Creates one [`PeerClient`] per replication target; openraft calls it.
 pub struct NetworkFactory {
     peers: Arc<Peers>,
+    log: Durable,
 }
 
 impl NetworkFactory {
-    /// A factory sending through `peers`.
-    pub fn new(peers: Arc<Peers>) -> Self {
-        NetworkFactory { peers }
+    /// A factory sending through `peers`, for a node whose log is `log`.
+    pub(crate) fn new(peers: Arc<Peers>, log: Durable) -> Self {
+        NetworkFactory { peers, log }
     }
 }
 
@@ -44,6 +47,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             peers: self.peers.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -53,6 +57,9 @@ pub struct PeerClient {
     target: NodeId,
     node: NodeInfo,
     peers: Arc<Peers>,
+    /// This node's log: a follower's acknowledgement counts only as far as
+    /// this node's own copy is on disk (decision 0027).
+    log: Durable,
 }
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeInfo, E>;
@@ -195,12 +202,29 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             )
             .await?;
         // The follower took the prefix we sent; openraft sends the rest next.
-        Ok(match (resp, cut) {
+        let resp = match (resp, cut) {
             (AppendEntriesResponse::Success, Some(last)) => {
                 AppendEntriesResponse::PartialSuccess(Some(last))
             }
             (resp, _) => resp,
-        })
+        };
+        // What the follower now holds, which openraft will count towards a
+        // commit together with this node's own copy: that copy must be on
+        // disk first (this node reports its own appends flushed early).
+        let matched = match &resp {
+            AppendEntriesResponse::Success => {
+                rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id)
+            }
+            AppendEntriesResponse::PartialSuccess(m) => *m,
+            _ => None,
+        };
+        if let Some(m) = matched {
+            self.log
+                .wait(m.index)
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        }
+        Ok(resp)
     }
 
     async fn vote(

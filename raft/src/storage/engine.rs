@@ -50,17 +50,48 @@ pub trait LogEngine: Send + Sync + 'static {
 /// Shared between the engine and the test that flips it; a failed write makes
 /// openraft stop the node rather than acknowledge something that is not on disk.
 #[derive(Debug, Clone, Default)]
-pub struct DiskFaults(Arc<AtomicBool>);
+pub struct DiskFaults {
+    failing: Arc<AtomicBool>,
+    /// Only syncs fail: writes reach the page cache but never the disk (the
+    /// case where a leader's early-reported append must not be counted,
+    /// decision 0027).
+    syncs_failing: Arc<AtomicBool>,
+    /// Milliseconds every sync of the Raft log takes first (a slow disk).
+    sync_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl DiskFaults {
     /// Makes every later write and sync fail (or succeed again).
     pub fn set_failing(&self, failing: bool) {
-        self.0.store(failing, Ordering::SeqCst);
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes every later sync of the Raft log fail while writes succeed.
+    pub fn set_syncs_failing(&self, failing: bool) {
+        self.syncs_failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes every later sync of the Raft log take `delay` longer.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.sync_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     pub(crate) fn check(&self) -> io::Result<()> {
-        if self.0.load(Ordering::SeqCst) {
+        if self.failing.load(Ordering::SeqCst) {
             return Err(io::Error::other("injected disk failure"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_sync(&self) -> io::Result<()> {
+        self.check()?;
+        let delay = self.sync_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
+        if self.syncs_failing.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected sync failure"));
         }
         Ok(())
     }

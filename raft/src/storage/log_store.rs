@@ -10,12 +10,22 @@
 //! Group commit: `append` only writes; one dedicated flusher thread takes every
 //! callback queued so far, syncs once, then completes them in order. With many
 //! concurrent clients one fsync covers many entries.
+//!
+//! A leader's own appends are the exception (decision 0027): openraft 0.9's
+//! core waits for every append's callback before it replicates, so a leader
+//! that waited for its fsync sent the entry only after it, and the follower's
+//! fsync came after that. The callback of an append of entries this node
+//! created as the leader of its saved vote fires at once; the sync still
+//! follows on the flusher, and [`Durable`] holds back what must wait for it
+//! (the follower acknowledgements the leader counts, the applies, the
+//! committed hint). A follower's appends keep the rule above.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -24,6 +34,7 @@ use openraft::{
 };
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::durable::Durable;
 use super::engine::LogEngine;
 use super::{codec_io, io_err};
 use crate::codec;
@@ -41,11 +52,39 @@ const META_PURGED: &str = "purged";
 pub struct LogStore<E: LogEngine> {
     engine: Arc<E>,
     /// Callbacks waiting for the next sync; the thread ends when every clone is dropped.
-    flush_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flush_tx: mpsc::Sender<Flush>,
     /// The last committed log id openraft told us about, for status reports.
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     /// How long each sync took, for the node's metrics.
     fsync: Histogram,
+    /// How far the log is on disk.
+    durable: Durable,
+    /// What the flusher needs to move `durable`.
+    extent: Arc<Extent>,
+    /// This node's id, once the node says it (only then are a leader's own
+    /// appends reported flushed early; the conformance suite never says it).
+    me: Arc<OnceLock<NodeId>>,
+    /// The vote last saved: whose leadership the node's appends belong to.
+    vote: Arc<Mutex<Option<Vote<NodeId>>>>,
+}
+
+/// A message to the flusher thread.
+enum Flush {
+    /// Sync, then tell openraft.
+    Notify(LogFlushed<TypeConfig>),
+    /// Sync: openraft was told already (a leader's own append).
+    Sync,
+}
+
+/// The log's written extent, as the flusher reads it before a sync.
+#[derive(Default)]
+struct Extent {
+    /// The last index written (not yet necessarily synced).
+    appended: AtomicU64,
+    /// Bumped by every truncation, under this lock, with `durable` lowered; a
+    /// sync that began before one does not raise `durable` (what it covered
+    /// may have been cut and written again).
+    truncations: Mutex<u64>,
 }
 
 impl<E: LogEngine> Clone for LogStore<E> {
@@ -55,6 +94,10 @@ impl<E: LogEngine> Clone for LogStore<E> {
             flush_tx: self.flush_tx.clone(),
             committed: self.committed.clone(),
             fsync: self.fsync.clone(),
+            durable: self.durable.clone(),
+            extent: self.extent.clone(),
+            me: self.me.clone(),
+            vote: self.vote.clone(),
         }
     }
 }
@@ -63,19 +106,37 @@ impl<E: LogEngine> LogStore<E> {
     /// Wraps `engine` and starts its flusher thread.
     pub fn new(engine: E) -> io::Result<Self> {
         let engine = Arc::new(engine);
-        let (flush_tx, flush_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let flusher = engine.clone();
-        let fsync = crate::instruments::fsync_histogram();
-        let timed = fsync.clone();
-        std::thread::Builder::new()
-            .name("raft-log-flush".into())
-            .spawn(move || flush_loop(&*flusher, flush_rx, &timed))?;
         // An engine may keep records at or below the purge point after a
         // restart (a segment is deleted only when all of it is purged).
         if let Some(bytes) = engine.get_meta(META_PURGED)? {
             let purged: LogId<NodeId> = codec::decode(&bytes).map_err(codec_io)?;
             engine.purge_upto(purged.index)?;
         }
+        // Everything found at start is on disk once synced (a killed process's
+        // writes may be only in the page cache): a record is read back whole,
+        // checksum and all, or the log ends before it.
+        engine.sync()?;
+        let last = engine.last()?.map_or(0, |(index, _)| index);
+        let durable = Durable::new(last);
+        let extent = Arc::new(Extent {
+            appended: AtomicU64::new(last),
+            truncations: Mutex::new(0),
+        });
+        let (flush_tx, flush_rx) = mpsc::channel::<Flush>();
+        let fsync = crate::instruments::fsync_histogram();
+        let flusher = Flusher {
+            engine: engine.clone(),
+            fsync: fsync.clone(),
+            durable: durable.clone(),
+            extent: extent.clone(),
+        };
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || flusher.run(flush_rx))?;
+        let vote = match engine.get_meta(META_VOTE)? {
+            Some(bytes) => Some(codec::decode(&bytes).map_err(codec_io)?),
+            None => None,
+        };
         let committed = match engine.get_meta(META_COMMITTED)? {
             Some(bytes) => codec::decode(&bytes).map_err(codec_io)?,
             None => None,
@@ -85,7 +146,43 @@ impl<E: LogEngine> LogStore<E> {
             flush_tx,
             committed: Arc::new(Mutex::new(committed)),
             fsync,
+            durable,
+            extent,
+            me: Arc::new(OnceLock::new()),
+            vote: Arc::new(Mutex::new(vote)),
         })
+    }
+
+    /// Names the node this log belongs to: from now on, entries it appends as
+    /// the leader of its saved vote are reported flushed before their sync
+    /// (see the module's note). Whoever calls this must hold back, with
+    /// [`LogStore::durable`], what may not run ahead of the disk.
+    pub(crate) fn report_own_appends_early(&self, me: NodeId) {
+        let _ = self.me.set(me);
+    }
+
+    /// How far this log is on disk.
+    pub(crate) fn durable(&self) -> Durable {
+        self.durable.clone()
+    }
+
+    /// Whether `records` are this node's own, appended as the leader of the
+    /// vote it saved last (only such a leader creates entries of that leader
+    /// id; a follower's appends carry another node's, or an older term's).
+    fn own_leader_append(&self, ids: &[LogId<NodeId>]) -> bool {
+        let Some(me) = self.me.get() else {
+            return false;
+        };
+        let Ok(vote) = self.vote.lock() else {
+            return false;
+        };
+        let Some(vote) = vote.as_ref() else {
+            return false;
+        };
+        let leader = vote.leader_id();
+        leader.voted_for() == Some(*me)
+            && !ids.is_empty()
+            && ids.iter().all(|id| id.leader_id == *leader)
     }
 
     /// The term of the vote saved on disk (0 if none or unreadable): what a
@@ -157,29 +254,58 @@ pub fn copy_log<A: LogEngine, B: LogEngine>(from: &A, to: &B) -> io::Result<usiz
     Ok(records.len())
 }
 
-fn flush_loop<E: LogEngine>(
-    engine: &E,
-    rx: mpsc::Receiver<LogFlushed<TypeConfig>>,
-    fsync: &Histogram,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
+/// The flusher thread's state.
+struct Flusher<E: LogEngine> {
+    engine: Arc<E>,
+    fsync: Histogram,
+    durable: Durable,
+    extent: Arc<Extent>,
+}
+
+impl<E: LogEngine> Flusher<E> {
+    fn run(self, rx: mpsc::Receiver<Flush>) {
+        while let Ok(first) = rx.recv() {
+            let mut waiting = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                waiting.push(more);
+            }
+            // Read before the sync: every record written by now is covered.
+            let truncations = self.truncations();
+            let upto = self.extent.appended.load(Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            let result = self.engine.sync();
+            self.fsync.observe(started.elapsed().as_secs_f64());
+            match &result {
+                Ok(()) => {
+                    if let Ok(t) = self.extent.truncations.lock() {
+                        if *t == truncations {
+                            self.durable.raise(upto);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "raft log sync failed; entries are not acknowledged");
+                    self.durable.fail();
+                }
+            }
+            for flush in waiting {
+                if let Flush::Notify(callback) = flush {
+                    let r = match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    };
+                    callback.log_io_completed(r);
+                }
+            }
         }
-        let started = std::time::Instant::now();
-        let result = engine.sync();
-        fsync.observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "raft log sync failed; entries are not acknowledged");
-        }
-        for callback in waiting {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            };
-            callback.log_io_completed(r);
-        }
+    }
+
+    fn truncations(&self) -> u64 {
+        self.extent
+            .truncations
+            .lock()
+            .map(|t| *t)
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -257,7 +383,11 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
             engine.sync()
         })
         .await
-        .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))
+        .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
+        if let Ok(mut saved) = self.vote.lock() {
+            *saved = Some(*vote);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -271,14 +401,20 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
     ) -> Result<(), StorageError<NodeId>> {
         // Not synced: openraft only uses it to re-apply faster after a restart, and
         // a stale value is always safe (the leader re-sends the commit index).
+        // Never past the durable log, though: a leader alone in its quorum
+        // commits its own appends before their sync (decision 0027), and a
+        // hint past the log's end after a crash would name entries not there.
+        if let Ok(mut c) = self.committed.lock() {
+            *c = committed;
+        }
+        if committed.is_some_and(|id| id.index > self.durable.upto()) {
+            return Ok(());
+        }
         let bytes =
             codec::encode(&committed).map_err(|e| logs_err(ErrorVerb::Write, &codec_io(e)))?;
         self.engine
             .put_hint(META_COMMITTED, &bytes)
             .map_err(|e| logs_err(ErrorVerb::Write, &e))?;
-        if let Ok(mut c) = self.committed.lock() {
-            *c = committed;
-        }
         Ok(())
     }
 
@@ -299,16 +435,28 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
         I::IntoIter: OptionalSend,
     {
         let mut records = Vec::new();
+        let mut ids = Vec::new();
         for entry in entries {
             let bytes =
                 encode_entry(&entry).map_err(|e| logs_err(ErrorVerb::Write, &codec_io(e)))?;
+            ids.push(*entry.get_log_id());
             records.push((entry.get_log_id().index, bytes));
         }
         self.engine
             .append(&records)
             .map_err(|e| logs_err(ErrorVerb::Write, &e))?;
-        // Durable later, on the flusher thread; openraft waits for the callback.
-        self.flush_tx.send(callback).map_err(|_| {
+        if let Some(last) = ids.last() {
+            self.extent.appended.store(last.index, Ordering::SeqCst);
+        }
+        // Durable later, on the flusher thread; openraft waits for the
+        // callback, except for a leader's own entries (see the module's note).
+        let flush = if self.own_leader_append(&ids) {
+            callback.log_io_completed(Ok(()));
+            Flush::Sync
+        } else {
+            Flush::Notify(callback)
+        };
+        self.flush_tx.send(flush).map_err(|_| {
             logs_err(
                 ErrorVerb::Write,
                 &io::Error::other("the log flusher thread has stopped"),
@@ -318,9 +466,22 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let from = log_id.index;
+        let extent = self.extent.clone();
+        let durable = self.durable.clone();
         self.blocking(move |engine| {
             engine.truncate_from(from)?;
-            engine.sync()
+            engine.sync()?;
+            // Indexes from `from` on will be new entries, not yet on disk.
+            let mut t = extent
+                .truncations
+                .lock()
+                .map_err(|_| io::Error::other("log extent lock poisoned"))?;
+            *t += 1;
+            extent
+                .appended
+                .store(from.saturating_sub(1), Ordering::SeqCst);
+            durable.lower(from.saturating_sub(1));
+            Ok(())
         })
         .await
         .map_err(|e| logs_err(ErrorVerb::Delete, &e))

@@ -12,6 +12,7 @@
 //!   (the state machine writes behind, decision 0021).
 //! - [`snapshot`]: the checksummed snapshot file format.
 
+pub(crate) mod durable;
 pub mod engine;
 pub mod log_store;
 pub(crate) mod overlay;

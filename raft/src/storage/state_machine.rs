@@ -243,6 +243,10 @@ impl Live {
 
 /// State shared by the state machine, its snapshot builder, its writer and readers.
 struct Shared {
+    /// How far the node's Raft log is on disk: an entry is applied only once
+    /// it is (decision 0027: a leader's own appends are reported flushed
+    /// before their sync). Unset in tests of the state machine alone.
+    log: std::sync::OnceLock<super::durable::Durable>,
     db: sled::Db,
     meta: sled::Tree,
     /// The live state. A std lock, not a tokio one: it is never held across an
@@ -505,6 +509,11 @@ fn sm_err(verb: ErrorVerb, e: &io::Error) -> StorageError<NodeId> {
 }
 
 impl StateMachine {
+    /// Applies entries only once `log` has them on disk.
+    pub(crate) fn apply_after(&self, log: super::durable::Durable) {
+        let _ = self.shared.log.set(log);
+    }
+
     /// Opens the state machine in the node's database, recovering from a crash in
     /// the middle of a snapshot install.
     pub fn open(db: sled::Db, db_dir: &Path, snapshot_dir: &Path) -> io::Result<Self> {
@@ -535,6 +544,7 @@ impl StateMachine {
         let (notices, _) = broadcast::channel(4096);
         let (wake, woken) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
+            log: std::sync::OnceLock::new(),
             db,
             meta,
             live: RwLock::new(Live::new(live)),
@@ -943,8 +953,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        if entries.is_empty() {
+        let Some(last) = entries.last().map(|e| e.log_id.index) else {
             return Ok(Vec::new());
+        };
+        if let Some(log) = self.shared.log.get() {
+            log.wait(last)
+                .await
+                .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         }
         let shared = self.shared.clone();
         let failures = shared.write_failures.load(Ordering::Relaxed);

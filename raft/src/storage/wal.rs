@@ -269,6 +269,9 @@ impl WalEngine {
         if ended {
             sync_dir(dir)?;
         }
+        // What a killed process wrote may still be only in the page cache: the
+        // first sync covers every segment found.
+        let unsynced = segments.values().map(|s| s.file.clone()).collect();
         let engine = WalEngine {
             dir: dir.to_path_buf(),
             wal: Mutex::new(Wal {
@@ -277,7 +280,7 @@ impl WalEngine {
                 locs,
                 meta,
                 meta_dirty: false,
-                unsynced: Vec::new(),
+                unsynced,
                 dir_dirty: false,
             }),
             meta_write: Mutex::new(()),
@@ -480,7 +483,7 @@ impl LogEngine for WalEngine {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.faults.check()?;
+        self.faults.check_sync()?;
         let (files, dir) = {
             let mut wal = self.lock()?;
             let files = std::mem::take(&mut wal.unsynced);
