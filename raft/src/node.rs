@@ -677,6 +677,24 @@ impl Node {
                 .voter_ids()
                 .any(|v| v == id)
         };
+        if let Some(info) = &info {
+            // Callers are told apart by the name in their certificate (the
+            // federation service, decision 0026's read index): two members of
+            // one name would be one caller.
+            let m = raft.metrics();
+            let taken = m
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(other, n)| *other != id && n.name == info.name);
+            if taken {
+                return Err(Attempt::Fail(Error::Membership(format!(
+                    "another member is already named {:?}: remove it first, or give node {id} a name of its own",
+                    info.name
+                ))));
+            }
+        }
         let result = match (op, info) {
             (MembershipOp::AddLearner, Some(info)) => raft.add_learner(id, info, true).await,
             (MembershipOp::AddLearner, None) => {

@@ -199,7 +199,7 @@ impl LogEngine for SledEngine {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.faults.check()?;
+        self.faults.check_sync()?;
         sync_sled(&self.db, &self.data_file)?;
         let mut synced = self
             .synced_blobs

@@ -116,7 +116,16 @@ impl<E: LogEngine> LogStore<E> {
         // writes may be only in the page cache): a record is read back whole,
         // checksum and all, or the log ends before it.
         engine.sync()?;
-        let last = engine.last()?.map_or(0, |(index, _)| index);
+        // Purged entries are in the snapshot: durable too.
+        let purged = match engine.get_meta(META_PURGED)? {
+            Some(bytes) => {
+                codec::decode::<LogId<NodeId>>(&bytes)
+                    .map_err(codec_io)?
+                    .index
+            }
+            None => 0,
+        };
+        let last = engine.last()?.map_or(0, |(index, _)| index).max(purged);
         let durable = Durable::new(last);
         let extent = Arc::new(Extent {
             appended: AtomicU64::new(last),
@@ -153,17 +162,28 @@ impl<E: LogEngine> LogStore<E> {
         })
     }
 
-    /// Names the node this log belongs to: from now on, entries it appends as
-    /// the leader of its saved vote are reported flushed before their sync
-    /// (see the module's note). Whoever calls this must hold back, with
-    /// [`LogStore::durable`], what may not run ahead of the disk.
-    pub(crate) fn report_own_appends_early(&self, me: NodeId) {
-        let _ = self.me.set(me);
-    }
-
     /// How far this log is on disk.
     pub(crate) fn durable(&self) -> Durable {
         self.durable.clone()
+    }
+
+    /// The vote a restarting node resumes with. openraft 0.9 makes a node
+    /// whose saved vote is its own committed one leader again at start, in the
+    /// same term and without a new first entry. But a leader that reports its
+    /// appends flushed early (decision 0027) may have sent followers entries
+    /// its own disk lost (a power cut, a sync that failed and dropped the
+    /// pages): resuming in that term, it would write different entries under
+    /// the same log ids, and a follower that kept the old ones would take the
+    /// new ones for them. So such a vote comes back uncommitted: the node must
+    /// win a new term, whose entries conflict with, and truncate, any stale
+    /// ones. The vote on disk is unchanged.
+    fn restarted_vote(&self, vote: Vote<NodeId>) -> Vote<NodeId> {
+        match self.me.get() {
+            Some(me) if vote.is_committed() && vote.leader_id().voted_for() == Some(*me) => {
+                Vote::new(vote.leader_id().get_term(), *me)
+            }
+            _ => vote,
+        }
     }
 
     /// Whether `records` are this node's own, appended as the leader of the
@@ -237,6 +257,20 @@ impl<E: LogEngine> LogStore<E> {
             Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(codec_io)?)),
             None => Ok(None),
         }
+    }
+}
+
+impl LogStore<super::wal::WalEngine> {
+    /// Names the node this log belongs to: from now on, entries it appends as
+    /// the leader of its saved vote are reported flushed before their sync
+    /// (see the module's note), and its own committed vote is read back
+    /// uncommitted at start ([`LogStore::restarted_vote`]). Whoever calls this
+    /// must hold back, with [`LogStore::durable`], what may not run ahead of
+    /// the disk. Only for the segment log, whose writes are in the kernel's
+    /// page cache once `append` returns (sled keeps them in its own memory
+    /// until a flush, which a killed process loses).
+    pub(crate) fn report_own_appends_early(&self, me: NodeId) {
+        let _ = self.me.set(me);
     }
 }
 
@@ -391,8 +425,10 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.read_meta(META_VOTE)
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &e))
+        let vote: Option<Vote<NodeId>> = self
+            .read_meta(META_VOTE)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &e))?;
+        Ok(vote.map(|v| self.restarted_vote(v)))
     }
 
     async fn save_committed(
@@ -499,5 +535,52 @@ impl<E: LogEngine> RaftLogStorage<TypeConfig> for LogStore<E> {
         })
         .await
         .map_err(|e| logs_err(ErrorVerb::Delete, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::engine::DiskFaults;
+    use crate::storage::wal::WalEngine;
+
+    fn open(dir: &std::path::Path) -> LogStore<WalEngine> {
+        let log = LogStore::new(WalEngine::open(dir, DiskFaults::default()).expect("engine"))
+            .expect("log store");
+        log.report_own_appends_early(1);
+        log
+    }
+
+    /// Decision 0027: a leader that reported appends flushed before their
+    /// sync may have lost them in a crash, so it must not resume its term.
+    #[tokio::test]
+    async fn a_restarted_leader_resumes_its_own_vote_uncommitted_and_others_as_saved() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let mut log = open(dir.path());
+            log.save_vote(&Vote::new_committed(5, 1))
+                .await
+                .expect("save");
+        }
+        let mut log = open(dir.path());
+        let vote = log.read_vote().await.expect("read").expect("a vote");
+        assert_eq!(
+            vote,
+            Vote::new(5, 1),
+            "its own leadership comes back uncommitted"
+        );
+        assert!(!vote.is_committed());
+
+        log.save_vote(&Vote::new_committed(6, 2))
+            .await
+            .expect("save");
+        drop(log);
+        let mut log = open(dir.path());
+        let vote = log.read_vote().await.expect("read").expect("a vote");
+        assert_eq!(
+            vote,
+            Vote::new_committed(6, 2),
+            "another leader's vote is kept"
+        );
     }
 }

@@ -11,6 +11,9 @@
 //! - [`overlay`]: applied changes not yet written to sled, and reads through them
 //!   (the state machine writes behind, decision 0021).
 //! - [`snapshot`]: the checksummed snapshot file format.
+//! - [`durable`]: how far the log is on disk, for what may not run ahead of it
+//!   (a leader's own appends are reported flushed before their sync, decision
+//!   0027).
 
 pub(crate) mod durable;
 pub mod engine;
