@@ -132,6 +132,33 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() {
     first.shutdown().await;
 }
 
+/// Three voters under `dir`: node 1 leads (with `faults` on its disk), nodes 2
+/// and 3 have joined it as voters.
+async fn three_voters(dir: &Path, faults: DiskFaults) -> (Node, Vec<Node>) {
+    pki::init_ca(&dir.join("certs"), "test").expect("CA");
+    let wait = Duration::from_secs(20);
+    let mut opts = options(dir, 1, vec![]);
+    opts.disk_faults = faults;
+    let first = Node::start(opts).await.expect("start node 1");
+    first
+        .wait_until(wait, "node 1 leads", |s| s.leader == Some(1))
+        .await
+        .expect("node 1 leads");
+    let mut followers = Vec::new();
+    for id in [2, 3] {
+        let node = Node::start(options(dir, id, vec![first.info().clone()]))
+            .await
+            .expect("start a follower");
+        node.wait_until(wait, "a voter that knows the leader", |s| {
+            s.leader == Some(1) && s.peers.iter().any(|p| p.id == id && p.voter)
+        })
+        .await
+        .expect("the follower joins as a voter");
+        followers.push(node);
+    }
+    (first, followers)
+}
+
 /// The value of one counter in a node's Prometheus exposition.
 fn counter(node: &Node, name: &str) -> u64 {
     let mut registry = prometheus_client::registry::Registry::default();
@@ -150,27 +177,7 @@ fn counter(node: &Node, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_confirms_its_read_index_with_its_own_vote() {
     let dir = tempfile::tempdir().expect("temp dir");
-    pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
-    let wait = Duration::from_secs(20);
-    let first = Node::start(options(dir.path(), 1, vec![]))
-        .await
-        .expect("start node 1");
-    first
-        .wait_until(wait, "node 1 leads", |s| s.leader == Some(1))
-        .await
-        .expect("node 1 leads");
-    let mut followers = Vec::new();
-    for id in [2, 3] {
-        let node = Node::start(options(dir.path(), id, vec![first.info().clone()]))
-            .await
-            .expect("start a follower");
-        node.wait_until(wait, "a voter that knows the leader", |s| {
-            s.leader == Some(1) && s.peers.iter().any(|p| p.id == id && p.voter)
-        })
-        .await
-        .expect("the follower joins as a voter");
-        followers.push(node);
-    }
+    let (first, followers) = three_voters(dir.path(), DiskFaults::default()).await;
     let before = counter(&first, "pce_raft_read_index_by_asker");
     let rounds = 20u64;
     for serial in 1..=rounds {
@@ -255,28 +262,8 @@ async fn a_leader_whose_log_cannot_sync_acknowledges_and_applies_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_waits_for_the_leaders_own_copy() {
     let dir = tempfile::tempdir().expect("temp dir");
-    pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
-    let wait = Duration::from_secs(20);
     let faults = DiskFaults::default();
-    let mut opts = options(dir.path(), 1, vec![]);
-    opts.disk_faults = faults.clone();
-    let first = Node::start(opts).await.expect("start node 1");
-    first
-        .wait_until(wait, "node 1 leads", |s| s.leader == Some(1))
-        .await
-        .expect("node 1 leads");
-    let mut followers = Vec::new();
-    for id in [2, 3] {
-        let node = Node::start(options(dir.path(), id, vec![first.info().clone()]))
-            .await
-            .expect("start a follower");
-        node.wait_until(wait, "a voter that knows the leader", |s| {
-            s.leader == Some(1) && s.peers.iter().any(|p| p.id == id && p.voter)
-        })
-        .await
-        .expect("the follower joins as a voter");
-        followers.push(node);
-    }
+    let (first, followers) = three_voters(dir.path(), faults.clone()).await;
     first.write(put(1, b"k", b"before")).await.expect("a write");
 
     let slow = Duration::from_secs(1);
