@@ -15,6 +15,7 @@ mod common;
 use common::drill_report;
 use sc_chaos::netns::Net;
 use sc_leader::client::ApiClient;
+use sc_testkit::free_port;
 use serde_json::{json, Value};
 
 const PCE: &str = env!("CARGO_BIN_EXE_pce");
@@ -43,14 +44,6 @@ fn must(cmd: &[&str]) -> String {
     let (ok, out) = sh(cmd);
     assert!(ok, "{cmd:?}: {out}");
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The lab: a bridge with the PCE addresses, three namespaces, processes.

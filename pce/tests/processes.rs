@@ -10,16 +10,9 @@ use std::time::{Duration, Instant};
 mod common;
 use common::drill_report;
 use sc_raft::{pki, Client, ClientId, Mutation, NodeInfo, Outcome, Profile, Timeouts, TlsMaterial};
+use sc_testkit::free_port;
 
 const PCE: &str = env!("CARGO_BIN_EXE_pce");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Three node processes and their configs; kills every process on drop.
 struct Cluster {

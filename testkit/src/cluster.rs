@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sc_raft::pki;
+
+use crate::ports::free_port;
 use sc_raft::{
     ClientId, Command, CommandResponse, Consistency, DiskFaults, Error, Mutation, NetFaults, Node,
     NodeId, NodeInfo, NodeOptions, Profile, Timeouts, TlsMaterial, Tuning,
@@ -36,14 +38,6 @@ pub struct TestCluster {
     /// Per node: its options (kept for restarts) and, while it runs, the node.
     nodes: BTreeMap<NodeId, (NodeOptions, Option<Node>)>,
     tuning: Tuning,
-}
-
-/// Picks a free loopback port (bound and released; the small race is harmless here).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }
 
 /// Timeouts for tests: the LAN profile with a shorter client write deadline so

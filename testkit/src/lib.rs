@@ -6,11 +6,14 @@
 //!   reads that tests use to prove what was committed;
 //! - [`api`]: [`ApiCluster`], the same cluster with the admin API served by
 //!   every node and the owner's key, and the request helpers API tests use;
-//! - [`browser`]: headless Chromium over WebDriver for the console's tests.
+//! - [`browser`]: headless Chromium over WebDriver for the console's tests;
+//! - [`ports`]: ports for listeners tests start, that no other test takes.
 
 pub mod api;
 pub mod browser;
 pub mod cluster;
+pub mod ports;
 
 pub use api::ApiCluster;
-pub use cluster::{free_port, init_tracing, read, test_timeouts, TestCluster, Writer};
+pub use cluster::{init_tracing, read, test_timeouts, TestCluster, Writer};
+pub use ports::free_port;

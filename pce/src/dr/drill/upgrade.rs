@@ -129,8 +129,11 @@ pub(super) async fn restart_each(
             match now {
                 Some(s) => {
                     misses = 0;
+                    // A node that has just started answers status before
+                    // its services are in place (no pid yet): only a pid
+                    // that differs says it is a new process.
                     let restarted = match before.services.pid {
-                        Some(pid) => s.services.pid != Some(pid),
+                        Some(pid) => s.services.pid.is_some_and(|now| now != pid),
                         None => seen_down || s.services.release != before.services.release,
                     };
                     if restarted {
