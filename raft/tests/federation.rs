@@ -133,22 +133,28 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() {
 }
 
 /// Three voters under `dir`: node 1 leads (with `faults` on its disk), nodes 2
-/// and 3 have joined it as voters.
-async fn three_voters(dir: &Path, faults: DiskFaults) -> (Node, Vec<Node>) {
+/// and 3 have joined it as voters; all three send through `net`. Also returns
+/// node 1's options, to restart it on the same address and data.
+async fn three_voters(
+    dir: &Path,
+    faults: DiskFaults,
+    net: NetFaults,
+) -> (Node, Vec<Node>, NodeOptions) {
     pki::init_ca(&dir.join("certs"), "test").expect("CA");
     let wait = Duration::from_secs(20);
     let mut opts = options(dir, 1, vec![]);
     opts.disk_faults = faults;
-    let first = Node::start(opts).await.expect("start node 1");
+    opts.net_faults = net.clone();
+    let first = Node::start(opts.clone()).await.expect("start node 1");
     first
         .wait_until(wait, "node 1 leads", |s| s.leader == Some(1))
         .await
         .expect("node 1 leads");
     let mut followers = Vec::new();
     for id in [2, 3] {
-        let node = Node::start(options(dir, id, vec![first.info().clone()]))
-            .await
-            .expect("start a follower");
+        let mut follower = options(dir, id, vec![first.info().clone()]);
+        follower.net_faults = net.clone();
+        let node = Node::start(follower).await.expect("start a follower");
         node.wait_until(wait, "a voter that knows the leader", |s| {
             s.leader == Some(1) && s.peers.iter().any(|p| p.id == id && p.voter)
         })
@@ -156,7 +162,7 @@ async fn three_voters(dir: &Path, faults: DiskFaults) -> (Node, Vec<Node>) {
         .expect("the follower joins as a voter");
         followers.push(node);
     }
-    (first, followers)
+    (first, followers, opts)
 }
 
 /// The value of one counter in a node's Prometheus exposition.
@@ -177,7 +183,8 @@ fn counter(node: &Node, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_confirms_its_read_index_with_its_own_vote() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (first, followers) = three_voters(dir.path(), DiskFaults::default()).await;
+    let (first, followers, _) =
+        three_voters(dir.path(), DiskFaults::default(), NetFaults::default()).await;
     let before = counter(&first, "pce_raft_read_index_by_asker");
     let rounds = 20u64;
     for serial in 1..=rounds {
@@ -263,7 +270,8 @@ async fn a_leader_whose_log_cannot_sync_acknowledges_and_applies_nothing() {
 async fn a_commit_waits_for_the_leaders_own_copy() {
     let dir = tempfile::tempdir().expect("temp dir");
     let faults = DiskFaults::default();
-    let (first, followers) = three_voters(dir.path(), faults.clone()).await;
+    let (first, followers, _) =
+        three_voters(dir.path(), faults.clone(), NetFaults::default()).await;
     first.write(put(1, b"k", b"before")).await.expect("a write");
 
     let slow = Duration::from_secs(1);
@@ -297,6 +305,139 @@ async fn a_commit_waits_for_the_leaders_own_copy() {
         started.elapsed()
     );
     faults.set_sync_delay(Duration::ZERO);
+    for node in followers {
+        node.shutdown().await;
+    }
+    first.shutdown().await;
+}
+
+/// Decision 0027 under a power cut. The leader hands an entry to its
+/// followers before its own sync; here that sync fails and the power goes, so
+/// the leader comes back without the entry its followers hold under the same
+/// log id. Were it to resume its term (openraft 0.9 makes a node whose saved
+/// vote is its own committed vote leader again at start), its next entry would
+/// take that log id with other contents, and the followers, seeing a log id
+/// they hold, would keep theirs: the replicas would differ. It must win a new
+/// term instead, which it cannot with the shorter log; once the followers can
+/// talk again, one of them leads and every replica ends identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_unsynced_tail_in_a_power_cut_does_not_resume_its_term() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let disk = DiskFaults::default();
+    disk.track_power_cuts();
+    let net = NetFaults::default();
+    let (first, followers, first_opts) = three_voters(dir.path(), disk.clone(), net.clone()).await;
+    let wait = Duration::from_secs(20);
+    let answer = first
+        .write(put(1, b"k", b"acknowledged"))
+        .await
+        .expect("a write");
+    assert_eq!(answer.outcome, Outcome::Applied);
+    let before = first.status().last_log_index.expect("a log");
+
+    // The leader's next sync takes a while and then fails: the entry reaches
+    // both followers' disks and never the leader's.
+    disk.set_sync_delay(Duration::from_millis(500));
+    disk.set_syncs_failing(true);
+    let lost = {
+        let first = first.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                first.write(put(2, b"k", b"on the followers only")),
+            )
+            .await
+        })
+    };
+    for node in &followers {
+        node.wait_until(wait, "the follower holds the entry", |s| {
+            s.last_log_index > Some(before)
+        })
+        .await
+        .expect("the entry reaches the follower");
+    }
+    // The followers can reach neither the leader nor each other: no election
+    // can succeed until they are healed, and none raises their term
+    // (pre-vote).
+    net.partition(&[2], &[3]);
+    net.block(2, 1);
+    net.block(3, 1);
+    let lost = lost.await.expect("task");
+    assert!(
+        !matches!(lost, Ok(Ok(_))),
+        "a write the leader never synced was acknowledged: {lost:?}"
+    );
+    first
+        .wait_until(wait, "the Raft core stops", |s| s.role == "shutdown")
+        .await
+        .expect("a leader whose log cannot sync stops");
+    first.shutdown().await;
+    drop(first);
+
+    assert!(
+        disk.lose_unsynced().expect("power cut") >= 1,
+        "the power cut found nothing unsynced"
+    );
+    disk.set_syncs_failing(false);
+    disk.set_sync_delay(Duration::ZERO);
+    let first = Node::start(first_opts).await.expect("node 1 restarts");
+    assert_eq!(
+        first.status().last_log_index,
+        Some(before),
+        "the power cut took the leader's unsynced entry"
+    );
+    // A write through the restarted node while the followers are cut off:
+    // only a node that resumed its old term could commit it.
+    let during = tokio::time::timeout(
+        Duration::from_secs(3),
+        first.write(put(3, b"k", b"after the restart")),
+    )
+    .await;
+    net.heal();
+    let started = std::time::Instant::now();
+    loop {
+        match first.write(put(4, b"k2", b"healed")).await {
+            Ok(a) if a.outcome == Outcome::Applied => break,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "no write succeeded after the heal: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let nodes: Vec<&Node> = std::iter::once(&first).chain(followers.iter()).collect();
+    let started = std::time::Instant::now();
+    loop {
+        let applied: Vec<_> = nodes.iter().map(|n| n.status().last_applied).collect();
+        let digests: Vec<_> = nodes.iter().map(|n| n.digest().ok()).collect();
+        if applied.windows(2).all(|w| w[0] == w[1])
+            && digests.windows(2).all(|w| w[0] == w[1])
+            && digests[0].is_some()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replicas differ after the power cut: applied {applied:?}, digests {digests:?} \
+             (the write during the cut-off: {during:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let k = first
+        .get(b"k", Consistency::Linearizable)
+        .await
+        .expect("a read")
+        .value
+        .map(|e| e.value);
+    if matches!(during, Ok(Ok(ref a)) if a.outcome == Outcome::Applied) {
+        assert_eq!(
+            k,
+            Some(b"after the restart".to_vec()),
+            "an acknowledged write was lost"
+        );
+    }
     for node in followers {
         node.shutdown().await;
     }

@@ -5,7 +5,7 @@
 //! [`LogEngine`] means crash tests can push the log onto another engine without
 //! touching the Raft glue, and it is the seam where a failing disk can be injected.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
@@ -58,6 +58,21 @@ pub struct DiskFaults {
     syncs_failing: Arc<AtomicBool>,
     /// Milliseconds every sync of the Raft log takes first (a slow disk).
     sync_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// What a power cut would leave of the log (see [`DiskFaults::lose_unsynced`]).
+    power: Arc<PowerCut>,
+}
+
+/// The Raft log's files as a power cut would leave them: kill -9 keeps what
+/// a process wrote in the page cache, so only this model can drop what was
+/// written and never synced, the case a restarted leader must survive
+/// (decision 0027).
+#[derive(Debug, Default)]
+struct PowerCut {
+    /// Off in production: nothing is recorded.
+    tracking: AtomicBool,
+    /// Per segment file written while tracking: how many of its first bytes
+    /// a sync has made durable.
+    durable: Mutex<BTreeMap<PathBuf, u64>>,
 }
 
 impl DiskFaults {
@@ -75,6 +90,50 @@ impl DiskFaults {
     pub fn set_sync_delay(&self, delay: std::time::Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.sync_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Starts recording how much of each log file is durable, so that a test
+    /// can later cut the power ([`DiskFaults::lose_unsynced`]). Call it before
+    /// the node opens its log.
+    pub fn track_power_cuts(&self) {
+        self.power.tracking.store(true, Ordering::SeqCst);
+    }
+
+    /// A power cut, for a node that has stopped: every log file loses what was
+    /// written after its last sync (the bytes read back as zeros, as in a
+    /// preallocated segment). Returns how many files lost something.
+    pub fn lose_unsynced(&self) -> io::Result<usize> {
+        let durable = self
+            .power
+            .durable
+            .lock()
+            .map_err(|_| io::Error::other("power-cut model lock poisoned"))?
+            .clone();
+        let mut changed = 0;
+        for (path, len) in durable {
+            let file = match std::fs::OpenOptions::new().write(true).open(&path) {
+                Ok(f) => f,
+                // Deleted since (purged or truncated away).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let size = file.metadata()?.len();
+            if size > len {
+                super::wal::zero(&file, len, size)?;
+                file.sync_all()?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Records that the first `len` bytes of `path` are durable (while tracking).
+    pub(crate) fn note_durable(&self, path: &Path, len: u64) {
+        if self.power.tracking.load(Ordering::SeqCst) {
+            if let Ok(mut d) = self.power.durable.lock() {
+                d.insert(path.to_path_buf(), len);
+            }
+        }
     }
 
     pub(crate) fn check(&self) -> io::Result<()> {

@@ -61,8 +61,9 @@ struct Wal {
     locs: VecDeque<Loc>,
     meta: BTreeMap<String, Vec<u8>>,
     meta_dirty: bool,
-    /// Segments written since the last sync, and whether the directory changed.
-    unsynced: Vec<Arc<File>>,
+    /// Segments (by sequence number) written since the last sync, and
+    /// whether the directory changed.
+    unsynced: Vec<(u64, Arc<File>)>,
     dir_dirty: bool,
 }
 
@@ -97,7 +98,7 @@ fn checksum(index: u64, payload: &[u8]) -> u32 {
 }
 
 /// Writes zeros over `[from, to)` of `file`.
-fn zero(file: &File, from: u64, to: u64) -> io::Result<()> {
+pub(super) fn zero(file: &File, from: u64, to: u64) -> io::Result<()> {
     let block = vec![0u8; 1 << 20];
     let mut at = from;
     while at < to {
@@ -271,7 +272,14 @@ impl WalEngine {
         }
         // What a killed process wrote may still be only in the page cache: the
         // first sync covers every segment found.
-        let unsynced = segments.values().map(|s| s.file.clone()).collect();
+        let unsynced = segments
+            .iter()
+            .map(|(seq, s)| (*seq, s.file.clone()))
+            .collect();
+        // A power-cut model starts from the files as found.
+        for (seq, s) in &segments {
+            faults.note_durable(&dir.join(seg_name(*seq)), s.tail);
+        }
         let engine = WalEngine {
             dir: dir.to_path_buf(),
             wal: Mutex::new(Wal {
@@ -352,6 +360,7 @@ impl WalEngine {
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let size = file.metadata()?.len();
+        self.faults.note_durable(&path, 0);
         wal.segments.insert(
             seq,
             Segment {
@@ -473,9 +482,9 @@ impl LogEngine for WalEngine {
                 len: payload.len() as u32,
             };
             seg.tail += need;
-            let file = seg.file.clone();
-            if !wal.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
-                wal.unsynced.push(file);
+            let (seq, file) = (*seq, seg.file.clone());
+            if !wal.unsynced.iter().any(|(s, _)| *s == seq) {
+                wal.unsynced.push((seq, file));
             }
             wal.locs.push_back(loc);
         }
@@ -486,15 +495,25 @@ impl LogEngine for WalEngine {
         self.faults.check_sync()?;
         let (files, dir) = {
             let mut wal = self.lock()?;
-            let files = std::mem::take(&mut wal.unsynced);
+            let files: Vec<(u64, Arc<File>, u64)> = std::mem::take(&mut wal.unsynced)
+                .into_iter()
+                .map(|(seq, f)| {
+                    let tail = wal.segments.get(&seq).map_or(0, |s| s.tail);
+                    (seq, f, tail)
+                })
+                .collect();
             (files, std::mem::replace(&mut wal.dir_dirty, false))
         };
         // Outside the lock: appends go on while the disk works.
-        for f in &files {
+        for (_, f, _) in &files {
             f.sync_data()?;
         }
         if dir {
             sync_dir(&self.dir)?;
+        }
+        for (seq, _, tail) in &files {
+            self.faults
+                .note_durable(&self.dir.join(seg_name(*seq)), *tail);
         }
         self.write_meta()
     }
@@ -580,6 +599,8 @@ impl LogEngine for WalEngine {
         zero(&s.file, offset, s.tail.max(offset))?;
         s.tail = offset;
         s.file.sync_data()?;
+        self.faults
+            .note_durable(&self.dir.join(seg_name(seg)), offset);
         for l in later {
             wal.segments.remove(&l);
             fs::remove_file(self.dir.join(seg_name(l)))?;
@@ -659,6 +680,34 @@ mod tests {
             .into_iter()
             .map(|(i, _)| i)
             .collect()
+    }
+
+    #[test]
+    fn a_power_cut_loses_exactly_what_no_sync_covered() {
+        let dir = tempfile::tempdir().expect("dir");
+        let faults = DiskFaults::default();
+        faults.track_power_cuts();
+        {
+            let e = WalEngine::open_with(dir.path(), faults.clone(), 4096).expect("open");
+            let synced: Vec<_> = (1..=20).map(|i| rec(i, 300)).collect();
+            e.append(&synced).expect("append");
+            e.sync().expect("sync");
+            // Into the middle of a segment and across into new ones.
+            let unsynced: Vec<_> = (21..=40).map(|i| rec(i, 300)).collect();
+            e.append(&unsynced).expect("append");
+            // A cut made durable by its own sync.
+            e.truncate_from(18).expect("truncate");
+            e.append(&[rec(18, 300)]).expect("append");
+        }
+        assert!(faults.lose_unsynced().expect("power cut") >= 2);
+        let e = open(dir.path(), 4096);
+        assert_eq!(indexes(&e), (1..=17).collect::<Vec<_>>());
+        // Nothing stale ahead of the recovered end.
+        e.append(&[rec(18, 300), rec(19, 300)]).expect("append");
+        e.sync().expect("sync");
+        drop(e);
+        let e = open(dir.path(), 4096);
+        assert_eq!(indexes(&e), (1..=19).collect::<Vec<_>>());
     }
 
     #[test]
