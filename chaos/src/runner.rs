@@ -142,6 +142,10 @@ impl Lab {
         argv.extend_from_slice(args);
         self.net
             .exec(host, &argv)?
+            // Every node keeps the model a power cut needs (Fault::PowerCut),
+            // its log syncs 2 ms slower than tmpfs makes them, so that a kill
+            // finds writes not yet synced.
+            .env(sc_raft::storage::engine::POWER_CUT_ENV, "2")
             .stdout(log.try_clone()?)
             .stderr(log)
             .stdin(Stdio::null())
@@ -531,6 +535,17 @@ async fn inject(lab: &mut Lab, c: &Cluster, step: &Step) -> Result<()> {
     match &step.fault {
         Fault::Kill(n) => {
             lab.kill(*n);
+            tokio::time::sleep(step.hold).await;
+            lab.start_node(*n)?;
+        }
+        Fault::PowerCut(n) => {
+            lab.kill(*n);
+            let log_dir = lab.data(*n).join("raft-log");
+            let files = sc_raft::storage::engine::cut_power(&log_dir)
+                .with_context(|| format!("cutting node {n}'s power ({})", log_dir.display()))?;
+            lab.say(&format!(
+                "  node {n}: {files} log file(s) lost their unsynced tail"
+            ));
             tokio::time::sleep(step.hold).await;
             lab.start_node(*n)?;
         }

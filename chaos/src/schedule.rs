@@ -43,11 +43,16 @@ pub enum Fault {
     /// the hold, while its process lives: a leader must not be taken for dead
     /// (decision 0019), and nothing acknowledged may be lost.
     Reset(u64),
+    /// `kill -9`, then the node's Raft log loses everything written since its
+    /// last sync, as in a power cut (kill -9 alone keeps the page cache), and
+    /// the node starts again after the hold: a leader that sent entries
+    /// before its own sync (decision 0027) comes back without them.
+    PowerCut(u64),
 }
 
 impl Fault {
     /// Every kind once, for coverage checks and reports.
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "kill",
         "pause",
         "partition",
@@ -56,6 +61,7 @@ impl Fault {
         "transfer-leader",
         "disk-full",
         "reset",
+        "power-cut",
     ];
 
     /// This fault's kind, one of [`Fault::KINDS`].
@@ -69,6 +75,7 @@ impl Fault {
             Fault::TransferLeader(_) => "transfer-leader",
             Fault::DiskFull(_) => "disk-full",
             Fault::Reset(_) => "reset",
+            Fault::PowerCut(_) => "power-cut",
         }
     }
 }
@@ -90,6 +97,10 @@ impl fmt::Display for Fault {
             Fault::TransferLeader(n) => write!(f, "transfer leadership to node {n}"),
             Fault::DiskFull(n) => write!(f, "fill node {n}'s disk, free it, restart it"),
             Fault::Reset(n) => write!(f, "reset every TCP connection of node {n}, repeatedly"),
+            Fault::PowerCut(n) => write!(
+                f,
+                "power cut of node {n} (kill -9, its unsynced log lost), restart it"
+            ),
         }
     }
 }
@@ -157,6 +168,7 @@ pub fn schedule(seed: u64, nodes: u64, extra: usize, hold: Duration) -> Vec<Step
                 },
                 "transfer-leader" => Fault::TransferLeader(node),
                 "reset" => Fault::Reset(node),
+                "power-cut" => Fault::PowerCut(node),
                 _ => Fault::DiskFull(node),
             };
             Step {

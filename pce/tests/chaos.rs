@@ -76,6 +76,7 @@ fn random_fault_schedules_lose_no_acknowledged_write() {
             "transfer leadership",
             "disk",
             "reset every TCP connection",
+            "power cut",
         ] {
             assert!(out.contains(word), "seed {seed}: no {word} step in\n{out}");
         }

@@ -515,9 +515,24 @@ impl NodeConfig {
                 .collect(),
             voter: self.role == Role::Voter,
             net_faults: NetFaults::new(),
-            disk_faults: DiskFaults::default(),
+            disk_faults: disk_faults_from_env(),
         })
     }
+}
+
+/// A node's disk fault seam: untouched, unless the chaos suite asked (by
+/// [`sc_raft::storage::engine::POWER_CUT_ENV`]`=<ms>`) for the power-cut
+/// model it needs to cut a killed node's power, with every log sync that
+/// many milliseconds slower (its disks are tmpfs, whose syncs take no time:
+/// a kill would almost never find a write the log has not synced).
+fn disk_faults_from_env() -> DiskFaults {
+    let faults = DiskFaults::default();
+    if let Some(v) = std::env::var_os(sc_raft::storage::engine::POWER_CUT_ENV) {
+        faults.track_power_cuts_on_disk();
+        let ms = v.to_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        faults.set_sync_delay(std::time::Duration::from_millis(ms));
+    }
+    faults
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<SocketAddr> {

@@ -70,9 +70,76 @@ pub struct DiskFaults {
 struct PowerCut {
     /// Off in production: nothing is recorded.
     tracking: AtomicBool,
+    /// Also kept in [`POWER_CUT_MODEL`] beside the log, for a harness that
+    /// kills the process (the chaos suite).
+    on_disk: AtomicBool,
     /// Per segment file written while tracking: how many of its first bytes
     /// a sync has made durable.
     durable: Mutex<BTreeMap<PathBuf, u64>>,
+    /// What the file says: never less than what is durable (it is written
+    /// before each sync with what the sync will cover), so a harness that
+    /// cuts the power by it never drops a synced byte.
+    at_most_lost: Mutex<BTreeMap<PathBuf, u64>>,
+}
+
+/// The file, in the log's directory, that says how much of each segment a
+/// power cut would keep (see [`DiskFaults::track_power_cuts_on_disk`]).
+pub const POWER_CUT_MODEL: &str = "power-cut.model";
+
+/// The environment variable that makes `pce serve` keep [`POWER_CUT_MODEL`],
+/// its value the milliseconds to add to every log sync (the chaos suite sets
+/// it; nothing else should).
+pub const POWER_CUT_ENV: &str = "PCE_CHAOS_POWER_CUTS";
+
+/// Zeroes each file of `lengths` from its length on: the bytes a power cut
+/// takes. Returns how many files lost something (segments are preallocated
+/// zeros, so a file counts only when something was written past its length).
+fn zero_beyond(lengths: &BTreeMap<PathBuf, u64>) -> io::Result<usize> {
+    let mut changed = 0;
+    for (path, len) in lengths {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(f) => f,
+            // Deleted since (purged or truncated away).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        if size > *len && !super::wal::all_zero(&file, *len, size)? {
+            super::wal::zero(&file, *len, size)?;
+            file.sync_all()?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// A power cut of a node that was killed: every segment in `log_dir` loses
+/// what its [`POWER_CUT_MODEL`] does not count as durable. Returns how many
+/// files lost something (none when the node kept no model).
+pub fn cut_power(log_dir: &Path) -> io::Result<usize> {
+    let text = match std::fs::read_to_string(log_dir.join(POWER_CUT_MODEL)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut lengths = BTreeMap::new();
+    for line in text.lines() {
+        let parsed = line
+            .split_once(' ')
+            .and_then(|(name, len)| Some((name, len.parse::<u64>().ok()?)));
+        let Some((name, len)) = parsed else {
+            return Err(io::Error::other(format!(
+                "{}: not a line of <file> <length>: {line:?}",
+                log_dir.join(POWER_CUT_MODEL).display()
+            )));
+        };
+        lengths.insert(log_dir.join(name), len);
+    }
+    zero_beyond(&lengths)
 }
 
 impl DiskFaults {
@@ -99,6 +166,15 @@ impl DiskFaults {
         self.power.tracking.store(true, Ordering::SeqCst);
     }
 
+    /// [`DiskFaults::track_power_cuts`], and the model kept in a file beside
+    /// the log ([`POWER_CUT_MODEL`]), so that a harness can kill the process
+    /// and then cut the power with [`cut_power`]. Costs a small file write per
+    /// sync: for the chaos suite only.
+    pub fn track_power_cuts_on_disk(&self) {
+        self.power.on_disk.store(true, Ordering::SeqCst);
+        self.track_power_cuts();
+    }
+
     /// A power cut, for a node that has stopped: every log file loses what was
     /// written after its last sync (the bytes read back as zeros, as in a
     /// preallocated segment). Returns how many files lost something.
@@ -109,30 +185,42 @@ impl DiskFaults {
             .lock()
             .map_err(|_| io::Error::other("power-cut model lock poisoned"))?
             .clone();
-        let mut changed = 0;
-        for (path, len) in durable {
-            let file = match std::fs::OpenOptions::new().write(true).open(&path) {
-                Ok(f) => f,
-                // Deleted since (purged or truncated away).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let size = file.metadata()?.len();
-            if size > len {
-                super::wal::zero(&file, len, size)?;
-                file.sync_all()?;
-                changed += 1;
-            }
-        }
-        Ok(changed)
+        zero_beyond(&durable)
     }
 
     /// Records that the first `len` bytes of `path` are durable (while tracking).
     pub(crate) fn note_durable(&self, path: &Path, len: u64) {
-        if self.power.tracking.load(Ordering::SeqCst) {
-            if let Ok(mut d) = self.power.durable.lock() {
-                d.insert(path.to_path_buf(), len);
-            }
+        if !self.power.tracking.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut d) = self.power.durable.lock() {
+            d.insert(path.to_path_buf(), len);
+        }
+        self.note_syncing(path, len);
+    }
+
+    /// Records, in the model on disk, that a sync is about to make the first
+    /// `len` bytes of `path` durable.
+    pub(crate) fn note_syncing(&self, path: &Path, len: u64) {
+        if !self.power.on_disk.load(Ordering::SeqCst) {
+            return;
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return;
+        };
+        let Ok(mut m) = self.power.at_most_lost.lock() else {
+            return;
+        };
+        m.insert(PathBuf::from(name), len);
+        let text: String = m
+            .iter()
+            .map(|(n, l)| format!("{} {l}\n", n.display()))
+            .collect();
+        // Replaced whole, so a kill mid-write leaves the old model; not
+        // synced: kill -9 keeps the page cache, and that is all it models.
+        let tmp = dir.join(format!("{POWER_CUT_MODEL}.tmp"));
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(POWER_CUT_MODEL));
         }
     }
 

@@ -178,7 +178,7 @@ fn scan(
 }
 
 /// True when `[from, to)` of `file` holds only zeros.
-fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+pub(super) fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = from;
     while at < to {
@@ -504,6 +504,10 @@ impl LogEngine for WalEngine {
                 .collect();
             (files, std::mem::replace(&mut wal.dir_dirty, false))
         };
+        for (seq, _, tail) in &files {
+            self.faults
+                .note_syncing(&self.dir.join(seg_name(*seq)), *tail);
+        }
         // Outside the lock: appends go on while the disk works.
         for (_, f, _) in &files {
             f.sync_data()?;
@@ -699,7 +703,9 @@ mod tests {
             e.truncate_from(18).expect("truncate");
             e.append(&[rec(18, 300)]).expect("append");
         }
-        assert!(faults.lose_unsynced().expect("power cut") >= 2);
+        // Only the cut segment holds unsynced bytes: the later ones went
+        // with the truncation.
+        assert_eq!(faults.lose_unsynced().expect("power cut"), 1);
         let e = open(dir.path(), 4096);
         assert_eq!(indexes(&e), (1..=17).collect::<Vec<_>>());
         // Nothing stale ahead of the recovered end.
@@ -708,6 +714,32 @@ mod tests {
         drop(e);
         let e = open(dir.path(), 4096);
         assert_eq!(indexes(&e), (1..=19).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_killed_process_cut_by_its_model_on_disk_keeps_every_synced_record() {
+        let dir = tempfile::tempdir().expect("dir");
+        let faults = DiskFaults::default();
+        faults.track_power_cuts_on_disk();
+        {
+            let e = WalEngine::open_with(dir.path(), faults, 4096).expect("open");
+            e.append(&(1..=30).map(|i| rec(i, 300)).collect::<Vec<_>>())
+                .expect("append");
+            e.sync().expect("sync");
+            e.append(&(31..=35).map(|i| rec(i, 300)).collect::<Vec<_>>())
+                .expect("append");
+            // Dropped without a sync, as a kill -9 leaves it.
+        }
+        let cut = super::super::engine::cut_power(dir.path()).expect("cut");
+        assert_eq!(cut, 1);
+        let e = open(dir.path(), 4096);
+        assert_eq!(indexes(&e), (1..=30).collect::<Vec<_>>());
+        // A directory without a model loses nothing.
+        let other = tempfile::tempdir().expect("dir");
+        assert_eq!(
+            super::super::engine::cut_power(other.path()).expect("cut"),
+            0
+        );
     }
 
     #[test]
