@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,8 +109,8 @@ fn zero_beyond(lengths: &BTreeMap<PathBuf, u64>) -> io::Result<usize> {
             Err(e) => return Err(e),
         };
         let size = file.metadata()?.len();
-        if size > *len && !super::wal::all_zero(&file, *len, size)? {
-            super::wal::zero(&file, *len, size)?;
+        if size > *len && !all_zero(&file, *len, size)? {
+            zero(&file, *len, size)?;
             file.sync_all()?;
             changed += 1;
         }
@@ -333,6 +334,33 @@ pub fn sync_blobs(dir: &Path, synced: &mut HashSet<OsString>) -> io::Result<()> 
 /// fsyncs a directory, so files created in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+pub(crate) fn zero(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let block = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(block.len() as u64) as usize;
+        file.write_all_at(&block[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// True when `[from, to)` of `file` holds only zeros.
+pub(crate) fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 impl LogEngine for SledEngine {

@@ -29,7 +29,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::engine::{sync_dir, DiskFaults, LogEngine};
+use super::engine::{all_zero, sync_dir, zero, DiskFaults, LogEngine};
 
 /// Size of one segment file. A record larger than a segment gets a segment
 /// of its own, sized to fit.
@@ -95,18 +95,6 @@ fn checksum(index: u64, payload: &[u8]) -> u32 {
     h.update(&index.to_le_bytes());
     h.update(payload);
     h.finalize()
-}
-
-/// Writes zeros over `[from, to)` of `file`.
-pub(super) fn zero(file: &File, from: u64, to: u64) -> io::Result<()> {
-    let block = vec![0u8; 1 << 20];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(block.len() as u64) as usize;
-        file.write_all_at(&block[..n], at)?;
-        at += n as u64;
-    }
-    Ok(())
 }
 
 /// Creates `path` zero-filled to `size` and durable (through a temporary name).
@@ -175,21 +163,6 @@ fn scan(
         at = end;
     }
     Ok((out, at))
-}
-
-/// True when `[from, to)` of `file` holds only zeros.
-pub(super) fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], at)?;
-        if buf[..n].iter().any(|b| *b != 0) {
-            return Ok(false);
-        }
-        at += n as u64;
-    }
-    Ok(true)
 }
 
 impl WalEngine {
