@@ -68,7 +68,7 @@ fn random_fault_schedules_lose_no_acknowledged_write() {
         assert!(out.contains("PASSED"), "{out}");
         // The run printed its schedule: every kind of fault was in it.
         for word in [
-            "kill -9",
+            "kill -9 node",
             "SIGSTOP",
             "partition",
             "drop packets",

@@ -335,6 +335,15 @@ async fn a_leader_that_loses_its_unsynced_tail_in_a_power_cut_does_not_resume_it
     assert_eq!(answer.outcome, Outcome::Applied);
     let before = first.status().last_log_index.expect("a log");
 
+    // The followers can reach neither the leader nor each other (a request
+    // is stopped when it is sent; the leader's AppendEntries and the answers
+    // to them still pass): no election can succeed until they are healed,
+    // and none raises their term (pre-vote).
+    net.partition(&[2], &[3]);
+    net.block(2, 1);
+    net.block(3, 1);
+    let term = first.status().term;
+
     // The leader's next sync takes a while and then fails: the entry reaches
     // both followers' disks and never the leader's.
     disk.set_sync_delay(Duration::from_millis(500));
@@ -356,12 +365,6 @@ async fn a_leader_that_loses_its_unsynced_tail_in_a_power_cut_does_not_resume_it
         .await
         .expect("the entry reaches the follower");
     }
-    // The followers can reach neither the leader nor each other: no election
-    // can succeed until they are healed, and none raises their term
-    // (pre-vote).
-    net.partition(&[2], &[3]);
-    net.block(2, 1);
-    net.block(3, 1);
     let lost = lost.await.expect("task");
     assert!(
         !matches!(lost, Ok(Ok(_))),
@@ -378,6 +381,14 @@ async fn a_leader_that_loses_its_unsynced_tail_in_a_power_cut_does_not_resume_it
         disk.lose_unsynced().expect("power cut") >= 1,
         "the power cut found nothing unsynced"
     );
+    for node in &followers {
+        assert_eq!(
+            node.status().term,
+            term,
+            "node {} changed term while cut off: the case under test did not arise",
+            node.id()
+        );
+    }
     disk.set_syncs_failing(false);
     disk.set_sync_delay(Duration::ZERO);
     let first = Node::start(first_opts).await.expect("node 1 restarts");

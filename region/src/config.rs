@@ -527,10 +527,19 @@ impl NodeConfig {
 /// a kill would almost never find a write the log has not synced).
 fn disk_faults_from_env() -> DiskFaults {
     let faults = DiskFaults::default();
-    if let Some(v) = std::env::var_os(sc_raft::storage::engine::POWER_CUT_ENV) {
+    let var = sc_raft::storage::engine::POWER_CUT_ENV;
+    if let Some(v) = std::env::var_os(var) {
+        let ms = v.to_str().and_then(|v| v.parse::<u64>().ok());
+        tracing::warn!(
+            "{var} is set ({v:?}): this node keeps a power-cut model for the chaos suite{}",
+            if ms.is_none() {
+                " (not a number of milliseconds: syncs are not slowed)"
+            } else {
+                " and slows every log sync by that many milliseconds"
+            }
+        );
         faults.track_power_cuts_on_disk();
-        let ms = v.to_str().and_then(|v| v.parse().ok()).unwrap_or(0);
-        faults.set_sync_delay(std::time::Duration::from_millis(ms));
+        faults.set_sync_delay(std::time::Duration::from_millis(ms.unwrap_or(0)));
     }
     faults
 }

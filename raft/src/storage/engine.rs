@@ -75,12 +75,34 @@ struct PowerCut {
     /// kills the process (the chaos suite).
     on_disk: AtomicBool,
     /// Per segment file written while tracking: how many of its first bytes
-    /// a sync has made durable.
+    /// a sync has made durable. A sync racing a truncation may leave a count
+    /// too high (the model then keeps bytes a real cut might drop), never
+    /// one too low.
     durable: Mutex<BTreeMap<PathBuf, u64>>,
     /// What the file says: never less than what is durable (it is written
     /// before each sync with what the sync will cover), so a harness that
     /// cuts the power by it never drops a synced byte.
     at_most_lost: Mutex<BTreeMap<PathBuf, u64>>,
+}
+
+/// How a note changes what a power-cut model counts durable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Note {
+    /// A sync covered this much: the count only grows, since two syncs (the
+    /// flusher's, a vote's) may finish in either order, and a late note of
+    /// the older one must not take back what the newer made durable.
+    Synced,
+    /// The file was made, found or cut here, and that is on disk: the count
+    /// is set.
+    Reset,
+}
+
+fn set(model: &mut BTreeMap<PathBuf, u64>, path: &Path, len: u64, how: Note) {
+    let count = model.entry(path.to_path_buf()).or_insert(len);
+    *count = match how {
+        Note::Synced => (*count).max(len),
+        Note::Reset => len,
+    };
 }
 
 /// The file, in the log's directory, that says how much of each segment a
@@ -189,33 +211,46 @@ impl DiskFaults {
         zero_beyond(&durable)
     }
 
+    /// Whether a power-cut model is kept (the log skips building its notes
+    /// when not).
+    pub(crate) fn tracking(&self) -> bool {
+        self.power.tracking.load(Ordering::SeqCst)
+    }
+
     /// Records that the first `len` bytes of `path` are durable (while tracking).
-    pub(crate) fn note_durable(&self, path: &Path, len: u64) {
-        if !self.power.tracking.load(Ordering::SeqCst) {
+    pub(crate) fn note_durable(&self, path: &Path, len: u64, how: Note) {
+        if !self.tracking() {
             return;
         }
         if let Ok(mut d) = self.power.durable.lock() {
-            d.insert(path.to_path_buf(), len);
+            set(&mut d, path, len, how);
         }
-        self.note_syncing(path, len);
+        self.note_on_disk(path, len, how);
     }
 
     /// Records, in the model on disk, that a sync is about to make the first
     /// `len` bytes of `path` durable.
     pub(crate) fn note_syncing(&self, path: &Path, len: u64) {
+        self.note_on_disk(path, len, Note::Synced);
+    }
+
+    fn note_on_disk(&self, path: &Path, len: u64, how: Note) {
         if !self.power.on_disk.load(Ordering::SeqCst) {
             return;
         }
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        let Some(dir) = path.parent() else {
             return;
         };
         let Ok(mut m) = self.power.at_most_lost.lock() else {
             return;
         };
-        m.insert(PathBuf::from(name), len);
+        set(&mut m, path, len, how);
+        // Only this directory's files: one node's seam may have served a
+        // log being moved in another directory first.
         let text: String = m
             .iter()
-            .map(|(n, l)| format!("{} {l}\n", n.display()))
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .filter_map(|(p, l)| Some(format!("{} {l}\n", p.file_name()?.to_string_lossy())))
             .collect();
         // Replaced whole, so a kill mid-write leaves the old model; not
         // synced: kill -9 keeps the page cache, and that is all it models.

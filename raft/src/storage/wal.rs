@@ -29,7 +29,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::engine::{all_zero, sync_dir, zero, DiskFaults, LogEngine};
+use super::engine::{all_zero, sync_dir, zero, DiskFaults, LogEngine, Note};
 
 /// Size of one segment file. A record larger than a segment gets a segment
 /// of its own, sized to fit.
@@ -251,7 +251,7 @@ impl WalEngine {
             .collect();
         // A power-cut model starts from the files as found.
         for (seq, s) in &segments {
-            faults.note_durable(&dir.join(seg_name(*seq)), s.tail);
+            faults.note_durable(&dir.join(seg_name(*seq)), s.tail, Note::Reset);
         }
         let engine = WalEngine {
             dir: dir.to_path_buf(),
@@ -333,7 +333,7 @@ impl WalEngine {
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let size = file.metadata()?.len();
-        self.faults.note_durable(&path, 0);
+        self.faults.note_durable(&path, 0, Note::Reset);
         wal.segments.insert(
             seq,
             Segment {
@@ -456,7 +456,7 @@ impl LogEngine for WalEngine {
             };
             seg.tail += need;
             let (seq, file) = (*seq, seg.file.clone());
-            if !wal.unsynced.iter().any(|(s, _)| *s == seq) {
+            if !wal.unsynced.iter().any(|(_, f)| Arc::ptr_eq(f, &file)) {
                 wal.unsynced.push((seq, file));
             }
             wal.locs.push_back(loc);
@@ -477,7 +477,8 @@ impl LogEngine for WalEngine {
                 .collect();
             (files, std::mem::replace(&mut wal.dir_dirty, false))
         };
-        for (seq, _, tail) in &files {
+        let tracking = self.faults.tracking();
+        for (seq, _, tail) in files.iter().filter(|_| tracking) {
             self.faults
                 .note_syncing(&self.dir.join(seg_name(*seq)), *tail);
         }
@@ -488,9 +489,9 @@ impl LogEngine for WalEngine {
         if dir {
             sync_dir(&self.dir)?;
         }
-        for (seq, _, tail) in &files {
+        for (seq, _, tail) in files.iter().filter(|_| tracking) {
             self.faults
-                .note_durable(&self.dir.join(seg_name(*seq)), *tail);
+                .note_durable(&self.dir.join(seg_name(*seq)), *tail, Note::Synced);
         }
         self.write_meta()
     }
@@ -577,11 +578,14 @@ impl LogEngine for WalEngine {
         s.tail = offset;
         s.file.sync_data()?;
         self.faults
-            .note_durable(&self.dir.join(seg_name(seg)), offset);
+            .note_durable(&self.dir.join(seg_name(seg)), offset, Note::Reset);
         for l in later {
             wal.segments.remove(&l);
             fs::remove_file(self.dir.join(seg_name(l)))?;
         }
+        // A later segment made again under a deleted one's number is another
+        // file: the next sync must take the new one, not the old handle.
+        wal.unsynced.retain(|(s, _)| *s <= seg);
         sync_dir(&self.dir)
     }
 
