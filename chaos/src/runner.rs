@@ -539,8 +539,23 @@ async fn inject(lab: &mut Lab, c: &Cluster, step: &Step) -> Result<()> {
             lab.start_node(*n)?;
         }
         Fault::PowerCut(n) => {
-            lab.kill(*n);
+            // Cut while the node holds a write no sync covers yet (under the
+            // load that is most of the time, the syncs being slowed), so the
+            // cut takes something; after 3 s, cut anyway.
             let log_dir = lab.data(*n).join("raft-log");
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut seen = false;
+            while Instant::now() < until {
+                if sc_raft::storage::engine::holds_unsynced(&log_dir).unwrap_or(false) {
+                    seen = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            lab.kill(*n);
+            if !seen {
+                lab.say(&format!("  node {n}: no unsynced write seen in 3 s"));
+            }
             let files = sc_raft::storage::engine::cut_power(&log_dir)
                 .with_context(|| format!("cutting node {n}'s power ({})", log_dir.display()))?;
             lab.say(&format!(

@@ -140,13 +140,12 @@ fn zero_beyond(lengths: &BTreeMap<PathBuf, u64>) -> io::Result<usize> {
     Ok(changed)
 }
 
-/// A power cut of a node that was killed: every segment in `log_dir` loses
-/// what its [`POWER_CUT_MODEL`] does not count as durable. Returns how many
-/// files lost something (none when the node kept no model).
-pub fn cut_power(log_dir: &Path) -> io::Result<usize> {
+/// The model of `log_dir` as written: each segment and how many of its
+/// bytes a power cut keeps.
+fn read_model(log_dir: &Path) -> io::Result<BTreeMap<PathBuf, u64>> {
     let text = match std::fs::read_to_string(log_dir.join(POWER_CUT_MODEL)) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(e),
     };
     let mut lengths = BTreeMap::new();
@@ -162,7 +161,35 @@ pub fn cut_power(log_dir: &Path) -> io::Result<usize> {
         };
         lengths.insert(log_dir.join(name), len);
     }
-    zero_beyond(&lengths)
+    Ok(lengths)
+}
+
+/// Whether a running node's log in `log_dir` holds a record that no sync has
+/// been asked to cover yet: what a power cut at this moment would take. The
+/// chaos suite waits for this before it cuts, so that a cut takes something.
+pub fn holds_unsynced(log_dir: &Path) -> io::Result<bool> {
+    for (path, len) in read_model(log_dir)? {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        // A record starts with its length, never zero: the first bytes past
+        // the count say whether one follows.
+        let size = file.metadata()?.len();
+        let to = size.min(len + 8);
+        if to > len && !all_zero(&file, len, to)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A power cut of a node that was killed: every segment in `log_dir` loses
+/// what its [`POWER_CUT_MODEL`] does not count as durable. Returns how many
+/// files lost something (none when the node kept no model).
+pub fn cut_power(log_dir: &Path) -> io::Result<usize> {
+    zero_beyond(&read_model(log_dir)?)
 }
 
 impl DiskFaults {

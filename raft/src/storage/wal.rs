@@ -703,8 +703,11 @@ mod tests {
             e.append(&(1..=30).map(|i| rec(i, 300)).collect::<Vec<_>>())
                 .expect("append");
             e.sync().expect("sync");
+            let holds = || super::super::engine::holds_unsynced(dir.path()).expect("model");
+            assert!(!holds(), "everything written is synced");
             e.append(&(31..=35).map(|i| rec(i, 300)).collect::<Vec<_>>())
                 .expect("append");
+            assert!(holds(), "records were written since the last sync");
             // Dropped without a sync, as a kill -9 leaves it.
         }
         let cut = super::super::engine::cut_power(dir.path()).expect("cut");
