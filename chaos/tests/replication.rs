@@ -383,3 +383,100 @@ async fn a_slow_link_to_one_region_does_not_hold_back_commits() {
     c.wait_converged(T).await;
     c.shutdown().await;
 }
+
+/// The durability promise at its hardest: every region loses power at once.
+/// Writers run through all three regions while every log sync is slowed (the
+/// followers' to 20 ms);
+/// then no disk makes anything durable any more (`set_syncs_failing`, the
+/// instant of the cut), the nodes stop, their logs lose what no sync covered
+/// (`DiskFaults::lose_unsynced`), and they start again, the old leader last.
+/// Every write any region acknowledged is there, through whichever region
+/// it went. A log
+/// that reported an append durable before its sync (a follower's
+/// acknowledgement, or a leader's counted before its own copy, decision
+/// 0027) would lose acknowledged writes here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_power_cut_of_every_region_at_once_loses_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    // The followers' disks are the slow ones: an acknowledgement sent before
+    // its sync would leave a wide window for the cut.
+    for id in [1, 2, 3] {
+        let ms = if id == leader { 2 } else { 20 };
+        c.disk(id).set_sync_delay(Duration::from_millis(ms));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    let mut acked = Vec::new();
+    for i in 0..6u64 {
+        let node = c.node(i % 3 + 1).clone();
+        let stop = stop.clone();
+        let last = Arc::new(AtomicU64::new(0));
+        acked.push(last.clone());
+        writers.push(tokio::spawn(async move {
+            // Each writer owns one key and writes 1, 2, 3, ... in turn.
+            let mut w = Writer::new();
+            let mut n = 1u64;
+            while !stop.load(Ordering::SeqCst) {
+                match w.write(&node, &format!("w{i}"), &n.to_string()).await {
+                    Ok(r) if r.outcome == Outcome::Applied => {
+                        last.store(n, Ordering::SeqCst);
+                        n += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The cut: from here on no sync of any region succeeds.
+    for id in [1, 2, 3] {
+        c.disk(id).set_syncs_failing(true);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        // A write in flight at the cut fails once its node's core stops.
+        let _ = tokio::time::timeout(T, w).await;
+    }
+    let acked: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    assert!(
+        acked.iter().all(|n| *n > 0),
+        "every writer had a write acknowledged before the cut: {acked:?}"
+    );
+    let mut lost_files = 0;
+    for id in [1, 2, 3] {
+        c.stop(id).await;
+        let disk = c.disk(id);
+        lost_files += disk.lose_unsynced().expect("power cut");
+        disk.set_syncs_failing(false);
+        disk.set_sync_delay(Duration::ZERO);
+    }
+    assert!(lost_files > 0, "the cut found nothing unsynced to take");
+    // The two followers come back first and elect one of themselves: what
+    // they acknowledged must be on their own disks, whatever the old
+    // leader's holds.
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    for id in &others {
+        c.restart(*id).await;
+    }
+    c.leader_among(&others, T).await;
+    c.restart(leader).await;
+    c.wait_converged(T).await;
+    for (i, last) in acked.iter().enumerate() {
+        let key = format!("w{i}");
+        for id in [1, 2, 3] {
+            let v = read(c.node(id), &key, Consistency::Linearizable)
+                .await
+                .unwrap()
+                .and_then(|v| v.parse::<u64>().ok());
+            assert!(
+                v.is_some_and(|v| v >= *last),
+                "{key}: {last} was acknowledged, node {id} reads {v:?} after the power cut"
+            );
+        }
+    }
+    c.shutdown().await;
+}

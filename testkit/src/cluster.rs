@@ -115,7 +115,13 @@ impl TestCluster {
             join: seeds,
             voter,
             net_faults: self.faults.clone(),
-            disk_faults: DiskFaults::default(),
+            disk_faults: {
+                // Every test node keeps the power-cut model (a map update
+                // per sync), so any test can cut a node's power.
+                let d = DiskFaults::default();
+                d.track_power_cuts();
+                d
+            },
         }
     }
 
