@@ -560,6 +560,10 @@ impl PolicyCache {
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The keys whose changes the cache acts on (`apply` ignores the rest),
+    /// so the node wakes it for no other write.
+    pub const FOLLOWED: [&'static [u8]; 2] = [keys::OBJECTS, keys::VERSION];
+
     /// Follows the store's change notices until the node stops.
     pub async fn follow(
         self: Arc<Self>,

@@ -1013,7 +1013,9 @@ impl VenServer {
             cancelled.cancelled().await;
             let _ = stop.send(true);
         }));
-        tasks.push(tokio::spawn(cache.clone().follow(node.subscribe())));
+        tasks.push(tokio::spawn(
+            cache.clone().follow(node.subscribe(&PolicyCache::FOLLOWED)),
+        ));
         tasks.push(presence_task);
         tasks.push(tokio::spawn(report(svc.clone(), fenced_tx)));
         // Traffic maintenance (roll-ups, retention, the disk budget) once a

@@ -221,9 +221,11 @@ impl Node {
         &self.core.timeouts
     }
 
-    /// Change notices from the local replica (one per applied command).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice> {
-        self.core.view.subscribe()
+    /// Change notices from the local replica (one per applied command) that
+    /// touch a key under one of `prefixes` (`b""` follows every key), and every
+    /// whole-replica replacement (a notice without keys).
+    pub fn subscribe(&self, prefixes: &[&[u8]]) -> tokio::sync::broadcast::Receiver<ChangeNotice> {
+        self.core.view.subscribe(prefixes)
     }
 
     /// Writes the whole local replica, at one point of history, to `path` in the

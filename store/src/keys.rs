@@ -130,6 +130,9 @@ impl Space {
     }
 }
 
+/// The prefix of every object's key, in every space.
+pub const OBJECTS: &[u8] = b"o/";
+
 /// The key of one object.
 pub fn obj(space: Space, kind: Kind, id: &str) -> Vec<u8> {
     format!("o/{}/{}/{id}", space.segment(), kind.segment()).into_bytes()

@@ -18,6 +18,7 @@
 pub(crate) mod durable;
 pub mod engine;
 pub mod log_store;
+pub mod notices;
 pub(crate) mod overlay;
 pub mod snapshot;
 pub mod state_machine;

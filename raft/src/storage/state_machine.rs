@@ -30,6 +30,9 @@ use openraft::{
 use sled::Transactional;
 use tokio::sync::broadcast;
 
+pub use super::notices::ChangeNotice;
+use super::notices::Notices;
+
 use super::engine::sync_sled;
 use super::overlay::{
     changes_under, Changes, Delta, Merged, MAX_PENDING_BYTES, MAX_WRITE_FAILURES, WRITE_AT_BYTES,
@@ -50,17 +53,6 @@ const META_SNAPSHOT: &str = "snapshot";
 /// Snapshot files kept on disk: the current one and the one before, so a peer
 /// still streaming the previous snapshot is not cut off by a new one.
 const SNAPSHOTS_KEPT: usize = 2;
-
-/// What one applied command changed; members use it to recompute only what moved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangeNotice {
-    /// The store revision after the change.
-    pub revision: u64,
-    /// The log index of the entry.
-    pub log_index: u64,
-    /// Keys written or deleted.
-    pub keys: Vec<Vec<u8>>,
-}
 
 /// One generation of live state trees.
 #[derive(Clone)]
@@ -259,7 +251,7 @@ struct Shared {
     wake: mpsc::SyncSender<()>,
     data_file: fs::File,
     snapshot_dir: PathBuf,
-    notices: broadcast::Sender<ChangeNotice>,
+    notices: Notices,
     /// Writes to the trees that failed in a row, and the last error: applying
     /// fails once sled has refused for too long.
     write_failures: std::sync::atomic::AtomicU32,
@@ -477,9 +469,10 @@ impl ReadView {
         self.shared.live()?.revision()
     }
 
-    /// A stream of change notices, one per applied command.
-    pub fn subscribe(&self) -> broadcast::Receiver<ChangeNotice> {
-        self.shared.notices.subscribe()
+    /// A stream of the change notices (one per applied command) that touch a
+    /// key under one of `prefixes`, and of every whole-replica replacement.
+    pub fn subscribe(&self, prefixes: &[&[u8]]) -> broadcast::Receiver<ChangeNotice> {
+        self.shared.notices.subscribe(prefixes)
     }
 
     /// A digest of the whole store (keys, values, revisions, sessions), so tests
@@ -541,7 +534,6 @@ impl StateMachine {
         }
         let live = Generation::open(&db, gen_id)?;
         let data_file = fs::File::open(db_dir.join("db"))?;
-        let (notices, _) = broadcast::channel(4096);
         let (wake, woken) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
             log: std::sync::OnceLock::new(),
@@ -552,7 +544,7 @@ impl StateMachine {
             wake,
             data_file,
             snapshot_dir: snapshot_dir.to_path_buf(),
-            notices,
+            notices: Notices::default(),
             write_failures: std::sync::atomic::AtomicU32::new(0),
             last_write_error: Mutex::new(String::new()),
         });
@@ -710,11 +702,11 @@ impl StateMachine {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
         }
         self.remove_stray_files(false)?;
-        let _ = shared.notices.send(ChangeNotice {
+        shared.notices.publish([ChangeNotice {
             revision,
             log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
             keys: Vec::new(),
-        });
+        }]);
         Ok(())
     }
 }
@@ -974,27 +966,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
             return Err(sm_err(ErrorVerb::Write, &e));
         }
-        let mut live = shared
-            .live_mut()
-            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        let (delta, responses, notices) =
-            apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-        live.pending.absorb(delta);
-        let (keys, bytes) = (live.pending.keys(), live.pending.bytes);
-        drop(live);
+        // A block, not a drop: the guard must not live across the await below.
+        let (responses, notices, keys, bytes) = {
+            let mut live = shared
+                .live_mut()
+                .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            let (delta, responses, notices) =
+                apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            live.pending.absorb(delta);
+            let (keys, bytes) = (live.pending.keys(), live.pending.bytes);
+            (responses, notices, keys, bytes)
+        };
         if bytes >= MAX_PENDING_BYTES {
-            // sled is not keeping up: write here, before applying more.
-            shared
-                .write_behind()
+            // sled is not keeping up: write before applying more, on the
+            // blocking pool, so the consensus runtime's one worker keeps
+            // answering heartbeats while this apply waits.
+            let writer = shared.clone();
+            tokio::task::spawn_blocking(move || writer.write_behind())
+                .await
+                .map_err(|e| sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())))?
                 .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         } else if keys >= WRITE_AT_KEYS || bytes >= WRITE_AT_BYTES {
             // A full channel means the writer is already woken.
             let _ = shared.wake.try_send(());
         }
-        for n in notices {
-            // Nobody listening is fine: members subscribe when they start.
-            let _ = shared.notices.send(n);
-        }
+        shared.notices.publish(notices);
         Ok(responses)
     }
 
