@@ -59,11 +59,21 @@ pub fn require_member<'a, T>(
     members: impl IntoIterator<Item = &'a NodeInfo>,
     what: &str,
 ) -> Result<(), Status> {
+    require_named_member(caller_name(req).as_deref(), members, what)
+}
+
+/// [`require_member`] for a caller already named (a stream checks each of
+/// its messages against the membership of the moment).
+pub fn require_named_member<'a>(
+    name: Option<&str>,
+    members: impl IntoIterator<Item = &'a NodeInfo>,
+    what: &str,
+) -> Result<(), Status> {
     let mut members = members.into_iter().peekable();
     if members.peek().is_none() {
         return Ok(());
     }
-    let Some(name) = caller_name(req) else {
+    let Some(name) = name else {
         return Err(Status::unauthenticated(format!(
             "{what} needs a node certificate from the cluster CA"
         )));

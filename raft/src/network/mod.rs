@@ -7,6 +7,7 @@
 //!   ways), which lifts itself at its deadline.
 //! - [`peers`]: the per-peer channel cache shared by Raft and federation clients.
 //! - [`raft_client`] / [`raft_server`]: openraft's `RaftNetwork` over gRPC.
+//! - [`append_stream`]: AppendEntries on one long-lived stream per peer.
 //! - [`federation`]: forwarding, ReadIndex, membership changes, status.
 //! - [`callers`]: which certificates may call which service (members only,
 //!   but for status and a node's own join).
@@ -15,6 +16,7 @@
 //! - [`listen`]: accepting connections within caps and timeouts (every
 //!   server of a node, the admin API's included).
 
+pub(crate) mod append_stream;
 pub mod callers;
 pub mod faults;
 pub mod federation;

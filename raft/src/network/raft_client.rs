@@ -18,6 +18,7 @@ use openraft::{OptionalSend, Snapshot, Vote};
 use sc_proto::raft::{snapshot_chunk, RaftPayload, SnapshotChunk};
 use tokio::io::AsyncReadExt;
 
+use super::append_stream::AppendStream;
 use super::peers::{PeerError, Peers};
 use crate::codec;
 use crate::types::{NodeId, NodeInfo, TypeConfig};
@@ -48,6 +49,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             peers: self.peers.clone(),
             log: self.log.clone(),
+            stream: None,
+            calls_only: false,
         }
     }
 }
@@ -60,6 +63,10 @@ pub struct PeerClient {
     /// This node's log: a follower's acknowledgement counts only as far as
     /// this node's own copy is on disk (decision 0027).
     log: Durable,
+    /// The open AppendEntries stream to the peer, if any.
+    stream: Option<AppendStream>,
+    /// The peer's release has no append stream: send it calls.
+    calls_only: bool,
 }
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeInfo, E>;
@@ -147,20 +154,18 @@ impl PeerClient {
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
         let data = data.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        // openraft drops this future at its own deadline (a heartbeat for
-        // AppendEntries) when the peer does not answer; the guard notes that
-        // as a failure, so a black-holed peer is reported too.
-        let mut noted = Noted {
-            peers: &self.peers,
-            to: self.target,
-            done: false,
-        };
-        let reply = self.send(action, ttl, data, call).await;
-        noted.done = true;
-        self.peers.note_rpc(
-            self.target,
-            reply.as_ref().err().map(|e| e as &dyn std::fmt::Display),
-        );
+        let peers = self.peers.clone();
+        let reply = noted(&peers, self.target, self.send(action, ttl, data, call)).await;
+        self.answer(reply)
+    }
+
+    /// Decodes the peer's `Result` out of its answer.
+    // The error is openraft's own, the one every `RaftNetwork` method returns.
+    #[allow(clippy::result_large_err)]
+    fn answer<Resp: serde::de::DeserializeOwned>(
+        &self,
+        reply: Result<RaftPayload, RpcErr>,
+    ) -> Result<Resp, RpcErr> {
         let reply = reply?;
         let result: Result<Resp, RaftError<NodeId>> =
             codec::decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -172,6 +177,91 @@ impl PeerClient {
             ))
         })
     }
+
+    /// Sends one encoded AppendEntries on the peer's stream (opened on first
+    /// use), or as a call to a peer whose release has no stream.
+    async fn append_payload(
+        &mut self,
+        data: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<RaftPayload, RpcErr> {
+        let action = RPCTypes::AppendEntries;
+        if self.stream.as_ref().is_some_and(AppendStream::is_spoiled) {
+            self.stream = None;
+        }
+        if self.calls_only {
+            return self
+                .send(action, ttl, data, |mut c, p| async move {
+                    c.append_entries(p).await
+                })
+                .await;
+        }
+        match self.stream.as_mut() {
+            // The fault seam sees every request, as it sees every call.
+            Some(_) => self
+                .peers
+                .gate(self.target)
+                .await
+                .map_err(|e| unreachable(&e))?,
+            None => {
+                let client = self
+                    .peers
+                    .raft_client(self.target, &self.node)
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+                match tokio::time::timeout(ttl, AppendStream::open(client)).await {
+                    Err(_) => return Err(self.timeout(action, ttl)),
+                    Ok(Err(status)) => return Err(from_status(&status)),
+                    Ok(Ok(Some(stream))) => self.stream = Some(stream),
+                    Ok(Ok(None)) => {
+                        tracing::info!(peer = %self.node, "the peer's release has no append stream; sending it AppendEntries calls");
+                        self.calls_only = true;
+                        return self
+                            .send(action, ttl, data, |mut c, p| async move {
+                                c.append_entries(p).await
+                            })
+                            .await;
+                    }
+                }
+            }
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other("append stream missing after opening"),
+            )));
+        };
+        let reply = match tokio::time::timeout(ttl, stream.call(data)).await {
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(status)) => Err(from_status(&status)),
+            Err(_) => Err(self.timeout(action, ttl)),
+        };
+        // A broken or silent stream is not used again.
+        self.stream = None;
+        reply
+    }
+}
+
+/// Runs one exchange with `to`, noting its outcome for the peer's health.
+/// openraft drops the future at its own deadline (a heartbeat for
+/// AppendEntries) when the peer does not answer; the guard notes that as a
+/// failure, so a black-holed peer is reported too.
+async fn noted(
+    peers: &Peers,
+    to: NodeId,
+    exchange: impl Future<Output = Result<RaftPayload, RpcErr>>,
+) -> Result<RaftPayload, RpcErr> {
+    let mut guard = Noted {
+        peers,
+        to,
+        done: false,
+    };
+    let reply = exchange.await;
+    guard.done = true;
+    peers.note_rpc(
+        to,
+        reply.as_ref().err().map(|e| e as &dyn std::fmt::Display),
+    );
+    reply
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -193,14 +283,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let ttl = option.hard_ttl().max(self.peers.timeouts().rpc);
         let (rpc, cut) = cap_entries(rpc, MAX_APPEND_BYTES);
-        let resp = self
-            .unary(
-                RPCTypes::AppendEntries,
-                crate::entry_format::encode_append(&rpc),
-                ttl,
-                |mut c, p| async move { c.append_entries(p).await },
-            )
-            .await?;
+        let data = crate::entry_format::encode_append(&rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let (peers, target) = (self.peers.clone(), self.target);
+        let reply = noted(&peers, target, self.append_payload(data, ttl)).await;
+        let resp: AppendEntriesResponse<NodeId> = self.answer(reply)?;
         // The follower took the prefix we sent; openraft sends the rest next.
         let resp = match (resp, cut) {
             (AppendEntriesResponse::Success, Some(last)) => {

@@ -76,18 +76,12 @@ impl RaftGrpc {
             .map(|n| n.addr.clone())
     }
 
-    /// Notes which connection the leader's AppendEntries come over, so that
-    /// its close can be told apart from any other (see
-    /// [`crate::network::liveness`]). One map lookup per request once known.
-    fn note_leader_connection(&self, conn: Option<SocketAddr>, vote: &Vote<NodeId>) {
-        let (Some(conn), Some(leader)) = (conn, vote.leader_id().voted_for()) else {
-            return;
-        };
-        if !vote.is_committed() || self.peers.liveness().knows(conn, leader) {
-            return;
-        }
-        if let Some(addr) = self.address_of(leader) {
-            self.peers.liveness().heard_over(conn, leader, addr);
+    /// The AppendEntries side of the service.
+    fn appender(&self) -> Appender {
+        Appender {
+            raft: self.raft.clone(),
+            fence: self.fence.clone(),
+            peers: self.peers.clone(),
         }
     }
 
@@ -166,19 +160,111 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// What answering AppendEntries needs, apart from the rest of the service, so
+/// that a stream's answers can be produced after its handler has returned.
+#[derive(Clone)]
+struct Appender {
+    raft: Raft<TypeConfig>,
+    fence: crate::network::Fence,
+    peers: Arc<Peers>,
+}
+
+impl Appender {
+    /// Answers one encoded AppendEntries from `conn`, sent by the node whose
+    /// certificate names `caller`.
+    async fn append(
+        &self,
+        caller: Option<&str>,
+        conn: Option<SocketAddr>,
+        payload: RaftPayload,
+    ) -> Result<RaftPayload, Status> {
+        self.fence.check()?;
+        {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let nodes = m.membership_config.membership().nodes().map(|(_, n)| n);
+            crate::network::callers::require_named_member(caller, nodes, "AppendEntries")?;
+        }
+        let req = crate::entry_format::decode_append(&payload.data).map_err(bad_payload)?;
+        self.note_leader_connection(conn, &req.vote);
+        let data = codec::encode(&self.raft.append_entries(req).await)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(RaftPayload { data })
+    }
+
+    /// Notes which connection the leader's AppendEntries come over, so that
+    /// its close can be told apart from any other (see
+    /// [`crate::network::liveness`]). One map lookup per request once known.
+    fn note_leader_connection(&self, conn: Option<SocketAddr>, vote: &Vote<NodeId>) {
+        let (Some(conn), Some(leader)) = (conn, vote.leader_id().voted_for()) else {
+            return;
+        };
+        if !vote.is_committed() || self.peers.liveness().knows(conn, leader) {
+            return;
+        }
+        let addr = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        };
+        if let Some(addr) = addr {
+            self.peers.liveness().heard_over(conn, leader, addr);
+        }
+    }
+}
+
+/// The answers of one append stream, in the order of its requests; it ends
+/// with the first request that fails (the sender opens a new stream).
+type AnswerStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
     async fn append_entries(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        let caller = crate::network::callers::caller_name(&request);
+        let conn = request.remote_addr();
+        let answer = self
+            .appender()
+            .append(caller.as_deref(), conn, request.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    type AppendStreamStream = AnswerStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<AnswerStream>, Status> {
         self.fence.check()?;
         self.member_only(&request, "AppendEntries")?;
+        let caller = crate::network::callers::caller_name(&request);
         let conn = request.remote_addr();
-        let req =
-            crate::entry_format::decode_append(&request.into_inner().data).map_err(bad_payload)?;
-        self.note_leader_connection(conn, &req.vote);
-        reply(&self.raft.append_entries(req).await)
+        let requests = request.into_inner();
+        let appender = self.appender();
+        // Each request is answered before the next is read: openraft sends
+        // one at a time, and the answers must come back in order.
+        let answers = futures_util::stream::unfold(
+            Some((requests, appender, caller)),
+            move |state| async move {
+                let (mut requests, appender, caller) = state?;
+                let answer = match requests.message().await {
+                    Ok(Some(payload)) => appender.append(caller.as_deref(), conn, payload).await,
+                    Ok(None) => return None,
+                    Err(status) => Err(status),
+                };
+                // After a failure the stream ends: nothing more is read.
+                let next = answer.is_ok().then_some((requests, appender, caller));
+                Some((answer, next))
+            },
+        );
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
