@@ -180,64 +180,92 @@ impl PeerClient {
 
     /// Sends one encoded AppendEntries on the peer's stream (opened on first
     /// use), or as a call to a peer whose release has no stream.
+    ///
+    /// A stream that was already open may have died with its connection since
+    /// its last answer (a reset, a restarted peer) without anyone noticing: a
+    /// request that fails on it is sent once more, on a new stream, within the
+    /// same deadline, as a call would have gone out on a new connection.
+    /// AppendEntries may be repeated: the follower takes the same entries at
+    /// the same place the same way.
     async fn append_payload(
         &mut self,
         data: Vec<u8>,
         ttl: Duration,
     ) -> Result<RaftPayload, RpcErr> {
         let action = RPCTypes::AppendEntries;
+        let deadline = tokio::time::Instant::now() + ttl;
         if self.stream.as_ref().is_some_and(AppendStream::is_spoiled) {
             self.stream = None;
         }
         if self.calls_only {
-            return self
-                .send(action, ttl, data, |mut c, p| async move {
-                    c.append_entries(p).await
-                })
-                .await;
+            return self.call_append(ttl, data).await;
         }
-        match self.stream.as_mut() {
-            // The fault seam sees every request, as it sees every call.
-            Some(_) => self
-                .peers
+        // The fault seam sees every request, as it sees every call (opening
+        // a stream passes it too).
+        if self.stream.is_some() {
+            self.peers
                 .gate(self.target)
                 .await
-                .map_err(|e| unreachable(&e))?,
-            None => {
-                let client = self
-                    .peers
-                    .raft_client(self.target, &self.node)
-                    .await
-                    .map_err(|e| unreachable(&e))?;
-                match tokio::time::timeout(ttl, AppendStream::open(client)).await {
-                    Err(_) => return Err(self.timeout(action, ttl)),
-                    Ok(Err(status)) => return Err(from_status(&status)),
-                    Ok(Ok(Some(stream))) => self.stream = Some(stream),
-                    Ok(Ok(None)) => {
-                        tracing::info!(peer = %self.node, "the peer's release has no append stream; sending it AppendEntries calls");
-                        self.calls_only = true;
-                        return self
-                            .send(action, ttl, data, |mut c, p| async move {
-                                c.append_entries(p).await
-                            })
-                            .await;
-                    }
+                .map_err(|e| unreachable(&e))?;
+        }
+        let mut retried = false;
+        loop {
+            let fresh = self.stream.is_none();
+            let stream = match self.stream.as_mut() {
+                Some(stream) => stream,
+                None => match self.open_stream(deadline, ttl).await? {
+                    Some(stream) => self.stream.insert(stream),
+                    None => return self.call_append(ttl, data).await,
+                },
+            };
+            let answer = tokio::time::timeout_at(deadline, stream.call(data.clone())).await;
+            // A broken or silent stream is not used again.
+            let failed = match answer {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(status)) => status,
+                Err(_) => {
+                    self.stream = None;
+                    return Err(self.timeout(action, ttl));
                 }
+            };
+            self.stream = None;
+            if fresh || retried {
+                return Err(from_status(&failed));
+            }
+            retried = true;
+        }
+    }
+
+    /// Opens the AppendEntries stream to the peer; `None` (and calls from
+    /// now on) for a peer whose release has none.
+    async fn open_stream(
+        &mut self,
+        deadline: tokio::time::Instant,
+        ttl: Duration,
+    ) -> Result<Option<AppendStream>, RpcErr> {
+        let client = self
+            .peers
+            .raft_client(self.target, &self.node)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        match tokio::time::timeout_at(deadline, AppendStream::open(client)).await {
+            Err(_) => Err(self.timeout(RPCTypes::AppendEntries, ttl)),
+            Ok(Err(status)) => Err(from_status(&status)),
+            Ok(Ok(Some(stream))) => Ok(Some(stream)),
+            Ok(Ok(None)) => {
+                tracing::info!(peer = %self.node, "the peer's release has no append stream; sending it AppendEntries calls");
+                self.calls_only = true;
+                Ok(None)
             }
         }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other("append stream missing after opening"),
-            )));
-        };
-        let reply = match tokio::time::timeout(ttl, stream.call(data)).await {
-            Ok(Ok(reply)) => return Ok(reply),
-            Ok(Err(status)) => Err(from_status(&status)),
-            Err(_) => Err(self.timeout(action, ttl)),
-        };
-        // A broken or silent stream is not used again.
-        self.stream = None;
-        reply
+    }
+
+    /// One AppendEntries as a unary call.
+    async fn call_append(&self, ttl: Duration, data: Vec<u8>) -> Result<RaftPayload, RpcErr> {
+        self.send(RPCTypes::AppendEntries, ttl, data, |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
     }
 }
 
