@@ -19,16 +19,13 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// Worker threads per node. One: Raft's work is a chain of small hand-offs
-/// (gRPC task, proposer, core, replication, apply), and with a second worker
-/// tokio wakes the idle sibling for nearly every one of them, paying a context
-/// switch to run on another core what would have run next on this one. One
-/// worker took a quarter of the context switches and 7 % of the CPU off each
-/// write (`docs/benchmarks.md`, "One consensus worker"). Nothing long runs on
-/// it: the log syncs on its own thread, snapshots and log truncation on the
-/// blocking pool, and an apply that has to wait for sled hands that write to
-/// the blocking pool too (`storage/state_machine.rs`).
-const WORKERS: usize = 1;
+/// Worker threads per node: Raft's work is a few tasks, and two let the core
+/// answer heartbeats while the state machine's apply waits for the live
+/// state's lock, which a reader scanning a large prefix (a policy cache
+/// rebuild) holds for the whole scan. One worker costs less per write (a
+/// quarter fewer context switches, `docs/benchmarks.md`, "One consensus
+/// worker"), but would stall heartbeats behind such a scan.
+const WORKERS: usize = 2;
 
 /// How long a stopping runtime gives its tasks before it abandons them.
 const STOP_GRACE: Duration = Duration::from_secs(5);

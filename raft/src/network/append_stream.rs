@@ -31,18 +31,30 @@ pub(crate) struct AppendStream {
 }
 
 impl AppendStream {
-    /// Opens a stream to the peer behind `client`; `None` when the peer's
-    /// release has no such call (it answers UNIMPLEMENTED).
+    /// Opens a stream to the peer behind `client` with `first` as its first
+    /// request, whose answer [`AppendStream::answer`] then reads; `None` when
+    /// the peer's release has no such call (it answers UNIMPLEMENTED).
+    ///
+    /// The first request goes out together with the stream's headers: opening
+    /// and the first answer cost one round trip, as a call did. Waiting for the
+    /// peer's headers before sending would cost two, and on a link of a few
+    /// hundred milliseconds that outlasts openraft's deadline for an
+    /// AppendEntries (one heartbeat), so that every attempt would open a new
+    /// stream and none would be answered in time.
     pub(crate) async fn open(
         mut client: RaftServiceClient<Stamped>,
+        first: Vec<u8>,
     ) -> Result<Option<AppendStream>, Status> {
         // One slot: a request waits only for the one before it to be taken.
         let (requests, outgoing) = mpsc::channel(1);
+        requests
+            .try_send(RaftPayload { data: first })
+            .map_err(|_| Status::internal("a new append stream refused its first request"))?;
         match client.append_stream(ReceiverStream::new(outgoing)).await {
             Ok(answers) => Ok(Some(AppendStream {
                 requests,
                 answers: answers.into_inner(),
-                awaiting: false,
+                awaiting: true,
             })),
             Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
             Err(s) => Err(s),
@@ -62,6 +74,11 @@ impl AppendStream {
             .send(RaftPayload { data })
             .await
             .map_err(|_| Status::unavailable("the append stream to the peer has closed"))?;
+        self.answer().await
+    }
+
+    /// Reads the answer to the request in flight.
+    pub(crate) async fn answer(&mut self) -> Result<RaftPayload, Status> {
         let answer = self
             .answers
             .message()
@@ -157,7 +174,12 @@ mod tests {
     #[tokio::test]
     async fn answers_come_back_in_order_and_a_dropped_call_spoils_the_stream() {
         let client = client_of(Echo { streams: true }).await;
-        let mut stream = AppendStream::open(client).await.unwrap().unwrap();
+        let mut stream = AppendStream::open(client, vec![0, 0])
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(stream.is_spoiled(), "the first request is in flight");
+        assert_eq!(stream.answer().await.unwrap().data, vec![0, 0]);
         for i in 1..=20u8 {
             let answer = stream.call(vec![0, i]).await.unwrap();
             assert_eq!(answer.data, vec![0, i]);
@@ -175,10 +197,13 @@ mod tests {
     #[tokio::test]
     async fn a_peer_without_the_stream_is_told_apart_from_a_failure() {
         let client = client_of(Echo { streams: false }).await;
-        assert!(AppendStream::open(client).await.unwrap().is_none());
+        assert!(AppendStream::open(client, vec![0]).await.unwrap().is_none());
         let gone = Channel::from_static("http://127.0.0.1:1").connect_lazy();
-        let failed =
-            AppendStream::open(RaftServiceClient::new(sc_proto::version::stamped(gone))).await;
+        let failed = AppendStream::open(
+            RaftServiceClient::new(sc_proto::version::stamped(gone)),
+            vec![0],
+        )
+        .await;
         assert_eq!(
             failed.err().map(|s| s.code()),
             Some(tonic::Code::Unavailable)

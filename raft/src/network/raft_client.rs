@@ -211,14 +211,17 @@ impl PeerClient {
         let mut retried = false;
         loop {
             let fresh = self.stream.is_none();
-            let stream = match self.stream.as_mut() {
-                Some(stream) => stream,
-                None => match self.open_stream(deadline, ttl).await? {
-                    Some(stream) => self.stream.insert(stream),
+            let answer = match self.stream.as_mut() {
+                Some(stream) => tokio::time::timeout_at(deadline, stream.call(data.clone())).await,
+                // The request goes out with the new stream's opening.
+                None => match self.open_stream(deadline, ttl, data.clone()).await? {
+                    Some(stream) => {
+                        let stream = self.stream.insert(stream);
+                        tokio::time::timeout_at(deadline, stream.answer()).await
+                    }
                     None => return self.call_append(ttl, data).await,
                 },
             };
-            let answer = tokio::time::timeout_at(deadline, stream.call(data.clone())).await;
             // A broken or silent stream is not used again.
             let failed = match answer {
                 Ok(Ok(reply)) => return Ok(reply),
@@ -236,19 +239,20 @@ impl PeerClient {
         }
     }
 
-    /// Opens the AppendEntries stream to the peer; `None` (and calls from
-    /// now on) for a peer whose release has none.
+    /// Opens the AppendEntries stream to the peer with `first` in flight on
+    /// it; `None` (and calls from now on) for a peer whose release has none.
     async fn open_stream(
         &mut self,
         deadline: tokio::time::Instant,
         ttl: Duration,
+        first: Vec<u8>,
     ) -> Result<Option<AppendStream>, RpcErr> {
         let client = self
             .peers
             .raft_client(self.target, &self.node)
             .await
             .map_err(|e| unreachable(&e))?;
-        match tokio::time::timeout_at(deadline, AppendStream::open(client)).await {
+        match tokio::time::timeout_at(deadline, AppendStream::open(client, first)).await {
             Err(_) => Err(self.timeout(RPCTypes::AppendEntries, ttl)),
             Ok(Err(status)) => Err(from_status(&status)),
             Ok(Ok(Some(stream))) => Ok(Some(stream)),

@@ -979,8 +979,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         if bytes >= MAX_PENDING_BYTES {
             // sled is not keeping up: write before applying more, on the
-            // blocking pool, so the consensus runtime's one worker keeps
-            // answering heartbeats while this apply waits.
+            // blocking pool, so no consensus worker is held for the length
+            // of the write while this apply waits.
             let writer = shared.clone();
             tokio::task::spawn_blocking(move || writer.write_behind())
                 .await
