@@ -219,7 +219,12 @@ impl PeerClient {
                         let stream = self.stream.insert(stream);
                         tokio::time::timeout_at(deadline, stream.answer()).await
                     }
-                    None => return self.call_append(ttl, data).await,
+                    // Only what is left of the deadline: the opening that
+                    // was refused already took a round trip of it.
+                    None => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        return self.call_append(left, data).await;
+                    }
                 },
             };
             // A broken or silent stream is not used again.
@@ -235,6 +240,7 @@ impl PeerClient {
             if fresh || retried {
                 return Err(from_status(&failed));
             }
+            tracing::debug!(peer = %self.node, status = %failed, "the append stream failed; sending again on a new one");
             retried = true;
         }
     }
