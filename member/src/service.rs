@@ -944,6 +944,12 @@ impl VenServer {
         let signer = VenSigner::load(&opts.ven_ca.0, &opts.ven_ca.1)
             .map_err(|e| MemberError::Start(e.to_string()))?;
         let db = Db::new(node.clone());
+        // Subscribe before loading: a change applied while the cache loads,
+        // or before its follower task starts, is then replayed onto it (the
+        // cache's update reads the keys' current state, so a replay of a
+        // change the load already saw is harmless) instead of being missed
+        // until the next change to the same objects.
+        let notices = node.subscribe(&PolicyCache::FOLLOWED);
         let cache = Arc::new(PolicyCache::load(Db::new(node.clone()), &node.info().region).await?);
         let traffic = Arc::new(SledTraffic::open(
             &opts.flow_dir,
@@ -1013,9 +1019,7 @@ impl VenServer {
             cancelled.cancelled().await;
             let _ = stop.send(true);
         }));
-        tasks.push(tokio::spawn(
-            cache.clone().follow(node.subscribe(&PolicyCache::FOLLOWED)),
-        ));
+        tasks.push(tokio::spawn(cache.clone().follow(notices)));
         tasks.push(presence_task);
         tasks.push(tokio::spawn(report(svc.clone(), fenced_tx)));
         // Traffic maintenance (roll-ups, retention, the disk budget) once a
