@@ -8,6 +8,8 @@
 //!   group-commit flusher so that many concurrent writes share one fsync.
 //! - [`state_machine`]: openraft's `RaftStateMachine`: the ordered key/value model
 //!   with revisions and client sessions, applied atomically.
+//! - [`key_filter`]: which keys the state machine may hold, so a put of a new
+//!   key does not read sled.
 //! - [`overlay`]: applied changes not yet written to sled, and reads through them
 //!   (the state machine writes behind, decision 0021).
 //! - [`snapshot`]: the checksummed snapshot file format.
@@ -17,6 +19,7 @@
 
 pub(crate) mod durable;
 pub mod engine;
+pub(crate) mod key_filter;
 pub mod log_store;
 pub mod notices;
 pub(crate) mod overlay;

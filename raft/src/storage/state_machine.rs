@@ -34,6 +34,7 @@ pub use super::notices::ChangeNotice;
 use super::notices::Notices;
 
 use super::engine::sync_sled;
+use super::key_filter::KeyFilter;
 use super::overlay::{
     changes_under, Changes, Delta, Merged, MAX_PENDING_BYTES, MAX_WRITE_FAILURES, WRITE_AT_BYTES,
     WRITE_AT_KEYS, WRITE_INTERVAL,
@@ -146,15 +147,25 @@ struct Live {
     /// Taken by the writer and being written to `trees`; read from here until
     /// the transaction is done, so readers never see it half-written.
     writing: Option<Arc<Delta>>,
+    /// Every key that may be in the trees or the layers above them, so a put
+    /// of a new key skips the read of sled ([`super::key_filter`]).
+    known: KeyFilter,
 }
 
 impl Live {
-    fn new(trees: Generation) -> Self {
-        Live {
+    /// The live state over `trees`, with the filter built from their keys
+    /// (one pass over the tree, when a node opens or installs a snapshot).
+    fn new(trees: Generation) -> io::Result<Self> {
+        let mut known = KeyFilter::new();
+        for key in trees.kv.iter().keys() {
+            known.insert(&key.map_err(sled_io)?);
+        }
+        Ok(Live {
             trees,
             pending: Delta::default(),
             writing: None,
-        }
+            known,
+        })
     }
 
     /// The changes over the trees, newest first.
@@ -305,6 +316,8 @@ impl Shared {
             trees: trees.clone(),
             pending: Delta::default(),
             writing: Some(delta.clone()),
+            // Dumps and snapshots scan; they never ask the filter.
+            known: KeyFilter::blind(),
         };
         let result = during(&frozen);
         drop(frozen);
@@ -539,7 +552,7 @@ impl StateMachine {
             log: std::sync::OnceLock::new(),
             db,
             meta,
-            live: RwLock::new(Live::new(live)),
+            live: RwLock::new(Live::new(live)?),
             writer: Mutex::new(()),
             wake,
             data_file,
@@ -696,8 +709,10 @@ impl StateMachine {
         );
         shared.meta.apply_batch(switch).map_err(sled_io)?;
         shared.sync()?;
-        // The snapshot replaces everything applied, written or not.
-        let old = std::mem::replace(&mut *shared.live_mut()?, Live::new(next)).trees;
+        // The snapshot replaces everything applied, written or not. Its
+        // filter is built before the switch, so readers do not wait for it.
+        let fresh = Live::new(next)?;
+        let old = std::mem::replace(&mut *shared.live_mut()?, fresh).trees;
         for tree in [&old.kv, &old.sessions, &old.state] {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
         }
@@ -751,6 +766,15 @@ impl Applying<'_> {
     fn kv_get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         match self.delta.kv.get(key) {
             Some(v) => Ok(v.clone()),
+            None if !self.live.known.may_contain(key) => {
+                // Every test build checks the filter's one promise.
+                debug_assert!(
+                    matches!(self.live.kv_get(key), Ok(None)),
+                    "the key filter said absent for a key that is stored: {:?}",
+                    String::from_utf8_lossy(key)
+                );
+                Ok(None)
+            }
             None => self.live.kv_get(key),
         }
     }
@@ -973,6 +997,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
             let (delta, responses, notices) =
                 apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            for (key, value) in &delta.kv {
+                if value.is_some() {
+                    live.known.insert(key);
+                }
+            }
             live.pending.absorb(delta);
             let (keys, bytes) = (live.pending.keys(), live.pending.bytes);
             (responses, notices, keys, bytes)
@@ -1349,6 +1378,49 @@ mod tests {
         .unwrap();
         assert_eq!(keys.len(), 5);
         assert!(!keys.contains(&b"k6".to_vec()));
+    }
+
+    /// The key filter is rebuilt from the trees when a node opens and when it
+    /// installs a snapshot: a put of a key written before either continues the
+    /// key's history instead of restarting it.
+    #[tokio::test]
+    async fn a_key_written_before_a_restart_or_an_install_keeps_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = open(dir.path());
+            sm.apply(vec![
+                entry(1, vec![put("k", "1")]),
+                entry(2, vec![put("j", "1")]),
+            ])
+            .await
+            .unwrap();
+            sm.shared.write_behind().unwrap();
+        }
+        let mut sm = open(dir.path());
+        sm.apply(vec![entry(3, vec![put("k", "2")])]).await.unwrap();
+        let k = sm.read_view().get(b"k").unwrap().value.unwrap();
+        assert_eq!((k.create_revision, k.mod_revision, k.version), (1, 3, 2));
+
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut installed = open(other.path());
+        let target = installed.begin_receiving_snapshot().await.unwrap();
+        fs::copy(&snap.snapshot.path, &target.path).unwrap();
+        installed
+            .install_snapshot(&snap.meta, target)
+            .await
+            .unwrap();
+        installed
+            .apply(vec![entry(4, vec![put("j", "2")])])
+            .await
+            .unwrap();
+        let j = installed.read_view().get(b"j").unwrap().value.unwrap();
+        assert_eq!((j.create_revision, j.mod_revision, j.version), (2, 4, 2));
     }
 
     /// A clean stop writes what is pending, so the next start re-applies nothing.
