@@ -103,7 +103,8 @@ impl KeyFilter {
         }
     }
 
-    /// Notes that `key` is (or may be) held.
+    /// Notes that `key` is (or may be) held. Callers skip keys the filter
+    /// may already hold: each insert counts toward a stage's capacity.
     pub(crate) fn insert(&mut self, key: &[u8]) {
         if self.blind {
             return;
@@ -133,7 +134,7 @@ impl KeyFilter {
 
     /// Keys inserted (deleted keys included).
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.stages.iter().map(|s| s.keys).sum()
     }
 }

@@ -688,6 +688,9 @@ impl StateMachine {
         );
         state.insert(STATE_REVISION, codec::encode(&revision).map_err(codec_io)?);
         next.state.apply_batch(state).map_err(sled_io)?;
+        // The new state's key filter, read from its tree before the switch:
+        // a failure here leaves the node on the old generation, whole.
+        let fresh = Live::new(next)?;
 
         // Keep the file as our current snapshot (unless it already is ours).
         let file_name = format!("snap-{}.snap", sanitize(&meta.snapshot_id));
@@ -709,9 +712,7 @@ impl StateMachine {
         );
         shared.meta.apply_batch(switch).map_err(sled_io)?;
         shared.sync()?;
-        // The snapshot replaces everything applied, written or not. Its
-        // filter is built before the switch, so readers do not wait for it.
-        let fresh = Live::new(next)?;
+        // The snapshot replaces everything applied, written or not.
         let old = std::mem::replace(&mut *shared.live_mut()?, fresh).trees;
         for tree in [&old.kv, &old.sessions, &old.state] {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
@@ -998,7 +999,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (delta, responses, notices) =
                 apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
             for (key, value) in &delta.kv {
-                if value.is_some() {
+                // A key already there (an update) is not added again, so
+                // the filter grows with the keys, not with the puts.
+                if value.is_some() && !live.known.may_contain(key) {
                     live.known.insert(key);
                 }
             }
@@ -1421,6 +1424,22 @@ mod tests {
             .unwrap();
         let j = installed.read_view().get(b"j").unwrap().value.unwrap();
         assert_eq!((j.create_revision, j.mod_revision, j.version), (2, 4, 2));
+    }
+
+    /// Updates do not grow the key filter: it holds keys, not puts.
+    #[tokio::test]
+    async fn the_key_filter_grows_with_the_keys_not_the_puts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        for index in 1..=200u64 {
+            let key = format!("k{}", index % 5);
+            sm.apply(vec![entry(index, vec![put(&key, "v")])])
+                .await
+                .unwrap();
+        }
+        assert!(sm.shared.live().unwrap().known.len() <= 5);
+        let k = sm.read_view().get(b"k1").unwrap().value.unwrap();
+        assert_eq!(k.version, 40);
     }
 
     /// A clean stop writes what is pending, so the next start re-applies nothing.
