@@ -68,12 +68,7 @@ impl RaftGrpc {
 
     /// Where member `id` listens, as the membership says.
     fn address_of(&self, id: NodeId) -> Option<String> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
+        address_in(&self.raft, id)
     }
 
     /// The AppendEntries side of the service.
@@ -160,6 +155,16 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Where member `id` listens, as `raft`'s membership says.
+fn address_in(raft: &Raft<TypeConfig>, id: NodeId) -> Option<String> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone())
+}
+
 /// What answering AppendEntries needs, apart from the rest of the service, so
 /// that a stream's answers can be produced after its handler has returned.
 #[derive(Clone)]
@@ -202,15 +207,7 @@ impl Appender {
         if !vote.is_committed() || self.peers.liveness().knows(conn, leader) {
             return;
         }
-        let addr = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-        };
-        if let Some(addr) = addr {
+        if let Some(addr) = address_in(&self.raft, leader) {
             self.peers.liveness().heard_over(conn, leader, addr);
         }
     }

@@ -4,8 +4,8 @@
 //! it follows and is woken only for notices that touch them: the member's
 //! policy cache lives on the main runtime, and waking it for every raw key
 //! written through the federation service cost each such write a cross-thread
-//! wake-up on every node (`docs/benchmarks.md`, "Notices only to those who
-//! follow the keys").
+//! wake-up on every node (`docs/benchmarks.md`, "One consensus worker,
+//! notices by key, AppendEntries on a stream").
 
 use std::sync::Mutex;
 
