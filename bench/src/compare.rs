@@ -20,6 +20,17 @@
 //!   key checked per request, JSON), against etcd's serializable get: what a
 //!   client of our public API pays over etcd's native one. The per-user rate
 //!   limit is lifted for the run (`rate = 0`), so the API is measured, not it.
+//!
+//! The clients run on a runtime of their own, with `--client-threads` workers
+//! (one by default), and each level prints how much CPU the bench process used.
+//! On the default two-worker runtime a one-client read cost the client four
+//! context switches and about 100 us of CPU, more than either server spent on
+//! it: the client's tasks (the caller, tonic's buffer, hyper's connection and
+//! body pipe) woke each other across the two threads. That is the same for
+//! both systems, but it is added to both latencies and so hid the servers'
+//! difference; on one thread the client spends about 65 us and one switch
+//! (`docs/benchmarks.md`, "The bench's own client"). A client that shows close
+//! to `--client-threads` cores is the limit of the run, not the servers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +76,9 @@ pub struct CompareArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Worker threads of the runtime the clients of both systems run on.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
 }
 
 /// What one level measures.
@@ -116,6 +130,9 @@ struct Level {
     ops_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU the bench process used during the level, in cores (1.0 = one
+    /// core busy throughout): near `--client-threads`, the client was the limit.
+    client_cores: f64,
     /// The first error, to say why `errors` is not 0.
     first_error: Option<String>,
 }
@@ -337,6 +354,7 @@ async fn run_level(
 ) -> Result<Level> {
     let clients = workers.len();
     let value = Arc::new(vec![b'x'; value_size]);
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, mut w) in workers.into_iter().enumerate() {
@@ -371,6 +389,10 @@ async fn run_level(
         first_error = first_error.or(f);
     }
     let secs = started.elapsed().as_secs_f64();
+    let client_cores = match (cpu_before, process_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / secs,
+        _ => 0.0,
+    };
     Ok(Level {
         system: at.0,
         workload: at.1.name(),
@@ -381,8 +403,28 @@ async fn run_level(
         ops_per_sec: all.len() as f64 / secs,
         p50_ms: super::pct(&all, 0.5),
         p99_ms: super::pct(&all, 0.99),
+        client_cores,
         first_error,
     })
+}
+
+/// CPU time this process has used so far (user and system, all threads);
+/// `None` where the clock cannot be read, and the level then shows 0 cores.
+fn process_cpu() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call writes into; the clock id is
+    // a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
 }
 
 fn pce_workers(pce: &Pce, side: &PceSide, w: Workload, clients: usize) -> Result<Vec<Worker>> {
@@ -446,6 +488,9 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
     if args.rounds == 0 || args.seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
+    if args.client_threads == 0 {
+        bail!("--client-threads must be at least 1");
+    }
     let tmp = tempfile::tempdir()?;
     let dir = super::procs::run_dir(args.keep.as_ref(), &tmp)?;
     let fsync_ms = fsync_probe(&dir)?;
@@ -458,11 +503,40 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let result = measure(&args, &workloads, &pce, &etcd).await;
+    let result = measure_apart(&args, &workloads, &pce, &etcd);
     pce.stop_all();
     etcd.stop_all();
     let levels = result?;
     report(&args, &workloads, &levels, fsync_ms)
+}
+
+/// Runs [`measure`] on a runtime of its own with `--client-threads` workers,
+/// on a thread of its own (a runtime cannot be started inside another), so
+/// every client connection and task lives there and not on the process's
+/// main runtime.
+fn measure_apart(
+    args: &CompareArgs,
+    workloads: &[Workload],
+    pce: &Pce,
+    etcd: &Etcd,
+) -> Result<Vec<Level>> {
+    let threads = args.client_threads;
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("bench-clients".into())
+                .spawn_scoped(scope, || {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .thread_name("bench-client")
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(measure(args, workloads, pce, etcd))
+                })?
+                .join()
+                .map_err(|_| anyhow!("the bench's client thread panicked"))?
+        })
+    })
 }
 
 async fn measure(
@@ -501,13 +575,14 @@ async fn measure(
                     let l =
                         run_level((system, *w, round), workers, run_for, args.value_size).await?;
                     eprintln!(
-                        "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms{}",
+                        "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  client {:.2} cores{}",
                         l.workload,
                         l.clients,
                         l.system,
                         l.ops_per_sec,
                         l.p50_ms,
                         l.p99_ms,
+                        l.client_cores,
                         match &l.first_error {
                             Some(e) => format!("  {} errors, first: {e}", l.errors),
                             None => String::new(),
@@ -534,6 +609,9 @@ struct Summary {
     etcd_p99_ms: f64,
     supercluster_p50_ms: f64,
     supercluster_p99_ms: f64,
+    /// Median CPU of the bench process while it drove each system, in cores.
+    etcd_client_cores: f64,
+    supercluster_client_cores: f64,
     errors: u64,
 }
 
@@ -567,6 +645,8 @@ fn summarise(workloads: &[Workload], clients: &[usize], levels: &[Level]) -> Vec
                 etcd_p99_ms: med(&e, |l| l.p99_ms),
                 supercluster_p50_ms: med(&p, |l| l.p50_ms),
                 supercluster_p99_ms: med(&p, |l| l.p99_ms),
+                etcd_client_cores: med(&e, |l| l.client_cores),
+                supercluster_client_cores: med(&p, |l| l.client_cores),
                 errors: e.iter().chain(&p).map(|l| l.errors).sum(),
             });
         }
@@ -589,6 +669,7 @@ fn report(
                 "rounds": args.rounds,
                 "seconds_per_level": args.seconds,
                 "value_size": args.value_size,
+                "client_threads": args.client_threads,
                 "summary": rows,
                 "levels": levels,
             }))?
@@ -596,11 +677,12 @@ fn report(
         return Ok(());
     }
     println!(
-        "\nmedians over {} rounds of {} s per system and level; fdatasync of 4 KiB: {fsync_ms:.2} ms",
-        args.rounds, args.seconds
+        "\nmedians over {} rounds of {} s per system and level; fdatasync of 4 KiB: {fsync_ms:.2} ms; \
+         clients on {} thread(s), their CPU in cores",
+        args.rounds, args.seconds, args.client_threads
     );
     println!(
-        "{:<12} {:>7} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6}",
+        "{:<12} {:>7} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
         "workload",
         "clients",
         "etcd/s",
@@ -610,11 +692,13 @@ fn report(
         "etcd p99",
         "sc p50",
         "sc p99",
+        "etcd cli",
+        "sc cli",
         "errors"
     );
     for r in &rows {
         println!(
-            "{:<12} {:>7} {:>10.0} {:>10.0} {:>6.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6}",
+            "{:<12} {:>7} {:>10.0} {:>10.0} {:>6.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>8.2} {:>6}",
             r.workload,
             r.clients,
             r.etcd_ops_per_sec,
@@ -624,6 +708,8 @@ fn report(
             r.etcd_p99_ms,
             r.supercluster_p50_ms,
             r.supercluster_p99_ms,
+            r.etcd_client_cores,
+            r.supercluster_client_cores,
             r.errors
         );
     }
@@ -645,6 +731,7 @@ mod tests {
             ops_per_sec,
             p50_ms: 1.0,
             p99_ms: 2.0,
+            client_cores: 0.5,
             first_error: None,
         }
     }
