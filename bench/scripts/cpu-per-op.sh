@@ -37,7 +37,7 @@ until grep -q "clients etcd" "$dir/compare.log" 2>/dev/null; do
     sleep 0.2
 done
 sleep 2
-for p in $(pgrep -x pce); do
+for p in $(pgrep -x "$(basename "$exe" | cut -c1-15)"); do
     if tr '\0' ' ' < "/proc/$p/cmdline" | grep -q ' serve '; then
         name=$(basename "$(readlink "/proc/$p/cwd")")
         perf stat -e task-clock,context-switches -x, -p "$p" -o "$dir/$name.stat" -- sleep "$window" &

@@ -50,7 +50,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: self.peers.clone(),
             log: self.log.clone(),
             stream: None,
-            calls_only: false,
+            offer: StreamOffer::default(),
         }
     }
 }
@@ -65,8 +65,44 @@ pub struct PeerClient {
     log: Durable,
     /// The open AppendEntries stream to the peer, if any.
     stream: Option<AppendStream>,
-    /// The peer's release has no append stream: send it calls.
-    calls_only: bool,
+    /// Whether the peer is offered the stream or sent calls.
+    offer: StreamOffer,
+}
+
+/// How long a peer without the append stream is sent calls before the stream
+/// is offered again. Offering costs one refused opening, a round trip, so a
+/// peer of an older release pays one per this interval.
+const STREAM_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether a peer is sent AppendEntries on the stream or as calls. A peer
+/// whose release has no stream is sent calls, but only for
+/// [`STREAM_RETRY`]: openraft keeps a peer's client for as long as the leader
+/// leads, and in a rolling upgrade the peer may restart on a release that has
+/// the stream.
+#[derive(Default)]
+struct StreamOffer {
+    /// When the peer last refused the stream.
+    refused_at: Option<tokio::time::Instant>,
+}
+
+impl StreamOffer {
+    /// True while the peer's last refusal is recent; after that the stream
+    /// is offered again.
+    fn calls_only(&mut self, now: tokio::time::Instant) -> bool {
+        match self.refused_at {
+            Some(at) if now.saturating_duration_since(at) < STREAM_RETRY => true,
+            Some(_) => {
+                self.refused_at = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The peer answered the stream's opening with UNIMPLEMENTED.
+    fn refused(&mut self, now: tokio::time::Instant) {
+        self.refused_at = Some(now);
+    }
 }
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, NodeInfo, E>;
@@ -116,15 +152,20 @@ impl PeerClient {
         ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
-        let client = self
-            .peers
-            .raft_client(self.target, &self.node)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        match tokio::time::timeout(ttl, call(client, RaftPayload { data })).await {
+        // The fault seam's delay (inside `raft_client`) counts against `ttl`.
+        let exchange = async {
+            let client = self
+                .peers
+                .raft_client(self.target, &self.node)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            call(client, RaftPayload { data })
+                .await
+                .map_err(|status| from_status(&status))
+        };
+        match tokio::time::timeout(ttl, exchange).await {
             Err(_) => Err(self.timeout(action, ttl)),
-            Ok(Err(status)) => Err(from_status(&status)),
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(reply) => Ok(reply?.into_inner()),
         }
     }
 
@@ -197,16 +238,17 @@ impl PeerClient {
         if self.stream.as_ref().is_some_and(AppendStream::is_spoiled) {
             self.stream = None;
         }
-        if self.calls_only {
+        if self.offer.calls_only(tokio::time::Instant::now()) {
             return self.call_append(ttl, data).await;
         }
         // The fault seam sees every request, as it sees every call (opening
-        // a stream passes it too).
+        // a stream passes it too); a delay it adds counts against the
+        // deadline, as the network's own would.
         if self.stream.is_some() {
-            self.peers
-                .gate(self.target)
-                .await
-                .map_err(|e| unreachable(&e))?;
+            match tokio::time::timeout_at(deadline, self.peers.gate(self.target)).await {
+                Err(_) => return Err(self.timeout(action, ttl)),
+                Ok(gated) => gated.map_err(|e| unreachable(&e))?,
+            }
         }
         let mut retried = false;
         loop {
@@ -253,18 +295,22 @@ impl PeerClient {
         ttl: Duration,
         first: Vec<u8>,
     ) -> Result<Option<AppendStream>, RpcErr> {
-        let client = self
-            .peers
-            .raft_client(self.target, &self.node)
-            .await
-            .map_err(|e| unreachable(&e))?;
+        let client = match tokio::time::timeout_at(
+            deadline,
+            self.peers.raft_client(self.target, &self.node),
+        )
+        .await
+        {
+            Err(_) => return Err(self.timeout(RPCTypes::AppendEntries, ttl)),
+            Ok(client) => client.map_err(|e| unreachable(&e))?,
+        };
         match tokio::time::timeout_at(deadline, AppendStream::open(client, first)).await {
             Err(_) => Err(self.timeout(RPCTypes::AppendEntries, ttl)),
             Ok(Err(status)) => Err(from_status(&status)),
             Ok(Ok(Some(stream))) => Ok(Some(stream)),
             Ok(Ok(None)) => {
                 tracing::info!(peer = %self.node, "the peer's release has no append stream; sending it AppendEntries calls");
-                self.calls_only = true;
+                self.offer.refused(tokio::time::Instant::now());
                 Ok(None)
             }
         }
@@ -529,6 +575,22 @@ mod cap_tests {
                 .map(|(i, s)| entry(i as u64 + 1, *s))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_peer_that_refused_the_stream_is_offered_it_again_later() {
+        let t0 = tokio::time::Instant::now();
+        let mut offer = StreamOffer::default();
+        assert!(!offer.calls_only(t0), "a new peer is offered the stream");
+        offer.refused(t0);
+        assert!(offer.calls_only(t0 + Duration::from_secs(1)));
+        assert!(offer.calls_only(t0 + STREAM_RETRY - Duration::from_millis(1)));
+        // After the interval the stream is offered again, and stays offered
+        // until the peer refuses it again.
+        assert!(!offer.calls_only(t0 + STREAM_RETRY));
+        assert!(!offer.calls_only(t0 + Duration::from_secs(1)));
+        offer.refused(t0 + STREAM_RETRY);
+        assert!(offer.calls_only(t0 + STREAM_RETRY + Duration::from_secs(1)));
     }
 
     #[test]
