@@ -618,6 +618,13 @@ impl Node {
         self.core.view.get(key).map_err(Error::Read)
     }
 
+    /// Waits until this replica has applied store revision `revision`, at
+    /// most `limit`; whether it did. For read-your-writes through one node:
+    /// a write answered with revision N is readable here once this is true.
+    pub async fn applied(&self, revision: u64, limit: Duration) -> bool {
+        self.core.view.applied(revision, limit).await
+    }
+
     /// Reads up to `limit` keys under `prefix`, in key order.
     pub async fn scan(
         &self,

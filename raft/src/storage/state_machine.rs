@@ -28,7 +28,7 @@ use openraft::{
     SnapshotMeta, StorageError, StoredMembership,
 };
 use sled::Transactional;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 pub use super::notices::ChangeNotice;
 use super::notices::Notices;
@@ -263,6 +263,9 @@ struct Shared {
     data_file: fs::File,
     snapshot_dir: PathBuf,
     notices: Notices,
+    /// The store revision applied so far, for readers that wait for a
+    /// revision ([`ReadView::applied`]) instead of polling for it.
+    applied: watch::Sender<u64>,
     /// Writes to the trees that failed in a row, and the last error: applying
     /// fails once sled has refused for too long.
     write_failures: std::sync::atomic::AtomicU32,
@@ -482,6 +485,19 @@ impl ReadView {
         self.shared.live()?.revision()
     }
 
+    /// Resolves once the replica has applied store revision `revision` (at
+    /// once if it has), or after `limit`, returning whether it got there:
+    /// read-your-writes through one node waits here for its own last write
+    /// rather than polling the revision.
+    pub async fn applied(&self, revision: u64, limit: std::time::Duration) -> bool {
+        let mut seen = self.shared.applied.subscribe();
+        let reached = tokio::time::timeout(limit, async {
+            seen.wait_for(|r| *r >= revision).await.is_ok()
+        })
+        .await;
+        reached.unwrap_or(false)
+    }
+
     /// A stream of the change notices (one per applied command) that touch a
     /// key under one of `prefixes`, and of every whole-replica replacement.
     pub fn subscribe(&self, prefixes: &[&[u8]]) -> broadcast::Receiver<ChangeNotice> {
@@ -545,19 +561,21 @@ impl StateMachine {
                 db.drop_tree(name.as_bytes()).map_err(sled_io)?;
             }
         }
-        let live = Generation::open(&db, gen_id)?;
+        let live = Live::new(Generation::open(&db, gen_id)?)?;
+        let applied = watch::Sender::new(live.revision()?);
         let data_file = fs::File::open(db_dir.join("db"))?;
         let (wake, woken) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
             log: std::sync::OnceLock::new(),
             db,
             meta,
-            live: RwLock::new(Live::new(live)?),
+            live: RwLock::new(live),
             writer: Mutex::new(()),
             wake,
             data_file,
             snapshot_dir: snapshot_dir.to_path_buf(),
             notices: Notices::default(),
+            applied,
             write_failures: std::sync::atomic::AtomicU32::new(0),
             last_write_error: Mutex::new(String::new()),
         });
@@ -718,6 +736,9 @@ impl StateMachine {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
         }
         self.remove_stray_files(false)?;
+        // The snapshot's revision, even below what was applied before (a
+        // waiter for a revision the snapshot lacks waits for the log after it).
+        shared.applied.send_replace(revision);
         shared.notices.publish([ChangeNotice {
             revision,
             log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
@@ -992,12 +1013,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Err(sm_err(ErrorVerb::Write, &e));
         }
         // A block, not a drop: the guard must not live across the await below.
-        let (responses, notices, keys, bytes) = {
+        let (responses, notices, keys, bytes, revision) = {
             let mut live = shared
                 .live_mut()
                 .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
             let (delta, responses, notices) =
                 apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+            let revision = delta.revision;
             for (key, value) in &delta.kv {
                 // A key already there (an update) is not added again, so
                 // the filter grows with the keys, not with the puts.
@@ -1007,7 +1029,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             live.pending.absorb(delta);
             let (keys, bytes) = (live.pending.keys(), live.pending.bytes);
-            (responses, notices, keys, bytes)
+            (responses, notices, keys, bytes, revision)
         };
         if bytes >= MAX_PENDING_BYTES {
             // sled is not keeping up: write before applying more, on the
@@ -1021,6 +1043,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else if keys >= WRITE_AT_KEYS || bytes >= WRITE_AT_BYTES {
             // A full channel means the writer is already woken.
             let _ = shared.wake.try_send(());
+        }
+        if let Some(revision) = revision {
+            // Readable from here on: the changes are in the live state.
+            shared.applied.send_if_modified(|r| {
+                let moved = revision > *r;
+                *r = (*r).max(revision);
+                moved
+            });
         }
         shared.notices.publish(notices);
         Ok(responses)
@@ -1192,6 +1222,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     use openraft::CommittedLeaderId;
 
@@ -1461,5 +1492,33 @@ mod tests {
         let mut sm = open(dir.path());
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_for_a_revision_wakes_when_it_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let view = sm.read_view();
+        let long = Duration::from_secs(30);
+        // Applied already (the empty store is at revision 0): at once.
+        assert!(view.applied(0, long).await);
+        let waiting = {
+            let view = view.clone();
+            tokio::spawn(async move { view.applied(2, long).await })
+        };
+        sm.apply(vec![entry(1, vec![put("a", "1")])]).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "revision 1 is not 2");
+        sm.apply(vec![entry(2, vec![put("b", "2")])]).await.unwrap();
+        assert!(waiting.await.unwrap());
+        // The value is readable once the wait is over.
+        assert!(view.get(b"b").unwrap().value.is_some());
+        // A revision never applied: the limit ends the wait, and says so.
+        assert!(!view.applied(99, Duration::from_millis(20)).await);
+        // A reopened store starts from the revision on disk.
+        drop(sm);
+        drop(view);
+        let sm = open(dir.path());
+        assert!(sm.read_view().applied(2, Duration::ZERO).await);
     }
 }
