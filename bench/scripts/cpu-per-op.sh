@@ -27,7 +27,10 @@ if [ "$seconds" -lt 6 ]; then
 fi
 window=$((seconds - 4))
 dir=$(mktemp -d /tmp/cpu-per-op.XXXX)
-trap 'kill "$bench" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+bench=
+# An interrupted run stops the nodes and etcd too (the bench's children: a
+# bench killed by a signal does not stop them itself).
+trap 'if [ -n "$bench" ]; then pkill -P "$bench" 2>/dev/null || true; kill "$bench" 2>/dev/null || true; fi; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
 "$exe" bench compare --workloads "$workload" --clients "$clients" --seconds "$seconds" \
     --rounds 1 "$@" > "$dir/compare.log" 2>&1 &
 bench=$!
@@ -37,16 +40,27 @@ until grep -q "clients etcd" "$dir/compare.log" 2>/dev/null; do
     sleep 0.2
 done
 sleep 2
-for p in $(pgrep -x "$(basename "$exe" | cut -c1-15)"); do
+# The nodes are the bench's own children (`pce serve`, beside etcd's).
+nodes=0
+for p in $(pgrep -P "$bench" || true); do
     if tr '\0' ' ' < "/proc/$p/cmdline" | grep -q ' serve '; then
         name=$(basename "$(readlink "/proc/$p/cwd")")
         perf stat -e task-clock,context-switches -x, -p "$p" -o "$dir/$name.stat" -- sleep "$window" &
+        nodes=$((nodes + 1))
     fi
 done
+[ "$nodes" -eq 3 ] || echo "warning: found $nodes of the 3 nodes among the bench's children" >&2
 perf stat -e task-clock,context-switches -x, -p "$bench" -o "$dir/client.stat" -- sleep "$window" &
-# The counters end before the bench does; this waits for all of them.
+# The counters end before the bench does.
+wait "$bench" || { cat "$dir/compare.log" >&2; exit 1; }
+bench=
 wait
 rate=$(awk '/clients supercluster/ {print $7}' "$dir/compare.log")
+if ! [[ "$rate" =~ ^[0-9]+$ ]] || [ "$rate" -eq 0 ]; then
+    echo "no single Supercluster rate in the bench's output (give one client count):" >&2
+    cat "$dir/compare.log" >&2
+    exit 1
+fi
 grep -E "^round|clients on" "$dir/compare.log"
 for f in "$dir"/*.stat; do
     awk -F, -v r="$rate" -v s="$window" -v n="$(basename "$f" .stat)" '

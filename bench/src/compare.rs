@@ -23,7 +23,8 @@
 //!
 //! The clients run on a runtime of their own, with `--client-threads` workers
 //! (one by default), and each level prints how much CPU the bench process used.
-//! On the default two-worker runtime a one-client read cost the client four
+//! On the process's main runtime (a worker per core, two on the machine
+//! measured) a one-client read cost the client four
 //! context switches and about 100 us of CPU, more than either server spent on
 //! it: the client's tasks (the caller, tonic's buffer, hyper's connection and
 //! body pipe) woke each other across the two threads. That is the same for
@@ -511,7 +512,8 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
 }
 
 /// Runs [`measure`] on a runtime of its own with `--client-threads` workers,
-/// on a thread of its own (a runtime cannot be started inside another), so
+/// driven from a thread of its own (`block_on` cannot run on a thread that
+/// is already inside a runtime), so
 /// every client connection and task lives there and not on the process's
 /// main runtime.
 fn measure_apart(
@@ -675,6 +677,16 @@ fn report(
             }))?
         );
         return Ok(());
+    }
+    // The CPU counted is the whole bench process's, so this is a hint, not
+    // a proof; but a client this busy may have set the pace.
+    let busy = 0.9 * args.client_threads as f64;
+    if levels.iter().any(|l| l.client_cores > busy) {
+        println!(
+            "note: the client used more than {busy:.1} cores in some level; it may have been \
+             the limit there (try --client-threads {})",
+            args.client_threads + 1
+        );
     }
     println!(
         "\nmedians over {} rounds of {} s per system and level; fdatasync of 4 KiB: {fsync_ms:.2} ms; \

@@ -83,6 +83,8 @@ const STREAM_RETRY: Duration = Duration::from_secs(30);
 struct StreamOffer {
     /// When the peer last refused the stream.
     refused_at: Option<tokio::time::Instant>,
+    /// Whether it ever did (for the log: the first refusal is news).
+    refused_before: bool,
 }
 
 impl StreamOffer {
@@ -99,9 +101,11 @@ impl StreamOffer {
         }
     }
 
-    /// The peer answered the stream's opening with UNIMPLEMENTED.
-    fn refused(&mut self, now: tokio::time::Instant) {
+    /// The peer answered the stream's opening with UNIMPLEMENTED; true the
+    /// first time.
+    fn refused(&mut self, now: tokio::time::Instant) -> bool {
         self.refused_at = Some(now);
+        !std::mem::replace(&mut self.refused_before, true)
     }
 }
 
@@ -288,7 +292,8 @@ impl PeerClient {
     }
 
     /// Opens the AppendEntries stream to the peer with `first` in flight on
-    /// it; `None` (and calls from now on) for a peer whose release has none.
+    /// it; `None` (and calls for [`STREAM_RETRY`]) for a peer whose release
+    /// has none.
     async fn open_stream(
         &mut self,
         deadline: tokio::time::Instant,
@@ -309,8 +314,13 @@ impl PeerClient {
             Ok(Err(status)) => Err(from_status(&status)),
             Ok(Ok(Some(stream))) => Ok(Some(stream)),
             Ok(Ok(None)) => {
-                tracing::info!(peer = %self.node, "the peer's release has no append stream; sending it AppendEntries calls");
-                self.offer.refused(tokio::time::Instant::now());
+                // Said once per peer client; the offers every STREAM_RETRY
+                // of a rolling upgrade are not news.
+                if self.offer.refused(tokio::time::Instant::now()) {
+                    tracing::info!(peer = %self.node, "the peer's release has no append stream; sending it AppendEntries calls");
+                } else {
+                    tracing::debug!(peer = %self.node, "the peer still has no append stream");
+                }
                 Ok(None)
             }
         }
@@ -433,9 +443,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
             .await
             .map_err(|e| net(&e))?;
-        let mut client = match self.peers.raft_client(self.target, &self.node).await {
-            Ok(c) => c,
-            Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
+        let ttl = self.peers.timeouts().snapshot;
+        // The fault seam's delay counts against the transfer's deadline.
+        let mut client = match tokio::time::timeout(
+            ttl,
+            self.peers.raft_client(self.target, &self.node),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.peers.self_id(),
+                    target: self.target,
+                    timeout: ttl,
+                }))
+            }
+            Ok(Err(e)) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
+            Ok(Ok(c)) => c,
         };
 
         // A bounded channel: the file is read only as fast as the peer takes it.
@@ -465,7 +490,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 }
             }
         });
-        let ttl = self.peers.timeouts().snapshot;
         let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
         let outcome = tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -582,14 +606,14 @@ mod cap_tests {
         let t0 = tokio::time::Instant::now();
         let mut offer = StreamOffer::default();
         assert!(!offer.calls_only(t0), "a new peer is offered the stream");
-        offer.refused(t0);
+        assert!(offer.refused(t0), "the first refusal is news");
         assert!(offer.calls_only(t0 + Duration::from_secs(1)));
         assert!(offer.calls_only(t0 + STREAM_RETRY - Duration::from_millis(1)));
         // After the interval the stream is offered again, and stays offered
         // until the peer refuses it again.
         assert!(!offer.calls_only(t0 + STREAM_RETRY));
         assert!(!offer.calls_only(t0 + Duration::from_secs(1)));
-        offer.refused(t0 + STREAM_RETRY);
+        assert!(!offer.refused(t0 + STREAM_RETRY), "a second one is not");
         assert!(offer.calls_only(t0 + STREAM_RETRY + Duration::from_secs(1)));
     }
 

@@ -732,13 +732,13 @@ impl StateMachine {
         shared.sync()?;
         // The snapshot replaces everything applied, written or not.
         let old = std::mem::replace(&mut *shared.live_mut()?, fresh).trees;
+        // The snapshot's revision is readable from here on (a waiter for a
+        // revision the snapshot lacks waits for the log after it).
+        shared.applied.send_replace(revision);
         for tree in [&old.kv, &old.sessions, &old.state] {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
         }
         self.remove_stray_files(false)?;
-        // The snapshot's revision, even below what was applied before (a
-        // waiter for a revision the snapshot lacks waits for the log after it).
-        shared.applied.send_replace(revision);
         shared.notices.publish([ChangeNotice {
             revision,
             log_index: meta.last_log_id.map(|l| l.index).unwrap_or(0),
