@@ -22,16 +22,16 @@
 //!   limit is lifted for the run (`rate = 0`), so the API is measured, not it.
 //!
 //! The clients run on a runtime of their own, with `--client-threads` workers
-//! (one by default), and each level prints how much CPU the bench process used.
-//! On the process's main runtime (a worker per core, two on the machine
-//! measured) a one-client read cost the client four
-//! context switches and about 100 us of CPU, more than either server spent on
-//! it: the client's tasks (the caller, tonic's buffer, hyper's connection and
-//! body pipe) woke each other across the two threads. That is the same for
-//! both systems, but it is added to both latencies and so hid the servers'
-//! difference; on one thread the client spends about 65 us and one switch
-//! (`docs/benchmarks.md`, "The bench's own client"). A client that shows close
-//! to `--client-threads` cores is the limit of the run, not the servers.
+//! (one by default), and each level prints how much CPU the bench process
+//! used. On the process's main runtime (a worker per core, two on the machine
+//! measured) a one-client read cost the client four context switches and about
+//! 100 us of CPU, more than either server spent on it: the client's tasks (the
+//! caller, tonic's buffer, hyper's connection and body pipe) woke each other
+//! across the two threads. That is the same for both systems, but it is added
+//! to both latencies and so hid the servers' difference; on one thread the
+//! client spends about 65 us and one switch (`docs/benchmarks.md`, "The bench's
+//! own client"). A client that shows close to `--client-threads` cores is the
+//! limit of the run, not the servers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -512,10 +512,9 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
 }
 
 /// Runs [`measure`] on a runtime of its own with `--client-threads` workers,
-/// driven from a thread of its own (`block_on` cannot run on a thread that
-/// is already inside a runtime), so
-/// every client connection and task lives there and not on the process's
-/// main runtime.
+/// driven from a thread of its own (`block_on` cannot run on a thread that is
+/// already inside a runtime), so every client connection and task lives there
+/// and not on the process's main runtime.
 fn measure_apart(
     args: &CompareArgs,
     workloads: &[Workload],
