@@ -32,6 +32,12 @@
 //! client spends about 65 us and one switch (`docs/benchmarks.md`, "The bench's
 //! own client"). A client that shows close to `--client-threads` cores is the
 //! limit of the run, not the servers.
+//!
+//! Each level also counts the CPU of the measured system's three server
+//! processes (`/proc/<pid>/stat`) per operation. The client shares the
+//! machine's cores, and ours pays for TLS where etcd's does not, so the
+//! throughput ratio charges our client's cost to our servers; the servers' CPU
+//! per operation, and its ratio, do not.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -134,6 +140,12 @@ struct Level {
     /// CPU the bench process used during the level, in cores (1.0 = one
     /// core busy throughout): near `--client-threads`, the client was the limit.
     client_cores: f64,
+    /// CPU of the system's three server processes per operation, in
+    /// microseconds: what the servers paid for the work, whoever set the pace.
+    /// On a machine the client shares, a system whose client costs more gets
+    /// fewer cycles for its servers; this figure depends far less on that (a
+    /// busier server batches more, so it still falls with the rate).
+    servers_us_per_op: f64,
     /// The first error, to say why `errors` is not 0.
     first_error: Option<String>,
 }
@@ -350,12 +362,14 @@ impl Worker {
 async fn run_level(
     at: (&'static str, Workload, usize),
     workers: Vec<Worker>,
+    servers: &[u32],
     run_for: Duration,
     value_size: usize,
 ) -> Result<Level> {
     let clients = workers.len();
     let value = Arc::new(vec![b'x'; value_size]);
     let cpu_before = process_cpu();
+    let servers_before = super::procs::cpu_of(servers);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, mut w) in workers.into_iter().enumerate() {
@@ -394,17 +408,23 @@ async fn run_level(
         (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / secs,
         _ => 0.0,
     };
+    let ops = all.len();
+    let servers_us_per_op = match (servers_before, super::procs::cpu_of(servers)) {
+        (Some(a), Some(b)) if ops > 0 => b.saturating_sub(a).as_secs_f64() * 1e6 / ops as f64,
+        _ => 0.0,
+    };
     Ok(Level {
         system: at.0,
         workload: at.1.name(),
         clients,
         round: at.2,
-        ops: all.len(),
+        ops,
         errors,
-        ops_per_sec: all.len() as f64 / secs,
+        ops_per_sec: ops as f64 / secs,
         p50_ms: super::pct(&all, 0.5),
         p99_ms: super::pct(&all, 0.99),
         client_cores,
+        servers_us_per_op,
         first_error,
     })
 }
@@ -551,32 +571,48 @@ async fn measure(
     let api = workloads.contains(&Workload::ApiRead);
     prepare(pce, &mut ps, &mut es, args.value_size, api).await?;
     let run_for = Duration::from_secs(args.seconds);
+    let (etcd_pids, pce_pids) = (
+        super::procs::pids(&etcd.procs),
+        super::procs::pids(&pce.procs),
+    );
     // Warm connections, caches and both processes' allocators (round 0, not kept).
     let warm = Duration::from_millis(500);
     for w in workloads {
         run_level(
             ("etcd", *w, 0),
             etcd_workers(&es, *w, 4),
+            &etcd_pids,
             warm,
             args.value_size,
         )
         .await?;
         let workers = pce_workers(pce, &ps, *w, 4)?;
-        run_level(("supercluster", *w, 0), workers, warm, args.value_size).await?;
+        run_level(
+            ("supercluster", *w, 0),
+            workers,
+            &pce_pids,
+            warm,
+            args.value_size,
+        )
+        .await?;
     }
     let mut levels = Vec::new();
     for round in 1..=args.rounds {
         for w in workloads {
             for &clients in &args.clients {
                 let both = [
-                    ("etcd", etcd_workers(&es, *w, clients)),
-                    ("supercluster", pce_workers(pce, &ps, *w, clients)?),
+                    ("etcd", etcd_workers(&es, *w, clients), &etcd_pids),
+                    (
+                        "supercluster",
+                        pce_workers(pce, &ps, *w, clients)?,
+                        &pce_pids,
+                    ),
                 ];
-                for (system, workers) in both {
-                    let l =
-                        run_level((system, *w, round), workers, run_for, args.value_size).await?;
+                for (system, workers, pids) in both {
+                    let l = run_level((system, *w, round), workers, pids, run_for, args.value_size)
+                        .await?;
                     eprintln!(
-                        "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  client {:.2} cores{}",
+                        "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  client {:.2} cores  servers {:.0} us/op{}",
                         l.workload,
                         l.clients,
                         l.system,
@@ -584,6 +620,7 @@ async fn measure(
                         l.p50_ms,
                         l.p99_ms,
                         l.client_cores,
+                        l.servers_us_per_op,
                         match &l.first_error {
                             Some(e) => format!("  {} errors, first: {e}", l.errors),
                             None => String::new(),
@@ -613,6 +650,12 @@ struct Summary {
     /// Median CPU of the bench process while it drove each system, in cores.
     etcd_client_cores: f64,
     supercluster_client_cores: f64,
+    /// Median CPU of each system's three servers per operation, microseconds.
+    etcd_servers_us_per_op: f64,
+    supercluster_servers_us_per_op: f64,
+    /// Median over rounds of (etcd / Supercluster) server CPU per operation in
+    /// the same round: above 1, our servers spent less on each operation.
+    cpu_ratio: f64,
     errors: u64,
 }
 
@@ -633,6 +676,12 @@ fn summarise(workloads: &[Workload], clients: &[usize], levels: &[Level]) -> Vec
                 .filter(|(e, _)| e.ops_per_sec > 0.0)
                 .map(|(e, p)| p.ops_per_sec / e.ops_per_sec)
                 .collect();
+            let mut cpu_ratios: Vec<f64> = e
+                .iter()
+                .zip(&p)
+                .filter(|(_, p)| p.servers_us_per_op > 0.0)
+                .map(|(e, p)| e.servers_us_per_op / p.servers_us_per_op)
+                .collect();
             let med = |ls: &[&Level], f: fn(&Level) -> f64| {
                 median(&mut ls.iter().map(|l| f(l)).collect::<Vec<_>>())
             };
@@ -648,6 +697,9 @@ fn summarise(workloads: &[Workload], clients: &[usize], levels: &[Level]) -> Vec
                 supercluster_p99_ms: med(&p, |l| l.p99_ms),
                 etcd_client_cores: med(&e, |l| l.client_cores),
                 supercluster_client_cores: med(&p, |l| l.client_cores),
+                etcd_servers_us_per_op: med(&e, |l| l.servers_us_per_op),
+                supercluster_servers_us_per_op: med(&p, |l| l.servers_us_per_op),
+                cpu_ratio: median(&mut cpu_ratios),
                 errors: e.iter().chain(&p).map(|l| l.errors).sum(),
             });
         }
@@ -689,11 +741,12 @@ fn report(
     }
     println!(
         "\nmedians over {} rounds of {} s per system and level; fdatasync of 4 KiB: {fsync_ms:.2} ms; \
-         clients on {} thread(s), their CPU in cores",
+         clients on {} thread(s), their CPU in cores; the servers' CPU per operation in us, and \
+         how many times less ours spent (cpu ratio)",
         args.rounds, args.seconds, args.client_threads
     );
     println!(
-        "{:<12} {:>7} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}",
+        "{:<12} {:>7} {:>10} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}",
         "workload",
         "clients",
         "etcd/s",
@@ -705,11 +758,14 @@ fn report(
         "sc p99",
         "etcd cli",
         "sc cli",
+        "etcd us",
+        "sc us",
+        "cpu ratio",
         "errors"
     );
     for r in &rows {
         println!(
-            "{:<12} {:>7} {:>10.0} {:>10.0} {:>6.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>8.2} {:>6}",
+            "{:<12} {:>7} {:>10.0} {:>10.0} {:>6.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.2}x {:>6}",
             r.workload,
             r.clients,
             r.etcd_ops_per_sec,
@@ -721,6 +777,9 @@ fn report(
             r.supercluster_p99_ms,
             r.etcd_client_cores,
             r.supercluster_client_cores,
+            r.etcd_servers_us_per_op,
+            r.supercluster_servers_us_per_op,
+            r.cpu_ratio,
             r.errors
         );
     }
@@ -743,6 +802,7 @@ mod tests {
             p50_ms: 1.0,
             p99_ms: 2.0,
             client_cores: 0.5,
+            servers_us_per_op: 100.0 + ops_per_sec / 10.0,
             first_error: None,
         }
     }
@@ -765,6 +825,12 @@ mod tests {
         assert!((rows[0].ratio - 0.5).abs() < 1e-9, "{}", rows[0].ratio);
         assert_eq!(rows[0].etcd_ops_per_sec, 900.0);
         assert_eq!(rows[0].supercluster_ops_per_sec, 450.0);
+        // Server CPU per operation pairs rounds the same way: 190 / 145.
+        assert!(
+            (rows[0].cpu_ratio - 190.0 / 145.0).abs() < 1e-9,
+            "{}",
+            rows[0].cpu_ratio
+        );
     }
 
     #[test]

@@ -76,6 +76,42 @@ fn log_to(path: &Path) -> Result<(Stdio, Stdio)> {
     Ok((Stdio::from(file), Stdio::from(err)))
 }
 
+/// The process ids of the nodes still running, to count their CPU.
+pub(crate) fn pids(procs: &[Option<Child>]) -> Vec<u32> {
+    procs.iter().flatten().map(Child::id).collect()
+}
+
+/// CPU time (user and system, every thread, living or exited) that the
+/// processes `pids` have used so far, from `/proc/<pid>/stat`; `None` when one
+/// cannot be read (it exited, or this is not Linux). A process's own clock is
+/// the only count that keeps the time of threads that have already exited,
+/// such as a blocking pool's.
+pub(crate) fn cpu_of(pids: &[u32]) -> Option<Duration> {
+    // SAFETY: sysconf with a constant name reads a value; no memory is shared.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    let mut total = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        total += stat_cpu_ticks(&stat)?;
+    }
+    Some(Duration::from_micros(
+        total.saturating_mul(1_000_000) / ticks,
+    ))
+}
+
+/// utime + stime of one `/proc/<pid>/stat` line, in clock ticks. The command
+/// name (field 2) is in parentheses and may hold spaces or parentheses, so the
+/// fields are counted from the last `)`.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state (field 3) ... utime (14), stime (15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Supercluster: `pce up` makes the data, then three `pce serve` processes.
 pub(crate) struct Pce {
     pub(crate) exe: PathBuf,
@@ -309,5 +345,37 @@ impl Etcd {
             let mut c = c;
             let _ = sigkill(&mut c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_past_a_name_with_spaces_and_parentheses() {
+        // Fields 3.. of a real line; utime 1200 and stime 34.
+        let line = "4242 (pce (serve) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 1200 34 0 0 20 0 9 0";
+        assert_eq!(stat_cpu_ticks(line), Some(1234));
+        assert_eq!(stat_cpu_ticks("4242 (cut short) S 1"), None);
+    }
+
+    #[test]
+    fn a_process_cpu_count_moves_and_a_missing_process_reads_as_none() {
+        let me = std::process::id();
+        let start = cpu_of(&[me]).expect("/proc is readable here");
+        // Spin until the kernel has charged this process at least one more
+        // clock tick; the deadline only stops a broken reader from hanging.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while cpu_of(&[me]).expect("/proc is readable here") <= start {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            assert!(
+                Instant::now() < deadline,
+                "no CPU counted after 30 s of spinning"
+            );
+        }
+        // A process that is gone makes the whole count unknown, not smaller.
+        assert_eq!(cpu_of(&[me, u32::MAX]), None);
     }
 }
