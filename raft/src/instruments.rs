@@ -46,8 +46,12 @@ pub(crate) fn fsync_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
-/// Counts campaigns and leader changes from openraft's metrics channel (the
-/// watchdog only samples). The channel keeps only the latest value, so a
+/// Counts campaigns and leader changes from openraft's server metrics channel
+/// (the watchdog only samples). That channel changes only with the vote, the
+/// role, the leader or the membership; the full metrics channel changes after
+/// nearly every batch of entries, and each change made the Raft core wake this
+/// task on another thread (docs/benchmarks.md, "Waiters on openraft's
+/// metrics"). The channel keeps only the latest value, so a
 /// campaign is recognised by its lasting trace, a vote for this node in a new
 /// term, rather than by the candidate state, which a quick win can skip.
 ///
@@ -58,7 +62,7 @@ pub(crate) fn fsync_histogram() -> Histogram {
 /// the value in hand is examined before waiting for the next.
 pub(crate) async fn count_elections(
     (id, saved_term): (NodeId, u64),
-    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, crate::NodeInfo>>,
+    mut metrics: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, crate::NodeInfo>>,
     instruments: Instruments,
     mut stop: watch::Receiver<bool>,
 ) {

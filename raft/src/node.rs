@@ -247,16 +247,40 @@ impl Node {
     /// neither replicate nor apply, yet its API and VEN service would go on
     /// serving a frozen replica: its process should exit and be restarted from
     /// its data instead.
+    ///
+    /// It waits on the server metrics channel, which changes only with the
+    /// vote, the role, the leader or the membership, and closes when the core
+    /// ends; the full metrics channel, which holds the reason, changes after
+    /// nearly every batch of entries, and a waiter there cost the core a
+    /// wake-up of another thread each time.
     pub async fn failed(&self) -> String {
-        let mut rx = self.core.raft.metrics();
+        let mut server = self.core.raft.server_metrics();
         loop {
-            if let Err(e) = &rx.borrow_and_update().running_state {
-                return e.to_string();
+            if let Some(reason) = self.stop_reason() {
+                return reason;
             }
-            if rx.changed().await.is_err() {
-                return "the Raft core stopped".into();
+            if server.changed().await.is_err() {
+                return self
+                    .stop_reason()
+                    .unwrap_or_else(|| "the Raft core stopped".into());
             }
         }
+    }
+
+    /// Why the core has stopped, if it has. The core sends its reason to the
+    /// full metrics channel before it ends. A failed sync of the log stops the
+    /// core from outside (`watchdog::stop_core_on_log_failure`), and openraft
+    /// then reports only that it was stopped, so the log's failure is named.
+    fn stop_reason(&self) -> Option<String> {
+        let stopped = match &self.core.raft.metrics().borrow().running_state {
+            Ok(()) => return None,
+            Err(e) => e.to_string(),
+        };
+        Some(if self.core.log.durable().has_failed() {
+            format!("a sync of the Raft log failed ({stopped})")
+        } else {
+            stopped
+        })
     }
 
     /// Stops the server, the Raft instance and background tasks, and closes storage.

@@ -144,7 +144,7 @@ impl Node {
         )));
         node.push_task(tokio::spawn(crate::instruments::count_elections(
             (opts.id, log_for_election.saved_vote_term()),
-            raft.metrics(),
+            raft.server_metrics(),
             node.instruments().clone(),
             shutdown_rx.clone(),
         )));

@@ -234,6 +234,14 @@ async fn a_leader_whose_log_cannot_sync_acknowledges_and_applies_nothing() {
     .expect("node 1 leads");
     let answer = node.write(put(1, b"k", b"synced")).await.expect("a write");
     assert_eq!(answer.outcome, Outcome::Applied);
+    // What `pce serve` waits on to exit (it waits on the server metrics
+    // channel, which a healthy node's writes do not move).
+    let failed = {
+        let node = node.clone();
+        tokio::spawn(async move { node.failed().await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!failed.is_finished(), "a healthy node reported a failure");
 
     faults.set_syncs_failing(true);
     let unsynced = tokio::time::timeout(
@@ -259,6 +267,14 @@ async fn a_leader_whose_log_cannot_sync_acknowledges_and_applies_nothing() {
     })
     .await
     .expect("a leader whose log cannot sync stops leading");
+    let reason = tokio::time::timeout(Duration::from_secs(20), failed)
+        .await
+        .expect("the node reports its stopped core")
+        .expect("task");
+    assert!(
+        reason.contains("storage") || reason.contains("sync"),
+        "the reason names the disk: {reason}"
+    );
     node.shutdown().await;
 }
 

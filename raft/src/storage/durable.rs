@@ -73,6 +73,11 @@ impl Durable {
         self.tx.send_modify(|e| e.failed = true);
     }
 
+    /// Whether a sync has failed, to say why the core was stopped.
+    pub(crate) fn has_failed(&self) -> bool {
+        self.tx.borrow().failed
+    }
+
     /// Resolves when a sync has failed (`false` if the log closed first).
     pub(crate) async fn failed(&self) -> bool {
         let mut rx = self.tx.subscribe();
