@@ -140,12 +140,14 @@ struct Level {
     /// CPU the bench process used during the level, in cores (1.0 = one
     /// core busy throughout): near `--client-threads`, the client was the limit.
     client_cores: f64,
-    /// CPU of the system's three server processes per operation, in
+    /// CPU of the system's server processes per successful operation, in
     /// microseconds: what the servers paid for the work, whoever set the pace.
     /// On a machine the client shares, a system whose client costs more gets
     /// fewer cycles for its servers; this figure depends far less on that (a
-    /// busier server batches more, so it still falls with the rate).
-    servers_us_per_op: f64,
+    /// busier server batches more, so it still falls with the rate). `None`
+    /// when it could not be counted (no successful operation, or `/proc`
+    /// unreadable).
+    servers_us_per_op: Option<f64>,
     /// The first error, to say why `errors` is not 0.
     first_error: Option<String>,
 }
@@ -410,8 +412,8 @@ async fn run_level(
     };
     let ops = all.len();
     let servers_us_per_op = match (servers_before, super::procs::cpu_of(servers)) {
-        (Some(a), Some(b)) if ops > 0 => b.saturating_sub(a).as_secs_f64() * 1e6 / ops as f64,
-        _ => 0.0,
+        (Some(a), Some(b)) if ops > 0 => Some(b.saturating_sub(a).as_secs_f64() * 1e6 / ops as f64),
+        _ => None,
     };
     Ok(Level {
         system: at.0,
@@ -476,6 +478,17 @@ fn etcd_workers(side: &EtcdSide, w: Workload, clients: usize) -> Vec<Worker> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The median of the values `f` counted over `levels`; `None` when none was.
+fn counted_median(levels: &[&Level], f: fn(&Level) -> Option<f64>) -> Option<f64> {
+    let mut v: Vec<f64> = levels.iter().filter_map(|l| f(l)).collect();
+    (!v.is_empty()).then(|| median(&mut v))
+}
+
+/// A CPU figure in whole microseconds, or `n/a` where it was not counted.
+fn us(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"))
 }
 
 /// The time one 4 KiB write + fdatasync takes in `dir` (median of 100): the
@@ -612,7 +625,7 @@ async fn measure(
                     let l = run_level((system, *w, round), workers, pids, run_for, args.value_size)
                         .await?;
                     eprintln!(
-                        "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  client {:.2} cores  servers {:.0} us/op{}",
+                        "round {round} {:<12} {:>3} clients {:<13} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  client {:.2} cores  servers {} us/op{}",
                         l.workload,
                         l.clients,
                         l.system,
@@ -620,7 +633,7 @@ async fn measure(
                         l.p50_ms,
                         l.p99_ms,
                         l.client_cores,
-                        l.servers_us_per_op,
+                        us(l.servers_us_per_op),
                         match &l.first_error {
                             Some(e) => format!("  {} errors, first: {e}", l.errors),
                             None => String::new(),
@@ -650,12 +663,14 @@ struct Summary {
     /// Median CPU of the bench process while it drove each system, in cores.
     etcd_client_cores: f64,
     supercluster_client_cores: f64,
-    /// Median CPU of each system's three servers per operation, microseconds.
-    etcd_servers_us_per_op: f64,
-    supercluster_servers_us_per_op: f64,
+    /// Median CPU of each system's servers per successful operation, in
+    /// microseconds, over the rounds where it was counted.
+    etcd_servers_us_per_op: Option<f64>,
+    supercluster_servers_us_per_op: Option<f64>,
     /// Median over rounds of (etcd / Supercluster) server CPU per operation in
     /// the same round: above 1, our servers spent less on each operation.
-    cpu_ratio: f64,
+    /// Only rounds where both were counted take part.
+    cpu_ratio: Option<f64>,
     errors: u64,
 }
 
@@ -679,8 +694,10 @@ fn summarise(workloads: &[Workload], clients: &[usize], levels: &[Level]) -> Vec
             let mut cpu_ratios: Vec<f64> = e
                 .iter()
                 .zip(&p)
-                .filter(|(_, p)| p.servers_us_per_op > 0.0)
-                .map(|(e, p)| e.servers_us_per_op / p.servers_us_per_op)
+                .filter_map(|(e, p)| match (e.servers_us_per_op, p.servers_us_per_op) {
+                    (Some(e), Some(p)) if p > 0.0 => Some(e / p),
+                    _ => None,
+                })
                 .collect();
             let med = |ls: &[&Level], f: fn(&Level) -> f64| {
                 median(&mut ls.iter().map(|l| f(l)).collect::<Vec<_>>())
@@ -697,9 +714,9 @@ fn summarise(workloads: &[Workload], clients: &[usize], levels: &[Level]) -> Vec
                 supercluster_p99_ms: med(&p, |l| l.p99_ms),
                 etcd_client_cores: med(&e, |l| l.client_cores),
                 supercluster_client_cores: med(&p, |l| l.client_cores),
-                etcd_servers_us_per_op: med(&e, |l| l.servers_us_per_op),
-                supercluster_servers_us_per_op: med(&p, |l| l.servers_us_per_op),
-                cpu_ratio: median(&mut cpu_ratios),
+                etcd_servers_us_per_op: counted_median(&e, |l| l.servers_us_per_op),
+                supercluster_servers_us_per_op: counted_median(&p, |l| l.servers_us_per_op),
+                cpu_ratio: (!cpu_ratios.is_empty()).then(|| median(&mut cpu_ratios)),
                 errors: e.iter().chain(&p).map(|l| l.errors).sum(),
             });
         }
@@ -765,7 +782,7 @@ fn report(
     );
     for r in &rows {
         println!(
-            "{:<12} {:>7} {:>10.0} {:>10.0} {:>6.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.2}x {:>6}",
+            "{:<12} {:>7} {:>10.0} {:>10.0} {:>6.2}x {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>9} {:>6}",
             r.workload,
             r.clients,
             r.etcd_ops_per_sec,
@@ -777,9 +794,10 @@ fn report(
             r.supercluster_p99_ms,
             r.etcd_client_cores,
             r.supercluster_client_cores,
-            r.etcd_servers_us_per_op,
-            r.supercluster_servers_us_per_op,
-            r.cpu_ratio,
+            us(r.etcd_servers_us_per_op),
+            us(r.supercluster_servers_us_per_op),
+            r.cpu_ratio
+                .map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}x")),
             r.errors
         );
     }
@@ -802,7 +820,7 @@ mod tests {
             p50_ms: 1.0,
             p99_ms: 2.0,
             client_cores: 0.5,
-            servers_us_per_op: 100.0 + ops_per_sec / 10.0,
+            servers_us_per_op: Some(100.0 + ops_per_sec / 10.0),
             first_error: None,
         }
     }
@@ -826,11 +844,31 @@ mod tests {
         assert_eq!(rows[0].etcd_ops_per_sec, 900.0);
         assert_eq!(rows[0].supercluster_ops_per_sec, 450.0);
         // Server CPU per operation pairs rounds the same way: 190 / 145.
-        assert!(
-            (rows[0].cpu_ratio - 190.0 / 145.0).abs() < 1e-9,
-            "{}",
-            rows[0].cpu_ratio
-        );
+        let cpu = rows[0].cpu_ratio.expect("counted in every round");
+        assert!((cpu - 190.0 / 145.0).abs() < 1e-9, "{cpu}");
+    }
+
+    #[test]
+    fn a_round_whose_cpu_was_not_counted_is_left_out_not_taken_as_zero() {
+        let mut levels = vec![
+            level("etcd", 1, 1000.0),
+            level("supercluster", 1, 500.0),
+            level("etcd", 2, 1000.0),
+            level("supercluster", 2, 500.0),
+        ];
+        // Round 1: etcd's servers could not be counted.
+        levels[0].servers_us_per_op = None;
+        let rows = summarise(&[Workload::Write], &[1], &levels);
+        assert_eq!(rows[0].etcd_servers_us_per_op, Some(200.0));
+        let cpu = rows[0].cpu_ratio.expect("round 2 counted both");
+        assert!((cpu - 200.0 / 150.0).abs() < 1e-9, "{cpu}");
+        // No round counted ours: nothing to say, not 0.
+        for l in levels.iter_mut().filter(|l| l.system == "supercluster") {
+            l.servers_us_per_op = None;
+        }
+        let rows = summarise(&[Workload::Write], &[1], &levels);
+        assert_eq!(rows[0].supercluster_servers_us_per_op, None);
+        assert_eq!(rows[0].cpu_ratio, None);
     }
 
     #[test]

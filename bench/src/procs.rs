@@ -76,16 +76,19 @@ fn log_to(path: &Path) -> Result<(Stdio, Stdio)> {
     Ok((Stdio::from(file), Stdio::from(err)))
 }
 
-/// The process ids of the nodes still running, to count their CPU.
+/// The process ids of the nodes this bench holds (started and not yet
+/// stopped or killed by it), to count their CPU.
 pub(crate) fn pids(procs: &[Option<Child>]) -> Vec<u32> {
     procs.iter().flatten().map(Child::id).collect()
 }
 
 /// CPU time (user and system, every thread, living or exited) that the
-/// processes `pids` have used so far, from `/proc/<pid>/stat`; `None` when one
-/// cannot be read (it exited, or this is not Linux). A process's own clock is
-/// the only count that keeps the time of threads that have already exited,
-/// such as a blocking pool's.
+/// processes `pids` have used so far, from `/proc/<pid>/stat`, in whole clock
+/// ticks (10 ms each, usually); `None` when one cannot be read (it has been
+/// reaped, or this is not Linux). A child that died but was not yet reaped
+/// still reads, with its final count. A process's own clock is the only count
+/// that keeps the time of threads that have already exited, such as a
+/// blocking pool's.
 pub(crate) fn cpu_of(pids: &[u32]) -> Option<Duration> {
     // SAFETY: sysconf with a constant name reads a value; no memory is shared.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -354,7 +357,8 @@ mod tests {
 
     #[test]
     fn cpu_ticks_are_read_past_a_name_with_spaces_and_parentheses() {
-        // Fields 3.. of a real line; utime 1200 and stime 34.
+        // The first 22 fields of a line, with a name that holds spaces and
+        // parentheses; utime (field 14) 1200 and stime (15) 34.
         let line = "4242 (pce (serve) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 1200 34 0 0 20 0 9 0";
         assert_eq!(stat_cpu_ticks(line), Some(1234));
         assert_eq!(stat_cpu_ticks("4242 (cut short) S 1"), None);

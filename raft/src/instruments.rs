@@ -48,12 +48,13 @@ pub(crate) fn fsync_histogram() -> Histogram {
 
 /// Counts campaigns and leader changes from openraft's server metrics channel
 /// (the watchdog only samples). That channel changes only with the vote, the
-/// role, the leader or the membership; the full metrics channel changes after
-/// nearly every batch of entries, and each change made the Raft core wake this
-/// task on another thread (docs/benchmarks.md, "Waiters on openraft's
-/// metrics"). The channel keeps only the latest value, so a
-/// campaign is recognised by its lasting trace, a vote for this node in a new
-/// term, rather than by the candidate state, which a quick win can skip.
+/// role, the leader or the membership; the full metrics channel is sent on
+/// every pass of the core's loop (each batch of entries, each heartbeat), and
+/// each send made the Raft core wake this task on another thread
+/// (docs/benchmarks.md, "Waiters on openraft's metrics"). The channel keeps
+/// only the latest value, so a campaign is recognised by its lasting trace, a
+/// vote for this node in a new term, rather than by the candidate state,
+/// which a quick win can skip.
 ///
 /// `saved_term` is the term of the vote on disk when the node started: a
 /// campaign of an earlier run is not counted again. The channel's first value

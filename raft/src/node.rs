@@ -242,17 +242,18 @@ impl Node {
         self.core.view.digest().map_err(Error::Read)
     }
 
-    /// Resolves, with the reason, when the Raft core has stopped on its own (a
-    /// write to the disk failed, or openraft hit a fatal error). Such a node can
-    /// neither replicate nor apply, yet its API and VEN service would go on
-    /// serving a frozen replica: its process should exit and be restarted from
-    /// its data instead.
+    /// Resolves, with the reason, when the Raft core has stopped: openraft hit
+    /// a fatal error, the watchdog stopped it after a failed sync of the log,
+    /// or the node is shutting down. A node whose core stopped while it was
+    /// meant to run can neither replicate nor apply, yet its API and VEN
+    /// service would go on serving a frozen replica: its process should exit
+    /// and be restarted from its data instead.
     ///
     /// It waits on the server metrics channel, which changes only with the
     /// vote, the role, the leader or the membership, and closes when the core
-    /// ends; the full metrics channel, which holds the reason, changes after
-    /// nearly every batch of entries, and a waiter there cost the core a
-    /// wake-up of another thread each time.
+    /// ends; the full metrics channel, which holds the reason, is sent on
+    /// every pass of the core's loop (each batch of entries, each heartbeat),
+    /// and a waiter there cost the core a wake-up of another thread each time.
     pub async fn failed(&self) -> String {
         let mut server = self.core.raft.server_metrics();
         loop {

@@ -234,19 +234,26 @@ async fn a_leader_whose_log_cannot_sync_acknowledges_and_applies_nothing() {
     .expect("node 1 leads");
     let answer = node.write(put(1, b"k", b"synced")).await.expect("a write");
     assert_eq!(answer.outcome, Outcome::Applied);
-    // What `pce serve` waits on to exit (it waits on the server metrics
-    // channel, which a healthy node's writes do not move).
+    // What `pce serve` waits on to exit. It must stay pending through a
+    // healthy node's writes and heartbeats, which move openraft's metrics.
     let failed = {
         let node = node.clone();
         tokio::spawn(async move { node.failed().await })
     };
-    tokio::task::yield_now().await;
+    for serial in 2..5 {
+        let answer = node
+            .write(put(serial, b"k", b"synced"))
+            .await
+            .expect("a write");
+        assert_eq!(answer.outcome, Outcome::Applied);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!failed.is_finished(), "a healthy node reported a failure");
 
     faults.set_syncs_failing(true);
     let unsynced = tokio::time::timeout(
         Duration::from_secs(5),
-        node.write(put(2, b"k", b"never on disk")),
+        node.write(put(5, b"k", b"never on disk")),
     )
     .await;
     assert!(
