@@ -579,15 +579,13 @@ impl Node {
             // (or a success, if leadership settled meanwhile).
             None => Box::pin(self.read_index()).await?,
         };
-        self.core
-            .raft
-            .wait(Some(self.core.timeouts.write))
-            .applied_index_at_least(Some(index), "read index")
-            .await
-            .map_err(|e| Error::NoLeader {
-                waited: self.core.timeouts.write,
-                last: e.to_string(),
-            })?;
+        let limit = self.core.timeouts.write;
+        if !self.core.view.applied_index(index, limit).await {
+            return Err(Error::NoLeader {
+                waited: limit,
+                last: format!("this replica has not applied the read index {index}"),
+            });
+        }
         Ok(())
     }
 

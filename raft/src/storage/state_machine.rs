@@ -139,6 +139,16 @@ fn owned(item: sled::Result<(sled::IVec, sled::IVec)>) -> io::Result<(Vec<u8>, V
 /// Items of a tree or of the overlay over it, in either direction.
 type Items<'a> = Box<dyn Iterator<Item = io::Result<(Vec<u8>, Vec<u8>)>> + 'a>;
 
+/// How far the live state has got, as readers wait for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Applied {
+    /// The store revision: a write's answer names it (read-your-writes).
+    revision: u64,
+    /// The Raft log index, blank and membership entries included: a
+    /// linearizable read waits for its read index.
+    index: u64,
+}
+
 /// The live state: a generation's trees and the applied changes not yet in them.
 struct Live {
     trees: Generation,
@@ -263,9 +273,10 @@ struct Shared {
     data_file: fs::File,
     snapshot_dir: PathBuf,
     notices: Notices,
-    /// The store revision applied so far, for readers that wait for a
-    /// revision ([`ReadView::applied`]) instead of polling for it.
-    applied: watch::Sender<u64>,
+    /// The store revision and the Raft log index applied so far, for readers
+    /// that wait for one ([`ReadView::applied`], [`ReadView::applied_index`])
+    /// instead of polling for it.
+    applied: watch::Sender<Applied>,
     /// Writes to the trees that failed in a row, and the last error: applying
     /// fails once sled has refused for too long.
     write_failures: std::sync::atomic::AtomicU32,
@@ -490,12 +501,28 @@ impl ReadView {
     /// read-your-writes through one node waits here for its own last write
     /// rather than polling the revision.
     pub async fn applied(&self, revision: u64, limit: std::time::Duration) -> bool {
+        self.wait_applied(limit, |a| a.revision >= revision).await
+    }
+
+    /// Resolves once the replica has applied Raft log index `index` (at once
+    /// if it has), or after `limit`, returning whether it got there: a
+    /// linearizable read waits here for its read index. openraft's own wait
+    /// would watch its full metrics, which it sends on every pass of its
+    /// core's loop, waking every waiting reader each time.
+    pub async fn applied_index(&self, index: u64, limit: std::time::Duration) -> bool {
+        self.wait_applied(limit, |a| a.index >= index).await
+    }
+
+    async fn wait_applied(
+        &self,
+        limit: std::time::Duration,
+        reached: impl Fn(&Applied) -> bool,
+    ) -> bool {
         let mut seen = self.shared.applied.subscribe();
-        let reached = tokio::time::timeout(limit, async {
-            seen.wait_for(|r| *r >= revision).await.is_ok()
-        })
-        .await;
-        reached.unwrap_or(false)
+        let waited =
+            tokio::time::timeout(limit, async { seen.wait_for(|a| reached(a)).await.is_ok() })
+                .await;
+        waited.unwrap_or(false)
     }
 
     /// A stream of the change notices (one per applied command) that touch a
@@ -562,7 +589,10 @@ impl StateMachine {
             }
         }
         let live = Live::new(Generation::open(&db, gen_id)?)?;
-        let applied = watch::Sender::new(live.revision()?);
+        let applied = watch::Sender::new(Applied {
+            revision: live.revision()?,
+            index: live.last_applied()?.map_or(0, |l| l.index),
+        });
         let data_file = fs::File::open(db_dir.join("db"))?;
         let (wake, woken) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared {
@@ -734,7 +764,10 @@ impl StateMachine {
         let old = std::mem::replace(&mut *shared.live_mut()?, fresh).trees;
         // The snapshot's revision is readable from here on (a waiter for a
         // revision the snapshot lacks waits for the log after it).
-        shared.applied.send_replace(revision);
+        shared.applied.send_replace(Applied {
+            revision,
+            index: meta.last_log_id.map_or(0, |l| l.index),
+        });
         for tree in [&old.kv, &old.sessions, &old.state] {
             shared.db.drop_tree(tree.name()).map_err(sled_io)?;
         }
@@ -1044,14 +1077,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // A full channel means the writer is already woken.
             let _ = shared.wake.try_send(());
         }
-        if let Some(revision) = revision {
-            // Readable from here on: the changes are in the live state.
-            shared.applied.send_if_modified(|r| {
-                let moved = revision > *r;
-                *r = (*r).max(revision);
-                moved
-            });
-        }
+        // Readable from here on: the changes are in the live state.
+        shared.applied.send_if_modified(|a| {
+            let revision = revision.unwrap_or(a.revision);
+            let moved = revision > a.revision || last > a.index;
+            a.revision = a.revision.max(revision);
+            a.index = a.index.max(last);
+            moved
+        });
         shared.notices.publish(notices);
         Ok(responses)
     }
@@ -1520,5 +1553,40 @@ mod tests {
         drop(view);
         let sm = open(dir.path());
         assert!(sm.read_view().applied(2, Duration::ZERO).await);
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_for_a_log_index_wakes_when_it_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let view = sm.read_view();
+        let long = Duration::from_secs(30);
+        assert!(view.applied_index(0, long).await);
+        let waiting = {
+            let view = view.clone();
+            tokio::spawn(async move { view.applied_index(2, long).await })
+        };
+        sm.apply(vec![entry(1, vec![put("a", "1")])]).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "index 1 is not 2");
+        // A blank entry (a new leader's) moves the index, not the revision:
+        // a read index may point at one.
+        let blank = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), 2),
+            payload: EntryPayload::Blank,
+        };
+        sm.apply(vec![blank]).await.unwrap();
+        assert!(waiting.await.unwrap());
+        assert!(
+            !view.applied(2, Duration::from_millis(20)).await,
+            "no second write"
+        );
+        assert!(!view.applied_index(3, Duration::from_millis(20)).await);
+        // A reopened store starts from the index on disk.
+        drop(sm);
+        drop(view);
+        let sm = open(dir.path());
+        assert!(sm.read_view().applied_index(2, Duration::ZERO).await);
+        assert!(!sm.read_view().applied_index(3, Duration::ZERO).await);
     }
 }
