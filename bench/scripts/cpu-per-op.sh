@@ -10,6 +10,9 @@
 #   `perf stat -e task-clock,context-switches` of each `pce serve` process
 #   and of the bench process over SECONDS - 4 seconds. Needs perf. Further
 #   options go to `pce bench compare` (e.g. --client-threads 2).
+#   With SYSCALLS=1 it also counts, per op, the system calls that show how
+#   replies are batched (writev, sendmsg, recvfrom, epoll_wait, futex,
+#   fdatasync); needs the kernel's syscall tracepoints (run as root).
 #
 # Example, the bench's client on one thread and on two:
 #   bench/scripts/cpu-per-op.sh target/release/pce read 1 12
@@ -26,6 +29,12 @@ if [ "$seconds" -lt 6 ]; then
     exit 2
 fi
 window=$((seconds - 4))
+events=task-clock,context-switches
+if [ "${SYSCALLS:-0}" = 1 ]; then
+    for call in writev write read recvfrom sendmsg epoll_wait futex fdatasync; do
+        events="$events,syscalls:sys_enter_$call"
+    done
+fi
 dir=$(mktemp -d /tmp/cpu-per-op.XXXX)
 bench=
 # An interrupted run stops the nodes and etcd too (the bench's children: a
@@ -45,12 +54,12 @@ nodes=0
 for p in $(pgrep -P "$bench" || true); do
     if tr '\0' ' ' < "/proc/$p/cmdline" | grep -q ' serve '; then
         name=$(basename "$(readlink "/proc/$p/cwd")")
-        perf stat -e task-clock,context-switches -x, -p "$p" -o "$dir/$name.stat" -- sleep "$window" &
+        perf stat -e "$events" -x, -p "$p" -o "$dir/$name.stat" -- sleep "$window" &
         nodes=$((nodes + 1))
     fi
 done
 [ "$nodes" -eq 3 ] || echo "warning: found $nodes of the 3 nodes among the bench's children" >&2
-perf stat -e task-clock,context-switches -x, -p "$bench" -o "$dir/client.stat" -- sleep "$window" &
+perf stat -e "$events" -x, -p "$bench" -o "$dir/client.stat" -- sleep "$window" &
 # The counters end before the bench does.
 wait "$bench" || { cat "$dir/compare.log" >&2; exit 1; }
 bench=
@@ -65,5 +74,6 @@ grep -E "^round|clients on" "$dir/compare.log"
 for f in "$dir"/*.stat; do
     awk -F, -v r="$rate" -v s="$window" -v n="$(basename "$f" .stat)" '
         /task-clock/ {t = $1} /context-switches/ {c = $1}
-        END {printf "%-10s CPU per op %7.1f us  context switches per op %5.2f\n", n, t * 1000 / (r * s), c / (r * s)}' "$f"
+        /syscalls:sys_enter_/ {sub(/.*sys_enter_/, "", $3); calls = calls sprintf("  %s %.2f", $3, $1 / (r * s))}
+        END {printf "%-10s CPU per op %7.1f us  context switches per op %5.2f%s\n", n, t * 1000 / (r * s), c / (r * s), calls}' "$f"
 done

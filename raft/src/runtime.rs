@@ -19,13 +19,14 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// Worker threads per node: Raft's work is a few tasks, and two let the core
-/// answer heartbeats while the state machine's apply waits for the live
-/// state's lock, which a reader scanning a large prefix (a policy cache
-/// rebuild) holds for the whole scan. One worker costs less per write (a
-/// quarter fewer context switches, `docs/benchmarks.md`, "One consensus
-/// worker"), but would stall heartbeats behind such a scan.
-const WORKERS: usize = 2;
+/// Worker threads per node: one. Raft's work is a few tasks, and with a
+/// second worker tokio woke the idle one for nearly every hand-off on a
+/// write's path (`docs/benchmarks.md`, "One consensus worker, replies
+/// coalesced"). Nothing on it may block: the log syncs on a thread of its
+/// own, snapshots go to the blocking pool, and a wait for the live state's
+/// lock (held by a reader for a long scan) moves the worker's queue to
+/// another thread first (`storage/state_machine.rs`, `off_the_worker`).
+const WORKERS: usize = 1;
 
 /// How long a stopping runtime gives its tasks before it abandons them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -41,11 +42,22 @@ impl ConsensusRuntime {
     /// Starts the threads, named after the node so they show in `top -H` and
     /// in stack dumps.
     pub(crate) fn start(node_name: &str) -> std::io::Result<ConsensusRuntime> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder
             .worker_threads(WORKERS)
             .thread_name(format!("raft-{node_name}"))
-            .enable_all()
-            .build()?;
+            .enable_all();
+        // A commit wakes the handlers of every write it answers. With the
+        // LIFO slot, the first handler's reply wakes its connection's task
+        // into that slot, which runs next and sends that one reply on its
+        // own: one socket write per reply. Without it the connection's task
+        // runs after all the handlers, and sends their replies in one write
+        // (decision 0030). The method is behind `tokio_unstable`, which
+        // `.cargo/config.toml` sets; a build without it is correct, only
+        // slower under load.
+        #[cfg(tokio_unstable)]
+        builder.disable_lifo_slot();
+        let rt = builder.build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()

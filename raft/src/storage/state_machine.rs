@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, TryLockError, Weak};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -254,6 +254,30 @@ impl Live {
     }
 }
 
+/// Runs `wait`, which blocks until another thread lets go of a lock, without
+/// holding up the tasks queued behind the caller. On a worker of a
+/// multi-threaded runtime the worker's queue moves to a fresh thread first
+/// (`block_in_place`): the consensus runtime has one worker, and a heartbeat
+/// stuck behind an apply that waits for a long scan would cost the leader
+/// its term. Elsewhere (a plain thread, a one-threaded test runtime) it just
+/// waits. Only the contended case comes here: an uncontended lock is taken
+/// by a first try, which costs what taking it outright does.
+fn off_the_worker<T>(wait: impl FnOnce() -> T) -> T {
+    let pool = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if pool {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
+    }
+}
+
+/// The error for a lock whose holder panicked: the live state may be half
+/// changed, so nothing reads or applies on it any more.
+fn poisoned<E>(_: E) -> io::Error {
+    io::Error::other("state lock poisoned")
+}
+
 /// State shared by the state machine, its snapshot builder, its writer and readers.
 struct Shared {
     /// How far the node's Raft log is on disk: an entry is applied only once
@@ -284,16 +308,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// The live state for reading. A reader scanning a large prefix holds
+    /// this for the whole scan, and an apply waiting for it makes later
+    /// readers wait too: so waiting is done off the worker (see
+    /// [`off_the_worker`]), which a node's one consensus worker needs to keep
+    /// answering heartbeats meanwhile.
     fn live(&self) -> io::Result<std::sync::RwLockReadGuard<'_, Live>> {
-        self.live
-            .read()
-            .map_err(|_| io::Error::other("state lock poisoned"))
+        match self.live.try_read() {
+            Ok(guard) => Ok(guard),
+            Err(TryLockError::WouldBlock) => off_the_worker(|| self.live.read()).map_err(poisoned),
+            Err(TryLockError::Poisoned(e)) => Err(poisoned(e)),
+        }
     }
 
+    /// The live state for changing; waits like [`Shared::live`].
     fn live_mut(&self) -> io::Result<std::sync::RwLockWriteGuard<'_, Live>> {
-        self.live
-            .write()
-            .map_err(|_| io::Error::other("state lock poisoned"))
+        match self.live.try_write() {
+            Ok(guard) => Ok(guard),
+            Err(TryLockError::WouldBlock) => off_the_worker(|| self.live.write()).map_err(poisoned),
+            Err(TryLockError::Poisoned(e)) => Err(poisoned(e)),
+        }
     }
 
     /// Moves the applied changes into the trees. The lock is held only to take
@@ -1408,6 +1442,65 @@ mod tests {
         assert_eq!(
             sm.read_view().digest().unwrap(),
             all.read_view().digest().unwrap()
+        );
+    }
+
+    /// An apply that waits for the live lock (a reader holds it for a long
+    /// scan) does not hold up the other tasks of the node's one consensus
+    /// worker: a heartbeat there still runs, and the apply lands once the
+    /// reader lets go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_apply_waiting_for_a_scan_leaves_the_worker_to_other_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = open(dir.path());
+        let view = sm.read_view();
+        let shared = sm.shared.clone();
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        // The long scan: a reader on its own thread that keeps the read lock
+        // until told to let go.
+        let reader = std::thread::spawn(move || {
+            let _live = shared.live().unwrap();
+            held_tx.send(()).unwrap();
+            hold_rx.recv().unwrap();
+        });
+        held_rx.recv().unwrap();
+        let apply =
+            tokio::spawn(
+                async move { sm.apply(vec![entry(1, vec![put("k", "v")])]).await.is_ok() },
+            );
+        // The heartbeat: a task on the same (only) worker, spawned after
+        // the apply, so it runs only if the waiting apply let the worker go.
+        let beats = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let beating = beats.clone();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                beating.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        // A plain sleep: with the worker stuck, the runtime's timers would
+        // not fire either, and the test would hang instead of failing.
+        let mut waited = 0;
+        while beats.load(Ordering::Relaxed) < 3 && waited < 1000 {
+            std::thread::sleep(Duration::from_millis(10));
+            waited += 1;
+        }
+        assert!(
+            beats.load(Ordering::Relaxed) >= 3,
+            "the heartbeat task never ran while the apply waited"
+        );
+        assert!(
+            !apply.is_finished(),
+            "the apply did not wait for the reader"
+        );
+        hold_tx.send(()).unwrap();
+        reader.join().unwrap();
+        assert!(apply.await.unwrap());
+        heartbeat.abort();
+        assert_eq!(
+            values(view.scan(b"k", 10).unwrap()),
+            vec![("k".into(), "v".into())]
         );
     }
 
