@@ -11,15 +11,16 @@
 #   and of the bench process over SECONDS - 4 seconds. Needs perf. Further
 #   options go to `pce bench compare` (e.g. --client-threads 2).
 #   With SYSCALLS=1 it also counts, per op, the system calls that show how
-#   replies are batched (writev, sendmsg, recvfrom, epoll_wait, futex,
-#   fdatasync); needs the kernel's syscall tracepoints (run as root).
+#   replies are batched (writev, write, read, recvfrom, sendmsg,
+#   epoll_wait, futex, fdatasync); needs the kernel's syscall tracepoints
+#   (run as root).
 #
 # Example, the bench's client on one thread and on two:
 #   bench/scripts/cpu-per-op.sh target/release/pce read 1 12
 #   bench/scripts/cpu-per-op.sh target/release/pce read 1 12 --client-threads 2
 set -euo pipefail
 if [ $# -lt 4 ]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 exe=$1 workload=$2 clients=$3 seconds=$4

@@ -24,8 +24,9 @@ use tokio::sync::oneshot;
 /// write's path (`docs/benchmarks.md`, "One consensus worker, replies
 /// coalesced"). Nothing on it may block: the log syncs on a thread of its
 /// own, snapshots go to the blocking pool, and a wait for the live state's
-/// lock (held by a reader for a long scan) moves the worker's queue to
-/// another thread first (`storage/state_machine.rs`, `off_the_worker`).
+/// lock (held by a reader for a long scan) or for sled's (held by any sled
+/// write in the process, `storage/sled_writes.rs`) moves the worker's queue
+/// to another thread first (`storage/state_machine.rs`, `off_the_worker`).
 const WORKERS: usize = 1;
 
 /// How long a stopping runtime gives its tasks before it abandons them.

@@ -432,7 +432,7 @@ impl LogEngine for SledEngine {
         for (index, bytes) in records {
             batch.insert(&index.to_be_bytes(), bytes.as_slice());
         }
-        self.log.apply_batch(batch).map_err(sled_io)
+        super::sled_writes::write(|| self.log.apply_batch(batch)).map_err(sled_io)
     }
 
     fn sync(&self) -> io::Result<()> {
@@ -471,7 +471,7 @@ impl LogEngine for SledEngine {
             let (k, _) = item.map_err(sled_io)?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(sled_io)
+        super::sled_writes::write(|| self.log.apply_batch(batch)).map_err(sled_io)
     }
 
     fn purge_upto(&self, upto: u64) -> io::Result<()> {
@@ -481,7 +481,7 @@ impl LogEngine for SledEngine {
             let (k, _) = item.map_err(sled_io)?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(sled_io)
+        super::sled_writes::write(|| self.log.apply_batch(batch)).map_err(sled_io)
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> io::Result<()> {

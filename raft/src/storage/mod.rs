@@ -23,6 +23,7 @@ pub(crate) mod key_filter;
 pub mod log_store;
 pub mod notices;
 pub(crate) mod overlay;
+pub mod sled_writes;
 pub mod snapshot;
 pub mod state_machine;
 pub mod wal;

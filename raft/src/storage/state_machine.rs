@@ -40,7 +40,7 @@ use super::overlay::{
     WRITE_AT_KEYS, WRITE_INTERVAL,
 };
 use super::snapshot::{read_snapshot, sync_dir_of, SnapRecord, SnapshotFile, SnapshotWriter};
-use super::{codec_io, io_err, sled_io};
+use super::{codec_io, io_err, sled_io, sled_writes};
 use crate::codec;
 use crate::types::{
     ClientId, Command, CommandResponse, KvEntry, Mutation, NodeId, NodeInfo, Outcome, TypeConfig,
@@ -108,7 +108,7 @@ impl Generation {
         if let Some(m) = &delta.membership {
             state.push((STATE_MEMBERSHIP, codec::encode(m).map_err(codec_io)?));
         }
-        let written =
+        let written = sled_writes::write(|| {
             (&self.kv, &self.sessions, &self.state).transaction(|(kv, sessions, state_tree)| {
                 for (tree, changes) in [(kv, &delta.kv), (sessions, &delta.sessions)] {
                     for (k, v) in changes {
@@ -122,7 +122,8 @@ impl Generation {
                     state_tree.insert(*k, v.as_slice())?;
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<io::Error>>(())
-            });
+            })
+        });
         written.map_err(|e| match e {
             sled::transaction::TransactionError::Abort(e) => e,
             sled::transaction::TransactionError::Storage(e) => sled_io(e),
@@ -261,7 +262,10 @@ impl Live {
 /// stuck behind an apply that waits for a long scan would cost the leader
 /// its term. Elsewhere (a plain thread, a one-threaded test runtime) it just
 /// waits. Only the contended case comes here: an uncontended lock is taken
-/// by a first try, which costs what taking it outright does.
+/// by a first try, which costs what taking it outright does. (A thread that
+/// entered a multi-threaded runtime's handle from inside a one-threaded
+/// runtime would pass the check and panic in `block_in_place`; nothing here
+/// does that.)
 fn off_the_worker<T>(wait: impl FnOnce() -> T) -> T {
     let pool = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -327,6 +331,18 @@ impl Shared {
             Ok(guard) => Ok(guard),
             Err(TryLockError::WouldBlock) => off_the_worker(|| self.live.write()).map_err(poisoned),
             Err(TryLockError::Poisoned(e)) => Err(poisoned(e)),
+        }
+    }
+
+    /// Runs `read` on the live state. A read that reaches sled waits for
+    /// any sled write in the process (`sled_writes`): while one runs, the
+    /// read runs off the worker, as a wait for the live lock does.
+    fn reading<T>(&self, read: impl FnOnce(&Live) -> io::Result<T>) -> io::Result<T> {
+        let run = || read(&*self.live()?);
+        if sled_writes::in_flight() {
+            off_the_worker(run)
+        } else {
+            run()
         }
     }
 
@@ -473,31 +489,34 @@ pub struct ReadResult<T> {
 impl ReadView {
     /// One key.
     pub fn get(&self, key: &[u8]) -> io::Result<ReadResult<Option<KvEntry>>> {
-        let live = self.shared.live()?;
-        let value = match live.kv_get(key)? {
-            Some(bytes) => Some(codec::decode(&bytes).map_err(codec_io)?),
-            None => None,
-        };
-        Ok(ReadResult {
-            value,
-            revision: live.revision()?,
-            applied_index: live.last_applied()?.map(|l| l.index),
+        self.shared.reading(|live| {
+            let value = match live.kv_get(key)? {
+                Some(bytes) => Some(codec::decode(&bytes).map_err(codec_io)?),
+                None => None,
+            };
+            Ok(ReadResult {
+                value,
+                revision: live.revision()?,
+                applied_index: live.last_applied()?.map(|l| l.index),
+            })
         })
     }
 
     /// Up to `limit` keys starting with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
-        let live = self.shared.live()?;
-        let items = live.kv_items(prefix, false).take(limit);
-        read_all(&live, items)
+        self.shared.reading(|live| {
+            let items = live.kv_items(prefix, false).take(limit);
+            read_all(live, items)
+        })
     }
 
     /// Up to `limit` keys starting with `prefix`, last key first (the newest
     /// of time-ordered keys, such as audit events, without reading the rest).
     pub fn scan_newest(&self, prefix: &[u8], limit: usize) -> io::Result<ReadResult<KvList>> {
-        let live = self.shared.live()?;
-        let items = live.kv_items(prefix, true).take(limit);
-        read_all(&live, items)
+        self.shared.reading(|live| {
+            let items = live.kv_items(prefix, true).take(limit);
+            read_all(live, items)
+        })
     }
 
     /// Writes the whole store, as of one point of history, to `path` in the
@@ -527,7 +546,7 @@ impl ReadView {
 
     /// The current store revision.
     pub fn revision(&self) -> io::Result<u64> {
-        self.shared.live()?.revision()
+        self.shared.reading(|live| live.revision())
     }
 
     /// Resolves once the replica has applied store revision `revision` (at
@@ -568,7 +587,10 @@ impl ReadView {
     /// A digest of the whole store (keys, values, revisions, sessions), so tests
     /// and drills can check that replicas are identical.
     pub fn digest(&self) -> io::Result<u64> {
-        let live = self.shared.live()?;
+        self.shared.reading(Self::digest_of)
+    }
+
+    fn digest_of(live: &Live) -> io::Result<u64> {
         let mut h = crc32fast::Hasher::new();
         let mut h2 = crc32fast::Hasher::new_with_initial(0x9e37_79b9);
         for items in [live.kv_items(b"", false), live.session_items()] {
@@ -738,12 +760,9 @@ impl StateMachine {
             }
             pending += 1;
             if pending >= 4096 {
-                next.kv
-                    .apply_batch(std::mem::take(&mut kv))
-                    .map_err(sled_io)?;
-                next.sessions
-                    .apply_batch(std::mem::take(&mut sessions))
-                    .map_err(sled_io)?;
+                let (k, s) = (std::mem::take(&mut kv), std::mem::take(&mut sessions));
+                sled_writes::write(|| next.kv.apply_batch(k)).map_err(sled_io)?;
+                sled_writes::write(|| next.sessions.apply_batch(s)).map_err(sled_io)?;
                 pending = 0;
             }
             Ok(())
@@ -757,8 +776,8 @@ impl StateMachine {
                 ),
             ));
         }
-        next.kv.apply_batch(kv).map_err(sled_io)?;
-        next.sessions.apply_batch(sessions).map_err(sled_io)?;
+        sled_writes::write(|| next.kv.apply_batch(kv)).map_err(sled_io)?;
+        sled_writes::write(|| next.sessions.apply_batch(sessions)).map_err(sled_io)?;
         let mut state = sled::Batch::default();
         state.insert(
             STATE_LAST_APPLIED,
@@ -769,7 +788,7 @@ impl StateMachine {
             codec::encode(&meta.last_membership).map_err(codec_io)?,
         );
         state.insert(STATE_REVISION, codec::encode(&revision).map_err(codec_io)?);
-        next.state.apply_batch(state).map_err(sled_io)?;
+        sled_writes::write(|| next.state.apply_batch(state)).map_err(sled_io)?;
         // The new state's key filter, read from its tree before the switch:
         // a failure here leaves the node on the old generation, whole.
         let fresh = Live::new(next)?;
@@ -792,7 +811,7 @@ impl StateMachine {
             META_SNAPSHOT,
             codec::encode(&(meta, &file_name)).map_err(codec_io)?,
         );
-        shared.meta.apply_batch(switch).map_err(sled_io)?;
+        sled_writes::write(|| shared.meta.apply_batch(switch)).map_err(sled_io)?;
         shared.sync()?;
         // The snapshot replaces everything applied, written or not.
         let old = std::mem::replace(&mut *shared.live_mut()?, fresh).trees;
@@ -1038,15 +1057,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), StorageError<NodeId>>
     {
-        let live = self
-            .shared
-            .live()
-            .map_err(|e| sm_err(ErrorVerb::Read, &e))?;
-        let applied = live
-            .last_applied()
-            .map_err(|e| sm_err(ErrorVerb::Read, &e))?;
-        let membership = live.membership().map_err(|e| sm_err(ErrorVerb::Read, &e))?;
-        Ok((applied, membership))
+        self.shared
+            .reading(|live| Ok((live.last_applied()?, live.membership()?)))
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))
     }
 
     async fn apply<I>(
@@ -1079,13 +1092,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
             return Err(sm_err(ErrorVerb::Write, &e));
         }
-        // A block, not a drop: the guard must not live across the await below.
-        let (responses, notices, keys, bytes, revision) = {
-            let mut live = shared
-                .live_mut()
-                .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
-            let (delta, responses, notices) =
-                apply_entries(&live, &entries).map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        // A closure, not a block that drops: the guard must not live across
+        // the await below. Applying reads sled (sessions, keys it holds), so
+        // while a sled write runs it applies off the worker (`sled_writes`).
+        let absorb = || {
+            let mut live = shared.live_mut()?;
+            let (delta, responses, notices) = apply_entries(&live, &entries)?;
             let revision = delta.revision;
             for (key, value) in &delta.kv {
                 // A key already there (an update) is not added again, so
@@ -1096,8 +1108,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             live.pending.absorb(delta);
             let (keys, bytes) = (live.pending.keys(), live.pending.bytes);
-            (responses, notices, keys, bytes, revision)
+            Ok::<_, io::Error>((responses, notices, keys, bytes, revision))
         };
+        let absorbed = if sled_writes::in_flight() {
+            off_the_worker(absorb)
+        } else {
+            absorb()
+        };
+        let (responses, notices, keys, bytes, revision) =
+            absorbed.map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         if bytes >= MAX_PENDING_BYTES {
             // sled is not keeping up: write before applying more, on the
             // blocking pool, so no consensus worker is held for the length
@@ -1445,32 +1464,30 @@ mod tests {
         );
     }
 
-    /// An apply that waits for the live lock (a reader holds it for a long
-    /// scan) does not hold up the other tasks of the node's one consensus
-    /// worker: a heartbeat there still runs, and the apply lands once the
-    /// reader lets go.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn an_apply_waiting_for_a_scan_leaves_the_worker_to_other_tasks() {
+    /// Applies one put on this (one-worker) runtime while `hold` keeps
+    /// something the apply needs on another thread, and checks that a task
+    /// on the same worker, a stand-in for a heartbeat, still runs: the
+    /// waiting apply let the worker go. `hold` signals once it holds, and
+    /// lets go when told.
+    async fn check_an_apply_leaves_the_worker(
+        hold: impl FnOnce(&Arc<Shared>, std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)
+            + Send
+            + 'static,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = open(dir.path());
         let view = sm.read_view();
         let shared = sm.shared.clone();
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
-        // The long scan: a reader on its own thread that keeps the read lock
-        // until told to let go.
-        let reader = std::thread::spawn(move || {
-            let _live = shared.live().unwrap();
-            held_tx.send(()).unwrap();
-            hold_rx.recv().unwrap();
-        });
+        let holder = std::thread::spawn(move || hold(&shared, held_tx, release_rx));
         held_rx.recv().unwrap();
         let apply =
             tokio::spawn(
                 async move { sm.apply(vec![entry(1, vec![put("k", "v")])]).await.is_ok() },
             );
-        // The heartbeat: a task on the same (only) worker, spawned after
-        // the apply, so it runs only if the waiting apply let the worker go.
+        // Spawned after the apply, so it runs only if the waiting apply let
+        // the worker go.
         let beats = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let beating = beats.clone();
         let heartbeat = tokio::spawn(async move {
@@ -1492,16 +1509,49 @@ mod tests {
         );
         assert!(
             !apply.is_finished(),
-            "the apply did not wait for the reader"
+            "the apply did not wait for the holder"
         );
-        hold_tx.send(()).unwrap();
-        reader.join().unwrap();
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
         assert!(apply.await.unwrap());
         heartbeat.abort();
         assert_eq!(
             values(view.scan(b"k", 10).unwrap()),
             vec![("k".into(), "v".into())]
         );
+    }
+
+    /// A reader holds the live lock for a long scan.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_apply_waiting_for_a_scan_leaves_the_worker_to_other_tasks() {
+        check_an_apply_leaves_the_worker(|shared, held, release| {
+            let _live = shared.live().unwrap();
+            held.send(()).unwrap();
+            let _ = release.recv();
+        })
+        .await;
+    }
+
+    /// Another sled database of the process is in a long transaction: sled's
+    /// reads everywhere wait for it, the apply's read of the client's session
+    /// among them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_apply_waiting_for_a_sled_write_leaves_the_worker_to_other_tasks() {
+        let other = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(other.path()).unwrap();
+        let tree = db.open_tree("other").unwrap();
+        check_an_apply_leaves_the_worker(move |_, held, release| {
+            let written = sled_writes::write(|| {
+                tree.transaction(|t| {
+                    t.insert(b"a".as_slice(), b"b".as_slice())?;
+                    held.send(()).unwrap();
+                    let _ = release.recv();
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+            });
+            assert!(written.is_ok());
+        })
+        .await;
     }
 
     /// A snapshot reads a frozen view: an entry applied while the file is
