@@ -58,6 +58,14 @@ impl ConsensusRuntime {
         // slower under load.
         #[cfg(tokio_unstable)]
         builder.disable_lifo_slot();
+        // A `RUSTFLAGS` in the environment replaces the config's flags: say
+        // so, or the slower build would go unnoticed.
+        #[cfg(not(tokio_unstable))]
+        tracing::warn!(
+            node = node_name,
+            "built without --cfg tokio_unstable: the consensus runtime keeps tokio's LIFO slot, \
+             so replies to one commit leave in one socket write each (decision 0030)"
+        );
         let rt = builder.build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
