@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use sc_proto::framing::LastFrameEnds;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic_prost::ProstCodec;
@@ -85,7 +86,7 @@ pub struct StatusResponse {
 /// clones of our own `sc_raft::Client` do.
 #[derive(Clone)]
 pub struct EtcdClient {
-    grpc: tonic::client::Grpc<Channel>,
+    grpc: tonic::client::Grpc<LastFrameEnds<Channel>>,
 }
 
 impl EtcdClient {
@@ -97,8 +98,10 @@ impl EtcdClient {
             .connect()
             .await
             .with_context(|| format!("connecting to etcd at {endpoint}"))?;
+        // Requests end on their message, as our own clients' do
+        // (`sc_proto::framing`): both systems get the same client.
         Ok(EtcdClient {
-            grpc: tonic::client::Grpc::new(channel),
+            grpc: tonic::client::Grpc::new(LastFrameEnds::new(channel)),
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod contract;
+pub mod framing;
 pub mod version;
 
 /// The inter-region Raft transport (openraft messages as opaque payloads).

@@ -20,6 +20,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use crate::framing::LastFrameEnds;
+
 /// The protocol this release speaks.
 pub const PROTOCOL: u32 = 2;
 /// The oldest protocol this release still serves and calls.
@@ -44,13 +46,14 @@ impl tonic::service::Interceptor for Stamp {
     }
 }
 
-/// A channel whose requests carry the protocol headers: what every client of
-/// this release is built on.
-pub type Stamped = InterceptedService<Channel, Stamp>;
+/// A channel whose requests carry the protocol headers, and end on their
+/// last frame (`crate::framing`): what every client of this release is built
+/// on.
+pub type Stamped = LastFrameEnds<InterceptedService<Channel, Stamp>>;
 
 /// Wraps a channel so its requests carry the protocol headers.
 pub fn stamped(channel: Channel) -> Stamped {
-    InterceptedService::new(channel, Stamp)
+    LastFrameEnds::new(InterceptedService::new(channel, Stamp))
 }
 
 /// Whether a caller speaking `theirs` (and able to talk down to `their_min`)
