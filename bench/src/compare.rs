@@ -20,6 +20,13 @@
 //!   key checked per request, JSON), against etcd's serializable get: what a
 //!   client of our public API pays over etcd's native one. The per-user rate
 //!   limit is lifted for the run (`rate = 0`), so the API is measured, not it.
+//! - `mixed`: half the clients `write` (through the leader), the other half
+//!   `api-read` (through a follower's admin API), at once: the follower
+//!   applies the writes while its API's readers, on the node's main runtime,
+//!   read the same live state (decision 0030: an apply that finds the state's
+//!   lock held hands its worker's queue to another thread). etcd: puts to the
+//!   leader and serializable gets from a follower. One rate, both kinds
+//!   counted.
 //!
 //! The clients run on a runtime of their own, with `--client-threads` workers
 //! (one by default), and each level prints how much CPU the bench process
@@ -95,6 +102,7 @@ enum Workload {
     Read,
     ReadLinear,
     ApiRead,
+    Mixed,
 }
 
 impl Workload {
@@ -104,8 +112,9 @@ impl Workload {
             "read" => Workload::Read,
             "read-linear" => Workload::ReadLinear,
             "api-read" => Workload::ApiRead,
+            "mixed" => Workload::Mixed,
             other => bail!(
-                "--workloads: unknown workload {other:?} (write, read, read-linear, api-read)"
+                "--workloads: unknown workload {other:?} (write, read, read-linear, api-read, mixed)"
             ),
         })
     }
@@ -116,6 +125,7 @@ impl Workload {
             Workload::Read => "read",
             Workload::ReadLinear => "read-linear",
             Workload::ApiRead => "api-read",
+            Workload::Mixed => "mixed",
         }
     }
 }
@@ -452,13 +462,22 @@ fn process_cpu() -> Option<Duration> {
 
 fn pce_workers(pce: &Pce, side: &PceSide, w: Workload, clients: usize) -> Result<Vec<Worker>> {
     let labels = Arc::new(side.labels.clone());
+    let api = || -> Result<Worker> {
+        Ok(Worker::PceApi(
+            pce.api(side.follower_index)?,
+            labels.clone(),
+        ))
+    };
+    let write = || Worker::PceWrite(side.leader.clone(), ClientId::random());
     (0..clients)
-        .map(|_| {
+        .map(|c| {
             Ok(match w {
-                Workload::Write => Worker::PceWrite(side.leader.clone(), ClientId::random()),
+                Workload::Write => write(),
                 Workload::Read => Worker::PceRead(side.follower.clone(), false),
                 Workload::ReadLinear => Worker::PceRead(side.follower.clone(), true),
-                Workload::ApiRead => Worker::PceApi(pce.api(side.follower_index)?, labels.clone()),
+                Workload::ApiRead => api()?,
+                Workload::Mixed if c % 2 == 0 => write(),
+                Workload::Mixed => api()?,
             })
         })
         .collect()
@@ -466,9 +485,12 @@ fn pce_workers(pce: &Pce, side: &PceSide, w: Workload, clients: usize) -> Result
 
 fn etcd_workers(side: &EtcdSide, w: Workload, clients: usize) -> Vec<Worker> {
     (0..clients)
-        .map(|_| match w {
+        .map(|c| match w {
             Workload::Write => Worker::EtcdWrite(side.leader.clone()),
-            Workload::Read | Workload::ApiRead => Worker::EtcdRead(side.follower.clone(), true),
+            Workload::Mixed if c % 2 == 0 => Worker::EtcdWrite(side.leader.clone()),
+            Workload::Read | Workload::ApiRead | Workload::Mixed => {
+                Worker::EtcdRead(side.follower.clone(), true)
+            }
             Workload::ReadLinear => Worker::EtcdRead(side.follower.clone(), false),
         })
         .collect()
@@ -581,7 +603,7 @@ async fn measure(
 ) -> Result<Vec<Level>> {
     let mut es = etcd_side(etcd).await?;
     let mut ps = pce_side(pce).await?;
-    let api = workloads.contains(&Workload::ApiRead);
+    let api = workloads.contains(&Workload::ApiRead) || workloads.contains(&Workload::Mixed);
     prepare(pce, &mut ps, &mut es, args.value_size, api).await?;
     let run_for = Duration::from_secs(args.seconds);
     let (etcd_pids, pce_pids) = (
@@ -875,5 +897,9 @@ mod tests {
     fn an_unknown_workload_is_named_with_the_choices() {
         let err = Workload::parse("scan").unwrap_err().to_string();
         assert!(err.contains("scan") && err.contains("read-linear"), "{err}");
+        assert!(err.contains("mixed"), "{err}");
+        for w in ["write", "read", "read-linear", "api-read", "mixed"] {
+            assert_eq!(Workload::parse(w).unwrap().name(), w);
+        }
     }
 }
