@@ -966,7 +966,10 @@ impl VenServer {
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&opts.tls.cert_pem, &opts.tls.key_pem))
             .client_ca_root(Certificate::from_pem(&signer.ca_pem))
-            .client_auth_optional(true);
+            .client_auth_optional(true)
+            // A VEN that stalls half-way through its handshake is dropped
+            // after as long as a silent new connection may live.
+            .timeout(sc_raft::network::listen::ConnLimits::default().first_bytes);
         let (stop, stopped) = watch::channel(false);
         let (fenced_tx, fenced) = watch::channel(node.fence().serving_blocked().is_some());
         let (presence, presence_task) = Presence::start(Db::new(node.clone()), &node.info().name);

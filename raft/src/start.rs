@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 
 use openraft::Raft;
@@ -71,7 +72,7 @@ impl Node {
     async fn start_on(opts: NodeOptions, runtime: Arc<ConsensusRuntime>) -> Result<Node, Error> {
         // Bind and set up TLS first: a taken address or unusable certificate must
         // fail before storage and Raft start.
-        let (server, listener) = bind(&opts.tls, opts.listen).await?;
+        let (server, listener) = bind(&opts.tls, opts.listen, opts.timeouts.connect).await?;
         let snapshot_dir = opts.data_dir.join("snapshots");
         let (log, sm) = open_storage(&opts.data_dir, &snapshot_dir, &opts.disk_faults)?;
         let view = sm.read_view();
@@ -177,10 +178,15 @@ impl Node {
     }
 }
 
-/// The TLS server and its bound listener.
-async fn bind(tls: &TlsMaterial, listen: SocketAddr) -> Result<(Server, TcpListener), Error> {
+/// The TLS server and its bound listener; a handshake must finish within
+/// `handshake` (the peers' connect timeout: they have given up by then).
+async fn bind(
+    tls: &TlsMaterial,
+    listen: SocketAddr,
+    handshake: Duration,
+) -> Result<(Server, TcpListener), Error> {
     let server = Server::builder()
-        .tls_config(tls.server_config())
+        .tls_config(tls.server_config(handshake))
         .map_err(|e| Error::Options(format!("TLS server config: {e}")))?;
     let listener = TcpListener::bind(listen)
         .await

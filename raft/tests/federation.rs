@@ -477,3 +477,59 @@ async fn a_leader_that_loses_its_unsynced_tail_in_a_power_cut_does_not_resume_it
     }
     first.shutdown().await;
 }
+
+/// A peer that accepted the TCP connection but never answers the TLS hello
+/// (its end went away while a cut dropped the FIN, or it hangs) must not hold
+/// a channel for good: the handshake gives up after the connect timeout and
+/// the next call dials again. Without that bound a leader stayed cut off from a
+/// healed follower for minutes in a chaos run (seed 98): its one connection
+/// attempt waited for a server hello that was never coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_handshake_hung_dials_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    pki::init_ca(&dir.path().join("certs"), "test").expect("CA");
+    let opts = options(dir.path(), 1, vec![]);
+    let timeouts = Timeouts::profile(Profile::Lan);
+
+    // The silent end: accepts, keeps every connection open, reads nothing.
+    let silent = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .expect("bind the silent listener");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    let silent = tokio::spawn(async move {
+        while let Ok((conn, _)) = silent.accept().await {
+            keep.lock().expect("held").push(conn);
+        }
+    });
+
+    let client = Client::new(
+        tls(&dir.path().join("certs"), "operator"),
+        opts.info.clone(),
+        timeouts.clone(),
+    )
+    .expect("client");
+    assert!(
+        client.status().await.is_err(),
+        "nothing answers the hello yet"
+    );
+    assert!(!held.lock().expect("held").is_empty(), "the client dialled");
+
+    // The real node takes the address; the silent connection stays open.
+    silent.abort();
+    let _ = silent.await;
+    let node = Node::start(opts).await.expect("start the node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match client.status().await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not yet");
+            }
+            Err(e) => panic!("the channel never dialled again: {e}"),
+        }
+    };
+    assert_eq!(status.id, 1);
+    assert_eq!(held.lock().expect("held").len(), 1, "one hung attempt");
+    node.shutdown().await;
+}

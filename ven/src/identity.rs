@@ -293,7 +293,11 @@ pub async fn channel(
     identity: Option<(&str, &str)>,
     timeout: Duration,
 ) -> Result<Channel, VenError> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(server_ca_pem));
+    // The handshake is bounded too: tonic bounds only the TCP connect, and a
+    // server hello that never comes would hold the channel's redial for good.
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(server_ca_pem))
+        .timeout(timeout);
     if let Some((cert, key)) = identity {
         tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
     }

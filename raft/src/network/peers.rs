@@ -298,7 +298,7 @@ fn endpoint(
     };
     let endpoint = Endpoint::from_shared(format!("https://{}", info.addr))
         .map_err(|e| err(e.to_string()))?
-        .tls_config(tls.client_config(&info.name))
+        .tls_config(tls.client_config(&info.name, timeouts.connect))
         .map_err(|e| err(e.to_string()))?
         .connect_timeout(timeouts.connect)
         .tcp_nodelay(true)

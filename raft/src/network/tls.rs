@@ -5,6 +5,7 @@
 //! only with a CA-signed certificate for the peer's node name.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -95,21 +96,31 @@ impl TlsMaterial {
         Ok(m)
     }
 
-    /// The server side: present our certificate, require a CA-signed client certificate.
-    pub fn server_config(&self) -> ServerTlsConfig {
+    /// The server side: present our certificate, require a CA-signed client
+    /// certificate. A handshake that is not done within `handshake` is dropped,
+    /// so a client that stalls half-way holds no connection slot.
+    pub fn server_config(&self, handshake: Duration) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(false)
+            .timeout(handshake)
     }
 
     /// The client side for one peer: present our certificate, accept only a
     /// CA-signed server certificate issued for `peer_name`.
-    pub fn client_config(&self, peer_name: &str) -> ClientTlsConfig {
+    ///
+    /// The handshake gives up after `handshake`. tonic bounds only the TCP
+    /// connect by default, and a channel redials only once its connect attempt
+    /// has ended: a server hello that never comes (the peer's end of the
+    /// connection went away while a cut dropped its FIN) kept a leader's
+    /// channel to a healed follower waiting for minutes in a chaos run.
+    pub fn client_config(&self, peer_name: &str, handshake: Duration) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .domain_name(peer_name.to_string())
+            .timeout(handshake)
     }
 }
 
