@@ -593,6 +593,13 @@ async fn inject(lab: &mut Lab, c: &Cluster, step: &Step) -> Result<()> {
                 lab.proxies.push(p);
             }
             tokio::time::sleep(step.hold).await;
+            // Healing removes the NAT chain before the proxies close: their
+            // FINs then reach the nodes untranslated and are refused, so a
+            // proxied connection stays open on the node's side with nobody at
+            // the other end (a middlebox that forgot a connection). Kept that
+            // way on purpose: a node must find out by itself (HTTP/2 pings,
+            // bounded TLS handshakes; a leader once waited minutes for a
+            // server hello here, seed 98).
             lab.net.heal()?;
             lab.proxies.clear();
         }
