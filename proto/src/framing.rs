@@ -14,8 +14,8 @@
 //! [`LastFrameEnds`] wraps a client's channel. When a request body has given
 //! a frame, it looks whether the body is over, so hyper marks that DATA frame
 //! as the end of the stream and sends nothing after it: one frame, whatever
-//! its size. A body that is not over yet (a stream of messages) is left as
-//! it was.
+//! its size. A body with more to give (a stream of messages) gives it as
+//! before, and its last message ends the stream in the same way.
 //!
 //! The same holds for a server's reply: a reply of 256 bytes or more is
 //! written, then its trailers are written. Cutting such replies into frames
@@ -64,24 +64,25 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(frame) = self.ahead.take() {
-            return Poll::Ready(Some(frame));
-        }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => {
-                self.done = true;
-                return Poll::Ready(None);
-            }
-            Poll::Ready(Some(frame)) => frame,
+        // The frame read ahead last time comes first; it gets the same look
+        // for the end as a fresh one, so a stream of messages ends on its
+        // last message too.
+        let frame = match self.ahead.take() {
+            Some(frame) => frame,
+            None if self.done => return Poll::Ready(None),
+            None => match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(frame)) => frame,
+            },
         };
         // A message is out: if the body has nothing more ready, say so now.
         // If it is not ready yet, the waker is registered and hyper asks
         // again; the frame goes out without END_STREAM, as it would have.
-        if matches!(&frame, Ok(f) if f.is_data()) {
+        if !self.done && matches!(&frame, Ok(f) if f.is_data()) {
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Ready(None) => self.done = true,
                 Poll::Ready(Some(next)) => self.ahead = Some(next),
@@ -205,5 +206,23 @@ mod tests {
         assert!(last.is_trailers());
         assert!(poll(&mut body).is_none());
         assert!(body.is_end_stream());
+    }
+
+    #[test]
+    fn a_stream_of_messages_ends_on_its_last_message() {
+        let mut body = EndsWithLastFrame::new(Frames([data(10), data(20), data(30)].into()));
+        for len in [10, 20] {
+            let frame = poll(&mut body).and_then(|f| f.into_data().ok());
+            assert_eq!(frame.map(|d| d.len()), Some(len));
+            assert!(!body.is_end_stream(), "more messages follow");
+        }
+        // The last message was read ahead; handing it out looks for the end.
+        let last = poll(&mut body).and_then(|f| f.into_data().ok());
+        assert_eq!(last.map(|d| d.len()), Some(30));
+        assert!(
+            body.is_end_stream(),
+            "no empty frame after the last message"
+        );
+        assert!(poll(&mut body).is_none());
     }
 }
