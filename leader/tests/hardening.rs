@@ -770,3 +770,43 @@ async fn planned_transfers_under_a_steady_writer_fail_no_write() {
     );
     assert!(ok > 20, "the writer kept writing ({ok})");
 }
+
+/// A DR operator asks for status while the entry region hangs (its process
+/// stopped, a host that takes connections and says nothing): the client must
+/// give up on it and ask the next region, not wait for good. Before the fix
+/// the TLS handshake with the silent API had no bound and `pce dr status`
+/// never returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_entry_api_does_not_hold_the_operators_status() {
+    use sc_leader::client::cluster::Cluster;
+    let cl = ApiCluster::start(3, 0).await;
+    // Takes connections and never answers; keeps them open.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let c = Cluster::new(
+        cl.ca.clone(),
+        cl.owner.auth_username.clone(),
+        cl.owner.secret.clone(),
+        silent_addr,
+    )
+    .with_fallbacks(vec![cl.addr(cl.member().await)]);
+    let nodes = tokio::time::timeout(Duration::from_secs(60), c.status(&[]))
+        .await
+        .expect("status answered despite the silent entry")
+        .expect("status from the fallback region");
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n.status.is_some()), "{nodes:?}");
+    // The health probe that picks a serving region skips it the same way.
+    let entry = tokio::time::timeout(Duration::from_secs(60), c.serving_entry())
+        .await
+        .expect("a serving region found despite the silent entry")
+        .expect("a serving region");
+    assert_ne!(entry, silent_addr);
+    held.abort();
+}

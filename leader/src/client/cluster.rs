@@ -79,7 +79,7 @@ impl Cluster {
     pub async fn serving_entry(&self) -> Result<SocketAddr> {
         let mut why = Vec::new();
         for addr in std::iter::once(self.entry).chain(self.fallbacks.iter().copied()) {
-            match self.client(addr)?.get("/api/v2/health").await {
+            match answer_within(addr, self.client(addr)?.get("/api/v2/health")).await {
                 Ok(a) if a.status.is_success() => return Ok(addr),
                 Ok(a) => why.push(format!(
                     "{addr}: {}",
@@ -116,9 +116,7 @@ impl Cluster {
 
     /// Every node's status, asked of `addr`.
     async fn status_via(&self, addr: SocketAddr) -> Result<Vec<NodeView>> {
-        let a = self
-            .client(addr)?
-            .get("/api/v2/supercluster/status")
+        let a = answer_within(addr, self.client(addr)?.get("/api/v2/supercluster/status"))
             .await
             .map_err(|e| ClientError::Transport(format!("asking {addr}: {e}")))?;
         let v = ok(a, &format!("status from {addr}"))?;
@@ -153,6 +151,25 @@ impl Cluster {
         }
         last.unwrap_or_else(|| Err(ClientError::Transport("no API answered".into())))
     }
+}
+
+/// How long a status or health question to one API may take in all. A node
+/// asks its peers with the Raft RPC timeout (3 s on the WAN profile), so a
+/// healthy API answers well inside it; past it the next region is asked.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `ask`'s answer, or an error once [`ANSWER_TIMEOUT`] has passed: an API
+/// that took the connection and then hangs must not hold the operator (the
+/// connection itself is bounded by the client's connect timeout).
+async fn answer_within(
+    addr: SocketAddr,
+    ask: impl std::future::Future<Output = Result<Answer>>,
+) -> Result<Answer> {
+    tokio::time::timeout(ANSWER_TIMEOUT, ask)
+        .await
+        .map_err(|_| {
+            ClientError::Transport(format!("{addr} did not answer within {ANSWER_TIMEOUT:?}"))
+        })?
 }
 
 /// The body of a 2xx answer, or an error quoting the API's own message.

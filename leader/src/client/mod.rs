@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
@@ -65,12 +66,25 @@ impl Answer {
     }
 }
 
+/// How long a new connection may take, TCP and TLS together, before the
+/// client gives up on the node: an API whose process hangs still has its
+/// connections accepted by the kernel and would never answer the hello.
+/// Far above a WAN round trip's share of a handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A new connection, before HTTP runs over it.
+enum Opened {
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Plain(tokio::net::TcpStream),
+}
+
 /// A connection to one node's API.
 pub struct ApiClient {
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsConnector>,
     auth: Option<String>,
     conn: Option<SendRequest<Full<Bytes>>>,
+    connect_timeout: Duration,
 }
 
 impl ApiClient {
@@ -100,7 +114,44 @@ impl ApiClient {
             tls,
             auth: None,
             conn: None,
+            connect_timeout: CONNECT_TIMEOUT,
         })
+    }
+
+    /// Gives a new connection (TCP and TLS) `limit` instead of
+    /// [`CONNECT_TIMEOUT`].
+    pub fn with_connect_timeout(mut self, limit: Duration) -> Self {
+        self.connect_timeout = limit;
+        self
+    }
+
+    /// A TCP connection to the node, and TLS over it when the client speaks
+    /// HTTPS, within the connect timeout.
+    async fn open(&self) -> Result<Opened, ClientError> {
+        let limit = self.connect_timeout;
+        let opening = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| ClientError::Transport(format!("connect {}: {e}", self.addr)))?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                Some(tls) => {
+                    let name = ServerName::IpAddress(self.addr.ip().into());
+                    let stream = tls
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| ClientError::Transport(format!("TLS: {e}")))?;
+                    Ok(Opened::Tls(Box::new(stream)))
+                }
+                None => Ok(Opened::Plain(tcp)),
+            }
+        };
+        tokio::time::timeout(limit, opening).await.map_err(|_| {
+            ClientError::Transport(format!(
+                "{}: no connection within {limit:?} (the node takes connections but does not answer)",
+                self.addr
+            ))
+        })?
     }
 
     /// Sends every later request with these HTTP Basic credentials.
@@ -129,24 +180,15 @@ impl ApiClient {
 
     async fn connect(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let tcp = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| ClientError::Transport(format!("connect {}: {e}", self.addr)))?;
-            let _ = tcp.set_nodelay(true);
-            let sender = match &self.tls {
-                Some(tls) => {
-                    let name = ServerName::IpAddress(self.addr.ip().into());
-                    let stream = tls
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| ClientError::Transport(format!("TLS: {e}")))?;
-                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            let sender = match self.open().await? {
+                Opened::Tls(stream) => {
+                    let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(*stream))
                         .await
                         .map_err(|e| ClientError::Transport(e.to_string()))?;
                     tokio::spawn(c);
                     s
                 }
-                None => {
+                Opened::Plain(tcp) => {
                     let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                         .await
                         .map_err(|e| ClientError::Transport(e.to_string()))?;
@@ -174,17 +216,16 @@ impl ApiClient {
         prefix: &[u8],
     ) -> Result<u16, ClientError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tls = self
-            .tls
-            .as_ref()
-            .ok_or_else(|| ClientError::Transport("send_partial speaks HTTPS only".into()))?;
-        let tcp = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| ClientError::Transport(format!("connect {}: {e}", self.addr)))?;
-        let mut stream = tls
-            .connect(ServerName::IpAddress(self.addr.ip().into()), tcp)
-            .await
-            .map_err(|e| ClientError::Transport(format!("TLS: {e}")))?;
+        if self.tls.is_none() {
+            return Err(ClientError::Transport(
+                "send_partial speaks HTTPS only".into(),
+            ));
+        }
+        let Opened::Tls(mut stream) = self.open().await? else {
+            return Err(ClientError::Transport(
+                "send_partial speaks HTTPS only".into(),
+            ));
+        };
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/octet-stream\r\ncontent-length: {declared}\r\n",
             self.addr
