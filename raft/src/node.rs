@@ -1250,13 +1250,13 @@ impl Node {
 
     /// Status of every member, asked over the federation channel (this node's
     /// own entry is local). A member that cannot be reached is reported as an error.
+    /// The members are asked all at once: one after the other, every member
+    /// that is down added its RPC timeout, and with two regions lost an
+    /// operator's status took longer than the operator's client waits.
     pub async fn cluster_status(&self) -> Vec<(NodeId, Result<NodeStatus, String>)> {
-        let members = self.members();
-        let mut out = Vec::new();
-        for (id, info) in members {
+        let asks = self.members().into_iter().map(|(id, info)| async move {
             if id == self.core.id {
-                out.push((id, Ok(self.status())));
-                continue;
+                return (id, Ok(self.status()));
             }
             let r = async {
                 let mut c = self
@@ -1275,9 +1275,10 @@ impl Node {
                 Ok(status_from_proto(reply.into_inner()))
             }
             .await;
-            out.push((id, r));
-        }
-        out
+            (id, r)
+        });
+        // In membership order, as before.
+        futures_util::future::join_all(asks).await
     }
 }
 

@@ -23,11 +23,11 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::types::{Command, CommandResponse, NodeId, Proposal, TypeConfig};
 
 /// Entries proposed and not yet answered. More lets more writes go straight
-/// through; fewer makes them gather into bigger entries sooner. Three keep
-/// the log busy (one entry replicating while the next is appended) and still
-/// gather everything that arrives meanwhile; against two they measured about
-/// 7 % more writes at 16 writers and 2 % at 64, the same with one, and four
-/// were no better (`docs/benchmarks.md`, "Entries in flight, again").
+/// through; fewer makes them gather into bigger entries sooner. Against two
+/// (one entry replicating while the next is appended), three measured about
+/// 7 % more writes at 16 writers and 2 % at 64, and no change for a single
+/// writer; four did better at 16 but no better at 64 (`docs/benchmarks.md`,
+/// "Entries in flight, again").
 const IN_FLIGHT: usize = 3;
 
 /// The most commands in one entry.

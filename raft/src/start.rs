@@ -72,7 +72,7 @@ impl Node {
     async fn start_on(opts: NodeOptions, runtime: Arc<ConsensusRuntime>) -> Result<Node, Error> {
         // Bind and set up TLS first: a taken address or unusable certificate must
         // fail before storage and Raft start.
-        let (server, listener) = bind(&opts.tls, opts.listen, opts.timeouts.connect).await?;
+        let (server, listener) = bind(&opts.tls, opts.listen, opts.timeouts.connect * 2).await?;
         let snapshot_dir = opts.data_dir.join("snapshots");
         let (log, sm) = open_storage(&opts.data_dir, &snapshot_dir, &opts.disk_faults)?;
         let view = sm.read_view();
@@ -179,7 +179,9 @@ impl Node {
 }
 
 /// The TLS server and its bound listener; a handshake must finish within
-/// `handshake` (the peers' connect timeout: they have given up by then).
+/// `handshake`: twice the peers' connect timeout, because behind a proxy that
+/// takes the TCP connection at once (an L4 balancer, the chaos suite's slow
+/// link) the server's clock starts before the client's.
 async fn bind(
     tls: &TlsMaterial,
     listen: SocketAddr,

@@ -690,3 +690,54 @@ mod version_tests {
         assert!(!supersedes(Some(7), 6), "an older version is kept out");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member whose process hangs still has its connections taken by the
+    /// kernel and never answers the TLS hello. The VEN probes every member
+    /// before it picks one, so without a bound on the handshake one hung
+    /// member held the choice for good, and the VEN never moved to a live one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_member_does_not_hold_the_choice_of_member() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        let listener = tokio::spawn(async move {
+            while let Ok((conn, _)) = silent.accept().await {
+                keep.lock().expect("held").push(conn);
+            }
+        });
+        // A real CA certificate, so the probe gets as far as the handshake.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("CA");
+        let identity = Identity {
+            workload_id: "w-1".into(),
+            key_pem: String::new(),
+            cert_pem: String::new(),
+            server_ca_pem: ca.pem(),
+            members: vec![MemberAddr {
+                name: "hung".into(),
+                region: "r1".into(),
+                addr: addr.to_string(),
+            }],
+            home_region: Some("r1".into()),
+            home_revision: 0,
+            home_taken_at: None,
+        };
+        let mut agent = Agent::new(identity, None, Enforcer::Simulated).expect("agent");
+        agent.learn_members = false;
+        let order = tokio::time::timeout(Duration::from_secs(30), agent.nearest())
+            .await
+            .expect("the probes ended despite the hung member");
+        assert_eq!(order.len(), 1, "still listed, to try again later");
+        assert!(!held.lock().expect("held").is_empty(), "the probe dialled");
+        listener.abort();
+    }
+}

@@ -154,8 +154,9 @@ impl Cluster {
 }
 
 /// How long a status or health question to one API may take in all. A node
-/// asks its peers with the Raft RPC timeout (3 s on the WAN profile), so a
-/// healthy API answers well inside it; past it the next region is asked.
+/// asks all its peers at once, each within the Raft RPC timeout (3 s on the
+/// WAN profile), so a healthy API answers well inside it, dead peers or not;
+/// past it the next region is asked.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `ask`'s answer, or an error once [`ANSWER_TIMEOUT`] has passed: an API

@@ -84,7 +84,6 @@ pub struct ApiClient {
     tls: Option<tokio_rustls::TlsConnector>,
     auth: Option<String>,
     conn: Option<SendRequest<Full<Bytes>>>,
-    connect_timeout: Duration,
 }
 
 impl ApiClient {
@@ -114,21 +113,13 @@ impl ApiClient {
             tls,
             auth: None,
             conn: None,
-            connect_timeout: CONNECT_TIMEOUT,
         })
-    }
-
-    /// Gives a new connection (TCP and TLS) `limit` instead of
-    /// [`CONNECT_TIMEOUT`].
-    pub fn with_connect_timeout(mut self, limit: Duration) -> Self {
-        self.connect_timeout = limit;
-        self
     }
 
     /// A TCP connection to the node, and TLS over it when the client speaks
     /// HTTPS, within the connect timeout.
     async fn open(&self) -> Result<Opened, ClientError> {
-        let limit = self.connect_timeout;
+        let limit = CONNECT_TIMEOUT;
         let opening = async {
             let tcp = tokio::net::TcpStream::connect(self.addr)
                 .await
