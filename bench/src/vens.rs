@@ -123,6 +123,23 @@ fn sim_facts(i: usize) -> HostFacts {
     }
 }
 
+/// The address simulated VEN `i` connects from when its member is on
+/// loopback (`None` otherwise: the system picks). Each VEN gets one of its
+/// own in 127.64.0.0/10, clear of the nodes' 127.0.0.x, as real VENs have
+/// their hosts': from one address, the member's cap on connections per
+/// address (512) refused all but the first 512 VENs of a large fleet.
+fn sim_source(i: usize, member: &str) -> Option<std::net::IpAddr> {
+    let ip = member.parse::<std::net::SocketAddr>().ok()?.ip();
+    ip.is_loopback().then(|| {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+            127,
+            64 + ((i >> 16) & 63) as u8,
+            ((i >> 8) & 255) as u8,
+            (i & 255) as u8,
+        ))
+    })
+}
+
 /// Pairs `n` simulated VENs, 64 at a time; `pair_one(i)` pairs VEN `i`.
 async fn pair_all<T, F, Fut>(n: usize, pair_one: F) -> Result<Vec<T>>
 where
@@ -436,8 +453,10 @@ impl Fleet {
         ));
         for (i, (region, mut id, _)) in ids.into_iter().enumerate() {
             id.members.retain(|m| m.region == region);
+            let source = id.members.first().and_then(|m| sim_source(i, &m.addr));
             let mut agent =
                 Agent::new(id, None, Enforcer::Simulated)?.with_fleet_events(events.clone(), i);
+            agent.local_address = source;
             agent.heartbeat = Duration::from_secs(30);
             // Pinned to its region's member: a VEN that learned the others would
             // fail over to them when that member restarts, and stay there.
@@ -739,13 +758,14 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         .await?;
         let (stop_tx, stop) = watch::channel(false);
         let t1 = Instant::now();
-        for mut id in ids {
+        for (i, mut id) in ids.into_iter().enumerate() {
             id.members = vec![sc_ven::identity::MemberAddr {
                 name: "eu-west-1".into(),
                 region: "eu-west".into(),
                 addr: eu.clone(),
             }];
             let mut agent = Agent::new(id, None, Enforcer::Simulated)?;
+            agent.local_address = sim_source(i, &eu);
             agent.heartbeat = Duration::from_secs(30);
             agent.learn_members = false;
             tokio::spawn(agent.run(stop.clone()));
@@ -801,4 +821,26 @@ pub async fn resync(args: ResyncArgs) -> Result<()> {
         }
     }
     report.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sim_source;
+
+    #[test]
+    fn simulated_vens_leave_from_addresses_of_their_own_on_loopback_only() {
+        let member = "127.0.0.12:7450";
+        let a: Vec<_> = (0..70_000).filter_map(|i| sim_source(i, member)).collect();
+        assert_eq!(a.len(), 70_000);
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), a.len(), "one address per VEN");
+        // Clear of the nodes' own 127.0.0.x.
+        assert!(a
+            .iter()
+            .all(|ip| ip.is_loopback() && ip.to_string().starts_with("127.")));
+        assert!(a.iter().all(|ip| !ip.to_string().starts_with("127.0.")));
+        // A member elsewhere: the system picks the source.
+        assert_eq!(sim_source(5, "10.1.2.3:7450"), None);
+        assert_eq!(sim_source(5, "member.example:7450"), None);
+    }
 }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::applier::Applier;
 use crate::enforce::Enforcer;
 use crate::flows::FlowSource;
-use crate::identity::{channel, Identity, MemberAddr, StoredPolicy, VenError};
+use crate::identity::{channel_from, Identity, MemberAddr, StoredPolicy, VenError};
 
 /// Flows sent per `ReportFlows` call (members accept 1,000 by default).
 const FLOWS_PER_BATCH: usize = 1000;
@@ -111,6 +111,9 @@ pub struct Agent {
     /// (and its peers' rules) follow a host that moved; empty: not reported
     /// (the addresses given at pairing stand).
     pub addresses: Vec<String>,
+    /// The address this VEN's connections leave from (`None`: the system
+    /// picks). Set by the simulator only: see [`crate::identity::channel_from`].
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 enum End {
@@ -146,6 +149,7 @@ impl Agent {
             flow_report_interval: Duration::from_secs(10),
             pending: Pending::default(),
             addresses: Vec::new(),
+            local_address: None,
         })
     }
 
@@ -256,10 +260,12 @@ impl Agent {
         let mut probes = Vec::new();
         for m in self.identity.members.clone() {
             let ca = self.identity.server_ca_pem.clone();
+            let local = self.local_address;
             probes.push(tokio::spawn(async move {
                 let t0 = Instant::now();
                 let r = async {
-                    let ch = channel(&m.addr, &ca, None, Duration::from_secs(2)).await?;
+                    let ch =
+                        channel_from(&m.addr, &ca, None, Duration::from_secs(2), local).await?;
                     VenClient::new(stamped(ch))
                         .ping(PingRequest {})
                         .await
@@ -343,11 +349,12 @@ impl Agent {
     }
 
     async fn session(&mut self, m: &MemberAddr, stop: &mut watch::Receiver<bool>) -> End {
-        let ch = match channel(
+        let ch = match channel_from(
             &m.addr,
             &self.identity.server_ca_pem,
             Some((&self.identity.cert_pem, &self.identity.key_pem)),
             Duration::from_secs(5),
+            self.local_address,
         )
         .await
         {

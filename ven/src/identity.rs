@@ -293,6 +293,19 @@ pub async fn channel(
     identity: Option<(&str, &str)>,
     timeout: Duration,
 ) -> Result<Channel, VenError> {
+    channel_from(addr, server_ca_pem, identity, timeout, None).await
+}
+
+/// [`channel`], leaving from `local` when given: the simulator gives each
+/// simulated VEN an address of its own, as real VENs have their hosts', so a
+/// member's cap on connections per address sees many hosts, not one.
+pub async fn channel_from(
+    addr: &str,
+    server_ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    timeout: Duration,
+    local: Option<std::net::IpAddr>,
+) -> Result<Channel, VenError> {
     // The handshake is bounded too: tonic bounds only the TCP connect, and a
     // server hello that never comes would hold the channel's redial for good.
     let mut tls = ClientTlsConfig::new()
@@ -306,6 +319,7 @@ pub async fn channel(
         .tls_config(tls)
         .map_err(|e| VenError::Unreachable(format!("{addr}: {e}")))?
         .connect_timeout(timeout)
+        .local_address(local)
         .timeout(timeout)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
