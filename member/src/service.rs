@@ -963,13 +963,14 @@ impl VenServer {
         let addr = listener
             .local_addr()
             .map_err(|e| MemberError::Start(e.to_string()))?;
+        let limits = sc_raft::network::listen::ConnLimits::default();
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(&opts.tls.cert_pem, &opts.tls.key_pem))
             .client_ca_root(Certificate::from_pem(&signer.ca_pem))
             .client_auth_optional(true)
             // A VEN that stalls half-way through its handshake is dropped
             // after as long as a silent new connection may live.
-            .timeout(sc_raft::network::listen::ConnLimits::default().first_bytes);
+            .timeout(limits.first_bytes);
         let (stop, stopped) = watch::channel(false);
         let (fenced_tx, fenced) = watch::channel(node.fence().serving_blocked().is_some());
         let (presence, presence_task) = Presence::start(Db::new(node.clone()), &node.info().name);
@@ -1003,11 +1004,7 @@ impl VenServer {
                 // Within caps and timeouts (a flood of idle connections
                 // cannot take the VENs' service down); TCP_NODELAY so small
                 // policy pushes go out now, not after a delayed ACK.
-                sc_raft::network::listen::incoming(
-                    listener,
-                    sc_raft::network::listen::ConnLimits::default(),
-                    "ven",
-                ),
+                sc_raft::network::listen::incoming(listener, limits, "ven"),
                 shutdown.clone().cancelled_owned(),
             );
         let mut tasks = vec![tokio::spawn(async move {

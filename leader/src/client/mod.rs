@@ -119,7 +119,6 @@ impl ApiClient {
     /// A TCP connection to the node, and TLS over it when the client speaks
     /// HTTPS, within the connect timeout.
     async fn open(&self) -> Result<Opened, ClientError> {
-        let limit = CONNECT_TIMEOUT;
         let opening = async {
             let tcp = tokio::net::TcpStream::connect(self.addr)
                 .await
@@ -137,9 +136,9 @@ impl ApiClient {
                 None => Ok(Opened::Plain(tcp)),
             }
         };
-        tokio::time::timeout(limit, opening).await.map_err(|_| {
+        tokio::time::timeout(CONNECT_TIMEOUT, opening).await.map_err(|_| {
             ClientError::Transport(format!(
-                "{}: no connection within {limit:?} (the node takes connections but does not answer)",
+                "{}: no connection within {CONNECT_TIMEOUT:?} (the node takes connections but does not answer)",
                 self.addr
             ))
         })?
@@ -212,6 +211,7 @@ impl ApiClient {
                 "send_partial speaks HTTPS only".into(),
             ));
         }
+        // HTTPS, checked above: `open` gives a TLS stream.
         let Opened::Tls(mut stream) = self.open().await? else {
             return Err(ClientError::Transport(
                 "send_partial speaks HTTPS only".into(),
