@@ -57,11 +57,13 @@ use serde_json::json;
 
 use super::etcd::EtcdClient;
 use super::procs::{Etcd, Pce};
+use super::read_floor::{self, Floor};
 
 /// Options of `pce bench compare`.
 #[derive(clap::Args)]
 pub struct CompareArgs {
-    /// Workloads: `write`, `read`, `read-linear`, `api-read`.
+    /// Workloads: `write`, `read`, `read-linear`, `api-read`, `mixed`,
+    /// `read-floor`.
     #[arg(
         long,
         value_delimiter = ',',
@@ -93,6 +95,10 @@ pub struct CompareArgs {
     /// Worker threads of the runtime the clients of both systems run on.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Internal: be `read-floor`'s server, with the identity of the node this
+    /// configuration file describes.
+    #[arg(long, hide = true)]
+    serve_floor: Option<PathBuf>,
 }
 
 /// What one level measures.
@@ -103,6 +109,7 @@ enum Workload {
     ReadLinear,
     ApiRead,
     Mixed,
+    ReadFloor,
 }
 
 impl Workload {
@@ -113,8 +120,9 @@ impl Workload {
             "read-linear" => Workload::ReadLinear,
             "api-read" => Workload::ApiRead,
             "mixed" => Workload::Mixed,
+            "read-floor" => Workload::ReadFloor,
             other => bail!(
-                "--workloads: unknown workload {other:?} (write, read, read-linear, api-read, mixed)"
+                "--workloads: unknown workload {other:?} (write, read, read-linear, api-read, mixed, read-floor)"
             ),
         })
     }
@@ -126,6 +134,7 @@ impl Workload {
             Workload::ReadLinear => "read-linear",
             Workload::ApiRead => "api-read",
             Workload::Mixed => "mixed",
+            Workload::ReadFloor => "read-floor",
         }
     }
 }
@@ -170,6 +179,8 @@ struct PceSide {
     follower_index: usize,
     /// Label hrefs for `api-read`.
     labels: Vec<String>,
+    /// The transport alone, for `read-floor`.
+    floor: Option<Floor>,
 }
 
 /// The etcd side: clients for the leader and a follower.
@@ -228,6 +239,7 @@ async fn pce_clients(pce: &Pce) -> Result<PceSide> {
         follower: clients[fi].clone(),
         follower_index: fi,
         labels: Vec::new(),
+        floor: None,
     })
 }
 
@@ -478,6 +490,10 @@ fn pce_workers(pce: &Pce, side: &PceSide, w: Workload, clients: usize) -> Result
                 Workload::ApiRead => api()?,
                 Workload::Mixed if c % 2 == 0 => write(),
                 Workload::Mixed => api()?,
+                Workload::ReadFloor => match &side.floor {
+                    Some(f) => Worker::PceRead(f.client.clone(), false),
+                    None => bail!("read-floor: the floor was not started"),
+                },
             })
         })
         .collect()
@@ -488,7 +504,7 @@ fn etcd_workers(side: &EtcdSide, w: Workload, clients: usize) -> Vec<Worker> {
         .map(|c| match w {
             Workload::Write => Worker::EtcdWrite(side.leader.clone()),
             Workload::Mixed if c % 2 == 0 => Worker::EtcdWrite(side.leader.clone()),
-            Workload::Read | Workload::ApiRead | Workload::Mixed => {
+            Workload::Read | Workload::ApiRead | Workload::Mixed | Workload::ReadFloor => {
                 Worker::EtcdRead(side.follower.clone(), true)
             }
             Workload::ReadLinear => Worker::EtcdRead(side.follower.clone(), false),
@@ -533,6 +549,17 @@ fn fsync_probe(dir: &std::path::Path) -> Result<f64> {
 
 /// `pce bench compare`.
 pub async fn compare(args: CompareArgs) -> Result<()> {
+    if let Some(config) = args.serve_floor.clone() {
+        // Its own runtime, as a node's consensus runtime, on a thread of its
+        // own (`block_on` cannot run inside the caller's runtime).
+        let value = vec![b'r'; args.value_size];
+        let keys = (0..READ_KEYS)
+            .map(|n| (read_key(n), value.clone()))
+            .collect();
+        return std::thread::spawn(move || read_floor::serve(&config, keys))
+            .join()
+            .map_err(|_| anyhow!("the read floor's thread panicked"))?;
+    }
     let workloads: Vec<Workload> = args
         .workloads
         .iter()
@@ -605,11 +632,22 @@ async fn measure(
     let mut ps = pce_side(pce).await?;
     let api = workloads.contains(&Workload::ApiRead) || workloads.contains(&Workload::Mixed);
     prepare(pce, &mut ps, &mut es, args.value_size, api).await?;
+    if workloads.contains(&Workload::ReadFloor) {
+        let floor = Floor::start(&pce.config(ps.follower_index), args.value_size)?;
+        read_floor::check(&floor, &read_key(0)).await?;
+        ps.floor = Some(floor);
+    }
     let run_for = Duration::from_secs(args.seconds);
     let (etcd_pids, pce_pids) = (
         super::procs::pids(&etcd.procs),
         super::procs::pids(&pce.procs),
     );
+    // A `read-floor` level counts the floor's process, not the nodes.
+    let floor_pids: Vec<u32> = ps.floor.iter().map(Floor::pid).collect();
+    let pids_of = |w: Workload| match w {
+        Workload::ReadFloor => &floor_pids,
+        _ => &pce_pids,
+    };
     // Warm connections, caches and both processes' allocators (round 0, not kept).
     let warm = Duration::from_millis(500);
     for w in workloads {
@@ -625,7 +663,7 @@ async fn measure(
         run_level(
             ("supercluster", *w, 0),
             workers,
-            &pce_pids,
+            pids_of(*w),
             warm,
             args.value_size,
         )
@@ -640,7 +678,7 @@ async fn measure(
                     (
                         "supercluster",
                         pce_workers(pce, &ps, *w, clients)?,
-                        &pce_pids,
+                        pids_of(*w),
                     ),
                 ];
                 for (system, workers, pids) in both {
@@ -897,8 +935,15 @@ mod tests {
     fn an_unknown_workload_is_named_with_the_choices() {
         let err = Workload::parse("scan").unwrap_err().to_string();
         assert!(err.contains("scan") && err.contains("read-linear"), "{err}");
-        assert!(err.contains("mixed"), "{err}");
-        for w in ["write", "read", "read-linear", "api-read", "mixed"] {
+        assert!(err.contains("mixed") && err.contains("read-floor"), "{err}");
+        for w in [
+            "write",
+            "read",
+            "read-linear",
+            "api-read",
+            "mixed",
+            "read-floor",
+        ] {
             assert_eq!(Workload::parse(w).unwrap().name(), w);
         }
     }

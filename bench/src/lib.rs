@@ -17,6 +17,7 @@ pub mod failover;
 pub mod floor;
 pub mod flows;
 pub mod procs;
+pub mod read_floor;
 pub mod report;
 pub mod vens;
 pub mod visibility;

@@ -38,7 +38,7 @@ pub mod private;
 mod proposer;
 mod raw_bytes;
 mod read_index;
-mod runtime;
+pub mod runtime;
 mod start;
 pub mod status;
 pub mod storage;

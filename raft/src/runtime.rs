@@ -39,34 +39,41 @@ pub(crate) struct ConsensusRuntime {
     stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
+/// The consensus runtime's shape, unbuilt: also what `pce bench compare`'s
+/// transport floor serves on, so the floor and a node differ only in what
+/// stands behind the gRPC service.
+pub fn builder(node_name: &str) -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(WORKERS)
+        .thread_name(format!("raft-{node_name}"))
+        .enable_all();
+    // A commit wakes the handlers of every write it answers. With the
+    // LIFO slot, the first handler's reply wakes its connection's task
+    // into that slot, which runs next and sends that one reply on its
+    // own: one socket write per reply. Without it the connection's task
+    // runs after all the handlers, and sends their replies in one write
+    // (decision 0030). The method is behind `tokio_unstable`, which
+    // `.cargo/config.toml` sets; a build without it is correct, only
+    // slower under load.
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    // A `RUSTFLAGS` in the environment replaces the config's flags: say
+    // so, or the slower build would go unnoticed.
+    #[cfg(not(tokio_unstable))]
+    tracing::warn!(
+        node = node_name,
+        "built without --cfg tokio_unstable: the consensus runtime keeps tokio's LIFO slot, \
+         so replies to one commit leave in one socket write each (decision 0030)"
+    );
+    builder
+}
+
 impl ConsensusRuntime {
     /// Starts the threads, named after the node so they show in `top -H` and
     /// in stack dumps.
     pub(crate) fn start(node_name: &str) -> std::io::Result<ConsensusRuntime> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder
-            .worker_threads(WORKERS)
-            .thread_name(format!("raft-{node_name}"))
-            .enable_all();
-        // A commit wakes the handlers of every write it answers. With the
-        // LIFO slot, the first handler's reply wakes its connection's task
-        // into that slot, which runs next and sends that one reply on its
-        // own: one socket write per reply. Without it the connection's task
-        // runs after all the handlers, and sends their replies in one write
-        // (decision 0030). The method is behind `tokio_unstable`, which
-        // `.cargo/config.toml` sets; a build without it is correct, only
-        // slower under load.
-        #[cfg(tokio_unstable)]
-        builder.disable_lifo_slot();
-        // A `RUSTFLAGS` in the environment replaces the config's flags: say
-        // so, or the slower build would go unnoticed.
-        #[cfg(not(tokio_unstable))]
-        tracing::warn!(
-            node = node_name,
-            "built without --cfg tokio_unstable: the consensus runtime keeps tokio's LIFO slot, \
-             so replies to one commit leave in one socket write each (decision 0030)"
-        );
-        let rt = builder.build()?;
+        let rt = builder(node_name).build()?;
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new()
