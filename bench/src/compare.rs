@@ -27,6 +27,11 @@
 //!   lock held hands its worker's queue to another thread). etcd: puts to the
 //!   leader and serializable gets from a follower. One rate, both kinds
 //!   counted.
+//! - `read-floor`: `read`'s get answered by the node's transport alone (its
+//!   certificate, TLS and gRPC server settings, its runtime's shape) from a
+//!   map, with no Raft, state machine or sled behind it ([`read_floor`]),
+//!   against etcd's serializable get: the most any member could read with
+//!   this stack and this client, so the part of `read` that is the node's.
 //!
 //! The clients run on a runtime of their own, with `--client-threads` workers
 //! (one by default), and each level prints how much CPU the bench process
