@@ -6,7 +6,8 @@
 //! HTTP/2 frames, tonic's codec, and the sockets' sleep and wake. This server
 //! is built from the node's pieces (its certificate and the cluster CA, the
 //! same handshake bound, listener limits and TCP_NODELAY, the protocol-version
-//! interceptor, the consensus runtime's shape) with no Raft, no state machine
+//! interceptor, the consensus runtime's shape, the spin after each read) with
+//! no Raft, no state machine
 //! and no sled behind the service. Measured against etcd in the same run, it
 //! says how far above etcd any Supercluster member could read with this
 //! stack, and so how much of `read`'s distance from a goal is the node's own.
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sc_proto::federation::federation_server::{Federation, FederationServer};
@@ -24,6 +26,7 @@ use sc_proto::federation::{
     StatusRequest, VenPoliciesReply, VenPoliciesRequest, WriteReply, WriteRequest,
 };
 use sc_raft::network::listen::{incoming_watched, ConnLimits};
+use sc_raft::network::read_spin::ReadSpin;
 use sc_raft::{Client, KvEntry, ReadResult};
 use tokio::io::AsyncBufReadExt;
 use tonic::service::interceptor::InterceptedService;
@@ -33,6 +36,8 @@ use tonic::{Request, Response, Status};
 /// The keys it answers, with the values `bench compare` wrote to the nodes.
 struct FloorRead {
     keys: HashMap<Vec<u8>, Vec<u8>>,
+    /// The node's own spinner, with the node's window.
+    spin: Arc<ReadSpin>,
 }
 
 fn only_read(what: &str) -> Status {
@@ -70,6 +75,7 @@ impl Federation for FloorRead {
             mod_revision: 1,
             version: 1,
         });
+        self.spin.served();
         Ok(Response::new(sc_raft::convert::read_reply(ReadResult {
             value,
             revision: 1,
@@ -116,6 +122,7 @@ pub fn serve(config: &Path, keys: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
             .add_service(InterceptedService::new(
                 FederationServer::new(FloorRead {
                     keys: keys.into_iter().collect(),
+                    spin: ReadSpin::start(opts.tuning.read_spin),
                 })
                 .max_decoding_message_size(sc_raft::network::peers::MAX_MESSAGE),
                 sc_proto::version::check,
@@ -212,6 +219,7 @@ mod tests {
     fn floor() -> FloorRead {
         FloorRead {
             keys: HashMap::from([(b"bench/read/0001".to_vec(), b"rrr".to_vec())]),
+            spin: ReadSpin::off(),
         }
     }
 

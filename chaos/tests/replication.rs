@@ -114,6 +114,7 @@ async fn a_restarted_node_catches_up_and_a_new_region_catches_up_through_a_snaps
     let tuning = Tuning {
         snapshot_every: 40,
         keep_logs: 5,
+        ..Tuning::default()
     };
     let mut c = TestCluster::start_with(3, tuning).await;
     let leader = c.leader().await;

@@ -28,6 +28,7 @@ use crate::network::federation::FederationGrpc;
 use crate::network::peers::MAX_MESSAGE;
 use crate::network::raft_client::NetworkFactory;
 use crate::network::raft_server::RaftGrpc;
+use crate::network::read_spin::ReadSpin;
 use crate::network::{Peers, TlsMaterial};
 use crate::node::{Node, NodeOptions, NodeParts};
 use crate::runtime::ConsensusRuntime;
@@ -129,6 +130,7 @@ impl Node {
             &node,
             raft_grpc,
             peers.clone(),
+            opts.tuning.read_spin,
             shutdown_rx.clone(),
         ));
         node.push_task(tokio::spawn(crate::watchdog::watch_core(
@@ -217,6 +219,7 @@ fn serve(
     node: &Node,
     raft_grpc: RaftGrpc,
     peers: Arc<Peers>,
+    read_spin: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     // Every call's protocol headers are checked first (sc_proto::version): a
@@ -229,8 +232,12 @@ fn serve(
             sc_proto::version::check,
         ))
         .add_service(InterceptedService::new(
-            FederationServer::new(FederationGrpc::new(node.clone()))
-                .max_decoding_message_size(MAX_MESSAGE),
+            FederationServer::new(FederationGrpc::new(
+                node.clone(),
+                // On this runtime: its worker is the one that serves reads.
+                ReadSpin::start(read_spin),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE),
             sc_proto::version::check,
         ));
     // Raft messages are small and latency-bound: without TCP_NODELAY a vote

@@ -15,22 +15,27 @@ use sc_proto::federation::{
     PrepareTransferRequest, ReadIndexReply, ReadIndexRequest, ReadReply, ReadRequest, StatusReply,
     StatusRequest, VenPoliciesReply, VenPoliciesRequest, WriteReply, WriteRequest,
 };
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use crate::codec;
 use crate::convert::{self, not_leader, ProtoError};
+use crate::network::read_spin::ReadSpin;
 use crate::node::{Attempt, Node};
 use crate::types::Command;
 
 /// The federation gRPC service of one node.
 pub struct FederationGrpc {
     node: Node,
+    /// Keeps the worker awake between the reads of a stream.
+    spin: Arc<ReadSpin>,
 }
 
 impl FederationGrpc {
-    /// Serves `node`.
-    pub fn new(node: Node) -> Self {
-        FederationGrpc { node }
+    /// Serves `node`; `spin` is told of every replica read answered.
+    pub fn new(node: Node, spin: Arc<ReadSpin>) -> Self {
+        FederationGrpc { node, spin }
     }
 
     /// Refuses a caller that is not a member (see [`crate::network::callers`]).
@@ -142,6 +147,7 @@ impl Federation for FederationGrpc {
             .get(&key, consistency)
             .await
             .map_err(|e| e.to_status())?;
+        self.spin.served();
         Ok(Response::new(convert::read_reply(r)))
     }
 

@@ -26,6 +26,7 @@ pub mod liveness;
 pub mod peers;
 pub mod raft_client;
 pub mod raft_server;
+pub mod read_spin;
 pub mod tls;
 pub mod transfer;
 
