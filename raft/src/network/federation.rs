@@ -8,6 +8,10 @@
 //!
 //! This is server code on top of [`Node`]: it converts each request with
 //! [`crate::convert`] and calls the node; the node never calls back into it.
+//! A replica read answered here also tells the worker's spinner
+//! ([`ReadSpin`]), which keeps the worker awake while reads come as a stream.
+
+use std::sync::Arc;
 
 use sc_proto::federation::federation_server::Federation;
 use sc_proto::federation::{
@@ -15,8 +19,6 @@ use sc_proto::federation::{
     PrepareTransferRequest, ReadIndexReply, ReadIndexRequest, ReadReply, ReadRequest, StatusReply,
     StatusRequest, VenPoliciesReply, VenPoliciesRequest, WriteReply, WriteRequest,
 };
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
 use crate::codec;
