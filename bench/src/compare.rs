@@ -32,6 +32,9 @@
 //!   map, with no Raft, state machine or sled behind it ([`read_floor`]),
 //!   against etcd's serializable get: the most any member could read with
 //!   this stack and this client, so the part of `read` that is the node's.
+//!   Its servers' CPU is the one floor process's, against etcd's three
+//!   members (two of them idle but for heartbeats), as `read` counts our
+//!   three nodes.
 //!
 //! The clients run on a runtime of their own, with `--client-threads` workers
 //! (one by default), and each level prints how much CPU the bench process
@@ -638,7 +641,7 @@ async fn measure(
     let api = workloads.contains(&Workload::ApiRead) || workloads.contains(&Workload::Mixed);
     prepare(pce, &mut ps, &mut es, args.value_size, api).await?;
     if workloads.contains(&Workload::ReadFloor) {
-        let floor = Floor::start(&pce.config(ps.follower_index), args.value_size)?;
+        let floor = Floor::start(&pce.config(ps.follower_index), args.value_size).await?;
         read_floor::check(&floor, &read_key(0)).await?;
         ps.floor = Some(floor);
     }

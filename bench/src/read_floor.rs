@@ -7,16 +7,17 @@
 //! is built from the node's pieces (its certificate and the cluster CA, the
 //! same handshake bound, listener limits and TCP_NODELAY, the protocol-version
 //! interceptor, the consensus runtime's shape, the spin after each read) with
-//! no Raft, no state machine
-//! and no sled behind the service. Measured against etcd in the same run, it
-//! says how far above etcd any Supercluster member could read with this
-//! stack, and so how much of `read`'s distance from a goal is the node's own.
+//! no Raft, no state machine and no sled behind the service. Measured against
+//! etcd in the same run, it says how far above etcd any Supercluster member
+//! could read with this stack, and so how much of `read`'s distance from a
+//! goal is the node's own.
 
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sc_proto::federation::federation_server::{Federation, FederationServer};
@@ -65,6 +66,7 @@ impl Federation for FloorRead {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let arrival = self.spin.arrived();
         // The node's own request and reply conversions, so the bytes on the
         // wire are a node's.
         let (key, _) = sc_raft::convert::read_from_proto(request.into_inner())
@@ -75,7 +77,7 @@ impl Federation for FloorRead {
             mod_revision: 1,
             version: 1,
         });
-        self.spin.served();
+        self.spin.served(arrival);
         Ok(Response::new(sc_raft::convert::read_reply(ReadResult {
             value,
             revision: 1,
@@ -133,28 +135,47 @@ pub fn serve(config: &Path, keys: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
                 "floor",
                 None,
             ));
-        // On the runtime's worker, as a node's server is; this thread only
-        // waits for the end of input.
-        let served = tokio::spawn(server);
+        // On the runtime's worker, as a node's server is; this thread
+        // waits for the end of input or the server's end, whichever first.
+        let mut served = tokio::spawn(server);
         println!("{addr}");
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while lines.next_line().await?.is_some() {}
-        served.abort();
-        Ok(())
+        let input_ended = async move { while let Ok(Some(_)) = lines.next_line().await {} };
+        tokio::select! {
+            _ = input_ended => {
+                served.abort();
+                Ok(())
+            }
+            ended = &mut served => match ended {
+                Ok(Ok(())) => bail!("the read floor's server stopped"),
+                Ok(Err(e)) => Err(anyhow!("the read floor's server failed: {e}")),
+                Err(e) => Err(anyhow!("the read floor's server task: {e}")),
+            },
+        }
     })
 }
 
-/// A running floor process; stopped (end of input, then a kill) on drop.
+/// A running floor process, killed and reaped on drop.
 pub(crate) struct Floor {
     child: Child,
+    /// Its standard output, kept open: the process ends itself on a write to
+    /// a closed pipe (the binary's SIGPIPE handling), and a TLS alert to a
+    /// reset connection must not be taken for one.
+    _out: std::io::BufReader<ChildStdout>,
     /// A client of the floor with the node's certificate, as `read` uses.
     pub(crate) client: Client,
 }
 
+/// How long the floor's process may take to listen.
+const LISTENING_WITHIN: Duration = Duration::from_secs(30);
+
 impl Floor {
     /// Starts `pce bench compare --serve-floor` for the node `config`
-    /// describes, answering `keys`.
-    pub(crate) fn start(config: &Path, value_size: usize) -> Result<Floor> {
+    /// describes, answering the keys `bench compare` prepares with values
+    /// of `value_size` bytes.
+    pub(crate) async fn start(config: &Path, value_size: usize) -> Result<Floor> {
+        // The client's side first: a bad file fails before any process runs.
+        let opts = sc_region::config::NodeConfig::load(config)?.to_options()?;
         let mut child = Command::new(std::env::current_exe()?)
             .args(["bench", "compare", "--value-size", &value_size.to_string()])
             .arg("--serve-floor")
@@ -163,25 +184,45 @@ impl Floor {
             .stdout(Stdio::piped())
             .spawn()
             .context("starting the read floor's process")?;
-        let mut first = String::new();
-        let read = child
-            .stdout
-            .take()
-            .map(|out| std::io::BufReader::new(out).read_line(&mut first));
-        let addr = match read {
-            Some(Ok(n)) if n > 0 => first.trim().to_string(),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
+        let Some(out) = child.stdout.take() else {
+            stop(&mut child);
+            bail!("the read floor's process has no standard output");
+        };
+        // Its first line is its address; read off the async worker.
+        let first = tokio::time::timeout(
+            LISTENING_WITHIN,
+            tokio::task::spawn_blocking(move || {
+                let mut out = std::io::BufReader::new(out);
+                let mut line = String::new();
+                let n = out.read_line(&mut line)?;
+                Ok::<_, std::io::Error>((out, line, n))
+            }),
+        )
+        .await;
+        let (out, addr) = match first {
+            Ok(Ok(Ok((out, line, n)))) if n > 0 => (out, line.trim().to_string()),
+            Ok(_) => {
+                stop(&mut child);
                 bail!("the read floor's process ended before it listened");
             }
+            Err(_) => {
+                stop(&mut child);
+                bail!("the read floor's process did not listen within {LISTENING_WITHIN:?}");
+            }
         };
-        let opts = sc_region::config::NodeConfig::load(config)?.to_options()?;
         let mut target = opts.info.clone();
         target.addr = addr;
-        let client = Client::new(opts.tls, target, opts.timeouts)
-            .map_err(|e| anyhow!("a client of the read floor: {e}"))?;
-        Ok(Floor { child, client })
+        match Client::new(opts.tls, target, opts.timeouts) {
+            Ok(client) => Ok(Floor {
+                child,
+                _out: out,
+                client,
+            }),
+            Err(e) => {
+                stop(&mut child);
+                bail!("a client of the read floor: {e}")
+            }
+        }
     }
 
     /// Its process, whose CPU is the servers' CPU of a `read-floor` level.
@@ -190,11 +231,15 @@ impl Floor {
     }
 }
 
+/// Kills and reaps the floor's process.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Floor {
     fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 

@@ -113,9 +113,10 @@ pub struct Tuning {
     /// Log entries kept behind the snapshot, so a briefly lagging peer catches up
     /// from the log instead of a full snapshot.
     pub keep_logs: u64,
-    /// While replica reads come as a stream, the worker spins this long after
-    /// each for the next instead of sleeping ([`crate::network::read_spin`]);
-    /// zero never spins.
+    /// While reads come back to back, the worker spins this long after each
+    /// for the next instead of sleeping ([`crate::network::read_spin`]); zero
+    /// never spins, and more than [`crate::network::read_spin::MAX_WINDOW`]
+    /// is cut to it.
     pub read_spin: Duration,
 }
 

@@ -358,17 +358,17 @@ impl Default for Snapshots {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reads {
-    /// Microseconds the consensus worker stays awake after a replica read
-    /// while reads come as a stream (over 1,000 a second), instead of
-    /// sleeping until the next wakes it: one client reading in a loop gets
-    /// about 1.45x the reads a second, for CPU while the stream lasts. 0 never
+    /// Microseconds the consensus worker stays awake after a federation read
+    /// that came within this long of the answer before it, instead of
+    /// sleeping until the next read wakes it: one client reading in a loop
+    /// gets about 1.45x the reads a second, for CPU while it reads. 0 never
     /// spins; at most 1000. Default 100.
     pub spin_us: Option<u64>,
 }
 
-/// The longest [`Reads::spin_us`] accepted: past a client's turn between two
-/// reads a longer spin only burns CPU.
-const MAX_SPIN_US: u64 = 1_000;
+/// The longest [`Reads::spin_us`] accepted (the spinner's own cap): past a
+/// client's turn between two reads a longer spin only burns CPU.
+const MAX_SPIN_US: u64 = sc_raft::network::read_spin::MAX_WINDOW.as_micros() as u64;
 
 /// Logging options.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]

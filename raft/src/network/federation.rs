@@ -8,8 +8,8 @@
 //!
 //! This is server code on top of [`Node`]: it converts each request with
 //! [`crate::convert`] and calls the node; the node never calls back into it.
-//! A replica read answered here also tells the worker's spinner
-//! ([`ReadSpin`]), which keeps the worker awake while reads come as a stream.
+//! A read answered here also tells the worker's spinner ([`ReadSpin`]), which
+//! keeps the worker awake while reads come back to back.
 
 use std::sync::Arc;
 
@@ -30,12 +30,12 @@ use crate::types::Command;
 /// The federation gRPC service of one node.
 pub struct FederationGrpc {
     node: Node,
-    /// Keeps the worker awake between the reads of a stream.
+    /// Keeps the worker awake between reads that come back to back.
     spin: Arc<ReadSpin>,
 }
 
 impl FederationGrpc {
-    /// Serves `node`; `spin` is told of every replica read answered.
+    /// Serves `node`; `spin` is told of every read answered.
     pub fn new(node: Node, spin: Arc<ReadSpin>) -> Self {
         FederationGrpc { node, spin }
     }
@@ -140,6 +140,7 @@ impl Federation for FederationGrpc {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let arrival = self.spin.arrived();
         self.node.fence().check()?;
         self.member_only(&request, "Read")?;
         let (key, consistency) =
@@ -149,7 +150,7 @@ impl Federation for FederationGrpc {
             .get(&key, consistency)
             .await
             .map_err(|e| e.to_status())?;
-        self.spin.served();
+        self.spin.served(arrival);
         Ok(Response::new(convert::read_reply(r)))
     }
 
