@@ -73,13 +73,8 @@ impl ReadSpin {
 
     /// A spinner that never spins, for services without one.
     pub fn off() -> Arc<ReadSpin> {
-        Arc::new(ReadSpin {
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            wake: Notify::new(),
-            window: Duration::ZERO,
-            yields: AtomicU64::new(0),
-        })
+        // A zero window spawns no task, so this needs no runtime.
+        ReadSpin::start(Duration::ZERO)
     }
 
     /// A read has arrived: how long the node waited for it.
@@ -110,8 +105,8 @@ impl ReadSpin {
         self.epoch.elapsed().as_micros() as u64 + 1
     }
 
-    /// Waits for a read that came back to back, then yields until a window has passed
-    /// with no read; each read answered meanwhile extends the window.
+    /// Waits for a read that came back to back, then yields until a window
+    /// has passed with no read; each read answered meanwhile extends it.
     async fn run(self: Arc<Self>) {
         let window = self.window.as_micros() as u64;
         loop {
